@@ -1,0 +1,1 @@
+"""The collector runtime: configuration, component model, pipeline graph, queues."""

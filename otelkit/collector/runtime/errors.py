@@ -1,0 +1,28 @@
+"""The two kinds of failure every component speaks: retryable and permanent.
+
+A receiver turns a retryable error into gRPC ``UNAVAILABLE`` / HTTP 503 with
+``Retry-After`` so the sender tries again; a permanent error means the data can never
+be delivered and is dropped and counted where it happened.
+"""
+
+from __future__ import annotations
+
+
+class ComponentError(Exception):
+    """Base of the errors components raise to their callers."""
+
+
+class RetryableError(ComponentError):
+    """The data was not taken now but may be later (full queue, memory limit, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OverloadedError(RetryableError):
+    """The collector itself is over capacity: upstream answers 429 / RESOURCE_EXHAUSTED."""
+
+
+class PermanentError(ComponentError):
+    """The data can never be delivered as it is (4xx, malformed); retrying cannot help."""

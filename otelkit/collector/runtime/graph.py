@@ -1,0 +1,193 @@
+"""Builds running components from a validated config and wires the pipelines.
+
+Shapes follow the upstream collector: one receiver instance per ID shared by every
+pipeline that lists it; one processor instance per pipeline; one exporter instance per
+ID; one connector instance per (ID, source signal, target signal). Pipelines joined by
+connectors are built from the last to the first, so each connector's downstream
+consumers exist before it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.runtime.component import (
+    Component,
+    ComponentID,
+    Consumer,
+    CreateSettings,
+    Exporter,
+    Kind,
+    Receiver,
+)
+from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec, PipelineSpec
+from otelkit.collector.runtime.errors import ComponentError
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+
+class Fanout:
+    """Hands one batch to several consumers, each getting its own copy when needed.
+
+    Every consumer is tried; the first error is raised after all have been offered the
+    batch, so one refusing exporter does not starve the others.
+    """
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        self._consumers = list(consumers)
+
+    async def consume(self, payload: Payload) -> None:
+        first_error: ComponentError | None = None
+        last = len(self._consumers) - 1
+        for index, consumer in enumerate(self._consumers):
+            batch = payload if index == last else _copy(payload)
+            try:
+                await consumer.consume(batch)
+            except ComponentError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+
+def _copy(payload: Payload) -> Payload:
+    clone = type(payload)()
+    clone.CopyFrom(payload)
+    return clone
+
+
+def fan_out(consumers: Sequence[Consumer]) -> Consumer:
+    return consumers[0] if len(consumers) == 1 else Fanout(consumers)
+
+
+@dataclass
+class Graph:
+    """Every running component, in creation order: everything a component feeds is
+    created (and so started) before it, and stopped after it."""
+
+    ordered: list[tuple[str, Component]] = field(default_factory=list)
+    extensions: dict[ComponentID, Component] = field(default_factory=dict)
+    exporters: dict[ComponentID, Exporter] = field(default_factory=dict)
+    receivers: dict[ComponentID, Receiver] = field(default_factory=dict)
+
+    def add(self, label: str, component: Component) -> None:
+        self.ordered.append((label, component))
+
+
+def build_graph(config: CollectorConfig, telemetry: SelfTelemetry) -> Graph:
+    return _Builder(config, telemetry).build()
+
+
+class _Builder:
+    def __init__(self, config: CollectorConfig, telemetry: SelfTelemetry) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.graph = Graph()
+        self.entries: dict[str, Consumer] = {}
+        self.connector_sides: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
+
+    def settings(self, spec: ComponentSpec) -> CreateSettings:
+        return CreateSettings(spec.id, spec.kind, self.telemetry)
+
+    def spec(self, kind: Kind, cid: ComponentID) -> ComponentSpec:
+        return self.config.components[(kind, cid)]
+
+    def build(self) -> Graph:
+        for cid in self.config.extensions:
+            spec = self.spec(Kind.EXTENSION, cid)
+            extension = spec.factory.create(self.settings(spec), spec.config)
+            self.graph.extensions[cid] = extension
+            self.graph.add(f"extension/{cid}", extension)
+        self._build_exporters()
+        for pipeline in self._pipelines_last_first():
+            self.entries[pipeline.name] = self._build_pipeline(pipeline)
+        self._build_receivers()
+        return self.graph
+
+    def _build_exporters(self) -> None:
+        wanted: dict[ComponentID, set[Signal]] = {}
+        for p in self.config.pipelines.values():
+            for cid in p.exporters:
+                if (Kind.EXPORTER, cid) in self.config.components:
+                    wanted.setdefault(cid, set()).add(p.signal)
+        for cid, signals in wanted.items():
+            spec = self.spec(Kind.EXPORTER, cid)
+            exporter = spec.factory.create(self.settings(spec), spec.config, frozenset(signals))
+            self.graph.exporters[cid] = exporter
+            self.graph.add(f"exporter/{cid}", exporter)
+
+    def _pipelines_last_first(self) -> list[PipelineSpec]:
+        """Pipelines ordered so that every connector's target pipelines come first."""
+        pipelines = self.config.pipelines
+        order: list[PipelineSpec] = []
+        seen: set[str] = set()
+
+        def visit(p: PipelineSpec) -> None:
+            if p.name in seen:
+                return
+            seen.add(p.name)
+            for q in self._targets_of(p):
+                visit(q)
+            order.append(p)
+
+        for p in pipelines.values():
+            visit(p)
+        return order
+
+    def _targets_of(self, pipeline: PipelineSpec) -> list[PipelineSpec]:
+        connectors = [
+            c for c in pipeline.exporters if (Kind.CONNECTOR, c) in self.config.components
+        ]
+        return [
+            q for q in self.config.pipelines.values() if any(c in q.receivers for c in connectors)
+        ]
+
+    def _build_pipeline(self, pipeline: PipelineSpec) -> Consumer:
+        consumers: list[Consumer] = []
+        for cid in pipeline.exporters:
+            if cid in self.graph.exporters:
+                consumers.append(self.graph.exporters[cid])
+            else:
+                consumers.extend(self._build_connectors(cid, pipeline))
+        head = fan_out(consumers)
+        for cid in reversed(pipeline.processors):
+            spec = self.spec(Kind.PROCESSOR, cid)
+            processor = spec.factory.create(self.settings(spec), spec.config, pipeline.signal, head)
+            self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
+            head = processor
+        return head
+
+    def _build_connectors(self, cid: ComponentID, source: PipelineSpec) -> list[Consumer]:
+        key = (cid, source.signal)
+        if key not in self.connector_sides:
+            self.connector_sides[key] = self._new_connectors(cid, source.signal)
+        return self.connector_sides[key]
+
+    def _new_connectors(self, cid: ComponentID, source_signal: Signal) -> list[Consumer]:
+        spec = self.spec(Kind.CONNECTOR, cid)
+        targets = [q for q in self.config.pipelines.values() if cid in q.receivers]
+        by_signal: dict[Signal, list[Consumer]] = {}
+        for q in targets:
+            by_signal.setdefault(q.signal, []).append(self.entries[q.name])
+        built: list[Consumer] = []
+        for target_signal, consumers in by_signal.items():
+            connector = spec.factory.create(
+                self.settings(spec), spec.config, source_signal, target_signal, fan_out(consumers)
+            )
+            label = f"connector/{cid} ({source_signal}->{target_signal})"
+            self.graph.add(label, connector)
+            built.append(connector)
+        return built
+
+    def _build_receivers(self) -> None:
+        wanted: dict[ComponentID, dict[Signal, list[Consumer]]] = {}
+        for p in self.config.pipelines.values():
+            for cid in p.receivers:
+                if (Kind.RECEIVER, cid) in self.config.components:
+                    wanted.setdefault(cid, {}).setdefault(p.signal, []).append(self.entries[p.name])
+        for cid, by_signal in wanted.items():
+            spec = self.spec(Kind.RECEIVER, cid)
+            consumers = {signal: fan_out(cs) for signal, cs in by_signal.items()}
+            receiver = spec.factory.create(self.settings(spec), spec.config, consumers)
+            self.graph.receivers[cid] = receiver
+            self.graph.add(f"receiver/{cid}", receiver)

@@ -1,0 +1,92 @@
+"""The collector's own metrics, under the names operators already graph.
+
+One registry per running collector (so tests can run several in one process). Counters
+follow the upstream names: ``otelcol_receiver_accepted_spans``,
+``otelcol_exporter_sent_log_records`` ... prometheus_client exposes counters with the
+``_total`` suffix, as the upstream collector's Prometheus endpoint does today.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from otelkit.collector.pdata.signals import Signal
+
+
+class SelfTelemetry:
+    """Counters and gauges every component reports into."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters: dict[str, Counter] = {}
+        self._gauges: dict[str, Gauge] = {}
+
+    # Receivers -----------------------------------------------------------------------
+    def receiver_accepted(self, receiver: str, transport: str, signal: Signal, n: int) -> None:
+        self._counter("receiver", "accepted", signal, ("receiver", "transport")).labels(
+            receiver, transport
+        ).inc(n)
+
+    def receiver_refused(self, receiver: str, transport: str, signal: Signal, n: int) -> None:
+        self._counter("receiver", "refused", signal, ("receiver", "transport")).labels(
+            receiver, transport
+        ).inc(n)
+
+    # Processors ----------------------------------------------------------------------
+    def processor_dropped(self, processor: str, signal: Signal, n: int) -> None:
+        self._counter("processor", "dropped", signal, ("processor",)).labels(processor).inc(n)
+
+    def processor_refused(self, processor: str, signal: Signal, n: int) -> None:
+        self._counter("processor", "refused", signal, ("processor",)).labels(processor).inc(n)
+
+    # Exporters -----------------------------------------------------------------------
+    def exporter_sent(self, exporter: str, signal: Signal, n: int) -> None:
+        self._counter("exporter", "sent", signal, ("exporter",)).labels(exporter).inc(n)
+
+    def exporter_send_failed(self, exporter: str, signal: Signal, n: int, reason: str) -> None:
+        self._counter("exporter", "send_failed", signal, ("exporter", "reason")).labels(
+            exporter, reason
+        ).inc(n)
+
+    def exporter_enqueue_failed(self, exporter: str, signal: Signal, n: int) -> None:
+        self._counter("exporter", "enqueue_failed", signal, ("exporter",)).labels(exporter).inc(n)
+
+    def exporter_queue(self, exporter: str, signal: Signal, size: int, capacity: int) -> None:
+        labels = ("exporter", "data_type")
+        self.gauge("otelcol_exporter_queue_size", "Batches waiting in the sending queue", labels)
+        self._gauges["otelcol_exporter_queue_size"].labels(exporter, signal.value).set(size)
+        self.gauge("otelcol_exporter_queue_capacity", "Capacity of the sending queue", labels)
+        self._gauges["otelcol_exporter_queue_capacity"].labels(exporter, signal.value).set(capacity)
+
+    # For any component ---------------------------------------------------------------
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """Get or create a counter (``name`` without ``_total``)."""
+        if name not in self._counters:
+            self._counters[name] = Counter(name, documentation, labels, registry=self.registry)
+        return self._counters[name]
+
+    def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        if name not in self._gauges:
+            self._gauges[name] = Gauge(name, documentation, labels, registry=self.registry)
+        return self._gauges[name]
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """Current value of a sample, 0 when absent (for tests and the status page)."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def total(self, name: str, **match: str) -> float:
+        """Sum of every sample called ``name`` whose labels include ``match``."""
+        found = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in match.items()):
+                    found += sample.value
+        return found
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _counter(self, kind: str, what: str, signal: Signal, labels: tuple[str, ...]) -> Counter:
+        name = f"otelcol_{kind}_{what}_{signal.item_name}"
+        doc = f"Number of {signal.item_name.replace('_', ' ')} {what.replace('_', ' ')} ({kind})"
+        return self.counter(name, doc, labels)

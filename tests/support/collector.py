@@ -1,0 +1,105 @@
+"""Run a real ``otelkit collector run`` subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.services import free_port
+
+
+@dataclass
+class RunningCollector:
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    log_path: Path
+    ports: dict[str, int]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"collector did not stop in {timeout}s:\n{self.log()}")
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def allocate_ports(*names: str) -> dict[str, int]:
+    """Free loopback ports by name, to substitute into a config (``{grpc}``, ``{http}``)."""
+    return {name: free_port() for name in names}
+
+
+def wait_for_port(
+    port: int, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"collector exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextmanager
+def collector(
+    config_text: str,
+    tmp_path: Path,
+    *,
+    wait_ports: tuple[str, ...] = (),
+    ports: Mapping[str, int] | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str = "collector",
+) -> Iterator[RunningCollector]:
+    """Start a collector on ``config_text`` (``{port_name}`` placeholders are filled from
+    ``ports``, with ``metrics`` always allocated for self-telemetry); stop it on exit."""
+    all_ports = {"metrics": free_port(), **(ports or {})}
+    text = config_text
+    for key, value in all_ports.items():
+        text = text.replace("{" + key + "}", str(value))
+    if "telemetry:" not in text:
+        text += f"\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{all_ports['metrics']}\n"
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(text)
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    running = RunningCollector(process, config_path, log_path, all_ports)
+    try:
+        for port_name in wait_ports or tuple(k for k in all_ports if k != "metrics"):
+            wait_for_port(all_ports[port_name], process=process)
+        yield running
+    except BaseException:
+        running.kill()
+        print(running.log())
+        raise
+    finally:
+        running.kill()

@@ -32,10 +32,10 @@ class RunningCollector:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 self.process.kill()
                 self.process.wait(5)
-                raise AssertionError(f"collector did not stop in {timeout}s:\n{self.log()}")
+                raise AssertionError(f"collector did not stop in {timeout}s:\n{self.log()}") from exc
         return self.process.returncode
 
     def kill(self) -> None:

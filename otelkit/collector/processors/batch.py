@@ -1,0 +1,356 @@
+"""``batch``: groups requests into larger ones and splits oversized ones, as upstream.
+
+Requests are merged by appending their resource lists (no per-item work); a request
+that arrives into an empty buffer is adopted as it is, without a copy. A batch leaves
+when it reaches ``send_batch_size`` items or when ``timeout`` passes, in pieces of at
+most ``send_batch_max_size`` items, each piece keeping the resource and scope of the
+items it carries.
+
+Backpressure (otelkit's addition): when the next consumer refuses a batch with a
+retryable error, the batch is kept and offered again on the next tick. While such a
+backlog exists and the processor holds ``max_pending_items`` or more, ``consume``
+refuses new data with a retryable error, so the receiver pushes back to the sender
+instead of the collector growing without bound. A permanent error drops the batch and
+counts it (``otelcol_processor_dropped_*``). Shutdown flushes everything it holds.
+
+A batch refused by one exporter of several (fan-out) is offered again to all of them,
+as upstream: the exporters that took it the first time may see it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any, Self
+
+from pydantic import Field, model_validator
+
+from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    Consumer,
+    CreateSettings,
+    Host,
+    Processor,
+    processor_factory,
+)
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.types import Duration
+
+log = logging.getLogger("otelkit.processor.batch")
+
+# How often a refused batch is offered again when ``timeout`` is 0 (send immediately).
+_RETRY_TICK = 0.2
+# How long shutdown keeps offering held batches to a consumer that refuses them.
+_SHUTDOWN_RETRY_SECONDS = 5.0
+
+
+class BatchConfig(ComponentConfig):
+    send_batch_size: int = Field(
+        8192, ge=0, description="Items that trigger a send; 0 sends on the timeout only."
+    )
+    timeout: Duration = Field(
+        0.2, description="Longest wait before a partial batch is sent; 0 sends at once."
+    )
+    send_batch_max_size: int = Field(
+        0, ge=0, description="Largest batch sent; bigger ones are split. 0 means no limit."
+    )
+    max_pending_items: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "otelkit only: while the next consumer refuses batches, items held at which new "
+            "data is refused with a retryable error. Default: twice the larger of "
+            "send_batch_size and send_batch_max_size (at least 8192)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _max_not_below_size(self) -> Self:
+        if self.send_batch_max_size and self.send_batch_max_size < self.send_batch_size:
+            raise ValueError(
+                f"send_batch_max_size ({self.send_batch_max_size}) must be 0 (no limit) or at "
+                f"least send_batch_size ({self.send_batch_size})"
+            )
+        return self
+
+    @property
+    def pending_bound(self) -> int:
+        if self.max_pending_items is not None:
+            return self.max_pending_items
+        return 2 * max(self.send_batch_size, self.send_batch_max_size, 4096)
+
+
+class BatchProcessor(Processor):
+    """One per pipeline. Holds ``pending`` (being filled) and ``ready`` (to be sent)."""
+
+    def __init__(
+        self, settings: CreateSettings, config: BatchConfig, signal: Signal, next_: Consumer
+    ) -> None:
+        self._config = config
+        self._signal = signal
+        self._next = next_
+        self._name = str(settings.id)
+        self._telemetry = settings.telemetry
+        self._bound = config.pending_bound
+        self._pending: Payload = signal.new_request()
+        self._pending_items = 0
+        self._ready: deque[tuple[Payload, int]] = deque()
+        self._ready_items = 0
+        self._sending = False
+        self._closed = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        counter = settings.telemetry.counter
+        self._size_triggers = counter(
+            "otelcol_processor_batch_batch_size_trigger_send",
+            "Batches sent because they reached send_batch_size",
+            ("processor",),
+        ).labels(self._name)
+        self._timeout_triggers = counter(
+            "otelcol_processor_batch_timeout_trigger_send",
+            "Batches sent because the timeout passed",
+            ("processor",),
+        ).labels(self._name)
+
+    @property
+    def held_items(self) -> int:
+        """Items accepted but not yet taken by the next consumer."""
+        return self._pending_items + self._ready_items
+
+    async def start(self, host: Host) -> None:
+        tick = self._config.timeout or _RETRY_TICK
+        self._ticker = asyncio.create_task(self._tick_forever(tick), name=f"batch-{self._name}")
+
+    async def consume(self, payload: Payload) -> None:
+        items = count_items(payload)
+        if items == 0:
+            return
+        if self._closed or (self._ready_items and self.held_items >= self._bound):
+            self._telemetry.processor_refused(self._name, self._signal, items)
+            reason = "shutting down" if self._closed else f"holding {self.held_items} items"
+            raise RetryableError(f"processor {self._name}: {reason}", retry_after=1.0)
+        self._add(payload, items)
+        if self._config.timeout == 0:
+            self._cut(whole=True)
+        elif self._config.send_batch_size and self._pending_items >= self._config.send_batch_size:
+            self._size_triggers.inc()
+            self._cut(whole=False)
+        if self._ready:
+            await self._send_ready()
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        self._stop.set()
+        if self._ticker is not None:
+            await self._ticker
+        self._cut(whole=True)
+        deadline = time.monotonic() + _SHUTDOWN_RETRY_SECONDS
+        while self._ready and time.monotonic() < deadline:
+            await self._send_ready()
+            if self._ready:
+                await asyncio.sleep(_RETRY_TICK)
+        while self._ready:
+            _, items = self._ready.popleft()
+            self._ready_items -= items
+            self._drop(items, "the next consumer still refused it at shutdown")
+
+    # Internals -----------------------------------------------------------------------
+    def _add(self, payload: Payload, items: int) -> None:
+        if self._pending_items == 0:
+            self._pending = payload
+        else:
+            self._pending.MergeFrom(payload)
+        self._pending_items += items
+
+    def _cut(self, *, whole: bool) -> None:
+        """Move pending items to ``ready``: all of them, or while a full batch remains."""
+        limit = self._config.send_batch_max_size
+        size = self._config.send_batch_size
+        while self._pending_items and (whole or self._pending_items >= size):
+            if limit and self._pending_items > limit:
+                piece, items = split_off(self._pending, limit), limit
+            else:
+                piece, items = self._pending, self._pending_items
+                self._pending = self._signal.new_request()
+            self._pending_items -= items
+            self._ready.append((piece, items))
+            self._ready_items += items
+
+    async def _send_ready(self) -> None:
+        """Offer ready batches in order; stop at the first retryable refusal."""
+        if self._sending:
+            return
+        self._sending = True
+        try:
+            while self._ready:
+                batch, items = self._ready[0]
+                try:
+                    await self._next.consume(batch)
+                except RetryableError as exc:
+                    log.debug(
+                        "processor %s: next consumer refused (%s); will retry", self._name, exc
+                    )
+                    return
+                except PermanentError as exc:
+                    self._drop(items, str(exc))
+                except Exception as exc:
+                    log.exception("processor %s: next consumer failed", self._name)
+                    self._drop(items, f"unexpected error: {exc}")
+                self._ready.popleft()
+                self._ready_items -= items
+        finally:
+            self._sending = False
+
+    def _drop(self, items: int, why: str) -> None:
+        self._telemetry.processor_dropped(self._name, self._signal, items)
+        log.error("processor %s: dropped %d %s: %s", self._name, items, self._signal.item_name, why)
+
+    async def _tick_forever(self, interval: float) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._pending_items:
+                self._timeout_triggers.inc()
+                self._cut(whole=True)
+            if self._ready:
+                await self._send_ready()
+
+
+# Splitting ---------------------------------------------------------------------------
+# (resource list field, scope list field, item list field) of each request type.
+_LAYOUT = {
+    Signal.TRACES: ("resource_spans", "scope_spans", "spans"),
+    Signal.METRICS: ("resource_metrics", "scope_metrics", "metrics"),
+    Signal.LOGS: ("resource_logs", "scope_logs", "log_records"),
+}
+
+
+def split_off(payload: Payload, n: int) -> Payload:
+    """Remove the first ``n`` items (spans, points, records) of ``payload``, return them.
+
+    Whole resources and scopes move without being rebuilt; only the resource and scope
+    straddling the cut are copied (without their items) so that each side keeps them.
+    """
+    signal = signal_of(payload)
+    resources_field, scopes_field, items_field = _LAYOUT[signal]
+    head = signal.new_request()
+    is_metrics = signal is Signal.METRICS
+    _move_front(
+        getattr(payload, resources_field),
+        getattr(head, resources_field),
+        n,
+        lambda res: _split_resource(res, scopes_field, items_field, is_metrics),
+        lambda res: sum(
+            _scope_items(s, items_field, is_metrics) for s in getattr(res, scopes_field)
+        ),
+    )
+    return head
+
+
+def _move_front(source: Any, target: Any, n: int, split: Any, size_of: Any) -> None:
+    """Move the first ``n`` items held by the elements of ``source`` onto ``target``.
+
+    ``size_of(element)`` counts an element's items; ``split(element)`` returns a function
+    that removes its first k items and returns them as a new element.
+    """
+    whole = 0
+    remaining = n
+    for element in source:
+        size = size_of(element)
+        if size > remaining:
+            break
+        whole += 1
+        remaining -= size
+        if remaining == 0:
+            break
+    if whole:
+        target.extend(source[:whole])
+        del source[:whole]
+    if remaining > 0 and len(source):
+        target.append(split(source[0])(remaining))
+
+
+def _shell(message: Any, children: str) -> Any:
+    """A copy of ``message`` without its ``children`` list (resource, scope, schema URL)."""
+    copy = type(message)()
+    for field, value in message.ListFields():
+        if field.name == children:
+            continue
+        if field.is_repeated:
+            getattr(copy, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(copy, field.name).CopyFrom(value)
+        else:
+            setattr(copy, field.name, value)
+    return copy
+
+
+def _split_resource(resource: Any, scopes_field: str, items_field: str, is_metrics: bool) -> Any:
+    def take(k: int) -> Any:
+        head = _shell(resource, scopes_field)
+        _move_front(
+            getattr(resource, scopes_field),
+            getattr(head, scopes_field),
+            k,
+            lambda scope: _split_scope(scope, items_field, is_metrics),
+            lambda scope: _scope_items(scope, items_field, is_metrics),
+        )
+        return head
+
+    return take
+
+
+def _split_scope(scope: Any, items_field: str, is_metrics: bool) -> Any:
+    def take(k: int) -> Any:
+        head = _shell(scope, items_field)
+        if is_metrics:
+            _move_front(
+                getattr(scope, items_field), getattr(head, items_field), k, _split_metric,
+                _metric_points,
+            )  # fmt: skip
+        else:
+            items = getattr(scope, items_field)
+            getattr(head, items_field).extend(items[:k])
+            del items[:k]
+        return head
+
+    return take
+
+
+def _scope_items(scope: Any, items_field: str, is_metrics: bool) -> int:
+    items = getattr(scope, items_field)
+    if is_metrics:
+        return sum(_metric_points(m) for m in items)
+    return len(items)
+
+
+def _metric_points(metric: Any) -> int:
+    kind = metric.WhichOneof("data")
+    return len(getattr(metric, kind).data_points) if kind else 0
+
+
+def _split_metric(metric: Any) -> Any:
+    def take(k: int) -> Any:
+        kind = metric.WhichOneof("data")
+        head = _shell(metric, kind)
+        data = getattr(metric, kind)
+        head_data = getattr(head, kind)
+        head_data.CopyFrom(_shell(data, "data_points"))
+        head_data.data_points.extend(data.data_points[:k])
+        del data.data_points[:k]
+        return head
+
+    return take
+
+
+def _create(
+    settings: CreateSettings, config: BatchConfig, signal: Signal, next_consumer: Consumer
+) -> BatchProcessor:
+    return BatchProcessor(settings, config, signal, next_consumer)
+
+
+factory = processor_factory("batch", BatchConfig, _create, frozenset(Signal))

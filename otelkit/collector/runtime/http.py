@@ -68,6 +68,8 @@ class HttpServer:
         config = uvicorn.Config(
             self._app,
             lifespan="off",
+            # Bound-method apps are otherwise mistaken for ASGI2 by uvicorn's detection.
+            interface="asgi3",
             access_log=False,
             log_level="warning",
             http="httptools",

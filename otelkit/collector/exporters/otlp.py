@@ -1,0 +1,224 @@
+"""``otlp``: forwards data over OTLP/gRPC to another collector or backend.
+
+Errors follow the OTLP specification: ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``,
+``ABORTED``, ``CANCELLED``, ``OUT_OF_RANGE`` and ``DATA_LOSS`` are retried;
+``RESOURCE_EXHAUSTED`` is retried only when the server sends ``RetryInfo`` (its delay
+is honoured); everything else is permanent. gRPC's own retries are turned off so that
+the shared exporter helper owns backoff and counting. A ``partial_success`` in the
+response is logged and its rejected items are counted as failed (reason ``rejected``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import grpc.aio
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from pydantic import Field, field_validator
+
+from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    CreateSettings,
+    Host,
+    exporter_factory,
+)
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+from otelkit.collector.runtime.types import Endpoint
+
+log = logging.getLogger("otelkit.exporter.otlp")
+
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_REJECTED_FIELD = {
+    Signal.TRACES: "rejected_spans",
+    Signal.METRICS: "rejected_data_points",
+    Signal.LOGS: "rejected_log_records",
+}
+_MAX_MESSAGE = 64 * 1024 * 1024
+# (gRPC method, response type) of each signal's Export call.
+_METHODS: dict[Signal, tuple[str, Any]] = {
+    Signal.TRACES: (
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        ExportTraceServiceResponse,
+    ),
+    Signal.METRICS: (
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        ExportMetricsServiceResponse,
+    ),
+    Signal.LOGS: (
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        ExportLogsServiceResponse,
+    ),
+}
+
+
+class TLSClientConfig(ComponentConfig):
+    """Client TLS, upstream's ``configtls`` shape. TLS is on unless ``insecure``."""
+
+    insecure: bool = Field(False, description="Plain text (no TLS).")
+    insecure_skip_verify: bool = Field(False, description="TLS without checking the server.")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name_override: str | None = None
+
+    def read(self, name: str | None) -> bytes | None:
+        return Path(name).read_bytes() if name else None
+
+
+Compression = Literal["gzip", "none"]
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, str]:
+    for key in headers:
+        if not key or any(c.isspace() or c == ":" for c in key):
+            raise ValueError(f"{key!r} is not a valid header name")
+    return headers
+
+
+class OTLPExporterConfig(ExporterHelperConfig):
+    endpoint: Endpoint = Field(description="host:port of the OTLP/gRPC server")
+    tls: TLSClientConfig = TLSClientConfig()
+    compression: Compression = "gzip"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    _check_headers = field_validator("headers")(check_headers)
+
+    @field_validator("tls")
+    @classmethod
+    def _no_skip_verify(cls, tls: TLSClientConfig) -> TLSClientConfig:
+        if tls.insecure_skip_verify:
+            raise ValueError(
+                "insecure_skip_verify is not supported over gRPC; set ca_file to trust the "
+                "server's certificate, or insecure: true for plain text"
+            )
+        return tls
+
+
+def record_partial_success(
+    telemetry: SelfTelemetry, exporter: str, signal: Signal, response: Any
+) -> None:
+    """Log and count what the server said it rejected from an accepted request."""
+    if not response.HasField("partial_success"):
+        return
+    partial = response.partial_success
+    rejected = int(getattr(partial, _REJECTED_FIELD[signal]))
+    if rejected:
+        telemetry.exporter_send_failed(exporter, signal, rejected, "rejected")
+    if rejected or partial.error_message:
+        log.warning(
+            "exporter %s: server rejected %d %s: %s",
+            exporter, rejected, signal.item_name, partial.error_message or "(no message)",
+        )  # fmt: skip
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The server's ``RetryInfo`` delay in seconds, if it sent one."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        status.ParseFromString(value)
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    return None
+
+
+def classify(error: grpc.aio.AioRpcError) -> Exception:
+    """The otelkit error for a failed call, per the OTLP/gRPC retry rules."""
+    code = error.code()
+    message = f"{code.name}: {error.details() or 'no details'}"
+    delay = retry_delay(error)
+    if code in _RETRYABLE:
+        return RetryableError(message, retry_after=delay)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
+        return RetryableError(message, retry_after=delay)
+    return PermanentError(message)
+
+
+class OTLPExporter(QueuedExporter):
+    def __init__(self, settings: CreateSettings, config: OTLPExporterConfig) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[Signal, Any] = {}
+        self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+
+    async def start_sending(self, host: Host) -> None:
+        self._channel = self._open_channel()
+        self._calls = {
+            signal: self._channel.unary_unary(
+                method,
+                request_serializer=lambda request: request.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+            for signal, (method, response_type) in _METHODS.items()
+        }
+
+    async def stop_sending(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def send(self, payload: Payload) -> None:
+        signal = signal_of(payload)
+        try:
+            response = await self._calls[signal](
+                payload, timeout=self.config.timeout or None, metadata=self._metadata or None
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise classify(exc) from None
+        record_partial_success(self.telemetry, self.name, signal, response)
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 0),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ]
+        compression = grpc.Compression.Gzip if self.config.compression == "gzip" else None
+        tls = self.config.tls
+        if tls.insecure:
+            return grpc.aio.insecure_channel(
+                self.config.endpoint, options=options, compression=compression
+            )
+        if tls.server_name_override:
+            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls.read(tls.ca_file),
+            private_key=tls.read(tls.key_file),
+            certificate_chain=tls.read(tls.cert_file),
+        )
+        return grpc.aio.secure_channel(
+            self.config.endpoint, credentials, options=options, compression=compression
+        )
+
+
+def _create(
+    settings: CreateSettings, config: OTLPExporterConfig, signals: frozenset[Signal]
+) -> OTLPExporter:
+    return OTLPExporter(settings, config)
+
+
+factory = exporter_factory("otlp", OTLPExporterConfig, _create, frozenset(Signal))

@@ -1,0 +1,214 @@
+"""``otlphttp``: forwards data over OTLP/HTTP (binary protobuf) to a collector or backend.
+
+``endpoint`` is a base URL; ``/v1/traces``, ``/v1/metrics`` and ``/v1/logs`` are
+appended, unless ``traces_endpoint`` (...) gives a signal's full URL. Errors follow the
+OTLP specification: 429, 502, 503 and 504 are retried, honouring ``Retry-After``
+(seconds or an HTTP date); every other 4xx and 5xx is permanent; a connection failure
+or timeout is retried. A ``partial_success`` in the response is logged and counted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import logging
+import ssl
+import time
+from typing import Any, Self
+
+import httpx
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from pydantic import Field, field_validator, model_validator
+
+from otelkit.collector.exporters.otlp import (
+    Compression,
+    TLSClientConfig,
+    check_headers,
+    record_partial_success,
+)
+from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+
+log = logging.getLogger("otelkit.exporter.otlphttp")
+
+_RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+_PROTOBUF = "application/x-protobuf"
+_RESPONSE_TYPES: dict[Signal, Any] = {
+    Signal.TRACES: ExportTraceServiceResponse,
+    Signal.METRICS: ExportMetricsServiceResponse,
+    Signal.LOGS: ExportLogsServiceResponse,
+}
+
+
+def _check_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    url = httpx.URL(value) if value.startswith(("http://", "https://")) else None
+    if url is None or not url.host:
+        raise ValueError(
+            f"{value!r} is not an HTTP URL: expected http://host:port or https://host:port, "
+            "such as http://collector:4318"
+        )
+    return value
+
+
+class OTLPHTTPExporterConfig(ExporterHelperConfig):
+    endpoint: str | None = Field(None, description="Base URL; /v1/<signal> is appended.")
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    tls: TLSClientConfig = TLSClientConfig()
+    compression: Compression = "gzip"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    _check_headers = field_validator("headers")(check_headers)
+    _check_urls = field_validator(
+        "endpoint", "traces_endpoint", "metrics_endpoint", "logs_endpoint"
+    )(_check_url)
+
+    @model_validator(mode="after")
+    def _some_endpoint(self) -> Self:
+        if not (
+            self.endpoint or self.traces_endpoint or self.metrics_endpoint or self.logs_endpoint
+        ):
+            raise ValueError(
+                "set endpoint (a base URL such as http://collector:4318) or "
+                "traces_endpoint / metrics_endpoint / logs_endpoint"
+            )
+        return self
+
+    def url_for(self, signal: Signal) -> str | None:
+        explicit = getattr(self, f"{signal.value}_endpoint")
+        if explicit:
+            return str(explicit)
+        if self.endpoint:
+            return f"{self.endpoint.rstrip('/')}/v1/{signal.value}"
+        return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's explanation: a ``google.rpc.Status`` message or the start of the body."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith(_PROTOBUF) and response.content:
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(response.content)
+        except Exception:  # not a Status after all
+            pass
+        else:
+            if status.message:
+                return str(status.message)
+    return response.text[:200].strip() or response.reason_phrase
+
+
+def classify(response: httpx.Response) -> Exception:
+    message = f"HTTP {response.status_code}: {_error_message(response)}"
+    if response.status_code in _RETRYABLE_STATUS:
+        return RetryableError(message, parse_retry_after(response.headers.get("retry-after")))
+    return PermanentError(message)
+
+
+class OTLPHTTPExporter(QueuedExporter):
+    def __init__(
+        self, settings: CreateSettings, config: OTLPHTTPExporterConfig, signals: frozenset[Signal]
+    ) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self._urls: dict[Signal, str] = {}
+        for signal in signals:
+            url = config.url_for(signal)
+            if url is None:
+                raise ValueError(
+                    f"exporter {settings.id} is used in a {signal} pipeline but has neither "
+                    f"endpoint nor {signal.value}_endpoint"
+                )
+            self._urls[signal] = url
+        self._headers = {**config.headers, "content-type": _PROTOBUF}
+        if config.compression == "gzip":
+            self._headers["content-encoding"] = "gzip"
+        self._client: httpx.AsyncClient | None = None
+
+    async def start_sending(self, host: Host) -> None:
+        consumers = self.config.sending_queue.num_consumers
+        self._client = httpx.AsyncClient(
+            timeout=self.config.timeout or None,
+            verify=self._tls_context(),
+            limits=httpx.Limits(max_connections=consumers, max_keepalive_connections=consumers),
+            headers={"user-agent": "otelkit-collector"},
+        )
+
+    async def stop_sending(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(self, payload: Payload) -> None:
+        assert self._client is not None, "send() before start()"
+        signal = signal_of(payload)
+        body = payload.SerializeToString()
+        if self.config.compression == "gzip":
+            body = gzip.compress(body, compresslevel=5)
+        try:
+            response = await self._client.post(
+                self._urls[signal], content=body, headers=self._headers
+            )
+        except httpx.TransportError as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
+        if not response.is_success:
+            raise classify(response)
+        self._check_partial_success(signal, response)
+
+    def _check_partial_success(self, signal: Signal, response: httpx.Response) -> None:
+        if not response.content:
+            return
+        if not response.headers.get("content-type", "").startswith(_PROTOBUF):
+            return
+        parsed = _RESPONSE_TYPES[signal]()
+        try:
+            parsed.ParseFromString(response.content)
+        except Exception:
+            log.warning("exporter %s: unreadable success response ignored", self.name)
+            return
+        record_partial_success(self.telemetry, self.name, signal, parsed)
+
+    def _tls_context(self) -> ssl.SSLContext | bool:
+        tls = self.config.tls
+        if not any((tls.ca_file, tls.cert_file, tls.insecure_skip_verify)):
+            return True
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _create(
+    settings: CreateSettings, config: OTLPHTTPExporterConfig, signals: frozenset[Signal]
+) -> OTLPHTTPExporter:
+    return OTLPHTTPExporter(settings, config, signals)
+
+
+factory = exporter_factory("otlphttp", OTLPHTTPExporterConfig, _create, frozenset(Signal))

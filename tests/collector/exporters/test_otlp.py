@@ -1,0 +1,149 @@
+"""The OTLP/gRPC exporter against an in-process gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import ValidationError
+
+from otelkit.collector.exporters.otlp import OTLPExporter, OTLPExporterConfig
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.service import ServiceHost
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+from tests.collector.builders import item_names, logs, metrics, traces
+from tests.collector.exporters.fake_servers import FakeGrpcServer, GrpcFailure
+from tests.support.services import free_port
+
+FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "max_elapsed_time": "5s"}
+
+
+def run(
+    test: Callable[[OTLPExporter, FakeGrpcServer, SelfTelemetry], Awaitable[None]],
+    *,
+    server_up: bool = True,
+    **config: Any,
+) -> None:
+    async def main() -> None:
+        server = FakeGrpcServer()
+        if server_up:
+            await server.start()
+        port = server.port or free_port()
+        telemetry = SelfTelemetry()
+        settings = CreateSettings(ComponentID("otlp"), Kind.EXPORTER, telemetry)
+        cfg = OTLPExporterConfig.model_validate(
+            {"endpoint": f"127.0.0.1:{port}", "tls": {"insecure": True},
+             "retry_on_failure": FAST_RETRY, **config}
+        )  # fmt: skip
+        exporter = OTLPExporter(settings, cfg)
+        await exporter.start(ServiceHost())
+        try:
+            await test(exporter, server, telemetry)
+        finally:
+            await exporter.shutdown()
+            if server_up:
+                await server.stop()
+
+    asyncio.run(main())
+
+
+def test_sends_every_signal_with_headers() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, _: SelfTelemetry) -> None:
+        sent = [traces([[2, 1]]), metrics([3]), logs([[2]])]
+        for payload in sent:
+            await exporter.send(payload)
+        assert server.received == sent
+        assert server.metadata[0]["x-tenant"] == "blue"
+
+    run(check, headers={"X-Tenant": "blue"})
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected", "retry_after"),
+    [
+        (GrpcFailure(grpc.StatusCode.UNAVAILABLE), RetryableError, None),
+        (GrpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED), RetryableError, None),
+        (GrpcFailure(grpc.StatusCode.ABORTED), RetryableError, None),
+        (GrpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.25), RetryableError, 0.25),
+        (GrpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED), PermanentError, None),
+        (GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT), PermanentError, None),
+        (GrpcFailure(grpc.StatusCode.UNAUTHENTICATED), PermanentError, None),
+    ],
+)
+def test_status_codes_map_to_retryable_or_permanent(
+    failure: GrpcFailure, expected: type[Exception], retry_after: float | None
+) -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, _: SelfTelemetry) -> None:
+        server.failures.append(failure)
+        with pytest.raises(expected, match=failure.code.name) as caught:
+            await exporter.send(traces([[1]]))
+        if retry_after is not None:
+            assert isinstance(caught.value, RetryableError)
+            assert caught.value.retry_after == pytest.approx(retry_after)
+
+    run(check)
+
+
+def test_retryable_failures_are_retried_until_the_data_arrives() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        server.failures.extend([GrpcFailure(grpc.StatusCode.UNAVAILABLE)] * 3)
+        await exporter.consume(traces([[4]]))
+        async with asyncio.timeout(5):
+            while not server.received:
+                await asyncio.sleep(0.01)
+        assert item_names(server.received[0]) == [f"s0.0.{i}" for i in range(4)]
+        assert t.total("otelcol_exporter_sent_spans_total", exporter="otlp") == 4
+
+    run(check)
+
+
+def test_permanent_failure_is_dropped_and_counted() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        server.failures.append(GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT))
+        await exporter.consume(logs([[3]]))
+        async with asyncio.timeout(5):
+            while not t.total("otelcol_exporter_send_failed_log_records_total"):
+                await asyncio.sleep(0.01)
+        assert t.total("otelcol_exporter_send_failed_log_records_total", reason="permanent") == 3
+
+    run(check)
+
+
+def test_a_server_that_is_down_is_retryable() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, _: SelfTelemetry) -> None:
+        with pytest.raises(RetryableError, match="UNAVAILABLE"):
+            await exporter.send(traces([[1]]))
+
+    run(check, server_up=False)
+
+
+def test_partial_success_counts_the_rejected_items() -> None:
+    def reject_two(response: Any) -> None:
+        response.partial_success.rejected_spans = 2
+        response.partial_success.error_message = "spans too old"
+
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        server.partial = reject_two
+        await exporter.send(traces([[5]]))
+        assert t.total("otelcol_exporter_send_failed_spans_total", reason="rejected") == 2
+
+    run(check)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "endpoint"),
+        ({"endpoint": "no-port"}, "not an endpoint"),
+        ({"endpoint": "h:4317", "compression": "brotli"}, "compression"),
+        ({"endpoint": "h:4317", "tls": {"insecure_skip_verify": True}}, "not supported"),
+        ({"endpoint": "h:4317", "timeout": "5"}, "not a duration"),
+    ],
+)
+def test_config_errors(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        OTLPExporterConfig.model_validate(config)

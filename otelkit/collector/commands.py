@@ -54,9 +54,15 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    log = logging.getLogger("otelkit.collector")
     try:
-        asyncio.run(Service(config).run())
+        service = Service(config)
+    except Exception as exc:
+        log.error("cannot build the pipelines: %s", exc)
+        return 1
+    try:
+        asyncio.run(service.run())
     except RuntimeError as exc:
-        logging.getLogger("otelkit.collector").error("%s", exc)
+        log.error("%s", exc)
         return 1
     return 0

@@ -9,6 +9,7 @@ drains what the component holds.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ class Factory(Generic[C]):
 
     type: str
     kind: Kind
-    config_class: type[C]
+    config_class: builtins.type[C]
     create: Callable[..., Component]
     signals: frozenset[Signal] = frozenset(Signal)
     connects: frozenset[tuple[Signal, Signal]] = frozenset()

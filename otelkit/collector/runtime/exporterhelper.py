@@ -14,6 +14,11 @@ Semantics, matching the upstream ``exporterhelper``:
 * With ``sending_queue.storage`` set, a batch is written to disk before ``consume``
   returns and removed only once sent or permanently dropped, so a batch waiting for a
   down exporter survives a collector restart.
+* An exporter whose retry unit is not a whole request (one Sentry envelope per event)
+  converts in ``consume`` and queues :class:`QueuedItem` objects with :meth:`enqueue`;
+  they are sent by ``send_item``, retried and counted the same way, and held in memory
+  only. A :class:`PermanentError` may carry ``reason`` (the ``send_failed`` label) and
+  ``logged`` (the exporter has already said why, so the helper does not log each drop).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -67,6 +74,24 @@ class ExporterHelperConfig(ComponentConfig):
     retry_on_failure: RetrySettings = RetrySettings()
 
 
+@dataclass(frozen=True)
+class QueuedItem:
+    """One retry unit an exporter built itself; ``items`` is what it counts as sent."""
+
+    signal: Signal
+    items: int
+    data: Any
+
+
+_Entry = Payload | QueuedItem
+
+
+def _signal_and_items(entry: _Entry) -> tuple[Signal, int]:
+    if isinstance(entry, QueuedItem):
+        return entry.signal, entry.items
+    return signal_of(entry), count_items(entry)
+
+
 class Backoff:
     """Exponential backoff with jitter, honouring a server's ``Retry-After``."""
 
@@ -99,7 +124,7 @@ class QueuedExporter(Exporter):
         self.telemetry = settings.telemetry
         self.name = str(settings.id)
         queue = config.sending_queue
-        self._queue: asyncio.Queue[tuple[Path | None, Payload]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Path | None, _Entry]] = asyncio.Queue()
         self._capacity = queue.queue_size
         self._store = _DiskStore(Path(queue.storage), self.name) if queue.storage else None
         self._workers: list[asyncio.Task[None]] = []
@@ -109,6 +134,10 @@ class QueuedExporter(Exporter):
 
     async def send(self, payload: Payload) -> None:
         """Deliver one batch. Raise PermanentError when retrying cannot help."""
+        raise NotImplementedError
+
+    async def send_item(self, item: QueuedItem) -> None:
+        """Deliver one item queued with :meth:`enqueue`."""
         raise NotImplementedError
 
     async def start_sending(self, host: Host) -> None:
@@ -143,6 +172,23 @@ class QueuedExporter(Exporter):
         self._queue.put_nowait((path, payload))
         self._report_queue(signal)
 
+    async def enqueue(self, items: Sequence[QueuedItem]) -> None:
+        """Queue items all together or none (RetryableError, counted, when they do not fit)."""
+        if not items:
+            return
+        if not self.helper_config.sending_queue.enabled:
+            for item in items:
+                await self._send_with_retry(item, raise_on_failure=True)
+            return
+        if self._closing.is_set() or self._queue.qsize() + len(items) > self._capacity:
+            for item in items:
+                self.telemetry.exporter_enqueue_failed(self.name, item.signal, item.items)
+            reason = "shutting down" if self._closing.is_set() else "sending queue is full"
+            raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
+        for item in items:
+            self._queue.put_nowait((None, item))
+        self._report_queue(items[0].signal)
+
     async def shutdown(self) -> None:
         self._closing.set()
         if self._workers:
@@ -150,9 +196,7 @@ class QueuedExporter(Exporter):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), drain)
             self._abandon.set()
-            for task in self._workers:
-                task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            await _cancel_all(self._workers)
             self._count_abandoned()
         await self.stop_sending()
 
@@ -168,20 +212,26 @@ class QueuedExporter(Exporter):
                 done = await self._send_with_retry(payload, raise_on_failure=False)
                 if done and path is not None and self._store is not None:
                     self._store.remove(path)
+                elif not done and path is None:
+                    self._drop(*_signal_and_items(payload), "shutdown",
+                               RuntimeError("abandoned mid-retry at shutdown"))  # fmt: skip
             finally:
                 self._in_flight -= 1
                 self._queue.task_done()
-                self._report_queue(signal_of(payload))
+                self._report_queue(_signal_and_items(payload)[0])
 
-    async def _send_with_retry(self, payload: Payload, *, raise_on_failure: bool) -> bool:
+    async def _send_with_retry(self, payload: _Entry, *, raise_on_failure: bool) -> bool:
         """True when the batch is finished with (sent or dropped), False when abandoned."""
-        signal, items = signal_of(payload), count_items(payload)
+        signal, items = _signal_and_items(payload)
         backoff = Backoff(self.helper_config.retry_on_failure)
         while True:
+            sending = (
+                self.send_item(payload) if isinstance(payload, QueuedItem) else self.send(payload)
+            )
             try:
-                await asyncio.wait_for(self.send(payload), self.helper_config.timeout or None)
+                await asyncio.wait_for(sending, self.helper_config.timeout or None)
             except PermanentError as exc:
-                self._drop(signal, items, "permanent", exc)
+                self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
                     raise
                 return True
@@ -211,6 +261,8 @@ class QueuedExporter(Exporter):
 
     def _drop(self, signal: Signal, items: int, reason: str, exc: BaseException) -> None:
         self.telemetry.exporter_send_failed(self.name, signal, items, reason)
+        if getattr(exc, "logged", False):
+            return
         log.error("exporter %s: dropped %d %s (%s): %s", self.name, items, signal.item_name,
                   reason, exc)  # fmt: skip
 
@@ -219,7 +271,7 @@ class QueuedExporter(Exporter):
         while not self._queue.empty():
             path, payload = self._queue.get_nowait()
             if path is None:
-                self._drop(signal_of(payload), count_items(payload), "shutdown",
+                self._drop(*_signal_and_items(payload), "shutdown",
                            RuntimeError("queue not drained before shutdown"))  # fmt: skip
 
     def _report_queue(self, signal: Signal) -> None:
@@ -228,6 +280,14 @@ class QueuedExporter(Exporter):
     def _report_queue_all(self) -> None:
         for signal in Signal:
             self._report_queue(signal)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until done: Python 3.11's wait_for can swallow a cancel that races a result."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
 
 
 class _DiskStore:

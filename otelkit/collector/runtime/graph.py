@@ -11,20 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.component import (
     Component,
     ComponentID,
+    Connector,
     Consumer,
     CreateSettings,
     Exporter,
+    Extension,
     Kind,
+    Processor,
     Receiver,
 )
 from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec, PipelineSpec
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+T = TypeVar("T", bound=Component)
 
 
 class Fanout:
@@ -54,6 +60,13 @@ def _copy(payload: Payload) -> Payload:
     clone = type(payload)()
     clone.CopyFrom(payload)
     return clone
+
+
+def _expect(component: object, kind: type[T], cid: ComponentID) -> T:
+    """A plugin factory that builds the wrong thing is a clear start error, not a crash later."""
+    if not isinstance(component, kind):
+        raise TypeError(f"factory for {cid} built {component!r}, not a {kind.__name__}")
+    return component
 
 
 def fan_out(consumers: Sequence[Consumer]) -> Consumer:
@@ -95,7 +108,9 @@ class _Builder:
     def build(self) -> Graph:
         for cid in self.config.extensions:
             spec = self.spec(Kind.EXTENSION, cid)
-            extension = spec.factory.create(self.settings(spec), spec.config)
+            extension = _expect(
+                spec.factory.create(self.settings(spec), spec.config), Extension, cid
+            )
             self.graph.extensions[cid] = extension
             self.graph.add(f"extension/{cid}", extension)
         self._build_exporters()
@@ -112,7 +127,11 @@ class _Builder:
                     wanted.setdefault(cid, set()).add(p.signal)
         for cid, signals in wanted.items():
             spec = self.spec(Kind.EXPORTER, cid)
-            exporter = spec.factory.create(self.settings(spec), spec.config, frozenset(signals))
+            exporter = _expect(
+                spec.factory.create(self.settings(spec), spec.config, frozenset(signals)),
+                Exporter,
+                cid,
+            )
             self.graph.exporters[cid] = exporter
             self.graph.add(f"exporter/{cid}", exporter)
 
@@ -152,7 +171,8 @@ class _Builder:
         head = fan_out(consumers)
         for cid in reversed(pipeline.processors):
             spec = self.spec(Kind.PROCESSOR, cid)
-            processor = spec.factory.create(self.settings(spec), spec.config, pipeline.signal, head)
+            created = spec.factory.create(self.settings(spec), spec.config, pipeline.signal, head)
+            processor = _expect(created, Processor, cid)
             self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
             head = processor
         return head
@@ -171,9 +191,10 @@ class _Builder:
             by_signal.setdefault(q.signal, []).append(self.entries[q.name])
         built: list[Consumer] = []
         for target_signal, consumers in by_signal.items():
-            connector = spec.factory.create(
+            created = spec.factory.create(
                 self.settings(spec), spec.config, source_signal, target_signal, fan_out(consumers)
             )
+            connector = _expect(created, Connector, cid)
             label = f"connector/{cid} ({source_signal}->{target_signal})"
             self.graph.add(label, connector)
             built.append(connector)
@@ -188,6 +209,8 @@ class _Builder:
         for cid, by_signal in wanted.items():
             spec = self.spec(Kind.RECEIVER, cid)
             consumers = {signal: fan_out(cs) for signal, cs in by_signal.items()}
-            receiver = spec.factory.create(self.settings(spec), spec.config, consumers)
+            receiver = _expect(
+                spec.factory.create(self.settings(spec), spec.config, consumers), Receiver, cid
+            )
             self.graph.receivers[cid] = receiver
             self.graph.add(f"receiver/{cid}", receiver)

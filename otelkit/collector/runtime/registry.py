@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from otelkit.collector.runtime.component import Factory, Kind
 
@@ -22,7 +23,7 @@ class Registry:
     """The known component types of each kind, loaded on demand."""
 
     _entry_points: dict[Kind, dict[str, EntryPoint]] = field(default_factory=dict)
-    _loaded: dict[tuple[Kind, str], Factory[object]] = field(default_factory=dict)
+    _loaded: dict[tuple[Kind, str], Factory[Any]] = field(default_factory=dict)
 
     @classmethod
     def discover(cls) -> Registry:
@@ -32,7 +33,7 @@ class Registry:
             registry._entry_points[kind] = {ep.name: ep for ep in found}
         return registry
 
-    def register(self, factory: Factory[object]) -> None:
+    def register(self, factory: Factory[Any]) -> None:
         """Add a factory directly (embedding and tests); entry points are the normal way."""
         self._loaded[(factory.kind, factory.type)] = factory
         self._entry_points.setdefault(factory.kind, {})
@@ -42,7 +43,7 @@ class Registry:
         names.update(type_ for k, type_ in self._loaded if k == kind)
         return sorted(names)
 
-    def get(self, kind: Kind, type_: str) -> Factory[object]:
+    def get(self, kind: Kind, type_: str) -> Factory[Any]:
         key = (kind, type_)
         if key in self._loaded:
             return self._loaded[key]

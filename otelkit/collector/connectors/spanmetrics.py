@@ -1,0 +1,487 @@
+"""``spanmetrics``: RED metrics from spans (traces in, metrics out).
+
+Per service, span name, span kind and status code, plus configured dimensions looked up
+on the span, then the resource, then the dimension's default, it keeps:
+
+* ``traces.span.metrics.calls`` — a monotonic sum (``traces_span_metrics_calls_total``);
+* ``traces.span.metrics.duration`` — an explicit-bucket histogram in ms or s
+  (``traces_span_metrics_duration_milliseconds``), upstream's default buckets;
+
+and sends them downstream as one ``ExportMetricsServiceRequest`` every
+``metrics_flush_interval``. Keys are the upstream connector's. Choices where otelkit
+differs from upstream, on purpose:
+
+* ``metrics_flush_interval`` defaults to 15s (upstream: 60s) so dashboards built on
+  ``rate(...[1m])`` see several points per window.
+* ``metrics_expiration`` defaults to 5m (upstream: never): series of routes or services
+  that go quiet are dropped, so memory follows live traffic, not history.
+* ``aggregation_cardinality_limit`` defaults to 10000 series per resource (upstream:
+  unlimited). New series past the limit fold into one series per resource labelled
+  ``otel.metric.overflow="true"`` (``otel_metric_overflow`` in Prometheus); the spans
+  folded are counted in ``otelcol_connector_spanmetrics_overflow_spans_total``.
+* Raw URLs and query text never become labels: ``url.full``, ``http.url``,
+  ``http.target``, ``url.path``, ``url.query``, ``db.statement``, ``db.query.text`` and
+  similar are refused as dimensions at configuration time (use ``http.route`` and
+  ``db.operation.name``), and span names lose any query string and ``scheme://host``
+  before they are used.
+
+Per span only the name, kind, status code, start and end times and the attributes are
+read (the latter only to find configured dimensions); trace and span IDs are read only
+when an exemplar slot is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from pydantic import Field, field_validator, model_validator
+
+from otelkit.collector.exporters.prometheus.translation import any_value_text
+from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    Connector,
+    Consumer,
+    CreateSettings,
+    Host,
+    connector_factory,
+)
+from otelkit.collector.runtime.errors import ComponentError, PermanentError
+from otelkit.collector.runtime.types import Duration
+
+log = logging.getLogger("otelkit.spanmetrics")
+
+DEFAULT_BUCKETS_MS = (2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10000,
+                      15000)  # fmt: skip
+REFUSED_DIMENSIONS = frozenset({
+    "url.full", "url.original", "url.path", "url.query", "url.fragment", "http.url",
+    "http.target", "db.statement", "db.query.text", "db.query.parameter",
+    "exception.message", "exception.stacktrace",
+})  # fmt: skip
+DEFAULT_DIMENSIONS = ("service.name", "span.name", "span.kind", "status.code")
+OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
+SCOPE_NAME = "otelkit.connectors.spanmetrics"
+_SPAN_KINDS = ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
+               "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER")  # fmt: skip
+_STATUS_CODES = ("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")
+Temporality = Literal["AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORALITY_DELTA"]
+_CUMULATIVE: Temporality = "AGGREGATION_TEMPORALITY_CUMULATIVE"
+_DELTA: Temporality = "AGGREGATION_TEMPORALITY_DELTA"
+
+
+# Configuration -------------------------------------------------------------------------
+class Dimension(ComponentConfig):
+    name: str
+    default: str | None = Field(None, description="Used when neither span nor resource has it.")
+
+
+class ExplicitBuckets(ComponentConfig):
+    buckets: list[Duration] = Field(description="Upper bounds as durations: 2ms, 100ms, 1s.")
+
+
+class HistogramConfig(ComponentConfig):
+    disable: bool = False
+    unit: Literal["ms", "s"] = "ms"
+    explicit: ExplicitBuckets | None = None
+
+    def bounds(self) -> tuple[float, ...]:
+        """Bucket bounds in the histogram's unit."""
+        scale = 1000.0 if self.unit == "ms" else 1.0
+        if self.explicit is None:
+            return tuple(b / 1000.0 * scale for b in DEFAULT_BUCKETS_MS)
+        return tuple(sorted({b * scale for b in self.explicit.buckets}))
+
+
+class ExemplarsConfig(ComponentConfig):
+    enabled: bool = False
+    max_per_data_point: int = Field(5, ge=1, description="Kept per series between flushes.")
+
+
+class SpanMetricsConfig(ComponentConfig):
+    histogram: HistogramConfig = HistogramConfig()
+    dimensions: list[Dimension] = Field(default_factory=list)
+    exclude_dimensions: list[str] = Field(default_factory=list)
+    aggregation_temporality: Temporality = _CUMULATIVE
+    metrics_flush_interval: Duration = Field(15.0, gt=0)
+    metrics_expiration: Duration = Field(300.0, description="0 keeps quiet series forever.")
+    aggregation_cardinality_limit: int = Field(
+        10_000, ge=0, description="Series per resource before overflow; 0 is unlimited."
+    )
+    namespace: str = "traces.span.metrics"
+    exemplars: ExemplarsConfig = ExemplarsConfig()
+    resource_metrics_key_attributes: list[str] = Field(
+        default_factory=list,
+        description="Resource attributes that identify (and are kept on) an output "
+        "resource; empty keeps every resource attribute.",
+    )
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_raw_urls_or_queries(cls, dims: list[Dimension]) -> list[Dimension]:
+        names = [d.name for d in dims]
+        for name in names:
+            if name in REFUSED_DIMENSIONS or name.startswith(("http.request.header.",
+                                                              "http.response.header.")):  # fmt: skip
+                raise ValueError(
+                    f"{name!r} cannot be a dimension: raw URLs, headers and query text make "
+                    "one series per request; use http.route, http.request.method, "
+                    "db.operation.name or db.collection.name"
+                )
+            if name in DEFAULT_DIMENSIONS:
+                raise ValueError(f"{name!r} is always a dimension; list only extra ones")
+        if len(set(names)) != len(names):
+            raise ValueError("each dimension may be listed once")
+        return dims
+
+    @field_validator("exclude_dimensions")
+    @classmethod
+    def _known_defaults(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in DEFAULT_DIMENSIONS:
+                raise ValueError(f"{name!r} is not a default dimension: {DEFAULT_DIMENSIONS}")
+        return names
+
+    @model_validator(mode="after")
+    def _buckets_present(self) -> SpanMetricsConfig:
+        if self.histogram.explicit is not None and not self.histogram.explicit.buckets:
+            raise ValueError("histogram.explicit.buckets must list at least one bound")
+        return self
+
+
+# State -----------------------------------------------------------------------------------
+class _Series:
+    __slots__ = ("attributes", "buckets", "calls", "exemplars", "flushed_calls", "last_active",
+                 "start_ns", "total")  # fmt: skip
+
+    def __init__(self, attributes: list[KeyValue], buckets: int, now_ns: int, now: float) -> None:
+        self.attributes = attributes
+        self.calls = 0
+        self.total = 0.0
+        self.buckets = [0] * buckets
+        self.exemplars: list[tuple[bytes, bytes, float, int]] = []
+        self.start_ns = now_ns
+        self.flushed_calls = 0
+        self.last_active = now
+
+
+class _ResourceState:
+    __slots__ = ("base_values", "overflow", "resource", "series", "service")
+
+    def __init__(self, resource: Resource, service: str, base_values: list[str | None]) -> None:
+        self.resource = resource
+        self.service = service
+        self.base_values = base_values
+        self.series: dict[tuple[Any, ...], _Series] = {}
+        self.overflow: _Series | None = None
+
+
+def safe_span_name(name: str) -> str:
+    """A span name fit for a label: no query string or fragment, no ``scheme://host``."""
+    name = name.partition("?")[0].partition("#")[0]
+    if "://" in name:
+        before, _, rest = name.partition("://")
+        method = before.rpartition(" ")[0]
+        path = "/" + rest.partition("/")[2]
+        name = f"{method} {path}" if method else path
+    return name
+
+
+# The connector ---------------------------------------------------------------------------
+class SpanMetricsConnector(Connector):
+    def __init__(
+        self, settings: CreateSettings, config: SpanMetricsConfig, next_consumer: Consumer
+    ) -> None:
+        self.config = config
+        self.name = str(settings.id)
+        self.next = next_consumer
+        self.telemetry = settings.telemetry
+        self.bounds = config.histogram.bounds()
+        self._scale = 1e-6 if config.histogram.unit == "ms" else 1e-9
+        self._dimensions = config.dimensions
+        self._wanted = {d.name: i for i, d in enumerate(config.dimensions)}
+        self._excluded = frozenset(config.exclude_dimensions)
+        self._delta = config.aggregation_temporality == _DELTA
+        self._resources: dict[bytes, _ResourceState] = {}
+        self._safe_names: dict[str, str] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        self._last_flush_ns = time.time_ns()
+        self._overflow_spans = self.telemetry.counter(
+            "otelcol_connector_spanmetrics_overflow_spans",
+            "Spans counted in the overflow series because the cardinality limit was reached",
+            ("connector",),
+        ).labels(self.name)
+        self._series_gauge = self.telemetry.gauge(
+            "otelcol_connector_spanmetrics_series", "Series the connector holds", ("connector",)
+        ).labels(self.name)
+
+    async def start(self, host: Host) -> None:
+        self._flush_task = asyncio.create_task(self._flush_loop(), name=f"{self.name}-flush")
+
+    async def shutdown(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+            self._flush_task = None
+        await self.flush()
+
+    async def consume(self, payload: Payload) -> None:
+        if not hasattr(payload, "resource_spans"):
+            raise PermanentError(f"connector {self.name} takes traces only")
+        self.aggregate(payload.resource_spans)
+
+    # Hot path ------------------------------------------------------------------------
+    def aggregate(self, resource_spans: Sequence[Any]) -> None:
+        """Count every span of a request. Kept in one function: per-span Python cost is
+        the connector's throughput."""
+        wanted = self._wanted
+        bounds = self.bounds
+        scale = self._scale
+        safe_names = self._safe_names
+        text = any_value_text
+        bisect_left = bisect.bisect_left
+        max_exemplars = self.config.exemplars.max_per_data_point
+        exemplars_on = self.config.exemplars.enabled
+        for rs in resource_spans:
+            state = self._resource_state(rs.resource)
+            table = state.series
+            base = state.base_values
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    raw_name = span.name
+                    name = safe_names.get(raw_name)
+                    if name is None:
+                        name = self._remember_safe_name(raw_name)
+                    if wanted:
+                        values = base.copy()
+                        for kv in span.attributes:
+                            index = wanted.get(kv.key)
+                            if index is not None:
+                                values[index] = text(kv.value)
+                        key: tuple[Any, ...] = (name, span.kind, span.status.code, *values)
+                    else:
+                        key = (name, span.kind, span.status.code)
+                    series = table.get(key)
+                    if series is None:
+                        series = self._new_series(state, key)
+                    end = span.end_time_unix_nano
+                    duration = (end - span.start_time_unix_nano) * scale
+                    series.calls += 1
+                    series.total += duration
+                    series.buckets[bisect_left(bounds, duration)] += 1
+                    if exemplars_on and len(series.exemplars) < max_exemplars:
+                        series.exemplars.append((span.trace_id, span.span_id, duration, end))
+
+    def _remember_safe_name(self, raw: str) -> str:
+        if len(self._safe_names) >= 10_000:
+            self._safe_names.clear()
+        name = self._safe_names[raw] = safe_span_name(raw)
+        return name
+
+    def _resource_state(self, resource: Resource) -> _ResourceState:
+        keys = self.config.resource_metrics_key_attributes
+        if keys:
+            kept = Resource()
+            kept.attributes.extend(
+                kv for kv in resource.attributes if kv.key in keys or kv.key == "service.name"
+            )
+            resource = kept
+        identity = resource.SerializeToString(deterministic=True)
+        state = self._resources.get(identity)
+        if state is None:
+            state = self._new_resource_state(resource)
+            self._resources[identity] = state
+        return state
+
+    def _new_resource_state(self, resource: Resource) -> _ResourceState:
+        attrs = {kv.key: kv.value for kv in resource.attributes}
+        service = any_value_text(attrs["service.name"]) if "service.name" in attrs else ""
+        base: list[str | None] = []
+        for dim in self._dimensions:
+            value = attrs.get(dim.name)
+            base.append(any_value_text(value) if value is not None else dim.default)
+        copy = Resource()
+        copy.CopyFrom(resource)
+        return _ResourceState(copy, service, base)
+
+    def _new_series(self, state: _ResourceState, key: tuple[Any, ...]) -> _Series:
+        now_ns, now = time.time_ns(), time.monotonic()
+        limit = self.config.aggregation_cardinality_limit
+        if limit and len(state.series) >= limit:
+            self._overflow_spans.inc()
+            if state.overflow is None:
+                attributes = [_kv("service.name", state.service), _kv(OVERFLOW_ATTRIBUTE, True)]
+                state.overflow = _Series(attributes, len(self.bounds) + 1, now_ns, now)
+            state.overflow.last_active = now
+            return state.overflow
+        series = _Series(self._attributes(state, key), len(self.bounds) + 1, now_ns, now)
+        state.series[key] = series
+        return series
+
+    def _attributes(self, state: _ResourceState, key: tuple[Any, ...]) -> list[KeyValue]:
+        name, kind, code, *values = key
+        defaults = {
+            "service.name": state.service,
+            "span.name": name,
+            "span.kind": _SPAN_KINDS[kind] if 0 <= kind < len(_SPAN_KINDS) else str(kind),
+            "status.code": _STATUS_CODES[code] if 0 <= code < len(_STATUS_CODES) else str(code),
+        }
+        attributes = [_kv(k, v) for k, v in defaults.items() if k not in self._excluded]
+        for dim, value in zip(self._dimensions, values, strict=True):
+            if value is not None:
+                attributes.append(_kv(dim.name, value))
+        return attributes
+
+    # Flushing ------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("connector %s: flush failed", self.name)
+
+    async def flush(self) -> None:
+        """Send every live series downstream; drop quiet ones; reset deltas."""
+        request = self.build_request()
+        if not request.resource_metrics:
+            return
+        try:
+            await self.next.consume(request)
+        except ComponentError as exc:
+            # Cumulative state is kept, so the next flush carries these counts again.
+            log.warning("connector %s: downstream refused span metrics: %s", self.name, exc)
+
+    def build_request(self) -> ExportMetricsServiceRequest:
+        now_ns, now = time.time_ns(), time.monotonic()
+        self._expire(now)
+        request = ExportMetricsServiceRequest()
+        total = 0
+        for state in self._resources.values():
+            series = list(state.series.values())
+            if state.overflow is not None:
+                series.append(state.overflow)
+            if self._delta:
+                series = [s for s in series if s.calls]
+            total += len(series)
+            if series:
+                self._add_resource(request, state, series, now_ns)
+        self._series_gauge.set(total)
+        self._last_flush_ns = now_ns
+        return request
+
+    def _expire(self, now: float) -> None:
+        expiration = self.config.metrics_expiration
+        for identity, state in list(self._resources.items()):
+            all_series = list(state.series.items())
+            if state.overflow is not None:
+                all_series.append((None, state.overflow))  # type: ignore[arg-type]
+            for key, s in all_series:
+                if s.calls != s.flushed_calls:
+                    s.last_active = now
+                elif expiration and now - s.last_active >= expiration:
+                    if key is None:
+                        state.overflow = None
+                    else:
+                        del state.series[key]
+            if not state.series and state.overflow is None:
+                del self._resources[identity]
+
+    def _add_resource(
+        self,
+        request: ExportMetricsServiceRequest,
+        state: _ResourceState,
+        series: list[_Series],
+        now_ns: int,
+    ) -> None:
+        temporality = (
+            AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+            if self._delta
+            else AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+        )
+        rm = request.resource_metrics.add()
+        rm.resource.CopyFrom(state.resource)
+        sm = rm.scope_metrics.add()
+        sm.scope.name = SCOPE_NAME
+        calls = sm.metrics.add()
+        calls.name = f"{self.config.namespace}.calls"
+        calls.description = "Spans counted, per service, operation, kind and status"
+        calls.sum.is_monotonic = True
+        calls.sum.aggregation_temporality = temporality
+        duration = None
+        if not self.config.histogram.disable:
+            duration = sm.metrics.add()
+            duration.name = f"{self.config.namespace}.duration"
+            duration.unit = self.config.histogram.unit
+            duration.description = "Span durations, per service, operation, kind and status"
+            duration.histogram.aggregation_temporality = temporality
+        for s in series:
+            start = self._last_flush_ns if self._delta else s.start_ns
+            self._add_points(calls, duration, s, start, now_ns)
+            s.flushed_calls = s.calls
+            s.exemplars.clear()
+            if self._delta:
+                s.calls, s.total, s.buckets = 0, 0.0, [0] * len(s.buckets)
+                s.flushed_calls = 0
+
+    def _add_points(self, calls: Any, duration: Any, s: _Series, start: int, now_ns: int) -> None:
+        dp = calls.sum.data_points.add()
+        dp.attributes.extend(s.attributes)
+        dp.start_time_unix_nano = start
+        dp.time_unix_nano = now_ns
+        dp.as_int = s.calls
+        if duration is None:
+            _add_exemplars(dp, s.exemplars)
+            return
+        hp = duration.histogram.data_points.add()
+        hp.attributes.extend(s.attributes)
+        hp.start_time_unix_nano = start
+        hp.time_unix_nano = now_ns
+        hp.count = s.calls
+        hp.sum = s.total
+        hp.bucket_counts.extend(s.buckets)
+        hp.explicit_bounds.extend(self.bounds)
+        _add_exemplars(dp, s.exemplars)
+        _add_exemplars(hp, s.exemplars)
+
+
+def _add_exemplars(point: Any, exemplars: list[tuple[bytes, bytes, float, int]]) -> None:
+    for trace_id, span_id, value, time_ns in exemplars:
+        ex = point.exemplars.add()
+        ex.trace_id = trace_id
+        ex.span_id = span_id
+        ex.as_double = value
+        ex.time_unix_nano = time_ns
+
+
+def _kv(key: str, value: str | bool) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def _create(
+    settings: CreateSettings,
+    config: SpanMetricsConfig,
+    source: Signal,
+    target: Signal,
+    next_consumer: Consumer,
+) -> SpanMetricsConnector:
+    return SpanMetricsConnector(settings, config, next_consumer)
+
+
+factory = connector_factory(
+    "spanmetrics", SpanMetricsConfig, _create, frozenset({(Signal.TRACES, Signal.METRICS)})
+)

@@ -1,0 +1,464 @@
+"""OTLP metrics -> Prometheus series: the one translation both Prometheus exporters share.
+
+Follows the OpenTelemetry "Prometheus and OpenMetrics compatibility" specification and
+the upstream collector's translator:
+
+* names: characters outside ``[a-zA-Z0-9:]`` split the name into words joined by ``_``;
+  the unit becomes a suffix (``s`` -> ``_seconds``, ``By`` -> ``_bytes``, ``m/s`` ->
+  ``_meters_per_second``; units in braces are dropped); monotonic sums end in
+  ``_total``; gauges with unit ``1`` end in ``_ratio``; a leading digit gets ``_``.
+* labels: invalid characters become ``_``; a leading digit or a single leading ``_``
+  gets a ``key_`` prefix; attributes that collide after sanitising are joined with ``;``.
+* resources: ``job`` = ``service.namespace/service.name``, ``instance`` =
+  ``service.instance.id`` on every series, and one ``target_info`` gauge per resource
+  carrying the other resource attributes.
+
+The output is a stream of :class:`Translated` records holding immutable points; the
+scrape exporter folds them into its cumulative store, remote write encodes them as-is.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+from prometheus_client.utils import floatToGoString
+
+Labels = tuple[tuple[str, str], ...]
+"""A series' labels, sorted by name: hashable, so it is the series key."""
+
+MetricKind = Literal["counter", "gauge", "histogram", "summary"]
+
+TARGET_INFO = "target_info"
+_NO_RECORDED_VALUE = 1  # DataPointFlags.FLAG_NO_RECORDED_VALUE
+_DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+
+_UNITS = {
+    "d": "days", "h": "hours", "min": "minutes", "s": "seconds", "ms": "milliseconds",
+    "us": "microseconds", "ns": "nanoseconds",
+    "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes", "GiBy": "gibibytes",
+    "TiBy": "tibibytes", "KBy": "kilobytes", "MBy": "megabytes", "GBy": "gigabytes",
+    "TBy": "terabytes",
+    "m": "meters", "V": "volts", "A": "amperes", "J": "joules", "W": "watts", "g": "grams",
+    "Cel": "celsius", "Hz": "hertz", "1": "", "%": "percent",
+}  # fmt: skip
+_PER_UNITS = {
+    "s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month",
+    "y": "year",
+}  # fmt: skip
+_NAME_SEPARATORS = re.compile(r"[^a-zA-Z0-9:]+")
+_INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_NON_ALNUM = re.compile(r"[^a-zA-Z0-9]+")
+
+
+# Points ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    labels: Labels
+    value: float
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class NumberPoint:
+    value: float
+    start_ns: int
+    time_ns: int
+    exemplar: Exemplar | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramPoint:
+    """Explicit-bucket histogram; ``counts`` per bucket (not cumulative), len(bounds)+1."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+    count: int
+    start_ns: int
+    time_ns: int
+    exemplars: tuple[Exemplar | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPoint:
+    quantiles: tuple[tuple[float, float], ...]
+    sum: float
+    count: int
+    start_ns: int
+    time_ns: int
+
+
+Point = NumberPoint | HistogramPoint | SummaryPoint
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One Prometheus metric family. Counter names carry ``_total`` when suffixes are on."""
+
+    name: str
+    kind: MetricKind
+    help: str = ""
+    unit: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    family: Family
+    labels: Labels
+    point: Point
+    delta: bool = False
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class TranslationOptions:
+    namespace: str = ""
+    add_metric_suffixes: bool = True
+    resource_to_telemetry_conversion: bool = False
+    scope_labels: bool = True
+    target_info: bool = True
+    extra_labels: Mapping[str, str] | None = None
+    """``const_labels`` / ``external_labels``: added to every series, never overriding."""
+
+
+# Names ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def metric_name(
+    name: str,
+    unit: str,
+    kind: str,
+    monotonic: bool = False,
+    namespace: str = "",
+    add_suffixes: bool = True,
+) -> str:
+    """The Prometheus name of an OTLP metric. ``kind`` is the OTLP data kind
+    (``sum``, ``gauge``, ``histogram``, ``exponential_histogram``, ``summary``)."""
+    if not add_suffixes:
+        text = f"{namespace}_{name}" if namespace else name
+        text = _INVALID_NAME_CHARS.sub("_", text)
+        return "_" + text if text[:1].isdigit() else text
+    words = [w for w in _NAME_SEPARATORS.split(name) if w]
+    main, _, per = unit.partition("/")
+    main, per = main.strip(), per.strip()
+    if main and "{" not in main and "}" not in main:
+        word = _clean(_UNITS.get(main, main))
+        if word and word not in words:
+            words.append(word)
+    if per and "{" not in per and "}" not in per:
+        word = _clean(_PER_UNITS.get(per, per))
+        if word and word not in words:
+            words += ["per", word]
+    if kind == "sum" and monotonic:
+        words = [w for w in words if w != "total"] + ["total"]
+    if unit == "1" and kind == "gauge":
+        words = [w for w in words if w != "ratio"] + ["ratio"]
+    if namespace:
+        words.insert(0, namespace)
+    text = "_".join(words)
+    return "_" + text if text[:1].isdigit() else text
+
+
+def unit_word(unit: str) -> str:
+    """The unit as a Prometheus name suffix word (``seconds``), or ``""``."""
+    main, _, per = unit.partition("/")
+    if "{" in unit or not main.strip():
+        return ""
+    word = _clean(_UNITS.get(main.strip(), main.strip()))
+    if per.strip():
+        per_word = _clean(_PER_UNITS.get(per.strip(), per.strip()))
+        return f"{word}_per_{per_word}" if word and per_word else word
+    return word
+
+
+def _clean(text: str) -> str:
+    return _NON_ALNUM.sub("_", text).strip("_")
+
+
+@functools.lru_cache(maxsize=8192)
+def label_name(key: str) -> str:
+    """A valid Prometheus label name for an attribute key."""
+    if not key:
+        return key
+    text = _INVALID_LABEL_CHARS.sub("_", key)
+    if text[0].isdigit():
+        return "key_" + text
+    if text.startswith("_") and not text.startswith("__"):
+        return "key" + text
+    return text
+
+
+# Attribute values ----------------------------------------------------------------------
+def any_value_text(value: Any) -> str:
+    """An OTLP ``AnyValue`` as label text (lists and maps as JSON, bytes as base64)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return str(value.string_value)
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "double_value":
+        return format_float(value.double_value)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind is None:
+        return ""
+    return json.dumps(_any_value_json(value), separators=(",", ":"))
+
+
+def _any_value_json(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_any_value_json(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _any_value_json(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind == "double_value" and not math.isfinite(value.double_value):
+        return format_float(value.double_value)
+    return getattr(value, kind) if kind else None
+
+
+def format_float(value: float) -> str:
+    """Floats as Prometheus writes them: ``+Inf``, ``-Inf``, ``NaN``, integers without
+    a fraction."""
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def go_float(value: float) -> str:
+    """A float as Go's ``strconv.FormatFloat(v, 'g', -1, 64)`` writes it (``le`` and
+    ``quantile`` labels: ``1e+06``), so our series match those of Go exporters."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def attribute_labels(attributes: Iterable[Any]) -> dict[str, str]:
+    """Sanitised labels from OTLP attributes; colliding keys' values are joined with ``;``
+    in key order, as upstream does. Empty values are left out (Prometheus drops them)."""
+    labels: dict[str, str] = {}
+    collided = False
+    for kv in attributes:
+        name = label_name(kv.key)
+        if name in labels:
+            collided = True
+            break
+        text = any_value_text(kv.value)
+        if text:
+            labels[name] = text
+    if not collided:
+        return labels
+    labels = {}
+    for kv in sorted(attributes, key=lambda kv: str(kv.key)):
+        name, text = label_name(kv.key), any_value_text(kv.value)
+        if text:
+            labels[name] = f"{labels[name]};{text}" if name in labels else text
+    return labels
+
+
+# Resources -------------------------------------------------------------------------------
+_IDENTIFYING = ("service.name", "service.namespace", "service.instance.id")
+
+
+@dataclass(frozen=True)
+class ResourceLabels:
+    """What a resource contributes: labels for every series and its ``target_info``."""
+
+    series: dict[str, str]
+    target_info: Labels | None
+
+
+def resource_labels(resource: Any, options: TranslationOptions) -> ResourceLabels:
+    attrs = {kv.key: any_value_text(kv.value) for kv in resource.attributes}
+    base: dict[str, str] = {}
+    if options.resource_to_telemetry_conversion:
+        base.update(attribute_labels(resource.attributes))
+    job_instance = _job_instance(attrs)
+    base.update(job_instance)
+    info: Labels | None = None
+    others = [kv for kv in resource.attributes if kv.key not in _IDENTIFYING]
+    if options.target_info and others:
+        info_labels = {**attribute_labels(others), **job_instance}
+        for key, value in (options.extra_labels or {}).items():
+            info_labels.setdefault(key, value)
+        info = tuple(sorted(info_labels.items()))
+    return ResourceLabels(base, info)
+
+
+def _job_instance(attrs: Mapping[str, str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    name, namespace = attrs.get("service.name", ""), attrs.get("service.namespace", "")
+    if name:
+        labels["job"] = f"{namespace}/{name}" if namespace else name
+    if attrs.get("service.instance.id"):
+        labels["instance"] = attrs["service.instance.id"]
+    return labels
+
+
+# Requests -> records ---------------------------------------------------------------------
+def translate(
+    request: ExportMetricsServiceRequest, options: TranslationOptions
+) -> Iterator[Translated]:
+    """Every data point of a request as a Prometheus series, plus ``target_info`` per
+    resource (stamped with the newest point time of that resource)."""
+    info_family = Family(TARGET_INFO, "gauge", "Target metadata")
+    for rm in request.resource_metrics:
+        resource = resource_labels(rm.resource, options)
+        newest = 0
+        for sm in rm.scope_metrics:
+            base = dict(resource.series)
+            if options.scope_labels and sm.scope.name:
+                base["otel_scope_name"] = sm.scope.name
+                if sm.scope.version:
+                    base["otel_scope_version"] = sm.scope.version
+            for metric in sm.metrics:
+                for record in _translate_metric(metric, base, options):
+                    newest = max(newest, record.point.time_ns)
+                    yield record
+        if resource.target_info is not None and newest:
+            yield Translated(info_family, resource.target_info, NumberPoint(1.0, 0, newest))
+
+
+def _translate_metric(
+    metric: Any, base: dict[str, str], options: TranslationOptions
+) -> Iterator[Translated]:
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return
+    data = getattr(metric, kind)
+    monotonic = kind == "sum" and data.is_monotonic
+    name = metric_name(
+        metric.name, metric.unit, kind, monotonic, options.namespace, options.add_metric_suffixes
+    )
+    help_text = metric.description or metric.name  # a HELP line always, as promtool wants
+    family = Family(name, _KINDS[kind] if kind != "sum" or monotonic else "gauge",
+                    help_text, unit_word(metric.unit))  # fmt: skip
+    delta = kind in ("sum", "histogram", "exponential_histogram") and (
+        data.aggregation_temporality == _DELTA
+    )
+    convert: Callable[[Any], Point] = _CONVERTERS[kind]
+    for dp in data.data_points:
+        labels = attribute_labels(dp.attributes)
+        labels.update(base)  # job, instance, scope and resource labels win over attributes
+        for key, value in (options.extra_labels or {}).items():
+            labels.setdefault(key, value)
+        stale = bool(dp.flags & _NO_RECORDED_VALUE)
+        yield Translated(family, tuple(sorted(labels.items())), convert(dp), delta, stale)
+
+
+_KINDS: dict[str, MetricKind] = {
+    "gauge": "gauge",
+    "sum": "counter",
+    "histogram": "histogram",
+    "exponential_histogram": "histogram",
+    "summary": "summary",
+}
+
+
+def _number(dp: Any) -> NumberPoint:
+    value = float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
+    exemplar = _exemplar(dp.exemplars[-1]) if dp.exemplars else None
+    return NumberPoint(value, dp.start_time_unix_nano, dp.time_unix_nano, exemplar)
+
+
+def _histogram(dp: Any) -> HistogramPoint:
+    bounds = tuple(dp.explicit_bounds)
+    counts = tuple(dp.bucket_counts) or (0,) * (len(bounds) + 1)
+    if len(counts) != len(bounds) + 1:  # malformed: keep the total, lose the shape
+        counts, bounds = (int(dp.count),), ()
+    exemplars = _bucket_exemplars(bounds, dp.exemplars)
+    return HistogramPoint(bounds, counts, dp.sum, int(dp.count), dp.start_time_unix_nano,
+                          dp.time_unix_nano, exemplars)  # fmt: skip
+
+
+def _exponential(dp: Any) -> HistogramPoint:
+    """Explicit buckets from an exponential histogram: each bucket's upper boundary is
+    ``base ** (index + 1)`` with ``base = 2 ** 2 ** -scale``; the zero bucket ends at
+    the zero threshold."""
+    base = 2.0 ** (2.0**-dp.scale)
+    bounds: list[float] = []
+    counts: list[int] = []
+    negative = dp.negative
+    for i in reversed(range(len(negative.bucket_counts))):  # most negative first
+        bounds.append(-(base ** (negative.offset + i)))
+        counts.append(int(negative.bucket_counts[i]))
+    bounds.append(dp.zero_threshold)
+    counts.append(int(dp.zero_count))
+    positive = dp.positive
+    for i, n in enumerate(positive.bucket_counts):
+        bounds.append(base ** (positive.offset + i + 1))
+        counts.append(int(n))
+    counts.append(0)  # +Inf
+    exemplars = _bucket_exemplars(tuple(bounds), dp.exemplars)
+    return HistogramPoint(tuple(bounds), tuple(counts), dp.sum, int(dp.count),
+                          dp.start_time_unix_nano, dp.time_unix_nano, exemplars)  # fmt: skip
+
+
+def _summary(dp: Any) -> SummaryPoint:
+    quantiles = tuple((q.quantile, q.value) for q in dp.quantile_values)
+    return SummaryPoint(quantiles, dp.sum, int(dp.count), dp.start_time_unix_nano,
+                        dp.time_unix_nano)  # fmt: skip
+
+
+_CONVERTERS: dict[str, Callable[[Any], Point]] = {
+    "gauge": _number,
+    "sum": _number,
+    "histogram": _histogram,
+    "exponential_histogram": _exponential,
+    "summary": _summary,
+}
+
+
+def _exemplar(ex: Any) -> Exemplar:
+    labels: dict[str, str] = {}
+    if ex.trace_id:
+        labels["trace_id"] = ex.trace_id.hex()
+    if ex.span_id:
+        labels["span_id"] = ex.span_id.hex()
+    for key, value in attribute_labels(ex.filtered_attributes).items():
+        labels.setdefault(key, value)
+    number = float(ex.as_double if ex.WhichOneof("value") == "as_double" else ex.as_int)
+    return Exemplar(_fit_exemplar_labels(labels), number, ex.time_unix_nano)
+
+
+def _fit_exemplar_labels(labels: dict[str, str]) -> Labels:
+    """OpenMetrics caps an exemplar's label set at 128 characters: keep the IDs first."""
+    kept: list[tuple[str, str]] = []
+    size = 0
+    for key, value in labels.items():
+        size += len(key) + len(value)
+        if size > 128:
+            break
+        kept.append((key, value))
+    return tuple(kept)
+
+
+def _bucket_exemplars(bounds: tuple[float, ...], exemplars: Any) -> tuple[Exemplar | None, ...]:
+    """The newest exemplar falling into each bucket (``le`` is inclusive)."""
+    if not exemplars:
+        return ()
+    slots: list[Exemplar | None] = [None] * (len(bounds) + 1)
+    for ex in exemplars:
+        converted = _exemplar(ex)
+        index = bisect.bisect_left(bounds, converted.value)
+        current = slots[index]
+        if current is None or current.time_ns <= converted.time_ns:
+            slots[index] = converted
+    return tuple(slots)

@@ -132,17 +132,27 @@ def record_partial_success(
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
-    """The server's ``RetryInfo`` delay in seconds, if it sent one."""
+    """The server's ``RetryInfo`` delay in seconds, if it sent one.
+
+    The standard place is the ``google.rpc.Status`` details; the Python SDK also reads
+    a bare ``google.rpc.retryinfo-bin`` trailer, so both are understood.
+    """
     for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+        if not isinstance(value, bytes):
             continue
-        status = status_pb2.Status()
-        status.ParseFromString(value)
-        for detail in status.details:
-            info = error_details_pb2.RetryInfo()
-            if detail.Unpack(info):
-                return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+        if key == "google.rpc.retryinfo-bin":
+            return _seconds(error_details_pb2.RetryInfo.FromString(value))
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return _seconds(info)
     return None
+
+
+def _seconds(info: Any) -> float:
+    return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
 
 
 def classify(error: grpc.aio.AioRpcError) -> Exception:

@@ -53,6 +53,7 @@ PATHS = {
 class GrpcFailure:
     code: grpc.StatusCode
     retry_delay: float | None = None
+    bare_retry_info: bool = False  # the SDK's google.rpc.retryinfo-bin trailer
 
 
 @dataclass
@@ -94,9 +95,12 @@ class FakeGrpcServer:
                     )
                     status = status_pb2.Status(code=failure.code.value[0], message="busy")
                     status.details.add().Pack(info)
-                    context.set_trailing_metadata(
-                        (("grpc-status-details-bin", status.SerializeToString()),)
+                    trailer = (
+                        ("google.rpc.retryinfo-bin", info.SerializeToString())
+                        if failure.bare_retry_info
+                        else ("grpc-status-details-bin", status.SerializeToString())
                     )
+                    context.set_trailing_metadata((trailer,))
                 await context.abort(failure.code, "scripted failure")
             self.received.append(request)
             response = response_type()

@@ -69,6 +69,11 @@ def test_sends_every_signal_with_headers() -> None:
         (GrpcFailure(grpc.StatusCode.DEADLINE_EXCEEDED), RetryableError, None),
         (GrpcFailure(grpc.StatusCode.ABORTED), RetryableError, None),
         (GrpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.25), RetryableError, 0.25),
+        (
+            GrpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.5, bare_retry_info=True),
+            RetryableError,
+            0.5,
+        ),
         (GrpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED), PermanentError, None),
         (GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT), PermanentError, None),
         (GrpcFailure(grpc.StatusCode.UNAUTHENTICATED), PermanentError, None),
@@ -93,7 +98,7 @@ def test_retryable_failures_are_retried_until_the_data_arrives() -> None:
         server.failures.extend([GrpcFailure(grpc.StatusCode.UNAVAILABLE)] * 3)
         await exporter.consume(traces([[4]]))
         async with asyncio.timeout(5):
-            while not server.received:
+            while not t.total("otelcol_exporter_sent_spans_total"):
                 await asyncio.sleep(0.01)
         assert item_names(server.received[0]) == [f"s0.0.{i}" for i in range(4)]
         assert t.total("otelcol_exporter_sent_spans_total", exporter="otlp") == 4

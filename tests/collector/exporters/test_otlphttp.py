@@ -149,7 +149,7 @@ def test_retryable_answers_are_retried_until_the_data_arrives() -> None:
         server.answers.extend([HttpAnswer(503), HttpAnswer(429, {"retry-after": "0"})])
         await exporter.consume(traces([[3]]))
         async with asyncio.timeout(5):
-            while not server.received:
+            while not t.total("otelcol_exporter_sent_spans_total"):
                 await asyncio.sleep(0.01)
         assert t.total("otelcol_exporter_sent_spans_total") == 3
 

@@ -1,0 +1,560 @@
+"""Collector throughput: spans per second and CPU per span, against a parse-only receiver.
+
+    python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
+
+A load process (separate from everything it measures) sends one pre-serialized request of
+512 realistic server spans (10 attributes each) over and over, with a fixed number of
+requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
+
+* ``bare``: a minimal receiver in its own process (grpc.aio and uvicorn/httptools, as the
+  collector uses) that only ``ParseFromString``s each request and discards it -- the
+  ceiling of any Python OTLP receiver;
+* an ``otelkit collector run`` process for each selected pipeline: ``nop`` is
+  ``otlp -> memory_limiter -> batch -> nop``, ``file`` is the same ending in the ``file``
+  exporter, ``direct`` is ``otlp -> nop`` (the receiver alone). Pipelines whose
+  components are not installed are skipped with a note.
+
+For each, the collector process's CPU time (``/proc/<pid>/stat``) over the measured
+window gives CPU per span and spans per CPU-second; its resident memory (``VmRSS``, and
+the peak ``VmHWM``) is read at the end of the window. Every figure is also given as a
+ratio to the bare receiver measured in the same run. The machine is shared: the load
+process needs CPU too, so on 2 cores the absolute spans/s is bounded by both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+BATCH = 512
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+ROUTES = ["/users/{id}", "/orders/{id}", "/health", "/search", "/cart/{id}/items", "/login"]
+AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0", "curl/8.4.0", "python-httpx/0.27.0"]
+PIPELINES: dict[str, tuple[list[str], str]] = {
+    "nop": (["memory_limiter", "batch"], "nop"),
+    "file": (["memory_limiter", "batch"], "file"),
+    "direct": ([], "nop"),
+}
+
+
+# The request --------------------------------------------------------------------------
+
+
+def build_request(batch: int = BATCH, seed: int = 7) -> bytes:
+    """One trace export request of ``batch`` server spans, 10 attributes each."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def attr(key: str, value: str | int) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=key, value=AnyValue(int_value=value))
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    rng = random.Random(seed)
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    for key, value in (
+        ("service.name", "checkout"),
+        ("service.version", "2.14.1"),
+        ("deployment.environment.name", "production"),
+        ("host.name", "checkout-7d9f8c-x2x9k"),
+        ("telemetry.sdk.language", "python"),
+    ):
+        rs.resource.attributes.append(attr(key, value))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "opentelemetry.instrumentation.fastapi"
+    ss.scope.version = "0.48b0"
+    start = 1_700_000_000_000_000_000
+    for i in range(batch):
+        route = rng.choice(ROUTES)
+        item = rng.randrange(100_000)
+        span = ss.spans.add(
+            trace_id=rng.randbytes(16),
+            span_id=rng.randbytes(8),
+            parent_span_id=rng.randbytes(8) if i % 3 else b"",
+            name=f"GET {route}",
+            kind=2,
+            start_time_unix_nano=start + i * 1_000_000,
+            end_time_unix_nano=start + i * 1_000_000 + rng.randrange(200_000, 90_000_000),
+        )
+        status = rng.choice([200, 200, 200, 201, 404, 500])
+        span.attributes.extend(
+            [
+                attr("http.request.method", "GET"),
+                attr("http.route", route),
+                attr("url.full", f"https://shop.example.com{route.replace('{id}', str(item))}"),
+                attr("http.response.status_code", status),
+                attr("server.address", "shop.example.com"),
+                attr("server.port", 443),
+                attr("user_agent.original", rng.choice(AGENTS)),
+                attr("client.address", f"10.0.{rng.randrange(256)}.{rng.randrange(256)}"),
+                attr("network.protocol.version", "1.1"),
+                attr("http.request.id", f"{rng.getrandbits(64):016x}"),
+            ]
+        )
+        span.status.code = 2 if status >= 500 else 0
+    data: bytes = request.SerializeToString()
+    return data
+
+
+# The load process -----------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    failures: int
+    seconds: float
+    cpu_seconds: float
+    first_failure: str
+
+
+def load_main(
+    transport: str,
+    port: int,
+    body: bytes,
+    warmup: float,
+    seconds: float,
+    inflight: int,
+    out: Connection,
+) -> None:
+    """Entry point of the load process: warm up, tell the parent, measure, report."""
+    result = asyncio.run(_load(transport, port, body, warmup, seconds, inflight, out))
+    out.send(("done", result))
+
+
+async def _load(
+    transport: str,
+    port: int,
+    body: bytes,
+    warmup: float,
+    seconds: float,
+    inflight: int,
+    out: Connection,
+) -> LoadResult:
+    send = await (_grpc_sender if transport == "grpc" else _http_sender)(port, body, inflight)
+    counts = {"ok": 0, "failed": 0}
+    first_failure: list[str] = []
+    deadline = time.monotonic() + warmup
+
+    async def worker(index: int) -> None:
+        while time.monotonic() < deadline:
+            try:
+                await send(index)
+                counts["ok"] += 1
+            except Exception as exc:
+                counts["failed"] += 1
+                if not first_failure:
+                    first_failure.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    await asyncio.gather(*(worker(i) for i in range(inflight)))
+    counts["ok"] = counts["failed"] = 0
+    first_failure.clear()
+    out.send(("start", None))
+    cpu0, t0 = _own_cpu(), time.monotonic()
+    deadline = t0 + seconds
+    await asyncio.gather(*(worker(i) for i in range(inflight)))
+    return LoadResult(
+        counts["ok"],
+        counts["failed"],
+        time.monotonic() - t0,
+        _own_cpu() - cpu0,
+        first_failure[0] if first_failure else "",
+    )
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def _grpc_sender(port: int, body: bytes, inflight: int) -> Callable[[int], Any]:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    )
+    export = channel.unary_unary(TRACE_EXPORT)
+
+    async def send(_: int) -> None:
+        await export(body, timeout=30)
+
+    return send
+
+
+async def _http_sender(port: int, body: bytes, inflight: int) -> Callable[[int], Any]:
+    """A minimal keep-alive HTTP/1.1 client: the request bytes are built once."""
+    head = (
+        f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/x-protobuf\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    request = head + body
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(inflight)]
+
+    async def send(index: int) -> None:
+        reader, writer = connections[index]
+        writer.write(request)
+        status_and_headers = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in status_and_headers.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await reader.readexactly(length)
+        if not status_and_headers.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(status_and_headers.split(b"\r\n", 1)[0].decode())
+
+    return send
+
+
+# The bare receiver ------------------------------------------------------------------------
+
+
+def serve_bare(grpc_port: int, http_port: int) -> None:
+    """Parse-only OTLP receiver: grpc.aio + uvicorn/httptools on one asyncio loop."""
+    asyncio.run(_serve_bare(grpc_port, http_port))
+
+
+async def _serve_bare(grpc_port: int, http_port: int) -> None:
+    import grpc
+    import uvicorn
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    parse = ExportTraceServiceRequest.FromString
+
+    async def export(request: bytes, context: Any) -> bytes:
+        parse(request)
+        return b""
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    handler = grpc.unary_unary_rpc_method_handler(export)
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}
+            )
+        ]
+    )
+    server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+    await server.start()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        parse(b"".join(chunks))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/x-protobuf"),
+                    (b"content-length", b"0"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=http_port,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+    await uvicorn.Server(config).serve()
+
+
+# Targets ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"target exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def collector_config(pipeline: str, grpc_port: int, http_port: int, workdir: Path) -> str:
+    processors, exporter = PIPELINES[pipeline]
+    exporters = {
+        "nop": "  nop: {}\n",
+        # Rotation keeps the benchmark's disk use bounded.
+        "file": f"  file:\n    path: {workdir / 'spans.jsonl'}\n"
+        "    rotation: {max_megabytes: 200, max_backups: 1}\n",
+    }
+    return (
+        "receivers:\n  otlp:\n    protocols:\n"
+        f"      grpc: {{endpoint: 127.0.0.1:{grpc_port}}}\n"
+        f"      http: {{endpoint: 127.0.0.1:{http_port}}}\n"
+        "processors:\n"
+        "  memory_limiter: {check_interval: 1s, limit_mib: 1536, spike_limit_mib: 384}\n"
+        "  batch: {}\n"
+        f"exporters:\n{exporters[exporter]}"
+        "service:\n"
+        f"  telemetry: {{metrics: {{address: 127.0.0.1:{free_port()}}}}}\n"
+        "  pipelines:\n"
+        f"    traces: {{receivers: [otlp], processors: [{', '.join(processors)}], "
+        f"exporters: [{exporter}]}}\n"
+    )
+
+
+def missing_components(pipeline: str) -> list[str]:
+    from otelkit.collector.runtime.component import Kind
+    from otelkit.collector.runtime.registry import Registry, RegistryError
+
+    registry = Registry.discover()
+    processors, exporter = PIPELINES[pipeline]
+    wanted = [(Kind.RECEIVER, "otlp"), (Kind.EXPORTER, exporter)]
+    wanted += [(Kind.PROCESSOR, name) for name in processors]
+    missing = []
+    for kind, name in wanted:
+        try:
+            registry.get(kind, name)
+        except RegistryError:
+            missing.append(f"{kind.value} {name}")
+    return missing
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log: Path
+
+
+def start_target(name: str, workdir: Path) -> Target:
+    grpc_port, http_port = free_port(), free_port()
+    log = workdir / f"{name}.log"
+    if name == "bare":
+        command = [sys.executable, __file__, "--serve-bare", str(grpc_port), str(http_port)]
+        label = "bare receiver (parse only)"
+    else:
+        config = workdir / f"{name}.yaml"
+        config.write_text(collector_config(name, grpc_port, http_port, workdir))
+        command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
+        processors, exporter = PIPELINES[name]
+        label = " -> ".join(["otlp", *processors, exporter])
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    target = Target(name, label, process, grpc_port, http_port, log)
+    try:
+        wait_for_port(grpc_port, process)
+        wait_for_port(http_port, process)
+    except RuntimeError as exc:
+        stop_target(target)
+        raise RuntimeError(f"{name}: {exc}\n{log.read_text(errors='replace')[-2000:]}") from exc
+    return target
+
+
+def stop_target(target: Target) -> None:
+    if target.process.poll() is None:
+        target.process.terminate()
+        try:
+            target.process.wait(30)
+        except subprocess.TimeoutExpired:
+            target.process.kill()
+            target.process.wait(5)
+
+
+# Measurement --------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def process_memory(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+@dataclass
+class Figure:
+    transport: str
+    target: str
+    spans_per_second: float
+    cores: float
+    rss_mib: float
+    peak_mib: float
+    load_cores: float
+    failures: int
+    first_failure: str
+
+    @property
+    def us_per_span(self) -> float:
+        return self.cores / self.spans_per_second * 1e6 if self.spans_per_second else float("nan")
+
+    @property
+    def spans_per_core(self) -> float:
+        return self.spans_per_second / self.cores if self.cores else float("nan")
+
+
+def measure(target: Target, transport: str, body: bytes, args: argparse.Namespace) -> Figure:
+    port = target.grpc_port if transport == "grpc" else target.http_port
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    load = context.Process(
+        target=load_main,
+        args=(transport, port, body, args.warmup, args.seconds, args.inflight, child),
+    )
+    load.start()
+    try:
+        if not parent.poll(args.warmup + 60):
+            raise RuntimeError("load process did not start")
+        parent.recv()
+        cpu0 = process_cpu(target.process.pid)
+        if not parent.poll(args.seconds + 60):
+            raise RuntimeError("load process did not finish")
+        cpu1 = process_cpu(target.process.pid)
+        rss, peak = process_memory(target.process.pid)
+        _, result = parent.recv()
+    finally:
+        load.join(30)
+        if load.is_alive():
+            load.kill()
+    assert isinstance(result, LoadResult)
+    return Figure(
+        transport,
+        target.label,
+        result.requests * BATCH / result.seconds,
+        (cpu1 - cpu0) / result.seconds,
+        rss,
+        peak,
+        result.cpu_seconds / result.seconds,
+        result.failures,
+        result.first_failure,
+    )
+
+
+def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: list[str]) -> None:
+    print(
+        f"collector throughput: {BATCH}-span requests ({len(body) / 1024:.0f} KiB protobuf, "
+        f"10 attributes per span), {args.inflight} in flight, {args.seconds:g}s measured per "
+        f"case after {args.warmup:g}s warm-up, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'transport':<9} {'target':<44} {'spans/s':>9} {'cores':>5} {'us/span':>7} "
+        f"{'spans/core-s':>12} {'RSS MiB':>7} {'peak':>5} {'load cores':>10} "
+        f"{'spans/s vs bare':>15} {'per-core vs bare':>16}"
+    )
+    print(header)
+    print("-" * len(header))
+    for transport in ("grpc", "http"):
+        rows = [f for f in figures if f.transport == transport]
+        bare = next((f for f in rows if f.target.startswith("bare")), None)
+        for f in rows:
+            ratio = f.spans_per_second / bare.spans_per_second if bare else float("nan")
+            core_ratio = f.spans_per_core / bare.spans_per_core if bare else float("nan")
+            print(
+                f"{f.transport:<9} {f.target:<44} {f.spans_per_second:>9,.0f} {f.cores:>5.2f} "
+                f"{f.us_per_span:>7.2f} {f.spans_per_core:>12,.0f} {f.rss_mib:>7.0f} "
+                f"{f.peak_mib:>5.0f} {f.load_cores:>10.2f} {ratio:>15.2f} {core_ratio:>16.2f}"
+            )
+            if f.failures:
+                print(f"          {f.failures} requests refused: {f.first_failure}")
+    print(
+        "anchor: the upstream Go collector's OTLP pass-through holds 10k spans/s under 20% of "
+        "a core (>= 50k spans per core-second); aim here: nop pipeline >= 0.5 x bare."
+    )
+    for note in notes:
+        print(f"note: {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~25 s: 2 s per case")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per case")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--inflight", type=int, default=8, help="requests in flight")
+    parser.add_argument(
+        "--pipelines",
+        default="nop,file",
+        help=f"comma-separated, from: {', '.join(PIPELINES)} (the bare receiver always runs)",
+    )
+    parser.add_argument("--transports", default="grpc,http")
+    parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(*args.serve_bare)
+        return
+    if args.quick:
+        args.seconds, args.warmup = 2.0, 0.75
+
+    body = build_request()
+    notes: list[str] = []
+    targets = ["bare"]
+    for name in args.pipelines.split(","):
+        name = name.strip()
+        if name not in PIPELINES:
+            parser.error(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}")
+        if missing := missing_components(name):
+            notes.append(f"pipeline {name} skipped: not installed: {', '.join(missing)}")
+        else:
+            targets.append(name)
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
+        for name in targets:
+            target = start_target(name, Path(tmp))
+            try:
+                for transport in args.transports.split(","):
+                    figures.append(measure(target, transport.strip(), body, args))
+            finally:
+                stop_target(target)
+    report(figures, body, args, notes)
+
+
+if __name__ == "__main__":
+    main()

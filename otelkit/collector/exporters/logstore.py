@@ -1,0 +1,168 @@
+"""``logstore``: log records into the SQLite or PostgreSQL log store, searchable later.
+
+What a sender's success response means depends on ``durability``:
+
+* ``queue`` (default): the batch is in the exporter's sending queue (in memory, or on
+  disk with ``sending_queue.storage``). A down database makes batches wait and retry;
+  a killed collector loses what was in an in-memory queue.
+* ``commit``: the receiver answers only after the transaction holding the batch has
+  committed. The sending queue is bypassed, so a failed write reaches the sender as a
+  retryable error (gRPC ``UNAVAILABLE`` / HTTP 503) and the sender retries. Concurrent
+  requests share one transaction (group commit). Put no ``batch`` processor in front:
+  it acknowledges before the exporter sees the data.
+
+Either way delivery is at least once: a write that times out may still commit, and the
+retry stores the records again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    CreateSettings,
+    Host,
+    exporter_factory,
+)
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.http import HttpServer
+from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
+from otelkit.logstore.api import search_app
+from otelkit.logstore.store import LogStore, StoreError, StoreUnavailableError, open_store
+
+log = logging.getLogger("otelkit.logstore")
+
+
+class ApiSettings(ComponentConfig):
+    endpoint: Endpoint = Field(description="Where GET /api/logs is served, e.g. 127.0.0.1:8890.")
+
+
+class LogStoreConfig(ExporterHelperConfig):
+    url: str = Field(description="sqlite:///path/to/logs.db or postgresql://user@host/db")
+    retention: Duration = Field(7 * 86400.0, description="Age past which records are pruned; 0 keeps all.")  # fmt: skip
+    max_size: ByteSize | None = Field(None, description="SQLite only: prune oldest beyond this.")
+    prune_interval: Duration = Field(60.0, gt=0)
+    durability: Literal["queue", "commit"] = "queue"
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite: normal survives a crash, full also a power loss."
+    )
+    max_batch_records: int = Field(20_000, ge=1, description="Records per write transaction.")
+    api: ApiSettings | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ValueError(
+                f"{url!r} is not a log store URL: expected sqlite:///path/to/logs.db or "
+                "postgresql://user@host:5432/db"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _size_needs_sqlite(self) -> LogStoreConfig:
+        if self.max_size is not None and not self.url.startswith("sqlite:"):
+            raise ValueError(
+                "max_size applies to SQLite stores only (PostgreSQL frees space through "
+                "VACUUM); use retention for PostgreSQL"
+            )
+        return self
+
+
+class LogStoreExporter(QueuedExporter):
+    def __init__(self, settings: CreateSettings, config: LogStoreConfig) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self.store: LogStore = open_store(config.url, synchronous=config.synchronous)
+        self._commit = config.durability == "commit"
+        self._api: HttpServer | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._pruned = settings.telemetry.counter(
+            "otelkit_logstore_pruned_log_records", "Log records removed by retention", ("exporter",)
+        )
+
+    @property
+    def api_port(self) -> int:
+        return self._api.port if self._api else 0
+
+    async def start_sending(self, host: Host) -> None:
+        try:
+            await asyncio.to_thread(self.store.start_writer, self.config.max_batch_records)
+        except StoreUnavailableError as exc:
+            # A shared database may be down now and up later: batches wait and retry.
+            log.warning("exporter %s: log store not reachable yet: %s", self.name, exc)
+            self.store.start_writer_thread(self.config.max_batch_records)
+        if self.config.api is not None:
+            app = search_app(self.store)
+            self._api = HttpServer(self.config.api.endpoint, app, name=f"{self.name}-api")
+            await self._api.start()
+        if self.config.retention or self.config.max_size is not None:
+            self._pruner = asyncio.create_task(self._prune_loop(), name=f"{self.name}-prune")
+
+    async def stop_sending(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+        if self._api is not None:
+            await self._api.stop()
+        await asyncio.to_thread(self.store.close)
+
+    async def consume(self, payload: Payload) -> None:
+        if not self._commit:
+            await super().consume(payload)
+            return
+        # durability: commit — answer the sender only once the transaction committed.
+        signal, items = signal_of(payload), count_items(payload)
+        try:
+            await asyncio.wait_for(self.send(payload), self.helper_config.timeout or None)
+        except PermanentError:
+            self.telemetry.exporter_send_failed(self.name, signal, items, "permanent")
+            raise
+        except Exception as exc:
+            raise RetryableError(f"exporter {self.name}: {exc}", retry_after=1.0) from exc
+        self.telemetry.exporter_sent(self.name, signal, items)
+
+    async def send(self, payload: Payload) -> None:
+        if signal_of(payload) is not Signal.LOGS:
+            raise PermanentError(f"exporter {self.name} stores logs only")
+        try:
+            await asyncio.wrap_future(self.store.submit(payload))
+        except StoreUnavailableError as exc:
+            raise RetryableError(str(exc)) from exc
+        except StoreError as exc:
+            raise PermanentError(str(exc)) from exc
+
+    async def prune_now(self) -> int:
+        """Apply retention once; the background loop calls this every ``prune_interval``."""
+        retention = self.config.retention or None
+        removed = await asyncio.to_thread(self.store.prune, retention, self.config.max_size)
+        if removed:
+            self._pruned.labels(self.name).inc(removed)
+            log.info("exporter %s: retention removed %d log records", self.name, removed)
+        return removed
+
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                await self.prune_now()
+            except StoreError as exc:
+                log.warning("exporter %s: pruning failed: %s", self.name, exc)
+            await asyncio.sleep(self.config.prune_interval)
+
+
+def _create(
+    settings: CreateSettings, config: LogStoreConfig, signals: frozenset[Signal]
+) -> LogStoreExporter:
+    return LogStoreExporter(settings, config)
+
+
+factory = exporter_factory("logstore", LogStoreConfig, _create, frozenset({Signal.LOGS}))

@@ -1,0 +1,301 @@
+"""The embedded backend: one SQLite file in WAL mode with an FTS5 index on the body.
+
+* WAL lets readers (CLI, HTTP API) run while the collector writes.
+* A committed transaction is in the WAL file before ``COMMIT`` returns, so it survives
+  the process being killed; ``synchronous: full`` also makes it survive power loss.
+* The FTS5 table is an external-content index over ``logs.body``. It is filled with one
+  ``INSERT ... SELECT`` per transaction rather than a per-row trigger (several times
+  faster), and entries are removed the same way before rows are pruned.
+* ``auto_vacuum=INCREMENTAL`` lets pruning hand free pages back to the file system.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from otelkit.logstore.query import LogQuery, Page, page_from_rows
+from otelkit.logstore.records import COLUMNS, Row
+from otelkit.logstore.sql import SQLITE, select_statement
+from otelkit.logstore.store import Backend, StoreError, StoreUnavailableError
+
+# Each migration is applied once, in order, in one transaction with its version row.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "log records, indexes for time, service, severity and trace, FTS5 on the body",
+        """
+        CREATE TABLE logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts INTEGER NOT NULL,
+            observed_ts INTEGER,
+            severity_number INTEGER NOT NULL DEFAULT 0,
+            severity_text TEXT,
+            body TEXT,
+            body_json INTEGER NOT NULL DEFAULT 0,
+            attributes TEXT,
+            resource_attributes TEXT,
+            service_name TEXT,
+            service_namespace TEXT,
+            service_version TEXT,
+            deployment_environment TEXT,
+            service_instance_id TEXT,
+            scope_name TEXT,
+            scope_version TEXT,
+            trace_id BLOB,
+            span_id BLOB,
+            flags INTEGER NOT NULL DEFAULT 0,
+            event_name TEXT
+        );
+        CREATE INDEX logs_ts ON logs (ts);
+        CREATE INDEX logs_service_ts ON logs (service_name, ts);
+        CREATE INDEX logs_severity_ts ON logs (severity_number, ts);
+        CREATE INDEX logs_trace ON logs (trace_id, ts) WHERE trace_id IS NOT NULL;
+        CREATE VIRTUAL TABLE logs_fts USING fts5(
+            body, content='logs', content_rowid='id', columnsize=0
+        );
+        """,
+    ),
+]
+LATEST = MIGRATIONS[-1][0]
+PRUNE_CHUNK = 5_000
+
+_INSERT = f"INSERT INTO logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+_INDEX_NEW = (
+    "INSERT INTO logs_fts (rowid, body) SELECT id, body FROM logs WHERE id > ? AND body IS NOT NULL"
+)
+_OLDEST = "SELECT id FROM logs WHERE {where} ORDER BY ts, id LIMIT ?"
+_UNINDEX = "INSERT INTO logs_fts (logs_fts, rowid, body) SELECT 'delete', id, body FROM logs WHERE id IN ({ids}) AND body IS NOT NULL"
+_DELETE = "DELETE FROM logs WHERE id IN ({ids})"
+
+
+def path_from_url(url: str) -> Path:
+    """``sqlite:///var/lib/x.db`` -> ``/var/lib/x.db``; ``sqlite:x.db`` -> ``x.db``.
+
+    As in ``file:`` URLs, the part after ``//`` is the path, so three slashes give an
+    absolute path (the form in the collector configuration examples).
+    """
+    rest = url.removeprefix("sqlite:")
+    rest = rest.removeprefix("//")
+    rest = rest.split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        raise StoreError(f"{url!r}: expected sqlite:///path/to/logs.db (a file, not memory)")
+    return Path(rest)
+
+
+class SqliteBackend(Backend):
+    def __init__(self, url: str, *, create: bool = True, synchronous: str = "normal") -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._create = create
+        if synchronous not in ("normal", "full"):
+            raise StoreError(f"synchronous: {synchronous!r} is not normal or full")
+        self._synchronous = synchronous.upper()
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # Connections -----------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if not self._create and not self.path.exists():
+            raise StoreError(f"no log store at {self.path}")
+        if self._create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA cache_size=-32768")
+        return conn
+
+    def open_writer(self) -> None:
+        if self._writer is not None:
+            return
+        conn = self._connect()
+        try:
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._writer = conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._check_schema(conn)
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # Schema ----------------------------------------------------------------------------
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise StoreError(f"{self.path}: cannot switch to WAL mode")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                "applied_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now')))"
+            )
+            current = _version(conn)
+            if current > LATEST:
+                raise StoreError(
+                    f"{self.path} has schema version {current}; this otelkit knows up to "
+                    f"{LATEST}: upgrade otelkit"
+                )
+            for version, description, script in MIGRATIONS:
+                if version > current:
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, description) VALUES (?, ?)",
+                        (version, description),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            current = _version(conn)
+        except sqlite3.Error:
+            current = 0
+        if current == 0:
+            raise StoreError(f"{self.path} is not an otelkit log store (no schema_version)")
+        if current > LATEST:
+            raise StoreError(f"{self.path} has schema version {current}; upgrade otelkit")
+
+    def schema_version(self) -> int:
+        return _version(self._reader())
+
+    # Writes ----------------------------------------------------------------------------
+    def write(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        self.open_writer()
+        conn = self._writer
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+                conn.executemany(_INSERT, rows)
+                conn.execute(_INDEX_NEW, (last,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            # Locked, busy, disk full, I/O error: the same write may work later.
+            raise StoreUnavailableError(f"{self.path}: {exc}") from exc
+
+    # Reads -----------------------------------------------------------------------------
+    def query(self, query: LogQuery) -> Page:
+        sql, params = select_statement(query, SQLITE)
+        rows = self._reader().execute(sql, params).fetchall()
+        return page_from_rows(rows, query)
+
+    def count(self) -> int:
+        result: int = self._reader().execute("SELECT count(*) FROM logs").fetchone()[0]
+        return result
+
+    def integrity_check(self) -> list[str]:
+        """Problems ``PRAGMA integrity_check`` and the FTS5 check find (empty when none)."""
+        conn = self._reader()
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        try:
+            conn.execute("INSERT INTO logs_fts (logs_fts) VALUES ('integrity-check')")
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"full-text index: {exc}")
+        return problems
+
+    # Retention -------------------------------------------------------------------------
+    def prune(self, older_than_ns: int | None, max_bytes: int | None) -> int:
+        conn = self._connect()
+        try:
+            removed = 0
+            if older_than_ns is not None:
+                while deleted := self._delete_oldest(conn, "ts < ?", (older_than_ns,)):
+                    removed += deleted
+            if max_bytes is not None:
+                while (used := _used_bytes(conn)) > max_bytes:
+                    # Delete about the share of rows by which the data is too large.
+                    share = (used - max_bytes) / used
+                    chunk = min(PRUNE_CHUNK, max(100, int(_row_estimate(conn) * share) + 1))
+                    deleted = self._delete_oldest(conn, "1 = 1", (), chunk)
+                    if not deleted:
+                        break
+                    removed += deleted
+                    # Deleting from FTS5 appends tombstones; merging applies them, so the
+                    # index shrinks and the size measured next time is real.
+                    conn.execute("INSERT INTO logs_fts (logs_fts, rank) VALUES ('merge', 500)")
+            if removed:
+                conn.execute("PRAGMA incremental_vacuum")
+            return removed
+        finally:
+            conn.close()
+
+    def _delete_oldest(
+        self,
+        conn: sqlite3.Connection,
+        where: str,
+        params: tuple[int, ...],
+        chunk: int = PRUNE_CHUNK,
+    ) -> int:
+        """One short transaction, so the writer waits at most one chunk."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            sql = _OLDEST.format(where=where)
+            ids = [row[0] for row in conn.execute(sql, (*params, chunk))]
+            if ids:
+                marks = ", ".join("?" for _ in ids)
+                conn.execute(_UNINDEX.format(ids=marks), ids)
+                conn.execute(_DELETE.format(ids=marks), ids)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(ids)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(row[0])
+
+
+def _row_estimate(conn: sqlite3.Connection) -> int:
+    """Rows in the table, from the id range (exact count is a full scan)."""
+    low, high = conn.execute("SELECT min(id), max(id) FROM logs").fetchone()
+    return int(high - low + 1) if low is not None else 0
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)

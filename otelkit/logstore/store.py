@@ -1,0 +1,239 @@
+"""The storage engine behind the exporter, the CLI and the HTTP API.
+
+:class:`LogStore` wraps one backend (SQLite or PostgreSQL, chosen by URL) and owns the
+writer thread. Writes are *group committed*: every request waiting when the writer
+turns to the queue goes into one transaction, and each caller's future resolves only
+once that transaction has committed. Many small concurrent requests therefore cost one
+commit, and a caller that waits on its future knows its records are durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from otelkit.logstore.query import LogQuery, Page
+from otelkit.logstore.records import Row, rows_from_request
+
+log = logging.getLogger("otelkit.logstore")
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked, and trying again will not help."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or is busy right now; the same write may succeed later."""
+
+
+class Backend(ABC):
+    """One database behind the store. Methods are called from worker threads."""
+
+    url: str
+
+    @abstractmethod
+    def open_writer(self) -> None:
+        """Connect the writer and apply pending migrations (idempotent)."""
+
+    @abstractmethod
+    def write(self, rows: list[Row]) -> None:
+        """Insert rows in one transaction; raise StoreUnavailableError when worth retrying."""
+
+    @abstractmethod
+    def query(self, query: LogQuery) -> Page: ...
+
+    @abstractmethod
+    def prune(self, older_than_ns: int | None, max_bytes: int | None) -> int:
+        """Delete records older than ``older_than_ns`` and then the oldest records while
+        the data is larger than ``max_bytes``, in short transactions. Returns the count."""
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    request: ExportLogsServiceRequest | None
+    rows: list[Row] | None
+    done: Future[int]
+
+
+_STOP = object()
+
+
+class BatchWriter:
+    """A thread that writes queued requests, as many per transaction as are waiting."""
+
+    def __init__(self, backend: Backend, max_batch_records: int = 20_000) -> None:
+        self._backend = backend
+        self._max = max_batch_records
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: ExportLogsServiceRequest) -> Future[int]:
+        """Queue a request; the future gives the number of rows once committed."""
+        job = _Job(request, None, Future())
+        self._queue.put(job)
+        return job.done
+
+    def submit_rows(self, rows: list[Row]) -> Future[int]:
+        job = _Job(None, rows, Future())
+        self._queue.put(job)
+        return job.done
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, _Job)
+            jobs = [item]
+            stop = self._gather(jobs)
+            # A caller that gave up (timed out) before its write started is not written.
+            jobs = [job for job in jobs if job.done.set_running_or_notify_cancel()]
+            if jobs:
+                self._write(jobs)
+            if stop:
+                return
+
+    def _gather(self, jobs: list[_Job]) -> bool:
+        """Add waiting jobs up to the batch size; True when the stop marker was reached."""
+        size = _size(jobs[0])
+        while size < self._max:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            assert isinstance(item, _Job)
+            jobs.append(item)
+            size += _size(item)
+        return False
+
+    def _write(self, jobs: list[_Job]) -> None:
+        now = time.time_ns()
+        try:
+            rows_per_job = [_rows(job, now) for job in jobs]
+            self._backend.write([row for rows in rows_per_job for row in rows])
+        except StoreUnavailableError as exc:
+            for job in jobs:
+                job.done.set_exception(exc)
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].done.set_exception(_as_store_error(exc))
+                return
+            # One bad request must not fail the others it was grouped with.
+            log.warning("logstore: grouped write failed (%s); writing requests one by one", exc)
+            for job in jobs:
+                self._write([job])
+        else:
+            for job, rows in zip(jobs, rows_per_job, strict=True):
+                job.done.set_result(len(rows))
+
+
+def _size(job: _Job) -> int:
+    if job.rows is not None:
+        return len(job.rows)
+    assert job.request is not None
+    return sum(len(sl.log_records) for rl in job.request.resource_logs for sl in rl.scope_logs)
+
+
+def _rows(job: _Job, now: int) -> list[Row]:
+    if job.rows is not None:
+        return job.rows
+    assert job.request is not None
+    return rows_from_request(job.request, now)
+
+
+def _as_store_error(exc: Exception) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    error = StoreError(f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class LogStore:
+    """A log store: one backend, an optional writer thread, and the query engine."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._writer: BatchWriter | None = None
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def start_writer(self, max_batch_records: int = 20_000) -> None:
+        """Connect and migrate, then start the writer thread (raises if unreachable)."""
+        self.backend.open_writer()
+        self.start_writer_thread(max_batch_records)
+
+    def start_writer_thread(self, max_batch_records: int = 20_000) -> None:
+        """Start the writer thread; it connects on its first write if not yet connected."""
+        if self._writer is None:
+            self._writer = BatchWriter(self.backend, max_batch_records)
+
+    def submit(self, request: ExportLogsServiceRequest) -> Future[int]:
+        if self._writer is None:
+            raise RuntimeError("the log store's writer is not started")
+        return self._writer.submit(request)
+
+    def write_rows(self, rows: list[Row]) -> None:
+        """Insert prepared rows in one transaction, on the calling thread (bulk loads)."""
+        self.backend.open_writer()
+        self.backend.write(rows)
+
+    def query(self, query: LogQuery) -> Page:
+        return self.backend.query(query)
+
+    def prune(self, retention_s: float | None, max_bytes: int | None = None) -> int:
+        cutoff = time.time_ns() - int(retention_s * 1e9) if retention_s else None
+        return self.backend.prune(cutoff, max_bytes)
+
+    def count(self) -> int:
+        return self.backend.count()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.backend.close()
+
+
+def open_store(url: str, *, create: bool = True, synchronous: str = "normal") -> LogStore:
+    """A store for ``sqlite:///absolute/path.db``, ``sqlite:relative.db`` or
+    ``postgresql://user@host:port/db[?schema=name]``.
+
+    With ``create=False`` (the CLI) a missing SQLite file is an error instead of a new
+    empty store.
+    """
+    if url.startswith("sqlite:"):
+        from otelkit.logstore.sqlite import SqliteBackend
+
+        return LogStore(SqliteBackend(url, create=create, synchronous=synchronous))
+    if url.startswith(("postgresql://", "postgres://")):
+        from otelkit.logstore.postgres import PostgresBackend
+
+        return LogStore(PostgresBackend(url))
+    raise StoreError(
+        f"{url!r} is not a log store URL: expected sqlite:///path/to/logs.db or "
+        "postgresql://user@host:5432/db"
+    )

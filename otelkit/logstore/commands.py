@@ -130,16 +130,17 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _follow(store: LogStore, query: LogQuery, args: argparse.Namespace) -> int:
     """Print the last records, then poll for records with higher ids (insertion order)."""
+    start_id = last_id = store.max_id()
     latest = store.query(query).records
     _print(reversed(latest), args.json, sys.stdout)
+    sys.stdout.flush()
     seen = {record.id for record in latest}
-    last_id = max(seen, default=_max_id(store))
     lookback = _TAIL_LOOKBACK_IDS if not store.url.startswith("sqlite:") else 0
     polls = 0
     while not args.max_polls or polls < args.max_polls:
         time.sleep(args.interval)
         polls += 1
-        batch = _newer(store, query, max(last_id - lookback, 0))
+        batch = _newer(store, query, max(last_id - lookback, start_id))
         fresh = [record for record in batch if record.id not in seen]
         _print(fresh, args.json, sys.stdout)
         sys.stdout.flush()
@@ -163,11 +164,6 @@ def _newer(store: LogStore, query: LogQuery, after_id: int) -> list[LogRecordVie
         page_query = replace(page_query, after=page.next_cursor)
     records.sort(key=lambda record: record.id)
     return records
-
-
-def _max_id(store: LogStore) -> int:
-    page = store.query(LogQuery(limit=1))
-    return page.records[0].id if page.records else 0
 
 
 def _print(records: Iterable[LogRecordView], as_json: bool, out: TextIO) -> None:

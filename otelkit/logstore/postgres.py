@@ -221,6 +221,9 @@ class PostgresBackend(Backend):
     def count(self) -> int:
         return int(self._read("SELECT count(*) FROM logs", [])[0][0])
 
+    def max_id(self) -> int:
+        return int(self._read("SELECT coalesce(max(id), 0) FROM logs", [])[0][0])
+
     def _read(self, statement: str, params: list[Any]) -> list[tuple[Any, ...]]:
         conn = self._reader()
         try:

@@ -220,6 +220,9 @@ class SqliteBackend(Backend):
         result: int = self._reader().execute("SELECT count(*) FROM logs").fetchone()[0]
         return result
 
+    def max_id(self) -> int:
+        return int(self._reader().execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+
     def integrity_check(self) -> list[str]:
         """Problems ``PRAGMA integrity_check`` and the FTS5 check find (empty when none)."""
         conn = self._reader()

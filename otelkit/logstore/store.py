@@ -58,6 +58,10 @@ class Backend(ABC):
     def count(self) -> int: ...
 
     @abstractmethod
+    def max_id(self) -> int:
+        """The highest record id stored so far (0 when empty): where ``tail`` starts."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -210,6 +214,9 @@ class LogStore:
 
     def count(self) -> int:
         return self.backend.count()
+
+    def max_id(self) -> int:
+        return self.backend.max_id()
 
     def close(self) -> None:
         if self._writer is not None:

@@ -1,0 +1,222 @@
+"""The logstore exporter in process: durability modes, a database that comes back, the
+HTTP search API and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from otelkit.collector.exporters.logstore import LogStoreConfig, LogStoreExporter, factory
+from otelkit.collector.pdata.signals import Signal
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.service import ServiceHost
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+from otelkit.logstore.query import build_query
+from otelkit.logstore.store import open_store
+from tests.logstore.conftest import random_trace_id
+from tests.logstore.requests import SECOND, Rec, request
+from tests.support.services import require_postgres
+
+
+def make_exporter(**config: Any) -> LogStoreExporter:
+    settings = CreateSettings(ComponentID("logstore"), Kind.EXPORTER, SelfTelemetry())
+    exporter = factory.create(settings, LogStoreConfig(**config), frozenset({Signal.LOGS}))
+    assert isinstance(exporter, LogStoreExporter)
+    return exporter
+
+
+@contextlib.asynccontextmanager
+async def running(**config: Any) -> AsyncIterator[LogStoreExporter]:
+    exporter = make_exporter(**config)
+    await exporter.start(ServiceHost())
+    try:
+        yield exporter
+    finally:
+        await exporter.shutdown()
+
+
+def stored_bodies(url: str, **filters: Any) -> list[Any]:
+    store = open_store(url, create=False)
+    try:
+        return [r.body for r in store.query(build_query(limit=1000, **filters)).records]
+    finally:
+        store.close()
+
+
+async def test_queue_mode_stores_everything_by_shutdown(sqlite_url: str) -> None:
+    async with running(url=sqlite_url) as exporter:
+        for batch in range(5):
+            await exporter.consume(request([Rec(f"b{batch} r{i}") for i in range(100)]))
+    assert len(stored_bodies(sqlite_url)) == 500
+    sent = exporter.telemetry.total("otelcol_exporter_sent_log_records_total")
+    assert sent == 500
+
+
+async def test_commit_mode_answers_after_the_commit(store_url: str) -> None:
+    async with running(url=store_url, durability="commit") as exporter:
+        # Concurrent requests are grouped into shared transactions.
+        await asyncio.gather(
+            *(exporter.consume(request([Rec(f"req {n} line {i}") for i in range(20)]))
+              for n in range(10))
+        )  # fmt: skip
+        # Readable from another connection the moment consume returned.
+        assert len(stored_bodies(store_url)) == 200
+
+
+async def test_commit_mode_tells_the_sender_to_retry_when_the_database_is_down() -> None:
+    require_postgres()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://postgres@127.0.0.1:{port}/test?schema=logstore_down"
+    async with running(url=url, durability="commit") as exporter:
+        with pytest.raises(RetryableError):
+            await exporter.consume(request([Rec("cannot be stored yet")]))
+
+
+class FlakyProxy:
+    """A TCP proxy to PostgreSQL that can be closed and opened, as a database outage."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.target_port = target_port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+async def test_a_down_database_makes_batches_wait_and_retry(pg_url: str) -> None:
+    proxy = FlakyProxy()
+    base, _, schema = pg_url.partition("?")
+    url = base.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}") + "?" + schema
+    retry = {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "60s"}
+    async with running(url=url, retry_on_failure=retry) as exporter:
+        # Down from the start: accepted into the queue, nothing stored.
+        await exporter.consume(request([Rec(f"waiting {i}") for i in range(50)]))
+        await asyncio.sleep(0.5)
+        assert exporter.queue_size() == 1
+        await proxy.open()
+        deadline = time.monotonic() + 30
+        while exporter.queue_size() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(stored_bodies(pg_url)) == 50
+    await proxy.close()
+
+
+async def get(port: int, **params: Any) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        return await client.get("/api/logs", params=params)
+
+
+async def test_search_api_pages_with_a_cursor(sqlite_url: str) -> None:
+    trace = random_trace_id()
+    now = time.time_ns()
+    config = {"url": sqlite_url, "durability": "commit", "api": {"endpoint": "127.0.0.1:0"}}
+    async with running(**config) as exporter:
+        await exporter.consume(
+            request([Rec(f"line {i}", ts=now + i, trace_id=trace) for i in range(25)])
+        )
+        await exporter.consume(request([Rec("elsewhere", severity=17)], service="auth"))
+        seen: list[str] = []
+        params: dict[str, Any] = {"trace_id": trace.hex(), "limit": 10}
+        while True:
+            response = await get(exporter.api_port, **params)
+            assert response.status_code == 200
+            page = response.json()
+            seen.extend(record["body"] for record in page["records"])
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
+        assert seen == [f"line {i}" for i in range(25)]
+        (record,) = (await get(exporter.api_port, severity="error")).json()["records"]
+        assert record["service_name"] == "auth"
+        assert record["trace_id"] is None
+        assert record["time"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter", "fragment"),
+    [
+        ({"trace_id": "xyz"}, "trace_id", "not a trace ID"),
+        ({"severity": "loud"}, "severity", "unknown severity"),
+        ({"from": "yesterday"}, "from", "not a time"),
+        ({"limit": "100000"}, "limit", "between 1 and 1000"),
+        ({"cursor": "garbage!"}, "cursor", "not a cursor"),
+        ({"colour": "red"}, "colour", "unknown parameter"),
+    ],
+)
+async def test_search_api_explains_bad_input(
+    sqlite_url: str, params: dict[str, str], parameter: str, fragment: str
+) -> None:
+    async with running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter:
+        response = await get(exporter.api_port, **params)
+    assert response.status_code == 400
+    assert response.json()["parameter"] == parameter
+    assert fragment in response.json()["error"]
+
+
+async def test_search_api_only_serves_get_api_logs(sqlite_url: str) -> None:
+    async with running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{exporter.api_port}") as client:
+            assert (await client.get("/")).status_code == 404
+            response = await client.post("/api/logs", content=b"{}")
+            assert response.status_code == 405
+            assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_api_is_off_by_default(sqlite_url: str) -> None:
+    async with running(url=sqlite_url) as exporter:
+        assert exporter.api_port == 0
+
+
+async def test_retention_runs_in_the_background(sqlite_url: str) -> None:
+    day = 86400 * SECOND
+    now = time.time_ns()
+    async with running(url=sqlite_url, durability="commit", retention="0") as exporter:
+        await exporter.consume(request([Rec("ancient", ts=now - 30 * day), Rec("recent")]))
+    async with running(url=sqlite_url, retention="7d", prune_interval="50ms") as exporter:
+        deadline = time.monotonic() + 10
+        while stored_bodies(sqlite_url) != ["recent"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pruned = exporter.telemetry.total("otelkit_logstore_pruned_log_records_total")
+    assert stored_bodies(sqlite_url) == ["recent"]
+    assert pruned == 1
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ValidationError, match="not a log store URL"):
+        LogStoreConfig(url="mysql://db/logs")
+    with pytest.raises(ValidationError, match="max_size applies to SQLite"):
+        LogStoreConfig(url="postgresql://db/logs", max_size="1GiB")
+    with pytest.raises(ValidationError, match="durability"):
+        LogStoreConfig(url="sqlite:///x.db", durability="sometimes")
+    assert LogStoreConfig(url="sqlite:///x.db", retention="30d").retention == 30 * 86400

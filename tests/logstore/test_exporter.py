@@ -185,12 +185,14 @@ async def test_search_api_explains_bad_input(
 
 
 async def test_search_api_only_serves_get_api_logs(sqlite_url: str) -> None:
-    async with running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{exporter.api_port}") as client:
-            assert (await client.get("/")).status_code == 404
-            response = await client.post("/api/logs", content=b"{}")
-            assert response.status_code == 405
-            assert response.headers["allow"] == "GET, HEAD"
+    async with (
+        running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{exporter.api_port}") as client,
+    ):
+        assert (await client.get("/")).status_code == 404
+        response = await client.post("/api/logs", content=b"{}")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET, HEAD"
 
 
 async def test_api_is_off_by_default(sqlite_url: str) -> None:

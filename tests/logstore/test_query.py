@@ -31,7 +31,7 @@ NOW = 1_800_000_000 * 1_000_000_000
         ("fatal", 21),
         ("critical", 21),
         ("17", 17),
-    ],  # fmt: skip
+    ],
 )
 def test_severity_names_and_numbers(text: str, number: int) -> None:
     assert parse_severity(text) == number
@@ -65,7 +65,7 @@ def test_time_forms(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "12:00", "1h ago", "--"])
 def test_bad_time_is_refused(text: str) -> None:
-    with pytest.raises(QueryError, match="from: .* is not a time"):
+    with pytest.raises(QueryError, match=r"from: .* is not a time"):
         build_query(start=text, now_ns=NOW)
 
 
@@ -93,10 +93,10 @@ def test_bad_since_is_refused() -> None:
         "0" * 32,
         "4bf92f3577b34da6a3ce929d0e0e473g",
         "' OR 1=1 --",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_trace_id_is_refused(text: str) -> None:
-    with pytest.raises(QueryError, match="trace_id: .* is not a trace ID"):
+    with pytest.raises(QueryError, match=r"trace_id: .* is not a trace ID"):
         build_query(trace_id=text)
 
 

@@ -131,3 +131,17 @@ def test_zero_expiration_keeps_series_forever() -> None:
     clock.now += 10**6
     assert store.expire() == 0
     assert len(store) == 1
+
+
+def test_a_newer_point_without_exemplars_keeps_the_previous_ones() -> None:
+    store = CumulativeStore(0)
+    first = histogram_metric("latency", [1, 2], [1, 0, 0], 0.5, end=T0 + SECOND)
+    first.histogram.data_points[0].exemplars.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8,
+                                                 as_double=0.5, time_unix_nano=T0)  # fmt: skip
+    ingest(store, first)
+    ingest(store, histogram_metric("latency", [1, 2], [2, 0, 0], 1.0, end=T0 + 2 * SECOND))
+    point = store.point("latency_seconds", LABELS)
+    assert isinstance(point, HistogramPoint)
+    assert point.count == 2
+    assert point.exemplars[0] is not None
+    assert dict(point.exemplars[0].labels)["trace_id"] == "01" * 16

@@ -129,7 +129,9 @@ def _merge(old: Point, new: Point, delta: bool) -> Point | None:
     if type(old) is not type(new):
         return new
     if not delta:
-        return new if new.time_ns >= old.time_ns else None
+        if new.time_ns < old.time_ns:
+            return None
+        return _keep_exemplars(old, new)
     if new.start_ns != old.time_ns:
         return new if new.time_ns > old.time_ns else None  # a gap: a reset
     if isinstance(new, NumberPoint) and isinstance(old, NumberPoint):
@@ -142,6 +144,17 @@ def _merge(old: Point, new: Point, delta: bool) -> Point | None:
         exemplars = _newer_exemplars(old, new)
         return replace(new, counts=counts, sum=old.sum + new.sum, count=old.count + new.count,
                        start_ns=old.start_ns, exemplars=exemplars)  # fmt: skip
+    return new
+
+
+def _keep_exemplars(old: Point, new: Point) -> Point:
+    """A newer point without exemplars keeps the old ones, so every scrape between two
+    points of a series still links to an example trace."""
+    if isinstance(new, NumberPoint) and isinstance(old, NumberPoint):
+        return new if new.exemplar or not old.exemplar else replace(new, exemplar=old.exemplar)
+    if isinstance(new, HistogramPoint) and isinstance(old, HistogramPoint):
+        if new.bounds == old.bounds and old.exemplars:
+            return replace(new, exemplars=_newer_exemplars(old, new))
     return new
 
 

@@ -45,7 +45,11 @@ from otelkit.collector.runtime.component import (
     exporter_factory,
 )
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
-from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.exporterhelper import (
+    ExporterHelperConfig,
+    QueuedExporter,
+    QueueSettings,
+)
 from otelkit.collector.runtime.types import ByteSize
 
 log = logging.getLogger("otelkit.exporter.prometheusremotewrite")
@@ -65,6 +69,11 @@ class TargetInfo(ComponentConfig):
 
 
 class RemoteWriteConfig(ExporterHelperConfig):
+    sending_queue: QueueSettings = Field(
+        QueueSettings(num_consumers=1),
+        description="One consumer by default: Prometheus refuses a whole request holding a "
+        "sample older than one it already has, which concurrent senders would cause.",
+    )
     endpoint: str = Field(
         description="URL of the write endpoint, e.g. http://prom:9090/api/v1/write"
     )

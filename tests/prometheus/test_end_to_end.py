@@ -1,0 +1,196 @@
+"""Real SDK traffic -> ``otelkit collector run`` -> a real Prometheus, scraping and
+receiving remote writes, checked through Prometheus' own query API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tests.prometheus.promserver import Prometheus, prometheus
+from tests.support.collector import allocate_ports, collector
+from tests.support.services import require_binary
+
+CONFIG = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:{grpc}"}
+connectors:
+  spanmetrics:
+    metrics_flush_interval: 500ms
+    exemplars: {enabled: true}
+    dimensions:
+      - name: http.route
+      - name: http.request.method
+        default: GET
+exporters:
+  prometheus:
+    endpoint: "127.0.0.1:{scrape}"
+  prometheusremotewrite:
+    endpoint: "http://127.0.0.1:{prom}/api/v1/write"
+    namespace: rw
+    retry_on_failure: {initial_interval: 200ms, max_interval: 500ms}
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [spanmetrics]
+    metrics:
+      receivers: [otlp, spanmetrics]
+      exporters: [prometheus, prometheusremotewrite]
+"""
+RESOURCE = Resource.create({
+    "service.name": "checkout", "service.namespace": "shop", "service.instance.id": "pod-1",
+    "deployment.environment": "e2e",
+})  # fmt: skip
+JOB = "shop/checkout"
+
+
+def send_sdk_traffic(grpc_port: int) -> list[str]:
+    """Spans and metrics through the real OTLP/gRPC exporters; returns exported trace IDs."""
+    endpoint = f"127.0.0.1:{grpc_port}"
+    memory = InMemorySpanExporter()
+    tracer_provider = TracerProvider(resource=RESOURCE)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer_provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+    )
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=60_000
+    )
+    meter_provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
+    tracer = tracer_provider.get_tracer("shop.web")
+    for i in range(12):
+        with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER) as span:
+            span.set_attribute("http.route", "/orders/{id}")
+            span.set_attribute("url.full", f"http://shop/orders/{i}?token=secret")
+            if i % 4 == 0:
+                span.set_status(Status(StatusCode.ERROR))
+    with tracer.start_as_current_span("POST /orders", kind=SpanKind.SERVER) as span:
+        span.set_attribute("http.route", "/orders")
+        span.set_attribute("http.request.method", "POST")
+    meter = meter_provider.get_meter("shop.orders", "1.0")
+    meter.create_counter("orders.placed", unit="{order}").add(5, {"payment": "card"})
+    meter.create_gauge("queue.depth", unit="{item}").set(17)
+    meter.create_histogram("checkout.duration", unit="s").record(0.25)
+    meter.create_up_down_counter("carts.open", unit="{cart}").add(3)
+    meter_provider.force_flush()
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+    return sorted(
+        {span.context.trace_id.to_bytes(16, "big").hex() for span in memory.get_finished_spans()}
+    )
+
+
+def value(result: list[dict[str, Any]]) -> float:
+    assert len(result) == 1, result
+    return float(result[0]["value"][1])
+
+
+def equals(expected: float) -> Any:
+    return lambda result: len(result) == 1 and float(result[0]["value"][1]) == expected
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, list[str]]]:
+    require_binary("prometheus")
+    tmp_path: Path = tmp_path_factory.mktemp("e2e")
+    ports = allocate_ports("grpc", "scrape", "prom")
+    with (
+        collector(CONFIG, tmp_path, ports=ports, wait_ports=("grpc", "scrape")) as running,
+        prometheus(
+            tmp_path, [ports["scrape"]], remote_write_receiver=True, port=ports["prom"]
+        ) as prom,
+    ):
+        trace_ids = send_sdk_traffic(ports["grpc"])
+        try:
+            yield prom, trace_ids
+        finally:
+            assert running.stop() == 0, running.log()
+
+
+def test_span_metrics_are_scraped_with_the_expected_counts(
+    pipeline: tuple[Prometheus, list[str]],
+) -> None:
+    prom, _ = pipeline
+    selector = f'job="{JOB}",span_name="GET /orders/{{id}}",span_kind="SPAN_KIND_SERVER"'
+    ok = prom.wait_for(
+        f'traces_span_metrics_calls_total{{{selector},status_code="STATUS_CODE_UNSET"}}', equals(9)
+    )
+    assert ok[0]["metric"]["http_route"] == "/orders/{id}"
+    assert ok[0]["metric"]["http_request_method"] == "GET", "the configured default"
+    assert ok[0]["metric"]["instance"] == "pod-1"
+    prom.wait_for(
+        f'traces_span_metrics_calls_total{{{selector},status_code="STATUS_CODE_ERROR"}}', equals(3)
+    )
+    prom.wait_for(
+        'traces_span_metrics_calls_total{span_name="POST /orders",http_request_method="POST"}',
+        equals(1),
+    )
+    prom.wait_for(f"sum(traces_span_metrics_duration_milliseconds_count{{{selector}}})", equals(12))
+    prom.wait_for(
+        f'traces_span_metrics_duration_milliseconds_bucket{{{selector},status_code="STATUS_CODE_UNSET",le="+Inf"}}',
+        equals(9),
+    )
+    labels = {
+        name
+        for series in prom.api("series", **{"match[]": "traces_span_metrics_calls_total"})
+        for name in series
+    }
+    assert not any("url" in name for name in labels), labels
+
+
+def test_sdk_metrics_of_every_instrument_are_scraped(
+    pipeline: tuple[Prometheus, list[str]],
+) -> None:
+    prom, _ = pipeline
+    counter = prom.wait_for(f'orders_placed_total{{job="{JOB}"}}', equals(5))
+    assert counter[0]["metric"]["payment"] == "card"
+    assert counter[0]["metric"]["otel_scope_name"] == "shop.orders"
+    prom.wait_for(f'queue_depth{{job="{JOB}"}}', equals(17))
+    prom.wait_for(f'checkout_duration_seconds_count{{job="{JOB}"}}', equals(1))
+    prom.wait_for(f'checkout_duration_seconds_sum{{job="{JOB}"}}', equals(0.25))
+    prom.wait_for(f'carts_open{{job="{JOB}"}}', equals(3))
+
+
+def test_target_info_carries_the_resource(pipeline: tuple[Prometheus, list[str]]) -> None:
+    prom, _ = pipeline
+    (info,) = prom.wait_for(f'target_info{{job="{JOB}"}}')
+    assert info["metric"]["deployment_environment"] == "e2e"
+    assert info["metric"]["instance"] == "pod-1"
+    assert info["metric"]["telemetry_sdk_language"] == "python"
+
+
+def test_exemplars_link_to_the_exported_traces(pipeline: tuple[Prometheus, list[str]]) -> None:
+    prom, trace_ids = pipeline
+    prom.wait_for("traces_span_metrics_duration_milliseconds_bucket")
+    deadline = time.monotonic() + 20
+    found: set[str] = set()
+    while time.monotonic() < deadline and not found:
+        now = time.time()
+        data = prom.api("query_exemplars", query="traces_span_metrics_duration_milliseconds_bucket",
+                        start=now - 300, end=now + 60)  # fmt: skip
+        found = {ex["labels"]["trace_id"] for series in data for ex in series["exemplars"]}
+        time.sleep(0.5)
+    assert found, "no exemplars reached Prometheus"
+    assert found <= set(trace_ids), found - set(trace_ids)
+
+
+def test_the_same_series_arrive_by_remote_write(pipeline: tuple[Prometheus, list[str]]) -> None:
+    prom, _ = pipeline
+    prom.wait_for(f'rw_orders_placed_total{{job="{JOB}"}}', equals(5))
+    prom.wait_for(f'sum(rw_traces_span_metrics_calls_total{{job="{JOB}"}})', equals(13))
+    prom.wait_for(f'rw_carts_open{{job="{JOB}"}}', equals(3))

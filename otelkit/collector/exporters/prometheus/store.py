@@ -152,9 +152,13 @@ def _keep_exemplars(old: Point, new: Point) -> Point:
     points of a series still links to an example trace."""
     if isinstance(new, NumberPoint) and isinstance(old, NumberPoint):
         return new if new.exemplar or not old.exemplar else replace(new, exemplar=old.exemplar)
-    if isinstance(new, HistogramPoint) and isinstance(old, HistogramPoint):
-        if new.bounds == old.bounds and old.exemplars:
-            return replace(new, exemplars=_newer_exemplars(old, new))
+    if (
+        isinstance(new, HistogramPoint)
+        and isinstance(old, HistogramPoint)
+        and new.bounds == old.bounds
+        and old.exemplars
+    ):
+        return replace(new, exemplars=_newer_exemplars(old, new))
     return new
 
 

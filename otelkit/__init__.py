@@ -22,6 +22,14 @@ _PRESET_NAMES = frozenset(
         "instrument_all",
         "set_user",
         "health_router",
+        "current_request_id",
+        "DatabaseCheck",
+        "HttpCheck",
+        "CallableCheck",
+        "HealthCheck",
+        "RequestIdMiddleware",
+        "JsonFormatter",
+        "HumanFormatter",
     }
 )
 

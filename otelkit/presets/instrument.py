@@ -1,0 +1,257 @@
+"""``instrument_*``: the upstream instrumentations with otelkit's defaults.
+
+- FastAPI: no ASGI receive/send spans, health probes untraced, request IDs, stable HTTP
+  semantic conventions (``http.route`` on server spans and the duration metric), and
+  sensitive headers redacted should a capture list name them.
+- SQLAlchemy: SQL commenter off, literal values removed from the query text.
+- httpx: the request ID travels as ``X-Request-ID`` (and as baggage via the propagator).
+- logging: exactly one OTLP handler on the root logger, records carry request context.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from otelkit.presets import pipeline
+from otelkit.presets.context import current_request_id
+from otelkit.presets.logs import QuietPaths, install_record_factory, not_from_export_threads
+from otelkit.presets.requestid import DEFAULT_HEADER, RequestIdMiddleware
+from otelkit.presets.settings import DEFAULT_HEALTH_PATHS
+from otelkit.presets.sql import sanitize_sql
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+_logger = logging.getLogger("otelkit.presets")
+
+SENSITIVE_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+    ".*token.*",
+    ".*secret.*",
+    ".*session.*",
+    ".*password.*",
+)
+_MARK = "_otelkit_instrumented"
+_quiet_paths: set[str] = set()
+_instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def excluded_urls_pattern(paths: Iterable[str], extra: str | None = None) -> str:
+    """Comma-separated regexes the upstream instrumentation matches against the URL."""
+    patterns = [re.escape(path) + r"(\?|$)" for path in paths]
+    if extra:
+        patterns.extend(item.strip() for item in extra.split(",") if item.strip())
+    return ",".join(patterns)
+
+
+def _quiet(path: str) -> bool:
+    return path in _quiet_paths
+
+
+def quiet_access_log(paths: Iterable[str]) -> None:
+    """Health probes stay out of uvicorn's INFO access log."""
+    _quiet_paths.update(paths)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, QuietPaths) for existing in access.filters):
+        access.addFilter(QuietPaths(_quiet))
+
+
+def instrument_fastapi(
+    app: FastAPI,
+    *,
+    excluded_paths: Iterable[str] = DEFAULT_HEALTH_PATHS,
+    excluded_urls: str | None = None,
+    capture_request_headers: list[str] | None = None,
+    capture_response_headers: list[str] | None = None,
+    request_id_header: str = DEFAULT_HEADER,
+    **upstream: Any,
+) -> FastAPI:
+    """Trace a FastAPI app once (later calls on the same app do nothing)."""
+    if getattr(app, _MARK, False):
+        return app
+    pipeline.configure()
+    import os
+
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    paths = tuple(excluded_paths)
+    app.add_middleware(RequestIdMiddleware, header=request_id_header)
+    options: dict[str, Any] = {
+        "excluded_urls": excluded_urls_pattern(
+            paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
+        ),
+        "exclude_spans": ["receive", "send"],
+        "http_capture_headers_server_request": capture_request_headers,
+        "http_capture_headers_server_response": capture_response_headers,
+        "http_capture_headers_sanitize_fields": list(SENSITIVE_HEADERS),
+    }
+    options.update(upstream)
+    FastAPIInstrumentor.instrument_app(app, **options)
+    quiet_access_log(paths)
+    setattr(app, _MARK, True)
+    return app
+
+
+def _patch_statement_sanitizer() -> None:
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    original = EngineTracer._set_db_client_span_attributes
+    if getattr(original, _MARK, False):
+        return
+
+    def set_attributes(self: Any, span: Any, statement: Any, db_name: Any, attrs: Any) -> None:
+        original(self, span, sanitize_sql(statement), db_name, attrs)
+
+    setattr(set_attributes, _MARK, True)
+    EngineTracer._set_db_client_span_attributes = set_attributes  # type: ignore[method-assign]
+
+
+def _already_traced(engine: Any) -> bool:
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    return engine in _instrumented_engines or any(
+        ref() is engine for ref, *_ in EngineTracer._remove_event_listener_params
+    )
+
+
+def instrument_sqlalchemy(engine: Any = None, *, enable_commenter: bool = False) -> None:
+    """Trace one engine (sync or async), or with no engine every engine created later.
+
+    Engines get the upstream ``EngineTracer`` directly. For "every engine" otelkit wraps
+    ``create_engine``/``create_async_engine`` itself rather than calling the upstream
+    ``instrument()``, which needs greenlet on SQLAlchemy 2.1, is pinned below 2.1, and
+    adds a ``connect`` span to every checkout.
+    """
+    pipeline.configure()
+    current = pipeline.current()
+    if current is None or current.settings.sql_sanitize:
+        _patch_statement_sanitizer()
+    if engine is None:
+        _trace_new_engines(enable_commenter)
+        return
+    target = getattr(engine, "sync_engine", engine)
+    if _already_traced(target):
+        return
+    _instrumented_engines.add(target)
+    _engine_tracer(target, enable_commenter)
+
+
+def _trace_new_engines(enable_commenter: bool) -> None:
+    import importlib
+
+    def wrap(module_name: str, attribute: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # e.g. sqlalchemy.ext.asyncio without greenlet
+            return
+        original = getattr(module, attribute, None)
+        if original is None or getattr(original, _MARK, False):
+            return
+
+        def create(*args: Any, **kwargs: Any) -> Any:
+            engine = original(*args, **kwargs)
+            instrument_sqlalchemy(engine, enable_commenter=enable_commenter)
+            return engine
+
+        setattr(create, _MARK, True)
+        create.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(module, attribute, create)
+
+    for module_name in ("sqlalchemy", "sqlalchemy.engine", "sqlalchemy.engine.create"):
+        wrap(module_name, "create_engine")
+    for module_name in ("sqlalchemy.ext.asyncio", "sqlalchemy.ext.asyncio.engine"):
+        wrap(module_name, "create_async_engine")
+
+
+def _engine_tracer(engine: Any, enable_commenter: bool) -> None:
+    from opentelemetry import metrics, trace
+    from opentelemetry.instrumentation.sqlalchemy import __name__ as scope_name
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+
+    tracer = trace.get_tracer(scope_name, __version__)
+    connections = metrics.get_meter(scope_name, __version__).create_up_down_counter(
+        name="db.client.connections.usage",
+        unit="connections",
+        description="The number of connections that are currently in state described by the state attribute.",
+    )
+    EngineTracer(tracer, engine, connections, enable_commenter, {}, False)  # type: ignore[no-untyped-call]
+
+
+def _add_request_id(request: Any) -> None:
+    request_id = current_request_id()
+    headers = getattr(request, "headers", None)
+    if request_id and headers is not None and DEFAULT_HEADER not in headers:
+        headers[DEFAULT_HEADER] = request_id
+
+
+def _request_hook(span: Any, request: Any) -> None:
+    _add_request_id(request)
+
+
+async def _async_request_hook(span: Any, request: Any) -> None:
+    _add_request_id(request)
+
+
+def instrument_httpx(client: Any = None) -> None:
+    """Trace every httpx client, or just ``client``; outgoing requests carry the request ID."""
+    pipeline.configure()
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    if client is None:
+        HTTPXClientInstrumentor().instrument(
+            request_hook=_request_hook, async_request_hook=_async_request_hook
+        )
+        return
+    if HTTPXClientInstrumentor().is_instrumented_by_opentelemetry:
+        return  # every client is already traced; a second wrapper would double the spans
+    import httpx
+
+    hook = _async_request_hook if isinstance(client, httpx.AsyncClient) else _request_hook
+    HTTPXClientInstrumentor.instrument_client(client, request_hook=hook)
+
+
+def _has_otel_handler() -> bool:
+    return any(
+        type(handler).__name__ == "LoggingHandler" for handler in logging.getLogger().handlers
+    )
+
+
+def logging_options() -> dict[str, Any]:
+    """One exporting handler: the logging instrumentation's, unless one is already there."""
+    current = pipeline.current()
+    exporting = current is not None and current.settings.logs_exporter != "none"
+    return {"enable_log_auto_instrumentation": exporting and not _has_otel_handler()}
+
+
+def instrument_logging() -> None:
+    """Export log records over OTLP with their trace context; add request context."""
+    pipeline.configure()
+    from opentelemetry.instrumentation.logging import LoggingInstrumentor
+
+    instrumentor = LoggingInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(**logging_options())
+        handler = LoggingInstrumentor._logging_handler
+        if handler is not None:
+            handler.addFilter(not_from_export_threads)
+    install_record_factory()
+
+
+def instrument_all(app: FastAPI | None = None, engine: Any = None, **configure: Any) -> None:
+    """``configure(**configure)`` then logging, httpx, SQLAlchemy and the FastAPI app."""
+    pipeline.configure(**configure)
+    instrument_logging()
+    instrument_httpx()
+    instrument_sqlalchemy(engine)
+    if app is not None:
+        instrument_fastapi(app)

@@ -1,0 +1,102 @@
+"""Request IDs: a pure ASGI middleware (no BaseHTTPMiddleware: no extra task, no body buffering).
+
+An incoming ``X-Request-ID`` (or ``request_id`` baggage from an upstream otelkit service)
+is kept when it looks like an ID (1-128 characters of ``A-Za-z0-9._:-``), otherwise a
+new one is generated. The ID goes on the server span, into the request context (so log
+records carry it), into baggage (so the propagator sends it on), and back on the response.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from opentelemetry import baggage, context, trace
+
+from otelkit.presets.context import enter_request, exit_request
+
+REQUEST_ID_ATTRIBUTE = "request_id"
+BAGGAGE_KEY = "request_id"
+DEFAULT_HEADER = "X-Request-ID"
+_VALID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def valid_request_id(value: str | None) -> bool:
+    return value is not None and _VALID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _incoming_id(scope: Scope, header: bytes) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == header:
+            text: str = value.decode("latin-1")
+            return text if valid_request_id(text) else None
+    from_baggage = baggage.get_baggage(BAGGAGE_KEY)
+    if isinstance(from_baggage, str) and valid_request_id(from_baggage):
+        return from_baggage
+    return None
+
+
+def _flush_before_shutdown_complete(send: Send) -> Send:
+    """Export buffered telemetry before the server's shutdown completes (the process may
+    end by a re-raised signal right after, skipping ``atexit``)."""
+
+    async def send_after_flush(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            import asyncio
+
+            from otelkit.presets import pipeline
+
+            await asyncio.to_thread(pipeline.flush)
+        await send(message)
+
+    return send_after_flush
+
+
+class RequestIdMiddleware:
+    """Accept, validate or generate the request ID and echo it on the response; on lifespan
+    shutdown, flush telemetry."""
+
+    def __init__(self, app: ASGIApp, header: str = DEFAULT_HEADER) -> None:
+        self.app = app
+        self.header = header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(
+                scope,
+                receive,
+                _flush_before_shutdown_complete(send) if scope["type"] == "lifespan" else send,
+            )
+            return
+        request_id = _incoming_id(scope, self.header) or new_request_id()
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+        encoded = request_id.encode("latin-1")
+        header = self.header
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (header, encoded)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        request_token = enter_request(request_id)
+        baggage_token = context.attach(baggage.set_baggage(BAGGAGE_KEY, request_id))
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            context.detach(baggage_token)
+            exit_request(request_token)

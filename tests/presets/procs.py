@@ -1,0 +1,114 @@
+"""Start and stop app servers as subprocesses for the preset tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.collector import wait_for_port
+from tests.support.services import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.presets.service_app:app"
+# uvicorn re-raises SIGTERM after a graceful shutdown, so -SIGTERM is a clean exit too.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM (graceful: the app flushes telemetry at exit) and wait."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise AssertionError(f"server did not stop in {timeout}s:\n{self.log()}") from None
+        return self.process.returncode
+
+
+def uvicorn_command(port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        APP,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def gunicorn_command(port: int, *extra: str) -> list[str]:
+    gunicorn = shutil.which("gunicorn") or "gunicorn"
+    return [gunicorn, APP, "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}", *extra]
+
+
+def auto(command: Sequence[str]) -> list[str]:
+    """The same command under ``opentelemetry-instrument``."""
+    wrapper = shutil.which("opentelemetry-instrument") or "opentelemetry-instrument"
+    if command[0] == sys.executable and command[1] == "-m":
+        return [wrapper, sys.executable, *command[1:]]
+    return [wrapper, *command]
+
+
+@contextmanager
+def server(build: object, env: Mapping[str, str], tmp_path: Path, name: str) -> Iterator[Server]:
+    """``build(port) -> argv``; the server runs from the repository root."""
+    port = free_port()
+    command = build(port)  # type: ignore[operator]
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        )
+    running = Server(process, port, log_path)
+    try:
+        try:
+            wait_for_port(port, timeout=30, process=process)  # type: ignore[arg-type]
+        except AssertionError:
+            raise AssertionError(f"{name} did not start:\n{running.log()}") from None
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+def telemetry_env(endpoint: str, service: str, **extra: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_SERVICE_NAME": service,
+        "OTELKIT_ENVIRONMENT": "development",
+        "OTELKIT_LOG_FORMAT": "json",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        **extra,
+    }

@@ -29,6 +29,7 @@ from otelkit.collector.runtime.component import (
     ComponentConfig,
     CreateSettings,
     Host,
+    Status,
     exporter_factory,
 )
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
@@ -167,7 +168,36 @@ def classify(error: grpc.aio.AioRpcError) -> Exception:
     return PermanentError(message)
 
 
-class OTLPExporter(QueuedExporter):
+class ReportsReachability:
+    """Tells the host (and so ``/health``) whether the destination is reachable:
+    ``recoverable_error`` after a retryable failure, ``ok`` after the next success."""
+
+    host: Host | None = None
+    label = ""
+    _unreachable = False
+
+    def watch(self, host: Host, label: str) -> None:
+        self.host, self.label = host, label
+
+    def reached(self) -> None:
+        if self._unreachable:
+            self._unreachable = False
+            self._report(Status.OK, "")
+
+    def unreachable(self, error: Exception) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            self._report(Status.RECOVERABLE_ERROR, f"cannot deliver: {error}")
+
+    def _report(self, status: Status, message: str) -> None:
+        if self.host is None:
+            return
+        current = self.host.component_statuses().get(self.label, (Status.OK, ""))[0]
+        if current in (Status.OK, Status.RECOVERABLE_ERROR):  # not while starting/stopping
+            self.host.report_status(self.label, status, message)
+
+
+class OTLPExporter(QueuedExporter, ReportsReachability):
     def __init__(self, settings: CreateSettings, config: OTLPExporterConfig) -> None:
         super().__init__(settings, config)
         self.config = config
@@ -176,6 +206,7 @@ class OTLPExporter(QueuedExporter):
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
 
     async def start_sending(self, host: Host) -> None:
+        self.watch(host, self.settings.label)
         self._channel = self._open_channel()
         self._calls = {
             signal: self._channel.unary_unary(
@@ -198,7 +229,11 @@ class OTLPExporter(QueuedExporter):
                 payload, timeout=self.config.timeout or None, metadata=self._metadata or None
             )
         except grpc.aio.AioRpcError as exc:
-            raise classify(exc) from None
+            error = classify(exc)
+            if isinstance(error, RetryableError):
+                self.unreachable(error)
+            raise error from None
+        self.reached()
         record_partial_success(self.telemetry, self.name, signal, response)
 
     def _open_channel(self) -> grpc.aio.Channel:

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.exporters.otlp import (
     Compression,
+    ReportsReachability,
     TLSClientConfig,
     check_headers,
     record_partial_success,
@@ -129,7 +130,7 @@ def classify(response: httpx.Response) -> Exception:
     return PermanentError(message)
 
 
-class OTLPHTTPExporter(QueuedExporter):
+class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
     def __init__(
         self, settings: CreateSettings, config: OTLPHTTPExporterConfig, signals: frozenset[Signal]
     ) -> None:
@@ -150,6 +151,7 @@ class OTLPHTTPExporter(QueuedExporter):
         self._client: httpx.AsyncClient | None = None
 
     async def start_sending(self, host: Host) -> None:
+        self.watch(host, self.settings.label)
         consumers = self.config.sending_queue.num_consumers
         self._client = httpx.AsyncClient(
             timeout=self.config.timeout or None,
@@ -174,9 +176,15 @@ class OTLPHTTPExporter(QueuedExporter):
                 self._urls[signal], content=body, headers=self._headers
             )
         except httpx.TransportError as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
+            error = RetryableError(f"{type(exc).__name__}: {exc or 'connection failed'}")
+            self.unreachable(error)
+            raise error from exc
         if not response.is_success:
-            raise classify(response)
+            failure = classify(response)
+            if isinstance(failure, RetryableError):
+                self.unreachable(failure)
+            raise failure
+        self.reached()
         self._check_partial_success(signal, response)
 
     def _check_partial_success(self, signal: Signal, response: httpx.Response) -> None:

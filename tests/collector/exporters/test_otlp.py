@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from otelkit.collector.exporters.otlp import OTLPExporter, OTLPExporterConfig
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, Status
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
@@ -29,6 +29,8 @@ def run(
     **config: Any,
 ) -> None:
     async def main() -> None:
+        host = ServiceHost()
+        host.report_status("exporter/otlp", Status.OK)
         server = FakeGrpcServer()
         if server_up:
             await server.start()
@@ -40,7 +42,7 @@ def run(
              "retry_on_failure": FAST_RETRY, **config}
         )  # fmt: skip
         exporter = OTLPExporter(settings, cfg)
-        await exporter.start(ServiceHost())
+        await exporter.start(host)
         try:
             await test(exporter, server, telemetry)
         finally:
@@ -102,6 +104,21 @@ def test_retryable_failures_are_retried_until_the_data_arrives() -> None:
                 await asyncio.sleep(0.01)
         assert item_names(server.received[0]) == [f"s0.0.{i}" for i in range(4)]
         assert t.total("otelcol_exporter_sent_spans_total", exporter="otlp") == 4
+
+    run(check)
+
+
+def test_health_shows_an_unreachable_destination_until_it_answers() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, _: SelfTelemetry) -> None:
+        assert exporter.host is not None
+        statuses = exporter.host.component_statuses
+        server.failures.append(GrpcFailure(grpc.StatusCode.UNAVAILABLE))
+        with pytest.raises(RetryableError):
+            await exporter.send(traces([[1]]))
+        status, message = statuses()["exporter/otlp"]
+        assert status == Status.RECOVERABLE_ERROR and "UNAVAILABLE" in message
+        await exporter.send(traces([[1]]))
+        assert statuses()["exporter/otlp"][0] == Status.OK
 
     run(check)
 

@@ -17,7 +17,7 @@ from otelkit.collector.exporters.otlphttp import (
     parse_retry_after,
 )
 from otelkit.collector.pdata.signals import Signal
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, Status
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
@@ -160,6 +160,18 @@ def test_a_server_that_is_down_is_retryable() -> None:
     async def check(exporter: OTLPHTTPExporter, server: FakeHttpServer, _: Any) -> None:
         with pytest.raises(RetryableError, match="ConnectError"):
             await exporter.send(traces([[1]]))
+
+    run(check, server_up=False)
+
+
+def test_health_shows_an_unreachable_destination() -> None:
+    async def check(exporter: OTLPHTTPExporter, server: FakeHttpServer, _: Any) -> None:
+        assert exporter.host is not None
+        exporter.host.report_status("exporter/otlphttp", Status.OK)
+        with pytest.raises(RetryableError):
+            await exporter.send(traces([[1]]))
+        status, message = exporter.host.component_statuses()["exporter/otlphttp"]
+        assert status == Status.RECOVERABLE_ERROR and "ConnectError" in message
 
     run(check, server_up=False)
 

@@ -1,0 +1,269 @@
+"""Performance-issue detectors over one trace, with Sentry's server-side defaults.
+
+Only client spans are read (database and outgoing HTTP calls), and of those only the
+attributes the detectors need, so a trace of server and internal spans costs one
+integer comparison per span.
+
+- ``n_plus_one_db_queries``: >= 5 non-overlapping DB spans of the same normalised
+  query under one parent, > 50 ms together;
+- ``slow_db_query``: a SELECT of >= 500 ms;
+- ``consecutive_http``: >= 3 sequential HTTP client calls under one parent, each
+  >= 500 ms and <= 500 ms apart, where running them in parallel would save >= 2000 ms;
+- ``n_plus_one_api_calls``: >= 5 HTTP client calls of the same shape (method and URL
+  with IDs masked) under one parent, each started <= 5 ms after the previous one,
+  >= 300 ms together.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import BaseModel, ConfigDict, Field
+
+from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
+from otelkit.budgets.matcher import attribute_texts
+
+SPAN_KIND_CLIENT = 3
+_DB_SYSTEM = ("db.system.name", "db.system")
+_DB_QUERY = ("db.query.text", "db.statement")
+_HTTP_METHOD = ("http.request.method", "http.method")
+_HTTP_URL = ("url.full", "http.url")
+_WANTED = frozenset(_DB_SYSTEM + _DB_QUERY + _HTTP_METHOD + _HTTP_URL)
+
+_SQL_STRING = re.compile(r"'(?:[^']|'')*'")
+_SQL_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
+_SQL_PARAM = re.compile(r"%\(\w+\)s|%s|\$\d+|:\w+|\?")
+_SQL_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
+_SPACES = re.compile(r"\s+")
+_URL_ID = re.compile(
+    r"(?<=/)(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,})(?=/|$)"
+)
+
+
+def normalize_query(query: str) -> str:
+    """The query's shape: literals and parameters become ``?``, IN lists ``(?)``."""
+    shape = _SQL_STRING.sub("?", query)
+    shape = _SQL_PARAM.sub("?", shape)
+    shape = _SQL_NUMBER.sub("?", shape)
+    shape = _SQL_IN_LIST.sub("(?)", shape)
+    return _SPACES.sub(" ", shape).strip()
+
+
+def url_shape(method: str, url: str) -> str:
+    parts = urlsplit(url)
+    return f"{method.upper()} {parts.netloc}{_URL_ID.sub('*', parts.path or '/')}"
+
+
+class _Detector(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+
+
+class NPlusOneDbConfig(_Detector):
+    min_count: int = Field(5, ge=2)
+    min_total_ms: float = Field(50, ge=0)
+
+
+class SlowDbConfig(_Detector):
+    min_duration_ms: float = Field(500, ge=0)
+
+
+class ConsecutiveHttpConfig(_Detector):
+    min_count: int = Field(3, ge=2)
+    min_span_ms: float = Field(500, ge=0)
+    max_gap_ms: float = Field(500, ge=0)
+    min_savings_ms: float = Field(2000, ge=0)
+
+
+class NPlusOneApiConfig(_Detector):
+    min_count: int = Field(5, ge=2)
+    max_start_gap_ms: float = Field(5, ge=0)
+    min_total_ms: float = Field(300, ge=0)
+
+
+class DetectorsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_plus_one_db_queries: NPlusOneDbConfig = NPlusOneDbConfig()
+    slow_db_query: SlowDbConfig = SlowDbConfig()
+    consecutive_http: ConsecutiveHttpConfig = ConsecutiveHttpConfig()
+    n_plus_one_api_calls: NPlusOneApiConfig = NPlusOneApiConfig()
+
+
+@dataclass
+class Call:
+    """A client span the detectors look at."""
+
+    span: Span
+    service: str
+    start: int
+    end: int
+    shape: str  # normalised query or HTTP shape
+    is_db: bool
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) / 1e6
+
+
+@dataclass
+class Detection:
+    finding: Finding
+    service: str
+    offenders: list[Span]
+    anchor: Span  # the span that carries the finding event
+
+
+def _first(attrs: dict[str, str], keys: Sequence[str]) -> str | None:
+    for key in keys:
+        if key in attrs:
+            return attrs[key]
+    return None
+
+
+def client_calls(spans: Sequence[Span], services: Sequence[str]) -> list[Call]:
+    calls: list[Call] = []
+    for span, service in zip(spans, services, strict=True):
+        if span.kind != SPAN_KIND_CLIENT:
+            continue
+        attrs = attribute_texts(span.attributes, _WANTED)
+        query = _first(attrs, _DB_QUERY)
+        if query is not None or _first(attrs, _DB_SYSTEM) is not None:
+            shape = normalize_query(query or span.name)
+            calls.append(
+                Call(span, service, span.start_time_unix_nano, span.end_time_unix_nano, shape, True)
+            )
+            continue
+        method, url = _first(attrs, _HTTP_METHOD), _first(attrs, _HTTP_URL)
+        if method is not None:
+            shape = url_shape(method, url or span.name)
+            calls.append(
+                Call(
+                    span, service, span.start_time_unix_nano, span.end_time_unix_nano, shape, False
+                )
+            )
+    return calls
+
+
+def detect(
+    spans: Sequence[Span], services: Sequence[str], config: DetectorsConfig
+) -> list[Detection]:
+    calls = client_calls(spans, services)
+    if not calls:
+        return []
+    by_id = {span.span_id: span for span in spans}
+    by_parent: dict[bytes, list[Call]] = {}
+    for call in calls:
+        by_parent.setdefault(call.span.parent_span_id, []).append(call)
+    found: list[Detection] = []
+    for parent_id, children in by_parent.items():
+        children.sort(key=lambda c: c.start)
+        parent = by_id.get(parent_id)
+        db = [c for c in children if c.is_db]
+        http = [c for c in children if not c.is_db]
+        if db and config.n_plus_one_db_queries.enabled:
+            found.extend(_n_plus_one_db(db, parent, config.n_plus_one_db_queries))
+        if http and config.consecutive_http.enabled:
+            found.extend(_consecutive_http(http, parent, config.consecutive_http))
+        if http and config.n_plus_one_api_calls.enabled:
+            found.extend(_n_plus_one_api(http, parent, config.n_plus_one_api_calls))
+    if config.slow_db_query.enabled:
+        found.extend(_slow_db(calls, config.slow_db_query))
+    return found
+
+
+def _by_shape(calls: Iterable[Call]) -> dict[str, list[Call]]:
+    groups: dict[str, list[Call]] = {}
+    for call in calls:
+        groups.setdefault(call.shape, []).append(call)
+    return groups
+
+
+def _detection(type_: str, title: str, run: list[Call], parent: Span | None) -> Detection:
+    anchor = parent if parent is not None else run[0].span
+    culprit = run[0].shape
+    parent_name = parent.name if parent is not None else ""
+    finding = Finding(
+        kind=KIND_PERF_ISSUE,
+        type=type_,
+        title=title,
+        culprit=culprit,
+        fingerprint=fingerprint(type_, run[0].service, parent_name, culprit),
+        span_ids=[c.span.span_id for c in run],
+        extra={
+            "otelkit.perf_issue.count": len(run),
+            "otelkit.perf_issue.total_ms": round(sum(c.ms for c in run), 3),
+        },
+    )
+    return Detection(finding, run[0].service, [c.span for c in run], anchor)
+
+
+def _n_plus_one_db(db: list[Call], parent: Span | None, cfg: NPlusOneDbConfig) -> list[Detection]:
+    found = []
+    for shape, group in _by_shape(db).items():
+        run = [group[0]]
+        for call in group[1:]:
+            if call.start >= run[-1].end:  # sequential, not overlapping
+                run.append(call)
+        if len(run) >= cfg.min_count and sum(c.ms for c in run) > cfg.min_total_ms:
+            title = f"N+1 Query: {shape[:120]}"
+            found.append(_detection("n_plus_one_db_queries", title, run, parent))
+    return found
+
+
+def _slow_db(calls: list[Call], cfg: SlowDbConfig) -> list[Detection]:
+    found = []
+    for call in calls:
+        if (
+            call.is_db
+            and call.ms >= cfg.min_duration_ms
+            and call.shape.upper().startswith("SELECT")
+        ):
+            title = f"Slow DB Query: {call.shape[:120]} ({call.ms:.0f} ms)"
+            found.append(_detection("slow_db_query", title, [call], None))
+    return found
+
+
+def _consecutive_http(
+    http: list[Call], parent: Span | None, cfg: ConsecutiveHttpConfig
+) -> list[Detection]:
+    runs: list[list[Call]] = []
+    run: list[Call] = []
+    for call in http:
+        slow = call.ms >= cfg.min_span_ms
+        follows = bool(run) and 0 <= (call.start - run[-1].end) / 1e6 <= cfg.max_gap_ms
+        if slow and (follows or not run):
+            run.append(call)
+            continue
+        runs.append(run)
+        run = [call] if slow else []
+    runs.append(run)
+    found = []
+    for r in runs:
+        if len(r) >= cfg.min_count:
+            savings = sum(c.ms for c in r) - max(c.ms for c in r)
+            if savings >= cfg.min_savings_ms:
+                title = f"Consecutive HTTP: {len(r)} sequential calls, {savings:.0f} ms to save"
+                found.append(_detection("consecutive_http", title, r, parent))
+    return found
+
+
+def _n_plus_one_api(
+    http: list[Call], parent: Span | None, cfg: NPlusOneApiConfig
+) -> list[Detection]:
+    found = []
+    for shape, group in _by_shape(http).items():
+        run = [group[0]]
+        for call in group[1:]:
+            if (call.start - run[-1].start) / 1e6 <= cfg.max_start_gap_ms:
+                run.append(call)
+            elif len(run) < cfg.min_count:
+                run = [call]
+        if len(run) >= cfg.min_count and sum(c.ms for c in run) >= cfg.min_total_ms:
+            title = f"N+1 API Call: {len(run)} x {shape[:120]}"
+            found.append(_detection("n_plus_one_api_calls", title, run, parent))
+    return found

@@ -1,0 +1,162 @@
+"""Budget matchers compiled once, evaluated per span touching only what they need.
+
+Resource conditions (``service``) are decided once per ``ResourceSpans``; span kind and
+name are read from the span; attribute conditions read only the keys some budget names,
+in one pass over the span's attributes, and only when kind and name already matched.
+The first budget in file order that matches a span owns it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from otelkit.budgets.model import SPAN_KINDS, Budget, Match
+
+# Matching keys of the shorthand conditions, newest semantic-convention name first.
+ROUTE_KEYS = ("http.route",)
+DB_SYSTEM_KEYS = ("db.system.name", "db.system")
+PEER_SERVICE_KEYS = ("peer.service", "service.peer.name")
+
+TextTest = Callable[[str], bool]
+
+
+def glob_regex(pattern: str) -> str:
+    """A glob as an anchored regular expression that both Python and RE2 accept."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def compile_text_test(patterns: Sequence[str]) -> TextTest:
+    """Exact membership when no pattern has a wildcard, else one compiled regex."""
+    if not any("*" in p or "?" in p for p in patterns):
+        exact = frozenset(patterns)
+        return exact.__contains__
+    regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns), re.DOTALL)
+    return lambda text: regex.fullmatch(text) is not None
+
+
+def any_value_text(value: AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind in ("int_value", "double_value"):
+        return f"{getattr(value, kind):g}" if kind == "double_value" else str(value.int_value)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return ""
+
+
+def attribute_texts(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, str]:
+    """The wanted attributes as text, in one pass."""
+    return {kv.key: any_value_text(kv.value) for kv in attributes if kv.key in wanted}
+
+
+@dataclass(frozen=True)
+class _AttributeTest:
+    keys: tuple[str, ...]  # the first present key is tested
+    test: TextTest
+
+    def __call__(self, span_attrs: Mapping[str, str], resource_attrs: Mapping[str, str]) -> bool:
+        for key in self.keys:
+            if key in span_attrs:
+                return self.test(span_attrs[key])
+        for key in self.keys:
+            if key in resource_attrs:
+                return self.test(resource_attrs[key])
+        return False
+
+
+@dataclass(frozen=True)
+class CompiledBudget:
+    name: str
+    budget: Budget
+    index: int
+    service: TextTest | None
+    kind: int | None
+    span_name: TextTest | None
+    attribute_tests: tuple[_AttributeTest, ...]
+
+    def matches_resource(self, service_name: str) -> bool:
+        return self.service is None or self.service(service_name)
+
+
+def compile_budget(name: str, budget: Budget, index: int) -> CompiledBudget:
+    m: Match = budget.match
+    tests: list[_AttributeTest] = []
+    for keys, patterns in (
+        (ROUTE_KEYS, m.route),
+        (DB_SYSTEM_KEYS, m.db_system),
+        (PEER_SERVICE_KEYS, m.peer_service),
+    ):
+        if patterns:
+            tests.append(_AttributeTest(keys, compile_text_test(patterns)))
+    for key, patterns in m.attributes.items():
+        tests.append(_AttributeTest((key,), compile_text_test(patterns)))
+    return CompiledBudget(
+        name=name,
+        budget=budget,
+        index=index,
+        service=compile_text_test(m.service) if m.service else None,
+        kind=SPAN_KINDS[m.span_kind] if m.span_kind else None,
+        span_name=compile_text_test(m.span_name) if m.span_name else None,
+        attribute_tests=tuple(tests),
+    )
+
+
+class BudgetMatcher:
+    """Finds the budget that owns a span."""
+
+    def __init__(self, budgets: Mapping[str, Budget]) -> None:
+        self.budgets = tuple(compile_budget(n, b, i) for i, (n, b) in enumerate(budgets.items()))
+        self.wanted_keys = frozenset(
+            key for b in self.budgets for t in b.attribute_tests for key in t.keys
+        )
+        self._resource_cache: dict[str, tuple[CompiledBudget, ...]] = {}
+
+    def for_service(self, service_name: str) -> tuple[CompiledBudget, ...]:
+        """The budgets that can match spans of this service (cached per service)."""
+        found = self._resource_cache.get(service_name)
+        if found is None:
+            found = tuple(b for b in self.budgets if b.matches_resource(service_name))
+            if len(self._resource_cache) < 10_000:
+                self._resource_cache[service_name] = found
+        return found
+
+    def match(
+        self,
+        span: Span,
+        candidates: Sequence[CompiledBudget],
+        resource_attrs: Mapping[str, str],
+    ) -> CompiledBudget | None:
+        span_attrs: dict[str, str] | None = None
+        kind = span.kind
+        name: str | None = None
+        for budget in candidates:
+            if budget.kind is not None and budget.kind != kind:
+                continue
+            if budget.span_name is not None:
+                if name is None:
+                    name = span.name
+                if not budget.span_name(name):
+                    continue
+            if budget.attribute_tests:
+                if span_attrs is None:
+                    span_attrs = attribute_texts(span.attributes, self.wanted_keys)
+                if not all(t(span_attrs, resource_attrs) for t in budget.attribute_tests):
+                    continue
+            return budget
+        return None

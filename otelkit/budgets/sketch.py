@@ -1,0 +1,133 @@
+"""A small DDSketch: quantiles with a stated relative error in bounded memory.
+
+Values fall into logarithmic buckets ``(gamma^(i-1), gamma^i]`` with
+``gamma = (1 + a) / (1 - a)``; the quantile estimate is within ``a`` (relative) of the
+exact value of the same rank (Masson, Rim and Lee, VLDB 2019). With ``a = 0.01`` a
+latency range from 1 us to 1 hour needs about 1,100 buckets; past ``max_buckets`` the
+lowest buckets are merged, which keeps the guarantee for the upper quantiles that
+budgets care about.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+class DDSketch:
+    """Positive values only (durations); zero and tiny values count in a zero bucket."""
+
+    __slots__ = (
+        "_inv_log_gamma",
+        "_log_gamma",
+        "buckets",
+        "count",
+        "max",
+        "max_buckets",
+        "min_value",
+        "relative_accuracy",
+        "sum",
+        "zero_count",
+    )
+
+    def __init__(
+        self, relative_accuracy: float = 0.01, max_buckets: int = 2048, min_value: float = 1e-6
+    ) -> None:
+        if not 0 < relative_accuracy < 1:
+            raise ValueError("relative_accuracy must be between 0 and 1")
+        self.relative_accuracy = relative_accuracy
+        gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._log_gamma = math.log(gamma)
+        self._inv_log_gamma = 1.0 / self._log_gamma
+        self.max_buckets = max_buckets
+        self.min_value = min_value
+        self.buckets: dict[int, int] = {}
+        self.zero_count = 0
+        self.count = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.max = max(self.max, value)
+        if value <= self.min_value:
+            self.zero_count += 1
+            return
+        index = math.ceil(math.log(value) * self._inv_log_gamma)
+        buckets = self.buckets
+        buckets[index] = buckets.get(index, 0) + 1
+        if len(buckets) > self.max_buckets:
+            self._collapse_lowest()
+
+    def quantile(self, q: float) -> float | None:
+        """The value at rank ``floor(q * (count - 1))``, within the relative accuracy."""
+        if self.count == 0:
+            return None
+        rank = math.floor(q * (self.count - 1))
+        seen = self.zero_count
+        if seen > rank:
+            return 0.0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen > rank:
+                return self._value_of(index)
+        return self.max
+
+    def merge(self, other: DDSketch) -> None:
+        for index, n in other.buckets.items():
+            self.buckets[index] = self.buckets.get(index, 0) + n
+        self.zero_count += other.zero_count
+        self.count += other.count
+        self.sum += other.sum
+        self.max = max(self.max, other.max)
+        while len(self.buckets) > self.max_buckets:
+            self._collapse_lowest()
+
+    def _value_of(self, index: int) -> float:
+        # The point of (gamma^(i-1), gamma^i] with equal relative error to both ends.
+        return 2.0 * math.exp(index * self._log_gamma) / (1.0 + math.exp(self._log_gamma))
+
+    def _collapse_lowest(self) -> None:
+        low, second = sorted(self.buckets)[:2]
+        self.buckets[second] += self.buckets.pop(low)
+
+
+@dataclass
+class WindowSummary:
+    start: float
+    end: float
+    count: int
+    quantiles: dict[float, float | None]
+
+
+@dataclass
+class WindowedSketch:
+    """Tumbling windows of ``window`` seconds: one live sketch, the last window's summary."""
+
+    window: float
+    quantiles: tuple[float, ...]
+    relative_accuracy: float = 0.01
+    start: float = 0.0
+    sketch: DDSketch = field(init=False)
+    last: WindowSummary | None = None
+
+    def __post_init__(self) -> None:
+        self.sketch = DDSketch(self.relative_accuracy)
+
+    def roll(self, now: float) -> WindowSummary | None:
+        """Close the live window if ``now`` is past its end; returns the closed summary."""
+        if now < self.start + self.window:
+            return None
+        closed = None
+        if self.sketch.count:
+            end = self.start + self.window
+            closed = WindowSummary(self.start, end, self.sketch.count, self.current())
+            self.last = closed
+        elapsed = (now - self.start) // self.window
+        self.start = self.start + elapsed * self.window if self.start else now
+        self.sketch = DDSketch(self.relative_accuracy)
+        return closed
+
+    def current(self) -> dict[float, float | None]:
+        return {q: self.sketch.quantile(q) for q in self.quantiles}

@@ -1,0 +1,238 @@
+"""``budget`` processor: marks spans against the budgets file and reports breaches.
+
+For each span the first matching budget owns, it sets ``otelkit.budget.name``,
+``otelkit.budget.limit_ms`` and ``otelkit.budget.exceeded``; it feeds the span's
+duration into a per-budget quantile sketch per objective window (tumbling windows,
+bounded memory, 1% relative error by default); it counts breaches in
+``otelkit_budget_violations_total{budget,type}``; and it records each breach as an
+``otelkit.finding`` span event (see :mod:`otelkit.budgets.findings`), which the
+``findings`` connector turns into a log record:
+
+- ``ceiling``: one span over the budget's ``max``, on that span;
+- ``percentile``: a window's running percentile over its objective (once the window
+  holds ``min_samples`` spans; at most once per window and objective), on the slowest
+  span of the batch that tipped it, so the log links to a real slow trace.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import Field, PrivateAttr, model_validator
+
+from otelkit.budgets.findings import (
+    BUDGET_EXCEEDED,
+    BUDGET_LIMIT_MS,
+    BUDGET_NAME,
+    KIND_BUDGET_BREACH,
+    Finding,
+    attach,
+    fingerprint,
+    service_name,
+)
+from otelkit.budgets.matcher import BudgetMatcher, CompiledBudget, attribute_texts
+from otelkit.budgets.model import BudgetsError, BudgetsFile, Objective, load_budgets
+from otelkit.budgets.sketch import WindowedSketch
+from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    Consumer,
+    CreateSettings,
+    Processor,
+    processor_factory,
+)
+
+
+class BudgetConfig(ComponentConfig):
+    budgets_file: str = Field(description="path of the budgets file (collector/budgets.yaml)")
+    min_samples: int = Field(
+        20, ge=1, description="spans a window needs before its percentile counts"
+    )
+    relative_accuracy: float = Field(0.01, gt=0, lt=0.5)
+    _budgets: BudgetsFile | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _load(self) -> BudgetConfig:
+        try:
+            self._budgets = load_budgets(Path(self.budgets_file))
+        except BudgetsError as exc:
+            raise ValueError(f"invalid budgets file {exc}") from None
+        return self
+
+    @property
+    def budgets(self) -> BudgetsFile:
+        assert self._budgets is not None
+        return self._budgets
+
+
+@dataclass
+class _WindowState:
+    sketch: WindowedSketch
+    objectives: list[Objective]
+    flagged: set[float] = field(default_factory=set)  # quantiles already reported this window
+
+
+@dataclass
+class _BudgetState:
+    budget: CompiledBudget
+    limit_ms: float | None
+    windows: list[_WindowState]
+    slowest: tuple[float, Span | None] = (0.0, None)
+
+
+class BudgetProcessor(Processor):
+    def __init__(self, settings: CreateSettings, config: BudgetConfig, next_consumer: Consumer):
+        self._next = next_consumer
+        self._config = config
+        budgets = config.budgets
+        self._matcher = BudgetMatcher(budgets.budgets)
+        self._states = [self._new_state(b, budgets) for b in self._matcher.budgets]
+        self._violations = settings.telemetry.counter(
+            "otelkit_budget_violations", "Spans or windows over their budget", ("budget", "type")
+        )
+        self._quantile_gauge = settings.telemetry.gauge(
+            "otelkit_budget_window_quantile_milliseconds",
+            "Running percentile of the budget's current window",
+            ("budget", "quantile"),
+        )
+
+    def _new_state(self, budget: CompiledBudget, budgets: BudgetsFile) -> _BudgetState:
+        by_window: dict[float, list[Objective]] = {}
+        for objective in budget.budget.objectives:
+            by_window.setdefault(budgets.window_of(objective), []).append(objective)
+        windows = [
+            _WindowState(
+                WindowedSketch(w, tuple(o.quantile for o in objs), self._config.relative_accuracy),
+                objs,
+            )
+            for w, objs in by_window.items()
+        ]
+        return _BudgetState(budget, budget.budget.limit_ms, windows)
+
+    async def consume(self, payload: Payload) -> None:
+        self.observe(payload, time.time())
+        await self._next.consume(payload)
+
+    def observe(self, payload: Payload, now: float) -> None:
+        """Mark matched spans and update windows (``now``: wall-clock seconds)."""
+        touched: dict[int, _BudgetState] = {}
+        matcher = self._matcher
+        for rs in payload.resource_spans:
+            candidates = matcher.for_service(service_name(rs.resource.attributes))
+            if not candidates:
+                continue
+            resource_attrs = (
+                attribute_texts(rs.resource.attributes, matcher.wanted_keys)
+                if matcher.wanted_keys
+                else {}
+            )
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    budget = matcher.match(span, candidates, resource_attrs)
+                    if budget is None:
+                        continue
+                    state = touched.get(budget.index)
+                    if state is None:
+                        state = touched[budget.index] = self._states[budget.index]
+                        self._roll(state, now)
+                    self._observe_span(state, span)
+        for state in touched.values():
+            self._check_percentiles(state)
+            state.slowest = (0.0, None)
+
+    def _observe_span(self, state: _BudgetState, span: Span) -> None:
+        duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+        for window in state.windows:
+            window.sketch.sketch.add(duration_ms)
+        if duration_ms > state.slowest[0] or state.slowest[1] is None:
+            state.slowest = (duration_ms, span)
+        attrs = span.attributes
+        attrs.add(key=BUDGET_NAME).value.string_value = state.budget.name
+        limit = state.limit_ms
+        exceeded = limit is not None and duration_ms > limit
+        if limit is not None:
+            attrs.add(key=BUDGET_LIMIT_MS).value.double_value = limit
+        attrs.add(key=BUDGET_EXCEEDED).value.bool_value = exceeded
+        ceiling = state.budget.budget.max
+        if ceiling is not None and duration_ms > ceiling:
+            self._violations.labels(state.budget.name, "ceiling").inc()
+            name = state.budget.name
+            finding = Finding(
+                kind=KIND_BUDGET_BREACH,
+                type="ceiling",
+                title=f"Budget {name}: {span.name} took {duration_ms:.0f} ms (max {ceiling:g} ms)",
+                culprit=span.name,
+                fingerprint=fingerprint("budget", name, "ceiling", span.name),
+                span_ids=[span.span_id],
+                extra={
+                    BUDGET_NAME: name,
+                    BUDGET_LIMIT_MS: ceiling,
+                    "otelkit.budget.observed_ms": round(duration_ms, 3),
+                },
+            )
+            attach(span, finding, span.end_time_unix_nano)
+
+    def _roll(self, state: _BudgetState, now: float) -> None:
+        for window in state.windows:
+            if window.sketch.roll(now) is not None or not window.sketch.sketch.count:
+                window.flagged.clear()
+
+    def _check_percentiles(self, state: _BudgetState) -> None:
+        name = state.budget.name
+        for window in state.windows:
+            sketch = window.sketch.sketch
+            for objective in window.objectives:
+                observed = sketch.quantile(objective.quantile)
+                if observed is None:
+                    continue
+                self._quantile_gauge.labels(name, objective.label).set(observed)
+                if (
+                    sketch.count < self._config.min_samples
+                    or observed <= objective.below_ms
+                    or objective.quantile in window.flagged
+                ):
+                    continue
+                window.flagged.add(objective.quantile)
+                self._violations.labels(name, "percentile").inc()
+                self._report_percentile(state, window, objective, observed)
+
+    def _report_percentile(
+        self, state: _BudgetState, window: _WindowState, objective: Objective, observed: float
+    ) -> None:
+        span = state.slowest[1]
+        if span is None:
+            return
+        name = state.budget.name
+        seconds = window.sketch.window
+        finding = Finding(
+            kind=KIND_BUDGET_BREACH,
+            type="percentile",
+            title=(
+                f"Budget {name}: {objective.label} is {observed:.0f} ms over the last "
+                f"{seconds:g}s window (objective < {objective.below_ms:g} ms)"
+            ),
+            culprit=span.name,
+            fingerprint=fingerprint("budget", name, objective.label),
+            span_ids=[span.span_id],
+            extra={
+                BUDGET_NAME: name,
+                BUDGET_LIMIT_MS: objective.below_ms,
+                "otelkit.budget.observed_ms": round(observed, 3),
+                "otelkit.budget.percentile": objective.percentile,
+                "otelkit.budget.window_s": seconds,
+                "otelkit.budget.window_count": window.sketch.sketch.count,
+            },
+        )
+        attach(span, finding, span.end_time_unix_nano)
+
+
+def _create(
+    settings: CreateSettings, config: BudgetConfig, signal: Signal, next_consumer: Consumer
+) -> BudgetProcessor:
+    return BudgetProcessor(settings, config, next_consumer)
+
+
+factory = processor_factory("budget", BudgetConfig, _create, frozenset({Signal.TRACES}))

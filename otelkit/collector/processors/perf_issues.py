@@ -1,0 +1,67 @@
+"""``perf_issues`` processor: finds N+1 queries, slow queries and wasteful HTTP patterns.
+
+Whole-trace: it holds batches ``wait`` seconds (see
+:class:`~otelkit.budgets.tracebuffer.TraceBuffer`) so the spans of one request are
+judged together, then marks every offending span with ``otelkit.perf_issue.type`` and
+``otelkit.perf_issue.fingerprint``, records the finding as an ``otelkit.finding`` span
+event on the parent span (the ``findings`` connector turns it into a log record, the
+Sentry exporter into an issue), and counts ``otelkit_perf_issues_total{type,service}``.
+Thresholds default to Sentry's (:mod:`otelkit.budgets.detectors`).
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from pydantic import Field
+
+from otelkit.budgets.detectors import DetectorsConfig, detect
+from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
+from otelkit.budgets.tracebuffer import BufferedTraceProcessor, HeldTrace
+from otelkit.collector.pdata.signals import Signal
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    Consumer,
+    CreateSettings,
+    processor_factory,
+)
+from otelkit.collector.runtime.types import Duration
+
+
+class PerfIssuesConfig(ComponentConfig):
+    wait: Duration = Field(
+        2.0, ge=0, description="how long to gather a trace's spans; 0: per batch"
+    )
+    num_traces: int = Field(50_000, ge=1, description="traces held at most")
+    detectors: DetectorsConfig = DetectorsConfig()
+
+
+class PerfIssuesProcessor(BufferedTraceProcessor):
+    def __init__(self, settings: CreateSettings, config: PerfIssuesConfig, next_consumer: Consumer):
+        super().__init__(settings, next_consumer, config.wait, config.num_traces)
+        self._detectors = config.detectors
+        self._issues = settings.telemetry.counter(
+            "otelkit_perf_issues", "Performance issues found in traces", ("type", "service")
+        )
+
+    def judge(self, traces: list[HeldTrace]) -> None:
+        for trace in traces:
+            for detection in detect(trace.spans, trace.services, self._detectors):
+                finding = detection.finding
+                for span in detection.offenders:
+                    _mark(span, finding.type, finding.fingerprint)
+                attach(detection.anchor, finding, detection.anchor.end_time_unix_nano)
+                self._issues.labels(finding.type, detection.service).inc()
+
+
+def _mark(span: Span, type_: str, fingerprint: str) -> None:
+    set_attribute(span, PERF_ISSUE_TYPE, type_)
+    set_attribute(span, PERF_ISSUE_FINGERPRINT, fingerprint)
+
+
+def _create(
+    settings: CreateSettings, config: PerfIssuesConfig, signal: Signal, next_consumer: Consumer
+) -> PerfIssuesProcessor:
+    return PerfIssuesProcessor(settings, config, next_consumer)
+
+
+factory = processor_factory("perf_issues", PerfIssuesConfig, _create, frozenset({Signal.TRACES}))

@@ -1,0 +1,113 @@
+"""Matcher semantics and the quantile sketch against exact computation."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from otelkit.budgets.check import exact_quantile
+from otelkit.budgets.findings import service_name
+from otelkit.budgets.matcher import BudgetMatcher, attribute_texts
+from otelkit.budgets.model import parse_budgets
+from otelkit.budgets.sketch import DDSketch, WindowedSketch
+from tests.budgets.spans import S, all_spans, request
+
+BUDGETS = {
+    "checkout": {"match": {"service": "shop-*", "span_kind": "server", "route": "/checkout*"},
+                 "max": "2s"},
+    "search": {"match": {"route": ["/search", "/find/?"], "attributes": {"http.request.method": "GET"}},
+               "max": "1s"},
+    "postgres": {"match": {"span_kind": "client", "db_system": "postgresql"}, "max": "500ms"},
+    "payments": {"match": {"peer_service": "pay*", "span_name": "POST *"}, "max": "3s"},
+    "tier": {"match": {"attributes": {"deployment.environment": "prod"}}, "max": "9s"},
+    "servers": {"match": {"span_kind": "server"}, "max": "5s"},
+}
+
+
+def owner(span: S, service: str = "shop-api", **resource: str) -> str | None:
+    matcher = BudgetMatcher(parse_budgets({"budgets": BUDGETS}).budgets)
+    req = request([span], service, **resource)
+    rs = req.resource_spans[0]
+    candidates = matcher.for_service(service_name(rs.resource.attributes))
+    found = matcher.match(all_spans(req)[0], candidates,
+                          attribute_texts(rs.resource.attributes, matcher.wanted_keys))
+    return found.name if found else None
+
+
+@pytest.mark.parametrize(
+    ("span", "service", "expected"),
+    [
+        (S("GET /checkout/cart", attrs={"http.route": "/checkout/cart"}), "shop-api", "checkout"),
+        # service glob does not match: the next budget that matches wins
+        (S("GET /checkout", attrs={"http.route": "/checkout"}), "admin", "servers"),
+        # kind must match: a client span on the route is not the checkout budget's
+        (S("GET", kind="client", attrs={"http.route": "/checkout"}), "shop-api", None),
+        (S("GET", attrs={"http.route": "/find/x", "http.request.method": "GET"}), "x", "search"),
+        (S("GET", attrs={"http.route": "/find/xy", "http.request.method": "GET"}), "x", "servers"),
+        (S("POST", attrs={"http.route": "/search", "http.request.method": "POST"}), "x", "servers"),
+        # the older db.system name is read when db.system.name is absent
+        (S("SELECT", kind="client", attrs={"db.system": "postgresql"}), "x", "postgres"),
+        (S("SELECT", kind="client", attrs={"db.system.name": "postgresql",
+                                            "db.system": "mysql"}), "x", "postgres"),
+        (S("SELECT", kind="client", attrs={"db.system": "sqlite"}), "x", None),
+        (S("POST /charge", kind="client", attrs={"peer.service": "payments"}), "x", "payments"),
+        (S("GET /charge", kind="client", attrs={"peer.service": "payments"}), "x", None),
+    ],
+)
+def test_first_matching_budget_owns_the_span(span: S, service: str, expected: str | None) -> None:
+    assert owner(span, service) == expected
+
+
+def test_attribute_conditions_fall_back_to_resource_attributes() -> None:
+    span = S("work", kind="internal")
+    assert owner(span, "x", **{"deployment.environment": "prod"}) == "tier"
+    assert owner(span, "x", **{"deployment.environment": "dev"}) is None
+
+
+def test_matcher_reads_only_the_attributes_budgets_name() -> None:
+    matcher = BudgetMatcher(parse_budgets({"budgets": BUDGETS}).budgets)
+    assert matcher.wanted_keys == {"http.route", "http.request.method", "db.system.name",
+                                   "db.system", "peer.service", "service.peer.name",
+                                   "deployment.environment"}
+
+
+@pytest.mark.parametrize("accuracy", [0.01, 0.02])
+def test_sketch_quantiles_are_within_the_stated_relative_error(accuracy: float) -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3.0, 1.2) for _ in range(20_000)]
+    values += [0.0] * 50 + [rng.uniform(5000, 20000) for _ in range(200)]
+    sketch = DDSketch(accuracy)
+    for v in values:
+        sketch.add(v)
+    exact = sorted(values)
+    for q in (0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        truth = exact_quantile(exact, q)
+        estimate = sketch.quantile(q)
+        assert estimate is not None
+        assert math.isclose(estimate, truth, rel_tol=accuracy, abs_tol=1e-9), (q, estimate, truth)
+    assert sketch.count == len(values)
+
+
+def test_sketch_memory_is_bounded_and_upper_quantiles_survive_collapsing() -> None:
+    sketch = DDSketch(0.01, max_buckets=200)
+    values = [10 ** (i / 1000) for i in range(-3000, 6000)]  # 1e-3 .. 1e6: ~2000 buckets
+    for v in values:
+        sketch.add(v)
+    assert len(sketch.buckets) <= 200
+    exact = sorted(values)
+    for q in (0.95, 0.99):
+        assert math.isclose(sketch.quantile(q) or 0, exact_quantile(exact, q), rel_tol=0.01)
+
+
+def test_windowed_sketch_reports_each_window_separately() -> None:
+    w = WindowedSketch(window=60, quantiles=(0.5,))
+    w.roll(1000.0)
+    for v in (10, 20, 30):
+        w.sketch.add(v)
+    assert w.roll(1059.0) is None  # same window
+    closed = w.roll(1061.0)
+    assert closed is not None and closed.count == 3
+    assert math.isclose(closed.quantiles[0.5] or 0, 20, rel_tol=0.01)
+    assert w.sketch.count == 0 and w.start == 1060.0

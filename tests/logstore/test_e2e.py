@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpExporter
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
@@ -97,7 +98,12 @@ def emit_one_request(app: SdkApp) -> str:
             raise ValueError("card declined: insufficient funds")
         except ValueError:
             app.logger.exception("payment failed")
-        app.logger.info({"event": "order", "total": 12.5, "items": ["a", "b"]})
+        # A structured body, through the Logs API (the logging handler sends strings).
+        app.provider.get_logger("app.events").emit(
+            severity_number=SeverityNumber.INFO,
+            body={"event": "order", "total": 12.5, "items": ["a", "b"]},
+            event_name="order.placed",
+        )
         trace_id = format(span.get_span_context().trace_id, "032x")
     with app.tracer.start_as_current_span("GET /other"):
         app.logger.info("another request")
@@ -112,6 +118,7 @@ def check_every_filter(store: LogStore, service: str, trace_id: str) -> None:
     order = {"event": "order", "total": 12.5, "items": ["a", "b"]}
     request_lines = ["checkout started for cart c-42", "inventory low", "payment failed", order]
     assert bodies(store, trace_id=trace_id) == request_lines
+    assert store.query(build_query(trace_id=trace_id)).records[3].event_name == "order.placed"
     everything = bodies(store, services=[service], since="1h")
     assert len(everything) == 6
     assert everything[-1] == "service ready ✓ — 東京 café"

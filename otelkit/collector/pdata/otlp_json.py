@@ -80,10 +80,9 @@ _CHECKED = {s: message_codec(s.request_type.DESCRIPTOR) for s in Signal}
 def decode_request(signal: Signal, data: bytes | str) -> Payload:
     """Parse one OTLP/JSON export request of ``signal``; ValueError names what is wrong."""
     try:
-        raw = _BY_SIGNAL[signal].json_to_wire(data)
+        return _parse_wire(signal, _BY_SIGNAL[signal].json_to_wire(data))
     except Exception:  # anything unusual or wrong: parse to dicts, then explain
         return _from_object(signal, _parse_json(data))
-    return _parse_wire(signal, raw)
 
 
 def decode_any(data: bytes | str) -> Payload:
@@ -136,6 +135,8 @@ def _parse_json(data: bytes | str) -> Any:
         return _loads(data)
     except ValueError as error:
         raise ValueError(f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _from_object(signal: Signal, obj: Any) -> Payload:
@@ -151,8 +152,10 @@ def _parse_wire(signal: Signal, raw: bytes) -> Payload:
     payload = signal.new_request()
     try:
         payload.ParseFromString(raw)
-    except DecodeError as error:  # only nesting beyond protobuf's depth limit gets here
-        raise ValueError(f"cannot build the request (nested too deeply?): {error}") from None
+    except DecodeError:  # only nesting beyond protobuf's depth limit gets here
+        raise ValueError(
+            "values nested too deeply: protobuf allows at most 100 levels of messages"
+        ) from None
     return payload
 
 

@@ -379,6 +379,34 @@ def test_bad_input_names_the_path_that_failed(text: str | bytes, message: str) -
     assert str(failure.value).startswith(message)
 
 
+def _log_body_json(body: str) -> str:
+    return '{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":BODY}]}]}]}'.replace("BODY", body)
+
+
+@pytest.mark.parametrize(
+    ("depth", "message"),
+    [(60, "values nested too deeply: protobuf allows at most 100 levels"),
+     (5000, "JSON nested too deeply")],
+)  # fmt: skip
+def test_deep_nesting_is_refused_with_a_value_error(depth: int, message: str) -> None:
+    body = '{"stringValue":"x"}'
+    for _ in range(depth):
+        body = '{"arrayValue":{"values":[' + body + "]}}"
+    with pytest.raises(ValueError, match=message):
+        decode_request(Signal.LOGS, _log_body_json(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [rb'{"stringValue":"\ud800"}', b'{"stringValue":"\xff"}', b'{"stringValue":"a\tb"}'],
+    ids=["lone surrogate", "not UTF-8", "raw control character"],
+)
+def test_invalid_strings_are_refused(body: bytes) -> None:
+    text = _log_body_json("{}").encode().replace(b"{}", body)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        decode_request(Signal.LOGS, text)
+
+
 def test_bad_metric_value_and_enum_name_are_named() -> None:
     text = json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [
         {"sum": {"aggregationTemporality": "DELTA", "dataPoints": []}}

@@ -102,6 +102,7 @@ class BatchProcessor(Processor):
         self._ready: deque[tuple[Payload, int]] = deque()
         self._ready_items = 0
         self._sending = False
+        self._blocked = False  # the next consumer refused the last offer; wait for a tick
         self._closed = False
         self._ticker: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -140,7 +141,7 @@ class BatchProcessor(Processor):
         elif self._config.send_batch_size and self._pending_items >= self._config.send_batch_size:
             self._size_triggers.inc()
             self._cut(whole=False)
-        if self._ready:
+        if self._ready and not self._blocked:
             await self._send_ready()
 
     async def shutdown(self) -> None:
@@ -196,6 +197,7 @@ class BatchProcessor(Processor):
                     log.debug(
                         "processor %s: next consumer refused (%s); will retry", self._name, exc
                     )
+                    self._blocked = True
                     return
                 except PermanentError as exc:
                     self._drop(items, str(exc))
@@ -204,6 +206,7 @@ class BatchProcessor(Processor):
                     self._drop(items, f"unexpected error: {exc}")
                 self._ready.popleft()
                 self._ready_items -= items
+                self._blocked = False
         finally:
             self._sending = False
 

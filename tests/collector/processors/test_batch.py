@@ -169,6 +169,19 @@ def test_retryable_refusal_keeps_the_data_and_retries_on_the_next_tick() -> None
     run(check, send_batch_size=5, timeout="10ms")
 
 
+def test_a_refused_batch_is_offered_again_only_on_a_tick() -> None:
+    async def check(p: BatchProcessor, down: Downstream, _: SelfTelemetry) -> None:
+        down.refuse = RetryableError
+        await p.consume(traces([[5]], prefix="a"))
+        await p.consume(traces([[5]], prefix="b"))
+        assert down.offers == 1  # new data does not hammer a refusing consumer
+        down.refuse = None
+        await p.shutdown()  # delivers both batches, in order
+        assert down.names() == [f"{x}0.0.{i}" for x in "ab" for i in range(5)]
+
+    run(check, send_batch_size=5, timeout="1h")
+
+
 def test_consume_refuses_while_the_held_backlog_is_over_the_bound() -> None:
     async def check(p: BatchProcessor, down: Downstream, t: SelfTelemetry) -> None:
         down.refuse = RetryableError

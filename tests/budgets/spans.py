@@ -52,7 +52,9 @@ def to_span(s: S) -> Span:
     return span
 
 
-def request(spans: Iterable[S], service: str = "shop-api", **resource: str) -> ExportTraceServiceRequest:
+def request(
+    spans: Iterable[S], service: str = "shop-api", **resource: str
+) -> ExportTraceServiceRequest:
     out = ExportTraceServiceRequest()
     rs = out.resource_spans.add()
     for k, v in {"service.name": service, **resource}.items():
@@ -67,20 +69,22 @@ def all_spans(req: ExportTraceServiceRequest) -> list[Span]:
 
 
 def attrs_of(span: Span) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in span.attributes:
-        kind = kv.value.WhichOneof("value")
-        out[kv.key] = getattr(kv.value, kind) if kind else None
-    return out
+    return {kv.key: plain(kv.value) for kv in span.attributes}
+
+
+def plain(value: AnyValue) -> object:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [plain(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
 
 
 def event_attrs(span: Span, name: str = "otelkit.finding") -> list[dict[str, object]]:
-    found = []
-    for event in span.events:
-        if event.name == name:
-            found.append({kv.key: getattr(kv.value, kv.value.WhichOneof("value") or "string_value")
-                          for kv in event.attributes})
-    return found
+    return [
+        {kv.key: plain(kv.value) for kv in event.attributes}
+        for event in span.events
+        if event.name == name
+    ]
 
 
 class Sink:

@@ -31,7 +31,9 @@ budgets:
 """
 
 
-def make(tmp_path: Path, text: str = BUDGETS, **extra: object) -> tuple[BudgetProcessor, Sink, SelfTelemetry]:
+def make(
+    tmp_path: Path, text: str = BUDGETS, **extra: object
+) -> tuple[BudgetProcessor, Sink, SelfTelemetry]:
     path = tmp_path / "budgets.yaml"
     path.write_text(text)
     telemetry = SelfTelemetry()
@@ -50,13 +52,20 @@ def test_matched_spans_are_marked_and_others_untouched(tmp_path: Path) -> None:
     req = request([checkout(120), checkout(1500), S("GET /", ms=5000)])
     asyncio.run(processor.consume(req))
     fast, slow, other = all_spans(sink.got[0])  # type: ignore[arg-type]
-    assert attrs_of(fast) | {} == {"http.route": "/checkout", "otelkit.budget.name": "checkout",
-                                   "otelkit.budget.limit_ms": 1000.0,
-                                   "otelkit.budget.exceeded": False}
+    assert attrs_of(fast) | {} == {
+        "http.route": "/checkout",
+        "otelkit.budget.name": "checkout",
+        "otelkit.budget.limit_ms": 1000.0,
+        "otelkit.budget.exceeded": False,
+    }
     assert attrs_of(slow)["otelkit.budget.exceeded"] is True
     assert attrs_of(other) == {} and not other.events
-    assert telemetry.value("otelkit_budget_violations_total",
-                           {"budget": "checkout", "type": "ceiling"}) == 1
+    assert (
+        telemetry.value(
+            "otelkit_budget_violations_total", {"budget": "checkout", "type": "ceiling"}
+        )
+        == 1
+    )
 
 
 def test_ceiling_breach_becomes_a_log_record_linked_to_the_span(tmp_path: Path) -> None:
@@ -76,17 +85,25 @@ def test_ceiling_breach_becomes_a_log_record_linked_to_the_span(tmp_path: Path) 
 
 
 def test_window_percentile_breach_is_reported_once_per_window(tmp_path: Path) -> None:
-    processor, sink, telemetry = make(tmp_path)
+    processor, _sink, telemetry = make(tmp_path)
     now = 1_000_000.0
     healthy = request([checkout(100) for _ in range(20)])
     processor.observe(healthy, now)
-    assert telemetry.value("otelkit_budget_violations_total",
-                           {"budget": "checkout", "type": "percentile"}) == 0
+    assert (
+        telemetry.value(
+            "otelkit_budget_violations_total", {"budget": "checkout", "type": "percentile"}
+        )
+        == 0
+    )
     slow = request([checkout(700) for _ in range(10)] + [checkout(900)])
     processor.observe(slow, now + 10)  # 11 of 31 spans slow: p95 (rank 28) is 700ms
     processor.observe(request([checkout(800) for _ in range(5)]), now + 20)
-    assert telemetry.value("otelkit_budget_violations_total",
-                           {"budget": "checkout", "type": "percentile"}) == 1
+    assert (
+        telemetry.value(
+            "otelkit_budget_violations_total", {"budget": "checkout", "type": "percentile"}
+        )
+        == 1
+    )
     carriers = [s for s in all_spans(slow) if event_attrs(s)]
     assert len(carriers) == 1  # the slowest span of the batch that tipped the window
     [finding] = event_attrs(carriers[0])
@@ -95,8 +112,12 @@ def test_window_percentile_breach_is_reported_once_per_window(tmp_path: Path) ->
     assert abs(float(finding["otelkit.budget.observed_ms"]) - 700) <= 7  # type: ignore[arg-type]
     # the next window starts clean, and a slow one is reported again
     processor.observe(request([checkout(900) for _ in range(12)]), now + 70)
-    assert telemetry.value("otelkit_budget_violations_total",
-                           {"budget": "checkout", "type": "percentile"}) == 2
+    assert (
+        telemetry.value(
+            "otelkit_budget_violations_total", {"budget": "checkout", "type": "percentile"}
+        )
+        == 2
+    )
 
 
 def test_too_few_spans_do_not_judge_a_window(tmp_path: Path) -> None:
@@ -108,8 +129,9 @@ def test_too_few_spans_do_not_judge_a_window(tmp_path: Path) -> None:
 def test_findings_connector_emits_logs_only_when_there_are_findings(tmp_path: Path) -> None:
     logs_sink = Sink()
     settings = CreateSettings(ComponentID("findings"), Kind.CONNECTOR, SelfTelemetry())
-    connector = findings_factory.create(settings, findings_factory.config_class(),
-                                        Signal.TRACES, Signal.LOGS, logs_sink)
+    connector = findings_factory.create(
+        settings, findings_factory.config_class(), Signal.TRACES, Signal.LOGS, logs_sink
+    )
     processor, sink, _ = make(tmp_path)
     asyncio.run(processor.consume(request([checkout(10)])))
     asyncio.run(connector.consume(sink.got[0]))  # type: ignore[arg-type]

@@ -15,10 +15,14 @@ from otelkit.budgets.sketch import DDSketch, WindowedSketch
 from tests.budgets.spans import S, all_spans, request
 
 BUDGETS = {
-    "checkout": {"match": {"service": "shop-*", "span_kind": "server", "route": "/checkout*"},
-                 "max": "2s"},
-    "search": {"match": {"route": ["/search", "/find/?"], "attributes": {"http.request.method": "GET"}},
-               "max": "1s"},
+    "checkout": {
+        "match": {"service": "shop-*", "span_kind": "server", "route": "/checkout*"},
+        "max": "2s",
+    },
+    "search": {
+        "match": {"route": ["/search", "/find/?"], "attributes": {"http.request.method": "GET"}},
+        "max": "1s",
+    },
     "postgres": {"match": {"span_kind": "client", "db_system": "postgresql"}, "max": "500ms"},
     "payments": {"match": {"peer_service": "pay*", "span_name": "POST *"}, "max": "3s"},
     "tier": {"match": {"attributes": {"deployment.environment": "prod"}}, "max": "9s"},
@@ -31,8 +35,9 @@ def owner(span: S, service: str = "shop-api", **resource: str) -> str | None:
     req = request([span], service, **resource)
     rs = req.resource_spans[0]
     candidates = matcher.for_service(service_name(rs.resource.attributes))
-    found = matcher.match(all_spans(req)[0], candidates,
-                          attribute_texts(rs.resource.attributes, matcher.wanted_keys))
+    found = matcher.match(
+        all_spans(req)[0], candidates, attribute_texts(rs.resource.attributes, matcher.wanted_keys)
+    )
     return found.name if found else None
 
 
@@ -49,8 +54,15 @@ def owner(span: S, service: str = "shop-api", **resource: str) -> str | None:
         (S("POST", attrs={"http.route": "/search", "http.request.method": "POST"}), "x", "servers"),
         # the older db.system name is read when db.system.name is absent
         (S("SELECT", kind="client", attrs={"db.system": "postgresql"}), "x", "postgres"),
-        (S("SELECT", kind="client", attrs={"db.system.name": "postgresql",
-                                            "db.system": "mysql"}), "x", "postgres"),
+        (
+            S(
+                "SELECT",
+                kind="client",
+                attrs={"db.system.name": "postgresql", "db.system": "mysql"},
+            ),
+            "x",
+            "postgres",
+        ),
         (S("SELECT", kind="client", attrs={"db.system": "sqlite"}), "x", None),
         (S("POST /charge", kind="client", attrs={"peer.service": "payments"}), "x", "payments"),
         (S("GET /charge", kind="client", attrs={"peer.service": "payments"}), "x", None),
@@ -68,9 +80,15 @@ def test_attribute_conditions_fall_back_to_resource_attributes() -> None:
 
 def test_matcher_reads_only_the_attributes_budgets_name() -> None:
     matcher = BudgetMatcher(parse_budgets({"budgets": BUDGETS}).budgets)
-    assert matcher.wanted_keys == {"http.route", "http.request.method", "db.system.name",
-                                   "db.system", "peer.service", "service.peer.name",
-                                   "deployment.environment"}
+    assert matcher.wanted_keys == {
+        "http.route",
+        "http.request.method",
+        "db.system.name",
+        "db.system",
+        "peer.service",
+        "service.peer.name",
+        "deployment.environment",
+    }
 
 
 @pytest.mark.parametrize("accuracy", [0.01, 0.02])

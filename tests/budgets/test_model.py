@@ -26,8 +26,9 @@ def test_shipped_example_is_valid() -> None:
 
 
 def test_objectives_accept_both_spellings() -> None:
-    b = parse_budgets({"budgets": {"a": {"objectives": ["p95 < 300ms over 5m", "p(99)<800",
-                                                        "p99.9 < 1.5s"]}}})
+    b = parse_budgets(
+        {"budgets": {"a": {"objectives": ["p95 < 300ms over 5m", "p(99)<800", "p99.9 < 1.5s"]}}}
+    )
     o1, o2, o3 = b.budgets["a"].objectives
     assert (o1.percentile, o1.below_ms, o1.window) == (95, 300, 300)
     assert (o2.percentile, o2.below_ms, o2.window) == (99, 800, None)  # k6: bare ms
@@ -48,8 +49,9 @@ def test_unknown_key_and_bad_duration_are_reported_together() -> None:
 
 
 def test_latency_slo_threshold_must_be_a_bucket_boundary() -> None:
-    [msg] = problems({"budgets": {"api": {"slos": {"fast": {"objective": 99,
-                                                            "bad": "latency > 300ms"}}}}})
+    [msg] = problems(
+        {"budgets": {"api": {"slos": {"fast": {"objective": 99, "bad": "latency > 300ms"}}}}}
+    )
     assert "budgets.api.slos.fast.bad" in msg and "400ms" in msg
 
 

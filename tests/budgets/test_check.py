@@ -1,0 +1,126 @@
+"""The CI gate: exit 0 when every budget holds, 3 when one is broken, 2 on usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otelkit.collector.pdata.otlp_json import encode_request
+from tests.budgets.spans import S, request
+
+BUDGETS = """
+budgets:
+  checkout:
+    match: {service: shop-api, route: /checkout}
+    max: 1s
+    objectives: ["p95 < 300ms over 5m"]
+  search:
+    match: {service: shop-api, span_name: "GET /search*"}
+    objectives: ["p(50)<100"]
+  unused:
+    match: {service: other}
+    max: 1s
+"""
+
+
+def checkout(ms: float) -> S:
+    return S("POST /checkout", ms=ms, attrs={"http.route": "/checkout"})
+
+
+def gate(tmp_path: Path, *lines: bytes, budgets: str = BUDGETS) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "budgets.yaml").write_text(budgets)
+    traces = tmp_path / "traces.jsonl"
+    traces.write_bytes(b"".join(line + b"\n" for line in lines))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otelkit.cli",
+            "budgets",
+            "check",
+            "--budgets",
+            str(tmp_path / "budgets.yaml"),
+            str(traces),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def fast_run() -> list[bytes]:
+    first = request([checkout(100 + i) for i in range(10)] + [S("GET /search?q=a", ms=20)])
+    second = request([checkout(200 + i) for i in range(10)])
+    return [encode_request(first), encode_request(second)]
+
+
+def test_passing_trace_file_exits_0_with_a_table(tmp_path: Path) -> None:
+    result = gate(tmp_path, *fast_run())
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["budget", "spans", "p50", "ms", "p95"]
+    checkout_row = next(line for line in lines if line.startswith("checkout"))
+    assert checkout_row.split()[1] == "20"  # spans from both requests
+    assert "ok" in checkout_row
+    assert "no spans" in next(line for line in lines if line.startswith("unused"))
+    assert lines[-1] == "all budgets hold"
+
+
+def test_slower_endpoint_breaks_the_budget_and_exits_3(tmp_path: Path) -> None:
+    slower = request([checkout(400) for _ in range(3)])  # p95 over 300ms
+    result = gate(tmp_path, *fast_run(), encode_request(slower))
+    assert result.returncode == 3, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("checkout"))
+    assert "p95<300ms 400.0 BROKEN" in row and row.endswith("BROKEN")
+
+
+def test_one_span_over_the_ceiling_breaks_the_budget(tmp_path: Path) -> None:
+    result = gate(tmp_path, *fast_run(), encode_request(request([checkout(1500)])))
+    assert result.returncode == 3
+    assert "1 (max 1000ms)" in result.stdout
+
+
+def test_other_signals_in_the_file_are_skipped(tmp_path: Path) -> None:
+    logs = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"hi"}}]}]}]}'
+    assert gate(tmp_path, logs, *fast_run()).returncode == 0
+
+
+@pytest.mark.parametrize("case", ["bad budgets", "missing traces", "not otlp"])
+def test_usage_errors_exit_2(tmp_path: Path, case: str) -> None:
+    if case == "bad budgets":
+        result = gate(tmp_path, *fast_run(), budgets="budgets: {x: {max: soon}}")
+        assert "budgets.x.max" in result.stderr
+    elif case == "not otlp":
+        result = gate(tmp_path, b'{"hello": 1}')
+        assert "cannot read traces" in result.stderr
+    else:
+        (tmp_path / "budgets.yaml").write_text(BUDGETS)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "otelkit.cli",
+                "budgets",
+                "check",
+                "--budgets",
+                str(tmp_path / "budgets.yaml"),
+                str(tmp_path / "nope.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+
+
+def test_missing_arguments_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "otelkit.cli", "budgets", "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2

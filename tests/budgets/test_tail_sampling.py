@@ -1,0 +1,168 @@
+"""Tail sampling keeps what matters and drops the rest; whole-trace buffering."""
+
+from __future__ import annotations
+
+import asyncio
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
+from otelkit.collector.processors.tail_sampling import TailSamplingConfig, TailSamplingProcessor
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+from tests.budgets.spans import S, Sink, all_spans, request
+
+
+def sampler(wait: str = "0", **config: object) -> tuple[TailSamplingProcessor, Sink, SelfTelemetry]:
+    telemetry = SelfTelemetry()
+    sink = Sink()
+    settings = CreateSettings(ComponentID("tail_sampling"), Kind.PROCESSOR, telemetry)
+    cfg = TailSamplingConfig.model_validate({"decision_wait": wait, **config})
+    return TailSamplingProcessor(settings, cfg, sink), sink, telemetry
+
+
+def kept_traces(sink: Sink) -> set[int]:
+    return {int.from_bytes(s.trace_id, "big") for r in sink.got for s in all_spans(r)}  # type: ignore[arg-type]
+
+
+def test_keeps_errors_breaches_and_perf_issues_and_drops_the_rest() -> None:
+    processor, sink, telemetry = sampler()
+    batch = request(
+        [
+            S("ok", trace=1),
+            S("child", kind="client", trace=1),
+            S("failed", trace=2, error=True),
+            S("child", trace=2),
+            S("slow", trace=3, attrs={"otelkit.budget.name": "a", "otelkit.budget.exceeded": True}),
+            S(
+                "fine",
+                trace=4,
+                attrs={"otelkit.budget.name": "a", "otelkit.budget.exceeded": False},
+            ),
+            S("n+1", trace=5, attrs={"otelkit.perf_issue.type": "n_plus_one_db_queries"}),
+        ]
+    )
+    asyncio.run(processor.consume(batch))
+    assert kept_traces(sink) == {2, 3, 5}
+    assert len(all_spans(sink.got[0])) == 4  # type: ignore[arg-type]  # whole traces kept
+    assert telemetry.total("otelcol_processor_dropped_spans_total") == 3
+
+
+def test_policies_latency_attribute_probabilistic() -> None:
+    processor, sink, _ = sampler(
+        policies=[
+            {"name": "slow", "type": "latency", "latency": {"threshold_ms": 1000}},
+            {
+                "name": "vip",
+                "type": "string_attribute",
+                "string_attribute": {
+                    "key": "app.tier",
+                    "values": ["gold", "plat.*"],
+                    "enabled_regex_matching": True,
+                },
+            },
+        ]
+    )
+    batch = request(
+        [
+            S("root", trace=1, start_ms=0, ms=100),
+            S("late child", trace=1, start_ms=1000, ms=50),
+            S("quick", trace=2, ms=100),
+            S("gold", trace=3, attrs={"app.tier": "platinum"}),
+            S("bronze", trace=4, attrs={"app.tier": "bronze"}),
+        ]
+    )
+    asyncio.run(processor.consume(batch))
+    assert kept_traces(sink) == {1, 3}
+
+
+def test_probabilistic_keeps_about_the_configured_share() -> None:
+    processor, sink, _ = sampler(
+        policies=[
+            {"name": "tenth", "type": "probabilistic", "probabilistic": {"sampling_percentage": 10}}
+        ]
+    )
+    spans = [S("r", trace=(i * 0x9E3779B97F4A7C15) % 2**128) for i in range(1, 4001)]
+    asyncio.run(processor.consume(request(spans)))
+    assert 300 < len(kept_traces(sink)) < 500
+
+
+def test_rate_limiting_caps_spans_per_second() -> None:
+    processor, sink, _ = sampler(
+        keep={"errors": True},
+        policies=[
+            {"name": "cap", "type": "rate_limiting", "rate_limiting": {"spans_per_second": 50}}
+        ],
+    )
+    processor._tokens = 50.0  # a full bucket, as after a quiet second
+    asyncio.run(processor.consume(request([S("r", trace=i) for i in range(1, 201)])))
+    assert 50 <= len(kept_traces(sink)) <= 52
+
+
+def test_decision_waits_for_the_whole_trace_and_late_spans_follow_it() -> None:
+    async def scenario() -> tuple[int, Sink]:
+        processor, sink, _ = sampler(wait="200ms")
+        await processor.start(None)  # type: ignore[arg-type]
+        await processor.consume(request([S("root", trace=7), S("noise", trace=8)]))
+        await processor.consume(request([S("db", kind="client", trace=7, error=True)]))
+        before = len(sink.got)
+        await asyncio.sleep(0.6)  # decided and released by the timer
+        await processor.consume(request([S("late", trace=7), S("late", trace=8)]))
+        await processor.shutdown()  # flushes what is held
+        return before, sink
+
+    before, sink = asyncio.run(scenario())
+    assert before == 0  # nothing passes before decision_wait
+    names = [s.name for r in sink.got for s in all_spans(r)]  # type: ignore[arg-type]
+    assert sorted(names) == ["db", "late", "root"]  # trace 7 whole, its late span too
+    assert kept_traces(sink) == {7}
+
+
+def test_num_traces_bounds_memory_by_deciding_early() -> None:
+    async def scenario() -> tuple[TailSamplingProcessor, Sink]:
+        processor, sink, _ = sampler(wait="60s", num_traces=10, keep={"errors": True})
+        for i in range(30):
+            await processor.consume(request([S("r", trace=100 + i, error=True)]))
+        return processor, sink
+
+    processor, sink = asyncio.run(scenario())
+    assert len(processor.buffer.traces) <= 10
+    assert len(kept_traces(sink)) >= 20
+
+
+def test_perf_issues_buffers_a_trace_split_across_batches() -> None:
+    """The N+1 queries of one request arrive in two export batches; judged together."""
+
+    async def scenario() -> list[ExportTraceServiceRequest]:
+        telemetry = SelfTelemetry()
+        sink = Sink()
+        settings = CreateSettings(ComponentID("perf_issues"), Kind.PROCESSOR, telemetry)
+        processor = PerfIssuesProcessor(settings, PerfIssuesConfig(wait="200ms"), sink)
+        await processor.start(None)  # type: ignore[arg-type]
+        query = {"db.system": "sqlite", "db.statement": "SELECT * FROM books WHERE id = 1"}
+        root = S("GET /books", trace=9, span_id=1, ms=200)
+        children = [
+            S(
+                "SELECT",
+                kind="client",
+                trace=9,
+                parent=1,
+                start_ms=20 * i,
+                ms=15,
+                attrs={**query, "db.statement": f"SELECT * FROM books WHERE id = {i}"},
+            )
+            for i in range(6)
+        ]
+        await processor.consume(request(children[:3]))
+        await processor.consume(request([*children[3:], root]))
+        await asyncio.sleep(0.5)
+        await processor.shutdown()
+        return sink.got  # type: ignore[return-value]
+
+    batches = asyncio.run(scenario())
+    assert len(batches) == 2  # batches released as they came, not re-cut
+    spans = [s for b in batches for s in all_spans(b)]
+    marked = [s for s in spans if any(kv.key == "otelkit.perf_issue.type" for kv in s.attributes)]
+    assert len(marked) == 6
+    [root] = [s for s in spans if s.name == "GET /books"]
+    assert [e.name for e in root.events] == ["otelkit.finding"]

@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from otelkit.collector.exporters.prometheus.exposition import wants_openmetrics
-from tests.prometheus.payloads import histogram_metric, metrics_request
+from tests.prometheus.payloads import gauge_metric, histogram_metric, metrics_request
 from tests.prometheus.scrape import running_exporter
 from tests.support.services import require_binary
 
@@ -201,3 +201,30 @@ def test_namespace_const_labels_and_timestamps() -> None:
     sample = families["acme_orders_placed"].samples[0]
     assert sample.labels["cluster"] == "eu-1"
     assert sample.timestamp is not None and sample.timestamp > 1_600_000_000
+
+
+def test_a_large_batch_is_ingested_without_holding_the_event_loop() -> None:
+    """Other tasks (receivers, scrapes) get turns while thousands of points go in."""
+    request = metrics_request(*(gauge_metric(f"g{i}", float(i)) for i in range(2000)))
+
+    async def run() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async with running_exporter() as exporter:
+            task = asyncio.create_task(ticker())
+            await asyncio.sleep(0)
+            before = ticks
+            await exporter.consume(request)
+            during = ticks - before
+            task.cancel()
+            return during, len(exporter.store)
+
+    during, series = asyncio.run(run())
+    assert series == 2000
+    assert during >= 5, "the ticker should run between ingestion chunks"

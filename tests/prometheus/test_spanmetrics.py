@@ -232,3 +232,38 @@ def test_each_resource_keeps_its_own_series() -> None:
     services = sorted(a["service.name"] for a, _ in points(request, "traces.span.metrics.calls"))
     assert services == ["a", "b"]
     assert len(request.resource_metrics) == 2
+
+
+def test_the_same_dimension_value_in_any_encoding_is_one_series() -> None:
+    conn, _, _ = connector(dimensions=[{"name": "http.response.status_code"}])
+    request = flush(conn, traces_request(
+        span("op", 1, attrs={"http.response.status_code": 200}),
+        span("op", 1, attrs={"http.response.status_code": "200"}),
+    ))  # fmt: skip
+    ((attrs, dp),) = points(request, "traces.span.metrics.calls")
+    assert attrs["http.response.status_code"] == "200" and dp.as_int == 2
+
+
+def test_long_values_and_attributes_of_events_are_told_apart() -> None:
+    long_route = "/" + "x" * 300
+    conn, _, _ = connector(dimensions=[{"name": "http.route"}])
+    with_event = span("op", 1)
+    event = with_event.events.add(name="exception")
+    event.attributes.extend(span("e", 1, attrs={"http.route": "/from-event"}).attributes)
+    request = flush(
+        conn, traces_request(span("op", 1, attrs={"http.route": long_route}), with_event)
+    )
+    routes = sorted(
+        a.get("http.route", "(none)") for a, _ in points(request, "traces.span.metrics.calls")
+    )
+    assert routes == ["(none)", long_route], "an event's attribute is not the span's"
+
+
+def test_values_that_look_like_attribute_framing_do_not_confuse_the_lookup() -> None:
+    conn, _, _ = connector(dimensions=[{"name": "http.route"}])
+    sneaky = "\x0a\x0ahttp.route\x12\x05\x0a\x03bad"
+    request = flush(
+        conn, traces_request(span("op", 1, attrs={"note": sneaky, "http.route": "/ok"}))
+    )
+    ((attrs, _),) = points(request, "traces.span.metrics.calls")
+    assert attrs["http.route"] == "/ok"

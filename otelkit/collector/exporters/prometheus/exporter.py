@@ -15,6 +15,7 @@ scrapers cost one render per change.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 
 from pydantic import Field, field_validator
@@ -41,6 +42,8 @@ from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, res
 from otelkit.collector.runtime.types import Duration, Endpoint
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_INGEST_CHUNK = 200
+"""Points folded into the store between yields to the event loop (a few ms of work)."""
 _INLINE_RENDER_SERIES = 2000
 """Below this many series a render is cheaper than a hop to a worker thread."""
 
@@ -122,7 +125,11 @@ class PrometheusExporter(Exporter):
     async def consume(self, payload: Payload) -> None:
         if signal_of(payload) != Signal.METRICS:
             raise PermanentError(f"exporter {self.name} takes metrics only")
-        self.store.ingest(translate(payload, self._options))
+        records = translate(payload, self._options)
+        while chunk := list(itertools.islice(records, _INGEST_CHUNK)):
+            self.store.ingest(chunk)
+            if len(chunk) == _INGEST_CHUNK:
+                await asyncio.sleep(0)  # let receivers and scrapes run between chunks
         self.telemetry.exporter_sent(self.name, Signal.METRICS, count_items(payload))
 
     async def exposition(self, openmetrics: bool) -> bytes:

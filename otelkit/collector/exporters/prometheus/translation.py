@@ -260,7 +260,10 @@ def attribute_labels(attributes: Iterable[Any]) -> dict[str, str]:
         if name in labels:
             collided = True
             break
-        text = any_value_text(kv.value)
+        value = kv.value
+        text = value.string_value  # the common case, without a call
+        if not text and value.WhichOneof("value") != "string_value":
+            text = any_value_text(value)
         if text:
             labels[name] = text
     if not collided:

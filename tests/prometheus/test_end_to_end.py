@@ -3,11 +3,13 @@ receiving remote writes, checked through Prometheus' own query API."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -18,6 +20,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from tests.prometheus.promserver import Prometheus, prometheus
 from tests.support.collector import allocate_ports, collector
@@ -105,7 +111,9 @@ def equals(expected: float) -> Any:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, list[str]]]:
+def pipeline(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Prometheus, list[str], int]]:
     require_binary("prometheus")
     tmp_path: Path = tmp_path_factory.mktemp("e2e")
     ports = allocate_ports("grpc", "scrape", "prom")
@@ -117,15 +125,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometh
     ):
         trace_ids = send_sdk_traffic(ports["grpc"])
         try:
-            yield prom, trace_ids
+            yield prom, trace_ids, ports["scrape"]
         finally:
             assert running.stop() == 0, running.log()
 
 
 def test_span_metrics_are_scraped_with_the_expected_counts(
-    pipeline: tuple[Prometheus, list[str]],
+    pipeline: tuple[Prometheus, list[str], int],
 ) -> None:
-    prom, _ = pipeline
+    prom, _, _ = pipeline
     selector = f'job="{JOB}",span_name="GET /orders/{{id}}",span_kind="SPAN_KIND_SERVER"'
     ok = prom.wait_for(
         f'traces_span_metrics_calls_total{{{selector},status_code="STATUS_CODE_UNSET"}}', equals(9)
@@ -154,9 +162,9 @@ def test_span_metrics_are_scraped_with_the_expected_counts(
 
 
 def test_sdk_metrics_of_every_instrument_are_scraped(
-    pipeline: tuple[Prometheus, list[str]],
+    pipeline: tuple[Prometheus, list[str], int],
 ) -> None:
-    prom, _ = pipeline
+    prom, _, _ = pipeline
     counter = prom.wait_for(f'orders_placed_total{{job="{JOB}"}}', equals(5))
     assert counter[0]["metric"]["payment"] == "card"
     assert counter[0]["metric"]["otel_scope_name"] == "shop.orders"
@@ -166,16 +174,16 @@ def test_sdk_metrics_of_every_instrument_are_scraped(
     prom.wait_for(f'carts_open{{job="{JOB}"}}', equals(3))
 
 
-def test_target_info_carries_the_resource(pipeline: tuple[Prometheus, list[str]]) -> None:
-    prom, _ = pipeline
+def test_target_info_carries_the_resource(pipeline: tuple[Prometheus, list[str], int]) -> None:
+    prom, _, _ = pipeline
     (info,) = prom.wait_for(f'target_info{{job="{JOB}"}}')
     assert info["metric"]["deployment_environment"] == "e2e"
     assert info["metric"]["instance"] == "pod-1"
     assert info["metric"]["telemetry_sdk_language"] == "python"
 
 
-def test_exemplars_link_to_the_exported_traces(pipeline: tuple[Prometheus, list[str]]) -> None:
-    prom, trace_ids = pipeline
+def test_exemplars_link_to_the_exported_traces(pipeline: tuple[Prometheus, list[str], int]) -> None:
+    prom, trace_ids, _ = pipeline
     prom.wait_for("traces_span_metrics_duration_milliseconds_bucket")
     deadline = time.monotonic() + 20
     found: set[str] = set()
@@ -189,8 +197,30 @@ def test_exemplars_link_to_the_exported_traces(pipeline: tuple[Prometheus, list[
     assert found <= set(trace_ids), found - set(trace_ids)
 
 
-def test_the_same_series_arrive_by_remote_write(pipeline: tuple[Prometheus, list[str]]) -> None:
-    prom, _ = pipeline
+def test_the_same_series_arrive_by_remote_write(
+    pipeline: tuple[Prometheus, list[str], int],
+) -> None:
+    prom, _, _ = pipeline
     prom.wait_for(f'rw_orders_placed_total{{job="{JOB}"}}', equals(5))
     prom.wait_for(f'sum(rw_traces_span_metrics_calls_total{{job="{JOB}"}})', equals(13))
     prom.wait_for(f'rw_carts_open{{job="{JOB}"}}', equals(3))
+
+
+def test_the_collector_scrape_passes_promtool_and_both_parsers(
+    pipeline: tuple[Prometheus, list[str], int],
+) -> None:
+    prom, _, scrape_port = pipeline
+    prom.wait_for("traces_span_metrics_calls_total")
+    url = f"http://127.0.0.1:{scrape_port}/metrics"
+    text = httpx.get(url, timeout=10)
+    openmetrics = httpx.get(url, headers={"Accept": "application/openmetrics-text"}, timeout=10)
+    assert {f.name for f in parse_text(text.text)} >= {"traces_span_metrics_calls", "target_info"}
+    families = {f.name: f for f in parse_openmetrics(openmetrics.text)}
+    assert families["traces_span_metrics_calls"].type == "counter"
+    result = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text.content,
+                            capture_output=True, timeout=30, check=False)  # fmt: skip
+    problems = (result.stdout + result.stderr).decode().splitlines()
+    # Span durations are in ms (the connector's default, as upstream): base-unit advice only.
+    assert problems == [
+        'traces_span_metrics_duration_milliseconds use base unit "seconds" instead of "milliseconds"'
+    ]

@@ -1,0 +1,213 @@
+"""OTLP reading shared by events, transactions and logs: attributes, resources, semconv.
+
+Only the fields a Sentry payload needs are read. Attribute names follow the stable
+semantic conventions first and fall back to the older names older SDKs still send.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from otelkit import __version__
+from otelkit.collector.exporters.sentry.scrub import Scrubber
+
+MAX_STRING = 4096
+SDK_INFO = {
+    "name": "otelkit.collector",
+    "version": __version__,
+    "integrations": ["opentelemetry"],
+    "packages": [{"name": "pypi:otelkit", "version": __version__}],
+}
+
+_PLATFORMS = {
+    "python": "python", "java": "java", "nodejs": "node", "go": "go", "dotnet": "csharp",
+    "ruby": "ruby", "php": "php", "cpp": "native", "rust": "native", "erlang": "elixir",
+    "swift": "cocoa", "webjs": "javascript", "javascript": "javascript",
+}  # fmt: skip
+
+# Span kinds (OTLP numbers) and their names, for tags.
+KIND_NAMES = {
+    0: "unspecified",
+    1: "internal",
+    2: "server",
+    3: "client",
+    4: "producer",
+    5: "consumer",
+}
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
+
+GRPC_STATUS = (
+    "ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found",
+    "already_exists", "permission_denied", "resource_exhausted", "failed_precondition",
+    "aborted", "out_of_range", "unimplemented", "internal_error", "unavailable", "data_loss",
+    "unauthenticated",
+)  # fmt: skip
+HTTP_STATUS = {
+    400: "failed_precondition", 401: "unauthenticated", 403: "permission_denied",
+    404: "not_found", 409: "aborted", 429: "resource_exhausted", 499: "cancelled", 500: "internal_error",
+    501: "unimplemented", 503: "unavailable", 504: "deadline_exceeded",
+}  # fmt: skip
+
+
+def any_value(value: AnyValue) -> Any:
+    """An OTLP AnyValue as plain JSON-able Python (long strings trimmed)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        text = value.string_value
+        return text if len(text) <= MAX_STRING else text[: MAX_STRING - 1] + "…"
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+def first(attrs: Mapping[str, Any], *keys: str) -> Any:
+    """The value of the first key present (stable name first, then older names)."""
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def seconds(nanos: int) -> float:
+    return nanos / 1e9
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """What every event from one resource shares, computed once per resource."""
+
+    attributes: dict[str, Any]
+    service: str
+    environment: str | None
+    release: str | None
+    server_name: str | None
+    platform: str
+
+    @classmethod
+    def of(
+        cls,
+        resource: Resource,
+        scrubber: Scrubber,
+        environment: str | None = None,
+        release: str | None = None,
+    ) -> ResourceInfo:
+        attrs = scrubber.mapping(attributes(resource.attributes))
+        env = environment or first(attrs, "deployment.environment.name", "deployment.environment")
+        rel = release or first(attrs, "service.version")
+        if rel is not None and first(attrs, "service.name") and "@" not in str(rel):
+            rel = f"{attrs['service.name']}@{rel}"
+        language = str(attrs.get("telemetry.sdk.language", "")).lower()
+        return cls(
+            attributes=attrs,
+            service=str(attrs.get("service.name") or "unknown_service"),
+            environment=_short(env),
+            release=_short(rel),
+            server_name=_short(first(attrs, "host.name", "k8s.pod.name", "service.instance.id")),
+            platform=_PLATFORMS.get(language, "other"),
+        )
+
+
+def _short(value: Any) -> str | None:
+    """Sentry caps environment/release at 64/200 chars; keep tag-sized text."""
+    if value is None:
+        return None
+    return str(value)[:200]
+
+
+@dataclass(frozen=True)
+class SpanShape:
+    """How Sentry shows a span: operation, description, status, transaction source."""
+
+    op: str
+    description: str
+    status: str
+    source: str
+
+
+def span_shape(span: Span, attrs: Mapping[str, Any], scrubber: Scrubber) -> SpanShape:
+    kind = span.kind
+    method = first(attrs, "http.request.method", "http.method")
+    status = span_status(span.status, attrs)
+    if method is not None:
+        return _http_shape(span, attrs, str(method), status, scrubber)
+    db_system = first(attrs, "db.system.name", "db.system")
+    if db_system is not None:
+        query = first(attrs, "db.query.text", "db.statement", "db.query.summary", "db.operation.name", "db.operation")  # fmt: skip
+        return SpanShape("db", str(query) if query is not None else span.name, status, "task")
+    if first(attrs, "rpc.system", "rpc.service") is not None:
+        service, rpc_method = attrs.get("rpc.service", ""), attrs.get("rpc.method", "")
+        op = "grpc.server" if kind == SERVER else "grpc.client" if kind == CLIENT else "rpc"
+        if attrs.get("rpc.system") not in (None, "grpc"):
+            op = "rpc"
+        text = f"{service}/{rpc_method}" if service and rpc_method else span.name
+        return SpanShape(op, text, status, "route" if kind == SERVER else "task")
+    if first(attrs, "messaging.system") is not None:
+        op = {PRODUCER: "queue.publish", CONSUMER: "queue.process"}.get(kind, "message")
+        return SpanShape(op, span.name, status, "task")
+    trigger = attrs.get("faas.trigger")
+    if trigger is not None:
+        return SpanShape(str(trigger), span.name, status, "task")
+    return SpanShape("default", span.name, status, "custom")
+
+
+def _http_shape(
+    span: Span, attrs: Mapping[str, Any], method: str, status: str, scrubber: Scrubber
+) -> SpanShape:
+    if span.kind == CLIENT:
+        url = first(attrs, "url.full", "http.url")
+        target = scrubber.url(str(url)) if url is not None else span.name
+        return SpanShape("http.client", f"{method} {target}", status, "url")
+    route = first(attrs, "http.route")
+    if route is not None:
+        return SpanShape("http.server", f"{method} {route}", status, "route")
+    path = first(attrs, "url.path", "http.target")
+    if path is not None:
+        return SpanShape("http.server", f"{method} {str(path).split('?', 1)[0]}", status, "url")
+    return SpanShape("http.server", span.name, status, "custom")
+
+
+def span_status(status: Status, attrs: Mapping[str, Any]) -> str:
+    """Sentry span status from the OTel status, then HTTP status, then gRPC code."""
+    if status.code != Status.STATUS_CODE_ERROR:
+        return "ok"
+    http = first(attrs, "http.response.status_code", "http.status_code")
+    if isinstance(http, int | str) and str(http).isdigit():
+        code = int(http)
+        if code in HTTP_STATUS:
+            return HTTP_STATUS[code]
+        if 400 <= code < 500:
+            return "invalid_argument"
+        if code >= 500:
+            return "internal_error"
+    grpc = first(attrs, "rpc.grpc.status_code")
+    if isinstance(grpc, int) and 0 <= grpc < len(GRPC_STATUS):
+        return GRPC_STATUS[grpc]
+    return "unknown"
+
+
+def has_error(span: Span) -> bool:
+    if span.status.code == Status.STATUS_CODE_ERROR:
+        return True
+    return any(event.name == "exception" for event in span.events)

@@ -1,0 +1,301 @@
+"""Span events named ``exception`` and error log records -> Sentry error events.
+
+Each event links to its trace and span (``contexts.trace``) so Sentry shows it inside the
+transaction, carries the request of the HTTP server span it happened in, the user
+(``enduser.id``), the host (``server_name``), tags for filtering, and frames parsed
+from ``exception.stacktrace``. Everything user-supplied passes the scrubber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from otelkit.collector.exporters.sentry import stacktrace
+from otelkit.collector.exporters.sentry.common import (
+    KIND_NAMES,
+    SDK_INFO,
+    SERVER,
+    ResourceInfo,
+    SpanShape,
+    any_value,
+    attributes,
+    first,
+    new_event_id,
+    seconds,
+)
+from otelkit.collector.exporters.sentry.scrub import FILTERED, Scrubber
+
+Event = dict[str, Any]
+_HEADER_PREFIX = "http.request.header."
+_MAX_TAG = 200
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Exporter-wide settings every event builder needs."""
+
+    scrubber: Scrubber
+    send_default_pii: bool
+    now: Any  # () -> float, injectable for tests
+
+
+def level_of(severity_number: int) -> str:
+    """Sentry event level for an OTel severity number (1-24)."""
+    if severity_number >= 21:
+        return "fatal"
+    if severity_number >= 17:
+        return "error"
+    if severity_number >= 13:
+        return "warning"
+    if severity_number >= 9:
+        return "info"
+    return "debug"
+
+
+def span_error_events(
+    span: Span,
+    attrs: Mapping[str, Any],
+    shape: SpanShape,
+    resource: ResourceInfo,
+    scope_name: str,
+    ctx: EventContext,
+) -> list[Event]:
+    """One error event per ``exception`` span event."""
+    events: list[Event] = []
+    for span_event in span.events:
+        if span_event.name != "exception":
+            continue
+        exc = attributes(span_event.attributes)
+        handled = not exc.get("exception.escaped", False)
+        parsed = stacktrace.parse(
+            str(exc.get("exception.stacktrace") or ""),
+            str(exc.get("exception.type") or ""),
+            str(exc.get("exception.message") or ""),
+            handled,
+        )
+        when = span_event.time_unix_nano or span.end_time_unix_nano
+        event = _base(resource, parsed.platform, "error", scope_name, when, ctx)
+        event["exception"] = {"values": _scrub_values(parsed.values, ctx.scrubber)}
+        event["contexts"] = {
+            "trace": _trace_context(span.trace_id, span.span_id, span.parent_span_id, shape),
+            "otel": _otel_context(attrs, resource, ctx.scrubber),
+        }
+        event["tags"] = _tags(resource, span.kind, attrs, ctx.scrubber)
+        if span.kind == SERVER:
+            event["transaction"] = shape.description
+            request = _request(attrs, ctx)
+            if request:
+                event["request"] = request
+        user = _user(attrs, ctx)
+        if user:
+            event["user"] = user
+        events.append(event)
+    return events
+
+
+def log_error_event(
+    record: LogRecord, resource: ResourceInfo, scope_name: str, ctx: EventContext
+) -> Event:
+    """An error event for one log record (a message, and an exception when it has one)."""
+    attrs = attributes(record.attributes)
+    level = level_of(record.severity_number or 17)
+    when = record.time_unix_nano or record.observed_time_unix_nano
+    logger = str(attrs.get("logger.name") or scope_name or "")
+    event = _base(resource, None, level, logger, when, ctx)
+    body = _body_text(record)
+    if body:
+        event["logentry"] = {"formatted": ctx.scrubber.value(body)}
+    if "exception.type" in attrs or "exception.stacktrace" in attrs:
+        parsed = stacktrace.parse(
+            str(attrs.get("exception.stacktrace") or ""),
+            str(attrs.get("exception.type") or ""),
+            str(attrs.get("exception.message") or ""),
+            handled=True,
+        )
+        event["exception"] = {"values": _scrub_values(parsed.values, ctx.scrubber)}
+        if event["platform"] == "other" and parsed.platform:
+            event["platform"] = parsed.platform
+    contexts: dict[str, Any] = {"otel": _otel_context(attrs, resource, ctx.scrubber)}
+    if any(record.trace_id) and len(record.trace_id) == 16:
+        trace: dict[str, Any] = {"type": "trace", "trace_id": record.trace_id.hex()}
+        if any(record.span_id) and len(record.span_id) == 8:
+            trace["span_id"] = record.span_id.hex()
+        contexts["trace"] = trace
+    event["contexts"] = contexts
+    tags = _tags(resource, None, attrs, ctx.scrubber)
+    event["tags"] = tags
+    user = _user(attrs, ctx)
+    if user:
+        event["user"] = user
+    return event
+
+
+def _body_text(record: LogRecord) -> str:
+    body = record.body
+    kind = body.WhichOneof("value")
+    if kind is None:
+        return ""
+    if kind == "string_value":
+        return body.string_value
+    return str(any_value(body))
+
+
+def _base(
+    resource: ResourceInfo,
+    parsed_platform: str | None,
+    level: str,
+    logger: str,
+    when_nanos: int,
+    ctx: EventContext,
+) -> Event:
+    platform = resource.platform
+    if platform == "other" and parsed_platform:
+        platform = parsed_platform
+    event: Event = {
+        "event_id": new_event_id(),
+        "timestamp": seconds(when_nanos) if when_nanos else ctx.now(),
+        "platform": platform,
+        "level": level,
+        "sdk": SDK_INFO,
+    }
+    if logger:
+        event["logger"] = logger[:64]
+    if resource.environment:
+        event["environment"] = resource.environment
+    if resource.release:
+        event["release"] = resource.release
+    if resource.server_name:
+        event["server_name"] = resource.server_name
+    return event
+
+
+def _scrub_values(values: list[dict[str, Any]], scrubber: Scrubber) -> list[dict[str, Any]]:
+    for value in values:
+        if value.get("value"):
+            value["value"] = scrubber.value(value["value"])
+        for frame in value.get("stacktrace", {}).get("frames", ()):
+            if "context_line" in frame:
+                frame["context_line"] = scrubber.value(frame["context_line"])
+    return values
+
+
+def _trace_context(trace_id: bytes, span_id: bytes, parent: bytes, shape: SpanShape) -> Event:
+    context: Event = {
+        "type": "trace",
+        "trace_id": trace_id.hex(),
+        "span_id": span_id.hex(),
+        "op": shape.op,
+        "status": shape.status,
+    }
+    if parent:
+        context["parent_span_id"] = parent.hex()
+    return context
+
+
+def _otel_context(attrs: Mapping[str, Any], resource: ResourceInfo, scrubber: Scrubber) -> Event:
+    return {
+        "type": "otel",
+        "attributes": scrubber.mapping(dict(attrs)),
+        "resource": resource.attributes,
+    }
+
+
+def _tags(
+    resource: ResourceInfo, kind: int | None, attrs: Mapping[str, Any], scrubber: Scrubber
+) -> dict[str, str]:
+    tags = {"service": resource.service}
+    if kind is not None:
+        tags["otel.kind"] = KIND_NAMES.get(kind, "unspecified")
+    for tag, keys in _TAG_SOURCES:
+        value = first(attrs, *keys)
+        if value is not None:
+            tags[tag] = str(scrubber.pair(keys[0], str(value)))[:_MAX_TAG]
+    return tags
+
+
+_TAG_SOURCES = (
+    ("http.route", ("http.route",)),
+    ("http.method", ("http.request.method", "http.method")),
+    ("http.status_code", ("http.response.status_code", "http.status_code")),
+    ("db.system", ("db.system.name", "db.system")),
+    ("messaging.system", ("messaging.system",)),
+    ("rpc.service", ("rpc.service",)),
+)
+
+
+def _request(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
+    """The HTTP request a server span handled, without credentials or secrets."""
+    request: Event = {}
+    method = first(attrs, "http.request.method", "http.method")
+    if method is not None:
+        request["method"] = str(method)
+    url = _full_url(attrs)
+    if url:
+        clean = ctx.scrubber.url(url)
+        base, _, query = clean.partition("?")
+        request["url"] = base
+        if query:
+            request["query_string"] = query
+    headers = _headers(attrs, ctx)
+    if headers:
+        request["headers"] = headers
+    if ctx.send_default_pii:
+        client = first(attrs, "client.address", "http.client_ip", "net.peer.ip")
+        if client is not None:
+            request["env"] = {"REMOTE_ADDR": str(client)}
+    return request
+
+
+def _full_url(attrs: Mapping[str, Any]) -> str | None:
+    full = first(attrs, "url.full", "http.url")
+    if full is not None:
+        return str(full)
+    path = first(attrs, "url.path", "http.target")
+    if path is None:
+        return None
+    query = attrs.get("url.query")
+    target = f"{path}?{query}" if query else str(path)
+    host = first(attrs, "server.address", "http.host", "net.host.name")
+    if host is None:
+        return target
+    scheme = first(attrs, "url.scheme", "http.scheme") or "http"
+    port = first(attrs, "server.port", "net.host.port")
+    default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
+    netloc = f"{host}:{port}" if port and not default and ":" not in str(host) else str(host)
+    return f"{scheme}://{netloc}{target}"
+
+
+def _headers(attrs: Mapping[str, Any], ctx: EventContext) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for key, value in attrs.items():
+        if not key.startswith(_HEADER_PREFIX):
+            continue
+        name = key[len(_HEADER_PREFIX) :].replace("_", "-")
+        if name in ("cookie", "set-cookie") and not ctx.send_default_pii:
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        cleaned = ctx.scrubber.pair(key, text)
+        headers["-".join(part.capitalize() for part in name.split("-"))] = cleaned
+    return headers
+
+
+def _user(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
+    user: Event = {}
+    user_id = first(attrs, "enduser.id", "user.id")
+    if user_id is not None:
+        user["id"] = str(ctx.scrubber.pair("enduser.id", str(user_id)))
+    if ctx.send_default_pii:
+        for field, keys in (
+            ("email", ("user.email",)),
+            ("username", ("user.name",)),
+            ("ip_address", ("client.address", "http.client_ip")),
+        ):
+            value = first(attrs, *keys)
+            if value is not None and value != FILTERED:
+                user[field] = str(value)
+    return user

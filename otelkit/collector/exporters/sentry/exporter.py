@@ -1,0 +1,393 @@
+"""The Sentry exporter: conversion in ``consume``, envelopes through the shared queue.
+
+Where work happens, and why:
+
+* ``consume`` reads each batch once. Exception span events and error log records become
+  error-event envelopes right away (they need no other span), and spans go to the
+  :class:`TraceAssembler`. The envelopes are queued all together or not at all, before
+  any span is held, so a full queue refuses the whole batch (the sender retries) and
+  nothing is half-taken.
+* A background task hands traces whose ``trace_wait`` is over to the
+  :class:`TransactionBuilder`; their transaction envelopes join the same queue.
+* The queue (the shared exporter helper) holds *envelopes*, the retry unit: a 5xx
+  retries that one envelope, so nothing Sentry accepted is sent twice.
+* Categories Sentry rate-limits are not even built while limited (counted as
+  ``rate_limited``); envelopes already queued when a limit arrives are dropped at send
+  time and counted the same way.
+
+Counting: transaction envelopes count their spans (``otelcol_exporter_sent_spans``),
+log envelopes their records; an error event counts the log record it came from unless
+that record also went out as a log item. Spans of unsampled traces are counted in
+``otelkit_sentry_spans_sampled_out``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from sentry_sdk.consts import EndpointType
+from sentry_sdk.utils import Dsn
+
+from otelkit.collector.exporters.sentry.common import ResourceInfo, attributes, span_shape
+from otelkit.collector.exporters.sentry.config import SEVERITY_FLOOR, SentryConfig
+from otelkit.collector.exporters.sentry.events import (
+    Event,
+    EventContext,
+    log_error_event,
+    span_error_events,
+)
+from otelkit.collector.exporters.sentry.logs import MAX_LOGS_PER_ITEM, log_item
+from otelkit.collector.exporters.sentry.scrub import Scrubber
+from otelkit.collector.exporters.sentry.transactions import (
+    SpanRef,
+    TraceAssembler,
+    Transaction,
+    TransactionBuilder,
+    attribute_flag,
+)
+from otelkit.collector.exporters.sentry.transport import (
+    MAX_ITEM_BYTES,
+    USER_AGENT,
+    DroppedError,
+    Envelope,
+    SentryTransport,
+    event_envelope,
+    log_envelope,
+)
+from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.runtime.component import CreateSettings, Host, Status
+from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
+
+log = logging.getLogger("otelkit.exporter.sentry")
+
+_OTLP_PATHS = {Signal.TRACES: "integration/otlp/v1/traces", Signal.LOGS: "integration/otlp/v1/logs"}
+_OTLP_CATEGORY = {Signal.TRACES: "span", Signal.LOGS: "log_item"}
+
+
+class SentryExporter(QueuedExporter):
+    def __init__(
+        self, settings: CreateSettings, config: SentryConfig, signals: frozenset[Signal]
+    ) -> None:
+        super().__init__(settings, config)
+        self.config = config
+        self.signals = signals
+        self.enabled = bool(config.dsn)
+        self.scrubber = Scrubber(config.scrub.extra_keys, config.scrub.extra_patterns)
+        self.event_context = EventContext(self.scrubber, config.send_default_pii, time.time)
+        self.assembler = TraceAssembler(config.trace_wait, config.transactions.max_buffered_spans)
+        self._dsn = Dsn(config.dsn) if self.enabled else None
+        keep_rules = [attribute_flag(config.transactions.keep_trace_attributes)]
+        self.builder = TransactionBuilder(
+            self.scrubber,
+            config.traces_sample_rate,
+            keep_rules,
+            config.transactions.max_spans,
+            self._dsn.public_key if self._dsn else "",
+        )
+        self.transport: SentryTransport | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._resources: dict[int, ResourceInfo] = {}
+        self._event_floor = SEVERITY_FLOOR[config.min_event_level]
+        self._log_floor = SEVERITY_FLOOR[config.logs_level] if config.logs else 99
+        self._counters()
+
+    def _counters(self) -> None:
+        t = self.telemetry
+        self._envelopes = t.counter(
+            "otelkit_sentry_envelopes",
+            "Sentry envelopes by category and outcome",
+            ("exporter", "category", "outcome"),
+        )
+        self._sampled_out = t.counter(
+            "otelkit_sentry_spans_sampled_out",
+            "Spans not sent to Sentry because their trace was not sampled",
+            ("exporter",),
+        )
+        self._evicted = t.counter(
+            "otelkit_sentry_traces_evicted_early",
+            "Traces sent before trace_wait ended to keep within max_buffered_spans",
+            ("exporter",),
+        )
+
+    # Lifecycle -------------------------------------------------------------------------
+    async def start(self, host: Host) -> None:
+        if not self.enabled:
+            log.warning(
+                "exporter %s: no DSN (exporters.%s.dsn is empty, e.g. SENTRY_DSN is not set): "
+                "Sentry export is off and data sent to it is discarded",
+                self.name,
+                self.name,
+            )
+            host.report_status(self.settings.label, Status.OK, "disabled: no DSN")
+            return
+        await super().start(host)
+        if self.config.mode == "envelope" and Signal.TRACES in self.signals:
+            self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self.name}-traces")
+
+    async def start_sending(self, host: Host) -> None:
+        assert self._dsn is not None
+        auth = self._dsn.to_auth(client=USER_AGENT)
+        if self.config.mode == "otlp":
+            base = auth.get_api_url(EndpointType.OTLP_TRACES).removesuffix(
+                _OTLP_PATHS[Signal.TRACES] + "/"
+            )
+            header = f"sentry sentry_key={self._dsn.public_key}"
+        else:
+            base, header = auth.get_api_url(), auth.to_header()
+        self.transport = SentryTransport(
+            base, header, timeout=self.config.timeout, compress=self.config.compression == "gzip"
+        )
+
+    async def shutdown(self) -> None:
+        if not self.enabled:
+            return
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            for trace in self.assembler.drain():
+                await self._ship_trace(trace)
+        await super().shutdown()
+
+    async def stop_sending(self) -> None:
+        if self.transport is not None:
+            await self.transport.close()
+
+    # Intake ----------------------------------------------------------------------------
+    async def consume(self, payload: Payload) -> None:
+        if not self.enabled:
+            return
+        if self.config.mode == "otlp":
+            _scrub_payload(payload, self.scrubber)
+            await super().consume(payload)
+            return
+        if isinstance(payload, ExportTraceServiceRequest):
+            await self._consume_traces(payload)
+        elif isinstance(payload, ExportLogsServiceRequest):
+            await self._consume_logs(payload)
+
+    async def _consume_traces(self, payload: ExportTraceServiceRequest) -> None:
+        refs: list[SpanRef] = []
+        events: list[Event] = []
+        errors_limited = self._limited("error")
+        for rs in payload.resource_spans:
+            resource = self._resource(rs.resource)
+            for ss in rs.scope_spans:
+                scope = ss.scope.name
+                for span in ss.spans:
+                    refs.append(SpanRef(span, resource, scope))
+                    if span.events and not errors_limited:
+                        events.extend(self._span_events(span, resource, scope))
+        items = [self._event_item(event, Signal.TRACES, 0) for event in events]
+        await self.enqueue([item for item in items if item is not None])
+        for trace in self.assembler.add(refs):
+            self._evicted.labels(self.name).inc()
+            await self._ship_trace(trace)
+
+    def _span_events(self, span: Any, resource: ResourceInfo, scope: str) -> list[Event]:
+        if not any(event.name == "exception" for event in span.events):
+            return []
+        attrs = attributes(span.attributes)
+        shape = span_shape(span, attrs, self.scrubber)
+        return span_error_events(span, attrs, shape, resource, scope, self.event_context)
+
+    async def _consume_logs(self, payload: ExportLogsServiceRequest) -> None:
+        items: list[QueuedItem] = []
+        batch: list[dict[str, Any]] = []
+        errors_limited, logs_limited = self._limited("error"), self._limited("log_item")
+        dropped = 0
+        now = time.time()
+        for rl in payload.resource_logs:
+            resource = self._resource(rl.resource)
+            for sl in rl.scope_logs:
+                scope = sl.scope.name
+                for record in sl.log_records:
+                    severity = record.severity_number or _severity_from_text(record.severity_text)
+                    as_log = severity >= self._log_floor
+                    if as_log and logs_limited:
+                        dropped += 1
+                        as_log = False
+                    elif as_log:
+                        batch.append(log_item(record, resource, scope, self.scrubber, now))
+                    if severity >= self._event_floor and not errors_limited:
+                        event = log_error_event(record, resource, scope, self.event_context)
+                        item = self._event_item(event, Signal.LOGS, 0 if as_log else 1)
+                        if item is not None:
+                            items.append(item)
+        for start in range(0, len(batch), MAX_LOGS_PER_ITEM):
+            chunk = batch[start : start + MAX_LOGS_PER_ITEM]
+            items.append(QueuedItem(Signal.LOGS, len(chunk), log_envelope(chunk)))
+        if dropped:
+            self.telemetry.exporter_send_failed(self.name, Signal.LOGS, dropped, "rate_limited")
+            self._envelopes.labels(self.name, "log_item", "rate_limited").inc()
+        await self.enqueue(items)
+
+    def _event_item(self, event: Event, signal: Signal, count: int) -> QueuedItem | None:
+        envelope = event_envelope(event, "event")
+        if envelope.size > MAX_ITEM_BYTES:
+            envelope = event_envelope(_shrink_event(event), "event")
+            if envelope.size > MAX_ITEM_BYTES:
+                self._count_drop("error", signal, count, "too_large")
+                return None
+        return QueuedItem(signal, count, envelope)
+
+    def _resource(self, resource: Any) -> ResourceInfo:
+        """Resource info, cached by the resource's serialized bytes (few distinct ones)."""
+        key = hash(resource.SerializeToString(deterministic=True))
+        info = self._resources.get(key)
+        if info is None:
+            if len(self._resources) > 1000:
+                self._resources.clear()
+            info = ResourceInfo.of(
+                resource, self.scrubber, self.config.environment, self.config.release
+            )
+            self._resources[key] = info
+        return info
+
+    # Traces ----------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        tick = min(1.0, max(0.02, self.config.trace_wait / 10))
+        while True:
+            await asyncio.sleep(tick)
+            for trace in self.assembler.due():
+                await self._ship_trace(trace)
+
+    async def _ship_trace(self, trace: list[SpanRef]) -> None:
+        try:
+            built = self.builder.build(trace)
+        except Exception:  # malformed data must not stop the flush loop
+            log.exception("exporter %s: could not build transactions for a trace", self.name)
+            self._count_drop("transaction", Signal.TRACES, len(trace), "invalid")
+            return
+        if built.sampled_out:
+            self._sampled_out.labels(self.name).inc(built.sampled_out)
+        if built.trimmed:
+            self.telemetry.exporter_send_failed(self.name, Signal.TRACES, built.trimmed, "trimmed")
+        for transaction in built.transactions:
+            item = self._transaction_item(transaction)
+            if item is None:
+                continue
+            try:
+                await self.enqueue([item])
+            except RetryableError:
+                log.warning(
+                    "exporter %s: sending queue is full; a transaction was dropped", self.name
+                )
+
+    def _transaction_item(self, transaction: Transaction) -> QueuedItem | None:
+        if self._limited("transaction"):
+            self._count_drop("transaction", Signal.TRACES, transaction.spans, "rate_limited")
+            return None
+        envelope = event_envelope(transaction.event, "transaction", transaction.trace_header)
+        spans = transaction.event["spans"]
+        while envelope.size > MAX_ITEM_BYTES and spans:
+            keep = len(spans) // 2
+            dropped = len(spans) - keep
+            del spans[keep:]
+            transaction.spans -= dropped
+            self.telemetry.exporter_send_failed(self.name, Signal.TRACES, dropped, "trimmed")
+            note = transaction.event["contexts"].setdefault(
+                "otelkit", {"type": "otelkit", "spans_dropped": 0}
+            )
+            note["spans_dropped"] += dropped
+            note["reason"] = "transaction over Sentry's 1 MB item limit"
+            envelope = event_envelope(transaction.event, "transaction", transaction.trace_header)
+        if envelope.size > MAX_ITEM_BYTES:
+            self._count_drop("transaction", Signal.TRACES, transaction.spans, "too_large")
+            return None
+        return QueuedItem(Signal.TRACES, transaction.spans, envelope)
+
+    # Sending ---------------------------------------------------------------------------
+    async def send_item(self, item: QueuedItem) -> None:
+        assert self.transport is not None
+        envelope: Envelope = item.data
+        try:
+            await self.transport.send(envelope)
+        except Exception as exc:
+            reason = getattr(exc, "reason", None)
+            if reason:
+                self._envelopes.labels(self.name, envelope.category, reason).inc()
+            raise
+        self._envelopes.labels(self.name, envelope.category, "sent").inc()
+
+    async def send(self, payload: Payload) -> None:
+        """``mode: otlp``: forward the request to Sentry's OTLP endpoint."""
+        assert self.transport is not None
+        signal = signal_of(payload)
+        category = _OTLP_CATEGORY.get(signal, "default")
+        wait = self.transport.rate_limits.limited(category)
+        if wait:
+            raise DroppedError(f"{category} is rate limited for {wait:.0f}s", "rate_limited")
+        url = self.transport.url + _OTLP_PATHS[signal]
+        await self.transport.post(
+            payload.SerializeToString(), "application/x-protobuf", category, url=url
+        )
+
+    # Helpers ---------------------------------------------------------------------------
+    def _limited(self, category: str) -> bool:
+        return self.transport is not None and self.transport.rate_limits.limited(category) > 0
+
+    def _count_drop(self, category: str, signal: Signal, items: int, reason: str) -> None:
+        self.telemetry.exporter_send_failed(self.name, signal, items, reason)
+        self._envelopes.labels(self.name, category, reason).inc()
+
+
+def _shrink_event(event: Event) -> Event:
+    """Cut what makes an error event too large: otel context, frames beyond 50 per value."""
+    event["contexts"].get("otel", {}).pop("attributes", None)
+    for value in event.get("exception", {}).get("values", []):
+        frames = value.get("stacktrace", {}).get("frames")
+        if frames and len(frames) > 50:
+            value["stacktrace"]["frames"] = frames[:25] + frames[-25:]
+    event.setdefault("extra", {})["otelkit.trimmed"] = "event over Sentry's 1 MB item limit"
+    return event
+
+
+_SEVERITY_TEXT = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "warning": 13, "error": 17,
+                  "critical": 21, "fatal": 21}  # fmt: skip
+
+
+def _severity_from_text(text: str) -> int:
+    return _SEVERITY_TEXT.get(text.lower(), 0)
+
+
+def _scrub_payload(payload: Payload, scrubber: Scrubber) -> None:
+    """``mode: otlp``: filter secrets in the protobuf itself before it leaves."""
+    if isinstance(payload, ExportTraceServiceRequest):
+        for rs in payload.resource_spans:
+            _scrub_kvs(rs.resource.attributes, scrubber)
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    _scrub_kvs(span.attributes, scrubber)
+                    for event in span.events:
+                        _scrub_kvs(event.attributes, scrubber)
+    elif isinstance(payload, ExportLogsServiceRequest):
+        for rl in payload.resource_logs:
+            _scrub_kvs(rl.resource.attributes, scrubber)
+            for sl in rl.scope_logs:
+                for record in sl.log_records:
+                    _scrub_kvs(record.attributes, scrubber)
+                    if record.body.WhichOneof("value") == "string_value":
+                        record.body.string_value = scrubber.value(record.body.string_value)
+
+
+def _scrub_kvs(kvs: Iterable[KeyValue], scrubber: Scrubber) -> None:
+    for kv in kvs:
+        kind = kv.value.WhichOneof("value")
+        if kind == "string_value":
+            cleaned = scrubber.pair(kv.key, kv.value.string_value)
+            if cleaned != kv.value.string_value:
+                kv.value.string_value = cleaned
+        elif kind == "array_value":
+            for item in kv.value.array_value.values:
+                if item.WhichOneof("value") == "string_value":
+                    item.string_value = scrubber.pair(kv.key, item.string_value)

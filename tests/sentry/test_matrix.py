@@ -1,0 +1,135 @@
+"""A broad matrix of real and synthetic OTLP, every payload checked by Relay itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from .app import APP_FILE, exercise, find_line
+from .standin import SentryStandIn, sentry_standin
+from .support import random_id, raw_span, relay_check, run, sdk_tracer, to_request, trace_request
+from .test_stacktrace import GO, JAVA, NODE, _caught, _raise_chain, _raise_group, _text
+
+
+def _all_items(standin: SentryStandIn) -> list[tuple[str, dict[str, Any]]]:
+    items = [pair for r in standin.accepted() for pair in r.items()]
+    for kind, payload in items:
+        if kind in ("event", "transaction"):
+            relay_check(payload)
+    return items
+
+
+@pytest.fixture(scope="module")
+def app_items() -> list[tuple[str, dict[str, Any]]]:
+    _, memory, provider = sdk_tracer("shop-api")
+    exercise(provider)
+    request = to_request(memory.get_finished_spans())
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [request])
+        return _all_items(standin)
+
+
+def test_real_app_requests_become_transactions_with_db_and_http_spans(app_items: Any) -> None:
+    transactions = {p["transaction"]: p for kind, p in app_items if kind == "transaction"}
+    assert set(transactions) == {"GET /items/{item_id}", "GET /orders/{order_id}/pay"}
+    item = transactions["GET /items/{item_id}"]
+    assert item["transaction_info"] == {"source": "route"}
+    assert item["contexts"]["trace"]["op"] == "http.server"
+    assert item["contexts"]["trace"]["status"] == "ok"
+    assert (item["environment"], item["release"], item["server_name"]) == (
+        "test",
+        "shop-api@1.2.3",
+        "web-1",
+    )
+    ops = {s["op"]: s for s in item["spans"]}
+    assert ops["db"]["description"] == "SELECT name FROM items WHERE id = ?"
+    assert ops["http.client"]["description"] == (
+        "GET http://[Filtered]@inventory.internal/stock/7?api_key=[Filtered]"
+    )
+    assert (
+        transactions["GET /orders/{order_id}/pay"]["contexts"]["trace"]["status"]
+        == "internal_error"
+    )
+
+
+def test_real_exception_frames_name_the_right_files_functions_and_lines(app_items: Any) -> None:
+    (event,) = [p for kind, p in app_items if kind == "event"]
+    (value,) = event["exception"]["values"]
+    assert (value["type"], value["value"]) == ("PaymentDeclinedError", "card declined for order 12")
+    assert value["mechanism"]["handled"] is False
+    frames = value["stacktrace"]["frames"]
+    assert [(f["abs_path"], f["function"], f["lineno"]) for f in frames[-2:]] == [
+        (APP_FILE, "pay", find_line("call-line")),
+        (APP_FILE, "charge_card", find_line("raise-line")),
+    ]
+    assert frames[-1]["context_line"].startswith("raise PaymentDeclinedError(")
+    assert frames[-1]["in_app"] is True
+    library = [f for f in frames if "site-packages" in f["abs_path"]]
+    assert library and all(f["in_app"] is False for f in library)
+    assert any(f.get("module", "").startswith("starlette.") for f in library)
+
+
+def test_error_events_link_to_their_transaction_and_carry_the_request(app_items: Any) -> None:
+    (event,) = [p for kind, p in app_items if kind == "event"]
+    (transaction,) = [
+        p for kind, p in app_items if kind == "transaction" and "pay" in p["transaction"]
+    ]
+    trace = event["contexts"]["trace"]
+    assert trace["trace_id"] == transaction["contexts"]["trace"]["trace_id"]
+    assert trace["span_id"] == transaction["contexts"]["trace"]["span_id"]
+    assert event["transaction"] == "GET /orders/{order_id}/pay"
+    assert event["request"]["method"] == "GET"
+    assert event["request"]["url"] == "http://testserver/orders/12/pay"
+    assert event["request"]["query_string"] == "session=[Filtered]"
+    assert event["request"]["headers"] == {"Authorization": "[Filtered]", "X-Request-Id": "req-1"}
+    assert event["tags"] == {
+        "service": "shop-api", "otel.kind": "server", "http.route": "/orders/{order_id}/pay",
+        "http.method": "GET", "http.status_code": "500",
+    }  # fmt: skip
+    assert event["sdk"]["name"] == "otelkit.collector"
+    assert event["level"] == "error" and event["platform"] == "python"
+
+
+def _exception(text: str, type_: str = "Error", message: str = "failed") -> dict[str, Any]:
+    return {"exception.type": type_, "exception.message": message, "exception.stacktrace": text}
+
+
+def test_synthetic_matrix_passes_relay() -> None:
+    tid = random_id(16)
+    root = random_id(8)
+    huge = "€" * 300_000
+    spans = [
+        raw_span(tid, root, name="GET /ünïcödé/{id}", kind=Span.SPAN_KIND_SERVER,
+                 attrs={"http.method": "GET", "http.route": "/ünïcödé/{id}", "http.status_code": 500,
+                        "http.url": "http://h/ünïcödé/1", "enduser.id": "用户-7"},
+                 error=True, exception=_exception(_text(_caught(_raise_chain)), "KeyError", "'outer'")),
+        raw_span(tid, random_id(8), root, name="huge", attrs={"blob": huge, "list": ["a", 1, 2.5, True]},
+                 exception=_exception(_text(_caught(_raise_group)), "ExceptionGroup", huge)),
+        raw_span(tid, random_id(8), root, name="java", exception=_exception(JAVA)),
+        raw_span(tid, random_id(8), root, name="node", exception=_exception(NODE)),
+        raw_span(tid, random_id(8), root, name="go", exception=_exception(GO)),
+        raw_span(tid, random_id(8), root, name="no trace text", exception={"exception.type": "Boom"}),
+        raw_span(tid, random_id(8), root, name="empty exception", exception={}),
+        raw_span(tid, random_id(8), root, name="syntax", exception=_exception(_text(_caught(lambda: compile("(", "f.py", "exec"))))),
+        raw_span(tid, random_id(8), root, name="rpc", kind=Span.SPAN_KIND_CLIENT,
+                 attrs={"rpc.system": "grpc", "rpc.service": "S", "rpc.method": "M", "rpc.grpc.status_code": 14}, error=True),
+        raw_span(tid, random_id(8), root, name="backwards clock", start=1_790_000_001.0, duration=-0.5),
+    ]  # fmt: skip
+    java = trace_request([raw_span(random_id(16), random_id(8), name="java svc", exception=_exception(JAVA))],
+                         service="orders-java", **{"telemetry.sdk.language": "java"})  # fmt: skip
+    node = trace_request([raw_span(random_id(16), random_id(8), name="node svc", exception=_exception(NODE))],
+                         service="web", **{"telemetry.sdk.language": "nodejs"})  # fmt: skip
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request(spans), java, node])
+        items = _all_items(standin)
+    events = [p for kind, p in items if kind == "event"]
+    assert len(events) == 10
+    assert {e["platform"] for e in events} == {"python", "java", "node"}
+    assert all(len(e["exception"]["values"][-1]["value"]) <= 8192 for e in events)
+    transactions = [p for kind, p in items if kind == "transaction"]
+    assert len(transactions) == 3
+    main = next(t for t in transactions if t["transaction"] == "GET /ünïcödé/{id}")
+    assert len(main["spans"]) == 9
+    assert all(len(s["data"].get("blob", "")) <= 4096 for s in main["spans"])

@@ -119,6 +119,12 @@ def test_a_valid_file_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             id="bad-size",
         ),
         pytest.param(
+            swap("extensions: [health_check]", "extensions: [health_check/]"),
+            "service.extensions[0]",
+            "'health_check/' is not a component ID: expected 'type' or 'type/name'",
+            id="malformed-extension-id",
+        ),
+        pytest.param(
             swap("batch: {timeout: 200ms}", "batch: {timeout: 200ms, flush: always}"),
             "processors.batch.flush",
             "unknown key",

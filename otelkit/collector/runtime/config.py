@@ -369,7 +369,11 @@ class _Loader:
             return ()
         ids = []
         for index, item in enumerate(value):
-            cid = ComponentID.parse(str(item))
+            try:
+                cid = ComponentID.parse(str(item))
+            except ValueError as exc:
+                self.error(f"service.extensions[{index}]", str(exc))
+                continue
             if (Kind.EXTENSION, cid) not in components:
                 self.error(f"service.extensions[{index}]", f"{cid} is not defined in extensions")
             else:

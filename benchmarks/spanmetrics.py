@@ -232,7 +232,7 @@ def _run_load(
 
 
 # 2. Per-span cost in-process ------------------------------------------------------------
-def per_span_cost(body: bytes, spans: int, seconds: float) -> tuple[float, float]:
+def per_span_cost(body: bytes, spans: int, seconds: float) -> tuple[float, float, float]:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
@@ -248,6 +248,7 @@ def per_span_cost(body: bytes, spans: int, seconds: float) -> tuple[float, float
     })  # fmt: skip
     settings = CreateSettings(ComponentID("spanmetrics"), Kind.CONNECTOR, SelfTelemetry())
     connector = SpanMetricsConnector(settings, config, next_consumer=None)  # type: ignore[arg-type]
+    plain = SpanMetricsConnector(settings, SpanMetricsConfig(), next_consumer=None)  # type: ignore[arg-type]
 
     def timed(work: Any) -> float:
         """CPU microseconds per span (process time: fair on a shared machine)."""
@@ -260,7 +261,8 @@ def per_span_cost(body: bytes, spans: int, seconds: float) -> tuple[float, float
     request = ExportTraceServiceRequest.FromString(body)
     parse_us = timed(lambda: ExportTraceServiceRequest.FromString(body))
     aggregate_us = timed(lambda: connector.aggregate(request.resource_spans))
-    return aggregate_us, parse_us
+    plain_us = timed(lambda: plain.aggregate(request.resource_spans))
+    return aggregate_us, plain_us, parse_us
 
 
 # 3. Scrape time at 10k series -----------------------------------------------------------
@@ -393,11 +395,13 @@ def main() -> None:
     print(f"  ratio spanmetrics/nop: throughput {sm['spans_per_s'] / nop['spans_per_s']:.2f}, "
           f"CPU per span {sm['cpu_us_per_span'] / nop['cpu_us_per_span']:.2f}")  # fmt: skip
 
-    aggregate_us, parse_us = per_span_cost(body, spans, 1.0 if args.quick else 3.0)
+    aggregate_us, plain_us, parse_us = per_span_cost(body, spans, 1.0 if args.quick else 3.0)
     print("\n2. per-span CPU cost in-process")
-    print(f"  ParseFromString (baseline)   {parse_us:6.2f} us/span")
-    print(f"  spanmetrics aggregate        {aggregate_us:6.2f} us/span  "
+    print(f"  ParseFromString (baseline)             {parse_us:6.2f} us/span")
+    print(f"  spanmetrics, 3 dimensions + exemplars  {aggregate_us:6.2f} us/span  "
           f"(ratio {aggregate_us / parse_us:.1f})")  # fmt: skip
+    print(f"  spanmetrics, default dimensions only   {plain_us:6.2f} us/span  "
+          f"(ratio {plain_us / parse_us:.1f})")  # fmt: skip
 
     figures = scrape_times(10_000, 3 if args.quick else 5)
     base = figures["baseline"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 
 from pydantic import Field, field_validator
 
@@ -42,6 +43,7 @@ from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, res
 from otelkit.collector.runtime.types import Duration, Endpoint
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_EXPIRY_INTERVAL = 1.0
 _INGEST_CHUNK = 200
 """Points folded into the store between yields to the event loop (a few ms of work)."""
 _INLINE_RENDER_SERIES = 2000
@@ -111,6 +113,7 @@ class PrometheusExporter(Exporter):
         self._server = HttpServer(config.endpoint, self._app, name=settings.label)
         self._cache: dict[bool, tuple[int, bytes]] = {}
         self._rendering: dict[tuple[bool, int], asyncio.Future[bytes]] = {}
+        self._expired_at = 0.0
 
     @property
     def port(self) -> int:
@@ -134,7 +137,10 @@ class PrometheusExporter(Exporter):
 
     async def exposition(self, openmetrics: bool) -> bytes:
         """The current scrape body, rendered at most once per store change and format."""
-        self.store.expire()
+        now = time.monotonic()
+        if now - self._expired_at >= _EXPIRY_INTERVAL:  # a walk over every series: not per scrape
+            self._expired_at = now
+            self.store.expire()
         generation = self.store.generation
         cached = self._cache.get(openmetrics)
         if cached is not None and cached[0] == generation:

@@ -148,7 +148,9 @@ class BatchProcessor(Processor):
         self._closed = True
         self._stop.set()
         if self._ticker is not None:
-            await self._ticker
+            # A tick may be offering a batch to a slow consumer; do not wait forever.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._ticker, _SHUTDOWN_RETRY_SECONDS)
         self._cut(whole=True)
         deadline = time.monotonic() + _SHUTDOWN_RETRY_SECONDS
         while self._ready and time.monotonic() < deadline:

@@ -45,8 +45,23 @@ _URL_ID = re.compile(
 )
 
 
+_SHAPES: dict[str, str] = {}
+
+
 def normalize_query(query: str) -> str:
-    """The query's shape: literals and parameters become ``?``, IN lists ``(?)``."""
+    """The query's shape: literals and parameters become ``?``, IN lists ``(?)``.
+
+    Applications send few distinct statements, so shapes are cached (bounded)."""
+    shape = _SHAPES.get(query)
+    if shape is None:
+        shape = _normalize(query)
+        if len(_SHAPES) >= 10_000:
+            _SHAPES.clear()
+        _SHAPES[query] = shape
+    return shape
+
+
+def _normalize(query: str) -> str:
     shape = _SQL_STRING.sub("?", query)
     shape = _SQL_PARAM.sub("?", shape)
     shape = _SQL_NUMBER.sub("?", shape)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -81,6 +82,22 @@ class _BudgetState:
     limit_ms: float | None
     windows: list[_WindowState]
     slowest: tuple[float, Span | None] = (0.0, None)
+    # The attributes every matched span gets, built once: one C-level extend per span.
+    marks_within: tuple[KeyValue, ...] = ()
+    marks_exceeded: tuple[KeyValue, ...] = ()
+
+    def __post_init__(self) -> None:
+        common = [KeyValue(key=BUDGET_NAME, value=AnyValue(string_value=self.budget.name))]
+        if self.limit_ms is not None:
+            common.append(KeyValue(key=BUDGET_LIMIT_MS, value=AnyValue(double_value=self.limit_ms)))
+        self.marks_within = (
+            *common,
+            KeyValue(key=BUDGET_EXCEEDED, value=AnyValue(bool_value=False)),
+        )
+        self.marks_exceeded = (
+            *common,
+            KeyValue(key=BUDGET_EXCEEDED, value=AnyValue(bool_value=True)),
+        )
 
 
 class BudgetProcessor(Processor):
@@ -149,13 +166,9 @@ class BudgetProcessor(Processor):
             window.sketch.sketch.add(duration_ms)
         if duration_ms > state.slowest[0] or state.slowest[1] is None:
             state.slowest = (duration_ms, span)
-        attrs = span.attributes
-        attrs.add(key=BUDGET_NAME).value.string_value = state.budget.name
         limit = state.limit_ms
         exceeded = limit is not None and duration_ms > limit
-        if limit is not None:
-            attrs.add(key=BUDGET_LIMIT_MS).value.double_value = limit
-        attrs.add(key=BUDGET_EXCEEDED).value.bool_value = exceeded
+        span.attributes.extend(state.marks_exceeded if exceeded else state.marks_within)
         ceiling = state.budget.budget.max
         if ceiling is not None and duration_ms > ceiling:
             self._violations.labels(state.budget.name, "ceiling").inc()

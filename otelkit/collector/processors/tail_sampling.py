@@ -18,7 +18,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -43,6 +43,7 @@ _STATUS = {
 }
 _PolicyFn = Callable[[list[Span]], bool]
 _MARKERS = frozenset({BUDGET_EXCEEDED, PERF_ISSUE_TYPE})
+_MARKER_TAIL = 5  # budget appends 3 attributes, then perf_issues 2
 
 
 class _Model(BaseModel):
@@ -164,6 +165,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         self._decisions = settings.telemetry.counter(
             "otelkit_tail_sampling_decisions", "Traces decided", ("decision", "reason")
         )
+        self._decision_children: dict[tuple[bool, str], Any] = {}
 
     def is_decided(self, trace_id: bytes) -> bool:
         return trace_id in self._sampled or trace_id in self._not_sampled
@@ -178,7 +180,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             keep = reason is not None
             self._decided[trace.trace_id] = (keep, now)
             (self._sampled if keep else self._not_sampled).add(trace.trace_id)
-            self._decisions.labels("sampled" if keep else "not_sampled", reason or "").inc()
+            self._count_decision(keep, reason or "")
+
+    def _count_decision(self, keep: bool, reason: str) -> None:
+        key = (keep, reason)
+        child = self._decision_children.get(key)
+        if child is None:
+            decision = "sampled" if keep else "not_sampled"
+            child = self._decision_children[key] = self._decisions.labels(decision, reason)
+        child.inc()
 
     def prepare(self, payload: ExportTraceServiceRequest) -> ExportTraceServiceRequest | None:
         dropped = 0
@@ -250,12 +260,18 @@ class TailSamplingProcessor(BufferedTraceProcessor):
 
 def _marker(spans: list[Span]) -> str | None:
     """``otelkit.budget.exceeded`` (when true) or ``otelkit.perf_issue.type`` if any span
-    has one; processors append them last, so attributes are scanned from the end."""
+    has one. The otelkit processors append these last, so only the last
+    ``_MARKER_TAIL`` attributes of each span are read: a full scan of every attribute
+    of every span would cost more than the rest of the pipeline."""
     found: str | None = None
     for span in spans:
-        for kv in reversed(span.attributes):
-            if kv.key in _MARKERS:
-                if kv.key == PERF_ISSUE_TYPE:
+        attrs = span.attributes
+        n = len(attrs)
+        for i in range(n - 1, max(n - _MARKER_TAIL, 0) - 1, -1):
+            kv = attrs[i]
+            key = kv.key
+            if key in _MARKERS:
+                if key == PERF_ISSUE_TYPE:
                     found = PERF_ISSUE_TYPE
                 elif kv.value.bool_value:
                     return BUDGET_EXCEEDED

@@ -1,4 +1,7 @@
-"""``otlphttp``: forwards data over OTLP/HTTP (binary protobuf) to a collector or backend.
+"""``otlphttp``: forwards data over OTLP/HTTP to a collector or backend.
+
+``encoding: proto`` (the default) sends binary protobuf; ``encoding: json`` sends
+OTLP/JSON (hex IDs, integer enums), as upstream.
 
 ``endpoint`` is a base URL; ``/v1/traces``, ``/v1/metrics`` and ``/v1/logs`` are
 appended, unless ``traces_endpoint`` (...) gives a signal's full URL. Errors follow the
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import json
 import logging
 import ssl
 import time
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import httpx
 from google.rpc import status_pb2
@@ -32,6 +36,7 @@ from otelkit.collector.exporters.otlp import (
     check_headers,
     record_partial_success,
 )
+from otelkit.collector.pdata import otlp_json
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
@@ -41,6 +46,7 @@ log = logging.getLogger("otelkit.exporter.otlphttp")
 
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 _PROTOBUF = "application/x-protobuf"
+_JSON = "application/json"
 _RESPONSE_TYPES: dict[Signal, Any] = {
     Signal.TRACES: ExportTraceServiceResponse,
     Signal.METRICS: ExportMetricsServiceResponse,
@@ -67,6 +73,7 @@ class OTLPHTTPExporterConfig(ExporterHelperConfig):
     logs_endpoint: str | None = None
     tls: TLSClientConfig = TLSClientConfig()
     compression: Compression = "gzip"
+    encoding: Literal["proto", "json"] = "proto"
     headers: dict[str, str] = Field(default_factory=dict)
 
     _check_headers = field_validator("headers")(check_headers)
@@ -120,6 +127,13 @@ def _error_message(response: httpx.Response) -> str:
         else:
             if status.message:
                 return str(status.message)
+    if content_type.startswith(_JSON) and response.content:
+        try:
+            message = json.loads(response.content).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        if message:
+            return str(message)
     return response.text[:200].strip() or response.reason_phrase
 
 
@@ -145,7 +159,8 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
                     f"endpoint nor {signal.value}_endpoint"
                 )
             self._urls[signal] = url
-        self._headers = {**config.headers, "content-type": _PROTOBUF}
+        content_type = _JSON if config.encoding == "json" else _PROTOBUF
+        self._headers = {**config.headers, "content-type": content_type}
         if config.compression == "gzip":
             self._headers["content-encoding"] = "gzip"
         self._client: httpx.AsyncClient | None = None
@@ -168,7 +183,10 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
     async def send(self, payload: Payload) -> None:
         assert self._client is not None, "send() before start()"
         signal = signal_of(payload)
-        body = payload.SerializeToString()
+        if self.config.encoding == "json":
+            body = otlp_json.encode_request(payload)
+        else:
+            body = payload.SerializeToString()
         if self.config.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
         try:
@@ -190,11 +208,15 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
     def _check_partial_success(self, signal: Signal, response: httpx.Response) -> None:
         if not response.content:
             return
-        if not response.headers.get("content-type", "").startswith(_PROTOBUF):
-            return
+        content_type = response.headers.get("content-type", "")
         parsed = _RESPONSE_TYPES[signal]()
         try:
-            parsed.ParseFromString(response.content)
+            if content_type.startswith(_PROTOBUF):
+                parsed.ParseFromString(response.content)
+            elif content_type.startswith(_JSON):
+                _read_json_partial_success(response.content, parsed)
+            else:
+                return
         except Exception:
             log.warning("exporter %s: unreadable success response ignored", self.name)
             return
@@ -211,6 +233,18 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+def _read_json_partial_success(content: bytes, into: Any) -> None:
+    """Fill ``into.partial_success`` from an OTLP/JSON export response."""
+    partial = json.loads(content).get("partialSuccess")
+    if not isinstance(partial, dict):
+        return
+    target = into.partial_success
+    for field in target.DESCRIPTOR.fields:
+        value = partial.get(field.json_name, partial.get(field.name))
+        if value is not None:
+            setattr(target, field.name, int(value) if field.name.startswith("rejected") else value)
 
 
 def _create(

@@ -25,7 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otelkit.collector.pdata.signals import Payload
+from otelkit.collector.pdata import otlp_json
+from otelkit.collector.pdata.signals import Payload, signal_of
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, read_body, respond
 
 SERVICES = {
@@ -127,6 +128,7 @@ class FakeHttpServer:
     received: list[Payload] = field(default_factory=list)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     success_body: bytes = b""
+    success_type: str = "application/x-protobuf"
     _server: HttpServer | None = None
 
     async def start(self) -> None:
@@ -154,5 +156,8 @@ class FakeHttpServer:
         if headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
         request_type, _ = PATHS[scope["path"]]
-        self.received.append(request_type.FromString(body))
-        await respond(send, 200, self.success_body, "application/x-protobuf")
+        if headers.get("content-type") == "application/json":
+            self.received.append(otlp_json.decode_request(signal_of(request_type()), body))
+        else:
+            self.received.append(request_type.FromString(body))
+        await respond(send, 200, self.success_body, self.success_type)

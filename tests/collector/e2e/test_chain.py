@@ -57,11 +57,15 @@ service:
 """
 
 
-def upstream_config(exporter: str, downstream: dict[str, int], storage: Path | None = None) -> str:
+def upstream_config(
+    exporter: str, downstream: dict[str, int], storage: Path | None = None, encoding: str = ""
+) -> str:
     if exporter == "otlp":
         endpoint = f"endpoint: 127.0.0.1:{downstream['grpc']}\n    tls: {{insecure: true}}"
     else:
         endpoint = f"endpoint: http://127.0.0.1:{downstream['http']}"
+    if encoding:
+        endpoint += f"\n    encoding: {encoding}"
     queue = f", storage: {storage}" if storage else ""
     return (
         UPSTREAM.replace("EXPORTER", exporter).replace("ENDPOINT", endpoint)
@@ -74,14 +78,21 @@ def all_arrived(out: Path, spans: object, logs: object) -> bool:
     return span_keys(got) == spans and log_keys(got) == logs
 
 
-@pytest.mark.parametrize("exporter", ["otlp", "otlphttp"])
-def test_chained_collectors_lose_nothing(exporter: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("exporter", "encoding"), [("otlp", ""), ("otlphttp", ""), ("otlphttp", "json")]
+)
+def test_chained_collectors_lose_nothing(exporter: str, encoding: str, tmp_path: Path) -> None:
     out = tmp_path / "downstream.jsonl"
     down_ports, up_ports = allocate_ports("grpc", "http"), allocate_ports("grpc")
     spans, logs = make_spans(200), make_logs(100)
     with (
         collector(DOWNSTREAM.replace("OUT", str(out)), tmp_path, ports=down_ports, name="down"),
-        collector(upstream_config(exporter, down_ports), tmp_path, ports=up_ports, name="up") as up,
+        collector(
+            upstream_config(exporter, down_ports, encoding=encoding),
+            tmp_path,
+            ports=up_ports,
+            name="up",
+        ) as up,
     ):
         send_all("grpc", f"127.0.0.1:{up_ports['grpc']}", spans, logs=logs)
         wait_until(

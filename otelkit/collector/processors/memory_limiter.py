@@ -9,7 +9,7 @@ garbage collection. Place it first in a pipeline, so refused data costs nothing.
 ``limit_percentage`` and ``spike_limit_percentage`` are taken of the memory available
 to the process: the cgroup limit when there is one, else the machine's total memory.
 ``limit_mib`` wins when both kinds of limit are set (as upstream); the spike defaults
-to 20% of the limit.
+to 20% of the limit. Memory is read from ``/proc``, so the processor needs Linux.
 """
 
 from __future__ import annotations

@@ -124,3 +124,69 @@ def test_missing_arguments_exit_2() -> None:
         check=False,
     )
     assert result.returncode == 2
+
+
+FILE_COLLECTOR = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:{grpc}"}}}
+exporters:
+  file: {path: "{out}", flush_interval: 100ms}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [file]}
+"""
+
+
+@pytest.mark.parametrize(("slow_ms", "code"), [(50, 0), (450, 3)])
+def test_gate_on_the_file_exporters_output_of_an_instrumented_run(
+    tmp_path: Path, slow_ms: int, code: int
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    from tests.support.collector import allocate_ports, collector
+
+    out = tmp_path / "traces.jsonl"
+    ports = allocate_ports("grpc")
+    with collector(FILE_COLLECTOR.replace("{out}", str(out)), tmp_path, ports=ports) as running:
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop-api"}))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=f"127.0.0.1:{ports['grpc']}", insecure=True)
+            )
+        )
+        tracer = provider.get_tracer("ci")
+        for i in range(20):
+            start = 1_700_000_000_000_000_000 + i * 10**9
+            ms = slow_ms if i % 2 else 40
+            span = tracer.start_span(
+                "POST /checkout",
+                kind=SpanKind.SERVER,
+                start_time=start,
+                attributes={"http.route": "/checkout"},
+            )
+            span.end(end_time=start + ms * 10**6)
+        provider.shutdown()
+        assert running.stop() == 0
+    (tmp_path / "budgets.yaml").write_text(BUDGETS)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otelkit.cli",
+            "budgets",
+            "check",
+            "--budgets",
+            str(tmp_path / "budgets.yaml"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("checkout"))
+    assert row.split()[1] == "20"

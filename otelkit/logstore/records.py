@@ -8,11 +8,11 @@ only when there are any.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 from typing import Any
 
+import msgspec
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -41,7 +41,12 @@ COLUMNS = (
 
 Row = tuple[Any, ...]
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode = msgspec.json.Encoder().encode
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text (UTF-8, not ASCII-escaped)."""
+    return _encode(value).decode()
 
 
 def any_value(value: AnyValue) -> Any:
@@ -67,7 +72,18 @@ def any_value(value: AnyValue) -> Any:
 
 def key_values(pairs: Any) -> dict[str, Any]:
     """Repeated ``KeyValue`` as a dict (a repeated key keeps its last value)."""
-    return {kv.key: any_value(kv.value) for kv in pairs}
+    result: dict[str, Any] = {}
+    for kv in pairs:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # The common scalar kinds inline: this runs for every attribute of every record.
+        if kind == "string_value":
+            result[kv.key] = value.string_value
+        elif kind == "int_value":
+            result[kv.key] = value.int_value
+        else:
+            result[kv.key] = any_value(value)
+    return result
 
 
 def attributes_json(pairs: Any) -> str | None:

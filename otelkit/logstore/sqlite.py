@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 from otelkit.logstore.query import LogQuery, Page, page_from_rows
@@ -51,7 +53,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX logs_ts ON logs (ts);
         CREATE INDEX logs_service_ts ON logs (service_name, ts);
         CREATE INDEX logs_severity_ts ON logs (severity_number, ts);
-        CREATE INDEX logs_trace ON logs (trace_id, ts) WHERE trace_id IS NOT NULL;
+        CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
         CREATE VIRTUAL TABLE logs_fts USING fts5(
             body, content='logs', content_rowid='id', columnsize=0
         );
@@ -60,8 +62,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 LATEST = MIGRATIONS[-1][0]
 PRUNE_CHUNK = 5_000
+WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB with 4 KiB pages
 
-_INSERT = f"INSERT INTO logs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+# Rows go in as multi-row INSERTs: sqlite3's executemany releases and re-takes the GIL
+# around every row, and under a busy event loop each re-take can wait a switch interval.
+ROWS_PER_STATEMENT = 500
+_ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
 _INDEX_NEW = (
     "INSERT INTO logs_fts (rowid, body) SELECT id, body FROM logs WHERE id > ? AND body IS NOT NULL"
 )
@@ -122,6 +128,9 @@ class SqliteBackend(Backend):
         except BaseException:
             conn.close()
             raise
+        # Checkpoint in larger steps: index pages that change in every transaction are
+        # then copied back to the database once per checkpoint, with one pair of fsyncs.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._writer = conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -200,7 +209,9 @@ class SqliteBackend(Backend):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
-                conn.executemany(_INSERT, rows)
+                for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                    chunk = rows[start : start + ROWS_PER_STATEMENT]
+                    conn.execute(_insert(len(chunk)), list(chain.from_iterable(chunk)))
                 conn.execute(_INDEX_NEW, (last,))
                 conn.execute("COMMIT")
             except BaseException:
@@ -280,6 +291,12 @@ class SqliteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
         return len(ids)
+
+
+@lru_cache(maxsize=8)
+def _insert(rows: int) -> str:
+    columns = ", ".join(COLUMNS)
+    return f"INSERT INTO logs ({columns}) VALUES " + ", ".join([_ROW_MARKS] * rows)
 
 
 def _version(conn: sqlite3.Connection) -> int:

@@ -200,6 +200,12 @@ class LogStore:
             raise RuntimeError("the log store's writer is not started")
         return self._writer.submit(request)
 
+    def submit_rows(self, rows: list[Row]) -> Future[int]:
+        """Queue rows already built with :func:`rows_from_request`."""
+        if self._writer is None:
+            raise RuntimeError("the log store's writer is not started")
+        return self._writer.submit_rows(rows)
+
     def write_rows(self, rows: list[Row]) -> None:
         """Insert prepared rows in one transaction, on the calling thread (bulk loads)."""
         self.backend.open_writer()

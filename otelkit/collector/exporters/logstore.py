@@ -36,6 +36,7 @@ from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, Queue
 from otelkit.collector.runtime.http import HttpServer
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
 from otelkit.logstore.api import search_app
+from otelkit.logstore.records import rows_from_request
 from otelkit.logstore.store import LogStore, StoreError, StoreUnavailableError, open_store
 
 log = logging.getLogger("otelkit.logstore")
@@ -134,8 +135,11 @@ class LogStoreExporter(QueuedExporter):
     async def send(self, payload: Payload) -> None:
         if signal_of(payload) is not Signal.LOGS:
             raise PermanentError(f"exporter {self.name} stores logs only")
+        # Rows are built here, on a worker thread, so that building the next batch's rows
+        # overlaps with the writer thread's time inside SQLite/PostgreSQL.
+        rows = await asyncio.to_thread(rows_from_request, payload)
         try:
-            await asyncio.wrap_future(self.store.submit(payload))
+            await asyncio.wrap_future(self.store.submit_rows(rows))
         except StoreUnavailableError as exc:
             raise RetryableError(str(exc)) from exc
         except StoreError as exc:

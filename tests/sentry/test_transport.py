@@ -169,3 +169,29 @@ def test_network_errors_are_retried_until_sentry_is_back() -> None:
     assert (
         telemetry.total("otelcol_exporter_send_failed_spans_total", reason="retry_exhausted") == 1
     )
+
+
+def test_otlp_mode_forwards_scrubbed_protobuf_to_sentrys_otlp_endpoint() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    span = raw_span(
+        random_id(16),
+        random_id(8),
+        attrs={"db.password": "hunter2", "url.full": "https://u:pw@h/x?token=abc"},
+    )
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn, "mode": "otlp"}, [trace_request([span])])
+        (received,) = standin.received
+    assert received.path == "/api/42/integration/otlp/v1/traces"
+    assert received.headers["x-sentry-auth"] == "sentry sentry_key=0123456789abcdef0123456789abcdef"
+    assert received.headers["content-type"] == "application/x-protobuf"
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(received.body)
+    attrs = {
+        kv.key: kv.value.string_value
+        for kv in request.resource_spans[0].scope_spans[0].spans[0].attributes
+    }
+    assert attrs == {
+        "db.password": "[Filtered]",
+        "url.full": "https://[Filtered]@h/x?token=[Filtered]",
+    }

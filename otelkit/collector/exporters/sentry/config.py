@@ -77,7 +77,9 @@ class SentryConfig(ExporterHelperConfig):
     environment: str | None = Field(
         None, description="Default: deployment.environment.name / deployment.environment."
     )
-    release: str | None = Field(None, description="Default: service.version.")
+    release: str | None = Field(
+        None, description="Default: <service.name>@<service.version>, Sentry's usual form."
+    )
     traces_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
     send_default_pii: bool = Field(
         False, description="Send client IP addresses, cookies and user e-mail / name."

@@ -96,6 +96,7 @@ class SentryExporter(QueuedExporter):
         self.transport: SentryTransport | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._resources: dict[int, ResourceInfo] = {}
+        self._full_logged_until = 0.0
         self._event_floor = SEVERITY_FLOOR[config.min_event_level]
         self._log_floor = SEVERITY_FLOOR[config.logs_level] if config.logs else 99
         self._counters()

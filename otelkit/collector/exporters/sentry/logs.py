@@ -41,8 +41,8 @@ def log_item(
 ) -> LogItem:
     attrs = scrubber.mapping(attributes(record.attributes))
     typed = _typed({**_resource_attributes(resource), **attrs})
+    typed.setdefault("sentry.origin", {"value": "auto.otlp.otelkit", "type": "string"})
     if scope:
-        typed.setdefault("sentry.origin", {"value": "auto.otlp.otelkit", "type": "string"})
         typed["otel.scope.name"] = {"value": scope, "type": "string"}
     if record.severity_text:
         typed["otel.severity_text"] = {"value": record.severity_text, "type": "string"}

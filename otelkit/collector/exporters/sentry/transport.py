@@ -36,11 +36,21 @@ MAX_ITEM_BYTES = 1_000_000  # Sentry's per event / transaction limit (decompress
 USER_AGENT = f"otelkit.collector/{__version__}"
 ITEM_CATEGORY = {"event": "error", "transaction": "transaction", "log": "log_item"}
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
+try:  # orjson, when installed, encodes several times faster; output is equivalent JSON
+    import orjson
 
-def dumps(value: Any) -> bytes:
-    return _dumps(value).encode("utf-8", "surrogatepass")
+    def dumps(value: Any) -> bytes:
+        try:
+            return orjson.dumps(value, default=str)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an int beyond 64 bits
+            return _json(value).encode("utf-8", "surrogatepass")
+
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def dumps(value: Any) -> bytes:
+        return _json(value).encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,11 @@ dicts and strings of attributes. So each message type gets, when the module load
 * ``wire_<type>``: Struct -> protobuf wire bytes;
 * ``decode_<type>``: parsed JSON (dicts) -> wire bytes, for the Raw slices and for
   input the Structs refuse (snake_case or unknown keys);
-* ``encode_<type>``: message -> dict ready for the JSON serializer.
+* ``encode_<type>``: message -> dict ready for the JSON serializer. A request is
+  encoded from its *shadow*: the same bytes parsed as a copy of the OTLP types in which
+  every key/value list is ``repeated bytes``. Python then never creates a wrapper per
+  attribute (the costliest step of reading protobuf from Python), and each attribute's
+  bytes are the key of a cache of its JSON.
 
 The fast paths are optimistic: they check only what they must to never accept bad
 input. An exception makes the caller fall back, ultimately to the checked codec, which
@@ -26,7 +30,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgspec
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import Message
 
 from otelkit.collector.pdata._otlpjson_checked import (
@@ -129,6 +134,44 @@ def _json_miss(
     return encoded
 
 
+def raw_attributes_json(
+    items: Any, cache: dict[bytes, dict[str, Any]], encode_raw: Callable[[bytes], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """JSON of key/value pairs given as their wire bytes (a shadow's ``repeated bytes``)."""
+    get = cache.get
+    return [get(raw) or _raw_json_miss(raw, cache, encode_raw) for raw in items]
+
+
+def _raw_json_miss(
+    raw: bytes, cache: dict[bytes, dict[str, Any]], encode_raw: Callable[[bytes], dict[str, Any]]
+) -> dict[str, Any]:
+    encoded = encode_raw(raw)
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[raw] = encoded
+    return encoded
+
+
+def string_pair_json(raw: bytes) -> dict[str, Any] | None:
+    """JSON of a key/value pair with a short string value, read from its bytes directly.
+
+    Wire form: ``0x0A len key 0x12 len (0x0A len value)`` with every length below 128;
+    anything else (or any extra byte) returns None for the general path.
+    """
+    try:
+        if raw[0] != 0x0A or raw[1] > 127:
+            return None
+        at = 2 + raw[1]  # the AnyValue field
+        size = raw[at + 1]
+        if raw[at] != 0x12 or size > 127 or raw[at + 2] != 0x0A or at + 2 + size != len(raw):
+            return None
+        if raw[at + 3] + 2 != size:
+            return None
+    except IndexError:
+        return None
+    return {"key": raw[2:at].decode(), "value": {"stringValue": raw[at + 4 :].decode()}}
+
+
 def negative_zero(value: float) -> bool:
     return value == 0.0 and math.copysign(1.0, value) < 0
 
@@ -147,11 +190,13 @@ class _Generator:
             "length_prefixed": length_prefixed, "to_base64": to_base64,
             "double_to_json": double_to_json, "negative_zero": negative_zero,
             "attributes_json": attributes_json, "raw_attributes_wire": raw_attributes_wire,
+            "raw_attributes_json": raw_attributes_json,
             "loads": loads,
         }  # fmt: skip
         self.lines: list[str] = []
         self.done: set[str] = set()
         self.recursive: set[str] = set()
+        self.shadow_lists: set[str] = set()  # "message.field" of shadow key/value lists
 
     def constant(self, value: Any) -> str:
         name = f"c{len(self.namespace)}"
@@ -169,6 +214,17 @@ class _Generator:
         for field in descriptor.fields:
             if field.message_type is not None:
                 self.add(field.message_type)
+
+    def add_shadow(self, descriptor: Descriptor, lists: set[str]) -> None:
+        """Encoders of a shadow type, whose key/value lists (``lists``) are bytes."""
+        self.shadow_lists |= lists
+        if descriptor.full_name in self.done:
+            return
+        self.done.add(descriptor.full_name)
+        self._encoder(descriptor)
+        for field in descriptor.fields:
+            if field.message_type is not None:
+                self.add_shadow(field.message_type, lists)
 
     def compile(self, roots: list[Descriptor]) -> dict[str, Any]:
         for root in roots:
@@ -354,7 +410,10 @@ class _Generator:
     def _encode_field(self, field: FieldDescriptor) -> list[str]:
         set_it = f"    out[{field.json_name!r}] = "
         if field.is_repeated:
-            if field.message_type is not None and field.message_type.full_name == KEY_VALUE:
+            if f"{field.containing_type.full_name}.{field.name}" in self.shadow_lists:
+                cache, decode = self.constant({}), self.constant(self._key_value_from_bytes())
+                value = f"raw_attributes_json(v, {cache}, {decode})"
+            elif field.message_type is not None and field.message_type.full_name == KEY_VALUE:
                 cache, encoder = self.constant({}), encoder_name(field.message_type)
                 value = f"attributes_json(v, {cache}, {encoder})"
             else:
@@ -366,6 +425,17 @@ class _Generator:
             return [f"if m.HasField({field.name!r}):", f"    v = m.{field.name}", set_it + value]
         test = "v or negative_zero(v)" if field.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT) else "v"
         return [f"v = m.{field.name}", f"if {test}:", set_it + self._json_value(field, "v")]
+
+    def _key_value_from_bytes(self) -> Callable[[bytes], dict[str, Any]]:
+        """JSON of one key/value pair from its wire bytes, by the real KeyValue's encoder."""
+        parse = _message_class(KEY_VALUE).FromString
+        name = "encode_" + KEY_VALUE.replace(".", "_")
+        namespace = self.namespace
+
+        def encode(raw: bytes) -> dict[str, Any]:
+            return string_pair_json(raw) or namespace[name](parse(raw))
+
+        return encode
 
     def _json_value(self, field: FieldDescriptor, var: str) -> str:
         """An expression for the JSON form of one value of ``field``."""
@@ -427,24 +497,86 @@ def encoder_name(descriptor: Descriptor) -> str:
     return "encode_" + _identifier(descriptor)
 
 
+def _message_class(full_name: str) -> type[Message]:
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
+    return message_factory.GetMessageClass(descriptor)  # type: ignore[no-any-return]
+
+
+# Shadow types ---------------------------------------------------------------------------
+SHADOW_PACKAGE = "otelkit.shadow."
+
+
+class _ShadowPool:
+    """Copies of the OTLP files, in a pool of their own, with key/value lists as bytes."""
+
+    def __init__(self) -> None:
+        self.pool = descriptor_pool.DescriptorPool()
+        self.lists: set[str] = set()
+        self._files: set[str] = set()
+
+    def shadow_of(self, descriptor: Descriptor) -> Descriptor:
+        self._add_file(descriptor.file)
+        return self.pool.FindMessageTypeByName(SHADOW_PACKAGE + descriptor.full_name)
+
+    def _add_file(self, file: FileDescriptor) -> None:
+        if file.name in self._files:
+            return
+        for dependency in file.dependencies:
+            self._add_file(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        proto.name = "otelkit_shadow/" + proto.name
+        proto.package = SHADOW_PACKAGE + proto.package
+        proto.dependency[:] = ["otelkit_shadow/" + name for name in proto.dependency]
+        proto.ClearField("service")
+        proto.ClearField("options")
+        for message in proto.message_type:
+            self._rewrite(message, proto.package)
+        self.pool.Add(proto)
+        self._files.add(file.name)
+
+    def _rewrite(self, message: descriptor_pb2.DescriptorProto, scope: str) -> None:
+        full_name = f"{scope}.{message.name}"
+        message.ClearField("options")
+        for field in message.field:
+            if field.type_name == "." + KEY_VALUE and field.label == field.LABEL_REPEATED:
+                field.type = field.TYPE_BYTES
+                field.ClearField("type_name")
+                self.lists.add(f"{full_name}.{field.name}")
+            elif field.type_name.startswith(".opentelemetry."):
+                field.type_name = "." + SHADOW_PACKAGE + field.type_name[1:]
+        for nested in message.nested_type:
+            self._rewrite(nested, full_name)
+
+
 class RootCodec:
     """The compiled functions of one request type."""
 
-    def __init__(self, namespace: dict[str, Any], root: Descriptor) -> None:
+    def __init__(self, namespace: dict[str, Any], root: Descriptor, shadow: Descriptor) -> None:
         self.struct_decoder = msgspec.json.Decoder(namespace[struct_name(root)])
         self.wire: Callable[[Any], bytes] = namespace[wire_name(root)]
         self.decode: Decoder = namespace[decoder_name(root)]
-        self.encode: Encoder = namespace[encoder_name(root)]
+        self._shadow_parse = message_factory.GetMessageClass(shadow).FromString
+        self._shadow_encode: Encoder = namespace[encoder_name(shadow)]
 
     def json_to_wire(self, data: bytes | str) -> bytes:
         """Wire bytes straight from JSON text; any exception means: take the slow road."""
         return self.wire(self.struct_decoder.decode(data))
 
+    def encode(self, message: Message) -> dict[str, Any]:
+        """The JSON-ready dict of a request, read through its shadow."""
+        return self._shadow_encode(self._shadow_parse(message.SerializeToString()))
+
 
 def compile_codecs(roots: list[Descriptor]) -> dict[str, RootCodec]:
     """The compiled codec of each root message type, by full name."""
-    generator = _Generator()
-    for root in roots:
+    generator, shadows = _Generator(), _ShadowPool()
+    shadow_roots = [shadows.shadow_of(root) for root in roots]
+    for root, shadow in zip(roots, shadow_roots, strict=True):
         generator.add(root)
+        generator.add_shadow(shadow, shadows.lists)
     namespace = generator.compile(roots)
-    return {root.full_name: RootCodec(namespace, root) for root in roots}
+    return {
+        root.full_name: RootCodec(namespace, root, shadow)
+        for root, shadow in zip(roots, shadow_roots, strict=True)
+    }

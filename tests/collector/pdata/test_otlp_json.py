@@ -463,3 +463,25 @@ def test_every_decoding_road_gives_the_same_message(request_: Message) -> None:
     roads = [codec.json_to_wire(text), codec.decode(obj), checked.wire(obj)]
     assert [otlp_json._parse_wire(signal, raw) for raw in roads] == [request_] * 3
     assert codec.encode(request_) == checked.to_json(request_)  # type: ignore[arg-type]
+
+
+def test_short_string_pairs_read_from_bytes_match_the_general_path() -> None:
+    from otelkit.collector.pdata._otlpjson_checked import message_codec
+    from otelkit.collector.pdata._otlpjson_compiled import string_pair_json
+
+    reference = message_codec(KeyValue.DESCRIPTOR).to_json
+    pairs = [
+        KeyValue(key=key, value=AnyValue(string_value=value))
+        for key in ["k", "", "ключ ☃", "k" * 125, "k" * 126, "k" * 200]
+        for value in ["v", "", "значение", "v" * 125, "v" * 126, "v" * 300]
+    ]
+    pairs += [variant for variant in variants(KeyValue.DESCRIPTOR)]
+    pairs += [KeyValue(key="k"), KeyValue(value=AnyValue(string_value="v"))]
+    fast = 0
+    for pair in pairs:
+        got = string_pair_json(pair.SerializeToString())
+        if got is not None:
+            fast += 1
+            assert got == reference(pair), pair
+    assert fast == 16  # the 4 x 4 whose lengths fit in one byte take the direct road
+    assert string_pair_json(pairs[0].SerializeToString() + b"\x18\x01") is None

@@ -195,3 +195,38 @@ def test_otlp_mode_forwards_scrubbed_protobuf_to_sentrys_otlp_endpoint() -> None
         "db.password": "[Filtered]",
         "url.full": "https://[Filtered]@h/x?token=[Filtered]",
     }
+
+
+def _error_logs(count: int) -> Any:
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    from .support import logs_request
+
+    records = []
+    for i in range(count):
+        record = LogRecord(severity_number=17)
+        record.body.string_value = f"failure {i}"
+        records.append(record)
+    return logs_request(records)
+
+
+def test_a_batch_larger_than_the_whole_queue_is_cut_not_refused_forever() -> None:
+    with sentry_standin() as standin:
+        telemetry = run({"dsn": standin.dsn, "sending_queue": {"queue_size": 3}}, [_error_logs(10)])
+        bodies = sorted(e["logentry"]["formatted"] for e in standin.items("event"))
+    assert bodies == ["failure 0", "failure 1", "failure 2"]
+    assert (
+        telemetry.total("otelcol_exporter_send_failed_log_records_total", reason="queue_full") == 7
+    )
+
+
+def test_without_a_queue_a_refused_envelope_does_not_fail_the_others() -> None:
+    with sentry_standin() as standin:
+        standin.answers = [Answer(413)]
+        telemetry = run({"dsn": standin.dsn, "sending_queue": {"enabled": False}}, [_error_logs(3)])
+        statuses = [r.status for r in standin.received]
+    assert statuses == [413, 200, 200]
+    assert telemetry.total("otelcol_exporter_sent_log_records_total") == 2
+    assert (
+        telemetry.total("otelcol_exporter_send_failed_log_records_total", reason="too_large") == 1
+    )

@@ -177,8 +177,9 @@ class QueuedExporter(Exporter):
         if not items:
             return
         if not self.helper_config.sending_queue.enabled:
-            for item in items:
-                await self._send_with_retry(item, raise_on_failure=True)
+            for item in items:  # independent units: one dropped (and counted) item
+                with contextlib.suppress(PermanentError):  # does not fail the others
+                    await self._send_with_retry(item, raise_on_failure=True)
             return
         if self._closing.is_set() or self._queue.qsize() + len(items) > self._capacity:
             for item in items:

@@ -189,7 +189,7 @@ class SentryExporter(QueuedExporter):
                     if span.events and not errors_limited:
                         events.extend(self._span_events(span, resource, scope))
         items = [self._event_item(event, Signal.TRACES, 0) for event in events]
-        await self.enqueue([item for item in items if item is not None])
+        await self._enqueue_batch([item for item in items if item is not None])
         for trace in self.assembler.add(refs):
             self._evicted.labels(self.name).inc()
             await self._ship_trace(trace)
@@ -230,6 +230,23 @@ class SentryExporter(QueuedExporter):
         if dropped:
             self.telemetry.exporter_send_failed(self.name, Signal.LOGS, dropped, "rate_limited")
             self._envelopes.labels(self.name, "log_item", "rate_limited").inc()
+        await self._enqueue_batch(items)
+
+    async def _enqueue_batch(self, items: list[QueuedItem]) -> None:
+        """Queue one batch's envelopes together; a batch larger than the whole queue could
+        never fit, so its excess is dropped and counted instead of refused forever."""
+        capacity = self.helper_config.sending_queue.queue_size
+        if len(items) > capacity and self.helper_config.sending_queue.enabled:
+            for item in items[capacity:]:
+                self._count_drop(item.data.category, item.signal, item.items, "queue_full")
+            log.warning(
+                "exporter %s: one batch made %d envelopes, more than sending_queue.queue_size "
+                "(%d); the rest were dropped",
+                self.name,
+                len(items),
+                capacity,
+            )
+            items = items[:capacity]
         await self.enqueue(items)
 
     def _event_item(self, event: Event, signal: Signal, count: int) -> QueuedItem | None:

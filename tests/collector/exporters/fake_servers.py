@@ -65,6 +65,7 @@ class FakeGrpcServer:
     received: list[Payload] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
     partial: Callable[[Any], None] | None = None
+    tls: tuple[bytes, bytes] | None = None  # (private key, certificate chain) in PEM
     port: int = 0
     _server: Any = None
 
@@ -79,7 +80,11 @@ class FakeGrpcServer:
             )
             handlers[service] = grpc.method_handlers_generic_handler(service, {"Export": handler})
         self._server.add_generic_rpc_handlers(tuple(handlers.values()))
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        if self.tls is None:
+            self.port = self._server.add_insecure_port("127.0.0.1:0")
+        else:
+            credentials = grpc.ssl_server_credentials([self.tls])
+            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
         await self._server.start()
 
     async def stop(self) -> None:

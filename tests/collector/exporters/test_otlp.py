@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +19,7 @@ from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.collector.builders import item_names, logs, metrics, traces
 from tests.collector.exporters.fake_servers import FakeGrpcServer, GrpcFailure
-from tests.support.services import free_port
+from tests.support.services import free_port, require_binary
 
 FAST_RETRY = {"initial_interval": "10ms", "max_interval": "20ms", "max_elapsed_time": "5s"}
 
@@ -154,6 +156,47 @@ def test_partial_success_counts_the_rejected_items() -> None:
         assert t.total("otelcol_exporter_send_failed_spans_total", reason="rejected") == 2
 
     run(check)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and its key, made with the openssl command."""
+    openssl = require_binary("openssl")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return key, cert
+
+
+def test_tls_with_a_trusted_certificate(tmp_path: Path) -> None:
+    key, cert = self_signed_certificate(tmp_path)
+
+    async def main() -> None:
+        server = FakeGrpcServer(tls=(key.read_bytes(), cert.read_bytes()))
+        await server.start()
+        settings = CreateSettings(ComponentID("otlp"), Kind.EXPORTER, SelfTelemetry())
+        trusting = OTLPExporter(settings, OTLPExporterConfig.model_validate(
+            {"endpoint": f"localhost:{server.port}", "tls": {"ca_file": str(cert)}}
+        ))  # fmt: skip
+        distrusting = OTLPExporter(
+            settings, OTLPExporterConfig(endpoint=f"localhost:{server.port}")
+        )
+        for exporter in (trusting, distrusting):
+            await exporter.start(ServiceHost())
+        try:
+            await trusting.send(traces([[2]]))
+            assert len(server.received) == 1
+            with pytest.raises(RetryableError, match="UNAVAILABLE"):
+                await distrusting.send(traces([[2]]))  # the system CAs do not know it
+        finally:
+            for exporter in (trusting, distrusting):
+                await exporter.shutdown()
+            await server.stop()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize(

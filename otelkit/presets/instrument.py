@@ -65,6 +65,22 @@ def quiet_access_log(paths: Iterable[str]) -> None:
         access.addFilter(QuietPaths(_quiet))
 
 
+def native_telemetry_available(app: Any) -> bool:
+    """FastAPI 0.165+ traces and meters requests itself (``FastAPI(telemetry=...)``)."""
+    return isinstance(getattr(app, "_telemetry", None), dict) and hasattr(app, "_native_telemetry")
+
+
+def _use_native(app: Any, native: bool | None) -> bool:
+    import os
+
+    if native is None:
+        native = os.environ.get("OTELKIT_FASTAPI_NATIVE", "").strip().lower() == "true"
+    if native and not native_telemetry_available(app):
+        _logger.warning("this FastAPI has no native telemetry; using the instrumentation package")
+        return False
+    return native
+
+
 def instrument_fastapi(
     app: FastAPI,
     *,
@@ -73,18 +89,60 @@ def instrument_fastapi(
     capture_request_headers: list[str] | None = None,
     capture_response_headers: list[str] | None = None,
     request_id_header: str = DEFAULT_HEADER,
+    native: bool | None = None,
     **upstream: Any,
 ) -> FastAPI:
-    """Trace a FastAPI app once (later calls on the same app do nothing)."""
+    """Trace a FastAPI app once (later calls on the same app do nothing).
+
+    By default through opentelemetry-instrumentation-fastapi. With ``native=True`` (or
+    ``OTELKIT_FASTAPI_NATIVE=true``) FastAPI's own telemetry is used instead, where the
+    installed FastAPI has it: one server span and the duration metric, cheaper per request.
+    """
     if getattr(app, _MARK, False):
         return app
     pipeline.configure()
+    paths = tuple(excluded_paths)
+    app.add_middleware(RequestIdMiddleware, header=request_id_header)
+    if _use_native(app, native):
+        _configure_native(app, paths)
+    else:
+        _instrument_contrib(
+            app,
+            paths,
+            excluded_urls,
+            capture_request_headers,
+            capture_response_headers,
+            upstream,
+        )
+    quiet_access_log(paths)
+    setattr(app, _MARK, True)
+    return app
+
+
+def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
+    """No per-operation spans (dependencies, endpoint, serialization), no second exception
+    log (the stdlib handler exports it), health probes untraced."""
+    excluded = frozenset(paths)
+    previous = app._telemetry.get("exclude")
+
+    def exclude(scope: Any) -> bool:
+        return scope.get("path") in excluded or bool(previous and previous(scope))
+
+    app._telemetry.update(operation_spans=False, logs=False, exclude=exclude)
+
+
+def _instrument_contrib(
+    app: Any,
+    paths: tuple[str, ...],
+    excluded_urls: str | None,
+    capture_request_headers: list[str] | None,
+    capture_response_headers: list[str] | None,
+    upstream: dict[str, Any],
+) -> None:
     import os
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    paths = tuple(excluded_paths)
-    app.add_middleware(RequestIdMiddleware, header=request_id_header)
     options: dict[str, Any] = {
         "excluded_urls": excluded_urls_pattern(
             paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
@@ -96,9 +154,6 @@ def instrument_fastapi(
     }
     options.update(upstream)
     FastAPIInstrumentor.instrument_app(app, **options)
-    quiet_access_log(paths)
-    setattr(app, _MARK, True)
-    return app
 
 
 def _patch_statement_sanitizer() -> None:

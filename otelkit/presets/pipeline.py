@@ -342,6 +342,11 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
 
     def create() -> SpanExporter:
         if settings.protocol == "grpc":
+            if settings.lean_encoder:
+                from otelkit.presets.encoder import lean_grpc_span_exporter
+
+                exporter: SpanExporter = lean_grpc_span_exporter(endpoint=endpoint, timeout=timeout)
+                return exporter
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             return OTLPSpanExporter(endpoint=endpoint, timeout=timeout)

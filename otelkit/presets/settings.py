@@ -73,6 +73,7 @@ class Settings:
     capture_pii: bool
     sql_sanitize: bool
     exemplars: bool
+    lean_encoder: bool
     disabled: bool
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
 
@@ -148,6 +149,7 @@ class Settings:
             ),
             sql_sanitize=_bool(env.get("OTELKIT_SQL_SANITIZE"), True),
             exemplars=_bool(env.get("OTELKIT_METRIC_EXEMPLARS"), False),
+            lean_encoder=_bool(env.get("OTELKIT_LEAN_SPAN_ENCODER"), True),
             disabled=_bool(env.get("OTEL_SDK_DISABLED"), False),
             resource_attributes=dict(resource_attributes or {}),
         )

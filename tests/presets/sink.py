@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,52 +60,26 @@ class Point:
     attributes: dict[str, Any]
 
 
-class OtlpSink:
+class Received:
+    """Export requests (protobuf messages), read back as flat spans, logs and points."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.trace_requests: list[Any] = []
         self.metric_requests: list[Any] = []
         self.log_requests: list[Any] = []
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=8))
-        sink = self
 
-        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.trace_requests, request)
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.metric_requests, request)
-                return metrics_service_pb2.ExportMetricsServiceResponse()
-
-        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.log_requests, request)
-                return logs_service_pb2.ExportLogsServiceResponse()
-
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _store(self, into: list[Any], request: Any) -> None:
-        with self._lock:
-            into.append(request)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.trace_requests.clear()
-            self.metric_requests.clear()
-            self.log_requests.clear()
-
-    def stop(self) -> None:
-        self.server.stop(0)
+    @classmethod
+    def of(cls, payloads: Iterable[Any]) -> Received:
+        received = cls()
+        for payload in payloads:
+            if isinstance(payload, trace_service_pb2.ExportTraceServiceRequest):
+                received.trace_requests.append(payload)
+            elif isinstance(payload, metrics_service_pb2.ExportMetricsServiceRequest):
+                received.metric_requests.append(payload)
+            else:
+                received.log_requests.append(payload)
+        return received
 
     def spans(self) -> list[Span]:
         with self._lock:
@@ -158,6 +132,53 @@ class OtlpSink:
                 return True
             time.sleep(0.05)
         return predicate()
+
+
+class OtlpSink(Received):
+    """A gRPC OTLP receiver in the test process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=8))
+        sink = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                sink._store(sink.trace_requests, request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                sink._store(sink.metric_requests, request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                sink._store(sink.log_requests, request)
+                return logs_service_pb2.ExportLogsServiceResponse()
+
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _store(self, into: list[Any], request: Any) -> None:
+        with self._lock:
+            into.append(request)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.trace_requests.clear()
+            self.metric_requests.clear()
+            self.log_requests.clear()
+
+    def stop(self) -> None:
+        self.server.stop(0)
 
 
 def _walk(

@@ -28,13 +28,14 @@ class Run:
     logs: list[Log]
     points: list[Point]
 
-    def server_span(self, route: str, service: str = "front") -> Span:
+    def server_span(self, route: str, service: str = "front", path: str | None = None) -> Span:
         found = [
             s
             for s in self.spans
             if s.kind == SERVER
             and s.attributes.get("http.route") == route
             and s.resource.get("service.name") == service
+            and (path is None or s.attributes.get("url.path") == path)
         ]
         assert found, f"no server span for {route} in {[s.name for s in self.spans]}"
         return found[0]
@@ -52,14 +53,23 @@ def _database_url(kind: str, tmp_path: Path) -> str:
 
 @pytest.fixture(
     scope="module",
-    params=[("manual", "postgres"), ("manual", "sqlite"), ("auto", "postgres"), ("auto", "sqlite")],
+    params=[
+        ("manual", "postgres"),
+        ("manual", "sqlite"),
+        ("auto", "postgres"),
+        ("auto", "sqlite"),
+        ("native", "postgres"),
+        ("auto-native", "sqlite"),
+    ],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def run(
     request: pytest.FixtureRequest, sink: OtlpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Run]:
-    mode, database = request.param
-    tmp_path = tmp_path_factory.mktemp(f"{mode}-{database}")
+    variant, database = request.param
+    tmp_path = tmp_path_factory.mktemp(f"{variant}-{database}")
+    mode = "auto" if variant.startswith("auto") else "manual"
+    native = {"OTELKIT_FASTAPI_NATIVE": "true"} if variant.endswith("native") else {}
     url = _database_url(database, tmp_path)
     sink.clear()
 
@@ -67,7 +77,7 @@ def run(
         command = procs.uvicorn_command(port)
         return procs.auto(command) if mode == "auto" else command
 
-    down_env = procs.telemetry_env(sink.endpoint, "downstream", APP_MODE=mode)
+    down_env = procs.telemetry_env(sink.endpoint, "downstream", APP_MODE=mode, **native)
     with procs.server(build, down_env, tmp_path, "downstream") as down:
         front_env = procs.telemetry_env(
             sink.endpoint,
@@ -75,6 +85,7 @@ def run(
             APP_MODE=mode,
             APP_DATABASE_URL=url,
             APP_DOWNSTREAM_URL=down.url,
+            **native,
         )
         with procs.server(build, front_env, tmp_path, "front") as front:
             item = httpx.get(f"{front.url}/items/7", headers={"X-Request-ID": "req-abc.123"})
@@ -100,8 +111,17 @@ def test_invalid_request_id_is_replaced(run: Run) -> None:
     assert run.bad_id.json()["request_id"] == replaced
 
 
+def test_one_server_span_per_request(run: Run) -> None:
+    servers = [s for s in run.spans if s.kind == SERVER and s.resource["service.name"] == "front"]
+    assert sorted(s.name for s in servers) == [
+        "GET /boom",
+        "GET /items/{item_id}",
+        "GET /items/{item_id}",
+    ]
+
+
 def test_server_span_has_route_status_and_request_id(run: Run) -> None:
-    span = run.server_span("/items/{item_id}")
+    span = run.server_span("/items/{item_id}", path="/items/7")
     assert span.name == "GET /items/{item_id}"
     assert span.attributes["http.response.status_code"] == 200
     assert span.attributes["request_id"] == "req-abc.123"
@@ -115,7 +135,7 @@ def test_no_asgi_receive_or_send_spans(run: Run) -> None:
 
 
 def test_database_span_is_a_child_with_sanitized_query(run: Run) -> None:
-    server = run.server_span("/items/{item_id}")
+    server = run.server_span("/items/{item_id}", path="/items/7")
     db_spans = [s for s in run.children(server) if "db.statement" in s.attributes]
     assert db_spans, [s.name for s in run.children(server)]
     db = db_spans[0]
@@ -128,7 +148,7 @@ def test_database_span_is_a_child_with_sanitized_query(run: Run) -> None:
 
 
 def test_client_span_links_to_the_second_service(run: Run) -> None:
-    server = run.server_span("/items/{item_id}")
+    server = run.server_span("/items/{item_id}", path="/items/7")
     clients = [s for s in run.children(server) if "url.full" in s.attributes]
     assert clients, [s.name for s in run.children(server)]
     client = clients[0]
@@ -147,7 +167,7 @@ def test_request_id_crosses_to_the_second_service(run: Run) -> None:
 
 
 def test_logs_carry_trace_and_request_ids(run: Run) -> None:
-    server = run.server_span("/items/{item_id}")
+    server = run.server_span("/items/{item_id}", path="/items/7")
     fetched = [log for log in run.logs if log.body == "fetched item 7"]
     assert len(fetched) == 1, [log.body for log in run.logs]
     record = fetched[0]

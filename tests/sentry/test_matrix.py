@@ -133,3 +133,28 @@ def test_synthetic_matrix_passes_relay() -> None:
     main = next(t for t in transactions if t["transaction"] == "GET /ünïcödé/{id}")
     assert len(main["spans"]) == 9
     assert all(len(s["data"].get("blob", "")) <= 4096 for s in main["spans"])
+
+
+def test_an_error_deep_in_a_request_names_the_request_it_happened_in() -> None:
+    tid, root, mid, db = random_id(16), random_id(8), random_id(8), random_id(8)
+    server_attrs = {"http.request.method": "POST", "http.route": "/orders", "url.path": "/orders",
+                    "url.query": "password=letmein", "enduser.id": "u-42"}  # fmt: skip
+    spans = [
+        raw_span(tid, root, name="POST /orders", kind=Span.SPAN_KIND_SERVER, attrs=server_attrs),
+        raw_span(tid, mid, root, name="place order"),
+        raw_span(tid, db, mid, name="INSERT", kind=Span.SPAN_KIND_CLIENT,
+                 attrs={"db.system.name": "postgresql", "db.query.text": "INSERT INTO orders"},
+                 error=True, exception=_exception("", "IntegrityError", "duplicate key")),
+    ]  # fmt: skip
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request(spans)])
+        (event,) = [p for kind, p in _all_items(standin) if kind == "event"]
+    assert event["transaction"] == "POST /orders"
+    assert (
+        event["request"]["url"] == "/orders"
+        and event["request"]["query_string"] == "password=[Filtered]"
+    )
+    assert event["user"] == {"id": "u-42"}
+    assert event["tags"]["http.route"] == "/orders" and event["tags"]["otel.kind"] == "client"
+    assert event["contexts"]["trace"]["span_id"] == db.hex()
+    assert event["contexts"]["trace"]["op"] == "db"

@@ -19,7 +19,6 @@ from otelkit.collector.exporters.sentry import stacktrace
 from otelkit.collector.exporters.sentry.common import (
     KIND_NAMES,
     SDK_INFO,
-    SERVER,
     ResourceInfo,
     SpanShape,
     any_value,
@@ -64,8 +63,10 @@ def span_error_events(
     resource: ResourceInfo,
     scope_name: str,
     ctx: EventContext,
+    server: tuple[Mapping[str, Any], SpanShape] | None = None,
 ) -> list[Event]:
-    """One error event per ``exception`` span event."""
+    """One error event per ``exception`` span event; ``server`` is the attributes and
+    shape of the SERVER span the error happened under (the request and transaction)."""
     events: list[Event] = []
     for span_event in span.events:
         if span_event.name != "exception":
@@ -86,12 +87,16 @@ def span_error_events(
             "otel": _otel_context(attrs, resource, ctx.scrubber),
         }
         event["tags"] = _tags(resource, span.kind, attrs, ctx.scrubber)
-        if span.kind == SERVER:
-            event["transaction"] = shape.description
-            request = _request(attrs, ctx)
+        if server is not None:
+            server_attrs, server_shape = server
+            event["transaction"] = server_shape.description
+            route = server_attrs.get("http.route")
+            if route is not None:
+                event["tags"].setdefault("http.route", str(route)[:_MAX_TAG])
+            request = _request(server_attrs, ctx)
             if request:
                 event["request"] = request
-        user = _user(attrs, ctx)
+        user = _user(attrs, ctx) or (_user(server[0], ctx) if server else {})
         if user:
             event["user"] = user
         events.append(event)

@@ -36,7 +36,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
-from otelkit.collector.exporters.sentry.common import ResourceInfo, attributes, span_shape
+from otelkit.collector.exporters.sentry.common import SERVER, ResourceInfo, attributes, span_shape
 from otelkit.collector.exporters.sentry.config import SEVERITY_FLOOR, SentryConfig
 from otelkit.collector.exporters.sentry.events import (
     Event,
@@ -178,28 +178,47 @@ class SentryExporter(QueuedExporter):
 
     async def _consume_traces(self, payload: ExportTraceServiceRequest) -> None:
         refs: list[SpanRef] = []
-        events: list[Event] = []
+        errored: list[SpanRef] = []
         errors_limited = self._limited("error")
         for rs in payload.resource_spans:
             resource = self._resource(rs.resource)
             for ss in rs.scope_spans:
                 scope = ss.scope.name
                 for span in ss.spans:
-                    refs.append(SpanRef(span, resource, scope))
-                    if span.events and not errors_limited:
-                        events.extend(self._span_events(span, resource, scope))
+                    ref = SpanRef(span, resource, scope)
+                    refs.append(ref)
+                    if span.events and not errors_limited and _has_exception(span):
+                        errored.append(ref)
+        events = self._span_events(errored, refs) if errored else []
         items = [self._event_item(event, Signal.TRACES, 0) for event in events]
         await self._enqueue_batch([item for item in items if item is not None])
         for trace in self.assembler.add(refs):
             self._evicted.labels(self.name).inc()
             await self._ship_trace(trace)
 
-    def _span_events(self, span: Any, resource: ResourceInfo, scope: str) -> list[Event]:
-        if not any(event.name == "exception" for event in span.events):
-            return []
-        attrs = attributes(span.attributes)
-        shape = span_shape(span, attrs, self.scrubber)
-        return span_error_events(span, attrs, shape, resource, scope, self.event_context)
+    def _span_events(self, errored: list[SpanRef], refs: list[SpanRef]) -> list[Event]:
+        """Error events; each also gets the request and name of the SERVER span it ran
+        under when that span is in the same batch (usual with a batch processor)."""
+        by_id = {ref.span.span_id: ref.span for ref in refs}
+        events: list[Event] = []
+        for ref in errored:
+            span = ref.span
+            attrs = attributes(span.attributes)
+            shape = span_shape(span, attrs, self.scrubber)
+            server = _enclosing_server(span, by_id)
+            if server is span:
+                context: tuple[Any, Any] | None = (attrs, shape)
+            elif server is not None:
+                server_attrs = attributes(server.attributes)
+                context = (server_attrs, span_shape(server, server_attrs, self.scrubber))
+            else:
+                context = None
+            events.extend(
+                span_error_events(
+                    span, attrs, shape, ref.resource, ref.scope, self.event_context, context
+                )
+            )
+        return events
 
     async def _consume_logs(self, payload: ExportLogsServiceRequest) -> None:
         items: list[QueuedItem] = []
@@ -357,6 +376,22 @@ class SentryExporter(QueuedExporter):
     def _count_drop(self, category: str, signal: Signal, items: int, reason: str) -> None:
         self.telemetry.exporter_send_failed(self.name, signal, items, reason)
         self._envelopes.labels(self.name, category, reason).inc()
+
+
+def _has_exception(span: Any) -> bool:
+    return any(event.name == "exception" for event in span.events)
+
+
+def _enclosing_server(span: Any, by_id: dict[bytes, Any]) -> Any:
+    """The nearest SERVER span at or above ``span`` within the batch, or None."""
+    current = span
+    for _ in range(len(by_id) + 1):
+        if current.kind == SERVER:
+            return current
+        current = by_id.get(current.parent_span_id)
+        if current is None:
+            return None
+    return None
 
 
 def _shrink_event(event: Event) -> Event:

@@ -26,6 +26,7 @@ decodes the input).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -104,13 +105,29 @@ def raw_attributes_wire(
 
 
 def _wire_miss(text: bytes, cache: dict[bytes, bytes], tag: bytes, decode_pair: Decoder) -> bytes:
-    body = decode_pair(loads(text))
+    body = string_pair_wire(text) or decode_pair(loads(text))
     n = len(body)
     encoded = tag + (SMALL_VARINTS[n] if n < 128 else varint(n)) + body
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
     cache[text] = encoded
     return encoded
+
+
+# {"key":"...","value":{"stringValue":"..."}} as SDKs and this codec write it, no escapes
+_STRING_PAIR = re.compile(
+    rb'\{"key":"([^"\\\x00-\x1f]*)","value":\{"stringValue":"([^"\\\x00-\x1f]*)"\}\}'
+)
+
+
+def string_pair_wire(text: bytes) -> bytes:
+    """Wire bytes of a compact string-valued pair read by a regular expression, or b""."""
+    match = _STRING_PAIR.fullmatch(text)
+    if match is None:
+        return b""
+    key, value = match.groups()
+    any_value = b"\x0a" + varint(len(value)) + value
+    return b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(any_value)) + any_value
 
 
 def attributes_json(

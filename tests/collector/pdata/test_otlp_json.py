@@ -485,3 +485,32 @@ def test_short_string_pairs_read_from_bytes_match_the_general_path() -> None:
             assert got == reference(pair), pair
     assert fast == 16  # the 4 x 4 whose lengths fit in one byte take the direct road
     assert string_pair_json(pairs[0].SerializeToString() + b"\x18\x01") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "direct"),
+    [
+        (b'{"key":"http.route","value":{"stringValue":"/users/{id}"}}', True),
+        (b'{"key":"","value":{"stringValue":""}}', True),
+        ('{"key":"ключ ☃","value":{"stringValue":"значение"}}'.encode(), True),
+        (b'{"key":"k","value":{"stringValue":"' + b"v" * 300 + b'"}}', True),
+        (b'{"key":"k","value":{"stringValue":"a\\"b"}}', False),  # escapes: general road
+        (b'{"key":"k","value":{"stringValue":"a\\u00e9b"}}', False),
+        (b'{"key": "k", "value": {"stringValue": "spaced"}}', False),
+        (b'{"key":"k","value":{"intValue":"5"}}', False),
+    ],
+)
+def test_compact_string_pairs_read_by_pattern_match_the_general_path(
+    text: bytes, direct: bool
+) -> None:
+    from otelkit.collector.pdata._otlpjson_checked import message_codec
+    from otelkit.collector.pdata._otlpjson_compiled import string_pair_wire
+
+    expected = KeyValue.FromString(message_codec(KeyValue.DESCRIPTOR).wire(json.loads(text)))
+    raw = string_pair_wire(text)
+    assert bool(raw) == direct
+    if direct:
+        assert KeyValue.FromString(raw) == expected
+    request = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[%s]}]}]}]}' % text
+    record = decode_request(Signal.LOGS, request).resource_logs[0].scope_logs[0].log_records[0]
+    assert list(record.attributes) == [expected]

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 from otelkit.collector.exporters.prometheus.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
+    Body,
     render_openmetrics,
     render_text,
     wants_openmetrics,
@@ -111,8 +112,8 @@ class PrometheusExporter(Exporter):
         self.store = CumulativeStore(config.metric_expiration)
         self._options = config.translation_options()
         self._server = HttpServer(config.endpoint, self._app, name=settings.label)
-        self._cache: dict[bool, tuple[int, bytes]] = {}
-        self._rendering: dict[tuple[bool, int], asyncio.Future[bytes]] = {}
+        self._cache: dict[bool, tuple[int, Body]] = {}
+        self._rendering: dict[tuple[bool, int], asyncio.Future[Body]] = {}
         self._expired_at = 0.0
 
     @property
@@ -135,7 +136,7 @@ class PrometheusExporter(Exporter):
                 await asyncio.sleep(0)  # let receivers and scrapes run between chunks
         self.telemetry.exporter_sent(self.name, Signal.METRICS, count_items(payload))
 
-    async def exposition(self, openmetrics: bool) -> bytes:
+    async def exposition(self, openmetrics: bool) -> Body:
         """The current scrape body, rendered at most once per store change and format."""
         now = time.monotonic()
         if now - self._expired_at >= _EXPIRY_INTERVAL:  # a walk over every series: not per scrape
@@ -155,7 +156,7 @@ class PrometheusExporter(Exporter):
         self._cache[openmetrics] = (generation, body)
         return body
 
-    async def _render(self, openmetrics: bool) -> bytes:
+    async def _render(self, openmetrics: bool) -> Body:
         snapshot = self.store.snapshot()
         render = render_openmetrics if openmetrics else render_text
         if sum(len(f.series) for f in snapshot) < _INLINE_RENDER_SERIES:
@@ -175,7 +176,17 @@ class PrometheusExporter(Exporter):
         openmetrics = self.config.enable_open_metrics and wants_openmetrics(accept)
         body = await self.exposition(openmetrics)
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        await respond(send, 200, b"" if scope["method"] == "HEAD" else body, content_type)
+        await _send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
+
+
+async def _send_chunks(send: Send, body: Body, content_type: str) -> None:
+    """One response streamed chunk by chunk, with its full length announced."""
+    length = sum(len(chunk) for chunk in body)
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(length).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for chunk in body:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _header(scope: Scope, name: bytes) -> str:

@@ -23,21 +23,33 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-def render_text(snapshot: list[FamilySnapshot], send_timestamps: bool = False) -> bytes:
+Body = list[bytes]
+"""An exposition as byte chunks of about ``_CHUNK_LINES`` lines: no single join or
+encode of a many-megabyte string holds the GIL, and the HTTP response streams them."""
+_CHUNK_LINES = 5000
+
+
+def render_text(snapshot: list[FamilySnapshot], send_timestamps: bool = False) -> Body:
     out: list[str] = []
+    body: Body = []
+    stamp = _ms_stamp if send_timestamps else _no_stamp
     for fam in snapshot:
         name = fam.family.name
         if fam.family.help:
             out.append(f"# HELP {name} {_escape_help_text(fam.family.help)}\n")
         out.append(f"# TYPE {name} {fam.family.kind}\n")
-        stamp = _ms_stamp if send_timestamps else _no_stamp
         for labels, point in fam.series:
             _render_series(out, name, name, labels, point, stamp, None)
-    return "".join(out).encode()
+            if len(out) >= _CHUNK_LINES:
+                _flush(out, body)
+    _flush(out, body)
+    return body
 
 
-def render_openmetrics(snapshot: list[FamilySnapshot], send_timestamps: bool = False) -> bytes:
+def render_openmetrics(snapshot: list[FamilySnapshot], send_timestamps: bool = False) -> Body:
     out: list[str] = []
+    body: Body = []
+    stamp = _s_stamp if send_timestamps else _no_stamp
     for fam in snapshot:
         family = fam.family
         base = family.name
@@ -49,11 +61,19 @@ def render_openmetrics(snapshot: list[FamilySnapshot], send_timestamps: bool = F
         if family.help:
             out.append(f"# HELP {base} {_escape_help_om(family.help)}\n")
         value_name = base + "_total" if family.kind == "counter" else base
-        stamp = _s_stamp if send_timestamps else _no_stamp
         for labels, point in fam.series:
             _render_series(out, base, value_name, labels, point, stamp, _om_exemplar)
+            if len(out) >= _CHUNK_LINES:
+                _flush(out, body)
     out.append("# EOF\n")
-    return "".join(out).encode()
+    _flush(out, body)
+    return body
+
+
+def _flush(out: list[str], body: Body) -> None:
+    if out:
+        body.append("".join(out).encode())
+        out.clear()
 
 
 def _render_series(

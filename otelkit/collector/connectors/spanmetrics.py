@@ -25,9 +25,10 @@ differs from upstream, on purpose:
   ``db.operation.name``), and span names lose any query string and ``scheme://host``
   before they are used.
 
-Per span only the name, kind, status code, start and end times and the attributes are
-read (the latter only to find configured dimensions); trace and span IDs are read only
-when an exemplar slot is free.
+Per span only the name, kind, status code and start and end times are read as fields;
+configured dimensions are found with ``bytes.find`` in the span's serialised form (one
+C-level call) instead of walking every attribute in Python, and decoded only when they
+make a new series; trace and span IDs are read only when an exemplar slot is free.
 """
 
 from __future__ import annotations

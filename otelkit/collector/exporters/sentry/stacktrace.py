@@ -238,23 +238,34 @@ def _py_type_line(block: _Block, line: str) -> None:
 def _py_frame(match: re.Match[str]) -> Frame:
     path = match.group("path")
     frame: Frame = {"abs_path": path, "lineno": int(match.group("lineno"))}
-    if match.group("func"):
-        frame["function"] = match.group("func")
-    library = _PY_LIBRARY.search(path)
-    stdlib = None if library else _PY_STDLIB.search(path)
-    if library or stdlib:
-        relative = path[(library or stdlib).end() :] if (library or stdlib) else path  # type: ignore[union-attr]
-        if path.startswith("<frozen "):
-            relative = path
-        frame["filename"] = relative
-        frame["in_app"] = False
+    func = match.group("func")
+    if func:
+        frame["function"] = func
+    frame.update(_py_location(path))
+    return frame
+
+
+_LOCATIONS: dict[str, dict[str, Any]] = {}
+
+
+def _py_location(path: str) -> dict[str, Any]:
+    """filename, in_app and module for a path; cached, as the same files recur."""
+    known = _LOCATIONS.get(path)
+    if known is not None:
+        return known
+    marker = _PY_LIBRARY.search(path) or _PY_STDLIB.search(path)
+    if marker is None:
+        location: dict[str, Any] = {"filename": path, "in_app": True}
+    else:
+        relative = path if path.startswith("<") else path[marker.end() :]
+        location = {"filename": relative, "in_app": False}
         if relative.endswith(".py") and not relative.startswith("<"):
             module = relative[:-3].replace("/", ".").replace("\\", ".")
-            frame["module"] = module.removesuffix(".__init__")
-    else:
-        frame["filename"] = path
-        frame["in_app"] = not path.startswith("<frozen ")
-    return frame
+            location["module"] = module.removesuffix(".__init__")
+    if len(_LOCATIONS) >= 4096:
+        _LOCATIONS.clear()
+    _LOCATIONS[path] = location
+    return location
 
 
 # Java --------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def spans_per_second(
 def measure(name: str, unique: bool, args: argparse.Namespace) -> None:
     rng = random.Random(7)
     # enough distinct spans that values unique to a span cannot stay in the codec's
-    # attribute caches (64Ki entries each) from one pass over the requests to the next
+    # attribute caches (16Ki entries each) from one pass over the requests to the next
     count = max(8, -(-200_000 // (10 * args.batch)))
     requests = [make_request(rng, args.batch, unique, i * args.batch) for i in range(count)]
     binary = [r.SerializeToString() for r in requests]

@@ -62,8 +62,10 @@ Decoder = Callable[[Any], bytes]
 Encoder = Callable[[Message], dict[str, Any]]
 
 KEY_VALUE = "opentelemetry.proto.common.v1.KeyValue"
-# Attribute encodings remembered per attributes field; a full cache is cleared.
-CACHE_LIMIT = 1 << 16
+# Attribute encodings remembered per attributes field and direction; a full cache is
+# cleared. 16Ki entries hold the values that repeat in real traffic while keeping each
+# cache to a few MiB when values never repeat.
+CACHE_LIMIT = 1 << 14
 
 F = FieldDescriptor
 _FIXED_PACKERS = {

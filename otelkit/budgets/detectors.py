@@ -25,14 +25,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
-from otelkit.budgets.matcher import attribute_texts
+from otelkit.budgets.wire import AttributeReader
 
 SPAN_KIND_CLIENT = 3
 _DB_SYSTEM = ("db.system.name", "db.system")
 _DB_QUERY = ("db.query.text", "db.statement")
 _HTTP_METHOD = ("http.request.method", "http.method")
 _HTTP_URL = ("url.full", "http.url")
-_WANTED = frozenset(_DB_SYSTEM + _DB_QUERY + _HTTP_METHOD + _HTTP_URL)
+_READER = AttributeReader(_DB_SYSTEM + _DB_QUERY + _HTTP_METHOD + _HTTP_URL)
 
 _SQL_STRING = re.compile(r"'(?:[^']|'')*'")
 _SQL_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
@@ -140,12 +140,27 @@ def _first(attrs: dict[str, str], keys: Sequence[str]) -> str | None:
     return None
 
 
+class _LazyParent:
+    """The parent span of a group, looked up only when a detection needs it."""
+
+    def __init__(self, spans: Sequence[Span], parent_id: bytes) -> None:
+        self._spans = spans
+        self._id = parent_id
+
+    def get(self) -> Span | None:
+        if self._id:
+            for span in self._spans:
+                if span.span_id == self._id:
+                    return span
+        return None
+
+
 def client_calls(spans: Sequence[Span], services: Sequence[str]) -> list[Call]:
     calls: list[Call] = []
     for span, service in zip(spans, services, strict=True):
         if span.kind != SPAN_KIND_CLIENT:
             continue
-        attrs = attribute_texts(span.attributes, _WANTED)
+        attrs = _READER.texts(span)
         query = _first(attrs, _DB_QUERY)
         if query is not None or _first(attrs, _DB_SYSTEM) is not None:
             shape = normalize_query(query or span.name)
@@ -170,14 +185,13 @@ def detect(
     calls = client_calls(spans, services)
     if not calls:
         return []
-    by_id = {span.span_id: span for span in spans}
     by_parent: dict[bytes, list[Call]] = {}
     for call in calls:
         by_parent.setdefault(call.span.parent_span_id, []).append(call)
     found: list[Detection] = []
     for parent_id, children in by_parent.items():
         children.sort(key=lambda c: c.start)
-        parent = by_id.get(parent_id)
+        parent = _LazyParent(spans, parent_id)
         db = [c for c in children if c.is_db]
         http = [c for c in children if not c.is_db]
         if db and config.n_plus_one_db_queries.enabled:
@@ -198,7 +212,8 @@ def _by_shape(calls: Iterable[Call]) -> dict[str, list[Call]]:
     return groups
 
 
-def _detection(type_: str, title: str, run: list[Call], parent: Span | None) -> Detection:
+def _detection(type_: str, title: str, run: list[Call], lazy_parent: _LazyParent) -> Detection:
+    parent = lazy_parent.get()
     anchor = parent if parent is not None else run[0].span
     culprit = run[0].shape
     parent_name = parent.name if parent is not None else ""
@@ -217,7 +232,7 @@ def _detection(type_: str, title: str, run: list[Call], parent: Span | None) -> 
     return Detection(finding, run[0].service, [c.span for c in run], anchor)
 
 
-def _n_plus_one_db(db: list[Call], parent: Span | None, cfg: NPlusOneDbConfig) -> list[Detection]:
+def _n_plus_one_db(db: list[Call], parent: _LazyParent, cfg: NPlusOneDbConfig) -> list[Detection]:
     found = []
     for shape, group in _by_shape(db).items():
         run = [group[0]]
@@ -239,12 +254,12 @@ def _slow_db(calls: list[Call], cfg: SlowDbConfig) -> list[Detection]:
             and call.shape.upper().startswith("SELECT")
         ):
             title = f"Slow DB Query: {call.shape[:120]} ({call.ms:.0f} ms)"
-            found.append(_detection("slow_db_query", title, [call], None))
+            found.append(_detection("slow_db_query", title, [call], _LazyParent((), b"")))
     return found
 
 
 def _consecutive_http(
-    http: list[Call], parent: Span | None, cfg: ConsecutiveHttpConfig
+    http: list[Call], parent: _LazyParent, cfg: ConsecutiveHttpConfig
 ) -> list[Detection]:
     runs: list[list[Call]] = []
     run: list[Call] = []
@@ -268,7 +283,7 @@ def _consecutive_http(
 
 
 def _n_plus_one_api(
-    http: list[Call], parent: Span | None, cfg: NPlusOneApiConfig
+    http: list[Call], parent: _LazyParent, cfg: NPlusOneApiConfig
 ) -> list[Detection]:
     found = []
     for shape, group in _by_shape(http).items():

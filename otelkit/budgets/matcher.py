@@ -2,7 +2,8 @@
 
 Resource conditions (``service``) are decided once per ``ResourceSpans``; span kind and
 name are read from the span; attribute conditions read only the keys some budget names,
-in one pass over the span's attributes, and only when kind and name already matched.
+from the span's wire bytes (:mod:`otelkit.budgets.wire`), and only when kind and name
+already matched.
 The first budget in file order that matches a span owns it.
 """
 
@@ -16,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
+from otelkit.budgets.wire import AttributeReader
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
 ROUTE_KEYS = ("http.route",)
@@ -125,6 +127,7 @@ class BudgetMatcher:
         self.wanted_keys = frozenset(
             key for b in self.budgets for t in b.attribute_tests for key in t.keys
         )
+        self._reader = AttributeReader(self.wanted_keys)
         self._resource_cache: dict[str, tuple[CompiledBudget, ...]] = {}
 
     def for_service(self, service_name: str) -> tuple[CompiledBudget, ...]:
@@ -155,8 +158,19 @@ class BudgetMatcher:
                     continue
             if budget.attribute_tests:
                 if span_attrs is None:
-                    span_attrs = attribute_texts(span.attributes, self.wanted_keys)
-                if not all(t(span_attrs, resource_attrs) for t in budget.attribute_tests):
+                    span_attrs = self._reader.texts(span)
+                if not _all_hold(budget.attribute_tests, span_attrs, resource_attrs):
                     continue
             return budget
         return None
+
+
+def _all_hold(
+    tests: Sequence[_AttributeTest],
+    span_attrs: Mapping[str, str],
+    resource_attrs: Mapping[str, str],
+) -> bool:
+    for test in tests:  # noqa: SIM110 -- a plain loop: no generator per span
+        if not test(span_attrs, resource_attrs):
+            return False
+    return True

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from otelkit.budgets.findings import BUDGET_EXCEEDED, PERF_ISSUE_TYPE
 from otelkit.budgets.matcher import any_value_text
 from otelkit.budgets.tracebuffer import BufferedTraceProcessor, HeldTrace
+from otelkit.budgets.wire import key_pattern
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -42,8 +43,9 @@ _STATUS = {
     "ERROR": Status.STATUS_CODE_ERROR,
 }
 _PolicyFn = Callable[[list[Span]], bool]
-_MARKERS = frozenset({BUDGET_EXCEEDED, PERF_ISSUE_TYPE})
-_MARKER_TAIL = 5  # budget appends 3 attributes, then perf_issues 2
+# ``otelkit.budget.exceeded = true`` as a whole KeyValue, and the perf-issue key.
+_EXCEEDED_TRUE = key_pattern(BUDGET_EXCEEDED) + b"\x02\x10\x01"
+_PERF_ISSUE = key_pattern(PERF_ISSUE_TYPE)
 
 
 class _Model(BaseModel):
@@ -260,21 +262,14 @@ class TailSamplingProcessor(BufferedTraceProcessor):
 
 def _marker(spans: list[Span]) -> str | None:
     """``otelkit.budget.exceeded`` (when true) or ``otelkit.perf_issue.type`` if any span
-    has one. The otelkit processors append these last, so only the last
-    ``_MARKER_TAIL`` attributes of each span are read: a full scan of every attribute
-    of every span would cost more than the rest of the pipeline."""
+    has one, found in the spans' wire bytes (cheaper than walking their attributes)."""
     found: str | None = None
     for span in spans:
-        attrs = span.attributes
-        n = len(attrs)
-        for i in range(n - 1, max(n - _MARKER_TAIL, 0) - 1, -1):
-            kv = attrs[i]
-            key = kv.key
-            if key in _MARKERS:
-                if key == PERF_ISSUE_TYPE:
-                    found = PERF_ISSUE_TYPE
-                elif kv.value.bool_value:
-                    return BUDGET_EXCEEDED
+        data = span.SerializeToString()
+        if _EXCEEDED_TRUE in data:
+            return BUDGET_EXCEEDED
+        if found is None and _PERF_ISSUE in data:
+            found = PERF_ISSUE_TYPE
     return found
 
 

@@ -514,3 +514,61 @@ def test_compact_string_pairs_read_by_pattern_match_the_general_path(
     request = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"attributes":[%s]}]}]}]}' % text
     record = decode_request(Signal.LOGS, request).resource_logs[0].scope_logs[0].log_records[0]
     assert list(record.attributes) == [expected]
+
+
+def test_requests_the_opentelemetry_sdk_builds_round_trip_with_hex_ids() -> None:
+    """Spans, metrics and logs from the real SDK, through the SDK's own protobuf encoders."""
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode
+
+    spans_out = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans_out))
+    tracer = tracer_provider.get_tracer("test", "1.0")
+    with (
+        tracer.start_as_current_span("parent", attributes={"http.route": "/x", "n": 3}),
+        tracer.start_as_current_span("child") as child,
+    ):
+        child.add_event("retry", {"attempt": 2, "ok": False, "ratio": 0.5})
+        child.set_status(Status(StatusCode.ERROR, "boom"))
+        child.set_attribute("tags", ["a", "b"])
+    spans = spans_out.get_finished_spans()
+    traces_request = encode_spans(spans)
+    decoded = decode_request(Signal.TRACES, encode_request(traces_request))
+    assert decoded == traces_request
+    text = encode_request(traces_request).decode()
+    for span in spans:
+        assert f'"traceId":"{span.context.trace_id:032x}"' in text
+        assert f'"spanId":"{span.context.span_id:016x}"' in text
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    meter.create_counter("requests").add(3, {"route": "/x"})
+    meter.create_histogram("latency", unit="s").record(0.25, {"route": "/x"})
+    meter.create_up_down_counter("active").add(-2)
+    metrics_request = encode_metrics(reader.get_metrics_data())
+    assert decode_request(Signal.METRICS, encode_request(metrics_request)) == metrics_request
+
+    logs_out = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs_out))
+    logger = logger_provider.get_logger("test")
+    with tracer.start_as_current_span("logging"):
+        logger.emit(severity_number=SeverityNumber.WARN, severity_text="WARNING",
+                    body={"message": "disk full", "disk": "/var", "used": [0.93, 1]},
+                    attributes={"code.function": "check"}, event_name="disk.full")  # fmt: skip
+        logger.emit(body=b"\x00binary")
+    logs_request = encode_logs(logs_out.get_finished_logs())
+    records = logs_request.resource_logs[0].scope_logs[0].log_records
+    assert len(records) == 2 and records[0].trace_id and records[0].body.kvlist_value.values
+    assert decode_request(Signal.LOGS, encode_request(logs_request)) == logs_request

@@ -155,8 +155,7 @@ class SentryExporter(QueuedExporter):
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-            for trace in self.assembler.drain():
-                await self._ship_trace(trace)
+            await self._ship_traces(self.assembler.drain())
         await super().shutdown()
 
     async def stop_sending(self) -> None:
@@ -295,8 +294,16 @@ class SentryExporter(QueuedExporter):
         tick = min(1.0, max(0.02, self.config.trace_wait / 10))
         while True:
             await asyncio.sleep(tick)
-            for trace in self.assembler.due():
-                await self._ship_trace(trace)
+            try:
+                await self._ship_traces(self.assembler.due())
+            except Exception:  # keep flushing whatever one trace did
+                log.exception("exporter %s: flushing traces failed", self.name)
+
+    async def _ship_traces(self, traces: list[list[SpanRef]]) -> None:
+        for index, trace in enumerate(traces):
+            await self._ship_trace(trace)
+            if index % 50 == 49:
+                await asyncio.sleep(0)  # let receivers and senders run between traces
 
     async def _ship_trace(self, trace: list[SpanRef]) -> None:
         try:

@@ -128,8 +128,12 @@ def string_pair_wire(text: bytes) -> bytes:
     if match is None:
         return b""
     key, value = match.groups()
-    any_value = b"\x0a" + varint(len(value)) + value
-    return b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(any_value)) + any_value
+    any_value = b"\x0a" + _length(len(value)) + value
+    return b"\x0a" + _length(len(key)) + key + b"\x12" + _length(len(any_value)) + any_value
+
+
+def _length(n: int) -> bytes:
+    return SMALL_VARINTS[n] if n < 128 else varint(n)
 
 
 def attributes_json(

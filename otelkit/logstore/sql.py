@@ -30,10 +30,15 @@ class Dialect:
     # Attribute equality on record or resource attributes; four parameters:
     # key, value, key, value.
     attribute: str
+    # Records of one trace; parameters from trace_params.
+    trace: str = "trace_id = {p}"
 
     def phrase(self, text: str) -> str:
         """The bound value of the full-text parameter for ``text`` (quoted, never parsed)."""
         return text
+
+    def trace_params(self, trace_id: bytes) -> list[object]:
+        return [trace_id]
 
 
 class SqliteDialect(Dialect):
@@ -42,10 +47,15 @@ class SqliteDialect(Dialect):
         # operators (AND, OR, NEAR, *, ^, column:) have no meaning inside one.
         return '"' + text.replace('"', '""') + '"'
 
+    def trace_params(self, trace_id: bytes) -> list[object]:
+        # The FTS5 lookup finds candidates; the equality keeps the match exact.
+        return [f'"{trace_id.hex()}"', trace_id]
+
 
 SQLITE = SqliteDialect(
     placeholder="?",
     fulltext="id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH {p})",
+    trace="id IN (SELECT rowid FROM logs_trace_fts WHERE logs_trace_fts MATCH {p}) AND trace_id = {p}",
     substring="instr(body, {p}) > 0",
     attribute=(
         "(EXISTS (SELECT 1 FROM json_each(logs.attributes) WHERE key = {p} AND {v} = {p})"
@@ -85,8 +95,8 @@ def select_statement(query: LogQuery, dialect: Dialect) -> tuple[str, list[Any]]
         where.append(f"ts < {p}")
         params.append(query.end_ns)
     if query.trace_id is not None:
-        where.append(f"trace_id = {p}")
-        params.append(query.trace_id)
+        where.append(dialect.trace.format(p=p))
+        params.extend(dialect.trace_params(query.trace_id))
     if query.grep is not None:
         if _HAS_TOKEN.search(query.grep):
             where.append(dialect.fulltext.format(p=p))

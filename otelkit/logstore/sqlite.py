@@ -6,6 +6,11 @@
 * The FTS5 table is an external-content index over ``logs.body``. It is filled with one
   ``INSERT ... SELECT`` per transaction rather than a per-row trigger (several times
   faster), and entries are removed the same way before rows are pruned.
+* Trace IDs are looked up through a second FTS5 table (``detail=none``) over their hex
+  form, not a B-tree index: trace IDs are random, and a B-tree on random keys dirties
+  nearly every index page in every transaction, which in WAL mode means rewriting the
+  whole index per commit once the store is large. FTS5 appends segments and merges them
+  in the background (a log-structured index), so its cost stays flat as the store grows.
 * ``auto_vacuum=INCREMENTAL`` lets pruning hand free pages back to the file system.
 """
 
@@ -26,7 +31,7 @@ from otelkit.logstore.store import Backend, StoreError, StoreUnavailableError
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
-        "log records, indexes for time, service, severity and trace, FTS5 on the body",
+        "log records; indexes for time, service and severity; FTS5 on the body and trace IDs",
         """
         CREATE TABLE logs (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,14 +53,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             trace_id BLOB,
             span_id BLOB,
             flags INTEGER NOT NULL DEFAULT 0,
-            event_name TEXT
+            event_name TEXT,
+            trace_hex TEXT GENERATED ALWAYS AS (hex(trace_id)) VIRTUAL
         );
         CREATE INDEX logs_ts ON logs (ts);
         CREATE INDEX logs_service_ts ON logs (service_name, ts);
         CREATE INDEX logs_severity_ts ON logs (severity_number, ts);
-        CREATE INDEX logs_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
         CREATE VIRTUAL TABLE logs_fts USING fts5(
             body, content='logs', content_rowid='id', columnsize=0
+        );
+        CREATE VIRTUAL TABLE logs_trace_fts USING fts5(
+            trace_hex, content='logs', content_rowid='id', columnsize=0, detail=none
         );
         """,
     ),
@@ -68,11 +76,20 @@ WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB with 4 KiB pages
 # around every row, and under a busy event loop each re-take can wait a switch interval.
 ROWS_PER_STATEMENT = 500
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+# Full-text entries for the rows a transaction added (one statement, not a row trigger).
 _INDEX_NEW = (
-    "INSERT INTO logs_fts (rowid, body) SELECT id, body FROM logs WHERE id > ? AND body IS NOT NULL"
+    "INSERT INTO logs_fts (rowid, body) SELECT id, body FROM logs WHERE id > ? AND body IS NOT NULL",
+    "INSERT INTO logs_trace_fts (rowid, trace_hex) SELECT id, trace_hex FROM logs "
+    "WHERE id > ? AND trace_id IS NOT NULL",
 )
 _OLDEST = "SELECT id FROM logs WHERE {where} ORDER BY ts, id LIMIT ?"
-_UNINDEX = "INSERT INTO logs_fts (logs_fts, rowid, body) SELECT 'delete', id, body FROM logs WHERE id IN ({ids}) AND body IS NOT NULL"
+_UNINDEX = (
+    "INSERT INTO logs_fts (logs_fts, rowid, body) SELECT 'delete', id, body FROM logs "
+    "WHERE id IN ({ids}) AND body IS NOT NULL",
+    "INSERT INTO logs_trace_fts (logs_trace_fts, rowid, trace_hex) "
+    "SELECT 'delete', id, trace_hex FROM logs WHERE id IN ({ids}) AND trace_id IS NOT NULL",
+)
+_FTS_TABLES = ("logs_fts", "logs_trace_fts")
 _DELETE = "DELETE FROM logs WHERE id IN ({ids})"
 
 
@@ -107,13 +124,13 @@ class SqliteBackend(Backend):
     def _connect(self) -> sqlite3.Connection:
         if not self._create and not self.path.exists():
             raise StoreError(f"no log store at {self.path}")
-        if self._create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self._create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30.0, check_same_thread=False
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA cache_size=-32768")
@@ -212,7 +229,8 @@ class SqliteBackend(Backend):
                 for start in range(0, len(rows), ROWS_PER_STATEMENT):
                     chunk = rows[start : start + ROWS_PER_STATEMENT]
                     conn.execute(_insert(len(chunk)), list(chain.from_iterable(chunk)))
-                conn.execute(_INDEX_NEW, (last,))
+                for statement in _INDEX_NEW:
+                    conn.execute(statement, (last,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -238,10 +256,11 @@ class SqliteBackend(Backend):
         """Problems ``PRAGMA integrity_check`` and the FTS5 check find (empty when none)."""
         conn = self._reader()
         problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
-        try:
-            conn.execute("INSERT INTO logs_fts (logs_fts) VALUES ('integrity-check')")
-        except sqlite3.DatabaseError as exc:
-            problems.append(f"full-text index: {exc}")
+        for table in _FTS_TABLES:
+            try:
+                conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
+            except sqlite3.DatabaseError as exc:
+                problems.append(f"full-text index {table}: {exc}")
         return problems
 
     # Retention -------------------------------------------------------------------------
@@ -263,7 +282,8 @@ class SqliteBackend(Backend):
                     removed += deleted
                     # Deleting from FTS5 appends tombstones; merging applies them, so the
                     # index shrinks and the size measured next time is real.
-                    conn.execute("INSERT INTO logs_fts (logs_fts, rank) VALUES ('merge', 500)")
+                    for table in _FTS_TABLES:
+                        conn.execute(f"INSERT INTO {table} ({table}, rank) VALUES ('merge', 500)")
             if removed:
                 conn.execute("PRAGMA incremental_vacuum")
             return removed
@@ -284,7 +304,8 @@ class SqliteBackend(Backend):
             ids = [row[0] for row in conn.execute(sql, (*params, chunk))]
             if ids:
                 marks = ", ".join("?" for _ in ids)
-                conn.execute(_UNINDEX.format(ids=marks), ids)
+                for statement in _UNINDEX:
+                    conn.execute(statement.format(ids=marks), ids)
                 conn.execute(_DELETE.format(ids=marks), ids)
             conn.execute("COMMIT")
         except BaseException:

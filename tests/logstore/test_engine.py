@@ -229,7 +229,7 @@ def test_sqlite_store_is_wal_and_has_fts5(sqlite_url: str) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"logs", "logs_fts", "schema_version", "logs_trace", "logs_service_ts"} <= names
+    assert {"logs", "logs_fts", "logs_trace_fts", "schema_version", "logs_service_ts"} <= names
 
 
 def test_a_newer_schema_is_refused(sqlite_url: str) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.logstore.query import build_query
-from otelkit.logstore.store import open_store
+from otelkit.logstore.store import StoreError, open_store
 from tests.logstore.conftest import random_trace_id
 from tests.logstore.requests import SECOND, Rec, request
 from tests.support.services import require_postgres
@@ -222,3 +223,11 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(ValidationError, match="durability"):
         LogStoreConfig(url="sqlite:///x.db", durability="sometimes")
     assert LogStoreConfig(url="sqlite:///x.db", retention="30d").retention == 30 * 86400
+
+
+async def test_an_unusable_sqlite_path_stops_the_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    exporter = make_exporter(url=f"sqlite://{blocker / 'logs.db'}")
+    with pytest.raises(StoreError, match="cannot open"):
+        await exporter.start(ServiceHost())

@@ -49,10 +49,20 @@ _URL_KEYS = frozenset({"url.full", "http.url", "http.target", "url.original"})
 _QUERY_KEYS = frozenset({"url.query"})
 _CARD = re.compile(r"^(?:\d[ -]?){12,18}\d$")
 _IBAN = re.compile(r"^[A-Z]{2}\d{2}[A-Z0-9 ]+$")
+_SCAN, _FILTER, _URL, _QUERY = range(4)  # what to do with a string, decided per key
+_PLAIN = (int, float, bool, type(None))
 # Cheap tests before the regular expressions run: most values contain none of these.
-_HINT = re.compile(
-    r"(?i)bearer|basic |token|api-?key|PRIVATE KEY|://[^/\s]*@|\d{4}|password|passwd|pwd=|secret"
-)
+# Substring tests on the lowered text are several times faster than one regex scan.
+_HINT_WORDS = ("bearer", "basic ", "token", "key", "password", "passwd", "pwd=", "secret")
+_DIGITS = re.compile(r"\d{4}")
+
+
+def _may_hold_secret(text: str) -> bool:
+    low = text.lower()
+    for word in _HINT_WORDS:
+        if word in low:
+            return True
+    return ("@" in text and "://" in text) or _DIGITS.search(text) is not None
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -81,15 +91,24 @@ class Scrubber:
         self._denylist = DEFAULT_DENYLIST | {_norm(k) for k in extra_keys}
         self._value = re.compile("|".join(f"(?:{p})" for p in (*_VALUE_PATTERNS, *extra_patterns)))
         self._has_extra = bool(list(extra_patterns))
-        self._key_cache: dict[str, bool] = {}
+        self._actions: dict[str, int] = {}
+
+    def _action(self, key: str) -> int:
+        """What to do with a string under ``key``; decided once per key."""
+        action = self._actions.get(key)
+        if action is None:
+            if key in _URL_KEYS:
+                action = _URL
+            elif key in _QUERY_KEYS:
+                action = _QUERY
+            else:
+                action = _FILTER if self._judge_key(key) else _SCAN
+            if len(self._actions) < 10_000:
+                self._actions[key] = action
+        return action
 
     def sensitive_key(self, key: str) -> bool:
-        cached = self._key_cache.get(key)
-        if cached is None:
-            cached = self._judge_key(key)
-            if len(self._key_cache) < 10_000:
-                self._key_cache[key] = cached
-        return cached
+        return self._action(key) == _FILTER
 
     def _judge_key(self, key: str) -> bool:
         if key in _SAFE_KEYS:
@@ -105,18 +124,19 @@ class Scrubber:
 
     def value(self, text: str) -> str:
         """The text with every secret-looking part replaced."""
-        if len(text) < 8 or (not self._has_extra and not _HINT.search(text)):
+        if len(text) < 8 or (not self._has_extra and not _may_hold_secret(text)):
             return text
         return self._value.sub(_replace, text)
 
     def pair(self, key: str, value: Any) -> Any:
         """A key/value attribute as it may leave: filtered by key (strings), then by value."""
         if isinstance(value, str):
-            if key in _URL_KEYS:
-                return self.url(value)
-            if key in _QUERY_KEYS:
-                return self.query(value)
-            return FILTERED if self.sensitive_key(key) else self.value(value)
+            action = self._action(key)
+            if action == _SCAN:
+                return self.value(value)
+            if action == _FILTER:
+                return FILTERED
+            return self.url(value) if action == _URL else self.query(value)
         if isinstance(value, list):
             if self.sensitive_key(key) and any(isinstance(v, str) for v in value):
                 return [FILTERED]
@@ -124,10 +144,22 @@ class Scrubber:
         return value
 
     def mapping(self, data: dict[str, Any]) -> dict[str, Any]:
-        return {key: self.pair(key, value) for key, value in data.items()}
+        """Every pair of ``data`` as it may leave (the hot path: one call per span)."""
+        out: dict[str, Any] = {}
+        actions, value_of, pair = self._actions, self.value, self.pair
+        for key, value in data.items():
+            if type(value) is str and actions.get(key) == _SCAN:
+                out[key] = value_of(value)
+            elif type(value) in _PLAIN:
+                out[key] = value
+            else:
+                out[key] = pair(key, value)
+        return out
 
     def url(self, url: str) -> str:
         """A URL without credentials and without the values of sensitive query keys."""
+        if "@" not in url and "?" not in url:
+            return self.value(url)
         try:
             parts = urlsplit(url)
         except ValueError:

@@ -231,3 +231,16 @@ async def test_an_unusable_sqlite_path_stops_the_start(tmp_path: Path) -> None:
     exporter = make_exporter(url=f"sqlite://{blocker / 'logs.db'}")
     with pytest.raises(StoreError, match="cannot open"):
         await exporter.start(ServiceHost())
+
+
+async def test_search_api_treats_hostile_input_as_text(sqlite_url: str) -> None:
+    config = {"url": sqlite_url, "durability": "commit", "api": {"endpoint": "127.0.0.1:0"}}
+    async with running(**config) as exporter:
+        await exporter.consume(request([Rec("user 'bob' OR 1=1 logged in"), Rec("other")]))
+        for text in ["' OR 1=1 --", '"; DROP TABLE logs; --', "bob* NEAR OR", "x" * 20_000]:
+            response = await get(exporter.api_port, grep=text, attr=f"{text}={text}")
+            assert response.status_code == 200, response.text
+            assert response.json()["records"] == []
+        response = await get(exporter.api_port, grep="'bob' OR 1=1")
+        assert [r["body"] for r in response.json()["records"]] == ["user 'bob' OR 1=1 logged in"]
+    assert len(stored_bodies(sqlite_url)) == 2

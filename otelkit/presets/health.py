@@ -189,6 +189,24 @@ def health_document(
     return document
 
 
+def _service_identity(service_id: str | None, version: str | None) -> tuple[str | None, str | None]:
+    """Defaults from the configured resource (``service.name``, ``service.version``)."""
+    from otelkit.presets import pipeline
+
+    current = pipeline.current()
+    if current is None:
+        return service_id, version
+    attributes = current.resource.attributes
+    return (
+        service_id or _str_or_none(attributes.get("service.name")),
+        version or _str_or_none(attributes.get("service.version")),
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def health_router(
     checks: Iterable[HealthCheck | Callable[[], Any]] = (),
     *,
@@ -219,7 +237,8 @@ def health_router(
         return respond({"status": overall(await registry.results())})
 
     async def full() -> Response:
-        return respond(health_document(await registry.results(), service_id, version))
+        service, release = _service_identity(service_id, version)
+        return respond(health_document(await registry.results(), service, release))
 
     handlers: list[tuple[str, Callable[[], Awaitable[Response]]]] = [
         (prefix, full),

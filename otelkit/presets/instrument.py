@@ -120,15 +120,17 @@ def instrument_fastapi(
 
 
 def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
-    """No per-operation spans (dependencies, endpoint, serialization), no second exception
-    log (the stdlib handler exports it), health probes untraced."""
+    """No per-operation spans (dependencies, endpoint, serialization), health probes
+    untraced. FastAPI's own exception and validation-failure log records stay on: uvicorn
+    logs unhandled exceptions on ``uvicorn.error``, which does not reach the root handler,
+    so these are the only exported records of them."""
     excluded = frozenset(paths)
     previous = app._telemetry.get("exclude")
 
     def exclude(scope: Any) -> bool:
         return scope.get("path") in excluded or bool(previous and previous(scope))
 
-    app._telemetry.update(operation_spans=False, logs=False, exclude=exclude)
+    app._telemetry.update(operation_spans=False, exclude=exclude)
 
 
 def _instrument_contrib(

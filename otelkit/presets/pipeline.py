@@ -331,6 +331,13 @@ def _endpoint_for(settings: Settings, path: str) -> str | None:
     return settings.endpoint.rstrip("/") + path
 
 
+def _timeout(settings: Settings, signal: str) -> float | None:
+    """otelkit's shorter default, unless a per-signal variable says otherwise."""
+    if os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", "").strip():
+        return None
+    return settings.export_timeout_s
+
+
 def span_exporter(settings: Settings) -> SpanExporter | None:
     kind = settings.traces_exporter
     if kind == "none":
@@ -338,7 +345,7 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
     if kind == "console":
         return ConsoleSpanExporter()
     endpoint = _endpoint_for(settings, "/v1/traces")
-    timeout = settings.export_timeout_s
+    timeout = _timeout(settings, "TRACES")
 
     def create() -> SpanExporter:
         if settings.protocol == "grpc":
@@ -366,7 +373,7 @@ def metric_exporter(settings: Settings) -> MetricExporter | None:
     if kind == "console":
         return ConsoleMetricExporter()
     endpoint = _endpoint_for(settings, "/v1/metrics")
-    timeout = settings.export_timeout_s
+    timeout = _timeout(settings, "METRICS")
 
     def create() -> MetricExporter:
         if settings.protocol == "grpc":
@@ -390,7 +397,7 @@ def log_exporter(settings: Settings) -> LogRecordExporter | None:
     if kind == "console":
         return ConsoleLogRecordExporter()
     endpoint = _endpoint_for(settings, "/v1/logs")
-    timeout = settings.export_timeout_s
+    timeout = _timeout(settings, "LOGS")
 
     def create() -> LogRecordExporter:
         if settings.protocol == "grpc":

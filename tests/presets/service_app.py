@@ -66,6 +66,11 @@ def boom() -> None:
         raise HTTPException(status_code=500, detail="failed") from None
 
 
+@app.get("/crash")
+def crash() -> None:
+    raise RuntimeError("unhandled failure")
+
+
 @app.get("/slow")
 async def slow() -> dict[str, int]:
     time.sleep(0.2)  # blocks this worker, so concurrent requests spread over the workers

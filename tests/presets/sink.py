@@ -41,6 +41,7 @@ class Span:
     parent_span_id: str
     attributes: dict[str, Any]
     status_code: int
+    events: list[tuple[str, dict[str, Any]]]
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Received:
                 span.parent_span_id.hex(),
                 attributes(span.attributes),
                 span.status.code,
+                [(event.name, attributes(event.attributes)) for event in span.events],
             )
             for resource, span in _walk(requests, "resource_spans", "scope_spans", "spans")
         ]

@@ -24,6 +24,7 @@ class Run:
     item: httpx.Response
     bad_id: httpx.Response
     boom: httpx.Response
+    crash: httpx.Response
     spans: list[Span]
     logs: list[Log]
     points: list[Point]
@@ -91,11 +92,12 @@ def run(
             item = httpx.get(f"{front.url}/items/7", headers={"X-Request-ID": "req-abc.123"})
             bad_id = httpx.get(f"{front.url}/items/8", headers={"X-Request-ID": "bad id <script>"})
             boom = httpx.get(f"{front.url}/boom")
+            crash = httpx.get(f"{front.url}/crash")
             live = httpx.get(f"{front.url}/health/live")
             assert live.status_code == 200, front.log()
             assert front.stop() in procs.CLEAN_EXIT, front.log()
         assert down.stop() in procs.CLEAN_EXIT, down.log()
-    yield Run(database, item, bad_id, boom, sink.spans(), sink.logs(), sink.metric_points())
+    yield Run(database, item, bad_id, boom, crash, sink.spans(), sink.logs(), sink.metric_points())
 
 
 def test_request_succeeds_and_echoes_the_request_id(run: Run) -> None:
@@ -115,6 +117,7 @@ def test_one_server_span_per_request(run: Run) -> None:
     servers = [s for s in run.spans if s.kind == SERVER and s.resource["service.name"] == "front"]
     assert sorted(s.name for s in servers) == [
         "GET /boom",
+        "GET /crash",
         "GET /items/{item_id}",
         "GET /items/{item_id}",
     ]
@@ -204,3 +207,20 @@ def test_duration_metric_uses_the_route_never_the_path(run: Run) -> None:
 
 def test_health_probes_are_not_traced(run: Run) -> None:
     assert not [s for s in run.spans if "/health" in s.name]
+
+
+def test_unhandled_exception_is_exported_with_its_stack_trace(run: Run) -> None:
+    assert run.crash.status_code == 500
+    span = run.server_span("/crash")
+    assert span.status_code == 2  # ERROR
+    assert span.attributes["http.response.status_code"] == 500
+    on_span = [attrs for name, attrs in span.events if name == "exception"]
+    in_logs = [
+        log.attributes
+        for log in run.logs
+        if log.trace_id == span.trace_id and "exception.type" in log.attributes
+    ]
+    found = on_span + in_logs
+    assert found, "the exception is on the span or in a log record of its trace"
+    assert all("RuntimeError" in attrs["exception.type"] for attrs in found)
+    assert all("unhandled failure" in attrs["exception.stacktrace"] for attrs in found)

@@ -1,5 +1,5 @@
 """End to end through the real otelkit collector: two instrumented services export over
-OTLP/gRPC to ``otelkit collector run``, whose file exporter writes OTLP/JSON lines."""
+OTLP (gRPC, or HTTP/protobuf) to ``otelkit collector run``, whose file exporter writes OTLP/JSON lines."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from otelkit.collector.pdata import otlp_json
 from tests.presets import procs
@@ -18,6 +19,7 @@ receivers:
   otlp:
     protocols:
       grpc: {endpoint: "127.0.0.1:{grpc}"}
+      http: {endpoint: "127.0.0.1:{http}"}
 processors:
   batch: {timeout: 50ms}
 exporters:
@@ -35,12 +37,16 @@ def _read(out: Path) -> Received:
     return Received.of(otlp_json.iter_file(out)) if out.exists() else Received()
 
 
-def test_trace_and_logs_arrive_through_the_collector(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_trace_and_logs_arrive_through_the_collector(protocol: str, tmp_path: Path) -> None:
     out = tmp_path / "otlp.jsonl"
-    ports = allocate_ports("grpc")
+    ports = allocate_ports("grpc", "http")
     with collector(CONFIG.replace("OUT", str(out)), tmp_path, ports=ports) as running:
-        endpoint = f"http://127.0.0.1:{ports['grpc']}"
-        down_env = procs.telemetry_env(endpoint, "downstream", APP_MODE="manual")
+        port = ports["grpc" if protocol == "grpc" else "http"]
+        endpoint = f"http://127.0.0.1:{port}"
+        down_env = procs.telemetry_env(
+            endpoint, "downstream", APP_MODE="manual", OTEL_EXPORTER_OTLP_PROTOCOL=protocol
+        )
         with procs.server(procs.uvicorn_command, down_env, tmp_path, "downstream") as down:
             front_env = procs.telemetry_env(
                 endpoint,
@@ -48,6 +54,7 @@ def test_trace_and_logs_arrive_through_the_collector(tmp_path: Path) -> None:
                 APP_MODE="manual",
                 APP_DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
                 APP_DOWNSTREAM_URL=down.url,
+                OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
             )
             with procs.server(procs.uvicorn_command, front_env, tmp_path, "front") as front:
                 response = httpx.get(

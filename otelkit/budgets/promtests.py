@@ -1,10 +1,10 @@
 """``promtool test rules`` files proving each generated alert fires on a burn and stays
 quiet when healthy.
 
-For every SLO: synthetic spanmetrics series matching the budget's selector, once
-burning the error budget ~16x (both severities must fire, with their exact labels and
-annotations, and the short-window error ratio must be what was fed in) and once at
-half the budget (no alert). For every percentile objective: a histogram whose spans
+For every SLO: synthetic spanmetrics series matching the budget's selector, burning
+the error budget at 7x (page and ticket fire, with their exact labels and
+annotations), 2x (ticket only) and 0.5x (no alert); each also checks that the
+short-window error ratio is what was fed in. For every percentile objective: a histogram whose spans
 all sit above the objective (the alert fires) and one whose spans sit in the first
 bucket (quiet).
 """
@@ -89,52 +89,56 @@ def _slo_series(s: SloRules, bad: int, samples: int) -> list[dict[str, str]]:
     ]
 
 
+# Steady burn rates and what they must trigger: 7x is over the 6h/30m page pair (6x)
+# and both ticket pairs; 2x is over the 3d/6h ticket pair (1x) only; 0.5x is healthy.
+_BURNS = (
+    (7.0, "pages and tickets"),
+    (2.0, "tickets but does not page"),
+    (0.5, "stays quiet"),
+)
+
+
 def _slo_tests(s: SloRules) -> list[dict[str, Any]]:
     # A steady ratio reads the same over every window once two samples are in it, so
-    # evaluating at the longest page window proves both severities without replaying days.
+    # evaluating at the shortest long window proves the thresholds without replaying
+    # days of samples.
     windows = [_seconds(w) for w in s.sli_windows]
     interval = max(1, math.floor(min(windows) / 5))
-    until = max(_seconds(w.long) for w in s.windows if w.severity == "page")
+    until = min(_seconds(w.long) for w in s.windows)
     samples = math.ceil(until / interval) + 5
     eval_time = prom_duration(until)
     budget = s.slo.error_budget
-    burn_ratio = min(1.0, 16 * budget)
-    burn_bad = round(burn_ratio * _TOTAL)
-    expected = []
-    for severity in ("page", "ticket"):
-        if not getattr(s.budget.alerting, severity):
-            continue
-        factors = [w.factor for w in s.windows if w.severity == severity]
-        if burn_bad / _TOTAL > min(factors) * budget:
-            expected.append(
-                {
-                    "exp_labels": {**alert_labels(s, severity), **s.sloth_labels},
-                    "exp_annotations": alert_annotations(s, severity),
-                }
-            )
-    ratio_labels = {**s.sloth_labels, "sloth_window": s.base_window}
-    burning = {
-        "name": f"{s.alert_name} fires when {s.sloth_slo} burns its budget 16x",
-        "interval": f"{interval}s",
-        "input_series": _slo_series(s, burn_bad, samples),
-        "alert_rule_test": [
-            {"eval_time": eval_time, "alertname": s.alert_name, "exp_alerts": expected}
-        ],
-        "promql_expr_test": [
+    tests = []
+    for burn, outcome in _BURNS:
+        bad = round(min(1.0, burn * budget) * _TOTAL)
+        expected = [
             {
-                "expr": f"round(slo:sli_error:ratio_rate{s.base_window}{s.id_selector} * {_TOTAL})",
-                "eval_time": eval_time,
-                "exp_samples": [{"labels": _series("", ratio_labels), "value": burn_bad}],
+                "exp_labels": {**alert_labels(s, severity), **s.sloth_labels},
+                "exp_annotations": alert_annotations(s, severity),
             }
-        ],
-    }
-    healthy = {
-        "name": f"{s.alert_name} stays quiet when {s.sloth_slo} spends half its budget",
-        "interval": f"{interval}s",
-        "input_series": _slo_series(s, round(0.5 * budget * _TOTAL), samples),
-        "alert_rule_test": [{"eval_time": eval_time, "alertname": s.alert_name, "exp_alerts": []}],
-    }
-    return [burning, healthy]
+            for severity in ("page", "ticket")
+            if getattr(s.budget.alerting, severity)
+            and bad / _TOTAL > min(w.factor for w in s.windows if w.severity == severity) * budget
+        ]
+        ratio_labels = {**s.sloth_labels, "sloth_window": s.base_window}
+        tests.append(
+            {
+                "name": f"{s.alert_name} {outcome} when {s.sloth_slo} burns its budget {burn:g}x",
+                "interval": f"{interval}s",
+                "input_series": _slo_series(s, bad, samples),
+                "alert_rule_test": [
+                    {"eval_time": eval_time, "alertname": s.alert_name, "exp_alerts": expected}
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"round(slo:sli_error:ratio_rate{s.base_window}{s.id_selector} * {_TOTAL})",
+                        "eval_time": eval_time,
+                        "exp_samples": [{"labels": _series("", ratio_labels), "value": bad}],
+                    }
+                ],
+            }
+        )
+    return tests
 
 
 def _histogram(o: ObjectiveRules, buckets: list[float], slow: bool, samples: int):  # type: ignore[no-untyped-def]

@@ -74,10 +74,15 @@ def test_scaled_down_rules_pass_and_a_broken_alert_fails_its_test(tmp_path: Path
     assert promtool("check", "rules", "rules.yml", cwd=tmp_path).returncode == 0
     ok = promtool("test", "rules", "tests.yml", cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    # A page alert that can never fire, and an alert whose label changed: both caught.
+    # A broken 6h/30m page pair, a broken 3d/6h ticket pair, a changed label: all caught.
     text = (tmp_path / "rules.yml").read_text()
-    never = text.replace("(14.4 * 0.01)", "(99 * 0.01)").replace("(6 * 0.01)", "(99 * 0.01)")
-    for mutated in (never, text.replace("severity: ticket", "severity: tiket", 1)):
+    mutations = (
+        text.replace("(6 * 0.01)", "(60 * 0.01)"),
+        text.replace("(1 * 0.01)", "(2.5 * 0.01)"),
+        text.replace("severity: ticket", "severity: tiket", 1),
+    )
+    for mutated in mutations:
+        assert mutated != text
         (tmp_path / "rules.yml").write_text(mutated)
         broken = promtool("test", "rules", "tests.yml", cwd=tmp_path)
         assert broken.returncode != 0

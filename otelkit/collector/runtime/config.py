@@ -101,6 +101,7 @@ class _Loader:
         self.environ = environ
         self.problems: list[Problem] = []
         self.lines: dict[str, int] = {}
+        self.invalid: set[str] = set()  # defined, but already reported as broken
 
     # Reporting -------------------------------------------------------------------------
     def error(self, path: str, message: str) -> None:
@@ -194,6 +195,8 @@ class _Loader:
                 spec = self._component(kind, str(key), body, path)
                 if spec is not None:
                     specs[(kind, spec.id)] = spec
+                else:
+                    self.invalid.add(str(key).strip())
         return specs
 
     def _component(self, kind: Kind, key: str, body: Any, path: str) -> ComponentSpec | None:
@@ -288,8 +291,9 @@ class _Loader:
                 continue
             spec = next((components.get((k, cid)) for k in kinds if (k, cid) in components), None)
             if spec is None:
-                sections = " or ".join(k.section for k in kinds)
-                self.error(where, f"{cid} is not defined in {sections}")
+                if str(cid) not in self.invalid:
+                    sections = " or ".join(k.section for k in kinds)
+                    self.error(where, f"{cid} is not defined in {sections}")
                 continue
             if spec.kind != Kind.CONNECTOR and signal not in spec.factory.signals:
                 supported = ", ".join(sorted(spec.factory.signals)) or "none"

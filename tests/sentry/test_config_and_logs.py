@@ -138,3 +138,26 @@ def test_logs_off_sends_only_error_events() -> None:
         (event,) = standin.items("event")
     assert kinds == ["event"] and event["level"] == "warning"
     relay_check(event)
+
+
+def test_budget_and_perf_findings_become_grouped_sentry_issues() -> None:
+    from otelkit.budgets.findings import Finding, attach, findings_to_logs
+
+    from .support import trace_request
+
+    tid, sid = random_id(16), random_id(8)
+    span = raw_span(tid, sid, name="GET /books")
+    finding = Finding("perf_issue", "n_plus_one_db_queries", "N+1 Query: SELECT title FROM books WHERE author_id = ?",
+                      "SELECT title FROM books WHERE author_id = ?", "ab12cd34ef56ab78", [sid])  # fmt: skip
+    attach(span, finding, span.end_time_unix_nano)
+    logs = findings_to_logs(trace_request([span], service="library"))
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [logs])  # min_event_level stays "error": findings still go
+        (event,) = standin.items("event")
+    relay_check(event)
+    assert event["fingerprint"] == ["otelkit", "perf_issue", "ab12cd34ef56ab78"]
+    assert event["level"] == "warning"
+    assert event["logentry"]["formatted"].startswith("N+1 Query: SELECT title")
+    assert event["culprit"] == "SELECT title FROM books WHERE author_id = ?"
+    assert event["tags"]["otelkit.finding.type"] == "n_plus_one_db_queries"
+    assert event["contexts"]["trace"]["span_id"] == sid.hex()

@@ -56,7 +56,7 @@ class TransactionSettings(ComponentConfig):
         1000, ge=1, description="Child spans per transaction; the rest are dropped and noted."
     )
     keep_trace_attributes: list[str] = Field(
-        default_factory=lambda: ["otelkit.budget.exceeded", "otelkit.perf_issue"],
+        default_factory=lambda: ["otelkit.budget.exceeded", "otelkit.perf_issue.type"],
         description="A span with any of these attributes set (not false/empty) keeps its "
         "whole trace regardless of traces_sample_rate.",
     )
@@ -86,6 +86,12 @@ class SentryConfig(ExporterHelperConfig):
     )
     min_event_level: Severity = Field(
         "error", description="Log records at or above this level become Sentry error events."
+    )
+    findings: bool = Field(
+        True,
+        description="Budget breaches and performance issues from the findings connector "
+        "(log records named otelkit.finding, severity WARN) become Sentry issues, grouped "
+        "by their fingerprint, whatever min_event_level says.",
     )
     logs: bool = Field(False, description="Also send log records as Sentry log items.")
     logs_level: Severity = Field("info", description="Lowest level sent as a log item.")

@@ -137,7 +137,41 @@ def log_error_event(
     user = _user(attrs, ctx)
     if user:
         event["user"] = user
+    if is_finding(record):
+        _as_finding(event, attrs)
     return event
+
+
+FINDING = "otelkit.finding"
+
+
+def is_finding(record: LogRecord) -> bool:
+    """A budget breach or performance issue from the ``findings`` connector."""
+    if record.event_name == FINDING:
+        return True
+    return any(
+        kv.key == "event.name" and kv.value.string_value == FINDING for kv in record.attributes
+    )
+
+
+def _as_finding(event: Event, attrs: dict[str, Any]) -> None:
+    """One Sentry issue per finding fingerprint: grouped by it, titled and tagged by it."""
+    kind = str(attrs.get("otelkit.finding.kind") or "finding")
+    fingerprint = attrs.get("otelkit.finding.fingerprint")
+    if fingerprint:
+        event["fingerprint"] = ["otelkit", kind, str(fingerprint)]
+    title = attrs.get("otelkit.finding.title")
+    if title:
+        event["logentry"] = {"formatted": str(title)}
+    culprit = attrs.get("otelkit.finding.culprit")
+    if culprit:
+        event["culprit"] = str(culprit)[:_MAX_TAG]
+    event["level"] = "warning"
+    tags = event["tags"]
+    tags["otelkit.finding.kind"] = kind
+    for key in ("otelkit.finding.type", "otelkit.budget.name"):
+        if attrs.get(key) is not None:
+            tags[key] = str(attrs[key])[:_MAX_TAG]
 
 
 def _body_text(record: LogRecord) -> str:

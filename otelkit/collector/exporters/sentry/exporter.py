@@ -41,6 +41,7 @@ from otelkit.collector.exporters.sentry.config import SEVERITY_FLOOR, SentryConf
 from otelkit.collector.exporters.sentry.events import (
     Event,
     EventContext,
+    is_finding,
     log_error_event,
     span_error_events,
 )
@@ -237,7 +238,10 @@ class SentryExporter(QueuedExporter):
                         as_log = False
                     elif as_log:
                         batch.append(log_item(record, resource, scope, self.scrubber, now))
-                    if severity >= self._event_floor and not errors_limited:
+                    wanted = severity >= self._event_floor or (
+                        self.config.findings and is_finding(record)
+                    )
+                    if wanted and not errors_limited:
                         event = log_error_event(record, resource, scope, self.event_context)
                         item = self._event_item(event, Signal.LOGS, 0 if as_log else 1)
                         if item is not None:

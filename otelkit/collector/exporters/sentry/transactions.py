@@ -14,7 +14,7 @@ Sampling by ``traces_sample_rate`` is decided per trace from the trace ID's low 
 so every collector behind a trace-ID load balancer decides alike. A trace is always kept
 when one of the :data:`KeepRule` callables says so: by default, a span with an error and
 a span carrying one of ``transactions.keep_trace_attributes``
-(``otelkit.budget.exceeded``, ``otelkit.perf_issue``) set by the budget and
+(``otelkit.budget.exceeded``, ``otelkit.perf_issue.type``) set by the budget and
 performance-issue processors. More rules can be passed to :class:`TransactionBuilder`.
 """
 

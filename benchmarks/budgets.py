@@ -155,50 +155,56 @@ def settings(kind: Kind, name: str, telemetry: SelfTelemetry) -> CreateSettings:
     return CreateSettings(ComponentID(name), kind, telemetry)
 
 
-def build(chain: bool, budgets_path: Path, telemetry: SelfTelemetry) -> list[Consumer]:
-    nop = nop_factory.create(
+STAGES = ("budget", "perf_issues", "tail_sampling")
+
+
+def build(stages: tuple[str, ...], budgets_path: Path, telemetry: SelfTelemetry) -> list[Consumer]:
+    """The given processors in pipeline order, ending in the nop exporter."""
+    head: Consumer = nop_factory.create(
         settings(Kind.EXPORTER, "nop", telemetry),
         nop_factory.config_class(),
         frozenset({Signal.TRACES}),
     )
-    if not chain:
-        return [nop]
-    tail = tail_factory.create(
-        settings(Kind.PROCESSOR, "tail_sampling", telemetry),
-        tail_factory.config_class.model_validate(
-            {
-                "decision_wait": "500ms",
-                "policies": [
-                    {
-                        "name": "tenth",
-                        "type": "probabilistic",
-                        "probabilistic": {"sampling_percentage": 10},
-                    }
-                ],
-            }
-        ),
-        Signal.TRACES,
-        nop,
-    )
-    perf = perf_factory.create(
-        settings(Kind.PROCESSOR, "perf_issues", telemetry),
-        perf_factory.config_class.model_validate({"wait": "200ms"}),
-        Signal.TRACES,
-        tail,
-    )
-    budget = budget_factory.create(
-        settings(Kind.PROCESSOR, "budget", telemetry),
-        budget_factory.config_class(budgets_file=str(budgets_path)),
-        Signal.TRACES,
-        perf,
-    )
-    return [budget, perf, tail]
+    chain: list[Consumer] = [head]
+    for stage in reversed(stages):
+        if stage == "tail_sampling":
+            config = tail_factory.config_class.model_validate(
+                {
+                    "decision_wait": "500ms",
+                    "policies": [
+                        {
+                            "name": "tenth",
+                            "type": "probabilistic",
+                            "probabilistic": {"sampling_percentage": 10},
+                        }
+                    ],
+                }
+            )
+            head = tail_factory.create(
+                settings(Kind.PROCESSOR, stage, telemetry), config, Signal.TRACES, head
+            )
+        elif stage == "perf_issues":
+            head = perf_factory.create(
+                settings(Kind.PROCESSOR, stage, telemetry),
+                perf_factory.config_class.model_validate({"wait": "200ms"}),
+                Signal.TRACES,
+                head,
+            )
+        else:
+            head = budget_factory.create(
+                settings(Kind.PROCESSOR, stage, telemetry),
+                budget_factory.config_class(budgets_file=str(budgets_path)),
+                Signal.TRACES,
+                head,
+            )
+        chain.insert(0, head)
+    return chain
 
 
-async def run_once(chain: bool, requests: list[bytes], budgets_path: Path) -> float:
+async def run_once(stages: tuple[str, ...], requests: list[bytes], budgets_path: Path) -> float:
     """Seconds to parse and push every request through, including the final flush."""
     telemetry = SelfTelemetry()
-    components = build(chain, budgets_path, telemetry)
+    components = build(stages, budgets_path, telemetry)
     for component in reversed(components):
         await component.start(None)  # type: ignore[arg-type]
     head = components[0]
@@ -226,7 +232,7 @@ async def memory_per_thousand_traces(
     requests: list[bytes], budgets_path: Path
 ) -> tuple[float, float]:
     telemetry = SelfTelemetry()
-    nop = build(False, budgets_path, telemetry)[0]
+    nop = build((), budgets_path, telemetry)[0]
     tail = tail_factory.create(
         settings(Kind.PROCESSOR, "tail_sampling", telemetry),
         tail_factory.config_class.model_validate({"decision_wait": "1h"}),
@@ -251,32 +257,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 20 seconds")
     args = parser.parse_args()
-    rounds, per_round = (3, 40) if args.quick else (7, 120)
+    rounds, per_round = (3, 40) if args.quick else (9, 160)
     rng = random.Random(1)
     start = time.time_ns()
     requests = [make_request(rng, start + i * 10_000_000) for i in range(per_round)]
     spans = per_round * TRACES_PER_REQUEST * SPANS_PER_TRACE
+    setups: list[tuple[str, tuple[str, ...]]] = [
+        ("nop pipeline (parse + nop exporter)", ()),
+        ("budget (10 budgets) + perf_issues + tail_sampling", STAGES),
+        *((f"  {stage} alone", (stage,)) for stage in STAGES),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, _ in setups}
     with tempfile.TemporaryDirectory() as tmp:
         budgets_path = Path(tmp) / "budgets.yaml"
         budgets_path.write_text(BUDGETS)
-        base, chain = [], []
-        for _ in range(rounds):
-            base.append(asyncio.run(run_once(False, requests, budgets_path)))
-            chain.append(asyncio.run(run_once(True, requests, budgets_path)))
+        for _ in range(rounds):  # interleaved, so load from elsewhere hits every setup
+            for name, stages in setups:
+                times[name].append(asyncio.run(run_once(stages, requests, budgets_path)))
         memory_requests = [make_request(rng, start) for _ in range(80 if args.quick else 160)]
         per_thousand, vs_otlp = asyncio.run(
             memory_per_thousand_traces(memory_requests, budgets_path)
         )
-    base_rate = spans / statistics.median(base)
-    chain_rate = spans / statistics.median(chain)
+    base_rate = spans / statistics.median(times[setups[0][0]])
     print(
         f"spans per request: {TRACES_PER_REQUEST * SPANS_PER_TRACE} "
-        f"({TRACES_PER_REQUEST} traces x {SPANS_PER_TRACE} spans, ~8 attributes each); "
+        f"({TRACES_PER_REQUEST} traces x {SPANS_PER_TRACE} spans, 6-10 attributes each); "
         f"{spans} spans per round, {rounds} rounds, medians"
     )
-    print(f"nop pipeline (parse + nop exporter):             {base_rate:>10,.0f} spans/s")
-    print(f"budget(10 budgets) + perf_issues + tail_sampling: {chain_rate:>10,.0f} spans/s")
-    print(f"ratio to nop: {chain_rate / base_rate:.2f}")
+    for name, _ in setups:
+        rate = spans / statistics.median(times[name])
+        print(f"{name:52s} {rate:>12,.0f} spans/s  ratio to nop {rate / base_rate:.3f}")
     print(
         f"memory held by tail_sampling: {per_thousand / 1024 / 1024:.2f} MiB per 1000 traces in "
         f"flight ({SPANS_PER_TRACE} spans each); {vs_otlp:.1f}x their OTLP protobuf size"

@@ -48,7 +48,9 @@ from otelkit.collector.runtime.component import (
 
 
 class BudgetConfig(ComponentConfig):
-    budgets_file: str = Field(description="path of the budgets file (collector/budgets.yaml)")
+    budgets_file: str = Field(
+        description="path of the budgets file, relative to the working directory"
+    )
     min_samples: int = Field(
         20, ge=1, description="spans a window needs before its percentile counts"
     )

@@ -52,6 +52,8 @@ def test_real_app_requests_become_transactions_with_db_and_http_spans(app_items:
         transactions["GET /orders/{order_id}/pay"]["contexts"]["trace"]["status"]
         == "internal_error"
     )
+    assert item["request"]["url"] == "http://testserver/items/7"
+    assert item["request"]["headers"] == {"Authorization": "[Filtered]", "X-Request-Id": "req-1"}
 
 
 def test_real_exception_frames_name_the_right_files_functions_and_lines(app_items: Any) -> None:

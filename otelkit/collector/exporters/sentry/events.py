@@ -93,10 +93,10 @@ def span_error_events(
             route = server_attrs.get("http.route")
             if route is not None:
                 event["tags"].setdefault("http.route", str(route)[:_MAX_TAG])
-            request = _request(server_attrs, ctx)
+            request = request_of(server_attrs, ctx)
             if request:
                 event["request"] = request
-        user = _user(attrs, ctx) or (_user(server[0], ctx) if server else {})
+        user = user_of(attrs, ctx) or (user_of(server[0], ctx) if server else {})
         if user:
             event["user"] = user
         events.append(event)
@@ -134,7 +134,7 @@ def log_error_event(
     event["contexts"] = contexts
     tags = _tags(resource, None, attrs, ctx.scrubber)
     event["tags"] = tags
-    user = _user(attrs, ctx)
+    user = user_of(attrs, ctx)
     if user:
         event["user"] = user
     if is_finding(record):
@@ -267,7 +267,7 @@ _TAG_SOURCES = (
 )
 
 
-def _request(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
+def request_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
     """The HTTP request a server span handled, without credentials or secrets."""
     request: Event = {}
     method = first(attrs, "http.request.method", "http.method")
@@ -323,7 +323,7 @@ def _headers(attrs: Mapping[str, Any], ctx: EventContext) -> dict[str, str]:
     return headers
 
 
-def _user(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
+def user_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
     user: Event = {}
     user_id = first(attrs, "enduser.id", "user.id")
     if user_id is not None:

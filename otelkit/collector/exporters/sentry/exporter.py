@@ -93,6 +93,7 @@ class SentryExporter(QueuedExporter):
             keep_rules,
             config.transactions.max_spans,
             self._dsn.public_key if self._dsn else "",
+            self.event_context,
         )
         self.transport: SentryTransport | None = None
         self._flusher: asyncio.Task[None] | None = None

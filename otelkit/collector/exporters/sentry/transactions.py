@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -43,7 +44,7 @@ from otelkit.collector.exporters.sentry.common import (
     seconds,
     span_shape,
 )
-from otelkit.collector.exporters.sentry.events import Event
+from otelkit.collector.exporters.sentry.events import Event, EventContext, request_of, user_of
 from otelkit.collector.exporters.sentry.scrub import Scrubber
 
 _HAS_IS_REMOTE = 0x100
@@ -167,8 +168,10 @@ class TransactionBuilder:
         keep_rules: Sequence[KeepRule],
         max_spans: int,
         public_key: str,
+        event_context: EventContext | None = None,
     ) -> None:
         self.scrubber = scrubber
+        self.event_context = event_context
         self.sample_rate = sample_rate
         self.keep_rules = [has_error, *keep_rules]  # a trace with an error is always kept
         self.max_spans = max_spans
@@ -253,6 +256,8 @@ class TransactionBuilder:
             },
             "spans": [self._child(ref) for ref in kept],
         }
+        if self.event_context is not None:
+            self._add_request_and_user(event, attrs, shape, self.event_context)
         if trimmed:
             event["contexts"]["otelkit"] = {
                 "type": "otelkit",
@@ -267,6 +272,18 @@ class TransactionBuilder:
             if value:
                 event[key] = value
         return Transaction(event, 1 + len(kept), self._trace_header(event, resource)), trimmed
+
+    @staticmethod
+    def _add_request_and_user(
+        event: Event, attrs: dict[str, Any], shape: SpanShape, ctx: EventContext
+    ) -> None:
+        if shape.op == "http.server":
+            request = request_of(attrs, ctx)
+            if request:
+                event["request"] = request
+        user = user_of(attrs, ctx)
+        if user:
+            event["user"] = user
 
     def _child(self, ref: SpanRef) -> Event:
         span = ref.span

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from otelkit.logstore.query import LogQuery, Page, page_from_rows
 from otelkit.logstore.records import COLUMNS, Row
@@ -242,15 +244,23 @@ class SqliteBackend(Backend):
     # Reads -----------------------------------------------------------------------------
     def query(self, query: LogQuery) -> Page:
         sql, params = select_statement(query, SQLITE)
-        rows = self._reader().execute(sql, params).fetchall()
-        return page_from_rows(rows, query)
+        return page_from_rows(self._read(sql, params), query)
 
     def count(self) -> int:
-        result: int = self._reader().execute("SELECT count(*) FROM logs").fetchone()[0]
-        return result
+        return int(self._read("SELECT count(*) FROM logs", ())[0][0])
 
     def max_id(self) -> int:
-        return int(self._reader().execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+        return int(self._read("SELECT coalesce(max(id), 0) FROM logs", ())[0][0])
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreUnavailableError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
 
     def integrity_check(self) -> list[str]:
         """Problems ``PRAGMA integrity_check`` and the FTS5 check find (empty when none)."""

@@ -125,3 +125,12 @@ def test_tail_shows_the_last_lines_then_follows(filled: str, tmp_path: Path) -> 
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("just some text, long enough to be read as a header")
+    code, _, err = run(capsys, "query", "--url", f"sqlite://{tmp_path / 'notes.txt'}")
+    assert code == 1
+    assert "file is not a database" in err or "not an otelkit log store" in err

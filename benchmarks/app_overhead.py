@@ -347,7 +347,7 @@ def main() -> None:
     elif args.loadgen:
         loadgen(*args.loadgen)
     else:
-        requests = args.requests or (2000 if args.quick else 5000)
+        requests = args.requests or (1500 if args.quick else 3000)
         rounds = args.rounds or (1 if args.quick else 3)
         run(requests, args.connections, rounds, warmup=300 if args.quick else 1000)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from otelkit.presets import pipeline
 from otelkit.presets.context import current_request_id
 from otelkit.presets.logs import QuietPaths, install_record_factory, not_from_export_threads
-from otelkit.presets.requestid import DEFAULT_HEADER, RequestIdMiddleware
+from otelkit.presets.requestid import BAGGAGE_KEY, DEFAULT_HEADER, RequestIdMiddleware
 from otelkit.presets.settings import DEFAULT_HEALTH_PATHS
 from otelkit.presets.sql import sanitize_sql
 
@@ -245,10 +245,21 @@ def _engine_tracer(engine: Any, enable_commenter: bool) -> None:
 
 
 def _add_request_id(request: Any) -> None:
+    """``X-Request-ID`` and ``request_id`` baggage on an outgoing request. When the context
+    carries baggage the propagator rewrites the header after this hook, from a context the
+    request-ID middleware has already put the ID into."""
     request_id = current_request_id()
     headers = getattr(request, "headers", None)
-    if request_id and headers is not None and DEFAULT_HEADER not in headers:
+    if not request_id or headers is None:
+        return
+    if DEFAULT_HEADER not in headers:
         headers[DEFAULT_HEADER] = request_id
+    entry = f"{BAGGAGE_KEY}={request_id}"
+    existing = headers.get("baggage")
+    if not existing:
+        headers["baggage"] = entry
+    elif f"{BAGGAGE_KEY}=" not in existing:
+        headers["baggage"] = f"{existing},{entry}"
 
 
 def _request_hook(span: Any, request: Any) -> None:

@@ -3,7 +3,7 @@
 An incoming ``X-Request-ID`` (or ``request_id`` baggage from an upstream otelkit service)
 is kept when it looks like an ID (1-128 characters of ``A-Za-z0-9._:-``), otherwise a
 new one is generated. The ID goes on the server span, into the request context (so log
-records carry it), into baggage (so the propagator sends it on), and back on the response.
+records carry it), into the ``baggage`` of outgoing httpx requests, and back on the response.
 """
 
 from __future__ import annotations
@@ -97,9 +97,17 @@ class RequestIdMiddleware:
             await send(message)
 
         request_token = enter_request(request_id)
-        baggage_token = context.attach(baggage.set_baggage(BAGGAGE_KEY, request_id))
+        # With no baggage in the context, the httpx hook writes the baggage header itself
+        # (cheaper than a context copy per request); with baggage, the propagator writes
+        # it, so the ID must be part of it.
+        baggage_token = (
+            context.attach(baggage.set_baggage(BAGGAGE_KEY, request_id))
+            if baggage.get_all()
+            else None
+        )
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            context.detach(baggage_token)
+            if baggage_token is not None:
+                context.detach(baggage_token)
             exit_request(request_token)

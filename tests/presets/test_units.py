@@ -164,3 +164,27 @@ def test_excluded_paths_match_exactly() -> None:
 
     assert excluded("http://h/health") and excluded("http://h/health/live?x=1")
     assert not excluded("http://h/healthy") and not excluded("http://h/health/other")
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        (None, "request_id=r-9"),
+        ("team=a", "team=a,request_id=r-9"),
+        ("request_id=up", "request_id=up"),
+    ],
+)
+def test_outgoing_requests_carry_the_request_id(existing: str | None, expected: str) -> None:
+    from otelkit.presets.context import enter_request, exit_request
+    from otelkit.presets.instrument import _request_hook
+
+    request = httpx.Request(
+        "GET", "http://down/", headers={"baggage": existing} if existing else {}
+    )
+    token = enter_request("r-9")
+    try:
+        _request_hook(None, request)
+    finally:
+        exit_request(token)
+    assert request.headers["x-request-id"] == "r-9"
+    assert request.headers["baggage"] == expected

@@ -50,7 +50,8 @@ class SentryStandIn:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
-        self.answers: list[Answer] = []  # consumed first, then ``default``
+        self.answers: list[Answer] = []  # consumed first, then ``by_type``, then ``default``
+        self.by_type: dict[str, Answer] = {}  # by the envelope's first item type
         self.default = Answer()
         self._lock = threading.Lock()
         standin = self
@@ -65,7 +66,7 @@ class SentryStandIn:
                     gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
                 )
                 with standin._lock:
-                    answer = standin.answers.pop(0) if standin.answers else standin.default
+                    answer = standin.answers.pop(0) if standin.answers else standin.answer_for(body)
                     standin.received.append(
                         Received(
                             self.path,
@@ -90,6 +91,16 @@ class SentryStandIn:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
+
+    def answer_for(self, body: bytes) -> Answer:
+        if self.by_type:
+            try:
+                kind = str(Envelope.deserialize(body).items[0].type)
+            except Exception:
+                kind = ""
+            if kind in self.by_type:
+                return self.by_type[kind]
+        return self.default
 
     @property
     def dsn(self) -> str:

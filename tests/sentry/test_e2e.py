@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import urllib.request
 from pathlib import Path
 
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -11,10 +12,11 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 
+from tests.collector.e2e.clients import wait_until
 from tests.support.collector import allocate_ports, collector
 
 from .app import APP_FILE, exercise, find_line
-from .standin import Answer, sentry_standin
+from .standin import Answer, SentryStandIn, sentry_standin
 from .support import relay_check, sdk_tracer
 
 CONFIG = """
@@ -96,5 +98,42 @@ def test_sdk_to_collector_to_sentry(tmp_path: Path) -> None:
     assert log_error["logentry"]["formatted"] == "could not load order 8"
     assert log_error["exception"]["values"][-1]["type"] == "KeyError"
     logs = [i for kind, p in items if kind == "log" for i in p["items"]]
-    assert [entry["body"] for entry in logs] == ["order 7 placed", "could not load order 8"]
+    assert sorted(entry["body"] for entry in logs) == ["could not load order 8", "order 7 placed"]
     assert "Traceback" not in log_text  # nothing in the collector failed
+
+
+def test_rate_limited_transactions_are_held_back_and_counted_while_errors_flow(
+    tmp_path: Path,
+) -> None:
+    ports = allocate_ports("grpc", "http")
+    limit = Answer(429, {"X-Sentry-Rate-Limits": "60:transaction:organization:quota_exceeded"})
+    with sentry_standin() as standin:
+        standin.by_type = {"transaction": limit}
+        with collector(CONFIG.replace("DSN", standin.dsn), tmp_path, ports=ports) as running:
+            exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{ports['http']}/v1/traces")
+            for round_ in range(3):
+                _, memory, provider = sdk_tracer("shop-api")
+                exercise(provider)
+                assert exporter.export(memory.get_finished_spans()).name == "SUCCESS"
+                if round_ == 0:  # the first flush meets the limit; later ones must respect it
+                    standin.wait_for(lambda: _transaction_requests(standin) == 2, timeout=20)
+            exporter.shutdown()
+            standin.wait_for(lambda: len(standin.items("event")) == 3, timeout=20)
+
+            def counted() -> float:
+                text = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{running.ports['metrics']}/metrics")
+                    .read()
+                    .decode()
+                )
+                return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("otelcol_exporter_send_failed_spans_total") and 'reason="rate_limited"' in line)  # fmt: skip
+
+            wait_until(lambda: counted() >= 1, what="rate_limited spans counted")
+            assert running.stop() == 0
+        assert _transaction_requests(standin) == 2  # the first flush's two, then nothing
+    assert not standin.items("transaction")
+
+
+def _transaction_requests(standin: SentryStandIn) -> int:
+    return sum(1 for r in list(standin.received) if r.items()[0][0] == "transaction")

@@ -192,3 +192,12 @@ def test_assembler_bounds_memory_by_letting_the_oldest_traces_go_early() -> None
     now[0] = 6.0
     assert [t[0].span.trace_id for t in assembler.due()] == [tids[1], tids[2]]
     assert assembler.buffered == 0
+
+
+def test_a_span_delivered_twice_appears_once() -> None:
+    tid, root, child = random_id(16), random_id(8), random_id(8)
+    spans = [raw_span(tid, root, name="job"), raw_span(tid, child, root, name="step")]
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request(spans), trace_request(spans)])
+        (transaction,) = _transactions(standin)
+    assert [s["span_id"] for s in transaction["spans"]] == [child.hex()]

@@ -194,7 +194,9 @@ class TransactionBuilder:
             return Built([])
         if not self.keep(refs):
             return Built([], sampled_out=len(refs))
-        by_id = {ref.span.span_id: ref for ref in refs}
+        by_id = {ref.span.span_id: ref for ref in refs}  # a span sent twice counts once
+        if len(by_id) < len(refs):
+            refs = list(by_id.values())
         roots = [ref for ref in refs if _is_local_root(ref, by_id)]
         root_ids = {ref.span.span_id for ref in roots}
         members: dict[bytes, list[SpanRef]] = {span_id: [] for span_id in root_ids}

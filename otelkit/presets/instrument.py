@@ -47,7 +47,7 @@ _instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def excluded_urls_pattern(paths: Iterable[str], extra: str | None = None) -> str:
     """Comma-separated regexes the upstream instrumentation matches against the URL."""
-    patterns = [re.escape(path) + r"(\?|$)" for path in paths]
+    patterns = [r"^[a-z]+://[^/]+" + re.escape(path) + r"(\?|$)" for path in paths]
     if extra:
         patterns.extend(item.strip() for item in extra.split(",") if item.strip())
     return ",".join(patterns)

@@ -164,6 +164,7 @@ def test_excluded_paths_match_exactly() -> None:
 
     assert excluded("http://h/health") and excluded("http://h/health/live?x=1")
     assert not excluded("http://h/healthy") and not excluded("http://h/health/other")
+    assert not excluded("http://h/api/health")
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,12 @@ class SqliteBackend(Backend):
 
     # Retention -------------------------------------------------------------------------
     def prune(self, older_than_ns: int | None, max_bytes: int | None) -> int:
+        try:
+            return self._prune(older_than_ns, max_bytes)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: pruning: {exc}") from exc
+
+    def _prune(self, older_than_ns: int | None, max_bytes: int | None) -> int:
         conn = self._connect()
         try:
             removed = 0

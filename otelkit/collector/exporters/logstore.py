@@ -160,6 +160,9 @@ class LogStoreExporter(QueuedExporter):
                 await self.prune_now()
             except StoreError as exc:
                 log.warning("exporter %s: pruning failed: %s", self.name, exc)
+            except Exception:
+                # Keep pruning later: a failed run must not end retention for good.
+                log.exception("exporter %s: pruning failed", self.name)
             await asyncio.sleep(self.config.prune_interval)
 
 

@@ -25,7 +25,6 @@ from otelkit.logstore.query import build_query
 from otelkit.logstore.store import StoreError, open_store
 from tests.logstore.conftest import random_trace_id
 from tests.logstore.requests import SECOND, Rec, request
-from tests.support.services import require_postgres
 
 
 def make_exporter(**config: Any) -> LogStoreExporter:
@@ -74,7 +73,6 @@ async def test_commit_mode_answers_after_the_commit(store_url: str) -> None:
 
 
 async def test_commit_mode_tells_the_sender_to_retry_when_the_database_is_down() -> None:
-    require_postgres()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -160,3 +160,26 @@ def test_an_error_deep_in_a_request_names_the_request_it_happened_in() -> None:
     assert event["tags"]["http.route"] == "/orders" and event["tags"]["otel.kind"] == "client"
     assert event["contexts"]["trace"]["span_id"] == db.hex()
     assert event["contexts"]["trace"]["op"] == "db"
+
+
+def test_long_stack_traces_are_parsed_whole() -> None:
+    frames = "".join(
+        f'  File "/srv/app/layer{i}.py", line {i + 1}, in call_{i}\n    next_layer()\n'
+        for i in range(150)
+    )
+    text = f"Traceback (most recent call last):\n{frames}ValueError: deep\n"
+    assert len(text) > 2 * 4096
+    span = raw_span(
+        random_id(16), random_id(8), name="deep", exception=_exception(text, "ValueError", "deep")
+    )
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request([span])])
+        (event,) = [p for kind, p in _all_items(standin) if kind == "event"]
+    got = event["exception"]["values"][0]["stacktrace"]["frames"]
+    assert len(got) == 150
+    assert (got[0]["function"], got[-1]["function"], got[-1]["lineno"]) == (
+        "call_0",
+        "call_149",
+        150,
+    )
+    assert "exception.stacktrace" not in event["contexts"]["otel"]["attributes"]

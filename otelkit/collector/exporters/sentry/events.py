@@ -8,17 +8,19 @@ from ``exception.stacktrace``. Everything user-supplied passes the scrubber.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelkit.collector.exporters.sentry import stacktrace
 from otelkit.collector.exporters.sentry.common import (
     KIND_NAMES,
     SDK_INFO,
+    SERVER,
     ResourceInfo,
     SpanShape,
     any_value,
@@ -71,8 +73,8 @@ def span_error_events(
     for span_event in span.events:
         if span_event.name != "exception":
             continue
-        exc = attributes(span_event.attributes)
-        handled = not exc.get("exception.escaped", False)
+        exc = exception_attributes(span_event.attributes)
+        handled = not _unhandled(span, exc.get("exception.escaped"))
         parsed = stacktrace.parse(
             str(exc.get("exception.stacktrace") or ""),
             str(exc.get("exception.type") or ""),
@@ -116,10 +118,12 @@ def log_error_event(
     if body:
         event["logentry"] = {"formatted": ctx.scrubber.value(body)}
     if "exception.type" in attrs or "exception.stacktrace" in attrs:
+        exc = exception_attributes(record.attributes)
+        attrs.pop("exception.stacktrace", None)  # it becomes frames; no need to send it twice
         parsed = stacktrace.parse(
-            str(attrs.get("exception.stacktrace") or ""),
-            str(attrs.get("exception.type") or ""),
-            str(attrs.get("exception.message") or ""),
+            str(exc.get("exception.stacktrace") or ""),
+            str(exc.get("exception.type") or ""),
+            str(exc.get("exception.message") or ""),
             handled=True,
         )
         event["exception"] = {"values": _scrub_values(parsed.values, ctx.scrubber)}
@@ -172,6 +176,25 @@ def _as_finding(event: Event, attrs: dict[str, Any]) -> None:
     for key in ("otelkit.finding.type", "otelkit.budget.name"):
         if attrs.get(key) is not None:
             tags[key] = str(attrs[key])[:_MAX_TAG]
+
+
+def _unhandled(span: Span, escaped: Any) -> bool:
+    """Sentry's ``handled: false``: the exception escaped its span, or it failed the
+    request a SERVER span served (instrumentations record those with ``escaped`` unset
+    or "False", and Sentry's own web integrations report them as unhandled)."""
+    if escaped is True or str(escaped).lower() == "true":
+        return True
+    return span.kind == SERVER and span.status.code == Status.STATUS_CODE_ERROR
+
+
+def exception_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
+    """``exception.*`` attributes, strings untrimmed: a stack trace is parsed whole."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        if kv.key.startswith("exception."):
+            value = kv.value
+            out[kv.key] = value.string_value if value.HasField("string_value") else any_value(value)
+    return out
 
 
 def _body_text(record: LogRecord) -> str:

@@ -11,6 +11,7 @@ budgets care about.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -58,6 +59,23 @@ class DDSketch:
         buckets = self.buckets
         buckets[index] = buckets.get(index, 0) + 1
         if len(buckets) > self.max_buckets:
+            self._collapse_lowest()
+
+    def add_many(self, values: list[float]) -> None:
+        """Add a batch of values: one pass in comprehensions, for the hot path."""
+        if not values:
+            return
+        scale, log, ceil, floor_value = self._inv_log_gamma, math.log, math.ceil, self.min_value
+        indexes = [ceil(log(v) * scale) for v in values if v > floor_value]
+        self.zero_count += len(values) - len(indexes)
+        self.count += len(values)
+        self.sum += sum(values)
+        top = max(values)
+        self.max = max(self.max, top)
+        buckets = self.buckets
+        for index, n in Counter(indexes).items():
+            buckets[index] = buckets.get(index, 0) + n
+        while len(buckets) > self.max_buckets:
             self._collapse_lowest()
 
     def quantile(self, q: float) -> float | None:

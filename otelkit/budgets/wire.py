@@ -48,8 +48,11 @@ def key_pattern(key: str) -> bytes:
 def raw_value(data: bytes, pattern: bytes) -> bytes | None:
     """The ``AnyValue`` bytes of the top-level attribute ``pattern`` starts, if any."""
     at = data.find(pattern)
-    if at < 0:
-        return None
+    return None if at < 0 else raw_value_at(data, pattern, at)
+
+
+def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:
+    """As :func:`raw_value`, given where ``pattern`` first occurs."""
     # Fast path: value and KeyValue both shorter than 128 bytes (one-byte lengths).
     end = at + len(pattern)
     length = data[end]
@@ -103,7 +106,9 @@ class AttributeReader:
         data = span.SerializeToString()
         found: dict[str, str] = {}
         for key, pattern in self._patterns:
-            raw = raw_value(data, pattern)
-            if raw is not None:
-                found[key] = value_text(raw)
+            at = data.find(pattern)
+            if at >= 0:
+                raw = raw_value_at(data, pattern, at)
+                if raw is not None:
+                    found[key] = value_text(raw)
         return found

@@ -129,3 +129,19 @@ def test_windowed_sketch_reports_each_window_separately() -> None:
     assert closed is not None and closed.count == 3
     assert math.isclose(closed.quantiles[0.5] or 0, 20, rel_tol=0.01)
     assert w.sketch.count == 0 and w.start == 1060.0
+
+
+def test_adding_a_batch_equals_adding_one_by_one() -> None:
+    rng = random.Random(3)
+    values = [rng.expovariate(0.01) for _ in range(5000)] + [0.0, 1e-9]
+    one, many = DDSketch(), DDSketch()
+    for v in values:
+        one.add(v)
+    many.add_many(values[:2000])
+    many.add_many(values[2000:])
+    assert (one.buckets, one.zero_count, one.count, one.max) == (
+        many.buckets,
+        many.zero_count,
+        many.count,
+        many.max,
+    )

@@ -84,6 +84,7 @@ class _BudgetState:
     limit_ms: float | None
     windows: list[_WindowState]
     slowest: tuple[float, Span | None] = (0.0, None)
+    durations: list[float] = field(default_factory=list)  # of the batch being observed
     # The attributes every matched span gets, built once: one C-level extend per span.
     marks_within: tuple[KeyValue, ...] = ()
     marks_exceeded: tuple[KeyValue, ...] = ()
@@ -159,13 +160,15 @@ class BudgetProcessor(Processor):
                         self._roll(state, now)
                     self._observe_span(state, span)
         for state in touched.values():
+            for window in state.windows:
+                window.sketch.sketch.add_many(state.durations)
+            state.durations.clear()
             self._check_percentiles(state)
             state.slowest = (0.0, None)
 
     def _observe_span(self, state: _BudgetState, span: Span) -> None:
         duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
-        for window in state.windows:
-            window.sketch.sketch.add(duration_ms)
+        state.durations.append(duration_ms)
         if duration_ms > state.slowest[0] or state.slowest[1] is None:
             state.slowest = (duration_ms, span)
         limit = state.limit_ms

@@ -230,3 +230,39 @@ def test_without_a_queue_a_refused_envelope_does_not_fail_the_others() -> None:
     assert (
         telemetry.total("otelcol_exporter_send_failed_log_records_total", reason="too_large") == 1
     )
+
+
+def test_limited_logs_and_errors_are_counted_once_per_record_and_not_sent() -> None:
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    from .support import logs_request
+
+    def records(*severities: int) -> Any:
+        out = []
+        for severity in severities:
+            record = LogRecord(severity_number=severity)
+            record.body.string_value = f"level {severity}"
+            out.append(record)
+        return logs_request(out)
+
+    telemetry = SelfTelemetry()
+
+    async def steps(exp: Any) -> None:
+        await exp.consume(records(17))  # a log item and an error event, both refused
+        await asyncio.sleep(0.3)
+        await exp.consume(records(9, 9, 17))  # held back: nothing built, nothing sent
+
+    with sentry_standin() as standin:
+        standin.default = Answer(429, {"X-Sentry-Rate-Limits": "60:log_item;error:organization"})
+        asyncio.run(_scenario(standin, telemetry, {"logs": True}, steps))
+        requests = len(standin.received)
+    assert requests == 2
+    assert (
+        telemetry.total("otelcol_exporter_send_failed_log_records_total", reason="rate_limited")
+        == 4
+    )
+    assert telemetry.total("otelcol_exporter_sent_log_records_total") == 0
+    assert (
+        telemetry.total("otelkit_sentry_envelopes_total", category="error", outcome="rate_limited")
+        == 2
+    )

@@ -188,8 +188,12 @@ class SentryExporter(QueuedExporter):
                 for span in ss.spans:
                     ref = SpanRef(span, resource, scope)
                     refs.append(ref)
-                    if span.events and not errors_limited and _has_exception(span):
+                    if span.events and _has_exception(span):
                         errored.append(ref)
+        if errored and errors_limited:
+            limited = sum(1 for r in errored for e in r.span.events if e.name == "exception")
+            self._envelopes.labels(self.name, "error", "rate_limited").inc(limited)
+            errored = []
         events = self._span_events(errored, refs) if errored else []
         items = [self._event_item(event, Signal.TRACES, 0) for event in events]
         await self._enqueue_batch([item for item in items if item is not None])
@@ -225,7 +229,7 @@ class SentryExporter(QueuedExporter):
         items: list[QueuedItem] = []
         batch: list[dict[str, Any]] = []
         errors_limited, logs_limited = self._limited("error"), self._limited("log_item")
-        dropped = 0
+        dropped_logs = dropped_events = 0
         now = time.time()
         for rl in payload.resource_logs:
             resource = self._resource(rl.resource)
@@ -233,26 +237,32 @@ class SentryExporter(QueuedExporter):
                 scope = sl.scope.name
                 for record in sl.log_records:
                     severity = record.severity_number or _severity_from_text(record.severity_text)
-                    as_log = severity >= self._log_floor
-                    if as_log and logs_limited:
-                        dropped += 1
-                        as_log = False
-                    elif as_log:
+                    in_logs = severity >= self._log_floor  # counted with the log items
+                    if in_logs and logs_limited:
+                        dropped_logs += 1
+                    elif in_logs:
                         batch.append(log_item(record, resource, scope, self.scrubber, now))
-                    wanted = severity >= self._event_floor or (
-                        self.config.findings and is_finding(record)
-                    )
-                    if wanted and not errors_limited:
-                        event = log_error_event(record, resource, scope, self.event_context)
-                        item = self._event_item(event, Signal.LOGS, 0 if as_log else 1)
-                        if item is not None:
-                            items.append(item)
+                    if not (severity >= self._event_floor or self._finding(record)):
+                        continue
+                    if errors_limited:
+                        dropped_events += 1
+                        dropped_logs += 0 if in_logs else 1
+                        continue
+                    event = log_error_event(record, resource, scope, self.event_context)
+                    item = self._event_item(event, Signal.LOGS, 0 if in_logs else 1)
+                    if item is not None:
+                        items.append(item)
         for start in range(0, len(batch), MAX_LOGS_PER_ITEM):
             chunk = batch[start : start + MAX_LOGS_PER_ITEM]
             items.append(QueuedItem(Signal.LOGS, len(chunk), log_envelope(chunk)))
-        if dropped:
-            self.telemetry.exporter_send_failed(self.name, Signal.LOGS, dropped, "rate_limited")
+        if dropped_logs:
+            self.telemetry.exporter_send_failed(
+                self.name, Signal.LOGS, dropped_logs, "rate_limited"
+            )
+        if logs_limited and dropped_logs:
             self._envelopes.labels(self.name, "log_item", "rate_limited").inc()
+        if dropped_events:
+            self._envelopes.labels(self.name, "error", "rate_limited").inc(dropped_events)
         await self._enqueue_batch(items)
 
     async def _enqueue_batch(self, items: list[QueuedItem]) -> None:
@@ -271,6 +281,9 @@ class SentryExporter(QueuedExporter):
             )
             items = items[:capacity]
         await self.enqueue(items)
+
+    def _finding(self, record: Any) -> bool:
+        return self.config.findings and is_finding(record)
 
     def _event_item(self, event: Event, signal: Signal, count: int) -> QueuedItem | None:
         envelope = event_envelope(event, "event")

@@ -132,6 +132,12 @@ class SentryExporter(QueuedExporter):
             )
             host.report_status(self.settings.label, Status.OK, "disabled: no DSN")
             return
+        if self.config.sending_queue.storage and self.config.mode == "envelope":
+            log.warning(
+                "exporter %s: sending_queue.storage persists OTLP batches only (mode: otlp); "
+                "Sentry envelopes are held in memory and a restart loses the queued ones",
+                self.name,
+            )
         await super().start(host)
         if self.config.mode == "envelope" and Signal.TRACES in self.signals:
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"{self.name}-traces")

@@ -123,15 +123,21 @@ def test_synthetic_matrix_passes_relay() -> None:
                          service="orders-java", **{"telemetry.sdk.language": "java"})  # fmt: skip
     node = trace_request([raw_span(random_id(16), random_id(8), name="node svc", exception=_exception(NODE))],
                          service="web", **{"telemetry.sdk.language": "nodejs"})  # fmt: skip
+    odd = trace_request(
+        [raw_span(random_id(16), random_id(8), name="odd", kind=Span.SPAN_KIND_SERVER, error=True,
+                  attrs={"http.request.method": "GET", "http.route": "/a\nb/" + "x" * 300},
+                  exception={"exception.type": "E", "exception.message": "m"})],
+        service="multi\nline service " + "s" * 300,
+    )  # fmt: skip
     with sentry_standin() as standin:
-        run({"dsn": standin.dsn}, [trace_request(spans), java, node])
+        run({"dsn": standin.dsn}, [trace_request(spans), java, node, odd])
         items = _all_items(standin)
     events = [p for kind, p in items if kind == "event"]
-    assert len(events) == 10
+    assert len(events) == 11
     assert {e["platform"] for e in events} == {"python", "java", "node"}
     assert all(len(e["exception"]["values"][-1]["value"]) <= 8192 for e in events)
     transactions = [p for kind, p in items if kind == "transaction"]
-    assert len(transactions) == 3
+    assert len(transactions) == 4
     main = next(t for t in transactions if t["transaction"] == "GET /ünïcödé/{id}")
     assert len(main["spans"]) == 9
     assert all(len(s["data"].get("blob", "")) <= 4096 for s in main["spans"])

@@ -130,11 +130,19 @@ class ResourceInfo:
         return cls(
             attributes=attrs,
             service=str(attrs.get("service.name") or "unknown_service"),
-            environment=_short(env),
-            release=_short(rel),
+            environment=_sentry_name(env, 64),
+            release=_sentry_name(rel, 200),
             server_name=_short(first(attrs, "host.name", "k8s.pod.name", "service.instance.id")),
             platform=_PLATFORMS.get(language, "other"),
         )
+
+
+def _sentry_name(value: Any, limit: int) -> str | None:
+    """A release or environment Sentry accepts: one line, no ``/``, within its length."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split()).replace("/", "-")[:limit].strip()
+    return None if text in ("", ".", "..", "latest") else text
 
 
 def _short(value: Any) -> str | None:

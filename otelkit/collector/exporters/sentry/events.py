@@ -45,6 +45,11 @@ class EventContext:
     now: Any  # () -> float, injectable for tests
 
 
+def tag_value(value: Any) -> str:
+    """Sentry tag values are one line of at most 200 characters."""
+    return " ".join(str(value).split())[:_MAX_TAG] or "-"
+
+
 def level_of(severity_number: int) -> str:
     """Sentry event level for an OTel severity number (1-24)."""
     if severity_number >= 21:
@@ -94,7 +99,7 @@ def span_error_events(
             event["transaction"] = server_shape.description
             route = server_attrs.get("http.route")
             if route is not None:
-                event["tags"].setdefault("http.route", str(route)[:_MAX_TAG])
+                event["tags"].setdefault("http.route", tag_value(route))
             request = request_of(server_attrs, ctx)
             if request:
                 event["request"] = request
@@ -175,7 +180,7 @@ def _as_finding(event: Event, attrs: dict[str, Any]) -> None:
     tags["otelkit.finding.kind"] = kind
     for key in ("otelkit.finding.type", "otelkit.budget.name"):
         if attrs.get(key) is not None:
-            tags[key] = str(attrs[key])[:_MAX_TAG]
+            tags[key] = tag_value(attrs[key])
 
 
 def _unhandled(span: Span, escaped: Any) -> bool:
@@ -270,13 +275,13 @@ def _otel_context(attrs: Mapping[str, Any], resource: ResourceInfo, scrubber: Sc
 def _tags(
     resource: ResourceInfo, kind: int | None, attrs: Mapping[str, Any], scrubber: Scrubber
 ) -> dict[str, str]:
-    tags = {"service": resource.service}
+    tags = {"service": tag_value(resource.service)}
     if kind is not None:
         tags["otel.kind"] = KIND_NAMES.get(kind, "unspecified")
     for tag, keys in _TAG_SOURCES:
         value = first(attrs, *keys)
         if value is not None:
-            tags[tag] = str(scrubber.pair(keys[0], str(value)))[:_MAX_TAG]
+            tags[tag] = tag_value(scrubber.pair(keys[0], str(value)))
     return tags
 
 

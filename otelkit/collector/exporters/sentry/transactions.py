@@ -44,7 +44,13 @@ from otelkit.collector.exporters.sentry.common import (
     seconds,
     span_shape,
 )
-from otelkit.collector.exporters.sentry.events import Event, EventContext, request_of, user_of
+from otelkit.collector.exporters.sentry.events import (
+    Event,
+    EventContext,
+    request_of,
+    tag_value,
+    user_of,
+)
 from otelkit.collector.exporters.sentry.scrub import Scrubber
 
 _HAS_IS_REMOTE = 0x100
@@ -251,7 +257,10 @@ class TransactionBuilder:
             "start_timestamp": start,
             "timestamp": end,
             "sdk": SDK_INFO,
-            "tags": {"service": resource.service, "otel.kind": KIND_NAMES.get(span.kind, "")},
+            "tags": {
+                "service": tag_value(resource.service),
+                "otel.kind": KIND_NAMES.get(span.kind, ""),
+            },
             "contexts": {
                 "trace": trace_context,
                 "otel": {"type": "otel", "resource": resource.attributes},

@@ -189,3 +189,33 @@ def test_long_stack_traces_are_parsed_whole() -> None:
         150,
     )
     assert "exception.stacktrace" not in event["contexts"]["otel"]["attributes"]
+
+
+def test_odd_attribute_values_still_make_valid_payloads() -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    tid, root = random_id(16), random_id(8)
+    span = raw_span(tid, root, name="odd values", kind=Span.SPAN_KIND_SERVER, error=True,
+                    exception={"exception.type": "E\u0000vil", "exception.message": "nul \u0000 and bell \u0007"})  # fmt: skip
+    nested = AnyValue()
+    inner = nested.kvlist_value.values.add(key="inner")
+    inner.value.array_value.values.add(double_value=float("nan"))
+    span.attributes.extend([
+        KeyValue(key="nan", value=AnyValue(double_value=float("nan"))),
+        KeyValue(key="inf", value=AnyValue(double_value=float("-inf"))),
+        KeyValue(key="max", value=AnyValue(int_value=2**63 - 1)),
+        KeyValue(key="min", value=AnyValue(int_value=-(2**63))),
+        KeyValue(key="bytes", value=AnyValue(bytes_value=b"\x00\xff")),
+        KeyValue(key="empty", value=AnyValue()),
+        KeyValue(key="nested", value=nested),
+        KeyValue(key="", value=AnyValue(string_value="no key")),
+        KeyValue(key="emoji 🎉", value=AnyValue(string_value="\U0001f389" * 10)),
+    ])  # fmt: skip
+    child = raw_span(tid, random_id(8), root, name="child")
+    child.attributes.extend(span.attributes)
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request([span, child])])
+        items = dict(_all_items(standin))
+    assert sorted(items) == ["event", "transaction"]
+    data = items["transaction"]["spans"][0]["data"]
+    assert (data["nan"], data["inf"], data["max"], data["bytes"]) == ("nan", "-inf", 2**63 - 1, "00ff")

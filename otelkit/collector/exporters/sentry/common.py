@@ -6,6 +6,7 @@ semantic conventions first and fall back to the older names older SDKs still sen
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def any_value(value: AnyValue) -> Any:
     kind = type(raw)
     if kind is str:
         return raw if len(raw) <= MAX_STRING else raw[: MAX_STRING - 1] + "…"
+    if kind is float:
+        return raw if math.isfinite(raw) else str(raw)  # JSON has no NaN or Infinity
     if kind in _SCALARS:
         return raw
     if kind is bytes:
@@ -78,7 +81,7 @@ def any_value(value: AnyValue) -> Any:
     return {kv.key: any_value(kv.value) for kv in raw.values}
 
 
-_SCALARS = (int, float, bool)
+_SCALARS = (int, bool)
 
 
 def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:

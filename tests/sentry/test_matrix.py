@@ -218,4 +218,9 @@ def test_odd_attribute_values_still_make_valid_payloads() -> None:
         items = dict(_all_items(standin))
     assert sorted(items) == ["event", "transaction"]
     data = items["transaction"]["spans"][0]["data"]
-    assert (data["nan"], data["inf"], data["max"], data["bytes"]) == ("nan", "-inf", 2**63 - 1, "00ff")
+    assert (data["nan"], data["inf"], data["max"], data["bytes"]) == (
+        "nan",
+        "-inf",
+        2**63 - 1,
+        "00ff",
+    )

@@ -169,6 +169,30 @@ main.main()
 \t/app/main.go:20 +0x25
 """
 
+DOTNET = """\
+System.InvalidOperationException: Order failed ---> System.Data.SqlClient.SqlException: Deadlock
+   at Shop.Data.Db.Exec(String sql) in /src/Shop/Data/Db.cs:line 42
+   --- End of inner exception stack trace ---
+   at Shop.Api.OrdersController.Post(Order o) in /src/Shop/Api/OrdersController.cs:line 30
+   at Microsoft.AspNetCore.Mvc.Infrastructure.ActionMethodExecutor.Execute()"""
+
+
+def test_dotnet_trace_with_inner_exception() -> None:
+    parsed = parse(DOTNET)
+    inner, outer = parsed.values
+    assert parsed.platform == "csharp"
+    assert (inner["type"], inner["value"], inner["mechanism"]["source"]) == (
+        "System.Data.SqlClient.SqlException", "Deadlock", "inner_exception",
+    )  # fmt: skip
+    assert [
+        (f.get("module"), f["function"], f.get("lineno")) for f in outer["stacktrace"]["frames"]
+    ] == [
+        ("Microsoft.AspNetCore.Mvc.Infrastructure.ActionMethodExecutor", "Execute", None),
+        ("Shop.Api.OrdersController", "Post", 30),
+    ]
+    assert [f["in_app"] for f in outer["stacktrace"]["frames"]] == [False, True]
+    assert inner["stacktrace"]["frames"][0]["filename"] == "Db.cs"
+
 
 def test_java_trace_with_cause() -> None:
     parsed = parse(JAVA, "java.lang.IllegalStateException", "order 7 failed")
@@ -218,7 +242,7 @@ def test_go_panic() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", [JAVA, NODE, GO])
+@pytest.mark.parametrize("text", [JAVA, NODE, GO, DOTNET])
 def test_other_languages_pass_relay(text: str) -> None:
     parsed = parse(text, "Err", "msg")
     relay_check({"platform": parsed.platform, "exception": {"values": parsed.values}})

@@ -3,7 +3,7 @@
 OpenTelemetry records a stack trace as the language prints it. Python tracebacks are read
 completely: chained causes and contexts (with their mechanism), exception groups at any
 depth, SyntaxError's location frame, caret and ``[Previous line repeated ...]`` lines.
-Java, Node.js and Go traces are read where their shape is clear. Anything else gives one
+Java, Node.js, Go and .NET traces are read where their shape is clear. Anything else gives one
 value with the recorded type and message and no frames: parsing never fails an export.
 
 Sentry lists chained exceptions oldest first (the main exception last) and frames oldest
@@ -99,6 +99,8 @@ def _parse(text: str) -> tuple[list[_Block], str] | None:
         return _node(text), "node"
     if _GO_GOROUTINE.search(text.split("\n", 3)[0]) or re.search(r"\n\t.+\.go:\d+", text):
         return _go(text), "go"
+    if _DOTNET_FRAME.search(text):
+        return _dotnet(text), "csharp"
     return None
 
 
@@ -359,6 +361,57 @@ def _node_frame(match: re.Match[str]) -> Frame:
     func = match.group("func")
     if func:
         frame["function"] = func.removeprefix("async ").removeprefix("new ")
+    return frame
+
+
+# .NET --------------------------------------------------------------------------------
+_DOTNET_FRAME = re.compile(
+    r"^\s+at (?P<func>[^\s(]+)\((?P<args>[^)]*)\)(?: in (?P<path>.+?):line (?P<line>\d+))?\s*$",
+    re.MULTILINE,
+)
+_DOTNET_HEAD = re.compile(r"^(?P<type>[\w.`]+(?:Exception|Error)[\w`]*): (?P<value>.*)$")
+_DOTNET_LIBRARY = ("System.", "Microsoft.")
+
+
+def _dotnet(text: str) -> list[_Block]:
+    """``Type: message ---> Inner: message`` then ``   at Ns.Class.Method() in f.cs:line 4``.
+
+    Inner exceptions print first in the header line and their frames before
+    ``--- End of inner exception stack trace ---``; that order is already oldest first.
+    """
+    lines = text.splitlines()
+    heads = [h.strip() for h in lines[0].split(" ---> ")] if lines else []
+    blocks = [_dotnet_block(head) for head in heads] or [_Block()]
+    blocks.reverse()  # the innermost (the cause) first
+    current = 0
+    for line in lines[1:]:
+        if "--- End of inner exception stack trace ---" in line:
+            current = min(current + 1, len(blocks) - 1)
+        elif match := _DOTNET_FRAME.match(line):
+            blocks[current].frames.append(_dotnet_frame(match))
+    for index, block in enumerate(blocks):
+        block.frames.reverse()
+        block.link = "inner_exception" if index else None
+    return blocks
+
+
+def _dotnet_block(head: str) -> _Block:
+    match = _DOTNET_HEAD.match(head)
+    if match:
+        return _Block(type=match.group("type"), value=match.group("value"))
+    return _Block(type=None, value=head)
+
+
+def _dotnet_frame(match: re.Match[str]) -> Frame:
+    func = match.group("func")
+    module, _, function = func.rpartition(".")
+    frame: Frame = {"function": function or func, "in_app": not func.startswith(_DOTNET_LIBRARY)}
+    if module:
+        frame["module"] = module
+    if match.group("path"):
+        frame["abs_path"] = match.group("path")
+        frame["filename"] = match.group("path").replace("\\", "/").rsplit("/", 1)[-1]
+        frame["lineno"] = int(match.group("line"))
     return frame
 
 

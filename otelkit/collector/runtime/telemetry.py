@@ -8,9 +8,18 @@ follow the upstream names: ``otelcol_receiver_accepted_spans``,
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from otelkit.collector.pdata.signals import Signal
+
+# Upstream's endpoint has no ``*_created`` series; they double what operators scrape.
+disable_created_metrics()
 
 
 class SelfTelemetry:

@@ -99,8 +99,10 @@ def test_chained_collectors_lose_nothing(exporter: str, encoding: str, tmp_path:
             lambda: all_arrived(out, expected_spans(spans), expected_logs(logs)),
             what="every span and record downstream",
         )
-        text = scrape(up.ports["metrics"])
-        assert f'otelcol_exporter_sent_spans_total{{exporter="{exporter}"}} 400.0' in text
+        # The downstream may have written the file before the upstream saw its answer.
+        sent = f'otelcol_exporter_sent_spans_total{{exporter="{exporter}"}} 400.0'
+        wait_until(lambda: sent in scrape(up.ports["metrics"]), what="the upstream's sent count")
+        assert "otelcol_exporter_send_failed_spans_total{" not in scrape(up.ports["metrics"])
 
 
 @pytest.mark.parametrize("exporter", ["otlp", "otlphttp"])

@@ -3,12 +3,13 @@
 OpenTelemetry records a stack trace as the language prints it. Python tracebacks are read
 completely: chained causes and contexts (with their mechanism), exception groups at any
 depth, SyntaxError's location frame, caret and ``[Previous line repeated ...]`` lines.
-Java, Node.js, Go and .NET traces are read where their shape is clear. Anything else gives one
-value with the recorded type and message and no frames: parsing never fails an export.
+Java, Node.js, Go and .NET traces are read where their shape is clear. Anything else
+gives one value with the recorded type and message and no frames: parsing never fails
+an export.
 
 Sentry lists chained exceptions oldest first (the main exception last) and frames oldest
-call first, which is the order Python prints them in; Java, Node.js and Go print the
-newest call first, so their frames are reversed.
+call first, which is the order Python prints them in; Java, Node.js, Go and .NET print
+the newest call first, so their frames are reversed.
 """
 
 from __future__ import annotations

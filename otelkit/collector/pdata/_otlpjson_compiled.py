@@ -168,7 +168,7 @@ def raw_attributes_json(
 def _raw_json_miss(
     raw: bytes, cache: dict[bytes, dict[str, Any]], encode_raw: Callable[[bytes], dict[str, Any]]
 ) -> dict[str, Any]:
-    encoded = encode_raw(raw)
+    encoded = string_pair_json(raw) or encode_raw(raw)
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
     cache[raw] = encoded
@@ -182,17 +182,16 @@ def string_pair_json(raw: bytes) -> dict[str, Any] | None:
     anything else (or any extra byte) returns None for the general path.
     """
     try:
-        if raw[0] != 0x0A or raw[1] > 127:
-            return None
-        at = 2 + raw[1]  # the AnyValue field
+        at = raw[1] + 2  # where the AnyValue field starts
         size = raw[at + 1]
-        if raw[at] != 0x12 or size > 127 or raw[at + 2] != 0x0A or at + 2 + size != len(raw):
-            return None
-        if raw[at + 3] + 2 != size:
-            return None
+        if (
+            raw[0] == 0x0A and at < 130 and raw[at] == 0x12 and raw[at + 2] == 0x0A
+            and size < 128 and size == raw[at + 3] + 2 == len(raw) - at - 2
+        ):  # fmt: skip
+            return {"key": raw[2:at].decode(), "value": {"stringValue": raw[at + 4 :].decode()}}
     except IndexError:
-        return None
-    return {"key": raw[2:at].decode(), "value": {"stringValue": raw[at + 4 :].decode()}}
+        pass
+    return None
 
 
 def negative_zero(value: float) -> bool:
@@ -456,7 +455,7 @@ class _Generator:
         namespace = self.namespace
 
         def encode(raw: bytes) -> dict[str, Any]:
-            return string_pair_json(raw) or namespace[name](parse(raw))
+            return namespace[name](parse(raw))  # type: ignore[no-any-return]
 
         return encode
 

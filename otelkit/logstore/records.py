@@ -40,6 +40,9 @@ COLUMNS = (
 )
 
 Row = tuple[Any, ...]
+# OTLP times are unsigned 64-bit; both databases store signed 64-bit integers. A time past
+# 2262 is a sender's bug, kept (at the latest storable time) rather than failing the batch.
+MAX_NS = 2**63 - 1
 
 _encode = msgspec.json.Encoder().encode
 
@@ -141,10 +144,15 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                 else:
                     text, is_json = _dumps(any_value(body)), True
                 observed = record.observed_time_unix_nano
+                if observed > MAX_NS:
+                    observed = MAX_NS
+                when = record.time_unix_nano or observed or now
+                if when > MAX_NS:
+                    when = MAX_NS
                 attributes = record.attributes
                 append(
                     (
-                        record.time_unix_nano or observed or now,
+                        when,
                         observed or None,
                         record.severity_number,
                         record.severity_text or None,

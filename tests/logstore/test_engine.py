@@ -68,6 +68,12 @@ def test_structured_and_unicode_bodies(store: LogStore) -> None:
     assert bodies(store, grep="Zoë") == [structured]
 
 
+def test_a_time_beyond_the_storable_range_is_kept_not_refused(store: LogStore) -> None:
+    write(store, Rec("from the far future", ts=2**64 - 1), Rec("now"))
+    assert bodies(store) == ["from the far future", "now"]
+    assert store.query(build_query()).records[0].ts == 2**63 - 1
+
+
 def test_nul_characters_are_kept_or_replaced_not_refused(store: LogStore) -> None:
     write(store, Rec("before\x00after", attributes={"k": "v\x00w"}))
     (got,) = store.query(build_query()).records

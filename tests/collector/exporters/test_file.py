@@ -224,3 +224,17 @@ def test_reading_proto_needs_the_signal(tmp_path: Path) -> None:
     (tmp_path / "x.bin").write_bytes(b"\x00\x00\x00\x09abc")
     with pytest.raises(ValueError, match="truncated request"):
         list(read_requests(tmp_path / "x.bin", format="proto", signal=Signal.LOGS))
+
+
+@pytest.mark.parametrize(("flush_interval", "syncs"), [("0", 5), ("1h", 1)])
+def test_flush_interval_sets_how_often_the_file_is_synced_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush_interval: str, syncs: int
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "out.jsonl"
+    batches = [logs([[1]], prefix=f"b{i}") for i in range(5)]
+    run({"path": str(path), "flush_interval": flush_interval}, feed(*batches))
+    assert len(synced) == syncs  # after every batch, or once at shutdown
+    assert list(read_requests(path)) == batches

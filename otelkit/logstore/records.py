@@ -144,11 +144,9 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                 else:
                     text, is_json = _dumps(any_value(body)), True
                 observed = record.observed_time_unix_nano
-                if observed > MAX_NS:
-                    observed = MAX_NS
+                observed = min(observed, MAX_NS)
                 when = record.time_unix_nano or observed or now
-                if when > MAX_NS:
-                    when = MAX_NS
+                when = min(when, MAX_NS)
                 attributes = record.attributes
                 append(
                     (

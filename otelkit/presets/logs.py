@@ -132,7 +132,8 @@ def not_from_export_threads(record: logging.LogRecord) -> bool:
 
 
 def setup_stdout(settings: Settings, service: str | None) -> None:
-    """One stdout handler on the root logger (idempotent) and the root level."""
+    """One stdout handler on the root logger and the root level. Not added twice, nor when
+    the root logger already has a console handler (``logging.basicConfig`` ran)."""
     root = logging.getLogger()
     root.setLevel(settings.log_level)
     for name in NOISY_LOGGERS:
@@ -141,8 +142,11 @@ def setup_stdout(settings: Settings, service: str | None) -> None:
             noisy.setLevel(logging.WARNING)
     if settings.log_format == "none":
         return
-    if any(getattr(handler, _HANDLER_MARK, False) for handler in root.handlers):
-        return
+    if any(
+        getattr(handler, _HANDLER_MARK, False) or type(handler) is logging.StreamHandler
+        for handler in root.handlers
+    ):
+        return  # ours is there, or the application already writes to a console
     handler = logging.StreamHandler(sys.stdout)
     formatter: logging.Formatter = (
         JsonFormatter(service, settings.environment)

@@ -64,3 +64,23 @@ def test_everything_is_installed_once() -> None:
         "cursor_listeners": 1,
     }
     assert "already called" in result.stdout + result.stderr
+
+
+def test_an_application_console_handler_is_not_doubled() -> None:
+    script = (
+        "import logging, otelkit\n"
+        "logging.basicConfig(format='APP %(message)s')\n"
+        "otelkit.configure(service_name='x')\n"
+        "logging.getLogger('app').warning('once')\n"
+    )
+    env = {**os.environ, "OTEL_SDK_DISABLED": "false", "OTEL_TRACES_EXPORTER": "none"}
+    env.update({"OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert (result.stdout + result.stderr).count("once") == 1

@@ -266,3 +266,24 @@ def test_limited_logs_and_errors_are_counted_once_per_record_and_not_sent() -> N
         telemetry.total("otelkit_sentry_envelopes_total", category="error", outcome="rate_limited")
         == 2
     )
+
+
+def test_transactions_that_find_the_queue_full_are_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry = SelfTelemetry()
+
+    async def scenario() -> None:
+        exp = exporter(
+            {**FAST, "dsn": "https://k@sentry.example/1", "sending_queue": {"queue_size": 2}},
+            telemetry,
+        )
+        # not started: nothing drains the queue
+        await exp.consume(trace_request([raw_span(random_id(16), random_id(8)) for _ in range(5)]))
+        await exp._ship_traces(exp.assembler.drain())
+        assert exp.queue_size() == 2
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert telemetry.total("otelcol_exporter_enqueue_failed_spans_total") == 3
+    assert len([r for r in caplog.records if "sending queue is full" in r.getMessage()]) == 1

@@ -346,10 +346,15 @@ class SentryExporter(QueuedExporter):
                 continue
             try:
                 await self.enqueue([item])
-            except RetryableError:
-                log.warning(
-                    "exporter %s: sending queue is full; a transaction was dropped", self.name
-                )
+            except RetryableError:  # counted by the helper (enqueue_failed)
+                now = time.monotonic()
+                if now >= self._full_logged_until:
+                    self._full_logged_until = now + 60.0
+                    log.warning(
+                        "exporter %s: sending queue is full; transactions are dropped and "
+                        "counted (otelcol_exporter_enqueue_failed_spans)",
+                        self.name,
+                    )
 
     def _transaction_item(self, transaction: Transaction) -> QueuedItem | None:
         if self._limited("transaction"):

@@ -35,7 +35,9 @@ class RunningCollector:
             except subprocess.TimeoutExpired as exc:
                 self.process.kill()
                 self.process.wait(5)
-                raise AssertionError(f"collector did not stop in {timeout}s:\n{self.log()}") from exc
+                raise AssertionError(
+                    f"collector did not stop in {timeout}s:\n{self.log()}"
+                ) from exc
         return self.process.returncode
 
     def kill(self) -> None:

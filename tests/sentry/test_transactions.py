@@ -201,3 +201,40 @@ def test_a_span_delivered_twice_appears_once() -> None:
         run({"dsn": standin.dsn}, [trace_request(spans), trace_request(spans)])
         (transaction,) = _transactions(standin)
     assert [s["span_id"] for s in transaction["spans"]] == [child.hex()]
+
+
+def test_a_slow_requests_children_wait_for_their_root() -> None:
+    tid, root = random_id(16), random_id(8)
+    children = [raw_span(tid, random_id(8), root, name=f"query {i}", kind=CLIENT,
+                         attrs={"db.system": "postgresql", "db.statement": f"SELECT {i}"}) for i in range(3)]  # fmt: skip
+    server = raw_span(tid, root, name="GET /report", kind=SERVER, duration=2.0,
+                      attrs={"http.request.method": "GET", "http.route": "/report"})  # fmt: skip
+    batches = [trace_request(children), trace_request([server])]
+    with sentry_standin() as standin:
+        run(
+            {"dsn": standin.dsn, "trace_wait": "50ms", "transactions": {"incomplete_wait": "5s"}},
+            batches,
+            pause=0.4,
+        )
+        (transaction,) = _transactions(standin)
+    assert transaction["transaction"] == "GET /report"
+    assert [s["description"] for s in transaction["spans"]] == ["SELECT 0", "SELECT 1", "SELECT 2"]
+
+
+def test_incomplete_traces_wait_only_so_long() -> None:
+    now = [0.0]
+    assembler = TraceAssembler(
+        trace_wait=1.0, max_spans=100, clock=lambda: now[0], incomplete_wait=3.0
+    )
+    from otelkit.collector.exporters.sentry.transactions import SpanRef
+
+    tid, remote_parent = random_id(16), random_id(8)
+    orphan = SpanRef(raw_span(tid, random_id(8), random_id(8), kind=CLIENT), None, "")  # type: ignore[arg-type]
+    entry = SpanRef(raw_span(random_id(16), random_id(8), remote_parent, kind=SERVER), None, "")  # type: ignore[arg-type]
+    assembler.add([orphan, entry])
+    now[0] = 1.0
+    assert [t[0] for t in assembler.due()] == [entry]  # a SERVER span's caller is remote: complete
+    now[0] = 2.5
+    assert assembler.due() == []
+    now[0] = 3.5
+    assert [t[0] for t in assembler.due()] == [orphan]

@@ -63,6 +63,11 @@ class TransactionSettings(ComponentConfig):
     max_buffered_spans: int = Field(
         100_000, ge=1, description="Spans held while waiting for traces to complete."
     )
+    incomplete_wait: Duration = Field(
+        30.0,
+        description="How long a trace whose spans point at parents not yet seen may wait "
+        "for them (a slow request's root span is exported after its children).",
+    )
 
 
 class SentryConfig(ExporterHelperConfig):

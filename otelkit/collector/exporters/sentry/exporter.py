@@ -84,7 +84,11 @@ class SentryExporter(QueuedExporter):
         self.enabled = bool(config.dsn)
         self.scrubber = Scrubber(config.scrub.extra_keys, config.scrub.extra_patterns)
         self.event_context = EventContext(self.scrubber, config.send_default_pii, time.time)
-        self.assembler = TraceAssembler(config.trace_wait, config.transactions.max_buffered_spans)
+        self.assembler = TraceAssembler(
+            config.trace_wait,
+            config.transactions.max_buffered_spans,
+            incomplete_wait=config.transactions.incomplete_wait,
+        )
         self._dsn = Dsn(config.dsn) if self.enabled else None
         keep_rules = [attribute_flag(config.transactions.keep_trace_attributes)]
         self.builder = TransactionBuilder(

@@ -72,19 +72,28 @@ class SpanRef:
 @dataclass(slots=True)
 class _Pending:
     first_seen: float
+    due: float
     spans: list[SpanRef] = field(default_factory=list)
 
 
 class TraceAssembler:
-    """Gathers spans by trace ID until ``trace_wait`` has passed since the first one."""
+    """Gathers spans by trace ID until ``trace_wait`` has passed since the first one.
+
+    A trace whose spans name parents it has not seen, other than a SERVER or CONSUMER
+    span's remote caller, is still incomplete: a long request ends (and is exported) after
+    its children. Such a trace waits on in steps of ``trace_wait``, up to
+    ``incomplete_wait`` after its first span, so its root arrives in time to carry them.
+    """
 
     def __init__(
         self,
         trace_wait: float,
         max_spans: int,
         clock: Callable[[], float] = time.monotonic,
+        incomplete_wait: float = 0.0,
     ) -> None:
         self.trace_wait = trace_wait
+        self.incomplete_wait = incomplete_wait
         self.max_spans = max_spans
         self._clock = clock
         self._traces: OrderedDict[bytes, _Pending] = OrderedDict()
@@ -99,7 +108,7 @@ class TraceAssembler:
             key = ref.span.trace_id
             pending = traces.get(key)
             if pending is None:
-                pending = traces[key] = _Pending(now)
+                pending = traces[key] = _Pending(now, now + self.trace_wait)
             pending.spans.append(ref)
             self.buffered += 1
         early: list[list[SpanRef]] = []
@@ -109,13 +118,18 @@ class TraceAssembler:
         return early
 
     def due(self) -> list[list[SpanRef]]:
-        """Traces whose wait is over, oldest first."""
-        limit = self._clock() - self.trace_wait
+        """Traces whose wait is over, oldest first (incomplete ones may wait on)."""
+        now = self._clock()
         out: list[list[SpanRef]] = []
         while self._traces:
-            oldest = next(iter(self._traces.values()))
-            if oldest.first_seen > limit:
+            key, oldest = next(iter(self._traces.items()))
+            if oldest.due > now:
                 break
+            if now - oldest.first_seen < self.incomplete_wait and _incomplete(oldest.spans):
+                # Deadlines stay in insertion order: every other trace is due by now + wait.
+                oldest.due = now + self.trace_wait
+                self._traces.move_to_end(key)
+                continue
             out.append(self._pop_oldest())
         return out
 
@@ -133,6 +147,17 @@ class TraceAssembler:
         _, pending = self._traces.popitem(last=False)
         self.buffered -= len(pending.spans)
         return pending.spans
+
+
+def _incomplete(refs: Sequence[SpanRef]) -> bool:
+    """Some span names a parent not (yet) here that is not a remote caller."""
+    ids = {ref.span.span_id for ref in refs}
+    return any(
+        ref.span.parent_span_id
+        and ref.span.parent_span_id not in ids
+        and ref.span.kind not in _ROOT_KINDS
+        for ref in refs
+    )
 
 
 def attribute_flag(keys: Sequence[str]) -> KeepRule:

@@ -7,7 +7,8 @@ the exporter (in-process) or to a collector (end to end).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import StaticPool
 
@@ -81,27 +82,35 @@ def build_app(provider: TracerProvider) -> FastAPI:
     return app
 
 
-def stable_semconv() -> None:
-    """Make the instrumentors emit stable and old HTTP/DB attribute names (``/dup``)."""
-    os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "http/dup,database/dup"
+@contextmanager
+def stable_semconv() -> Iterator[None]:
+    """Make the instrumentors emit stable and old HTTP/DB attribute names (``/dup``), and
+    put the process-wide setting back afterwards for whatever test runs next."""
+    key = "OTEL_SEMCONV_STABILITY_OPT_IN"
+    before = os.environ.get(key)
+    os.environ[key] = "http/dup,database/dup"
     _OpenTelemetrySemanticConventionStability._initialized = False
     _OpenTelemetrySemanticConventionStability._initialize()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+        _OpenTelemetrySemanticConventionStability._initialized = False
+        _OpenTelemetrySemanticConventionStability._initialize()
 
 
 def exercise(provider: TracerProvider) -> None:
     """One good request and one failing request."""
-    stable_semconv()
-    app = build_app(provider)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        headers = {
-            "Authorization": "Bearer abcdefghijklmnop",
-            "X-Request-Id": "req-1",
-            "Cookie": "sid=42",
-        }
-        assert client.get("/items/7", headers=headers).status_code == 200
-        assert client.get("/orders/12/pay?session=s3cr3t", headers=headers).status_code == 500
-
-
-def spans_of(provider: TracerProvider, finished: Sequence[ReadableSpan]) -> list[ReadableSpan]:
-    provider.force_flush()
-    return list(finished)
+    with stable_semconv():
+        app = build_app(provider)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            headers = {
+                "Authorization": "Bearer abcdefghijklmnop",
+                "X-Request-Id": "req-1",
+                "Cookie": "sid=42",
+            }
+            assert client.get("/items/7", headers=headers).status_code == 200
+            assert client.get("/orders/12/pay?session=s3cr3t", headers=headers).status_code == 500

@@ -47,14 +47,18 @@ def _send_logs(endpoint: str) -> None:
     )
     logger = logging.getLogger("e2e.orders")
     logger.propagate = False
-    logger.addHandler(LoggingHandler(logger_provider=provider))
+    handler = LoggingHandler(logger_provider=provider)
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.info("order %s placed", 7)
     try:
-        {}["customer"]
-    except KeyError:
-        logger.exception("could not load order %s", 8)
-    provider.shutdown()
+        logger.info("order %s placed", 7)
+        try:
+            {}["customer"]
+        except KeyError:
+            logger.exception("could not load order %s", 8)
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
 
 
 def test_sdk_to_collector_to_sentry(tmp_path: Path) -> None:

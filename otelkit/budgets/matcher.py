@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
-from otelkit.budgets.wire import AttributeReader
+from otelkit.budgets.wire import AttributeReader, value_text
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
 ROUTE_KEYS = ("http.route",)
@@ -129,6 +129,7 @@ class BudgetMatcher:
         )
         self._reader = AttributeReader(self.wanted_keys)
         self._resource_cache: dict[str, tuple[CompiledBudget, ...]] = {}
+        self._kind_cache: dict[str, dict[int, KindCandidates | None]] = {}
 
     def for_service(self, service_name: str) -> tuple[CompiledBudget, ...]:
         """The budgets that can match spans of this service (cached per service)."""
@@ -138,6 +139,29 @@ class BudgetMatcher:
             if len(self._resource_cache) < 10_000:
                 self._resource_cache[service_name] = found
         return found
+
+    def by_kind(self, service_name: str) -> dict[int, KindCandidates | None]:
+        """Per span kind, the budgets that can match spans of this service (cached), so
+        the per-span work starts with one dict lookup. Unknown kinds are added on use."""
+        found = self._kind_cache.get(service_name)
+        if found is None:
+            found = {k: self._for_kind(service_name, k) for k in range(6)}
+            if len(self._kind_cache) < 10_000:
+                self._kind_cache[service_name] = found
+        return found
+
+    def for_kind(self, service_name: str, kind: int) -> KindCandidates | None:
+        """As :meth:`by_kind` for one kind, remembering it."""
+        found = self.by_kind(service_name)
+        if kind not in found:
+            found[kind] = self._for_kind(service_name, kind)
+        return found[kind]
+
+    def _for_kind(self, service_name: str, kind: int) -> KindCandidates | None:
+        budgets = tuple(
+            b for b in self.for_service(service_name) if b.kind is None or b.kind == kind
+        )
+        return KindCandidates(budgets) if budgets else None
 
     def match(
         self,
@@ -161,6 +185,65 @@ class BudgetMatcher:
                     span_attrs = self._reader.texts(span)
                 if not _all_hold(budget.attribute_tests, span_attrs, resource_attrs):
                     continue
+            return budget
+        return None
+
+
+_MISSING = object()
+_MATCH_CACHE_SIZE = 4096
+
+
+class KindCandidates:
+    """The budgets one span kind of one service can match, in file order, with a reader
+    of only the attribute keys they test.
+
+    Which budget owns a span depends only on its name (when some budget tests names),
+    the raw values of those keys and the resource's; so the answer is remembered per
+    such combination and the common span costs one read of its bytes and a dict lookup.
+    """
+
+    __slots__ = ("_cache", "_uses_name", "budgets", "reader")
+
+    def __init__(self, budgets: tuple[CompiledBudget, ...]) -> None:
+        self.budgets = budgets
+        self.reader = AttributeReader(
+            key for b in budgets for t in b.attribute_tests for key in t.keys
+        )
+        self._uses_name = any(b.span_name is not None for b in budgets)
+        self._cache: dict[object, CompiledBudget | None] = {}
+
+    def match(
+        self, span: Span, resource_attrs: Mapping[str, str], resource_key: object = None
+    ) -> CompiledBudget | None:
+        """The first budget that matches ``span`` (whose kind is already known to fit).
+
+        ``resource_key`` identifies ``resource_attrs`` (equal keys, equal attributes)."""
+        name = span.name if self._uses_name else None
+        raws = self.reader.raws(span)
+        key = (resource_key, name, raws)
+        found = self._cache.get(key, _MISSING)
+        if found is _MISSING:
+            span_attrs = {
+                k: value_text(raw)
+                for k, raw in zip(self.reader.keys, raws, strict=True)
+                if raw is not None
+            }
+            found = self._first_match(span, span_attrs, resource_attrs)
+            if len(self._cache) >= _MATCH_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = found
+        return found  # type: ignore[return-value]
+
+    def _first_match(
+        self, span: Span, span_attrs: Mapping[str, str], resource_attrs: Mapping[str, str]
+    ) -> CompiledBudget | None:
+        for budget in self.budgets:
+            if budget.span_name is not None and not budget.span_name(span.name):
+                continue
+            if budget.attribute_tests and not _all_hold(
+                budget.attribute_tests, span_attrs, resource_attrs
+            ):
+                continue
             return budget
         return None
 

@@ -11,8 +11,11 @@ budgets care about.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 
 class DDSketch:
@@ -21,6 +24,7 @@ class DDSketch:
     __slots__ = (
         "_inv_log_gamma",
         "_log_gamma",
+        "_sorted",
         "buckets",
         "count",
         "max",
@@ -43,6 +47,7 @@ class DDSketch:
         self.max_buckets = max_buckets
         self.min_value = min_value
         self.buckets: dict[int, int] = {}
+        self._sorted: list[int] | None = None  # sorted bucket indexes, while unchanged
         self.zero_count = 0
         self.count = 0
         self.sum = 0.0
@@ -57,6 +62,8 @@ class DDSketch:
             return
         index = math.ceil(math.log(value) * self._inv_log_gamma)
         buckets = self.buckets
+        if index not in buckets:
+            self._sorted = None
         buckets[index] = buckets.get(index, 0) + 1
         if len(buckets) > self.max_buckets:
             self._collapse_lowest()
@@ -73,8 +80,11 @@ class DDSketch:
         top = max(values)
         self.max = max(self.max, top)
         buckets = self.buckets
+        size = len(buckets)
         for index, n in Counter(indexes).items():
             buckets[index] = buckets.get(index, 0) + n
+        if len(buckets) != size:
+            self._sorted = None
         while len(buckets) > self.max_buckets:
             self._collapse_lowest()
 
@@ -82,17 +92,30 @@ class DDSketch:
         """The value at rank ``floor(q * (count - 1))``, within the relative accuracy."""
         if self.count == 0:
             return None
-        rank = math.floor(q * (self.count - 1))
-        seen = self.zero_count
-        if seen > rank:
-            return 0.0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen > rank:
-                return self._value_of(index)
-        return self.max
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """:meth:`quantile` of each of ``qs``, from one pass over the buckets."""
+        if self.count == 0:
+            return [None] * len(qs)
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self.buckets)
+        # cumulative[j]: values in the zero bucket and buckets keys[0..j].
+        cumulative = list(accumulate(map(self.buckets.__getitem__, keys), initial=self.zero_count))
+        del cumulative[0]
+        out: list[float | None] = []
+        for q in qs:
+            rank = math.floor(q * (self.count - 1))
+            if self.zero_count > rank:
+                out.append(0.0)
+                continue
+            at = bisect_right(cumulative, rank)  # the first bucket whose running count passes
+            out.append(self._value_of(keys[at]) if at < len(keys) else self.max)
+        return out
 
     def merge(self, other: DDSketch) -> None:
+        self._sorted = None
         for index, n in other.buckets.items():
             self.buckets[index] = self.buckets.get(index, 0) + n
         self.zero_count += other.zero_count
@@ -107,6 +130,7 @@ class DDSketch:
         return 2.0 * math.exp(index * self._log_gamma) / (1.0 + math.exp(self._log_gamma))
 
     def _collapse_lowest(self) -> None:
+        self._sorted = None
         low, second = sorted(self.buckets)[:2]
         self.buckets[second] += self.buckets.pop(low)
 

@@ -48,7 +48,19 @@ def key_pattern(key: str) -> bytes:
 def raw_value(data: bytes, pattern: bytes) -> bytes | None:
     """The ``AnyValue`` bytes of the top-level attribute ``pattern`` starts, if any."""
     at = data.find(pattern)
-    return None if at < 0 else raw_value_at(data, pattern, at)
+    if at < 0:
+        return None
+    # Fast path (as in raw_value_at): value and KeyValue shorter than 128 bytes.
+    end = at + len(pattern)
+    length = data[end]
+    if (
+        length < 0x80
+        and at >= 2
+        and data[at - 2] == _ATTRIBUTE_TAG
+        and data[at - 1] == len(pattern) + 1 + length
+    ):
+        return data[end + 1 : end + 1 + length]
+    return raw_value_at(data, pattern, at)
 
 
 def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:
@@ -99,6 +111,20 @@ class AttributeReader:
 
     def __init__(self, keys: Iterable[str]) -> None:
         self._patterns = tuple((key, key_pattern(key)) for key in sorted(set(keys)))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self._patterns)
+
+    def raws(self, span: Span) -> tuple[bytes | None, ...]:
+        """The raw ``AnyValue`` bytes of each key (in :attr:`keys` order), or None."""
+        patterns = self._patterns
+        if not patterns:
+            return ()
+        data = span.SerializeToString()
+        if len(patterns) == 1:
+            return (raw_value(data, patterns[0][1]),)
+        return tuple([raw_value(data, pattern) for _, pattern in patterns])
 
     def texts(self, span: Span) -> dict[str, str]:
         if not self._patterns:

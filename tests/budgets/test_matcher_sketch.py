@@ -35,10 +35,20 @@ def owner(span: S, service: str = "shop-api", **resource: str) -> str | None:
     req = request([span], service, **resource)
     rs = req.resource_spans[0]
     candidates = matcher.for_service(service_name(rs.resource.attributes))
-    found = matcher.match(
-        all_spans(req)[0], candidates, attribute_texts(rs.resource.attributes, matcher.wanted_keys)
-    )
+    resource_attrs = attribute_texts(rs.resource.attributes, matcher.wanted_keys)
+    found = matcher.match(all_spans(req)[0], candidates, resource_attrs)
+    # The per-kind path the processor takes agrees, also when its answer is remembered
+    # across spans and resources (a matcher shared by every case, asked twice).
+    span_ = all_spans(req)[0]
+    resource_key = tuple(sorted(resource_attrs.items()))
+    for _ in range(2):
+        by_kind = SHARED_MATCHER.for_kind(service_name(rs.resource.attributes), span_.kind)
+        via_kind = by_kind.match(span_, resource_attrs, resource_key) if by_kind else None
+        assert (via_kind.name if via_kind else None) == (found.name if found else None)
     return found.name if found else None
+
+
+SHARED_MATCHER = BudgetMatcher(parse_budgets({"budgets": BUDGETS}).budgets)
 
 
 @pytest.mark.parametrize(
@@ -129,6 +139,29 @@ def test_windowed_sketch_reports_each_window_separately() -> None:
     assert closed is not None and closed.count == 3
     assert math.isclose(closed.quantiles[0.5] or 0, 20, rel_tol=0.01)
     assert w.sketch.count == 0 and w.start == 1060.0
+
+
+def test_quantiles_in_one_pass_equal_each_quantile() -> None:
+    rng = random.Random(5)
+    sketch = DDSketch(0.01, max_buckets=100)
+    qs = (0.0, 0.5, 0.9, 0.95, 0.99, 1.0)
+    for _ in range(5):
+        sketch.add_many([rng.lognormvariate(2, 2) for _ in range(300)] + [0.0] * 10)
+        exact = sorted(sketch.buckets)
+        walked = []
+        for q in qs:  # the definition: walk the sorted buckets up to the rank
+            rank, seen = math.floor(q * (sketch.count - 1)), sketch.zero_count
+            value = 0.0 if seen > rank else None
+            for index in exact:
+                seen += sketch.buckets[index]
+                if value is None and seen > rank:
+                    value = 2 * math.exp(index * math.log(1.01 / 0.99)) / (1 + 1.01 / 0.99)
+            walked.append(value)
+        got = sketch.quantiles(qs)
+        assert all(
+            math.isclose(g or 0, w or 0, rel_tol=1e-9) for g, w in zip(got, walked, strict=True)
+        )
+        assert got == [sketch.quantile(q) for q in qs]
 
 
 def test_adding_a_batch_equals_adding_one_by_one() -> None:

@@ -21,7 +21,8 @@ ratio to the bare receiver measured in the same run. All targets run side by sid
 when not measured) and the cases are measured in interleaved rounds, so background load
 on a shared machine disturbs them alike; each case shows its best round. The load
 process needs CPU too, so on 2 cores the absolute spans/s is bounded by both; CPU per
-span is the steadier figure.
+span is the steadier figure. Targets run with the same glibc malloc settings (see
+``STEADY_MALLOC``) unless ``--glibc-defaults`` is given.
 """
 
 from __future__ import annotations
@@ -369,7 +370,14 @@ class Target:
     log: Path
 
 
-def start_target(name: str, workdir: Path) -> Target:
+# glibc returns freed heap tops to the OS and re-faults them on the next ~200 KiB request
+# buffer; whether a process hits that depends on heap-layout luck (a parse-only server
+# did: 5-10x the page faults, +40% CPU per span). Every target gets the same settings,
+# so the comparison measures Python work, not heap luck. --glibc-defaults turns it off.
+STEADY_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
+def start_target(name: str, workdir: Path, env: dict[str, str]) -> Target:
     grpc_port, http_port = free_port(), free_port()
     log = workdir / f"{name}.log"
     if name == "bare":
@@ -383,7 +391,9 @@ def start_target(name: str, workdir: Path) -> Target:
         label = " -> ".join(["otlp", *processors, exporter])
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
+        )
     target = Target(name, label, process, grpc_port, http_port, log)
     try:
         wait_for_port(grpc_port, process)
@@ -553,6 +563,9 @@ def main() -> None:
         help=f"comma-separated, from: {', '.join(PIPELINES)} (the bare receiver always runs)",
     )
     parser.add_argument("--transports", default="grpc,http")
+    parser.add_argument(
+        "--glibc-defaults", action="store_true", help="run targets without the malloc settings"
+    )
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
     args = parser.parse_args()
     if args.serve_bare:
@@ -572,12 +585,19 @@ def main() -> None:
             notes.append(f"pipeline {name} skipped: not installed: {', '.join(missing)}")
         else:
             targets.append(name)
+    env = {} if args.glibc_defaults else STEADY_MALLOC
+    if env:
+        notes.append(
+            "every target ran with "
+            + " ".join(f"{k}={v}" for k, v in env.items())
+            + " (steady glibc heap; --glibc-defaults to measure without)"
+        )
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
         running: list[Target] = []
         try:
             for name in targets:
-                running.append(start_target(name, Path(tmp)))
+                running.append(start_target(name, Path(tmp), env))
             for _ in range(args.rounds):
                 for transport in args.transports.split(","):
                     for target in running:

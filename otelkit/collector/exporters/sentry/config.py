@@ -70,6 +70,12 @@ class TransactionSettings(ComponentConfig):
     )
 
 
+class SentryQueueSettings(QueueSettings):
+    queue_size: int = Field(
+        5000, ge=1, description="Envelopes the queue holds (one per event or transaction)."
+    )
+
+
 class SentryConfig(ExporterHelperConfig):
     """Traces become transactions and error events; logs become error events and log items."""
 
@@ -106,7 +112,7 @@ class SentryConfig(ExporterHelperConfig):
     transactions: TransactionSettings = TransactionSettings()
     scrub: ScrubSettings = ScrubSettings()
     compression: Literal["gzip", "none"] = "gzip"
-    sending_queue: QueueSettings = QueueSettings(queue_size=5000)
+    sending_queue: SentryQueueSettings = SentryQueueSettings()
 
     @field_validator("dsn")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import sys
 from typing import Any
@@ -55,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     log = logging.getLogger("otelkit.collector")
+    _steady_heap()
     try:
         service = Service(config)
     except Exception as exc:
@@ -66,3 +69,26 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 1
     return 0
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def _steady_heap() -> None:
+    """Keep glibc from trimming and re-faulting the heap on every batch.
+
+    Batches of a few hundred KiB cross glibc's dynamic thresholds, so by default memory is
+    returned to the kernel and page-faulted back continuously, which costs more CPU than
+    parsing. Fixed thresholds (128 MiB trim, 32 MiB mmap) keep the heap steady; resident
+    memory stays bounded by the memory_limiter and queue sizes as before.
+    """
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+    except (OSError, AttributeError):
+        return

@@ -17,6 +17,7 @@ integer comparison per span.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -25,14 +26,22 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
-from otelkit.budgets.wire import AttributeReader
+from otelkit.budgets.wire import key_pattern, raw_value, value_text
 
 SPAN_KIND_CLIENT = 3
 _DB_SYSTEM = ("db.system.name", "db.system")
 _DB_QUERY = ("db.query.text", "db.statement")
 _HTTP_METHOD = ("http.request.method", "http.method")
 _HTTP_URL = ("url.full", "http.url")
-_READER = AttributeReader(_DB_SYSTEM + _DB_QUERY + _HTTP_METHOD + _HTTP_URL)
+_DB_SYSTEM_PATTERNS = tuple(key_pattern(k) for k in _DB_SYSTEM)
+_DB_QUERY_PATTERNS = tuple(key_pattern(k) for k in _DB_QUERY)
+_HTTP_METHOD_PATTERNS = tuple(key_pattern(k) for k in _HTTP_METHOD)
+_HTTP_URL_PATTERNS = tuple(key_pattern(k) for k in _HTTP_URL)
+# Bytes every key of a kind contains: a span without them has none of those keys.
+_DB_KEY_PART = b"db."
+_HTTP_METHOD_KEY_PART = b"method\x12"
+assert all(_DB_KEY_PART in p for p in _DB_SYSTEM_PATTERNS + _DB_QUERY_PATTERNS)
+assert all(_HTTP_METHOD_KEY_PART in p for p in _HTTP_METHOD_PATTERNS)
 
 _SQL_STRING = re.compile(r"'(?:[^']|'')*'")
 _SQL_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
@@ -109,7 +118,7 @@ class DetectorsConfig(BaseModel):
     n_plus_one_api_calls: NPlusOneApiConfig = NPlusOneApiConfig()
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """A client span the detectors look at."""
 
@@ -133,10 +142,12 @@ class Detection:
     anchor: Span  # the span that carries the finding event
 
 
-def _first(attrs: dict[str, str], keys: Sequence[str]) -> str | None:
-    for key in keys:
-        if key in attrs:
-            return attrs[key]
+def _first(data: bytes, patterns: Sequence[bytes]) -> str | None:
+    """The text of the first of these top-level attributes the span's bytes hold."""
+    for pattern in patterns:
+        raw = raw_value(data, pattern)
+        if raw is not None:
+            return value_text(raw)
     return None
 
 
@@ -156,27 +167,67 @@ class _LazyParent:
 
 
 def client_calls(spans: Sequence[Span], services: Sequence[str]) -> list[Call]:
+    """The database and HTTP client calls among ``spans``, reading each client span's
+    bytes once and looking up only the keys its kind of call can have."""
     calls: list[Call] = []
+    append = calls.append
     for span, service in zip(spans, services, strict=True):
         if span.kind != SPAN_KIND_CLIENT:
             continue
-        attrs = _READER.texts(span)
-        query = _first(attrs, _DB_QUERY)
-        if query is not None or _first(attrs, _DB_SYSTEM) is not None:
-            shape = normalize_query(query or span.name)
-            calls.append(
-                Call(span, service, span.start_time_unix_nano, span.end_time_unix_nano, shape, True)
-            )
+        data = span.SerializeToString()
+        if _DB_KEY_PART in data:
+            shape = _db_shape(data, span)
+            if shape is not None:
+                append(
+                    Call(
+                        span,
+                        service,
+                        span.start_time_unix_nano,
+                        span.end_time_unix_nano,
+                        shape,
+                        True,
+                    )
+                )
+                continue
+        if _HTTP_METHOD_KEY_PART not in data:
             continue
-        method, url = _first(attrs, _HTTP_METHOD), _first(attrs, _HTTP_URL)
+        method = _first(data, _HTTP_METHOD_PATTERNS)
         if method is not None:
+            url = _first(data, _HTTP_URL_PATTERNS)
             shape = url_shape(method, url or span.name)
-            calls.append(
+            append(
                 Call(
                     span, service, span.start_time_unix_nano, span.end_time_unix_nano, shape, False
                 )
             )
     return calls
+
+
+_RAW_SHAPES: dict[bytes, str] = {}
+
+
+def _db_shape(data: bytes, span: Span) -> str | None:
+    """The normalised query of a database span (its name when it has no query text), or
+    None when it is not a database span. Shapes are remembered per raw query value."""
+    raw = None
+    for pattern in _DB_QUERY_PATTERNS:
+        raw = raw_value(data, pattern)
+        if raw is not None:
+            break
+    if raw is None:
+        if _first(data, _DB_SYSTEM_PATTERNS) is None:
+            return None
+        return normalize_query(span.name)
+    shape = _RAW_SHAPES.get(raw)
+    if shape is None:
+        query = value_text(raw)
+        if not query:
+            return normalize_query(span.name)
+        shape = normalize_query(query)
+        if len(_RAW_SHAPES) >= 10_000:
+            _RAW_SHAPES.clear()
+        _RAW_SHAPES[raw] = shape
+    return shape
 
 
 def detect(
@@ -187,22 +238,55 @@ def detect(
         return []
     by_parent: dict[bytes, list[Call]] = {}
     for call in calls:
-        by_parent.setdefault(call.span.parent_span_id, []).append(call)
+        parent_id = call.span.parent_span_id
+        group = by_parent.get(parent_id)
+        if group is None:
+            by_parent[parent_id] = [call]
+        else:
+            group.append(call)
     found: list[Detection] = []
+    n1db, consecutive, n1api = (
+        config.n_plus_one_db_queries,
+        config.consecutive_http,
+        config.n_plus_one_api_calls,
+    )
+    # A run has at least min_count calls: smaller groups cannot hold a finding.
+    smallest = min(n1db.min_count, consecutive.min_count, n1api.min_count)
     for parent_id, children in by_parent.items():
-        children.sort(key=lambda c: c.start)
-        parent = _LazyParent(spans, parent_id)
+        if len(children) < smallest:
+            continue
         db = [c for c in children if c.is_db]
         http = [c for c in children if not c.is_db]
-        if db and config.n_plus_one_db_queries.enabled:
-            found.extend(_n_plus_one_db(db, parent, config.n_plus_one_db_queries))
-        if http and config.consecutive_http.enabled:
-            found.extend(_consecutive_http(http, parent, config.consecutive_http))
-        if http and config.n_plus_one_api_calls.enabled:
-            found.extend(_n_plus_one_api(http, parent, config.n_plus_one_api_calls))
+        check_db = n1db.enabled and _has_repeated_shape(db, n1db.min_count)
+        check_consecutive = consecutive.enabled and len(http) >= consecutive.min_count
+        check_api = n1api.enabled and _has_repeated_shape(http, n1api.min_count)
+        if not (check_db or check_consecutive or check_api):
+            continue
+        # Sorting each kind apart orders them as sorting all children would (stable).
+        db.sort(key=_start_of)
+        http.sort(key=_start_of)
+        parent = _LazyParent(spans, parent_id)
+        if check_db:
+            found.extend(_n_plus_one_db(db, parent, n1db))
+        if check_consecutive:
+            found.extend(_consecutive_http(http, parent, consecutive))
+        if check_api:
+            found.extend(_n_plus_one_api(http, parent, n1api))
     if config.slow_db_query.enabled:
         found.extend(_slow_db(calls, config.slow_db_query))
     return found
+
+
+def _start_of(call: Call) -> int:
+    return call.start
+
+
+def _has_repeated_shape(calls: list[Call], min_count: int) -> bool:
+    """Whether some shape occurs at least ``min_count`` times among ``calls``."""
+    if len(calls) < min_count:
+        return False
+    counts = Counter([c.shape for c in calls])
+    return max(counts.values()) >= min_count
 
 
 def _by_shape(calls: Iterable[Call]) -> dict[str, list[Call]]:
@@ -247,7 +331,8 @@ def _n_plus_one_db(db: list[Call], parent: _LazyParent, cfg: NPlusOneDbConfig) -
 
 def _slow_db(calls: list[Call], cfg: SlowDbConfig) -> list[Detection]:
     found = []
-    for call in calls:
+    limit = cfg.min_duration_ms
+    for call in [c for c in calls if (c.end - c.start) / 1e6 >= limit]:
         if (
             call.is_db
             and call.ms >= cfg.min_duration_ms

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind
 
 _logger = logging.getLogger(__name__)
 _SMALL = [bytes((n,)) for n in range(128)]
@@ -81,32 +81,37 @@ class SpanEncoder:
     """Encodes batches of SDK spans; keeps per-exporter caches (one exporter thread)."""
 
     def __init__(self) -> None:
-        self._attributes: dict[tuple[str, type, Any], bytes] = {}
+        # Encoded ``key=value`` fields, per field number (the same pair is field 1 of a
+        # resource and field 9 of a span) and per value type (``True == 1 == 1.0``), keyed
+        # by the ``(key, value)`` tuples the attribute dict yields.
+        self._attributes: dict[int, dict[type, dict[tuple[str, Any], bytes]]] = {}
         self._resources: dict[int, tuple[Any, bytes, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes, bytes]] = {}
+        self._names: dict[str, bytes] = {}
 
     def _attribute_fields(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
-        cache = self._attributes
+        caches = self._attributes.get(number)
+        if caches is None:
+            caches = self._attributes[number] = {kind: {} for kind in (str, int, float, bool)}
         parts = []
         # BoundedAttributes wraps a dict; iterating the dict skips the Mapping machinery.
-        items = getattr(attributes, "_dict", attributes).items()
-        for key, value in items:
-            if isinstance(value, (str, int, float)):
-                cache_key = (key, type(value), value)
-                encoded = cache.get(cache_key)
-                if encoded is None:
-                    encoded = _field(number, _key_value(key, value))
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[cache_key] = encoded
-                parts.append(encoded)
-            else:
+        for item in getattr(attributes, "_dict", attributes).items():
+            cache = caches.get(type(item[1]))
+            if cache is None:
                 try:
-                    parts.append(_field(number, _key_value(key, value)))
+                    parts.append(_field(number, _key_value(*item)))
                 except TypeError:  # as the stock encoder: drop the attribute, keep the span
-                    _logger.exception("cannot encode attribute %s", key)
+                    _logger.exception("cannot encode attribute %s", item[0])
+                continue
+            encoded = cache.get(item)
+            if encoded is None:
+                encoded = _field(number, _key_value(*item))
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[item] = encoded
+            parts.append(encoded)
         return b"".join(parts)
 
     def _resource(self, resource: Any) -> tuple[bytes, bytes]:
@@ -153,39 +158,61 @@ class SpanEncoder:
         return b"".join(out)
 
     def _span(self, span: ReadableSpan) -> bytes:
-        context = span.get_span_context()
+        # The SDK's public properties copy (attributes into a MappingProxyType, events and
+        # links into tuples, under a lock); an ended span no longer changes, so its fields
+        # are read directly where the SDK keeps them.
+        fields = _SpanFields.of(span)
+        context = fields.context
         assert context is not None
-        parent = span.parent
+        parent = fields.parent
         parts = [
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
+            b"\x0a\x10"
+            + context.trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + context.span_id.to_bytes(8, "big")
         ]
         if context.trace_state:
             state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
             parts.append(_field(3, state.encode()))
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        if span.name:
-            parts.append(_field(5, span.name.encode("utf-8")))
-        parts.append(b"\x30" + _SMALL[span.kind.value + 1])
-        if span.start_time:
-            parts.append(b"\x39" + _FIXED64(span.start_time))
-        if span.end_time:
-            parts.append(b"\x41" + _FIXED64(span.end_time))
-        parts.append(self._attribute_fields(9, span.attributes))
-        if span.dropped_attributes:
-            parts.append(b"\x50" + _varint(span.dropped_attributes))
-        for event in span.events:
+        name = fields.name
+        if name:
+            parts.append(self._name_field(name))
+        parts.append(_KIND_FIELDS[fields.kind])
+        if fields.start_time:
+            parts.append(b"\x39" + _FIXED64(fields.start_time))
+        if fields.end_time:
+            parts.append(b"\x41" + _FIXED64(fields.end_time))
+        parts.append(self._attribute_fields(9, fields.attributes))
+        if fields.dropped_attributes:
+            parts.append(b"\x50" + _varint(fields.dropped_attributes))
+        for event in fields.events:
             parts.append(_field(11, self._event(event)))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-        for link in span.links:
+        if fields.dropped_events:
+            parts.append(b"\x60" + _varint(fields.dropped_events))
+        for link in fields.links:
             parts.append(_field(13, self._link(link)))
-        if span.dropped_links:
-            parts.append(b"\x70" + _varint(span.dropped_links))
-        parts.append(_field(15, _status(span.status)))
-        parts.append(b"\x85\x01" + _FIXED32(_flags(parent)))
+        if fields.dropped_links:
+            parts.append(b"\x70" + _varint(fields.dropped_links))
+        parts.append(self._status_field(fields.status))
+        parts.append(_REMOTE_PARENT_FLAGS if parent is not None and parent.is_remote else _FLAGS)
         return b"".join(parts)
+
+    def _name_field(self, name: str) -> bytes:
+        """Span names repeat (one per route and operation): encode each once."""
+        encoded = self._names.get(name)
+        if encoded is None:
+            encoded = _field(5, name.encode("utf-8"))
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            self._names[name] = encoded
+        return encoded
+
+    def _status_field(self, status: Any) -> bytes:
+        if status is None or (status.status_code.value == 0 and not status.description):
+            return _EMPTY_STATUS
+        return _field(15, _status(status))
 
     def _event(self, event: Any) -> bytes:
         body = b"\x09" + _FIXED64(event.timestamp) if event.timestamp else b""
@@ -220,6 +247,88 @@ def _flags(context: SpanContext | None) -> int:
     return _FLAGS_HAS_IS_REMOTE
 
 
+_FLAGS = b"\x85\x01" + _FIXED32(_FLAGS_HAS_IS_REMOTE)
+_REMOTE_PARENT_FLAGS = b"\x85\x01" + _FIXED32(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
+_EMPTY_STATUS = _field(15, b"")
+_KIND_FIELDS = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+
+
+class _SpanFields:
+    """What the encoder reads from a span, without the SDK properties' defensive copies."""
+
+    __slots__ = (
+        "attributes",
+        "context",
+        "dropped_attributes",
+        "dropped_events",
+        "dropped_links",
+        "end_time",
+        "events",
+        "kind",
+        "links",
+        "name",
+        "parent",
+        "start_time",
+        "status",
+    )
+    attributes: Mapping[str, Any] | None
+    context: SpanContext | None
+    dropped_attributes: int
+    dropped_events: int
+    dropped_links: int
+    end_time: int | None
+    events: Iterable[Any]
+    kind: SpanKind
+    links: Iterable[Any]
+    name: str
+    parent: SpanContext | None
+    start_time: int | None
+    status: Any
+
+    @classmethod
+    def of(cls, span: ReadableSpan) -> _SpanFields:
+        fields = cls()
+        try:
+            raw = vars(span)
+            attributes = raw["_attributes"]
+            events = raw["_events"]
+            links = raw["_links"]
+            fields.name = raw["_name"]
+            fields.context = raw["_context"]
+            fields.parent = raw["_parent"]
+            fields.kind = raw["_kind"]
+            fields.start_time = raw["_start_time"]
+            fields.end_time = raw["_end_time"]
+            fields.status = raw["_status"]
+        except (KeyError, TypeError):  # not the SDK's layout: use the public properties
+            return cls._public(span)
+        fields.attributes = getattr(attributes, "_dict", attributes)
+        fields.dropped_attributes = getattr(attributes, "dropped", 0)
+        fields.events = getattr(events, "_dq", events) or ()
+        fields.dropped_events = getattr(events, "dropped", 0)
+        fields.links = getattr(links, "_dq", links) or ()
+        fields.dropped_links = getattr(links, "dropped", 0)
+        return fields
+
+    @classmethod
+    def _public(cls, span: ReadableSpan) -> _SpanFields:
+        fields = cls()
+        fields.name = span.name
+        fields.context = span.get_span_context()
+        fields.parent = span.parent
+        fields.kind = span.kind
+        fields.start_time = span.start_time
+        fields.end_time = span.end_time
+        fields.status = span.status
+        fields.attributes = span.attributes
+        fields.dropped_attributes = span.dropped_attributes
+        fields.events = span.events
+        fields.dropped_events = span.dropped_events
+        fields.links = span.links
+        fields.dropped_links = span.dropped_links
+        return fields
+
+
 _EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -248,3 +357,67 @@ def lean_grpc_span_exporter(**options: Any) -> Any:
             return encoded
 
     return LeanOTLPSpanExporter(**options)
+
+
+_HTTP_EXPORTER_FIELDS = ("_shutdown", "_metrics", "_client", "_max_request_size")
+
+
+def lean_http_span_exporter(**options: Any) -> Any:
+    """The stock OTLP/HTTP (protobuf) span exporter (endpoint, TLS, headers, compression,
+    retries, size limit, its own metrics) posting bytes from :class:`SpanEncoder`.
+
+    The stock ``export`` encodes through a module function, so the lean one repeats its
+    steps with the encoder swapped; should a later release keep its state elsewhere, the
+    stock exporter is used unchanged.
+    """
+    from opentelemetry.exporter.otlp.proto.http import _common
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
+
+    class LeanOTLPHttpSpanExporter(OTLPSpanExporter):
+        def __init__(self, **kwargs: Any) -> None:
+            self._encoder = SpanEncoder()
+            super().__init__(**kwargs)
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            if self._shutdown:
+                _logger.warning("Exporter already shutdown, ignoring batch")
+                return SpanExportResult.FAILURE
+            with self._metrics.export_operation(len(spans)) as result:
+                try:
+                    data = self._encoder.encode(spans)
+                except Exception as error:  # as the stock exporter: fail the batch
+                    _logger.error("Failed to encode span batch: %s", error)
+                    result.error = error
+                    return SpanExportResult.FAILURE
+                if _common._is_request_too_large(data, self._max_request_size):
+                    _logger.warning(
+                        "Dropping span batch: serialized size %d bytes exceeds "
+                        "max_request_size %d bytes.",
+                        len(data),
+                        self._max_request_size,
+                    )
+                    result.error = _common.RequestPayloadTooLargeError(
+                        f"Serialized span request size {len(data)} bytes exceeds "
+                        f"max_request_size {self._max_request_size} bytes."
+                    )
+                    return SpanExportResult.FAILURE
+                sent = self._client.export(data)
+                if not sent.success:
+                    result.error = sent.error
+                    result.error_attrs = (
+                        {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
+                        if sent.status_code is not None
+                        else None
+                    )
+                    return SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS
+
+    exporter = LeanOTLPHttpSpanExporter(**options)
+    if all(hasattr(exporter, name) for name in _HTTP_EXPORTER_FIELDS) and hasattr(
+        _common, "_is_request_too_large"
+    ):
+        return exporter
+    _logger.debug("this OTLP/HTTP exporter is not the one the lean export knows; using it as is")
+    return OTLPSpanExporter(**options)

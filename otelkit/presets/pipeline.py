@@ -357,6 +357,13 @@ def span_exporter(settings: Settings) -> SpanExporter | None:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             return OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+        if settings.lean_encoder:
+            from otelkit.presets.encoder import lean_http_span_exporter
+
+            http_exporter: SpanExporter = lean_http_span_exporter(
+                endpoint=endpoint, timeout=timeout
+            )
+            return http_exporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpSpanExporter,
         )

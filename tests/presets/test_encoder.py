@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -116,3 +119,71 @@ def test_the_lean_exporter_delivers_over_grpc(sink: OtlpSink) -> None:
     assert exporter.export(spans) == SpanExportResult.SUCCESS
     exporter.shutdown()
     assert sink.trace_requests == [encode_spans(spans)]
+
+
+def test_a_pair_shared_by_resource_span_and_event_keeps_each_field() -> None:
+    keep = _Keep()
+    provider = TracerProvider(resource=Resource({"service.name": "a", "n": 1}))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("lib", attributes={"n": 1})
+    with tracer.start_as_current_span("s", attributes={"service.name": "a", "n": 1}) as span:
+        span.add_event("e", {"service.name": "a", "n": 1})
+    encoder = SpanEncoder()
+    for _ in range(2):
+        parsed = ExportTraceServiceRequest.FromString(encoder.encode(keep.spans))
+        assert parsed == encode_spans(keep.spans)
+
+
+class _Collect(BaseHTTPRequestHandler):
+    bodies: list[tuple[str, str, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.bodies.append((self.path, self.headers["Content-Type"], body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_lean_exporter_delivers_over_http() -> None:
+    from otelkit.presets.encoder import lean_http_span_exporter
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        exporter = lean_http_span_exporter(endpoint=endpoint, timeout=5)
+        assert type(exporter).__name__ == "LeanOTLPHttpSpanExporter"
+        spans = _spans()
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert exporter.export(spans) == SpanExportResult.FAILURE
+    finally:
+        server.shutdown()
+        server.server_close()
+    [(path, content_type, body)] = _Collect.bodies
+    assert (path, content_type) == ("/v1/traces", "application/x-protobuf")
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
+
+
+class _Proxy:
+    """A span that offers only the public ReadableSpan properties (no instance dict)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._span, name)
+
+
+def test_spans_of_another_layout_encode_through_their_properties() -> None:
+    spans = _spans()
+    proxied: list[Any] = [_Proxy(span) for span in spans]
+    encoded = SpanEncoder().encode(proxied)
+    assert ExportTraceServiceRequest.FromString(encoded) == encode_spans(spans)

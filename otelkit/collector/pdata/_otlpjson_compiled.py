@@ -87,6 +87,7 @@ _SIXTY_FOUR_BITS = {
 }  # fmt: skip
 _LENGTH = "(SMALL[n] if n < 128 else varint(n))"
 loads = msgspec.json.Decoder().decode
+dumps = msgspec.json.Encoder().encode
 
 
 class FastPathError(Exception):
@@ -158,16 +159,21 @@ def _json_miss(
 
 
 def raw_attributes_json(
-    items: Any, cache: dict[bytes, dict[str, Any]], encode_raw: Callable[[bytes], dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """JSON of key/value pairs given as their wire bytes (a shadow's ``repeated bytes``)."""
+    items: Any, cache: dict[bytes, bytes], encode_raw: Callable[[bytes], bytes]
+) -> msgspec.Raw:
+    """JSON of key/value pairs given as their wire bytes (a shadow's ``repeated bytes``).
+
+    The cache holds each pair's JSON text, and the list goes to the serializer as one
+    pre-encoded fragment.
+    """
     get = cache.get
-    return [get(raw) or _raw_json_miss(raw, cache, encode_raw) for raw in items]
+    pairs = [get(raw) or _raw_json_miss(raw, cache, encode_raw) for raw in items]
+    return msgspec.Raw(b"[" + b",".join(pairs) + b"]")
 
 
 def _raw_json_miss(
-    raw: bytes, cache: dict[bytes, dict[str, Any]], encode_raw: Callable[[bytes], dict[str, Any]]
-) -> dict[str, Any]:
+    raw: bytes, cache: dict[bytes, bytes], encode_raw: Callable[[bytes], bytes]
+) -> bytes:
     encoded = string_pair_json(raw) or encode_raw(raw)
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
@@ -175,23 +181,31 @@ def _raw_json_miss(
     return encoded
 
 
-def string_pair_json(raw: bytes) -> dict[str, Any] | None:
-    """JSON of a key/value pair with a short string value, read from its bytes directly.
+_NEEDS_ESCAPE = re.compile(rb'["\\\x00-\x1f]')
+
+
+def string_pair_json(raw: bytes) -> bytes:
+    """JSON text of a key/value pair with a short string value, from its bytes directly.
 
     Wire form: ``0x0A len key 0x12 len (0x0A len value)`` with every length below 128;
-    anything else (or any extra byte) returns None for the general path.
+    anything else (or any extra byte) returns b"" for the general path. Protobuf strings
+    are valid UTF-8, so text without quotes, backslashes or control characters is
+    copied into the JSON as it is.
     """
     try:
         at = raw[1] + 2  # where the AnyValue field starts
         size = raw[at + 1]
-        if (
+        if not (
             raw[0] == 0x0A and at < 130 and raw[at] == 0x12 and raw[at + 2] == 0x0A
             and size < 128 and size == raw[at + 3] + 2 == len(raw) - at - 2
         ):  # fmt: skip
-            return {"key": raw[2:at].decode(), "value": {"stringValue": raw[at + 4 :].decode()}}
+            return b""
     except IndexError:
-        pass
-    return None
+        return b""
+    key, value = raw[2:at], raw[at + 4 :]
+    if _NEEDS_ESCAPE.search(key) or _NEEDS_ESCAPE.search(value):
+        return dumps({"key": key.decode(), "value": {"stringValue": value.decode()}})
+    return b'{"key":"' + key + b'","value":{"stringValue":"' + value + b'"}}'
 
 
 def negative_zero(value: float) -> bool:
@@ -448,14 +462,14 @@ class _Generator:
         test = "v or negative_zero(v)" if field.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT) else "v"
         return [f"v = m.{field.name}", f"if {test}:", set_it + self._json_value(field, "v")]
 
-    def _key_value_from_bytes(self) -> Callable[[bytes], dict[str, Any]]:
-        """JSON of one key/value pair from its wire bytes, by the real KeyValue's encoder."""
+    def _key_value_from_bytes(self) -> Callable[[bytes], bytes]:
+        """JSON text of one key/value pair from its wire bytes, by KeyValue's encoder."""
         parse = _message_class(KEY_VALUE).FromString
         name = "encode_" + KEY_VALUE.replace(".", "_")
         namespace = self.namespace
 
-        def encode(raw: bytes) -> dict[str, Any]:
-            return namespace[name](parse(raw))  # type: ignore[no-any-return]
+        def encode(raw: bytes) -> bytes:
+            return dumps(namespace[name](parse(raw)))
 
         return encode
 

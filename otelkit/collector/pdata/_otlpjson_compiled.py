@@ -14,8 +14,9 @@ dicts and strings of attributes. So each message type gets, when the module load
 * ``encode_<type>``: message -> dict ready for the JSON serializer. A request is
   encoded from its *shadow*: the same bytes parsed as a copy of the OTLP types in which
   every key/value list is ``repeated bytes``. Python then never creates a wrapper per
-  attribute (the costliest step of reading protobuf from Python), and each attribute's
-  bytes are the key of a cache of its JSON.
+  attribute (the costliest step of reading protobuf from Python), each attribute's
+  bytes are the key of a cache of its JSON text, and a whole list goes to the
+  serializer as one pre-encoded :class:`msgspec.Raw` fragment.
 
 The fast paths are optimistic: they check only what they must to never accept bad
 input. An exception makes the caller fall back, ultimately to the checked codec, which

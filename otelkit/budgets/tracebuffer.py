@@ -19,9 +19,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
@@ -29,19 +30,38 @@ from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, 
 from otelkit.collector.runtime.errors import ComponentError
 
 
-@dataclass
+@dataclass(slots=True)
 class HeldTrace:
     trace_id: bytes
     first_seen: float
+    # The trace's spans and their services, when the buffer keeps spans.
     spans: list[Span] = field(default_factory=list)
     services: list[str] = field(default_factory=list)  # parallel to spans
+    span_count: int = 0
+    flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
 
-@dataclass
-class _HeldBatch:
+@dataclass(slots=True)
+class HeldBatch:
     payload: ExportTraceServiceRequest
     arrival: float
     spans: int
+    trace_ids: list[list[bytes]]  # per ScopeSpans, in payload order: each span's trace ID
+
+
+class ScopeScan(NamedTuple):
+    """What a scanner reports about one ``ScopeSpans``."""
+
+    trace_ids: list[bytes]  # each span's
+    flags: dict[int, int]  # span index -> flag bits, for the few spans that have any
+
+
+Scanner = Callable[[ScopeSpans], ScopeScan]
+
+
+def read_trace_ids(scope_spans: ScopeSpans) -> ScopeScan:
+    """The default scanner: trace IDs only."""
+    return ScopeScan([span.trace_id for span in scope_spans.spans], {})
 
 
 class TraceBuffer:
@@ -51,36 +71,63 @@ class TraceBuffer:
         max_traces: int,
         is_decided: Callable[[bytes], bool] = lambda _trace_id: False,
         clock: Callable[[], float] = time.monotonic,
+        keep_spans: bool = True,
+        scan: Scanner = read_trace_ids,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
+        self.keep_spans = keep_spans
         self._is_decided = is_decided
         self._clock = clock
-        self._batches: deque[_HeldBatch] = deque()
+        self._scan = scan
+        self._batches: deque[HeldBatch] = deque()
         self.traces: dict[bytes, HeldTrace] = {}
         self.held_spans = 0
 
     def add(self, payload: ExportTraceServiceRequest) -> None:
         now = self._clock()
-        traces = self.traces
         count = 0
+        trace_ids: list[list[bytes]] = []
         for rs in payload.resource_spans:
-            service = service_name(rs.resource.attributes)
+            service = service_name(rs.resource.attributes) if self.keep_spans else ""
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    count += 1
-                    trace_id = span.trace_id
-                    held = traces.get(trace_id)
-                    if held is None:
-                        if self._is_decided(trace_id):
-                            continue
-                        held = traces[trace_id] = HeldTrace(trace_id, now)
-                    held.spans.append(span)
-                    held.services.append(service)
-        self._batches.append(_HeldBatch(payload, now, count))
+                ids, flags = self._scan(ss)
+                trace_ids.append(ids)
+                count += len(ids)
+                if ids:
+                    self._index(ss, ids, flags, service, now)
+        self._batches.append(HeldBatch(payload, now, count, trace_ids))
         self.held_spans += count
 
-    def due(self, flush: bool = False) -> tuple[list[HeldTrace], list[ExportTraceServiceRequest]]:
+    def _index(
+        self, ss: ScopeSpans, ids: list[bytes], flags: dict[int, int], service: str, now: float
+    ) -> None:
+        """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
+        traces = self.traces
+        spans = list(ss.spans) if self.keep_spans else None
+        n = len(ids)
+        cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
+        cuts.append(n)
+        begin = 0
+        for end in cuts:
+            trace_id = ids[begin]
+            held = traces.get(trace_id)
+            if held is None:
+                if self._is_decided(trace_id):
+                    begin = end
+                    continue
+                held = traces[trace_id] = HeldTrace(trace_id, now)
+            held.span_count += end - begin
+            if spans is not None:
+                held.spans += spans[begin:end]
+                held.services += [service] * (end - begin)
+            begin = end
+        for k, bits in flags.items():
+            held = traces.get(ids[k])
+            if held is not None:
+                held.flags |= bits
+
+    def due(self, flush: bool = False) -> tuple[list[HeldTrace], list[HeldBatch]]:
         """Traces to judge now, then the batches to release (in arrival order)."""
         now = self._clock()
         cutoff = float("inf") if flush else now - self.wait
@@ -93,11 +140,11 @@ class TraceBuffer:
             ready.append(held)
         for held in ready:
             del self.traces[held.trace_id]
-        released: list[ExportTraceServiceRequest] = []
+        released: list[HeldBatch] = []
         while self._batches and self._batches[0].arrival <= cutoff:
             batch = self._batches.popleft()
             self.held_spans -= batch.spans
-            released.append(batch.payload)
+            released.append(batch)
         return ready, released
 
     def _oldest_cutoff(self) -> float:
@@ -126,7 +173,9 @@ class BufferedTraceProcessor(Processor):
     ) -> None:
         self._settings = settings
         self._next = next_consumer
-        self.buffer = TraceBuffer(wait, max_traces, self.is_decided)
+        self.buffer = TraceBuffer(
+            wait, max_traces, self.is_decided, keep_spans=self.keeps_spans(), scan=self.scan
+        )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -134,9 +183,18 @@ class BufferedTraceProcessor(Processor):
     def judge(self, traces: list[HeldTrace]) -> None:
         raise NotImplementedError
 
-    def prepare(self, payload: ExportTraceServiceRequest) -> ExportTraceServiceRequest | None:
+    def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
-        return payload
+        return batch.payload
+
+    # And may override these: what the buffer keeps of each trace.
+    def keeps_spans(self) -> bool:
+        """Whether judging needs each trace's spans (else only IDs, counts and flags)."""
+        return True
+
+    def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
+        """Trace IDs of one ScopeSpans' spans and flags for some of them."""
+        return read_trace_ids(scope_spans)
 
     def is_decided(self, trace_id: bytes) -> bool:
         return False
@@ -169,7 +227,7 @@ class BufferedTraceProcessor(Processor):
             await self._send(traces, batches, raise_errors=False)
 
     async def _send(
-        self, traces: list[HeldTrace], batches: list[ExportTraceServiceRequest], raise_errors: bool
+        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
     ) -> None:
         if traces:
             self.judge(traces)

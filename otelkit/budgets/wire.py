@@ -138,3 +138,69 @@ class AttributeReader:
                 if raw is not None:
                     found[key] = value_text(raw)
         return found
+
+
+_SPANS_TAG = 0x12  # ScopeSpans.spans: field 2, length-delimited
+_TRACE_ID_HEAD = 0x0A  # Span.trace_id: field 1, length-delimited
+_TRACE_ID_LENGTH = 16
+
+
+def scope_spans_layout(data: bytes) -> tuple[list[int], list[int], list[bytes | None]]:
+    """Where each span of a serialised ``ScopeSpans`` starts and ends, and its trace ID
+    where the span's bytes begin with one (serialisers write field 1 first; None
+    elsewhere: read it from the message). Raises ValueError on bytes it cannot walk."""
+    try:
+        return _walk_scope_spans(data)
+    except IndexError:
+        raise ValueError("truncated ScopeSpans") from None
+
+
+def _walk_scope_spans(data: bytes) -> tuple[list[int], list[int], list[bytes | None]]:
+    starts: list[int] = []
+    ends: list[int] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        if data[pos] != _SPANS_TAG:
+            pos = _skip_field(data, pos)
+            continue
+        length = data[pos + 1]
+        if length < 0x80:
+            pos += 2
+        elif data[pos + 2] < 0x80:  # spans of 128 bytes to 16 KiB
+            length = (length & 0x7F) | (data[pos + 2] << 7)
+            pos += 3
+        else:
+            length, pos = read_varint(data, pos + 1)
+        starts.append(pos)
+        pos += length
+        ends.append(pos)
+    if pos != size:
+        raise ValueError("truncated span")
+    head = b"%c%c" % (_TRACE_ID_HEAD, _TRACE_ID_LENGTH)
+    ids: list[bytes | None] = [
+        data[at + 2 : at + 2 + _TRACE_ID_LENGTH]
+        if data.startswith(head, at) and end - at >= 2 + _TRACE_ID_LENGTH
+        else None
+        for at, end in zip(starts, ends, strict=True)
+    ]
+    return starts, ends, ids
+
+
+def _skip_field(data: bytes, pos: int) -> int:
+    """The position after the field starting at ``pos``."""
+    tag, pos = read_varint(data, pos)
+    wire_type = tag & 7
+    if wire_type == 0:
+        _, pos = read_varint(data, pos)
+    elif wire_type == 1:
+        pos += 8
+    elif wire_type == 2:
+        length, pos = read_varint(data, pos)
+        pos += length
+    elif wire_type == 5:
+        pos += 4
+    else:
+        raise ValueError(f"unsupported wire type {wire_type}")
+    if pos > len(data):
+        raise ValueError("truncated field")
+    return pos

@@ -166,3 +166,37 @@ def test_perf_issues_buffers_a_trace_split_across_batches() -> None:
     assert len(marked) == 6
     [root] = [s for s in spans if s.name == "GET /books"]
     assert [e.name for e in root.events] == ["otelkit.finding"]
+
+
+def test_marks_and_errors_are_told_apart_by_span_not_by_bytes_alone() -> None:
+    """Bytes that look like an error status or a mark elsewhere keep nothing; real ones
+    keep their trace wherever they sit in the batch, also across scopes and resources."""
+    processor, sink, _ = sampler()
+    first = request(
+        [
+            S("int 2 looks like ERROR", trace=1, attrs={"retries": 2, "x": 2}),
+            S("child", trace=1),
+            S("ok", trace=2),
+            S("mark in value only", trace=3, attrs={"note": "otelkit.perf_issue.type"}),
+            S("last span errors", trace=4, error=True),
+        ]
+    )
+    second = request(
+        [S("breach", trace=6, attrs={"otelkit.budget.exceeded": True}), S("ok", trace=7)],
+        "other",
+    )
+    first.resource_spans.extend(second.resource_spans)
+    first.resource_spans[0].scope_spans.add().spans.extend(
+        all_spans(request([S("n+1", trace=8, attrs={"otelkit.perf_issue.type": "x"})]))
+    )
+    asyncio.run(processor.consume(first))
+    assert kept_traces(sink) == {4, 6, 8}
+
+
+def test_spans_without_a_leading_trace_id_still_group_by_trace() -> None:
+    processor, sink, _ = sampler()
+    batch = request([S("a", trace=1, error=True), S("b", trace=1), S("c", trace=2)])
+    spans = all_spans(batch)
+    spans[1].trace_id = b""  # an invalid span: grouped under the empty trace ID
+    asyncio.run(processor.consume(batch))
+    assert [s.name for s in all_spans(sink.got[0])] == ["a"]  # type: ignore[arg-type]

@@ -38,3 +38,19 @@ def test_key_that_is_a_prefix_of_another_is_not_confused() -> None:
         "db.system": "mysql",
         "db.system.name": "postgresql",
     }
+
+
+def test_scope_spans_layout_finds_every_span_and_its_trace_id() -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
+
+    from otelkit.budgets.wire import scope_spans_layout
+
+    ss = ScopeSpans(schema_url="s")
+    ss.scope.name = "scope"
+    ss.spans.add(trace_id=b"\x01" * 16, name="short")
+    ss.spans.add(trace_id=b"\x02" * 16, name="long" * 5000)  # a three-byte length
+    ss.spans.add(name="no trace id")
+    data = ss.SerializeToString()
+    starts, ends, ids = scope_spans_layout(data)
+    assert [Span.FromString(data[a:b]) for a, b in zip(starts, ends, strict=True)] == list(ss.spans)
+    assert ids == [b"\x01" * 16, b"\x02" * 16, None]

@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import re
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import BUDGET_EXCEEDED, PERF_ISSUE_TYPE
 from otelkit.budgets.matcher import any_value_text
-from otelkit.budgets.tracebuffer import BufferedTraceProcessor, HeldTrace
-from otelkit.budgets.wire import key_pattern
+from otelkit.budgets.tracebuffer import (
+    BufferedTraceProcessor,
+    HeldBatch,
+    HeldTrace,
+    ScopeScan,
+    read_trace_ids,
+)
+from otelkit.budgets.wire import key_pattern, scope_spans_layout
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -42,10 +49,15 @@ _STATUS = {
     "OK": Status.STATUS_CODE_OK,
     "ERROR": Status.STATUS_CODE_ERROR,
 }
-_PolicyFn = Callable[[list[Span]], bool]
+_PolicyFn = Callable[[HeldTrace], bool]
 # ``otelkit.budget.exceeded = true`` as a whole KeyValue, and the perf-issue key.
 _EXCEEDED_TRUE = key_pattern(BUDGET_EXCEEDED) + b"\x02\x10\x01"
 _PERF_ISSUE = key_pattern(PERF_ISSUE_TYPE)
+# Status.code = ERROR as it appears in a span's bytes; other bytes can look the same,
+# so each occurrence is checked on the span itself.
+_ERROR_CODE = b"\x18\x02"
+# HeldTrace.flags bits: what some span of the trace has.
+_ERROR, _EXCEEDED, _PERF = 1, 2, 4
 
 
 class _Model(BaseModel):
@@ -152,22 +164,80 @@ class _Cache:
 
 
 class TailSamplingProcessor(BufferedTraceProcessor):
+    """Spans are not walked one by one to find what makes a trace worth keeping: each
+    ScopeSpans is serialised once and searched for the breach and perf-issue marks and
+    error statuses, and the few spans found are told apart by their byte offsets.
+    Spans are held per trace only when a policy reads them."""
+
     def __init__(
         self, settings: CreateSettings, config: TailSamplingConfig, next_consumer: Consumer
     ):
-        super().__init__(settings, next_consumer, config.decision_wait, config.num_traces)
         self._config = config
+        self._policies = [self._compile(p) for p in config.policies]
+        self._needs_spans = any(
+            isinstance(p, Latency | StatusCode | StringAttribute) for p in config.policies
+        )
+        keep = config.keep
+        self._marks = [
+            (pattern, bit)
+            for pattern, bit, wanted in (
+                (_EXCEEDED_TRUE, _EXCEEDED, keep.budget_breaches or keep.perf_issues),
+                (_PERF_ISSUE, _PERF, keep.budget_breaches or keep.perf_issues),
+            )
+            if wanted
+        ]
+        super().__init__(settings, next_consumer, config.decision_wait, config.num_traces)
         self._sampled = _Cache(config.decision_cache.sampled_cache_size)
         self._not_sampled = _Cache(config.decision_cache.non_sampled_cache_size)
         # Decisions of the last decision_wait: batches still held may need them.
         self._decided: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
-        self._policies = [self._compile(p) for p in config.policies]
         self._decisions = settings.telemetry.counter(
             "otelkit_tail_sampling_decisions", "Traces decided", ("decision", "reason")
         )
         self._decision_children: dict[tuple[bool, str], Any] = {}
+
+    def keeps_spans(self) -> bool:
+        return self._needs_spans
+
+    def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
+        if not self._marks and not self._config.keep.errors:
+            return read_trace_ids(scope_spans)
+        data = scope_spans.SerializeToString()
+        spans = scope_spans.spans
+        try:
+            starts, ends, found_ids = scope_spans_layout(data)
+        except ValueError:
+            starts, ends, found_ids = [], [], []
+        if len(starts) != len(spans):  # bytes it cannot walk: read span by span
+            return self._scan_spans(scope_spans)
+        ids = [
+            trace_id if trace_id is not None else spans[k].trace_id
+            for k, trace_id in enumerate(found_ids)
+        ]
+        flags: dict[int, int] = {}
+        for pattern, bit in self._marks:
+            _flag_occurrences(data, pattern, bit, starts, ends, flags, None)
+        if self._config.keep.errors:
+            _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
+        return ScopeScan(ids, flags)
+
+    def _scan_spans(self, scope_spans: ScopeSpans) -> ScopeScan:
+        ids: list[bytes] = []
+        flags: dict[int, int] = {}
+        for k, span in enumerate(scope_spans.spans):
+            ids.append(span.trace_id)
+            data = span.SerializeToString()
+            bits = 0
+            for pattern, bit in self._marks:
+                if pattern in data:
+                    bits |= bit
+            if self._config.keep.errors and span.status.code == Status.STATUS_CODE_ERROR:
+                bits |= _ERROR
+            if bits:
+                flags[k] = bits
+        return ScopeScan(ids, flags)
 
     def is_decided(self, trace_id: bytes) -> bool:
         return trace_id in self._sampled or trace_id in self._not_sampled
@@ -178,7 +248,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         while self._decided and next(iter(self._decided.values()))[1] < horizon:
             self._decided.popitem(last=False)
         for trace in traces:
-            reason = self._reason_to_keep(trace.spans)
+            reason = self._reason_to_keep(trace)
             keep = reason is not None
             self._decided[trace.trace_id] = (keep, now)
             (self._sampled if keep else self._not_sampled).add(trace.trace_id)
@@ -192,16 +262,19 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             child = self._decision_children[key] = self._decisions.labels(decision, reason)
         child.inc()
 
-    def prepare(self, payload: ExportTraceServiceRequest) -> ExportTraceServiceRequest | None:
+    def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
+        payload = batch.payload
+        scopes = [ss for rs in payload.resource_spans for ss in rs.scope_spans]
+        if len(scopes) != len(batch.trace_ids):  # changed since held: read the IDs again
+            batch.trace_ids = [read_trace_ids(ss).trace_ids for ss in scopes]
         dropped = 0
+        at = len(scopes)
         for rs_index in range(len(payload.resource_spans) - 1, -1, -1):
             rs = payload.resource_spans[rs_index]
             for ss_index in range(len(rs.scope_spans) - 1, -1, -1):
+                at -= 1
                 spans = rs.scope_spans[ss_index].spans
-                for i in range(len(spans) - 1, -1, -1):
-                    if not self._keeps(spans[i].trace_id):
-                        del spans[i]
-                        dropped += 1
+                dropped += self._filter(spans, batch.trace_ids[at])
                 if not spans:
                     del rs.scope_spans[ss_index]
             if not rs.scope_spans:
@@ -211,44 +284,71 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             self._settings.telemetry.processor_dropped(label, Signal.TRACES, dropped)
         return payload
 
+    def _filter(self, spans: Any, ids: list[bytes]) -> int:
+        """Deletes the spans of traces not kept, a run at a time; returns how many."""
+        if len(ids) != len(spans):
+            ids = [span.trace_id for span in spans]
+        keeps = {trace_id: self._keeps(trace_id) for trace_id in dict.fromkeys(ids)}
+        if all(keeps.values()):
+            return 0
+        if not any(keeps.values()):
+            n = len(spans)
+            del spans[:]
+            return n
+        dropped = 0
+        end = len(ids)
+        while end > 0:
+            if keeps[ids[end - 1]]:
+                end -= 1
+                continue
+            begin = end - 1
+            while begin > 0 and not keeps[ids[begin - 1]]:
+                begin -= 1
+            del spans[begin:end]
+            dropped += end - begin
+            end = begin
+        return dropped
+
     def _keeps(self, trace_id: bytes) -> bool:
         decision = self._decided.get(trace_id)
         if decision is not None:
             return decision[0]
         return trace_id in self._sampled
 
-    def _reason_to_keep(self, spans: list[Span]) -> str | None:
+    def _reason_to_keep(self, trace: HeldTrace) -> str | None:
         keep = self._config.keep
-        if keep.errors and any(s.status.code == Status.STATUS_CODE_ERROR for s in spans):
+        flags = trace.flags
+        if keep.errors and flags & _ERROR:
             return "error"
-        if keep.budget_breaches or keep.perf_issues:
-            marker = _marker(spans)
-            if marker == BUDGET_EXCEEDED and keep.budget_breaches:
+        # A breach mark outranks a perf-issue mark even where breaches are not kept.
+        if flags & _EXCEEDED:
+            if keep.budget_breaches:
                 return "budget_breach"
-            if marker == PERF_ISSUE_TYPE and keep.perf_issues:
-                return "perf_issue"
+        elif flags & _PERF and keep.perf_issues:
+            return "perf_issue"
         for name, policy in self._policies:
-            if policy(spans):
+            if policy(trace):
                 return name
         return None
 
     def _compile(self, policy: Policy) -> tuple[str, _PolicyFn]:
         if isinstance(policy, AlwaysSample):
-            return policy.name, lambda spans: True
+            return policy.name, lambda trace: True
         if isinstance(policy, Latency):
             limit_ns = policy.latency.threshold_ms * 1e6
-            return policy.name, lambda spans: _trace_duration_ns(spans) >= limit_ns
+            return policy.name, lambda trace: _trace_duration_ns(trace.spans) >= limit_ns
         if isinstance(policy, StatusCode):
             codes = frozenset(_STATUS[c] for c in policy.status_code.status_codes)
-            return policy.name, lambda spans: any(s.status.code in codes for s in spans)
+            return policy.name, lambda trace: any(s.status.code in codes for s in trace.spans)
         if isinstance(policy, StringAttribute):
-            return policy.name, _string_attribute(policy.string_attribute)
+            test = _string_attribute(policy.string_attribute)
+            return policy.name, lambda trace: test(trace.spans)
         if isinstance(policy, Probabilistic):
             bound = int(policy.probabilistic.sampling_percentage / 100 * 2**64)
-            return policy.name, lambda spans: int.from_bytes(spans[0].trace_id[-8:]) < bound
+            return policy.name, lambda trace: int.from_bytes(trace.trace_id[-8:]) < bound
         assert isinstance(policy, RateLimiting)
         rate = policy.rate_limiting.spans_per_second
-        return policy.name, lambda spans: self._take_tokens(len(spans), rate)
+        return policy.name, lambda trace: self._take_tokens(trace.span_count, rate)
 
     def _take_tokens(self, n: int, rate: int) -> bool:
         now = time.monotonic()
@@ -260,17 +360,26 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         return False
 
 
-def _marker(spans: list[Span]) -> str | None:
-    """``otelkit.budget.exceeded`` (when true) or ``otelkit.perf_issue.type`` if any span
-    has one, found in the spans' wire bytes (cheaper than walking their attributes)."""
-    found: str | None = None
-    for span in spans:
-        data = span.SerializeToString()
-        if _EXCEEDED_TRUE in data:
-            return BUDGET_EXCEEDED
-        if found is None and _PERF_ISSUE in data:
-            found = PERF_ISSUE_TYPE
-    return found
+def _flag_occurrences(
+    data: bytes,
+    pattern: bytes,
+    bit: int,
+    starts: list[int],
+    ends: list[int],
+    flags: dict[int, int],
+    confirm_error_on: Any,
+) -> None:
+    """Sets ``bit`` for each span whose bytes contain ``pattern`` (with
+    ``confirm_error_on``, the spans: only where that span's status is ERROR)."""
+    at = data.find(pattern)
+    while at >= 0:
+        k = bisect_right(starts, at) - 1
+        if k < 0 or at + len(pattern) > ends[k]:  # not inside one span
+            at = data.find(pattern, at + 1)
+            continue
+        if confirm_error_on is None or confirm_error_on[k].status.code == Status.STATUS_CODE_ERROR:
+            flags[k] = flags.get(k, 0) | bit
+        at = data.find(pattern, ends[k])  # this span is settled: on to the next
 
 
 def _trace_duration_ns(spans: list[Span]) -> int:

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, Span
 from opentelemetry.trace import SpanContext, SpanKind
 
 _logger = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def _flags(context: SpanContext | None) -> int:
 _FLAGS = b"\x85\x01" + _FIXED32(_FLAGS_HAS_IS_REMOTE)
 _REMOTE_PARENT_FLAGS = b"\x85\x01" + _FIXED32(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 _EMPTY_STATUS = _field(15, b"")
+_SDK_SPAN_TYPES = frozenset({ReadableSpan, Span})
 _KIND_FIELDS = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
 
 
@@ -287,6 +288,8 @@ class _SpanFields:
 
     @classmethod
     def of(cls, span: ReadableSpan) -> _SpanFields:
+        if type(span) not in _SDK_SPAN_TYPES:  # a subclass may override what it shows
+            return cls._public(span)
         fields = cls()
         try:
             raw = vars(span)

@@ -187,3 +187,42 @@ def test_spans_of_another_layout_encode_through_their_properties() -> None:
     proxied: list[Any] = [_Proxy(span) for span in spans]
     encoded = SpanEncoder().encode(proxied)
     assert ExportTraceServiceRequest.FromString(encoded) == encode_spans(spans)
+
+
+class _Redacting(ReadableSpan):
+    """A span type that shows less than it holds, as a filtering processor might pass on."""
+
+    @property
+    def attributes(self) -> Any:
+        return {k: v for k, v in (self._attributes or {}).items() if k != "str"}
+
+
+def test_a_span_subclass_is_encoded_as_it_presents_itself() -> None:
+    spans = _spans()
+    redacted = [
+        _Redacting(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=span.attributes,
+            events=span.events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+        for span in spans
+    ]
+    parsed = ExportTraceServiceRequest.FromString(SpanEncoder().encode(redacted))
+    assert parsed == encode_spans(redacted)
+    keys = {
+        kv.key
+        for resource in parsed.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+        for kv in span.attributes
+    }
+    assert "int" in keys and "str" not in keys

@@ -37,18 +37,24 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path is None and name in _DEBIAN_PACKAGES and os.geteuid() == 0 and shutil.which("apt-get"):
         with _install_lock:
-            subprocess.run(
-                ["apt-get", "install", "-y", "-qq", _DEBIAN_PACKAGES[name]],
-                check=False,
-                capture_output=True,
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                timeout=600,
-            )
+            _apt_install(_DEBIAN_PACKAGES[name])
+            if shutil.which(name) is None:  # a fresh machine has no package lists yet
+                _apt(["apt-get", "update", "-qq"])
+                _apt_install(_DEBIAN_PACKAGES[name])
         path = shutil.which(name)
     if path is None:
         missing(f"{name} is not installed (Debian package {_DEBIAN_PACKAGES.get(name, name)})")
     assert path is not None
     return path
+
+
+def _apt_install(package: str) -> None:
+    _apt(["apt-get", "install", "-y", "-qq", package])
+
+
+def _apt(command: list[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(command, check=False, capture_output=True, env=env, timeout=600)
 
 
 def require_postgres() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,12 +42,12 @@ class HeldTrace:
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
 
-@dataclass(slots=True)
-class HeldBatch:
-    payload: ExportTraceServiceRequest
-    arrival: float
-    spans: int
-    trace_ids: list[list[bytes]]  # per ScopeSpans, in payload order: each span's trace ID
+class ScopeWire(NamedTuple):
+    """A serialised ``ScopeSpans`` and where each of its spans' bytes start and end."""
+
+    data: bytes
+    starts: array[int]
+    ends: array[int]
 
 
 class ScopeScan(NamedTuple):
@@ -54,6 +55,20 @@ class ScopeScan(NamedTuple):
 
     trace_ids: list[bytes]  # each span's
     flags: dict[int, int]  # span index -> flag bits, for the few spans that have any
+    wire: ScopeWire | None = None  # its bytes, if the scanner serialised it
+
+
+@dataclass(slots=True)
+class HeldBatch:
+    # The batch as it came, or (when the buffer keeps no spans and the scanner gave
+    # every scope's bytes) only its bytes: per ResourceSpans, its own fields serialised
+    # without scope_spans, and each ScopeSpans' bytes. Bytes take a fraction of the
+    # memory of the parsed message.
+    payload: ExportTraceServiceRequest | None
+    arrival: float
+    spans: int
+    trace_ids: list[list[bytes]]  # per ScopeSpans, in payload order: each span's trace ID
+    wire: list[tuple[bytes, list[ScopeWire]]] | None = None
 
 
 Scanner = Callable[[ScopeSpans], ScopeScan]
@@ -88,15 +103,21 @@ class TraceBuffer:
         now = self._clock()
         count = 0
         trace_ids: list[list[bytes]] = []
+        wires: list[list[ScopeWire | None]] = []
         for rs in payload.resource_spans:
             service = service_name(rs.resource.attributes) if self.keep_spans else ""
+            wires.append([])
             for ss in rs.scope_spans:
-                ids, flags = self._scan(ss)
+                ids, flags, wire = self._scan(ss)
                 trace_ids.append(ids)
+                wires[-1].append(wire)
                 count += len(ids)
                 if ids:
                     self._index(ss, ids, flags, service, now)
-        self._batches.append(HeldBatch(payload, now, count, trace_ids))
+        batch = HeldBatch(payload, now, count, trace_ids)
+        if not self.keep_spans:
+            _hold_bytes_only(batch, wires)
+        self._batches.append(batch)
         self.held_spans += count
 
     def _index(
@@ -159,6 +180,20 @@ class TraceBuffer:
         return len(self._batches)
 
 
+def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> None:
+    """Replaces the batch's message by its bytes, if every scope's bytes are at hand."""
+    payload = batch.payload
+    assert payload is not None
+    if not all(wire is not None for scopes in wires for wire in scopes):
+        return
+    held: list[tuple[bytes, list[ScopeWire]]] = []
+    for rs, scopes in zip(payload.resource_spans, wires, strict=True):
+        rs.ClearField("scope_spans")  # the batch is this buffer's now
+        held.append((rs.SerializeToString(), [w for w in scopes if w is not None]))
+    batch.wire = held
+    batch.payload = None
+
+
 class BufferedTraceProcessor(Processor):
     """A traces processor that judges whole traces: holds batches in a TraceBuffer,
     judges due traces on a timer, and releases batches downstream in arrival order.
@@ -185,6 +220,7 @@ class BufferedTraceProcessor(Processor):
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
+        assert batch.payload is not None  # only a buffer that keeps no spans holds bytes
         return batch.payload
 
     # And may override these: what the buffer keeps of each trace.

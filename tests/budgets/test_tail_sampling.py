@@ -200,3 +200,42 @@ def test_spans_without_a_leading_trace_id_still_group_by_trace() -> None:
     spans[1].trace_id = b""  # an invalid span: grouped under the empty trace ID
     asyncio.run(processor.consume(batch))
     assert [s.name for s in all_spans(sink.got[0])] == ["a"]  # type: ignore[arg-type]
+
+
+def test_batches_held_as_bytes_come_out_as_batches_held_as_messages() -> None:
+    """Without span-reading policies batches are held as bytes; what is released is the
+    same as when they are held as messages (a latency policy that never fires)."""
+
+    def make_batch() -> ExportTraceServiceRequest:
+        out = request(
+            [S("a", trace=1), S("b", trace=2, error=True), S("c", trace=1), S("d", trace=3)]
+        )
+        out.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+        out.resource_spans[0].scope_spans[0].scope.name = "lib"
+        out.resource_spans[0].scope_spans.add()  # an empty scope goes
+        kept_scope = out.resource_spans[0].scope_spans.add(schema_url="s")
+        kept_scope.spans.extend(all_spans(request([S("e", trace=2), S("f", trace=4)])))
+        out.resource_spans.extend(request([S("g", trace=5)], "dropped-service").resource_spans)
+        out.resource_spans.extend(request([S("h", trace=2)], "kept-service").resource_spans)
+        return out
+
+    never = {"name": "never", "type": "latency", "latency": {"threshold_ms": 1e9}}
+    template = make_batch()
+    outputs = []
+    for policies in ([], [never]):
+        processor, sink, telemetry = sampler("1h", policies=policies)
+        batch = ExportTraceServiceRequest()
+        batch.CopyFrom(template)
+        asyncio.run(processor.consume(batch))
+        assert len(processor.buffer) == 1
+        asyncio.run(processor.shutdown())
+        [released] = sink.got
+        outputs.append(released.SerializeToString())  # type: ignore[attr-defined]
+        assert telemetry.total("otelcol_processor_dropped_spans_total") == 5
+    assert outputs[0] == outputs[1]
+    out = ExportTraceServiceRequest.FromString(outputs[0])
+    assert [[s.name for s in all_spans(out)]] == [["b", "e", "h"]]
+    assert [rs.resource.attributes[0].value.string_value for rs in out.resource_spans] == [
+        "shop-api",
+        "kept-service",
+    ]

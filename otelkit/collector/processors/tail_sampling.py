@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,9 +33,10 @@ from otelkit.budgets.tracebuffer import (
     HeldBatch,
     HeldTrace,
     ScopeScan,
+    ScopeWire,
     read_trace_ids,
 )
-from otelkit.budgets.wire import key_pattern, scope_spans_layout
+from otelkit.budgets.wire import key_pattern, scope_spans_layout, varint
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -56,6 +58,8 @@ _PERF_ISSUE = key_pattern(PERF_ISSUE_TYPE)
 # Status.code = ERROR as it appears in a span's bytes; other bytes can look the same,
 # so each occurrence is checked on the span itself.
 _ERROR_CODE = b"\x18\x02"
+_RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
+_SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
 # HeldTrace.flags bits: what some span of the trace has.
 _ERROR, _EXCEEDED, _PERF = 1, 2, 4
 
@@ -221,7 +225,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             _flag_occurrences(data, pattern, bit, starts, ends, flags, None)
         if self._config.keep.errors:
             _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
-        return ScopeScan(ids, flags)
+        return ScopeScan(ids, flags, ScopeWire(data, array("I", starts), array("I", ends)))
 
     def _scan_spans(self, scope_spans: ScopeSpans) -> ScopeScan:
         ids: list[bytes] = []
@@ -263,7 +267,10 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         child.inc()
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
+        if batch.wire is not None:
+            return self._rebuild(batch, batch.wire)
         payload = batch.payload
+        assert payload is not None
         scopes = [ss for rs in payload.resource_spans for ss in rs.scope_spans]
         if len(scopes) != len(batch.trace_ids):  # changed since held: read the IDs again
             batch.trace_ids = [read_trace_ids(ss).trace_ids for ss in scopes]
@@ -283,6 +290,59 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             label = str(self._settings.id)
             self._settings.telemetry.processor_dropped(label, Signal.TRACES, dropped)
         return payload
+
+    def _rebuild(
+        self, batch: HeldBatch, wire: list[tuple[bytes, list[ScopeWire]]]
+    ) -> ExportTraceServiceRequest:
+        """The batch from its held bytes, with only the spans of kept traces: the bytes of
+        dropped spans are cut out, and only what is kept is parsed."""
+        out = bytearray()
+        dropped = 0
+        ids_of_scopes = iter(batch.trace_ids)
+        for header, scopes in wire:
+            body = bytearray(header)
+            for scope in scopes:
+                kept, n = self._filter_bytes(scope, next(ids_of_scopes))
+                dropped += n
+                if kept is not None:
+                    body += _SCOPE_SPANS_TAG + varint(len(kept)) + kept
+            if len(body) > len(header):  # a resource left without scopes goes
+                out += _RESOURCE_SPANS_TAG + varint(len(body)) + body
+        if dropped:
+            label = str(self._settings.id)
+            self._settings.telemetry.processor_dropped(label, Signal.TRACES, dropped)
+        rebuilt = ExportTraceServiceRequest()
+        rebuilt.ParseFromString(bytes(out))
+        return rebuilt
+
+    def _filter_bytes(self, scope: ScopeWire, ids: list[bytes]) -> tuple[bytes | None, int]:
+        """A ScopeSpans' bytes without the spans of traces not kept (None when no span is
+        left), and how many spans were cut."""
+        if not ids:
+            return None, 0
+        keeps = {trace_id: self._keeps(trace_id) for trace_id in dict.fromkeys(ids)}
+        if all(keeps.values()):
+            return scope.data, 0
+        if not any(keeps.values()):
+            return None, len(ids)
+        data, starts, ends = scope
+        pieces: list[bytes] = []
+        pos = dropped = 0
+        k, n = 0, len(ids)
+        while k < n:
+            if keeps[ids[k]]:
+                k += 1
+                continue
+            begin = k
+            while k < n and not keeps[ids[k]]:
+                k += 1
+            # A span's entry: its tag byte and length, then its bytes.
+            head = starts[begin] - 1 - len(varint(ends[begin] - starts[begin]))
+            pieces.append(data[pos:head])
+            pos = ends[k - 1]
+            dropped += k - begin
+        pieces.append(data[pos:])
+        return b"".join(pieces), dropped
 
     def _filter(self, spans: Any, ids: list[bytes]) -> int:
         """Deletes the spans of traces not kept, a run at a time; returns how many."""

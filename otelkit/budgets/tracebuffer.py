@@ -17,7 +17,7 @@ import contextlib
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
@@ -35,11 +35,22 @@ from otelkit.collector.runtime.errors import ComponentError
 class HeldTrace:
     trace_id: bytes
     first_seen: float
-    # The trace's spans and their services, when the buffer keeps spans.
-    spans: list[Span] = field(default_factory=list)
-    services: list[str] = field(default_factory=list)  # parallel to spans
+    # Where the trace's spans are, when the buffer keeps spans: runs of them in the
+    # held batches (spans container, first index, end index, service). Span objects are
+    # made only when judged, so none stay alive (and tracked by the garbage collector)
+    # while held.
+    runs: list[tuple[Sequence[Span], int, int, str]] = field(default_factory=list)
     span_count: int = 0
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
+
+    @property
+    def spans(self) -> list[Span]:
+        return [span for spans, begin, end, _ in self.runs for span in spans[begin:end]]
+
+    @property
+    def services(self) -> list[str]:
+        """Each span's service, parallel to :attr:`spans`."""
+        return [service for _, begin, end, service in self.runs for _ in range(end - begin)]
 
 
 class ScopeWire(NamedTuple):
@@ -125,7 +136,7 @@ class TraceBuffer:
     ) -> None:
         """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
         traces = self.traces
-        spans = list(ss.spans) if self.keep_spans else None
+        spans = ss.spans if self.keep_spans else None
         n = len(ids)
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
@@ -140,8 +151,7 @@ class TraceBuffer:
                 held = traces[trace_id] = HeldTrace(trace_id, now)
             held.span_count += end - begin
             if spans is not None:
-                held.spans += spans[begin:end]
-                held.services += [service] * (end - begin)
+                held.runs.append((spans, begin, end, service))
             begin = end
         for k, bits in flags.items():
             held = traces.get(ids[k])

@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
-from otelkit.budgets.wire import AttributeReader, value_text
+from otelkit.budgets.wire import AttributeReader, key_pattern, raw_value, value_text
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
 ROUTE_KEYS = ("http.route",)
@@ -202,15 +202,23 @@ class KindCandidates:
     such combination and the common span costs one read of its bytes and a dict lookup.
     """
 
-    __slots__ = ("_cache", "_uses_name", "budgets", "reader")
+    __slots__ = ("_always", "_cache", "_patterns", "_uses_name", "budgets", "reader")
 
     def __init__(self, budgets: tuple[CompiledBudget, ...]) -> None:
         self.budgets = budgets
         self.reader = AttributeReader(
             key for b in budgets for t in b.attribute_tests for key in t.keys
         )
+        self._patterns = tuple(key_pattern(key) for key in self.reader.keys)
         self._uses_name = any(b.span_name is not None for b in budgets)
         self._cache: dict[object, CompiledBudget | None] = {}
+        # A first budget with no span conditions owns every span: nothing to read.
+        first = budgets[0] if budgets else None
+        self._always = (
+            first
+            if first is not None and first.span_name is None and not first.attribute_tests
+            else None
+        )
 
     def match(
         self, span: Span, resource_attrs: Mapping[str, str], resource_key: object = None
@@ -218,8 +226,18 @@ class KindCandidates:
         """The first budget that matches ``span`` (whose kind is already known to fit).
 
         ``resource_key`` identifies ``resource_attrs`` (equal keys, equal attributes)."""
+        if self._always is not None:
+            return self._always
         name = span.name if self._uses_name else None
-        raws = self.reader.raws(span)
+        patterns = self._patterns
+        raws: tuple[bytes | None, ...] = ()
+        if patterns:
+            data = span.SerializeToString()
+            raws = (
+                (raw_value(data, patterns[0]),)
+                if len(patterns) == 1
+                else tuple([raw_value(data, pattern) for pattern in patterns])
+            )
         key = (resource_key, name, raws)
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:

@@ -16,6 +16,18 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import NamedTuple
+
+
+class Batch(NamedTuple):
+    """Values summarised once for the sketches they go into (see DDSketch.batch_of)."""
+
+    made_for: tuple[float, float]  # relative accuracy, minimum value
+    size: int
+    zeros: int
+    total: float
+    top: float
+    buckets: Counter[int]
 
 
 class DDSketch:
@@ -70,18 +82,33 @@ class DDSketch:
 
     def add_many(self, values: list[float]) -> None:
         """Add a batch of values: one pass in comprehensions, for the hot path."""
-        if not values:
-            return
+        if values:
+            self.add_batch(self.batch_of(values))
+
+    def batch_of(self, values: list[float]) -> Batch:
+        """``values`` (not empty) summarised for :meth:`add_batch` of this sketch or any
+        with the same relative accuracy and minimum value."""
         scale, log, ceil, floor_value = self._inv_log_gamma, math.log, math.ceil, self.min_value
         indexes = [ceil(log(v) * scale) for v in values if v > floor_value]
-        self.zero_count += len(values) - len(indexes)
-        self.count += len(values)
-        self.sum += sum(values)
-        top = max(values)
-        self.max = max(self.max, top)
+        return Batch(
+            (self.relative_accuracy, self.min_value),
+            len(values),
+            len(values) - len(indexes),
+            sum(values),
+            max(values),
+            Counter(indexes),
+        )
+
+    def add_batch(self, batch: Batch) -> None:
+        if batch.made_for != (self.relative_accuracy, self.min_value):
+            raise ValueError("batch summarised for a sketch with other buckets")
+        self.zero_count += batch.zeros
+        self.count += batch.size
+        self.sum += batch.total
+        self.max = max(self.max, batch.top)
         buckets = self.buckets
         size = len(buckets)
-        for index, n in Counter(indexes).items():
+        for index, n in batch.buckets.items():
             buckets[index] = buckets.get(index, 0) + n
         if len(buckets) != size:
             self._sorted = None

@@ -191,8 +191,10 @@ class BudgetProcessor(Processor):
                     if duration_ms > state.ceiling_over:
                         self._report_ceiling(state, span, duration_ms)
         for state in touched:
-            for window in state.windows:
-                window.sketch.sketch.add_many(state.durations)
+            if state.windows:
+                batch = state.windows[0].sketch.sketch.batch_of(state.durations)
+                for window in state.windows:  # every window's sketch has the same buckets
+                    window.sketch.sketch.add_batch(batch)
             self._check_percentiles(state)
             state.durations.clear()
             state.spans.clear()

@@ -251,20 +251,24 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         horizon = now - self.buffer.wait - 1.0
         while self._decided and next(iter(self._decided.values()))[1] < horizon:
             self._decided.popitem(last=False)
+        counts: dict[tuple[bool, str], int] = {}
         for trace in traces:
             reason = self._reason_to_keep(trace)
             keep = reason is not None
             self._decided[trace.trace_id] = (keep, now)
             (self._sampled if keep else self._not_sampled).add(trace.trace_id)
-            self._count_decision(keep, reason or "")
+            key = (keep, reason or "")
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():  # one counter update per outcome, not per trace
+            self._count_decisions(key, n)
 
-    def _count_decision(self, keep: bool, reason: str) -> None:
-        key = (keep, reason)
+    def _count_decisions(self, key: tuple[bool, str], n: int) -> None:
         child = self._decision_children.get(key)
         if child is None:
+            keep, reason = key
             decision = "sampled" if keep else "not_sampled"
             child = self._decision_children[key] = self._decisions.labels(decision, reason)
-        child.inc()
+        child.inc(n)
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         if batch.wire is not None:

@@ -175,7 +175,7 @@ def client_calls(spans: Sequence[Span], services: Sequence[str]) -> list[Call]:
         if span.kind != SPAN_KIND_CLIENT:
             continue
         data = span.SerializeToString()
-        if _DB_KEY_PART in data:
+        if data.find(_DB_KEY_PART) >= 0:  # find: quicker than `in` on bytes
             shape = _db_shape(data, span)
             if shape is not None:
                 append(
@@ -189,7 +189,7 @@ def client_calls(spans: Sequence[Span], services: Sequence[str]) -> list[Call]:
                     )
                 )
                 continue
-        if _HTTP_METHOD_KEY_PART not in data:
+        if data.find(_HTTP_METHOD_KEY_PART) < 0:
             continue
         method = _first(data, _HTTP_METHOD_PATTERNS)
         if method is not None:
@@ -209,11 +209,9 @@ _RAW_SHAPES: dict[bytes, str] = {}
 def _db_shape(data: bytes, span: Span) -> str | None:
     """The normalised query of a database span (its name when it has no query text), or
     None when it is not a database span. Shapes are remembered per raw query value."""
-    raw = None
-    for pattern in _DB_QUERY_PATTERNS:
-        raw = raw_value(data, pattern)
-        if raw is not None:
-            break
+    raw = raw_value(data, _DB_QUERY_TEXT)
+    if raw is None:
+        raw = raw_value(data, _DB_STATEMENT)
     if raw is None:
         if _first(data, _DB_SYSTEM_PATTERNS) is None:
             return None
@@ -228,6 +226,9 @@ def _db_shape(data: bytes, span: Span) -> str | None:
             _RAW_SHAPES.clear()
         _RAW_SHAPES[raw] = shape
     return shape
+
+
+_DB_QUERY_TEXT, _DB_STATEMENT = _DB_QUERY_PATTERNS
 
 
 def detect(

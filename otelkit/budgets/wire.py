@@ -140,11 +140,6 @@ class AttributeReader:
         return found
 
 
-_SPANS_TAG = 0x12  # ScopeSpans.spans: field 2, length-delimited
-_TRACE_ID_HEAD = 0x0A  # Span.trace_id: field 1, length-delimited
-_TRACE_ID_LENGTH = 16
-
-
 def scope_spans_layout(data: bytes) -> tuple[list[int], list[int], list[bytes | None]]:
     """Where each span of a serialised ``ScopeSpans`` starts and ends, and its trace ID
     where the span's bytes begin with one (serialisers write field 1 first; None
@@ -156,33 +151,37 @@ def scope_spans_layout(data: bytes) -> tuple[list[int], list[int], list[bytes | 
 
 
 def _walk_scope_spans(data: bytes) -> tuple[list[int], list[int], list[bytes | None]]:
+    # The hot loop of tail sampling: literals and bound methods, no calls per span.
     starts: list[int] = []
     ends: list[int] = []
+    irregular: list[int] = []  # spans whose bytes do not begin with a 16-byte trace ID
+    add_start, add_end = starts.append, ends.append
     pos, size = 0, len(data)
     while pos < size:
-        if data[pos] != _SPANS_TAG:
+        if data[pos] != 0x12:  # not ScopeSpans.spans (field 2, length-delimited)
             pos = _skip_field(data, pos)
             continue
         length = data[pos + 1]
         if length < 0x80:
             pos += 2
-        elif data[pos + 2] < 0x80:  # spans of 128 bytes to 16 KiB
-            length = (length & 0x7F) | (data[pos + 2] << 7)
-            pos += 3
         else:
-            length, pos = read_varint(data, pos + 1)
-        starts.append(pos)
+            high = data[pos + 2]
+            if high < 0x80:  # spans of 128 bytes to 16 KiB
+                length = (length & 0x7F) | (high << 7)
+                pos += 3
+            else:
+                length, pos = read_varint(data, pos + 1)
+        # Span.trace_id: field 1 (tag 0x0A), 16 bytes long.
+        if length < 18 or data[pos] != 0x0A or data[pos + 1] != 0x10:
+            irregular.append(len(starts))
+        add_start(pos)
         pos += length
-        ends.append(pos)
+        add_end(pos)
     if pos != size:
         raise ValueError("truncated span")
-    head = b"%c%c" % (_TRACE_ID_HEAD, _TRACE_ID_LENGTH)
-    ids: list[bytes | None] = [
-        data[at + 2 : at + 2 + _TRACE_ID_LENGTH]
-        if data.startswith(head, at) and end - at >= 2 + _TRACE_ID_LENGTH
-        else None
-        for at, end in zip(starts, ends, strict=True)
-    ]
+    ids: list[bytes | None] = [data[at + 2 : at + 18] for at in starts]
+    for k in irregular:
+        ids[k] = None
     return starts, ends, ids
 
 

@@ -1,4 +1,4 @@
-"""``otelkit collector run`` and ``otelkit collector validate``."""
+"""``otelkit collector run``, ``validate`` and ``components``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+import typing
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
+from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.service import Service
 
 EXIT_CONFIG_ERROR = 2
@@ -25,6 +31,11 @@ def register(subparsers: Any) -> None:
     validate = actions.add_parser("validate", help="check a configuration without running it")
     validate.add_argument("--config", required=True, help="path to the YAML configuration")
     validate.set_defaults(handler=_validate)
+    components = actions.add_parser(
+        "components", help="list the installed component types and their settings"
+    )
+    components.add_argument("--kind", choices=[k.value for k in Kind], help="only this kind")
+    components.set_defaults(handler=_components)
 
 
 def _load(path: str) -> CollectorConfig | None:
@@ -46,6 +57,52 @@ def _validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_ERROR
     print(f"{args.config}: valid ({len(config.pipelines)} pipelines)")
     return 0
+
+
+def _components(args: argparse.Namespace) -> int:
+    """What a configuration can name, found the way the collector finds it (entry points)."""
+    registry = Registry.discover()
+    for kind in Kind:
+        if args.kind and kind.value != args.kind:
+            continue
+        print(f"{kind.section}:")
+        for type_ in registry.known(kind):
+            try:
+                factory = registry.get(kind, type_)
+            except RegistryError as exc:
+                print(f"  {type_}: cannot be loaded: {exc}")
+                continue
+            signals = ", ".join(sorted(factory.signals)) if kind != Kind.EXTENSION else ""
+            print(f"  {type_}" + (f" ({signals})" if signals else ""))
+            for line in _settings(factory.config_class, "    "):
+                print(line)
+    return 0
+
+
+def _settings(model: type[BaseModel], indent: str) -> list[str]:
+    """One line per setting with its default; nested settings indented below."""
+    lines = []
+    for name, field in model.model_fields.items():
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            optional = field.default is None
+            lines.append(f"{indent}{name}:" + ("  # optional: off unless set" if optional else ""))
+            lines += _settings(nested, indent + "  ")
+            continue
+        if field.default is PydanticUndefined and field.default_factory is None:
+            shown = "(required)"
+        else:
+            shown = repr(field.get_default(call_default_factory=True))
+        lines.append(f"{indent}{name}: {shown}")
+    return lines
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model of a field typed ``Model`` or ``Model | None``."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:

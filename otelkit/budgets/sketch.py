@@ -37,6 +37,7 @@ class DDSketch:
         "_inv_log_gamma",
         "_log_gamma",
         "_sorted",
+        "_watched",
         "buckets",
         "count",
         "max",
@@ -60,6 +61,9 @@ class DDSketch:
         self.min_value = min_value
         self.buckets: dict[int, int] = {}
         self._sorted: list[int] | None = None  # sorted bucket indexes, while unchanged
+        # Per watched limit: [highest bucket index whose value is within it, values in
+        # buckets up to that index] (see watch and is_over).
+        self._watched: dict[float, list[int]] = {}
         self.zero_count = 0
         self.count = 0
         self.sum = 0.0
@@ -77,6 +81,9 @@ class DDSketch:
         if index not in buckets:
             self._sorted = None
         buckets[index] = buckets.get(index, 0) + 1
+        for watched in self._watched.values():
+            if index <= watched[0]:
+                watched[1] += 1
         if len(buckets) > self.max_buckets:
             self._collapse_lowest()
 
@@ -112,8 +119,42 @@ class DDSketch:
             buckets[index] = buckets.get(index, 0) + n
         if len(buckets) != size:
             self._sorted = None
+        if self._watched and batch.buckets:
+            lowest, highest = min(batch.buckets), max(batch.buckets)
+            for watched in self._watched.values():
+                limit_index = watched[0]
+                if highest <= limit_index:  # the usual case: all within the limit
+                    watched[1] += batch.size - batch.zeros
+                elif lowest <= limit_index:
+                    watched[1] += sum(n for i, n in batch.buckets.items() if i <= limit_index)
         while len(buckets) > self.max_buckets:
             self._collapse_lowest()
+
+    def watch(self, limit: float) -> None:
+        """Keep, as values are added, what :meth:`is_over` needs for this limit."""
+        if limit in self._watched:
+            return
+        if limit <= 0:
+            limit_index = -(2**62)  # below every bucket
+        else:
+            limit_index = math.ceil(math.log(limit) * self._inv_log_gamma)
+            while self._value_of(limit_index) > limit:
+                limit_index -= 1
+            while self._value_of(limit_index + 1) <= limit:
+                limit_index += 1
+        self._watched[limit] = [limit_index, 0]
+        self._recount(self._watched[limit])
+
+    def is_over(self, q: float, limit: float) -> bool:
+        """``quantile(q) > limit`` for a watched limit, without a pass over the buckets
+        (count must be positive)."""
+        within = self._watched[limit][1]
+        if limit >= 0.0:  # the zero bucket's value, 0.0, is within the limit
+            within += self.zero_count
+        return within <= math.floor(q * (self.count - 1))
+
+    def _recount(self, watched: list[int]) -> None:
+        watched[1] = sum(n for i, n in self.buckets.items() if i <= watched[0])
 
     def quantile(self, q: float) -> float | None:
         """The value at rank ``floor(q * (count - 1))``, within the relative accuracy."""
@@ -151,6 +192,8 @@ class DDSketch:
         self.max = max(self.max, other.max)
         while len(self.buckets) > self.max_buckets:
             self._collapse_lowest()
+        for watched in self._watched.values():
+            self._recount(watched)
 
     def _value_of(self, index: int) -> float:
         # The point of (gamma^(i-1), gamma^i] with equal relative error to both ends.
@@ -160,6 +203,8 @@ class DDSketch:
         self._sorted = None
         low, second = sorted(self.buckets)[:2]
         self.buckets[second] += self.buckets.pop(low)
+        for watched in self._watched.values():
+            self._recount(watched)
 
 
 @dataclass
@@ -180,9 +225,16 @@ class WindowedSketch:
     start: float = 0.0
     sketch: DDSketch = field(init=False)
     last: WindowSummary | None = None
+    watched: tuple[float, ...] = ()  # limits every window's sketch watches
 
     def __post_init__(self) -> None:
-        self.sketch = DDSketch(self.relative_accuracy)
+        self.sketch = self._new_sketch()
+
+    def _new_sketch(self) -> DDSketch:
+        sketch = DDSketch(self.relative_accuracy)
+        for limit in self.watched:
+            sketch.watch(limit)
+        return sketch
 
     def roll(self, now: float) -> WindowSummary | None:
         """Close the live window if ``now`` is past its end; returns the closed summary."""
@@ -195,7 +247,7 @@ class WindowedSketch:
             self.last = closed
         elapsed = (now - self.start) // self.window
         self.start = self.start + elapsed * self.window if self.start else now
-        self.sketch = DDSketch(self.relative_accuracy)
+        self.sketch = self._new_sketch()
         return closed
 
     def current(self) -> dict[float, float | None]:

@@ -178,3 +178,45 @@ def test_adding_a_batch_equals_adding_one_by_one() -> None:
         many.count,
         many.max,
     )
+
+
+@pytest.mark.parametrize("max_buckets", [2048, 40])
+def test_is_over_agrees_with_the_quantile(max_buckets: int) -> None:
+    """The kept counts answer "percentile over the limit" as computing it would, also
+    across collapsed buckets, merges and limits on bucket edges or at zero."""
+    rng = random.Random(11)
+    sketch = DDSketch(0.02, max_buckets=max_buckets)
+    probe = DDSketch(0.02)
+    probe.add(50.0)
+    on_edge = probe.quantile(0.0) or 0.0  # exactly a bucket's value
+    limits = [0.0, -1.0, 1.0, on_edge, 1e9, *(rng.uniform(5, 500) for _ in range(20))]
+    for limit in limits:
+        sketch.watch(limit)
+    qs = (0.0, 0.5, 0.95, 0.99, 1.0)
+    for round_ in range(30):
+        values = [rng.lognormvariate(3.5, 1.5) for _ in range(rng.randrange(1, 60))]
+        values += [0.0] * rng.randrange(12)
+        if round_ % 3:
+            sketch.add_many(values)
+        else:
+            for v in values:
+                sketch.add(v)
+        if round_ == 20:
+            other = DDSketch(0.02)
+            other.add_many([rng.uniform(1, 5000) for _ in range(500)])
+            sketch.merge(other)
+        for q in qs:
+            observed = sketch.quantile(q)
+            assert observed is not None
+            for limit in limits:
+                assert sketch.is_over(q, limit) == (observed > limit), (q, limit, observed)
+
+
+def test_windows_watch_their_limits_after_rolling() -> None:
+    w = WindowedSketch(window=60, quantiles=(0.5,), watched=(20.0,))
+    w.roll(1000.0)
+    w.sketch.add_many([10.0, 30.0, 40.0])
+    assert w.sketch.is_over(0.5, 20.0)
+    w.roll(1061.0)
+    w.sketch.add_many([10.0, 11.0, 40.0])
+    assert not w.sketch.is_over(0.5, 20.0)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -92,6 +92,7 @@ class _BudgetState:
     # a span appends them in one C call (a third of the cost of extending KeyValues).
     marks_within: bytes = b""
     marks_exceeded: bytes = b""
+    gauges_published: bool = False
     exceeded_over: float = math.inf  # limit_ms, or never
     ceiling_over: float = math.inf  # the budget's max, or never
 
@@ -130,7 +131,6 @@ class BudgetProcessor(Processor):
             "Running percentile of the budget's current window",
             ("budget", "quantile"),
         )
-        self._gauge_children: dict[tuple[str, str], Any] = {}
 
     def _new_state(self, budget: CompiledBudget, budgets: BudgetsFile) -> _BudgetState:
         by_window: dict[float, list[Objective]] = {}
@@ -138,7 +138,12 @@ class BudgetProcessor(Processor):
             by_window.setdefault(budgets.window_of(objective), []).append(objective)
         windows = [
             _WindowState(
-                WindowedSketch(w, tuple(o.quantile for o in objs), self._config.relative_accuracy),
+                WindowedSketch(
+                    w,
+                    tuple(o.quantile for o in objs),
+                    self._config.relative_accuracy,
+                    watched=tuple(o.below_ms for o in objs),
+                ),
                 objs,
             )
             for w, objs in by_window.items()
@@ -224,29 +229,40 @@ class BudgetProcessor(Processor):
                 window.flagged.clear()
 
     def _check_percentiles(self, state: _BudgetState) -> None:
+        """Reports each objective that the window's running percentile now breaks.
+
+        The sketch answers "is the percentile over the objective" from counts it keeps
+        as values come in; the percentile itself is computed only for a breach and when
+        the gauge is read."""
+        if not state.gauges_published:
+            self._publish_gauges(state)
         name = state.budget.name
-        gauges = self._gauge_children
         for window in state.windows:
             sketch = window.sketch.sketch
-            observations = sketch.quantiles([o.quantile for o in window.objectives])
-            for objective, observed in zip(window.objectives, observations, strict=True):
-                if observed is None:
-                    continue
-                gauge = gauges.get((name, objective.label))
-                if gauge is None:
-                    gauge = gauges[name, objective.label] = self._quantile_gauge.labels(
-                        name, objective.label
-                    )
-                gauge.set(observed)
-                if (
-                    sketch.count < self._config.min_samples
-                    or observed <= objective.below_ms
-                    or objective.quantile in window.flagged
+            if sketch.count < self._config.min_samples:
+                continue
+            for objective in window.objectives:
+                if objective.quantile in window.flagged or not sketch.is_over(
+                    objective.quantile, objective.below_ms
                 ):
                     continue
+                observed = sketch.quantile(objective.quantile)
+                assert observed is not None and observed > objective.below_ms
                 window.flagged.add(objective.quantile)
                 self._violations.labels(name, "percentile").inc()
                 self._report_percentile(state, window, objective, observed)
+
+    def _publish_gauges(self, state: _BudgetState) -> None:
+        """One gauge per objective label reading the live window's percentile when
+        scraped (the last window with that label, as if each window set it in turn)."""
+        latest: dict[str, tuple[_WindowState, float]] = {}
+        for window in state.windows:
+            for objective in window.objectives:
+                latest[objective.label] = (window, objective.quantile)
+        for label, (window, quantile) in latest.items():
+            child = self._quantile_gauge.labels(state.budget.name, label)
+            child.set_function(partial(_live_quantile, window, quantile))
+        state.gauges_published = True
 
     def _report_percentile(
         self, state: _BudgetState, window: _WindowState, objective: Objective, observed: float
@@ -276,6 +292,10 @@ class BudgetProcessor(Processor):
             },
         )
         attach(span, finding, span.end_time_unix_nano)
+
+
+def _live_quantile(window: _WindowState, quantile: float) -> float:
+    return window.sketch.sketch.quantile(quantile) or 0.0
 
 
 def _create(

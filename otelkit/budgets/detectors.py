@@ -286,8 +286,10 @@ def _has_repeated_shape(calls: list[Call], min_count: int) -> bool:
     """Whether some shape occurs at least ``min_count`` times among ``calls``."""
     if len(calls) < min_count:
         return False
-    counts = Counter([c.shape for c in calls])
-    return max(counts.values()) >= min_count
+    shapes = [c.shape for c in calls]
+    if len(set(shapes)) > len(shapes) - min_count + 1:  # too many shapes for a repeat
+        return False
+    return max(Counter(shapes).values()) >= min_count
 
 
 def _by_shape(calls: Iterable[Call]) -> dict[str, list[Call]]:

@@ -36,7 +36,12 @@ from otelkit.budgets.findings import (
     fingerprint,
     service_name,
 )
-from otelkit.budgets.matcher import BudgetMatcher, CompiledBudget, attribute_texts
+from otelkit.budgets.matcher import (
+    BudgetMatcher,
+    CompiledBudget,
+    KindCandidates,
+    attribute_texts,
+)
 from otelkit.budgets.model import BudgetsError, BudgetsFile, Objective, load_budgets
 from otelkit.budgets.sketch import WindowedSketch
 from otelkit.collector.pdata.signals import Payload, Signal
@@ -156,6 +161,20 @@ class BudgetProcessor(Processor):
 
     def observe(self, payload: Payload, now: float) -> None:
         """Mark matched spans and update windows (``now``: wall-clock seconds)."""
+        touched = self._match_spans(payload)
+        for state in touched:
+            self._roll(state, now)
+            self._mark_and_measure(state)
+            if state.windows:
+                batch = state.windows[0].sketch.sketch.batch_of(state.durations)
+                for window in state.windows:  # every window's sketch has the same buckets
+                    window.sketch.sketch.add_batch(batch)
+            self._check_percentiles(state)
+            state.durations = []
+            state.spans.clear()
+
+    def _match_spans(self, payload: Payload) -> list[_BudgetState]:
+        """Collects each matched span under its budget; the budgets touched, in order."""
         touched: list[_BudgetState] = []
         matcher = self._matcher
         states = self._states
@@ -173,36 +192,34 @@ class BudgetProcessor(Processor):
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     kind = span.kind
-                    candidates = (
-                        by_kind[kind] if kind in by_kind else matcher.for_kind(service, kind)
-                    )
+                    candidates = by_kind.get(kind, _UNKNOWN_KIND)
+                    if candidates is _UNKNOWN_KIND:
+                        candidates = matcher.for_kind(service, kind)
                     if candidates is None:
                         continue
                     budget = candidates.match(span, resource_attrs, resource_key)
                     if budget is None:
                         continue
-                    state = states[budget.index]
-                    if not state.durations:
-                        touched.append(state)
-                        self._roll(state, now)
-                    duration_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
-                    state.durations.append(duration_ms)
-                    state.spans.append(span)
-                    span.MergeFromString(
-                        state.marks_exceeded
-                        if duration_ms > state.exceeded_over
-                        else state.marks_within
-                    )
-                    if duration_ms > state.ceiling_over:
-                        self._report_ceiling(state, span, duration_ms)
-        for state in touched:
-            if state.windows:
-                batch = state.windows[0].sketch.sketch.batch_of(state.durations)
-                for window in state.windows:  # every window's sketch has the same buckets
-                    window.sketch.sketch.add_batch(batch)
-            self._check_percentiles(state)
-            state.durations.clear()
-            state.spans.clear()
+                    matched = states[budget.index].spans
+                    if not matched:
+                        touched.append(states[budget.index])
+                    matched.append(span)
+        return touched
+
+    def _mark_and_measure(self, state: _BudgetState) -> None:
+        """Durations of the budget's matched spans; marks on each; ceiling breaches."""
+        spans = state.spans
+        durations = state.durations = [
+            (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6 for span in spans
+        ]
+        limit, within, exceeded = state.exceeded_over, state.marks_within, state.marks_exceeded
+        for span, duration_ms in zip(spans, durations, strict=True):
+            span.MergeFromString(exceeded if duration_ms > limit else within)
+        ceiling = state.ceiling_over
+        if max(durations) > ceiling:
+            for span, duration_ms in zip(spans, durations, strict=True):
+                if duration_ms > ceiling:
+                    self._report_ceiling(state, span, duration_ms)
 
     def _report_ceiling(self, state: _BudgetState, span: Span, duration_ms: float) -> None:
         ceiling = state.ceiling_over
@@ -292,6 +309,9 @@ class BudgetProcessor(Processor):
             },
         )
         attach(span, finding, span.end_time_unix_nano)
+
+
+_UNKNOWN_KIND = KindCandidates(())  # a sentinel: a span kind not looked up yet
 
 
 def _live_quantile(window: _WindowState, quantile: float) -> float:

@@ -1,11 +1,13 @@
 """Holds whole batches until the traces in them are complete enough to judge.
 
 Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches are
-held as they came, never copied span by span: a trace is judged ``wait`` seconds after
-its first span arrived, using every span of it held by then, and a batch is released
-``wait`` seconds after it arrived (by then every trace in it has been judged). Spans of
-a trace already judged ("late spans") are not indexed again; the caller decides what to
-do with them from its decision cache.
+held as they came (or, when the judge needs no spans, as their serialised bytes), never
+copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
+using every span of it held by then, and a batch is released ``wait`` seconds after it
+arrived (by then every trace in it has been judged). A held trace records where its
+spans are (runs of them by position), not span objects. Spans of a trace already
+judged ("late spans") are not indexed again; the caller decides what to do with them
+from its decision cache.
 
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early.
 """

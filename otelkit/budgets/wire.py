@@ -116,16 +116,6 @@ class AttributeReader:
     def keys(self) -> tuple[str, ...]:
         return tuple(key for key, _ in self._patterns)
 
-    def raws(self, span: Span) -> tuple[bytes | None, ...]:
-        """The raw ``AnyValue`` bytes of each key (in :attr:`keys` order), or None."""
-        patterns = self._patterns
-        if not patterns:
-            return ()
-        data = span.SerializeToString()
-        if len(patterns) == 1:
-            return (raw_value(data, patterns[0][1]),)
-        return tuple([raw_value(data, pattern) for _, pattern in patterns])
-
     def texts(self, span: Span) -> dict[str, str]:
         if not self._patterns:
             return {}

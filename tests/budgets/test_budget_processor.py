@@ -120,6 +120,21 @@ def test_window_percentile_breach_is_reported_once_per_window(tmp_path: Path) ->
     )
 
 
+def test_quantile_gauge_shows_the_live_window(tmp_path: Path) -> None:
+    processor, _sink, telemetry = make(tmp_path)
+    labels = {"budget": "checkout", "quantile": "p95"}
+    assert telemetry.value("otelkit_budget_window_quantile_milliseconds", labels) == 0
+    processor.observe(request([checkout(100) for _ in range(19)] + [checkout(400)]), 1000.0)
+    p95 = telemetry.value("otelkit_budget_window_quantile_milliseconds", labels)
+    assert abs(p95 - 100) <= 1  # rank 18 of 20
+    processor.observe(request([checkout(400) for _ in range(20)]), 1010.0)
+    p95 = telemetry.value("otelkit_budget_window_quantile_milliseconds", labels)
+    assert abs(p95 - 400) <= 4
+    processor.observe(request([checkout(50)]), 1065.0)  # a new one-minute window
+    p95 = telemetry.value("otelkit_budget_window_quantile_milliseconds", labels)
+    assert abs(p95 - 50) <= 0.5
+
+
 def test_too_few_spans_do_not_judge_a_window(tmp_path: Path) -> None:
     processor, _, telemetry = make(tmp_path)
     processor.observe(request([checkout(900) for _ in range(9)]), 1000.0)

@@ -80,7 +80,8 @@ class HeldBatch:
     payload: ExportTraceServiceRequest | None
     arrival: float
     spans: int
-    trace_ids: list[list[bytes]]  # per ScopeSpans, in payload order: each span's trace ID
+    # Per ScopeSpans, in payload order: each span's trace ID (when the buffer keeps them).
+    trace_ids: list[list[bytes]]
     wire: list[tuple[bytes, list[ScopeWire]]] | None = None
 
 
@@ -101,10 +102,12 @@ class TraceBuffer:
         clock: Callable[[], float] = time.monotonic,
         keep_spans: bool = True,
         scan: Scanner = read_trace_ids,
+        keep_trace_ids: bool = True,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
         self.keep_spans = keep_spans
+        self.keep_trace_ids = keep_trace_ids  # of every span, for the release
         self._is_decided = is_decided
         self._clock = clock
         self._scan = scan
@@ -122,13 +125,14 @@ class TraceBuffer:
             wires.append([])
             for ss in rs.scope_spans:
                 ids, flags, wire = self._scan(ss)
-                trace_ids.append(ids)
+                if self.keep_trace_ids:
+                    trace_ids.append(ids)
                 wires[-1].append(wire)
                 count += len(ids)
                 if ids:
                     self._index(ss, ids, flags, service, now)
         batch = HeldBatch(payload, now, count, trace_ids)
-        if not self.keep_spans:
+        if not self.keep_spans and self.keep_trace_ids:
             _hold_bytes_only(batch, wires)
         self._batches.append(batch)
         self.held_spans += count
@@ -221,7 +225,12 @@ class BufferedTraceProcessor(Processor):
         self._settings = settings
         self._next = next_consumer
         self.buffer = TraceBuffer(
-            wait, max_traces, self.is_decided, keep_spans=self.keeps_spans(), scan=self.scan
+            wait,
+            max_traces,
+            self.is_decided,
+            keep_spans=self.keeps_spans(),
+            scan=self.scan,
+            keep_trace_ids=self.filters_by_trace(),
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -239,6 +248,10 @@ class BufferedTraceProcessor(Processor):
     def keeps_spans(self) -> bool:
         """Whether judging needs each trace's spans (else only IDs, counts and flags)."""
         return True
+
+    def filters_by_trace(self) -> bool:
+        """Whether :meth:`prepare` needs each held span's trace ID (HeldBatch.trace_ids)."""
+        return False
 
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         """Trace IDs of one ScopeSpans' spans and flags for some of them."""

@@ -205,6 +205,9 @@ class TailSamplingProcessor(BufferedTraceProcessor):
     def keeps_spans(self) -> bool:
         return self._needs_spans
 
+    def filters_by_trace(self) -> bool:
+        return True
+
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         if not self._marks and not self._config.keep.errors:
             return read_trace_ids(scope_spans)

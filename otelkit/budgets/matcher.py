@@ -130,6 +130,8 @@ class BudgetMatcher:
         self._reader = AttributeReader(self.wanted_keys)
         self._resource_cache: dict[str, tuple[CompiledBudget, ...]] = {}
         self._kind_cache: dict[str, dict[int, KindCandidates | None]] = {}
+        # Owners remembered by every KindCandidates of this matcher, bounded together.
+        self._match_cache: dict[object, CompiledBudget | None] = {}
 
     def for_service(self, service_name: str) -> tuple[CompiledBudget, ...]:
         """The budgets that can match spans of this service (cached per service)."""
@@ -151,17 +153,20 @@ class BudgetMatcher:
         return found
 
     def for_kind(self, service_name: str, kind: int) -> KindCandidates | None:
-        """As :meth:`by_kind` for one kind, remembering it."""
+        """As :meth:`by_kind` for one kind, remembering a few kinds outside the enum."""
         found = self.by_kind(service_name)
-        if kind not in found:
-            found[kind] = self._for_kind(service_name, kind)
-        return found[kind]
+        if kind in found:
+            return found[kind]
+        candidates = self._for_kind(service_name, kind)
+        if len(found) < 16:
+            found[kind] = candidates
+        return candidates
 
     def _for_kind(self, service_name: str, kind: int) -> KindCandidates | None:
         budgets = tuple(
             b for b in self.for_service(service_name) if b.kind is None or b.kind == kind
         )
-        return KindCandidates(budgets) if budgets else None
+        return KindCandidates(budgets, self._match_cache) if budgets else None
 
     def match(
         self,
@@ -190,7 +195,7 @@ class BudgetMatcher:
 
 
 _MISSING = object()
-_MATCH_CACHE_SIZE = 4096
+_MATCH_CACHE_SIZE = 16_384
 
 
 class KindCandidates:
@@ -204,14 +209,18 @@ class KindCandidates:
 
     __slots__ = ("_always", "_cache", "_patterns", "_uses_name", "budgets", "reader")
 
-    def __init__(self, budgets: tuple[CompiledBudget, ...]) -> None:
+    def __init__(
+        self,
+        budgets: tuple[CompiledBudget, ...],
+        cache: dict[object, CompiledBudget | None] | None = None,
+    ) -> None:
         self.budgets = budgets
         self.reader = AttributeReader(
             key for b in budgets for t in b.attribute_tests for key in t.keys
         )
         self._patterns = tuple(key_pattern(key) for key in self.reader.keys)
         self._uses_name = any(b.span_name is not None for b in budgets)
-        self._cache: dict[object, CompiledBudget | None] = {}
+        self._cache: dict[object, CompiledBudget | None] = {} if cache is None else cache
         # A first budget with no span conditions owns every span: nothing to read.
         first = budgets[0] if budgets else None
         self._always = (
@@ -238,7 +247,7 @@ class KindCandidates:
                 if len(patterns) == 1
                 else tuple([raw_value(data, pattern) for pattern in patterns])
             )
-        key = (resource_key, name, raws)
+        key = (self, resource_key, name, raws)
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:
             span_attrs = {

@@ -220,3 +220,20 @@ def test_windows_watch_their_limits_after_rolling() -> None:
     w.roll(1061.0)
     w.sketch.add_many([10.0, 11.0, 40.0])
     assert not w.sketch.is_over(0.5, 20.0)
+
+
+def test_remembered_owners_stay_bounded_and_unknown_kinds_match() -> None:
+    from otelkit.budgets import matcher as matcher_module
+
+    matcher = BudgetMatcher(parse_budgets({"budgets": BUDGETS}).budgets)
+    candidates = matcher.for_kind("shop-api", 2)
+    assert candidates is not None
+    for i in range(matcher_module._MATCH_CACHE_SIZE + 10):
+        span = all_spans(request([S("GET", attrs={"http.route": f"/checkout/{i}"})]))[0]
+        found = candidates.match(span, {}, ())
+        assert found is not None and found.name == "checkout"
+    assert len(matcher._match_cache) <= matcher_module._MATCH_CACHE_SIZE
+    for kind in range(6, 100):  # kinds outside the enum: still matched, a few remembered
+        odd = matcher.for_kind("x", kind)
+        assert odd is not None and [b.name for b in odd.budgets] == ["search", "payments", "tier"]
+    assert len(matcher.by_kind("x")) <= 16

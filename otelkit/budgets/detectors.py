@@ -26,7 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
-from otelkit.budgets.wire import key_pattern, raw_value, value_text
+from otelkit.collector.pdata.wire import key_pattern, raw_value, value_text
 
 SPAN_KIND_CLIENT = 3
 _DB_SYSTEM = ("db.system.name", "db.system")

@@ -2,7 +2,7 @@
 
 Resource conditions (``service``) are decided once per ``ResourceSpans``; span kind and
 name are read from the span; attribute conditions read only the keys some budget names,
-from the span's wire bytes (:mod:`otelkit.budgets.wire`), and only when kind and name
+from the span's wire bytes (:mod:`otelkit.collector.pdata.wire`), and only when kind and name
 already matched.
 The first budget in file order that matches a span owns it.
 """
@@ -13,11 +13,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
-from otelkit.budgets.wire import AttributeReader, key_pattern, raw_value, value_text
+from otelkit.collector.pdata.values import any_value_text
+from otelkit.collector.pdata.wire import AttributeReader, key_pattern, raw_value, value_text
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
 ROUTE_KEYS = ("http.route",)
@@ -47,19 +48,6 @@ def compile_text_test(patterns: Sequence[str]) -> TextTest:
         return exact.__contains__
     regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns), re.DOTALL)
     return lambda text: regex.fullmatch(text) is not None
-
-
-def any_value_text(value: AnyValue) -> str:
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind in ("int_value", "double_value"):
-        return f"{getattr(value, kind):g}" if kind == "double_value" else str(value.int_value)
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return ""
 
 
 def attribute_texts(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, str]:

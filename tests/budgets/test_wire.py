@@ -5,8 +5,8 @@ from __future__ import annotations
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelkit.budgets.matcher import any_value_text
-from otelkit.budgets.wire import AttributeReader
+from otelkit.collector.pdata.values import any_value_text
+from otelkit.collector.pdata.wire import AttributeReader
 
 
 def test_reader_agrees_with_walking_the_attributes() -> None:
@@ -43,7 +43,7 @@ def test_key_that_is_a_prefix_of_another_is_not_confused() -> None:
 def test_scope_spans_layout_finds_every_span_and_its_trace_id() -> None:
     from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 
-    from otelkit.budgets.wire import scope_spans_layout
+    from otelkit.collector.pdata.wire import scope_spans_layout
 
     ss = ScopeSpans(schema_url="s")
     ss.scope.name = "scope"

@@ -17,8 +17,8 @@ from otelkit.collector.connectors.spanmetrics import (
     SpanMetricsConnector,
     safe_span_name,
 )
-from otelkit.collector.exporters.prometheus.translation import any_value_text
 from otelkit.collector.pdata.signals import Payload
+from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.telemetry import SelfTelemetry

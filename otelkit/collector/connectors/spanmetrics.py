@@ -49,8 +49,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import Field, field_validator, model_validator
 
-from otelkit.collector.exporters.prometheus.translation import any_value_text
 from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.pdata.values import any_value_text
+from otelkit.collector.pdata.wire import key_pattern, raw_value_at
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Connector,
@@ -221,10 +222,7 @@ class SpanMetricsConnector(Connector):
         self.bounds = config.histogram.bounds()
         self._scale = 1e-6 if config.histogram.unit == "ms" else 1e-9
         self._dimensions = config.dimensions
-        self._patterns = [
-            (i, _key_pattern(d.name), len(_key_pattern(d.name)))
-            for i, d in enumerate(config.dimensions)
-        ]
+        self._patterns = [(i, key_pattern(d.name)) for i, d in enumerate(config.dimensions)]
         self._excluded = frozenset(config.exclude_dimensions)
         self._delta = config.aggregation_temporality == _DELTA
         self._resources: dict[bytes, _ResourceState] = {}
@@ -285,21 +283,12 @@ class SpanMetricsConnector(Connector):
                     if patterns:
                         data = span.SerializeToString()
                         values = base.copy()
-                        for index, pattern, size in patterns:
+                        for index, pattern in patterns:
                             at = data.find(pattern)
-                            if at < 0:
-                                continue
-                            end = at + size
-                            length = data[end]
-                            if (
-                                length < 0x80
-                                and at >= 2
-                                and data[at - 1] == size + 1 + length
-                                and data[at - 2] == _ATTRIBUTE_TAG
-                            ):
-                                values[index] = data[end + 1 : end + 1 + length]
-                            else:
-                                values[index] = _attribute_value(data, pattern, values[index])
+                            if at >= 0:
+                                found = raw_value_at(data, pattern, at)
+                                if found is not None:
+                                    values[index] = found
                         key: tuple[Any, ...] = (name, span.kind, span.status.code, *values)
                     else:
                         key = (name, span.kind, span.status.code)
@@ -507,51 +496,6 @@ class SpanMetricsConnector(Connector):
         hp.explicit_bounds.extend(self.bounds)
         _add_exemplars(dp, s.exemplars)
         _add_exemplars(hp, s.exemplars)
-
-
-_ATTRIBUTE_TAG = 0x4A  # Span.attributes: field 9, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | 0x80 if value else low)
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    """(value, position after it)."""
-    value = shift = 0
-    while True:
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            return value, at
-        shift += 7
-
-
-def _key_pattern(key: str) -> bytes:
-    """The wire bytes that start a ``KeyValue`` with this key and open its value."""
-    encoded = key.encode()
-    return b"\x0a" + _varint(len(encoded)) + encoded + b"\x12"
-
-
-def _attribute_value(data: bytes, pattern: bytes, fallback: Any) -> Any:
-    """The raw ``AnyValue`` of the span attribute that ``pattern`` starts, for any length;
-    a match not framed as a top-level span attribute (a coincidence inside some other
-    bytes) is skipped."""
-    at = data.find(pattern)
-    while at >= 0:
-        length, value_at = _read_varint(data, at + len(pattern))
-        kv_length = value_at - at + length
-        prefix = bytes([_ATTRIBUTE_TAG]) + _varint(kv_length)
-        if at >= len(prefix) and data[at - len(prefix) : at] == prefix:
-            return data[value_at : value_at + length]
-        at = data.find(pattern, at + 1)
-    return fallback
 
 
 def _canonical(key: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -27,7 +27,6 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import BUDGET_EXCEEDED, PERF_ISSUE_TYPE
-from otelkit.budgets.matcher import any_value_text
 from otelkit.budgets.tracebuffer import (
     BufferedTraceProcessor,
     HeldBatch,
@@ -36,8 +35,9 @@ from otelkit.budgets.tracebuffer import (
     ScopeWire,
     read_trace_ids,
 )
-from otelkit.budgets.wire import key_pattern, scope_spans_layout, varint
 from otelkit.collector.pdata.signals import Signal
+from otelkit.collector.pdata.values import any_value_text
+from otelkit.collector.pdata.wire import key_pattern, scope_spans_layout, varint
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Consumer,

@@ -15,9 +15,9 @@ from otelkit.collector.exporters.prometheus.translation import (
     NumberPoint,
     Point,
     SummaryPoint,
-    format_float,
     go_float,
 )
+from otelkit.collector.pdata.values import format_float
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

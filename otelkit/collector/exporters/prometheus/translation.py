@@ -19,11 +19,8 @@ scrape exporter folds them into its cumulative store, remote write encodes them 
 
 from __future__ import annotations
 
-import base64
 import bisect
 import functools
-import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +31,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.utils import floatToGoString
+
+from otelkit.collector.pdata.values import any_value_text
 
 Labels = tuple[tuple[str, str], ...]
 """A series' labels, sorted by name: hashable, so it is the series key."""
@@ -201,49 +200,6 @@ def label_name(key: str) -> str:
 
 
 # Attribute values ----------------------------------------------------------------------
-def any_value_text(value: Any) -> str:
-    """An OTLP ``AnyValue`` as label text (lists and maps as JSON, bytes as base64)."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return str(value.string_value)
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "double_value":
-        return format_float(value.double_value)
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind is None:
-        return ""
-    return json.dumps(_any_value_json(value), separators=(",", ":"))
-
-
-def _any_value_json(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_any_value_json(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _any_value_json(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind == "double_value" and not math.isfinite(value.double_value):
-        return format_float(value.double_value)
-    return getattr(value, kind) if kind else None
-
-
-def format_float(value: float) -> str:
-    """Floats as Prometheus writes them: ``+Inf``, ``-Inf``, ``NaN``, integers without
-    a fraction."""
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if math.isfinite(value):
-        return repr(value)
-    if math.isnan(value):
-        return "NaN"
-    return "+Inf" if value > 0 else "-Inf"
-
-
 def go_float(value: float) -> str:
     """A float as Go's ``strconv.FormatFloat(v, 'g', -1, 64)`` writes it (``le`` and
     ``quantile`` labels: ``1e+06``), so our series match those of Go exporters."""

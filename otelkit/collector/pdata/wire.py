@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otelkit.collector.pdata.values import any_value_text, format_float
+
 _ATTRIBUTE_TAG = 0x4A  # Span.attributes: field 9, length-delimited
 
 
@@ -85,7 +87,7 @@ def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:
 
 
 def value_text(raw: bytes) -> str:
-    """An ``AnyValue``'s text, as :func:`otelkit.budgets.matcher.any_value_text` gives."""
+    """An ``AnyValue``'s text, as :func:`otelkit.collector.pdata.values.any_value_text` gives."""
     if not raw:
         return ""
     tag = raw[0]
@@ -100,9 +102,7 @@ def value_text(raw: bytes) -> str:
         value, _ = read_varint(raw, 1)
         return str(value - (1 << 64) if value >= 1 << 63 else value)
     if tag == 0x21:  # double_value
-        return f"{struct.unpack_from('<d', raw, 1)[0]:g}"
-    from otelkit.budgets.matcher import any_value_text
-
+        return format_float(struct.unpack_from("<d", raw, 1)[0])
     return any_value_text(AnyValue.FromString(raw))
 
 

@@ -50,19 +50,7 @@ def key_pattern(key: str) -> bytes:
 def raw_value(data: bytes, pattern: bytes) -> bytes | None:
     """The ``AnyValue`` bytes of the top-level attribute ``pattern`` starts, if any."""
     at = data.find(pattern)
-    if at < 0:
-        return None
-    # Fast path (as in raw_value_at): value and KeyValue shorter than 128 bytes.
-    end = at + len(pattern)
-    length = data[end]
-    if (
-        length < 0x80
-        and at >= 2
-        and data[at - 2] == _ATTRIBUTE_TAG
-        and data[at - 1] == len(pattern) + 1 + length
-    ):
-        return data[end + 1 : end + 1 + length]
-    return raw_value_at(data, pattern, at)
+    return None if at < 0 else raw_value_at(data, pattern, at)
 
 
 def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:

@@ -113,6 +113,11 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Exporters' HTTP clients log every request at INFO, which would drown the collector's
+    # log; at debug level they speak as asked.
+    if logging.getLogger().level >= logging.INFO:
+        for chatty in ("httpx", "httpcore"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     log = logging.getLogger("otelkit.collector")
     _steady_heap()
     try:

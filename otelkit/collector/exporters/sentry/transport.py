@@ -30,10 +30,6 @@ from otelkit.collector.exporters.sentry.common import SDK_INFO
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 
 log = logging.getLogger("otelkit.exporter.sentry")
-# httpx logs every request at INFO: one line per envelope drowns the collector's own log.
-# Quieted unless someone configured that logger on purpose.
-if logging.getLogger("httpx").level == logging.NOTSET:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DEFAULT_RETRY_AFTER = 60.0
 MAX_ITEM_BYTES = 1_000_000  # Sentry's per event / transaction limit (decompressed)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -24,7 +23,7 @@ from psycopg import sql
 from otelkit.logstore.query import LogQuery, Page, page_from_rows
 from otelkit.logstore.records import COLUMNS, Row
 from otelkit.logstore.sql import POSTGRES, POSTGRES_TSVECTOR, select_statement
-from otelkit.logstore.store import Backend, StoreError, StoreUnavailableError
+from otelkit.logstore.store import Backend, ReaderConnections, StoreError, StoreUnavailableError
 
 DEFAULT_SCHEMA = "otelkit"
 PRUNE_CHUNK = 10_000
@@ -96,9 +95,9 @@ class PostgresBackend(Backend):
         self.url = url
         self._conninfo, self.schema = split_url(url)
         self._writer: psycopg.Connection[Any] | None = None
-        self._local = threading.local()
-        self._readers: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
+        self._readers: ReaderConnections[psycopg.Connection[Any]] = ReaderConnections(
+            lambda: self._connect(autocommit=True), lambda conn: not conn.closed
+        )
 
     # Connections -----------------------------------------------------------------------
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
@@ -128,20 +127,10 @@ class PostgresBackend(Backend):
         self._writer = conn
 
     def _reader(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._connect(autocommit=True)
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
+        return self._readers.get()
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-        self._local = threading.local()
+        self._readers.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

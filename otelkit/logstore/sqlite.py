@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import chain
@@ -27,7 +26,7 @@ from typing import Any
 from otelkit.logstore.query import LogQuery, Page, page_from_rows
 from otelkit.logstore.records import COLUMNS, Row
 from otelkit.logstore.sql import SQLITE, select_statement
-from otelkit.logstore.store import Backend, StoreError, StoreUnavailableError
+from otelkit.logstore.store import Backend, ReaderConnections, StoreError, StoreUnavailableError
 
 # Each migration is applied once, in order, in one transaction with its version row.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -118,9 +117,7 @@ class SqliteBackend(Backend):
             raise StoreError(f"synchronous: {synchronous!r} is not normal or full")
         self._synchronous = synchronous.upper()
         self._writer: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._readers = ReaderConnections(self._connect_reader, lambda conn: True)
 
     # Connections -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -152,22 +149,16 @@ class SqliteBackend(Backend):
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._writer = conn
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._check_schema(conn)
-            self._local.conn = conn
-            with self._lock:
-                self._readers.append(conn)
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        self._check_schema(conn)
         return conn
 
+    def _reader(self) -> sqlite3.Connection:
+        return self._readers.get()
+
     def close(self) -> None:
-        with self._lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-        self._local = threading.local()
+        self._readers.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

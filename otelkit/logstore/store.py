@@ -14,8 +14,10 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
@@ -23,6 +25,44 @@ from otelkit.logstore.query import LogQuery, Page
 from otelkit.logstore.records import Row, rows_from_request
 
 log = logging.getLogger("otelkit.logstore")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
+
+
+class ReaderConnections(Generic[C]):
+    """One read connection per thread, made on first use and closed all together.
+
+    Queries come from the API server's and the CLI's threads; neither sqlite3 nor psycopg
+    connections may be used by two threads at once, and opening one per query is slow.
+    """
+
+    def __init__(self, connect: Callable[[], C], usable: Callable[[C], bool]) -> None:
+        self._connect = connect
+        self._usable = usable
+        self._local = threading.local()
+        self._all: list[C] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> C:
+        conn: C | None = getattr(self._local, "conn", None)
+        if conn is None or not self._usable(conn):
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
 
 
 class StoreError(Exception):

@@ -17,7 +17,6 @@ worker thread, so large batches do not hold up the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import sys
 import time
@@ -37,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
+from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.runtime.component import CreateSettings, exporter_factory
 from otelkit.collector.runtime.exporterhelper import (
     ExporterHelperConfig,
@@ -371,32 +371,6 @@ def any_value_detail(value: AnyValue) -> str:
     if kind not in names:
         return "Empty()"
     return f"{names[kind]}({any_value_text(value)})"
-
-
-def any_value_text(value: AnyValue) -> str:
-    """A value as text: strings bare, containers in JSON-like form."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "double_value":
-        return repr(value.double_value)
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind == "array_value":
-        return "[" + ",".join(_quoted(v) for v in value.array_value.values) + "]"
-    if kind == "kvlist_value":
-        pairs = (f'"{kv.key}":{_quoted(kv.value)}' for kv in value.kvlist_value.values)
-        return "{" + ",".join(pairs) + "}"
-    return ""
-
-
-def _quoted(value: AnyValue) -> str:
-    text = any_value_text(value)
-    return f'"{text}"' if value.WhichOneof("value") in ("string_value", "bytes_value") else text
 
 
 def _number(point: Any) -> str:

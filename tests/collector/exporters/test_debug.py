@@ -212,3 +212,16 @@ def test_config_validation() -> None:
     for bad in [{"verbosity": "loud"}, {"sampling_initial": 0}, {"unknown": 1}]:
         with pytest.raises(ValidationError):
             factory.config_class.model_validate(bad)
+
+
+def test_detailed_values_render_as_upstream_with_escaped_containers() -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+    from otelkit.collector.exporters.debug import any_value_detail
+
+    quoted = AnyValue(string_value='say "hi"')
+    listed = AnyValue(array_value=ArrayValue(values=[quoted, AnyValue(int_value=3)]))
+    assert any_value_detail(listed) == 'Slice(["say \\"hi\\"",3])'
+    assert any_value_detail(AnyValue(double_value=2.0)) == "Double(2)"
+    assert any_value_detail(AnyValue(double_value=0.25)) == "Double(0.25)"
+    assert any_value_detail(AnyValue()) == "Empty()"

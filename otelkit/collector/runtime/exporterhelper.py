@@ -164,10 +164,7 @@ class QueuedExporter(Exporter):
         if not self.helper_config.sending_queue.enabled:
             await self._send_with_retry(payload, raise_on_failure=True)
             return
-        if self._closing.is_set() or self._queue.qsize() >= self._capacity:
-            self.telemetry.exporter_enqueue_failed(self.name, signal, count_items(payload))
-            reason = "shutting down" if self._closing.is_set() else "sending queue is full"
-            raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
+        self._refuse_unless_room((payload,))
         path = self._store.save(payload) if self._store is not None else None
         self._queue.put_nowait((path, payload))
         self._report_queue(signal)
@@ -181,14 +178,19 @@ class QueuedExporter(Exporter):
                 with contextlib.suppress(PermanentError):  # does not fail the others
                     await self._send_with_retry(item, raise_on_failure=True)
             return
-        if self._closing.is_set() or self._queue.qsize() + len(items) > self._capacity:
-            for item in items:
-                self.telemetry.exporter_enqueue_failed(self.name, item.signal, item.items)
-            reason = "shutting down" if self._closing.is_set() else "sending queue is full"
-            raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
+        self._refuse_unless_room(items)
         for item in items:
             self._queue.put_nowait((None, item))
         self._report_queue(items[0].signal)
+
+    def _refuse_unless_room(self, entries: Sequence[_Entry]) -> None:
+        """Push back (counted, retryable) unless every entry fits and we are not closing."""
+        if not self._closing.is_set() and self._queue.qsize() + len(entries) <= self._capacity:
+            return
+        for entry in entries:
+            self.telemetry.exporter_enqueue_failed(self.name, *_signal_and_items(entry))
+        reason = "shutting down" if self._closing.is_set() else "sending queue is full"
+        raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
 
     async def shutdown(self) -> None:
         self._closing.set()

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tests.support.services import free_port
 
 
@@ -82,8 +84,11 @@ def collector(
     text = config_text
     for key, value in all_ports.items():
         text = text.replace("{" + key + "}", str(value))
-    if "telemetry:" not in text:
-        text += f"\n  telemetry:\n    metrics:\n      address: 127.0.0.1:{all_ports['metrics']}\n"
+    config = yaml.safe_load(text)
+    metrics = config.setdefault("service", {}).setdefault("telemetry", {}).setdefault("metrics", {})
+    if "address" not in metrics and "level" not in metrics:
+        metrics["address"] = f"127.0.0.1:{all_ports['metrics']}"
+        text = yaml.safe_dump(config, sort_keys=False)
     config_path = tmp_path / f"{name}.yaml"
     config_path.write_text(text)
     log_path = tmp_path / f"{name}.log"

@@ -103,20 +103,23 @@ def make_logs(count: int, tag: str = "") -> Sequence[ReadableLogRecord]:
 
 
 # Sending -----------------------------------------------------------------------------
-def sdk_exporters(transport: str, target: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The SDK's span, metric and log exporters; ``target`` is host:port."""
+def sdk_exporters(
+    transport: str, target: str, timeout: float = 10.0, **options: Any
+) -> dict[str, Any]:
+    """The SDK's span, metric and log exporters; ``target`` is host:port; ``options`` go to
+    each exporter (``compression=...``)."""
     if transport == "grpc":
         endpoint = f"http://{target}"
         return {
-            "traces": GrpcSpans(endpoint=endpoint, insecure=True, timeout=timeout),
-            "metrics": GrpcMetrics(endpoint=endpoint, insecure=True, timeout=timeout),
-            "logs": GrpcLogs(endpoint=endpoint, insecure=True, timeout=timeout),
+            "traces": GrpcSpans(endpoint=endpoint, insecure=True, timeout=timeout, **options),
+            "metrics": GrpcMetrics(endpoint=endpoint, insecure=True, timeout=timeout, **options),
+            "logs": GrpcLogs(endpoint=endpoint, insecure=True, timeout=timeout, **options),
         }
     base = f"http://{target}"
     return {
-        "traces": HttpSpans(endpoint=f"{base}/v1/traces", timeout=timeout),
-        "metrics": HttpMetrics(endpoint=f"{base}/v1/metrics", timeout=timeout),
-        "logs": HttpLogs(endpoint=f"{base}/v1/logs", timeout=timeout),
+        "traces": HttpSpans(endpoint=f"{base}/v1/traces", timeout=timeout, **options),
+        "metrics": HttpMetrics(endpoint=f"{base}/v1/metrics", timeout=timeout, **options),
+        "logs": HttpLogs(endpoint=f"{base}/v1/logs", timeout=timeout, **options),
     }
 
 

@@ -58,8 +58,12 @@ class RunningReceiver:
         return f"127.0.0.1:{self.receiver.grpc_port}"
 
     @property
+    def http_target(self) -> str:
+        return f"127.0.0.1:{self.receiver.http_port}"
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.receiver.http_port}"
+        return f"http://{self.http_target}"
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

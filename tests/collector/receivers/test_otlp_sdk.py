@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.errors import OverloadedError, RetryableError
+from tests.collector.e2e.clients import make_logs, make_metrics, make_spans, sdk_exporters
 from tests.collector.receivers.harness import RunningReceiver, running_receiver
-from tests.collector.receivers.sdk import exporters, make_logs, make_metrics, make_spans
 
 TRANSPORTS = ["grpc", "http"]
 
@@ -63,7 +63,8 @@ def _fresh_consumers(receiver: RunningReceiver) -> None:
 
 
 def _exporters(transport: str, receiver: RunningReceiver, **options: Any) -> dict[str, Any]:
-    return exporters(transport, receiver.grpc_target, receiver.http_url, timeout=10, **options)
+    target = receiver.grpc_target if transport == "grpc" else receiver.http_target
+    return sdk_exporters(transport, target, timeout=10, **options)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -111,7 +112,12 @@ def test_every_sdk_metric_point_arrives_with_its_attributes(
                     for point in getattr(metric, kind).data_points:
                         label = next(iter(attributes(point.attributes).values()))
                         points[(metric.name, label)] = point
-    assert {name for name, _ in points} == {"orders.placed", "http.server.request.duration"}
+    assert {name for name, _ in points} == {
+        "orders.placed",
+        "http.server.request.duration",
+        "queue.depth",
+    }
+    assert {points[("queue.depth", r)].as_int for r in ("eu", "us", "ap", "sa")} == {-2}
     assert {points[("orders.placed", r)].as_int for r in ("eu", "us", "ap")} == {3}
     for route in ("/eu", "/us", "/ap"):
         histogram = points[("http.server.request.duration", route)]

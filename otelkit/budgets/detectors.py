@@ -26,13 +26,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
+from otelkit.collector.pdata.semconv import DB_QUERY, DB_SYSTEM, HTTP_METHOD, URL_FULL
 from otelkit.collector.pdata.wire import key_pattern, raw_value, value_text
 
 SPAN_KIND_CLIENT = 3
-_DB_SYSTEM = ("db.system.name", "db.system")
-_DB_QUERY = ("db.query.text", "db.statement")
-_HTTP_METHOD = ("http.request.method", "http.method")
-_HTTP_URL = ("url.full", "http.url")
+_DB_SYSTEM, _DB_QUERY, _HTTP_METHOD, _HTTP_URL = DB_SYSTEM, DB_QUERY, HTTP_METHOD, URL_FULL
 _DB_SYSTEM_PATTERNS = tuple(key_pattern(k) for k in _DB_SYSTEM)
 _DB_QUERY_PATTERNS = tuple(key_pattern(k) for k in _DB_QUERY)
 _HTTP_METHOD_PATTERNS = tuple(key_pattern(k) for k in _HTTP_METHOD)

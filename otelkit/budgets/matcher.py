@@ -17,12 +17,13 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
+from otelkit.collector.pdata.semconv import DB_SYSTEM, HTTP_ROUTE
 from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.pdata.wire import AttributeReader, key_pattern, raw_value, value_text
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
-ROUTE_KEYS = ("http.route",)
-DB_SYSTEM_KEYS = ("db.system.name", "db.system")
+ROUTE_KEYS = HTTP_ROUTE
+DB_SYSTEM_KEYS = DB_SYSTEM
 PEER_SERVICE_KEYS = ("peer.service", "service.peer.name")
 
 TextTest = Callable[[str], bool]

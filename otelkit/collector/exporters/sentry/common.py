@@ -18,6 +18,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelkit import __version__
 from otelkit.collector.exporters.sentry.scrub import Scrubber
+from otelkit.collector.pdata.semconv import (
+    DB_QUERY,
+    DB_SYSTEM,
+    DEPLOYMENT_ENVIRONMENT,
+    HTTP_METHOD,
+    HTTP_STATUS_CODE,
+    URL_FULL,
+    URL_PATH,
+)
 
 MAX_STRING = 4096
 SDK_INFO = {
@@ -125,7 +134,7 @@ class ResourceInfo:
         release: str | None = None,
     ) -> ResourceInfo:
         attrs = scrubber.mapping(attributes(resource.attributes))
-        env = environment or first(attrs, "deployment.environment.name", "deployment.environment")
+        env = environment or first(attrs, *DEPLOYMENT_ENVIRONMENT)
         rel = release or first(attrs, "service.version")
         if rel is not None and first(attrs, "service.name") and "@" not in str(rel):
             rel = f"{attrs['service.name']}@{rel}"
@@ -167,13 +176,13 @@ class SpanShape:
 
 def span_shape(span: Span, attrs: Mapping[str, Any], scrubber: Scrubber) -> SpanShape:
     kind = span.kind
-    method = first(attrs, "http.request.method", "http.method")
+    method = first(attrs, *HTTP_METHOD)
     status = span_status(span.status, attrs)
     if method is not None:
         return _http_shape(span, attrs, str(method), status, scrubber)
-    db_system = first(attrs, "db.system.name", "db.system")
+    db_system = first(attrs, *DB_SYSTEM)
     if db_system is not None:
-        query = first(attrs, "db.query.text", "db.statement", "db.query.summary", "db.operation.name", "db.operation")  # fmt: skip
+        query = first(attrs, *DB_QUERY, "db.query.summary", "db.operation.name", "db.operation")  # fmt: skip
         return SpanShape("db", str(query) if query is not None else span.name, status, "task")
     if first(attrs, "rpc.system", "rpc.service") is not None:
         service, rpc_method = attrs.get("rpc.service", ""), attrs.get("rpc.method", "")
@@ -195,13 +204,13 @@ def _http_shape(
     span: Span, attrs: Mapping[str, Any], method: str, status: str, scrubber: Scrubber
 ) -> SpanShape:
     if span.kind == CLIENT:
-        url = first(attrs, "url.full", "http.url")
+        url = first(attrs, *URL_FULL)
         target = scrubber.url(str(url)) if url is not None else span.name
         return SpanShape("http.client", f"{method} {target}", status, "url")
     route = first(attrs, "http.route")
     if route is not None:
         return SpanShape("http.server", f"{method} {route}", status, "route")
-    path = first(attrs, "url.path", "http.target")
+    path = first(attrs, *URL_PATH)
     if path is not None:
         return SpanShape("http.server", f"{method} {str(path).split('?', 1)[0]}", status, "url")
     return SpanShape("http.server", span.name, status, "custom")
@@ -211,7 +220,7 @@ def span_status(status: Status, attrs: Mapping[str, Any]) -> str:
     """Sentry span status from the OTel status, then HTTP status, then gRPC code."""
     if status.code != Status.STATUS_CODE_ERROR:
         return "ok"
-    http = first(attrs, "http.response.status_code", "http.status_code")
+    http = first(attrs, *HTTP_STATUS_CODE)
     if isinstance(http, int | str) and str(http).isdigit():
         code = int(http)
         if code in HTTP_STATUS:

@@ -30,6 +30,17 @@ from otelkit.collector.exporters.sentry.common import (
     seconds,
 )
 from otelkit.collector.exporters.sentry.scrub import FILTERED, Scrubber
+from otelkit.collector.pdata.semconv import (
+    CLIENT_ADDRESS,
+    DB_SYSTEM,
+    HTTP_METHOD,
+    HTTP_STATUS_CODE,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_FULL,
+    URL_PATH,
+    URL_SCHEME,
+)
 
 Event = dict[str, Any]
 _HEADER_PREFIX = "http.request.header."
@@ -287,9 +298,9 @@ def _tags(
 
 _TAG_SOURCES = (
     ("http.route", ("http.route",)),
-    ("http.method", ("http.request.method", "http.method")),
-    ("http.status_code", ("http.response.status_code", "http.status_code")),
-    ("db.system", ("db.system.name", "db.system")),
+    ("http.method", HTTP_METHOD),
+    ("http.status_code", HTTP_STATUS_CODE),
+    ("db.system", DB_SYSTEM),
     ("messaging.system", ("messaging.system",)),
     ("rpc.service", ("rpc.service",)),
 )
@@ -298,7 +309,7 @@ _TAG_SOURCES = (
 def request_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
     """The HTTP request a server span handled, without credentials or secrets."""
     request: Event = {}
-    method = first(attrs, "http.request.method", "http.method")
+    method = first(attrs, *HTTP_METHOD)
     if method is not None:
         request["method"] = str(method)
     url = _full_url(attrs)
@@ -312,26 +323,26 @@ def request_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
     if headers:
         request["headers"] = headers
     if ctx.send_default_pii:
-        client = first(attrs, "client.address", "http.client_ip", "net.peer.ip")
+        client = first(attrs, *CLIENT_ADDRESS)
         if client is not None:
             request["env"] = {"REMOTE_ADDR": str(client)}
     return request
 
 
 def _full_url(attrs: Mapping[str, Any]) -> str | None:
-    full = first(attrs, "url.full", "http.url")
+    full = first(attrs, *URL_FULL)
     if full is not None:
         return str(full)
-    path = first(attrs, "url.path", "http.target")
+    path = first(attrs, *URL_PATH)
     if path is None:
         return None
     query = attrs.get("url.query")
     target = f"{path}?{query}" if query else str(path)
-    host = first(attrs, "server.address", "http.host", "net.host.name")
+    host = first(attrs, *SERVER_ADDRESS)
     if host is None:
         return target
-    scheme = first(attrs, "url.scheme", "http.scheme") or "http"
-    port = first(attrs, "server.port", "net.host.port")
+    scheme = first(attrs, *URL_SCHEME) or "http"
+    port = first(attrs, *SERVER_PORT)
     default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
     netloc = f"{host}:{port}" if port and not default and ":" not in str(host) else str(host)
     return f"{scheme}://{netloc}{target}"

@@ -30,11 +30,10 @@ from otelkit.collector.pdata.semconv import DB_QUERY, DB_SYSTEM, HTTP_METHOD, UR
 from otelkit.collector.pdata.wire import key_pattern, raw_value, value_text
 
 SPAN_KIND_CLIENT = 3
-_DB_SYSTEM, _DB_QUERY, _HTTP_METHOD, _HTTP_URL = DB_SYSTEM, DB_QUERY, HTTP_METHOD, URL_FULL
-_DB_SYSTEM_PATTERNS = tuple(key_pattern(k) for k in _DB_SYSTEM)
-_DB_QUERY_PATTERNS = tuple(key_pattern(k) for k in _DB_QUERY)
-_HTTP_METHOD_PATTERNS = tuple(key_pattern(k) for k in _HTTP_METHOD)
-_HTTP_URL_PATTERNS = tuple(key_pattern(k) for k in _HTTP_URL)
+_DB_SYSTEM_PATTERNS = tuple(key_pattern(k) for k in DB_SYSTEM)
+_DB_QUERY_PATTERNS = tuple(key_pattern(k) for k in DB_QUERY)
+_HTTP_METHOD_PATTERNS = tuple(key_pattern(k) for k in HTTP_METHOD)
+_HTTP_URL_PATTERNS = tuple(key_pattern(k) for k in URL_FULL)
 # Bytes every key of a kind contains: a span without them has none of those keys.
 _DB_KEY_PART = b"db."
 _HTTP_METHOD_KEY_PART = b"method\x12"

@@ -225,7 +225,7 @@ def run_ingest(records: int, postgres: str | None, directory: Path) -> None:
     # More records for the baseline: it is so cheap that CPU clock ticks need them.
     nop = ingest("nop (baseline)", "  nop:", records * 5, directory)
     db = directory / "ingest.db"
-    sqlite_url = f"sqlite://{db}"
+    sqlite_url = f"sqlite:///{db}"
     sqlite_rate = ingest(
         "logstore -> SQLite",
         f'  logstore:\n    url: "{sqlite_url}"\n    durability: commit\n    retention: 0',
@@ -402,7 +402,7 @@ def main() -> None:
         directory = Path(tmp)
         run_ingest(records, postgres, directory)
         print(f"Query latency over {store_records:,} records ({args.runs} searches each)")
-        run_queries("SQLite", f"sqlite://{directory / 'query.db'}", store_records, args.runs)
+        run_queries("SQLite", f"sqlite:///{directory / 'query.db'}", store_records, args.runs)
         if postgres:
             pg_url = f"{postgres}?schema=otelkit_bench_{uuid.uuid4().hex[:8]}"
             run_queries("PostgreSQL", pg_url, store_records, args.runs)

@@ -99,6 +99,10 @@ class PostgresBackend(Backend):
             lambda: self._connect(autocommit=True), lambda conn: not conn.closed
         )
 
+    @property
+    def location(self) -> str:
+        return f"PostgreSQL {_safe(self._conninfo)} (schema {self.schema})"
+
     # Connections -----------------------------------------------------------------------
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
         try:

@@ -95,14 +95,20 @@ _DELETE = "DELETE FROM logs WHERE id IN ({ids})"
 
 
 def path_from_url(url: str) -> Path:
-    """``sqlite:///var/lib/x.db`` -> ``/var/lib/x.db``; ``sqlite:x.db`` -> ``x.db``.
+    """The database file of a ``sqlite:`` URL, read as SQLAlchemy reads it.
 
-    As in ``file:`` URLs, the part after ``//`` is the path, so three slashes give an
-    absolute path (the form in the collector configuration examples).
+    ``sqlite:///logs.db`` is relative to the working directory and ``sqlite:////var/lib/
+    otelkit/logs.db`` is absolute (four slashes), the convention Python users already know
+    from SQLAlchemy. ``sqlite:logs.db`` is also accepted as a relative path.
     """
-    rest = url.removeprefix("sqlite:")
-    rest = rest.removeprefix("//")
-    rest = rest.split("?", 1)[0]
+    rest = url.removeprefix("sqlite:").split("?", 1)[0]
+    if rest.startswith("///"):
+        rest = rest[3:]
+    elif rest.startswith("//"):
+        raise StoreError(
+            f"{url!r}: a sqlite URL has no host; use sqlite:///relative/logs.db "
+            "or sqlite:////absolute/logs.db"
+        )
     if not rest or rest == ":memory:":
         raise StoreError(f"{url!r}: expected sqlite:///path/to/logs.db (a file, not memory)")
     return Path(rest)
@@ -118,6 +124,10 @@ class SqliteBackend(Backend):
         self._synchronous = synchronous.upper()
         self._writer: sqlite3.Connection | None = None
         self._readers = ReaderConnections(self._connect_reader, lambda conn: True)
+
+    @property
+    def location(self) -> str:
+        return f"SQLite {self.path.resolve()}"
 
     # Connections -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

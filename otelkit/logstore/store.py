@@ -78,6 +78,12 @@ class Backend(ABC):
 
     url: str
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the records live, safe to print: a resolved file path or a URL without
+        its password."""
+
     @abstractmethod
     def open_writer(self) -> None:
         """Connect the writer and apply pending migrations (idempotent)."""
@@ -272,7 +278,7 @@ class LogStore:
 
 
 def open_store(url: str, *, create: bool = True, synchronous: str = "normal") -> LogStore:
-    """A store for ``sqlite:///absolute/path.db``, ``sqlite:relative.db`` or
+    """A store for ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or
     ``postgresql://user@host:port/db[?schema=name]``.
 
     With ``create=False`` (the CLI) a missing SQLite file is an error instead of a new

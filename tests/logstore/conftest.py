@@ -46,13 +46,13 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'logs.db'}"
+    return f"sqlite:///{tmp_path / 'logs.db'}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'logs.db'}"
+        yield f"sqlite:///{tmp_path / 'logs.db'}"
         return
     url = postgres_url()
     yield url

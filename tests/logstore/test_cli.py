@@ -81,7 +81,7 @@ def test_bad_input_exits_2_with_a_clear_message(
 def test_missing_store_is_an_error_not_a_new_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(capsys, "query", "--url", f"sqlite://{tmp_path / 'absent.db'}")
+    code, _, err = run(capsys, "query", "--url", f"sqlite:///{tmp_path / 'absent.db'}")
     assert code == 1
     assert "no log store at" in err
     assert not (tmp_path / "absent.db").exists()
@@ -131,6 +131,6 @@ def test_a_file_that_is_not_a_store_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "notes.txt").write_text("just some text, long enough to be read as a header")
-    code, _, err = run(capsys, "query", "--url", f"sqlite://{tmp_path / 'notes.txt'}")
+    code, _, err = run(capsys, "query", "--url", f"sqlite:///{tmp_path / 'notes.txt'}")
     assert code == 1
     assert "file is not a database" in err or "not an otelkit log store" in err

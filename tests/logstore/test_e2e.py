@@ -142,7 +142,7 @@ def check_every_filter(store: LogStore, service: str, trace_id: str) -> None:
 def test_sdk_logs_over_grpc_into_sqlite_found_by_every_filter_and_the_api(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite://{tmp_path / 'logs.db'}"
+    url = f"sqlite:///{tmp_path / 'logs.db'}"
     ports = allocate_ports("grpc", "http", "api")
     extra = '    durability: commit\n    api: {endpoint: "127.0.0.1:{api}"}'
     service = f"shop-{uuid.uuid4().hex[:8]}"
@@ -285,7 +285,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_record_and_a_sound_file(
     db = tmp_path / "logs.db"
     ports = allocate_ports("grpc", "http")
     extra = "    durability: commit\n    synchronous: full\n    max_batch_records: 100"
-    with collector(config(f"sqlite://{db}", extra=extra), tmp_path, ports=ports) as running:
+    with collector(config(f"sqlite:///{db}", extra=extra), tmp_path, ports=ports) as running:
         recorder = AckRecorder(grpc_exporter(ports["grpc"]))
         app = SdkApp("streamer", recorder, schedule_delay_millis=20, max_export_batch_size=100)
         with emitting(app):
@@ -304,7 +304,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_record_and_a_sound_file(
             row[0] for row in conn.execute("SELECT json_extract(attributes, '$.seq') FROM logs")
         }
     assert acked <= stored, f"{len(acked - stored)} acknowledged records are missing"
-    backend = SqliteBackend(f"sqlite://{db}")
+    backend = SqliteBackend(f"sqlite:///{db}")
     assert backend.integrity_check() == []
     backend.close()
 

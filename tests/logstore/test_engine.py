@@ -231,7 +231,7 @@ def test_sqlite_store_is_wal_and_has_fts5(sqlite_url: str) -> None:
     store = open_store(sqlite_url)
     store.start_writer()
     store.close()
-    path = sqlite_url.removeprefix("sqlite://")
+    path = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -242,7 +242,7 @@ def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
     store = open_store(sqlite_url)
     store.start_writer()
     store.close()
-    path = sqlite_url.removeprefix("sqlite://")
+    path = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO schema_version (version, description) VALUES (99, 'future')")
     with pytest.raises(StoreError, match="schema version 99"):
@@ -250,7 +250,7 @@ def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
 
 
 def test_query_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    store = open_store(f"sqlite://{tmp_path / 'nope.db'}", create=False)
+    store = open_store(f"sqlite:///{tmp_path / 'nope.db'}", create=False)
     with pytest.raises(StoreError, match="no log store at"):
         store.query(build_query())
     assert not (tmp_path / "nope.db").exists()
@@ -259,3 +259,34 @@ def test_query_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_url_scheme_is_refused() -> None:
     with pytest.raises(StoreError, match="not a log store URL"):
         open_store("mysql://localhost/logs")
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///otelkit-data/logs.db", "otelkit-data/logs.db"),
+        ("sqlite:////var/lib/otelkit/logs.db", "/var/lib/otelkit/logs.db"),
+        ("sqlite:logs.db", "logs.db"),
+        ("sqlite:///logs.db?mode=rwc", "logs.db"),
+    ],
+)
+def test_sqlite_urls_read_as_sqlalchemy_reads_them(url: str, path: str) -> None:
+    assert SqliteBackend(url).path == Path(path)
+
+
+def test_three_slashes_write_below_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///otelkit-data/logs.db")
+    store.start_writer()
+    write(store, Rec("relative"))
+    store.close()
+    assert (tmp_path / "otelkit-data" / "logs.db").is_file()
+    assert store.backend.location == f"SQLite {tmp_path / 'otelkit-data' / 'logs.db'}"
+
+
+@pytest.mark.parametrize("url", ["sqlite://host/logs.db", "sqlite:///", "sqlite:///:memory:"])
+def test_sqlite_urls_without_a_file_are_refused(url: str) -> None:
+    with pytest.raises(StoreError, match="sqlite"):
+        SqliteBackend(url)

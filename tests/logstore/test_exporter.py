@@ -221,12 +221,14 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(ValidationError, match="durability"):
         LogStoreConfig(url="sqlite:///x.db", durability="sometimes")
     assert LogStoreConfig(url="sqlite:///x.db", retention="30d").retention == 30 * 86400
+    with pytest.raises(ValidationError, match="a sqlite URL has no host"):
+        LogStoreConfig(url="sqlite://logs/x.db")
 
 
 async def test_an_unusable_sqlite_path_stops_the_start(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    exporter = make_exporter(url=f"sqlite://{blocker / 'logs.db'}")
+    exporter = make_exporter(url=f"sqlite:///{blocker / 'logs.db'}")
     with pytest.raises(StoreError, match="cannot open"):
         await exporter.start(ServiceHost())
 

@@ -37,6 +37,7 @@ from otelkit.collector.runtime.http import HttpServer
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
 from otelkit.logstore.api import search_app
 from otelkit.logstore.records import rows_from_request
+from otelkit.logstore.sqlite import path_from_url
 from otelkit.logstore.store import LogStore, StoreError, StoreUnavailableError, open_store
 
 log = logging.getLogger("otelkit.logstore")
@@ -47,7 +48,10 @@ class ApiSettings(ComponentConfig):
 
 
 class LogStoreConfig(ExporterHelperConfig):
-    url: str = Field(description="sqlite:///path/to/logs.db or postgresql://user@host/db")
+    url: str = Field(
+        description="sqlite:///relative/logs.db, sqlite:////absolute/logs.db or "
+        "postgresql://user@host/db"
+    )
     retention: Duration = Field(7 * 86400.0, description="Age past which records are pruned; 0 keeps all.")  # fmt: skip
     max_size: ByteSize | None = Field(None, description="SQLite only: prune oldest beyond this.")
     prune_interval: Duration = Field(60.0, gt=0)
@@ -66,6 +70,11 @@ class LogStoreConfig(ExporterHelperConfig):
                 f"{url!r} is not a log store URL: expected sqlite:///path/to/logs.db or "
                 "postgresql://user@host:5432/db"
             )
+        if url.startswith("sqlite:"):
+            try:
+                path_from_url(url)
+            except StoreError as exc:
+                raise ValueError(str(exc)) from exc
         return url
 
     @model_validator(mode="after")
@@ -95,6 +104,10 @@ class LogStoreExporter(QueuedExporter):
         return self._api.port if self._api else 0
 
     async def start_sending(self, host: Host) -> None:
+        log.info(
+            "exporter %s: log records go to %s (durability: %s)",
+            self.name, self.store.backend.location, self.config.durability,
+        )  # fmt: skip
         try:
             await asyncio.to_thread(self.store.start_writer, self.config.max_batch_records)
         except StoreUnavailableError as exc:

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pydantic import Field, field_validator
 
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.runtime.auth import AuthSettings, grpc_interceptors
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     CreateSettings,
@@ -101,6 +102,7 @@ class OTLPExporterConfig(ExporterHelperConfig):
     tls: TLSClientConfig = TLSClientConfig()
     compression: Compression = "gzip"
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: AuthSettings | None = None
 
     _check_headers = field_validator("headers")(check_headers)
 
@@ -207,7 +209,7 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
 
     async def start_sending(self, host: Host) -> None:
         self.watch(host, self.settings.label)
-        self._channel = self._open_channel()
+        self._channel = self._open_channel(host)
         self._calls = {
             signal: self._channel.unary_unary(
                 method,
@@ -236,7 +238,11 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
         self.reached()
         record_partial_success(self.telemetry, self.name, signal, response)
 
-    def _open_channel(self) -> grpc.aio.Channel:
+    def _open_channel(self, host: Host) -> grpc.aio.Channel:
+        config = self.config
+        interceptors = grpc_interceptors(
+            host, config.auth, self.settings.label, config.endpoint, config.tls.insecure
+        )
         options: list[tuple[str, Any]] = [
             ("grpc.enable_retries", 0),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -246,7 +252,7 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
         tls = self.config.tls
         if tls.insecure:
             return grpc.aio.insecure_channel(
-                self.config.endpoint, options=options, compression=compression
+                config.endpoint, options=options, compression=compression, interceptors=interceptors
             )
         if tls.server_name_override:
             options.append(("grpc.ssl_target_name_override", tls.server_name_override))
@@ -256,7 +262,11 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
             certificate_chain=tls.read(tls.cert_file),
         )
         return grpc.aio.secure_channel(
-            self.config.endpoint, credentials, options=options, compression=compression
+            config.endpoint,
+            credentials,
+            options=options,
+            compression=compression,
+            interceptors=interceptors,
         )
 
 

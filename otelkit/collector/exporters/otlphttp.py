@@ -38,6 +38,7 @@ from otelkit.collector.exporters.otlp import (
 )
 from otelkit.collector.pdata import otlp_json
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
@@ -75,6 +76,7 @@ class OTLPHTTPExporterConfig(ExporterHelperConfig):
     compression: Compression = "gzip"
     encoding: Literal["proto", "json"] = "proto"
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: AuthSettings | None = None
 
     _check_headers = field_validator("headers")(check_headers)
     _check_urls = field_validator(
@@ -173,6 +175,7 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
             verify=self._tls_context(),
             limits=httpx.Limits(max_connections=consumers, max_keepalive_connections=consumers),
             headers={"user-agent": "otelkit-collector"},
+            auth=httpx_auth(host, self.config.auth, self.settings.label, self._urls.values()),
         )
 
     async def stop_sending(self) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from otelkit.collector.pdata.signals import Signal
+from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig, ComponentID, Factory, Kind
 from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.types import parse_endpoint
@@ -148,6 +149,7 @@ class _Loader:
         pipelines = self._pipelines(service.get("pipelines"), components)
         extensions = self._extensions(service.get("extensions"), components)
         telemetry = self._telemetry(service.get("telemetry"))
+        self._check_authenticators(components, extensions)
         self._warn_unused(components, pipelines, extensions)
         errors = [p for p in self.problems if p.severity == "error"]
         if errors:
@@ -379,10 +381,36 @@ class _Loader:
                 self.error(f"service.extensions[{index}]", str(exc))
                 continue
             if (Kind.EXTENSION, cid) not in components:
-                self.error(f"service.extensions[{index}]", f"{cid} is not defined in extensions")
+                if str(cid) not in self.invalid:  # already reported where it is defined
+                    self.error(
+                        f"service.extensions[{index}]", f"{cid} is not defined in extensions"
+                    )
             else:
                 ids.append(cid)
         return tuple(ids)
+
+    def _check_authenticators(
+        self,
+        components: dict[tuple[Kind, ComponentID], ComponentSpec],
+        extensions: tuple[ComponentID, ...],
+    ) -> None:
+        """Every ``auth.authenticator`` names an extension that runs (upstream's rule)."""
+        for (kind, cid), spec in components.items():
+            for path, auth in _auth_references(spec.config, f"{kind.section}.{cid}"):
+                target = auth.extension_id
+                if (Kind.EXTENSION, target) not in components:
+                    if str(target) not in self.invalid:
+                        self.error(
+                            f"{path}.authenticator",
+                            f"{target} is not defined in extensions (an auth extension such "
+                            "as bearertokenauth or basicauth)",
+                        )
+                elif target not in extensions:
+                    self.error(
+                        f"{path}.authenticator",
+                        f"extension {target} is not listed in service.extensions, so it "
+                        "would not run",
+                    )
 
     def _telemetry(self, value: Any) -> TelemetrySpec:
         raw = self._mapping(value, "service.telemetry")
@@ -427,6 +455,18 @@ class _Loader:
                 self.warn(
                     f"{kind.section}.{cid}", f"defined but not used in {where}; it will not run"
                 )
+
+
+def _auth_references(model: BaseModel, path: str) -> list[tuple[str, AuthSettings]]:
+    """Every ``auth`` setting inside a component's config, with its path in the file."""
+    found: list[tuple[str, AuthSettings]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, AuthSettings):
+            found.append((f"{path}.{name}", value))
+        elif isinstance(value, BaseModel):
+            found += _auth_references(value, f"{path}.{name}")
+    return found
 
 
 def _index_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:

@@ -41,6 +41,14 @@ class SelfTelemetry:
             receiver, transport
         ).inc(n)
 
+    def receiver_unauthenticated(self, receiver: str, transport: str) -> None:
+        """A request refused for missing or wrong credentials, before its body was read."""
+        self.counter(
+            "otelkit_receiver_unauthenticated_requests",
+            "Requests refused for missing or wrong credentials (receiver)",
+            ("receiver", "transport"),
+        ).labels(receiver, transport).inc()
+
     # Processors ----------------------------------------------------------------------
     def processor_dropped(self, processor: str, signal: Signal, n: int) -> None:
         self._counter("processor", "dropped", signal, ("processor",)).labels(processor).inc(n)

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
 from otelkit.collector.receivers.otlp import OtlpReceiver, OtlpReceiverConfig, factory
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.component import Component, ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.graph import Graph
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
@@ -85,8 +86,11 @@ def build(protocols: dict[str, Any] | None = None) -> OtlpReceiverConfig:
 
 @contextmanager
 def running_receiver(
-    protocols: dict[str, Any] | None = None, signals: Iterable[Signal] = tuple(Signal)
+    protocols: dict[str, Any] | None = None,
+    signals: Iterable[Signal] = tuple(Signal),
+    extensions: dict[str, Component] | None = None,
 ) -> Iterator[RunningReceiver]:
+    """``extensions`` (by ID, e.g. auth extensions) start before the receiver and stop after."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="receiver-loop", daemon=True)
     thread.start()
@@ -95,12 +99,19 @@ def running_receiver(
     settings = CreateSettings(ComponentID("otlp"), Kind.RECEIVER, telemetry)
     receiver = factory.create(settings, build(protocols), consumers)
     running = RunningReceiver(receiver, telemetry, consumers, loop)
+    graph = Graph()
+    graph.extensions = {ComponentID.parse(k): v for k, v in (extensions or {}).items()}
+    host = ServiceHost(graph)
     try:
-        running.run(receiver.start(ServiceHost()))
+        for extension in graph.extensions.values():
+            running.run(extension.start(host))
+        running.run(receiver.start(host))
         yield running
     finally:
         try:
             running.run(receiver.shutdown())
+            for extension in graph.extensions.values():
+                running.run(extension.shutdown())
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)

@@ -35,7 +35,7 @@ def test_every_built_in_component_is_listed_with_its_settings() -> None:
         "nop", "debug", "file", "otlp", "otlphttp", "sentry", "prometheus",
         "prometheusremotewrite", "logstore",
     } <= set(sections["exporters"])  # fmt: skip
-    assert sections["extensions"] == ["health_check"]
+    assert sections["extensions"] == ["basicauth", "bearertokenauth", "health_check"]
     assert "    budgets_file: (required)" in result.stdout
 
 

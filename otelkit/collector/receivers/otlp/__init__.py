@@ -21,6 +21,7 @@ from otelkit.collector.receivers.otlp.config import (
 from otelkit.collector.receivers.otlp.grpc import GrpcServer
 from otelkit.collector.receivers.otlp.http import HttpReceiverServer
 from otelkit.collector.receivers.otlp.ingest import SignalIntake
+from otelkit.collector.runtime.auth import AuthGate, AuthSettings
 from otelkit.collector.runtime.component import (
     Consumer,
     CreateSettings,
@@ -45,8 +46,23 @@ class OtlpReceiver(Receiver):
             for signal, consumer in consumers.items()
         }
         protocols = config.protocols
-        self._grpc = GrpcServer(protocols.grpc, intakes, logger) if protocols.grpc else None
-        self._http = HttpReceiverServer(protocols.http, intakes, logger) if protocols.http else None
+
+        def gate(transport: str, auth: AuthSettings | None) -> AuthGate:
+            def count() -> None:
+                settings.telemetry.receiver_unauthenticated(str(settings.id), transport)
+
+            return AuthGate(auth, f"{settings.label} ({transport})", logger, count)
+
+        self._grpc = (
+            GrpcServer(protocols.grpc, intakes, logger, gate("grpc", protocols.grpc.auth))
+            if protocols.grpc
+            else None
+        )
+        self._http = (
+            HttpReceiverServer(protocols.http, intakes, logger, gate("http", protocols.http.auth))
+            if protocols.http
+            else None
+        )
 
     @property
     def grpc_port(self) -> int:
@@ -61,9 +77,9 @@ class OtlpReceiver(Receiver):
         """Bind both servers; if the second cannot bind, the first is stopped again."""
         try:
             if self._grpc is not None:
-                await self._grpc.start()
+                await self._grpc.start(host)
             if self._http is not None:
-                await self._http.start()
+                await self._http.start(host)
         except BaseException:
             await self.shutdown()
             raise

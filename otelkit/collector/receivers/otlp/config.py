@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig
 from otelkit.collector.runtime.types import ByteSize, Endpoint
 
@@ -19,6 +20,7 @@ MIB = 1024 * 1024
 class GrpcConfig(ComponentConfig):
     endpoint: Endpoint = "0.0.0.0:4317"
     max_recv_msg_size_mib: int = Field(default=4, gt=0, le=2047)
+    auth: AuthSettings | None = None
 
 
 class HttpConfig(ComponentConfig):
@@ -27,6 +29,7 @@ class HttpConfig(ComponentConfig):
     traces_url_path: str = "/v1/traces"
     metrics_url_path: str = "/v1/metrics"
     logs_url_path: str = "/v1/logs"
+    auth: AuthSettings | None = None
 
     @field_validator("traces_url_path", "metrics_url_path", "logs_url_path")
     @classmethod

@@ -6,12 +6,16 @@ so a malformed message is answered ``INVALID_ARGUMENT`` with the parser's reason
 service and method names come from opentelemetry-proto's descriptors; only services
 whose signal has a pipeline are registered, so the others answer UNIMPLEMENTED, as the
 upstream receiver does. gzip (and deflate) request compression is handled by gRPC.
+
+With ``auth``, a server interceptor checks each call's metadata first; a refused call is
+answered ``UNAUTHENTICATED`` by a handler that never asks for the request message, so
+nothing of it is parsed (or decompressed) by the collector.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -24,6 +28,8 @@ from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.receivers.otlp.config import MIB, GrpcConfig
 from otelkit.collector.receivers.otlp.ingest import SignalIntake
 from otelkit.collector.receivers.otlp.outcome import Refusal, invalid, refusal_for
+from otelkit.collector.runtime.auth import AuthenticationError, AuthGate
+from otelkit.collector.runtime.component import Host
 from otelkit.collector.runtime.types import split_endpoint
 
 TRANSPORT = "grpc"
@@ -43,26 +49,33 @@ class GrpcServer:
     """A grpc.aio server exporting the OTLP services of the signals that have pipelines."""
 
     def __init__(
-        self, config: GrpcConfig, intakes: Mapping[Signal, SignalIntake], logger: logging.Logger
+        self,
+        config: GrpcConfig,
+        intakes: Mapping[Signal, SignalIntake],
+        logger: logging.Logger,
+        auth: AuthGate,
     ) -> None:
         self._config = config
         self._intakes = intakes
         self._logger = logger
+        self._auth = auth
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self) -> None:
+    async def start(self, host: Host) -> None:
+        self._auth.start(host)
         max_bytes = self._config.max_recv_msg_size_mib * MIB
         server = grpc.aio.server(
+            interceptors=[_AuthInterceptor(self._auth)] if self._auth.enabled else None,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 # gRPC shares ports by default; a taken port must be a start error instead.
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers(self._handlers())
-        host, port = split_endpoint(self._config.endpoint)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bind_host, port = split_endpoint(self._config.endpoint)
+        address = f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
         try:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -113,6 +126,39 @@ class _ExportMethod:
         except Exception as exc:
             await _abort(context, refusal_for(exc))
         return _EMPTY_RESPONSE
+
+
+class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls whose metadata the authenticator does not accept."""
+
+    def __init__(self, gate: AuthGate) -> None:
+        self._gate = gate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        metadata: dict[str, str] = {}
+        for key, value in details.invocation_metadata or ():
+            if isinstance(value, str):  # binary (-bin) entries carry no credentials
+                metadata.setdefault(key, value)
+        error = await self._gate.refusal(metadata)
+        if error is None:
+            return await continuation(details)
+        return grpc.stream_unary_rpc_method_handler(_refuse(error))
+
+
+def _refuse(error: AuthenticationError) -> Callable[..., Awaitable[bytes]]:
+    """A handler that answers UNAUTHENTICATED without reading the request stream."""
+
+    async def refuse(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+        raise AssertionError("context.abort returns only by raising")
+
+    return refuse
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal) -> NoReturn:

@@ -1,7 +1,8 @@
 """OTLP/HTTP: ``POST /v1/traces``, ``/v1/metrics``, ``/v1/logs`` as a raw ASGI app.
 
 Served by the runtime's :class:`HttpServer` (uvicorn + httptools). The checks run
-cheapest first, each with the status upstream gives: unknown path 404 (a signal without a
+cheapest first, each with the status upstream gives: missing or wrong credentials 401
+(with ``auth``; before anything else, and before the body is read), unknown path 404 (a signal without a
 pipeline has no route, as upstream), method 405 with ``Allow``, media type 415,
 Content-Encoding 415, declared or streamed size 413, decompressed size 413, malformed
 body 400. Answers use the request's encoding: an ``Export*ServiceResponse`` on success,
@@ -32,6 +33,8 @@ from otelkit.collector.receivers.otlp.decompress import (
 )
 from otelkit.collector.receivers.otlp.ingest import SignalIntake
 from otelkit.collector.receivers.otlp.outcome import Refusal, invalid, refusal_for
+from otelkit.collector.runtime.auth import AuthGate, asgi_headers
+from otelkit.collector.runtime.component import Host
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, read_body
 
 TRANSPORT = "http"
@@ -45,16 +48,22 @@ class HttpReceiverServer:
     """The OTLP/HTTP app on its own uvicorn server."""
 
     def __init__(
-        self, config: HttpConfig, intakes: Mapping[Signal, SignalIntake], logger: logging.Logger
+        self,
+        config: HttpConfig,
+        intakes: Mapping[Signal, SignalIntake],
+        logger: logging.Logger,
+        auth: AuthGate,
     ) -> None:
-        self.app = OtlpHttpApp(config, intakes, logger)
+        self.app = OtlpHttpApp(config, intakes, logger, auth)
+        self._auth = auth
         self._server = HttpServer(config.endpoint, self.app, name="otlp-http")
 
     @property
     def port(self) -> int:
         return self._server.port
 
-    async def start(self) -> None:
+    async def start(self, host: Host) -> None:
+        self._auth.start(host)
         try:
             await self._server.start()
         except OSError as exc:
@@ -77,7 +86,11 @@ class OtlpHttpApp:
     """The ASGI app: one route per signal that has a pipeline."""
 
     def __init__(
-        self, config: HttpConfig, intakes: Mapping[Signal, SignalIntake], logger: logging.Logger
+        self,
+        config: HttpConfig,
+        intakes: Mapping[Signal, SignalIntake],
+        logger: logging.Logger,
+        auth: AuthGate,
     ) -> None:
         paths = {
             Signal.TRACES: config.traces_url_path,
@@ -87,9 +100,16 @@ class OtlpHttpApp:
         self._routes = {paths[signal]: intake for signal, intake in intakes.items()}
         self._limit = config.max_request_body_size
         self._logger = logger
+        self._auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if self._auth.enabled and (refused := await self._auth.refusal(asgi_headers(scope))):
+            challenge = (
+                [(b"www-authenticate", refused.challenge.encode())] if refused.challenge else []
+            )
+            await _text(send, 401, f"unauthenticated: {refused}", challenge)
             return
         intake = self._routes.get(scope["path"])
         if intake is None:

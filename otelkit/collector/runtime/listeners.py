@@ -1,0 +1,85 @@
+"""Which addresses the collector listens on, and a warning for those open to the network.
+
+Every component config that opens a port says so through :class:`ListensOn` (a plugin's
+may too), so ``otelkit collector run`` can warn once at start for each listener bound
+beyond loopback without authentication. Defaults bind ``localhost``, as upstream's do;
+only a config written for a container binds ``0.0.0.0``, and says why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from otelkit.collector.runtime.config import CollectorConfig
+from otelkit.collector.runtime.types import split_endpoint
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One port a component serves: ``what`` it serves, and whether requests need credentials."""
+
+    what: str
+    endpoint: str
+    authenticated: bool
+    can_authenticate: bool = True
+
+
+@runtime_checkable
+class ListensOn(Protocol):
+    """A component config that opens ports."""
+
+    def listeners(self) -> Iterable[Listener]: ...
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def all_listeners(config: CollectorConfig) -> list[tuple[str, Listener]]:
+    """Every listener a config opens, with the component (``receiver/otlp``) it belongs to."""
+    found: list[tuple[str, Listener]] = []
+    for spec in config.components.values():
+        if isinstance(spec.config, ListensOn):
+            label = f"{spec.kind.value}/{spec.id}"
+            found += [(label, listener) for listener in spec.config.listeners()]
+    if config.telemetry.metrics_address:
+        found.append(
+            (
+                "service",
+                Listener("self-telemetry metrics", config.telemetry.metrics_address, False, False),
+            )
+        )
+    return found
+
+
+def warn_exposed(config: CollectorConfig, logger: logging.Logger) -> int:
+    """Log one warning per listener reachable beyond loopback without credentials."""
+    warned = 0
+    for label, listener in all_listeners(config):
+        host, _ = split_endpoint(listener.endpoint)
+        if listener.authenticated or is_loopback(host):
+            continue
+        advice = (
+            "set auth: {authenticator: ...} on it, or bind 127.0.0.1"
+            if listener.can_authenticate
+            else "it has no authentication of its own: bind 127.0.0.1, or limit who can reach it"
+        )
+        logger.warning(
+            "%s: %s listens on %s without authentication: anyone who can reach it can use it; %s",
+            label, listener.what, listener.endpoint, advice,
+        )  # fmt: skip
+        warned += 1
+    return warned

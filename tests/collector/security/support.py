@@ -1,0 +1,21 @@
+"""Build auth extensions the way the collector does, for in-process tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otelkit.collector.runtime.component import Component, ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.registry import Registry
+from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def extension(component_id: str, **config: Any) -> Component:
+    """The extension ``component_id`` (``bearertokenauth``, ``basicauth/server``...) built
+    through the registry, exactly as a configuration would build it."""
+    cid = ComponentID.parse(component_id)
+    factory = Registry.discover().get(Kind.EXTENSION, cid.type)
+    settings = CreateSettings(cid, Kind.EXTENSION, SelfTelemetry())
+    created: Component = factory.create(settings, factory.config_class.model_validate(config))
+    return created

@@ -11,7 +11,6 @@ response is logged and its rejected items are counted as failed (reason ``reject
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import grpc
@@ -27,7 +26,6 @@ from pydantic import Field, field_validator
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.auth import AuthSettings, grpc_interceptors
 from otelkit.collector.runtime.component import (
-    ComponentConfig,
     CreateSettings,
     Host,
     Status,
@@ -36,6 +34,11 @@ from otelkit.collector.runtime.component import (
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.telemetry import SelfTelemetry
+from otelkit.collector.runtime.tls import (
+    TLSClientSettings,
+    grpc_channel_credentials,
+    grpc_channel_options,
+)
 from otelkit.collector.runtime.types import Endpoint
 
 log = logging.getLogger("otelkit.exporter.otlp")
@@ -73,20 +76,6 @@ _METHODS: dict[Signal, tuple[str, Any]] = {
 }
 
 
-class TLSClientConfig(ComponentConfig):
-    """Client TLS, upstream's ``configtls`` shape. TLS is on unless ``insecure``."""
-
-    insecure: bool = Field(False, description="Plain text (no TLS).")
-    insecure_skip_verify: bool = Field(False, description="TLS without checking the server.")
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    server_name_override: str | None = None
-
-    def read(self, name: str | None) -> bytes | None:
-        return Path(name).read_bytes() if name else None
-
-
 Compression = Literal["gzip", "none"]
 
 
@@ -99,7 +88,7 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
 
 class OTLPExporterConfig(ExporterHelperConfig):
     endpoint: Endpoint = Field(description="host:port of the OTLP/gRPC server")
-    tls: TLSClientConfig = TLSClientConfig()
+    tls: TLSClientSettings = TLSClientSettings()
     compression: Compression = "gzip"
     headers: dict[str, str] = Field(default_factory=dict)
     auth: AuthSettings | None = None
@@ -108,7 +97,8 @@ class OTLPExporterConfig(ExporterHelperConfig):
 
     @field_validator("tls")
     @classmethod
-    def _no_skip_verify(cls, tls: TLSClientConfig) -> TLSClientConfig:
+    def _no_skip_verify(cls, tls: TLSClientSettings) -> TLSClientSettings:
+        tls.grpc_versions_supported()
         if tls.insecure_skip_verify:
             raise ValueError(
                 "insecure_skip_verify is not supported over gRPC; set ca_file to trust the "
@@ -254,13 +244,8 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
             return grpc.aio.insecure_channel(
                 config.endpoint, options=options, compression=compression, interceptors=interceptors
             )
-        if tls.server_name_override:
-            options.append(("grpc.ssl_target_name_override", tls.server_name_override))
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=tls.read(tls.ca_file),
-            private_key=tls.read(tls.key_file),
-            certificate_chain=tls.read(tls.cert_file),
-        )
+        options += grpc_channel_options(tls)
+        credentials = grpc_channel_credentials(tls)
         return grpc.aio.secure_channel(
             config.endpoint,
             credentials,

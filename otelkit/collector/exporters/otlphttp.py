@@ -16,7 +16,6 @@ import email.utils
 import gzip
 import json
 import logging
-import ssl
 import time
 from typing import Any, Literal, Self
 
@@ -32,7 +31,6 @@ from pydantic import Field, field_validator, model_validator
 from otelkit.collector.exporters.otlp import (
     Compression,
     ReportsReachability,
-    TLSClientConfig,
     check_headers,
     record_partial_success,
 )
@@ -42,6 +40,7 @@ from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 
 log = logging.getLogger("otelkit.exporter.otlphttp")
 
@@ -72,7 +71,7 @@ class OTLPHTTPExporterConfig(ExporterHelperConfig):
     traces_endpoint: str | None = None
     metrics_endpoint: str | None = None
     logs_endpoint: str | None = None
-    tls: TLSClientConfig = TLSClientConfig()
+    tls: TLSClientSettings = TLSClientSettings()
     compression: Compression = "gzip"
     encoding: Literal["proto", "json"] = "proto"
     headers: dict[str, str] = Field(default_factory=dict)
@@ -172,10 +171,10 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
         consumers = self.config.sending_queue.num_consumers
         self._client = httpx.AsyncClient(
             timeout=self.config.timeout or None,
-            verify=self._tls_context(),
             limits=httpx.Limits(max_connections=consumers, max_keepalive_connections=consumers),
             headers={"user-agent": "otelkit-collector"},
             auth=httpx_auth(host, self.config.auth, self.settings.label, self._urls.values()),
+            **httpx_options(self.config.tls),
         )
 
     async def stop_sending(self) -> None:
@@ -224,18 +223,6 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
             log.warning("exporter %s: unreadable success response ignored", self.name)
             return
         record_partial_success(self.telemetry, self.name, signal, parsed)
-
-    def _tls_context(self) -> ssl.SSLContext | bool:
-        tls = self.config.tls
-        if not any((tls.ca_file, tls.cert_file, tls.insecure_skip_verify)):
-            return True
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.insecure_skip_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 def _read_json_partial_success(content: bytes, into: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from otelkit.collector.runtime.tls import ServerTLS
 from otelkit.collector.runtime.types import split_endpoint
 
 Scope = MutableMapping[str, Any]
@@ -53,16 +54,27 @@ def bind_socket(endpoint: str, *, reuse_port: bool = False) -> socket.socket:
 class HttpServer:
     """An ASGI app served on one endpoint until :meth:`stop`."""
 
-    def __init__(self, endpoint: str, app: ASGIApp, *, name: str, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        app: ASGIApp,
+        *,
+        name: str,
+        reuse_port: bool = False,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.name = name
         self._app = app
         self._reuse_port = reuse_port
+        self._tls = tls
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reloader: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> None:
+        context = self._tls.ssl_context() if self._tls is not None else None
         sock = bind_socket(self.endpoint, reuse_port=self._reuse_port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -78,7 +90,11 @@ class HttpServer:
             server_header=False,
             timeout_keep_alive=30,
         )
+        config.load()
+        config.ssl = context  # our own context: versions, mTLS, inline PEM, reloads
         self._server = _QuietServer(config)
+        if self._tls is not None and self._tls.settings.reload_interval:
+            self._reloader = asyncio.create_task(self._tls.reload_loop(), name=f"{self.name}-tls")
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
         while not self._server.started:
             if self._task.done():
@@ -87,6 +103,9 @@ class HttpServer:
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            self._reloader = None
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True

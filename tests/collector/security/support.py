@@ -19,3 +19,15 @@ def extension(component_id: str, **config: Any) -> Component:
     settings = CreateSettings(cid, Kind.EXTENSION, SelfTelemetry())
     created: Component = factory.create(settings, factory.config_class.model_validate(config))
     return created
+
+
+def exporter(component_id: str, signals: frozenset[Any] | None = None, **config: Any) -> Any:
+    """An exporter built through the registry from ``config``, not started."""
+    from otelkit.collector.pdata.signals import Signal
+
+    cid = ComponentID.parse(component_id)
+    factory = Registry.discover().get(Kind.EXPORTER, cid.type)
+    settings = CreateSettings(cid, Kind.EXPORTER, SelfTelemetry())
+    return factory.create(
+        settings, factory.config_class.model_validate(config), signals or frozenset(Signal)
+    )

@@ -38,6 +38,7 @@ from otelkit.collector.exporters.prometheus.translation import (
 )
 from otelkit.collector.exporters.prometheusremotewrite import prompb
 from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     CreateSettings,
@@ -50,6 +51,7 @@ from otelkit.collector.runtime.exporterhelper import (
     QueuedExporter,
     QueueSettings,
 )
+from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 from otelkit.collector.runtime.types import ByteSize
 
 log = logging.getLogger("otelkit.exporter.prometheusremotewrite")
@@ -78,6 +80,8 @@ class RemoteWriteConfig(ExporterHelperConfig):
         description="URL of the write endpoint, e.g. http://prom:9090/api/v1/write"
     )
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: AuthSettings | None = None
+    tls: TLSClientSettings = TLSClientSettings()
     external_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels added to every series."
     )
@@ -119,7 +123,12 @@ class RemoteWriteExporter(QueuedExporter):
         self._client: httpx.AsyncClient | None = None
 
     async def start_sending(self, host: Host) -> None:
-        self._client = httpx.AsyncClient(headers={**_HEADERS, **self.config.headers})
+        config = self.config
+        self._client = httpx.AsyncClient(
+            headers={**_HEADERS, **config.headers},
+            auth=httpx_auth(host, config.auth, self.settings.label, [config.endpoint]),
+            **httpx_options(config.tls),
+        )
 
     async def stop_sending(self) -> None:
         if self._client is not None:

@@ -15,6 +15,7 @@ from sentry_sdk.utils import BadDsn, Dsn
 
 from otelkit.collector.runtime.component import ComponentConfig
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueueSettings
+from otelkit.collector.runtime.tls import TLSClientSettings
 from otelkit.collector.runtime.types import Duration
 
 Severity = Literal["trace", "debug", "info", "warn", "error", "fatal"]
@@ -112,6 +113,10 @@ class SentryConfig(ExporterHelperConfig):
     transactions: TransactionSettings = TransactionSettings()
     scrub: ScrubSettings = ScrubSettings()
     compression: Literal["gzip", "none"] = "gzip"
+    tls: TLSClientSettings = Field(
+        default_factory=TLSClientSettings,
+        description="For a self-hosted Sentry: ca_file, client certificate, ...",
+    )
     sending_queue: SentryQueueSettings = SentryQueueSettings()
 
     @field_validator("dsn")

@@ -67,6 +67,7 @@ from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
+from otelkit.collector.runtime.tls import httpx_options
 
 log = logging.getLogger("otelkit.exporter.sentry")
 
@@ -157,7 +158,11 @@ class SentryExporter(QueuedExporter):
         else:
             base, header = auth.get_api_url(), auth.to_header()
         self.transport = SentryTransport(
-            base, header, timeout=self.config.timeout, compress=self.config.compression == "gzip"
+            base,
+            header,
+            timeout=self.config.timeout,
+            compress=self.config.compression == "gzip",
+            client_options=httpx_options(self.config.tls),
         )
 
     async def shutdown(self) -> None:

@@ -176,6 +176,7 @@ class SentryTransport:
         compress: bool = True,
         rate_limits: RateLimits | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.compress = compress
@@ -185,7 +186,7 @@ class SentryTransport:
             "User-Agent": USER_AGENT,
             **(extra_headers or {}),
         }
-        self._client = httpx.AsyncClient(timeout=timeout or None)
+        self._client = httpx.AsyncClient(timeout=timeout or None, **(client_options or {}))
         self._logged: set[str] = set()
         self.limit_logged_until = 0.0
 

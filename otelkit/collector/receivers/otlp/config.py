@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig
+from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import ByteSize, Endpoint
 
 MIB = 1024 * 1024
@@ -21,6 +22,14 @@ class GrpcConfig(ComponentConfig):
     endpoint: Endpoint = "0.0.0.0:4317"
     max_recv_msg_size_mib: int = Field(default=4, gt=0, le=2047)
     auth: AuthSettings | None = None
+    tls: TLSServerSettings | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _grpc_tls(cls, tls: TLSServerSettings | None) -> TLSServerSettings | None:
+        if tls is not None:
+            tls.grpc_versions_supported()
+        return tls
 
 
 class HttpConfig(ComponentConfig):
@@ -30,6 +39,7 @@ class HttpConfig(ComponentConfig):
     metrics_url_path: str = "/v1/metrics"
     logs_url_path: str = "/v1/logs"
     auth: AuthSettings | None = None
+    tls: TLSServerSettings | None = None
 
     @field_validator("traces_url_path", "metrics_url_path", "logs_url_path")
     @classmethod

@@ -30,6 +30,7 @@ from otelkit.collector.receivers.otlp.ingest import SignalIntake
 from otelkit.collector.receivers.otlp.outcome import Refusal, invalid, refusal_for
 from otelkit.collector.runtime.auth import AuthenticationError, AuthGate
 from otelkit.collector.runtime.component import Host
+from otelkit.collector.runtime.tls import ServerTLS
 from otelkit.collector.runtime.types import split_endpoint
 
 TRANSPORT = "grpc"
@@ -77,7 +78,11 @@ class GrpcServer:
         bind_host, port = split_endpoint(self._config.endpoint)
         address = f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if self._config.tls is not None:
+                credentials = ServerTLS(self._config.tls).grpc_credentials()
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self._config.endpoint} (gRPC): {exc}") from exc
         if self.port == 0:

@@ -36,6 +36,7 @@ from otelkit.collector.receivers.otlp.outcome import Refusal, invalid, refusal_f
 from otelkit.collector.runtime.auth import AuthGate, asgi_headers
 from otelkit.collector.runtime.component import Host
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, read_body
+from otelkit.collector.runtime.tls import ServerTLS
 
 TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
@@ -56,7 +57,8 @@ class HttpReceiverServer:
     ) -> None:
         self.app = OtlpHttpApp(config, intakes, logger, auth)
         self._auth = auth
-        self._server = HttpServer(config.endpoint, self.app, name="otlp-http")
+        tls = ServerTLS(config.tls) if config.tls is not None else None
+        self._server = HttpServer(config.endpoint, self.app, name="otlp-http", tls=tls)
 
     @property
     def port(self) -> int:

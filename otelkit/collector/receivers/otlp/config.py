@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig
+from otelkit.collector.runtime.cors import CORSSettings
 from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import ByteSize, Endpoint
 
@@ -40,6 +41,7 @@ class HttpConfig(ComponentConfig):
     logs_url_path: str = "/v1/logs"
     auth: AuthSettings | None = None
     tls: TLSServerSettings | None = None
+    cors: CORSSettings | None = None
 
     @field_validator("traces_url_path", "metrics_url_path", "logs_url_path")
     @classmethod

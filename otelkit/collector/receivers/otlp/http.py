@@ -1,7 +1,8 @@
 """OTLP/HTTP: ``POST /v1/traces``, ``/v1/metrics``, ``/v1/logs`` as a raw ASGI app.
 
 Served by the runtime's :class:`HttpServer` (uvicorn + httptools). The checks run
-cheapest first, each with the status upstream gives: missing or wrong credentials 401
+cheapest first, each with the status upstream gives: with ``cors``, a browser's preflight
+is answered 204 (see ``runtime.cors``); missing or wrong credentials 401
 (with ``auth``; before anything else, and before the body is read), unknown path 404 (a signal without a
 pipeline has no route, as upstream), method 405 with ``Allow``, media type 415,
 Content-Encoding 415, declared or streamed size 413, decompressed size 413, malformed
@@ -35,6 +36,7 @@ from otelkit.collector.receivers.otlp.ingest import SignalIntake
 from otelkit.collector.receivers.otlp.outcome import Refusal, invalid, refusal_for
 from otelkit.collector.runtime.auth import AuthGate, asgi_headers
 from otelkit.collector.runtime.component import Host
+from otelkit.collector.runtime.cors import Cors
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, read_body
 from otelkit.collector.runtime.tls import ServerTLS
 
@@ -103,10 +105,16 @@ class OtlpHttpApp:
         self._limit = config.max_request_body_size
         self._logger = logger
         self._auth = auth
+        cors = Cors(config.cors) if config.cors is not None else None
+        self._cors = cors if cors is not None and cors.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if self._cors is not None:
+            if await self._cors.preflight(scope, send):
+                return
+            send = self._cors.wrap(scope, send)
         if self._auth.enabled and (refused := await self._auth.refusal(asgi_headers(scope))):
             challenge = (
                 [(b"www-authenticate", refused.challenge.encode())] if refused.challenge else []

@@ -5,6 +5,11 @@ Parameters are those of ``otelkit logs query`` (``service``, ``severity``, ``sin
 ``limit`` up to 1000, ``order`` newest|oldest) plus ``cursor``, the ``next_cursor`` of the
 previous page. Answers ``{"records": [...], "next_cursor": "..." | null}``; a bad input
 is a 400 with ``{"error": "...", "parameter": "..."}``.
+
+The API serves every stored record, so :func:`guarded` puts two checks in front of it:
+the ``Host`` header must name an allowed host (a web page on another site cannot reach
+the API through DNS rebinding), then the request must carry the credentials the
+authenticator accepts.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from otelkit.collector.runtime.auth import AuthGate, asgi_headers
 from otelkit.collector.runtime.http import ASGIApp, Receive, Scope, Send, respond
 from otelkit.logstore.query import QueryError, query_from_params
 from otelkit.logstore.store import LogStore, StoreError, StoreUnavailableError
@@ -59,6 +66,51 @@ def search_app(store: LogStore) -> ASGIApp:
         await respond(send, 200, body, _JSON)
 
     return app
+
+
+def guarded(
+    app: ASGIApp, gate: AuthGate, allowed_hosts: list[str], on_bad_host: Callable[[], None]
+) -> ASGIApp:
+    """``app`` behind the Host allow-list (400) and the authenticator (401)."""
+    allowed = [host.lower() for host in allowed_hosts]
+
+    async def guard(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = asgi_headers(scope)
+        host = headers.get("host", "")
+        if not host_allowed(host, allowed):
+            on_bad_host()
+            message = f"Host {host!r} is not allowed here; add it to api.allowed_hosts"
+            await _error(send, 400, message)
+            return
+        if refused := await gate.refusal(headers):
+            challenge = (
+                [(b"www-authenticate", refused.challenge.encode())] if refused.challenge else []
+            )
+            await _error(send, 401, f"unauthenticated: {refused}", challenge)
+            return
+        await app(scope, receive, send)
+
+    return guard
+
+
+def host_allowed(host_header: str, allowed: list[str]) -> bool:
+    """``host[:port]`` against names (``*`` any, ``.example.com`` or ``*.example.com`` a domain)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if not host:
+        return False
+    for entry in allowed:
+        if entry == "*" or host == entry.strip("[]"):
+            return True
+        domain = entry.removeprefix("*")
+        if domain.startswith(".") and host.endswith(domain):
+            return True
+    return False
 
 
 async def _error(

@@ -144,7 +144,7 @@ def test_sdk_logs_over_grpc_into_sqlite_found_by_every_filter_and_the_api(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'logs.db'}"
     ports = allocate_ports("grpc", "http", "api")
-    extra = '    durability: commit\n    api: {endpoint: "127.0.0.1:{api}"}'
+    extra = '    durability: commit\n    api: {endpoint: "127.0.0.1:{api}", token: api-token}'
     service = f"shop-{uuid.uuid4().hex[:8]}"
     with collector(config(url, extra=extra), tmp_path, ports=ports) as running:
         app = SdkApp(service, grpc_exporter(ports["grpc"]))
@@ -156,6 +156,7 @@ def test_sdk_logs_over_grpc_into_sqlite_found_by_every_filter_and_the_api(
         response = httpx.get(
             f"http://127.0.0.1:{ports['api']}/api/logs",
             params={"trace_id": trace_id, "limit": 2},
+            headers={"authorization": "Bearer api-token"},
             timeout=10,
         )
         page = response.json()

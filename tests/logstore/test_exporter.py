@@ -26,6 +26,9 @@ from otelkit.logstore.store import StoreError, open_store
 from tests.logstore.conftest import random_trace_id
 from tests.logstore.requests import SECOND, Rec, request
 
+API = {"endpoint": "127.0.0.1:0", "token": "api-token"}
+API_AUTH = {"authorization": "Bearer api-token"}
+
 
 def make_exporter(**config: Any) -> LogStoreExporter:
     settings = CreateSettings(ComponentID("logstore"), Kind.EXPORTER, SelfTelemetry())
@@ -132,14 +135,14 @@ async def test_a_down_database_makes_batches_wait_and_retry(pg_url: str) -> None
 
 
 async def get(port: int, **params: Any) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=API_AUTH) as client:
         return await client.get("/api/logs", params=params)
 
 
 async def test_search_api_pages_with_a_cursor(sqlite_url: str) -> None:
     trace = random_trace_id()
     now = time.time_ns()
-    config = {"url": sqlite_url, "durability": "commit", "api": {"endpoint": "127.0.0.1:0"}}
+    config = {"url": sqlite_url, "durability": "commit", "api": API}
     async with running(**config) as exporter:
         await exporter.consume(
             request([Rec(f"line {i}", ts=now + i, trace_id=trace) for i in range(25)])
@@ -176,7 +179,7 @@ async def test_search_api_pages_with_a_cursor(sqlite_url: str) -> None:
 async def test_search_api_explains_bad_input(
     sqlite_url: str, params: dict[str, str], parameter: str, fragment: str
 ) -> None:
-    async with running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter:
+    async with running(url=sqlite_url, api=API) as exporter:
         response = await get(exporter.api_port, **params)
     assert response.status_code == 400
     assert response.json()["parameter"] == parameter
@@ -185,8 +188,10 @@ async def test_search_api_explains_bad_input(
 
 async def test_search_api_only_serves_get_api_logs(sqlite_url: str) -> None:
     async with (
-        running(url=sqlite_url, api={"endpoint": "127.0.0.1:0"}) as exporter,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{exporter.api_port}") as client,
+        running(url=sqlite_url, api=API) as exporter,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{exporter.api_port}", headers=API_AUTH
+        ) as client,
     ):
         assert (await client.get("/")).status_code == 404
         response = await client.post("/api/logs", content=b"{}")
@@ -234,7 +239,7 @@ async def test_an_unusable_sqlite_path_stops_the_start(tmp_path: Path) -> None:
 
 
 async def test_search_api_treats_hostile_input_as_text(sqlite_url: str) -> None:
-    config = {"url": sqlite_url, "durability": "commit", "api": {"endpoint": "127.0.0.1:0"}}
+    config = {"url": sqlite_url, "durability": "commit", "api": API}
     async with running(**config) as exporter:
         await exporter.consume(request([Rec("user 'bob' OR 1=1 logged in"), Rec("other")]))
         for text in ["' OR 1=1 --", '"; DROP TABLE logs; --', "bob* NEAR OR", "x" * 20_000]:

@@ -22,9 +22,11 @@ import contextlib
 import logging
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from otelkit.collector.extensions.bearertokenauth import BearerTokenAuth, BearerTokenAuthConfig
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
+from otelkit.collector.runtime.auth import AuthGate, AuthSettings
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     CreateSettings,
@@ -33,9 +35,9 @@ from otelkit.collector.runtime.component import (
 )
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
-from otelkit.collector.runtime.http import HttpServer
+from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
-from otelkit.logstore.api import search_app
+from otelkit.logstore.api import guarded, search_app
 from otelkit.logstore.records import rows_from_request
 from otelkit.logstore.sqlite import path_from_url
 from otelkit.logstore.store import LogStore, StoreError, StoreUnavailableError, open_store
@@ -44,7 +46,29 @@ log = logging.getLogger("otelkit.logstore")
 
 
 class ApiSettings(ComponentConfig):
+    """``GET /api/logs``: off unless set; always needs credentials and an allowed Host."""
+
     endpoint: Endpoint = Field(description="Where GET /api/logs is served, e.g. 127.0.0.1:8890.")
+    auth: AuthSettings | None = Field(None, description="An authenticator extension.")
+    token: SecretStr | None = Field(
+        None, description="Or a bearer token of its own, usually ${env:NAME}."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host header names accepted (stops DNS rebinding); '.example.com' "
+        "takes a domain, '*' any.",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ApiSettings:
+        if (self.auth is None) == (self.token is None):
+            raise ValueError(
+                "the search API serves every stored record: set auth: {authenticator: "
+                "<extension>} or a token of its own (not both)"
+            )
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("token is empty; is its environment variable set?")
+        return self
 
 
 class LogStoreConfig(ExporterHelperConfig):
@@ -115,11 +139,35 @@ class LogStoreExporter(QueuedExporter):
             log.warning("exporter %s: log store not reachable yet: %s", self.name, exc)
             self.store.start_writer_thread(self.config.max_batch_records)
         if self.config.api is not None:
-            app = search_app(self.store)
+            app = self._guarded_api(host, self.config.api)
             self._api = HttpServer(self.config.api.endpoint, app, name=f"{self.name}-api")
             await self._api.start()
         if self.config.retention or self.config.max_size is not None:
             self._pruner = asyncio.create_task(self._prune_loop(), name=f"{self.name}-prune")
+
+    def _guarded_api(self, host: Host, api: ApiSettings) -> ASGIApp:
+        refused = self.telemetry.counter(
+            "otelkit_logstore_api_refused_requests",
+            "Search API requests refused (unauthenticated, or a Host not allowed)",
+            ("exporter", "reason"),
+        )
+        gate = AuthGate(
+            api.auth,
+            f"exporter/{self.name} API",
+            log,
+            lambda: refused.labels(self.name, "unauthenticated").inc(),
+        )
+        if api.token is not None:
+            own = BearerTokenAuth(self.settings, BearerTokenAuthConfig(token=api.token))
+            gate.use(own)
+        else:
+            gate.start(host)
+        return guarded(
+            search_app(self.store),
+            gate,
+            api.allowed_hosts,
+            lambda: refused.labels(self.name, "host").inc(),
+        )
 
     async def stop_sending(self) -> None:
         if self._pruner is not None:

@@ -126,18 +126,22 @@ class AuthGate:
 
     @property
     def enabled(self) -> bool:
-        return self.settings is not None
+        return self.settings is not None or self._authenticator is not None
 
     def start(self, host: Host) -> None:
         if self.settings is not None:
             self._authenticator = server_authenticator(host, self.settings, self._user)
+
+    def use(self, authenticator: ServerAuthenticator) -> None:
+        """Check with ``authenticator`` directly (a component's own token setting)."""
+        self._authenticator = authenticator
 
     async def refusal(self, headers: Mapping[str, str]) -> AuthenticationError | None:
         """None when the request may go on; else why not (already counted)."""
         if self._authenticator is None:
             if self.settings is None:
                 return None
-            return AuthenticationError("authenticator not started")
+            return AuthenticationError("authenticator not started")  # never let through
         try:
             await self._authenticator.authenticate(headers)
         except AuthenticationError as exc:

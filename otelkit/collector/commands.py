@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 
 from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
+from otelkit.collector.runtime.listeners import warn_exposed
 from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.service import Service
 
@@ -119,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         for chatty in ("httpx", "httpcore"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     log = logging.getLogger("otelkit.collector")
+    warn_exposed(config, log)
     _steady_heap()
     try:
         service = Service(config)

@@ -36,6 +36,7 @@ from otelkit.collector.runtime.component import (
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
+from otelkit.collector.runtime.listeners import Listener
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
 from otelkit.logstore.api import guarded, search_app
 from otelkit.logstore.records import rows_from_request
@@ -100,6 +101,11 @@ class LogStoreConfig(ExporterHelperConfig):
             except StoreError as exc:
                 raise ValueError(str(exc)) from exc
         return url
+
+    def listeners(self) -> list[Listener]:
+        if self.api is None:
+            return []
+        return [Listener("log search API", self.api.endpoint, True)]
 
     @model_validator(mode="after")
     def _size_needs_sqlite(self) -> LogStoreConfig:

@@ -36,6 +36,7 @@ from otelkit.collector.runtime.component import (
     extension_factory,
 )
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
+from otelkit.collector.runtime.listeners import Listener
 from otelkit.collector.runtime.types import Endpoint
 
 HEALTH_JSON = "application/health+json"
@@ -61,7 +62,7 @@ def _otelkit_version() -> str:
 
 
 class HealthCheckConfig(ComponentConfig):
-    endpoint: Endpoint = "0.0.0.0:13133"
+    endpoint: Endpoint = "localhost:13133"
     path: str = Field("/", description="Where the upstream-compatible status is served.")
     service_id: str | None = Field(
         None, description="serviceId in /health responses; default otelkit-collector@<host>."
@@ -79,6 +80,9 @@ class HealthCheckConfig(ComponentConfig):
         if path in _FIXED_PATHS:
             raise ValueError(f"{path} is already served; choose another path, such as /")
         return path
+
+    def listeners(self) -> list[Listener]:
+        return [Listener("health check", self.endpoint, False, can_authenticate=False)]
 
 
 class HealthCheck(Extension):

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig
 from otelkit.collector.runtime.types import split_endpoint
 
@@ -49,10 +50,17 @@ def is_loopback(host: str) -> bool:
 
 
 def all_listeners(config: CollectorConfig) -> list[tuple[str, Listener]]:
-    """Every listener a config opens, with the component (``receiver/otlp``) it belongs to."""
+    """Every listener a config opens, with the component (``receiver/otlp``) it belongs to;
+    components defined but not used do not run, so they open nothing."""
+    used = {(Kind.EXTENSION, cid) for cid in config.extensions}
+    for pipeline in config.pipelines.values():
+        for kind in (Kind.RECEIVER, Kind.CONNECTOR):
+            used.update((kind, cid) for cid in pipeline.receivers)
+        for kind in (Kind.EXPORTER, Kind.CONNECTOR):
+            used.update((kind, cid) for cid in pipeline.exporters)
     found: list[tuple[str, Listener]] = []
-    for spec in config.components.values():
-        if isinstance(spec.config, ListensOn):
+    for key, spec in config.components.items():
+        if key in used and isinstance(spec.config, ListensOn):
             label = f"{spec.kind.value}/{spec.id}"
             found += [(label, listener) for listener in spec.config.listeners()]
     if config.telemetry.metrics_address:

@@ -150,4 +150,4 @@ def test_config_errors(config: dict[str, Any], message: str) -> None:
 
 
 def test_default_endpoint_is_upstreams() -> None:
-    assert HealthCheckConfig().endpoint == "0.0.0.0:13133"
+    assert HealthCheckConfig().endpoint == "localhost:13133"

@@ -49,7 +49,7 @@ def test_a_protocol_is_enabled_by_its_key_with_upstream_defaults() -> None:
     grpc_only = receiver_config("  otlp:\n    protocols:\n      grpc:\n")
     assert grpc_only.protocols.http is None
     assert grpc_only.protocols.grpc is not None
-    assert grpc_only.protocols.grpc.endpoint == "0.0.0.0:4317"
+    assert grpc_only.protocols.grpc.endpoint == "localhost:4317"
     assert grpc_only.protocols.grpc.max_recv_msg_size_mib == 4
 
     both = receiver_config(
@@ -57,7 +57,7 @@ def test_a_protocol_is_enabled_by_its_key_with_upstream_defaults() -> None:
         "        max_request_body_size: 1MiB\n        logs_url_path: custom/logs\n"
     )
     assert both.protocols.http is not None
-    assert both.protocols.http.endpoint == "0.0.0.0:4318"
+    assert both.protocols.http.endpoint == "localhost:4318"
     assert both.protocols.http.max_request_body_size == 1024 * 1024
     assert both.protocols.http.traces_url_path == "/v1/traces"
     assert both.protocols.http.logs_url_path == "/custom/logs"

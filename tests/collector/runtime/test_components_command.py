@@ -48,4 +48,4 @@ def test_one_kind_shows_nested_settings_and_optional_protocols() -> None:
         "    protocols:",
         "      grpc:  # optional: off unless set",
     ]
-    assert "        endpoint: '0.0.0.0:4318'" in result.stdout
+    assert "        endpoint: 'localhost:4318'" in result.stdout

@@ -41,6 +41,7 @@ from otelkit.collector.runtime.component import (
 )
 from otelkit.collector.runtime.errors import PermanentError
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
+from otelkit.collector.runtime.listeners import Listener
 from otelkit.collector.runtime.types import Duration, Endpoint
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -58,7 +59,7 @@ class ResourceToTelemetry(ComponentConfig):
 
 
 class PrometheusConfig(ComponentConfig):
-    endpoint: Endpoint = Field("0.0.0.0:9464", description="Where /metrics is served.")
+    endpoint: Endpoint = Field("localhost:9464", description="Where /metrics is served.")
     namespace: str = Field("", description="Prefix of every metric name (namespace_name).")
     const_labels: dict[str, str] = Field(
         default_factory=dict, description="Labels added to every series."
@@ -102,6 +103,11 @@ class PrometheusConfig(ComponentConfig):
             resource_to_telemetry_conversion=self.resource_to_telemetry_conversion.enabled,
             extra_labels=dict(self.const_labels),
         )
+
+    def listeners(self) -> list[Listener]:
+        return [
+            Listener("Prometheus scrape endpoint", self.endpoint, False, can_authenticate=False)
+        ]
 
 
 class PrometheusExporter(Exporter):

@@ -1,7 +1,9 @@
 """Configuration of the ``otlp`` receiver, in the upstream collector's shape.
 
 A protocol is enabled only when its key is present (``protocols: {grpc:}`` enables gRPC
-with its defaults), as upstream; at least one protocol is required.
+with its defaults), as upstream; at least one protocol is required. Default endpoints are
+``localhost:4317`` and ``localhost:4318``, as upstream's since it stopped binding every
+interface by default; a container configuration sets ``0.0.0.0`` itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig
 from otelkit.collector.runtime.cors import CORSSettings
+from otelkit.collector.runtime.listeners import Listener
 from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import ByteSize, Endpoint
 
@@ -20,7 +23,7 @@ MIB = 1024 * 1024
 
 
 class GrpcConfig(ComponentConfig):
-    endpoint: Endpoint = "0.0.0.0:4317"
+    endpoint: Endpoint = "localhost:4317"
     max_recv_msg_size_mib: int = Field(default=4, gt=0, le=2047)
     auth: AuthSettings | None = None
     tls: TLSServerSettings | None = None
@@ -34,7 +37,7 @@ class GrpcConfig(ComponentConfig):
 
 
 class HttpConfig(ComponentConfig):
-    endpoint: Endpoint = "0.0.0.0:4318"
+    endpoint: Endpoint = "localhost:4318"
     max_request_body_size: ByteSize = Field(default=20 * MIB, gt=0)
     traces_url_path: str = "/v1/traces"
     metrics_url_path: str = "/v1/metrics"
@@ -82,6 +85,14 @@ class OtlpReceiverConfig(ComponentConfig):
         if self.protocols.grpc is None and self.protocols.http is None:
             raise ValueError(
                 "must enable at least one protocol: add protocols.grpc (default endpoint "
-                "0.0.0.0:4317) and/or protocols.http (default endpoint 0.0.0.0:4318)"
+                "localhost:4317) and/or protocols.http (default endpoint localhost:4318)"
             )
         return self
+
+    def listeners(self) -> list[Listener]:
+        found = []
+        for name, protocol in (("grpc", self.protocols.grpc), ("http", self.protocols.http)):
+            if protocol is not None:
+                authenticated = protocol.auth is not None
+                found.append(Listener(f"OTLP/{name}", protocol.endpoint, authenticated))
+        return found

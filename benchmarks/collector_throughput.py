@@ -1,6 +1,7 @@
 """Collector throughput: spans per second and CPU per span, against a parse-only receiver.
 
     python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
+        [--security bearer,tls,bearer+tls]
 
 A load process (separate from everything it measures) sends one pre-serialized request of
 512 realistic server spans (10 attributes each) over and over, with a fixed number of
@@ -12,7 +13,12 @@ requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
 * an ``otelkit collector run`` process for each selected pipeline: ``nop`` is
   ``otlp -> memory_limiter -> batch -> nop``, ``file`` is the same ending in the ``file``
   exporter, ``direct`` is ``otlp -> nop`` (the receiver alone). Pipelines whose
-  components are not installed are skipped with a note.
+  components are not installed are skipped with a note;
+* the ``nop`` pipeline again for each ``--security`` case: ``bearer`` (the receiver
+  checks a ``bearertokenauth`` token on every request), ``tls`` (TLS 1.3 with a
+  certificate the benchmark makes; connections are kept, so this is the per-request
+  cost of encryption, not of handshakes), ``bearer+tls`` (both). Each is also given as a
+  ratio to the plain ``nop`` pipeline measured in the same run.
 
 For each, the collector process's CPU time (``/proc/<pid>/stat``) over the measured
 window gives CPU per span and spans per CPU-second; its resident memory (``VmRSS``, and
@@ -54,6 +60,60 @@ PIPELINES: dict[str, tuple[list[str], str]] = {
     "file": (["memory_limiter", "batch"], "file"),
     "direct": ([], "nop"),
 }
+SECURITY_CASES = ("bearer", "tls", "bearer+tls")
+TOKEN = "benchmark-token-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Security:
+    """What a load process must present: a token and/or the CA that signed the server."""
+
+    token: str | None = None
+    ca_file: str | None = None
+
+
+def make_certificates(workdir: Path) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, server key) for 127.0.0.1, made with ``cryptography``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("bench CA")).issuer_name(name("bench CA"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - day).not_valid_after(now + day)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(name("bench CA"))
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - day).not_valid_after(now + day)
+        .add_extension(san, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
 
 
 # The request --------------------------------------------------------------------------
@@ -138,9 +198,10 @@ def load_main(
     seconds: float,
     inflight: int,
     out: Connection,
+    security: Security = Security(),
 ) -> None:
     """Entry point of the load process: warm up, tell the parent, measure, report."""
-    result = asyncio.run(_load(transport, port, body, warmup, seconds, inflight, out))
+    result = asyncio.run(_load(transport, port, body, warmup, seconds, inflight, out, security))
     out.send(("done", result))
 
 
@@ -152,8 +213,10 @@ async def _load(
     seconds: float,
     inflight: int,
     out: Connection,
+    security: Security,
 ) -> LoadResult:
-    send = await (_grpc_sender if transport == "grpc" else _http_sender)(port, body, inflight)
+    sender = _grpc_sender if transport == "grpc" else _http_sender
+    send = await sender(port, body, inflight, security)
     counts = {"ok": 0, "failed": 0}
     first_failure: list[str] = []
     deadline = time.monotonic() + warmup
@@ -189,28 +252,43 @@ def _own_cpu() -> float:
     return times.user + times.system
 
 
-async def _grpc_sender(port: int, body: bytes, inflight: int) -> Callable[[int], Any]:
+async def _grpc_sender(
+    port: int, body: bytes, inflight: int, security: Security
+) -> Callable[[int], Any]:
     import grpc
 
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    )
+    target, options = f"127.0.0.1:{port}", [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    if security.ca_file:
+        root = Path(security.ca_file).read_bytes()
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=options)
     export = channel.unary_unary(TRACE_EXPORT)
+    metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
 
     async def send(_: int) -> None:
-        await export(body, timeout=30)
+        await export(body, timeout=30, metadata=metadata)
 
     return send
 
 
-async def _http_sender(port: int, body: bytes, inflight: int) -> Callable[[int], Any]:
+async def _http_sender(
+    port: int, body: bytes, inflight: int, security: Security
+) -> Callable[[int], Any]:
     """A minimal keep-alive HTTP/1.1 client: the request bytes are built once."""
+    import ssl
+
+    auth = f"Authorization: Bearer {security.token}\r\n" if security.token else ""
     head = (
-        f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
         f"Content-Type: application/x-protobuf\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     request = head + body
-    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(inflight)]
+    context = ssl.create_default_context(cafile=security.ca_file) if security.ca_file else None
+    connections = [
+        await asyncio.open_connection("127.0.0.1", port, ssl=context) for _ in range(inflight)
+    ]
 
     async def send(index: int) -> None:
         reader, writer = connections[index]
@@ -319,8 +397,18 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def collector_config(pipeline: str, grpc_port: int, http_port: int, workdir: Path) -> str:
+def collector_config(
+    pipeline: str, grpc_port: int, http_port: int, workdir: Path, security: str = ""
+) -> str:
     processors, exporter = PIPELINES[pipeline]
+    protocol = ""
+    extensions = ""
+    if "bearer" in security:
+        protocol += ", auth: {authenticator: bearertokenauth}"
+        extensions = f"extensions:\n  bearertokenauth: {{token: {TOKEN}}}\n"
+    if "tls" in security:
+        _, cert, key = make_certificates(workdir)
+        protocol += f", tls: {{cert_file: {cert}, key_file: {key}}}"
     exporters = {
         "nop": "  nop: {}\n",
         # Rotation keeps the benchmark's disk use bounded.
@@ -328,19 +416,26 @@ def collector_config(pipeline: str, grpc_port: int, http_port: int, workdir: Pat
         "    rotation: {max_megabytes: 200, max_backups: 1}\n",
     }
     return (
-        "receivers:\n  otlp:\n    protocols:\n"
-        f"      grpc: {{endpoint: 127.0.0.1:{grpc_port}}}\n"
-        f"      http: {{endpoint: 127.0.0.1:{http_port}}}\n"
+        extensions + "receivers:\n  otlp:\n    protocols:\n"
+        f"      grpc: {{endpoint: 127.0.0.1:{grpc_port}{protocol}}}\n"
+        f"      http: {{endpoint: 127.0.0.1:{http_port}{protocol}}}\n"
         "processors:\n"
         "  memory_limiter: {check_interval: 1s, limit_mib: 1536, spike_limit_mib: 384}\n"
         "  batch: {}\n"
         f"exporters:\n{exporters[exporter]}"
         "service:\n"
-        f"  telemetry: {{metrics: {{address: 127.0.0.1:{free_port()}}}}}\n"
+        + ("  extensions: [bearertokenauth]\n" if extensions else "")
+        + f"  telemetry: {{metrics: {{address: 127.0.0.1:{free_port()}}}}}\n"
         "  pipelines:\n"
         f"    traces: {{receivers: [otlp], processors: [{', '.join(processors)}], "
         f"exporters: [{exporter}]}}\n"
     )
+
+
+def pipeline_of(target: str) -> tuple[str, str]:
+    """``nop+bearer+tls`` -> (``nop``, ``bearer+tls``)."""
+    pipeline, _, security = target.partition("+")
+    return pipeline, security
 
 
 def missing_components(pipeline: str) -> list[str]:
@@ -368,6 +463,7 @@ class Target:
     grpc_port: int
     http_port: int
     log: Path
+    security: Security = Security()
 
 
 # glibc returns freed heap tops to the OS and re-faults them on the next ~200 KiB request
@@ -384,17 +480,28 @@ def start_target(name: str, workdir: Path, env: dict[str, str]) -> Target:
         command = [sys.executable, __file__, "--serve-bare", str(grpc_port), str(http_port)]
         label = "bare receiver (parse only)"
     else:
-        config = workdir / f"{name}.yaml"
-        config.write_text(collector_config(name, grpc_port, http_port, workdir))
+        pipeline, security = pipeline_of(name)
+        directory = workdir / name
+        directory.mkdir()
+        config = directory / "collector.yaml"
+        config.write_text(collector_config(pipeline, grpc_port, http_port, directory, security))
         command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
-        processors, exporter = PIPELINES[name]
-        label = " -> ".join(["otlp", *processors, exporter])
+        processors, exporter = PIPELINES[pipeline]
+        label = " -> ".join(["otlp", *processors, exporter]) + (
+            f" [{security}]" if security else ""
+        )
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
         )
     target = Target(name, label, process, grpc_port, http_port, log)
+    if name != "bare":
+        _, security = pipeline_of(name)
+        target.security = Security(
+            TOKEN if "bearer" in security else None,
+            str(workdir / name / "ca.pem") if "tls" in security else None,
+        )
     try:
         wait_for_port(grpc_port, process)
         wait_for_port(http_port, process)
@@ -470,10 +577,8 @@ def measure(target: Target, transport: str, body: bytes, args: argparse.Namespac
     port = target.grpc_port if transport == "grpc" else target.http_port
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    load = context.Process(
-        target=load_main,
-        args=(transport, port, body, args.warmup, args.seconds, args.inflight, child),
-    )
+    load_args = (transport, port, body, args.warmup, args.seconds, args.inflight, child)
+    load = context.Process(target=load_main, args=(*load_args, target.security))
     load.start()
     try:
         if not parent.poll(args.warmup + 60):
@@ -511,7 +616,7 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
         f"{os.cpu_count()} CPUs"
     )
     header = (
-        f"{'transport':<9} {'target':<44} {'spans/s':>9} {'cores':>5} {'us/span':>7} "
+        f"{'transport':<9} {'target':<58} {'spans/s':>9} {'cores':>5} {'us/span':>7} "
         f"{'spans/core-s':>12} {'RSS MiB':>7} {'peak':>5} {'load cores':>10} "
         f"{'spans/s vs bare':>15} {'per-core vs bare':>16}"
     )
@@ -524,7 +629,7 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
             ratio = f.spans_per_second / bare.spans_per_second if bare else float("nan")
             core_ratio = f.spans_per_core / bare.spans_per_core if bare else float("nan")
             print(
-                f"{f.transport:<9} {f.target:<44} {f.spans_per_second:>9,.0f} {f.cores:>5.2f} "
+                f"{f.transport:<9} {f.target:<58} {f.spans_per_second:>9,.0f} {f.cores:>5.2f} "
                 f"{f.us_per_span:>7.2f} {f.spans_per_core:>12,.0f} {f.rss_mib:>7.0f} "
                 f"{f.peak_mib:>5.0f} {f.load_cores:>10.2f} {ratio:>15.2f} {core_ratio:>16.2f}"
             )
@@ -534,8 +639,33 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
         "anchor: the upstream Go collector's OTLP pass-through holds 10k spans/s under 20% of "
         "a core (>= 50k spans per core-second); aim here: nop pipeline >= 0.5 x bare."
     )
+    report_security(figures)
     for note in notes:
         print(f"note: {note}")
+
+
+def report_security(figures: list[Figure]) -> None:
+    """Each --security case against the plain nop pipeline of the same run."""
+    cases = [f for f in figures if f.target.endswith("]")]
+    if not cases:
+        return
+    print()
+    print("cost of auth and TLS: the nop pipeline with them, as ratios to the plain nop pipeline")
+    header = f"{'transport':<9} {'case':<12} {'spans/s ratio':>13} {'us/span ratio':>13} {'us/span added':>13}"
+    print(header)
+    print("-" * len(header))
+    for f in cases:
+        plain_label = f.target.rpartition(" [")[0]
+        plain = next(
+            (p for p in figures if p.transport == f.transport and p.target == plain_label), None
+        )
+        if plain is None:
+            continue
+        case = f.target.rpartition(" [")[2].rstrip("]")
+        print(
+            f"{f.transport:<9} {case:<12} {f.spans_per_second / plain.spans_per_second:>13.2f} "
+            f"{f.us_per_span / plain.us_per_span:>13.2f} {f.us_per_span - plain.us_per_span:>13.2f}"
+        )
 
 
 def best_rounds(figures: list[Figure]) -> list[Figure]:
@@ -564,6 +694,11 @@ def main() -> None:
     )
     parser.add_argument("--transports", default="grpc,http")
     parser.add_argument(
+        "--security",
+        default=",".join(SECURITY_CASES),
+        help=f"cases of the nop pipeline, from: {', '.join(SECURITY_CASES)}; 'none' for none",
+    )
+    parser.add_argument(
         "--glibc-defaults", action="store_true", help="run targets without the malloc settings"
     )
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
@@ -585,6 +720,15 @@ def main() -> None:
             notes.append(f"pipeline {name} skipped: not installed: {', '.join(missing)}")
         else:
             targets.append(name)
+    for case in args.security.split(","):
+        case = case.strip()
+        if case in ("", "none"):
+            continue
+        if case not in SECURITY_CASES:
+            parser.error(f"unknown security case {case!r}; known: {', '.join(SECURITY_CASES)}")
+        if "nop" not in targets:
+            targets.append("nop")
+        targets.append(f"nop+{case}")
     env = {} if args.glibc_defaults else STEADY_MALLOC
     if env:
         notes.append(

@@ -22,7 +22,7 @@ import contextlib
 import logging
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.extensions.bearertokenauth import BearerTokenAuth, BearerTokenAuthConfig
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
@@ -37,7 +37,7 @@ from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Listener
-from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint
+from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint, Secret
 from otelkit.logstore.api import guarded, search_app
 from otelkit.logstore.records import rows_from_request
 from otelkit.logstore.sqlite import path_from_url
@@ -51,7 +51,7 @@ class ApiSettings(ComponentConfig):
 
     endpoint: Endpoint = Field(description="Where GET /api/logs is served, e.g. 127.0.0.1:8890.")
     auth: AuthSettings | None = Field(None, description="An authenticator extension.")
-    token: SecretStr | None = Field(
+    token: Secret | None = Field(
         None, description="Or a bearer token of its own, usually ${env:NAME}."
     )
     allowed_hosts: list[str] = Field(

@@ -32,6 +32,7 @@ from otelkit.collector.runtime.component import (
     Host,
     extension_factory,
 )
+from otelkit.collector.runtime.types import Secret
 
 _CHALLENGE = 'Basic realm="otelkit", charset="UTF-8"'
 _REMEMBERED_MAX = 4096
@@ -39,12 +40,12 @@ _REMEMBERED_MAX = 4096
 
 class HtpasswdSettings(ComponentConfig):
     file: str | None = None
-    inline: SecretStr | None = None
+    inline: Secret | None = None
 
 
 class ClientAuthSettings(ComponentConfig):
     username: str
-    password: SecretStr
+    password: Secret
 
     @field_validator("username")
     @classmethod

@@ -18,7 +18,7 @@ import hmac
 import os
 from collections.abc import Mapping
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.runtime.auth import AuthenticationError
 from otelkit.collector.runtime.component import (
@@ -28,6 +28,7 @@ from otelkit.collector.runtime.component import (
     Host,
     extension_factory,
 )
+from otelkit.collector.runtime.types import Secret
 
 FILE_CHECK_INTERVAL = 1.0
 """Seconds between checks of ``filename`` for a new token (rotation without restart)."""
@@ -36,8 +37,8 @@ FILE_CHECK_INTERVAL = 1.0
 class BearerTokenAuthConfig(ComponentConfig):
     scheme: str = Field("Bearer", description="Prefix of the header value; empty for none.")
     header: str = Field("Authorization", description="The header (gRPC metadata key) used.")
-    token: SecretStr | None = Field(None, description="The token, usually ${env:NAME}.")
-    tokens: list[SecretStr] = Field(
+    token: Secret | None = Field(None, description="The token, usually ${env:NAME}.")
+    tokens: list[Secret] = Field(
         default_factory=list, description="Several accepted tokens; the first is sent."
     )
     filename: str | None = Field(None, description="File with the token(s), one per line.")

@@ -65,35 +65,35 @@ class AuthSettings(ComponentConfig):
         return ComponentID.parse(self.authenticator)
 
 
-def _extension(host: Host, settings: AuthSettings, user: str) -> object:
+def server_authenticator(host: Host, settings: AuthSettings, user: str) -> ServerAuthenticator:
+    """The extension ``settings`` names, as a server authenticator (``user`` names who asks)."""
+    found: ServerAuthenticator = _authenticator(
+        host, settings, user, ServerAuthenticator, "authenticate incoming requests (it has "
+        "no server side; basicauth needs htpasswd for that)",
+    )  # fmt: skip
+    return found
+
+
+def client_authenticator(host: Host, settings: AuthSettings, user: str) -> ClientAuthenticator:
+    """The extension ``settings`` names, as a client authenticator."""
+    found: ClientAuthenticator = _authenticator(
+        host, settings, user, ClientAuthenticator, "add credentials to outgoing requests (it "
+        "has no client side; basicauth needs client_auth for that)",
+    )  # fmt: skip
+    return found
+
+
+def _authenticator(
+    host: Host, settings: AuthSettings, user: str, side: type[Any], cannot: str
+) -> Any:
     extension = host.get_extension(settings.extension_id)
     if extension is None:
         raise ValueError(
             f"{user}: authenticator {settings.authenticator} is not a running extension; "
             "define it under extensions and list it in service.extensions"
         )
-    return extension
-
-
-def server_authenticator(host: Host, settings: AuthSettings, user: str) -> ServerAuthenticator:
-    """The extension ``settings`` names, as a server authenticator (``user`` names who asks)."""
-    extension = _extension(host, settings, user)
-    if not isinstance(extension, ServerAuthenticator):
-        raise ValueError(
-            f"{user}: extension {settings.authenticator} cannot authenticate incoming "
-            "requests (it has no server side; basicauth needs htpasswd for that)"
-        )
-    return extension
-
-
-def client_authenticator(host: Host, settings: AuthSettings, user: str) -> ClientAuthenticator:
-    """The extension ``settings`` names, as a client authenticator."""
-    extension = _extension(host, settings, user)
-    if not isinstance(extension, ClientAuthenticator):
-        raise ValueError(
-            f"{user}: extension {settings.authenticator} cannot add credentials to outgoing "
-            "requests (it has no client side; basicauth needs client_auth for that)"
-        )
+    if not isinstance(extension, side):
+        raise ValueError(f"{user}: extension {settings.authenticator} cannot {cannot}")
     return extension
 
 

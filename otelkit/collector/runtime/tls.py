@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
-from pydantic import SecretStr, model_validator
+from pydantic import model_validator
 
 from otelkit.collector.runtime.component import ComponentConfig
-from otelkit.collector.runtime.types import Duration
+from otelkit.collector.runtime.types import Duration, Secret
 
 log = logging.getLogger("otelkit.tls")
 
@@ -50,7 +50,7 @@ class TLSSettings(ComponentConfig):
     cert_file: str | None = None
     cert_pem: str | None = None
     key_file: str | None = None
-    key_pem: SecretStr | None = None
+    key_pem: Secret | None = None
     min_version: TLSVersion = "1.2"
     max_version: TLSVersion | None = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, SecretStr
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 _DURATION_UNITS = {
@@ -87,6 +87,18 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _secret_text(value: Any) -> Any:
+    """YAML reads ``token: 123456`` as a number; a secret is text, and an error about it
+    must never have to quote it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str | SecretStr):
+        raise ValueError("expected text")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Endpoint = Annotated[str, BeforeValidator(parse_endpoint)]
+Secret = Annotated[SecretStr, BeforeValidator(_secret_text)]
+"""A password or token: shown as ``**********`` wherever the config is printed."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from otelkit.collector.runtime.component import Component, ComponentID, CreateSettings, Kind
@@ -30,4 +33,14 @@ def exporter(component_id: str, signals: frozenset[Any] | None = None, **config:
     settings = CreateSettings(cid, Kind.EXPORTER, SelfTelemetry())
     return factory.create(
         settings, factory.config_class.model_validate(config), signals or frozenset(Signal)
+    )
+
+
+def collector_command(action: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """``otelkit collector <action> --config <config>``, run to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "otelkit.cli", "collector", action, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )

@@ -21,7 +21,7 @@ from tests.collector.e2e.clients import (
     span_keys,
     wait_until,
 )
-from tests.collector.security.support import TOKEN
+from tests.collector.security.support import TOKEN, collector_command
 from tests.support.collector import allocate_ports, collector
 
 DOWNSTREAM = """
@@ -184,14 +184,33 @@ def test_a_client_only_authenticator_on_a_receiver_fails_at_start(tmp_path: Path
     )
     config_path = tmp_path / "c.yaml"
     config_path.write_text(text.replace("{http}", "0"))
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = collector_command("run", config_path)
     assert result.returncode == 1
     assert "cannot authenticate incoming requests" in result.stderr
+
+
+def test_validate_never_prints_the_secrets(tmp_path: Path) -> None:
+    text = """
+extensions:
+  bearertokenauth: {token: 987654321, colour: red}
+  basicauth/client: {client_auth: {username: bob, password: [hunter2-secret]}}
+  bearertokenauth/other: {tokens: ["first-secret-token", 42]}
+receivers:
+  otlp: {protocols: {http: {auth: {authenticator: bearertokenauth}}}}
+exporters:
+  logstore: {url: "sqlite:///x.db", api: {endpoint: "127.0.0.1:0", token: 1234.5}}
+  otlphttp: {endpoint: "http://127.0.0.1:1", auth: {authenticator: basicauth/client}}
+service:
+  extensions: [bearertokenauth, basicauth/client, bearertokenauth/other]
+  pipelines:
+    logs: {receivers: [otlp], exporters: [logstore, otlphttp]}
+"""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = collector_command("validate", path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "extensions.bearertokenauth.colour" in output  # the real problems are named
+    assert "extensions.basicauth/client.client_auth.password" in output
+    for secret in ("987654321", "hunter2", "first-secret", "1234.5"):
+        assert secret not in output, output

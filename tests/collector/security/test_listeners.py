@@ -4,8 +4,6 @@ collector run`` warns once at start for each listener open beyond loopback witho
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from otelkit.collector.receivers.otlp import OtlpReceiverConfig
 from otelkit.collector.runtime.config import parse_config
 from otelkit.collector.runtime.listeners import is_loopback, warn_exposed
 from otelkit.collector.runtime.registry import Registry
+from tests.collector.security.support import collector_command
 
 ROOT = Path(__file__).resolve().parents[3]
 EXPOSED = """
@@ -86,12 +85,7 @@ def test_collector_run_prints_the_warnings_at_start(tmp_path: Path) -> None:
     )
     path = tmp_path / "exposed.yaml"
     path.write_text(config)
-    result = subprocess.run(
-        [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = collector_command("run", path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("without authentication") == 2, result.stderr
     assert result.stderr.count("OTLP/grpc listens on 0.0.0.0:4317") == 1

@@ -93,7 +93,6 @@ def _stock_sdk(sink: str) -> None:
 def serve(mode: str, port: int, sink: str) -> None:
     import uvicorn
 
-    os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
     app = build_app(mode, sink)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
 

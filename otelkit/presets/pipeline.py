@@ -52,7 +52,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from otelkit.presets import context as request_context
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
-from otelkit.presets.settings import Settings
+from otelkit.presets.settings import RATIO_SAMPLERS, Settings
 
 _logger = logging.getLogger("otelkit.presets")
 
@@ -203,22 +203,33 @@ def _env_float(name: str, default: float) -> float:
 
 
 def make_sampler(settings: Settings) -> Sampler:
+    """The ``OTEL_TRACES_SAMPLER`` names, as samplers that record their threshold in the
+    ``ot`` trace-state entry (see :mod:`otelkit.presets.sampling`). The default,
+    ``parentbased_always_on``, adds nothing to a root span's trace state: a span without a
+    threshold counts once, which is exact when nothing is head-sampled."""
     from opentelemetry.sdk.trace import sampling
+
+    from otelkit.presets.sampling import ParentThresholdSampler, ProbabilitySampler
 
     name = settings.sampler
     ratio = settings.sampler_arg if settings.sampler_arg is not None else 1.0
-    simple: dict[str, Sampler] = {
-        "always_on": sampling.ALWAYS_ON,
+    if name not in RATIO_SAMPLERS and os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip():
+        _logger.warning(
+            "OTEL_TRACES_SAMPLER_ARG is ignored: OTEL_TRACES_SAMPLER=%s takes no ratio "
+            "(use traceidratio or parentbased_traceidratio to sample by ratio)",
+            name,
+        )
+    independent: dict[str, Sampler] = {
+        "always_on": ProbabilitySampler(1.0),  # its own th:0, replacing an upstream threshold
         "always_off": sampling.ALWAYS_OFF,
-        "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
-        "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+        "traceidratio": ProbabilitySampler(ratio),
     }
-    if name in simple:
-        return simple[name]
-    if name == "traceidratio":
-        return sampling.TraceIdRatioBased(ratio)
-    if name == "parentbased_traceidratio":
-        return sampling.ParentBased(sampling.TraceIdRatioBased(ratio))
+    if name in independent:
+        return independent[name]
+    roots = {**independent, "always_on": sampling.ALWAYS_ON}
+    root = roots.get(name.removeprefix("parentbased_"))
+    if name.startswith("parentbased_") and root is not None:
+        return ParentThresholdSampler(root)
     raise ValueError(f"OTEL_TRACES_SAMPLER={name!r} is not a sampler otelkit knows")
 
 

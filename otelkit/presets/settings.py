@@ -15,7 +15,8 @@ LogFormat = Literal["json", "text", "none"]
 
 DEVELOPMENT_NAMES = frozenset({"development", "dev", "local", "test"})
 DEFAULT_ENVIRONMENT = "production"
-DEFAULT_PRODUCTION_SAMPLE_RATIO = 0.25
+DEFAULT_SAMPLER = "parentbased_always_on"
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 DEFAULT_EXPORT_TIMEOUT_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
 DEFAULT_HEALTH_PATHS = ("/health", "/health/live", "/health/ready")
@@ -110,7 +111,7 @@ class Settings:
             or DEFAULT_ENVIRONMENT
         )
         development = resolved_environment.lower() in DEVELOPMENT_NAMES
-        sampler, sampler_arg = _sampler(env, development, sample_ratio)
+        sampler, sampler_arg = _sampler(env, sample_ratio)
         return cls(
             service_name=_first(service_name, env.get("OTEL_SERVICE_NAME")),
             service_version=_first(
@@ -174,17 +175,23 @@ def _log_format(value: str | None, development: bool) -> LogFormat:
     raise ValueError(f"OTELKIT_LOG_FORMAT={value!r} is not supported: use json, text or none")
 
 
-def _sampler(
-    env: Mapping[str, str], development: bool, sample_ratio: float | None
-) -> tuple[str, float | None]:
-    """Always on in development, parent-based ratio elsewhere, unless the user chose."""
+def _ratio(value: float | str, source: str) -> float:
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"{source}={value!r} is not a sampling probability between 0 and 1")
+    return ratio
+
+
+def _sampler(env: Mapping[str, str], sample_ratio: float | None) -> tuple[str, float | None]:
+    """Every trace is kept unless the user chose a sampler: span-derived metrics then count
+    every request, and the collector's tail sampling decides what is stored."""
     if sample_ratio is not None:
-        return "parentbased_traceidratio", sample_ratio
-    name = _first(env.get("OTEL_TRACES_SAMPLER"))
+        return "parentbased_traceidratio", _ratio(sample_ratio, "sample_ratio")
+    name = (_first(env.get("OTEL_TRACES_SAMPLER")) or DEFAULT_SAMPLER).lower()
     arg_text = _first(env.get("OTEL_TRACES_SAMPLER_ARG"))
-    arg = float(arg_text) if arg_text is not None else None
-    if name is not None:
-        return name.lower(), arg
-    if development:
-        return "parentbased_always_on", None
-    return "parentbased_traceidratio", arg if arg is not None else DEFAULT_PRODUCTION_SAMPLE_RATIO
+    if name not in RATIO_SAMPLERS or arg_text is None:
+        return name, None
+    return name, _ratio(arg_text, "OTEL_TRACES_SAMPLER_ARG")

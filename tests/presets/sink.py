@@ -42,6 +42,7 @@ class Span:
     attributes: dict[str, Any]
     status_code: int
     events: list[tuple[str, dict[str, Any]]]
+    trace_state: str = ""
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Received:
                 attributes(span.attributes),
                 span.status.code,
                 [(event.name, attributes(event.attributes)) for event in span.events],
+                span.trace_state,
             )
             for resource, span in _walk(requests, "resource_spans", "scope_spans", "spans")
         ]

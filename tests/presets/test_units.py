@@ -34,16 +34,51 @@ def test_sanitize_sql_removes_literals_and_keeps_placeholders(
     assert sanitize_sql(statement) == expected
 
 
-def test_environment_picks_sampler_log_level_and_format() -> None:
+def test_environment_picks_log_level_and_format_and_every_trace_is_kept() -> None:
     dev = Settings.resolve({"OTELKIT_ENVIRONMENT": "development"})
-    assert (dev.sampler, dev.log_level, dev.log_format) == (
-        "parentbased_always_on",
-        "DEBUG",
-        "text",
-    )
+    assert (dev.log_level, dev.log_format) == ("DEBUG", "text")
     prod = Settings.resolve({"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=production"})
-    assert prod.sampler == "parentbased_traceidratio" and prod.sampler_arg == 0.25
     assert (prod.log_level, prod.log_format) == ("INFO", "json")
+    for settings in (dev, prod, Settings.resolve({})):
+        assert (settings.sampler, settings.sampler_arg) == ("parentbased_always_on", None)
+
+
+@pytest.mark.parametrize(
+    ("env", "ratio", "expected"),
+    [
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            None,
+            ("traceidratio", 0.1),
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "PARENTBASED_TRACEIDRATIO"},
+            None,
+            ("parentbased_traceidratio", None),
+        ),
+        ({"OTEL_TRACES_SAMPLER_ARG": "0.1"}, None, ("parentbased_always_on", None)),
+        (
+            {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_TRACES_SAMPLER_ARG": "x"},
+            None,
+            ("always_on", None),
+        ),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, 0.5, ("parentbased_traceidratio", 0.5)),
+    ],
+)
+def test_a_sampling_ratio_is_used_only_where_the_user_chose_one(
+    env: dict[str, str], ratio: float | None, expected: tuple[str, float | None]
+) -> None:
+    settings = Settings.resolve(env, sample_ratio=ratio)
+    assert (settings.sampler, settings.sampler_arg) == expected
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_a_ratio_outside_zero_to_one_is_refused(value: str) -> None:
+    env = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": value}
+    with pytest.raises(ValueError, match="OTEL_TRACES_SAMPLER_ARG"):
+        Settings.resolve(env)
+    with pytest.raises(ValueError, match="sample_ratio"):
+        Settings.resolve({}, sample_ratio=1.5)
 
 
 def test_explicit_choices_win_over_the_environment_defaults() -> None:

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from otelkit.presets import pipeline
 from otelkit.presets.context import current_request_id
-from otelkit.presets.logs import QuietPaths, install_record_factory, not_from_export_threads
+from otelkit.presets.logs import (
+    QuietPaths,
+    install_record_factory,
+    not_from_export_threads,
+    note_logged_exceptions,
+)
 from otelkit.presets.requestid import BAGGAGE_KEY, DEFAULT_HEADER, RequestIdMiddleware
 from otelkit.presets.settings import DEFAULT_HEALTH_PATHS
 from otelkit.presets.sql import sanitize_sql
@@ -121,9 +126,8 @@ def instrument_fastapi(
 
 def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
     """No per-operation spans (dependencies, endpoint, serialization), health probes
-    untraced. FastAPI's own exception and validation-failure log records stay on: uvicorn
-    logs unhandled exceptions on ``uvicorn.error``, which does not reach the root handler,
-    so these are the only exported records of them."""
+    untraced. FastAPI's validation-failure log records stay on; its exception records give
+    way to the request-ID middleware's, which carry the request ID."""
     excluded = frozenset(paths)
     previous = app._telemetry.get("exclude")
 
@@ -288,17 +292,15 @@ def instrument_httpx(client: Any = None) -> None:
     HTTPXClientInstrumentor.instrument_client(client, request_hook=hook)
 
 
-def _has_otel_handler() -> bool:
-    return any(
-        type(handler).__name__ == "LoggingHandler" for handler in logging.getLogger().handlers
-    )
+def _otel_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if type(h).__name__ == "LoggingHandler"]
 
 
 def logging_options() -> dict[str, Any]:
     """One exporting handler: the logging instrumentation's, unless one is already there."""
     current = pipeline.current()
     exporting = current is not None and current.settings.logs_exporter != "none"
-    return {"enable_log_auto_instrumentation": exporting and not _has_otel_handler()}
+    return {"enable_log_auto_instrumentation": exporting and not _otel_handlers()}
 
 
 def instrument_logging() -> None:
@@ -312,6 +314,9 @@ def instrument_logging() -> None:
         handler = LoggingInstrumentor._logging_handler
         if handler is not None:
             handler.addFilter(not_from_export_threads)
+    for exporting in _otel_handlers():
+        if note_logged_exceptions not in exporting.filters:
+            exporting.addFilter(note_logged_exceptions)
     install_record_factory()
 
 

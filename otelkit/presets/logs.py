@@ -8,6 +8,7 @@ natively, so only ``request_id`` and ``enduser.*`` are added to the record itsel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -131,6 +132,52 @@ def not_from_export_threads(record: logging.LogRecord) -> bool:
     return not (record.threadName or "").startswith(EXPORT_THREAD_PREFIXES)
 
 
+# --- one record per unhandled exception ----------------------------------------------
+# The request-ID middleware logs an unhandled exception unless the application already
+# logged it at ERROR during the same request; the server's own traceback of it is dropped.
+# Which request logged an exception is kept on the exception itself (the request context
+# object), so an exception instance raised again in a later request is logged again.
+
+_LOGGED_IN = "_otelkit_logged_in"
+_OUTSIDE_REQUESTS = object()
+SERVER_ERROR_LOGGERS = ("uvicorn.error",)
+
+
+def _exception_of(record: logging.LogRecord) -> BaseException | None:
+    return record.exc_info[1] if record.exc_info else None
+
+
+def mark_logged(exception: BaseException) -> None:
+    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+        setattr(exception, _LOGGED_IN, current_request() or _OUTSIDE_REQUESTS)
+
+
+def logged_in_this_request(exception: BaseException) -> bool:
+    return getattr(exception, _LOGGED_IN, None) is (current_request() or _OUTSIDE_REQUESTS)
+
+
+def note_logged_exceptions(record: logging.LogRecord) -> bool:
+    """Handler filter that never drops: remembers an exception shown at ERROR or worse."""
+    exception = _exception_of(record)
+    if exception is not None and record.levelno >= logging.ERROR:
+        mark_logged(exception)
+    return True
+
+
+def not_logged_already(record: logging.LogRecord) -> bool:
+    """Logger filter for servers (uvicorn's "Exception in ASGI application"): drops the
+    traceback of an exception that a request already logged."""
+    exception = _exception_of(record)
+    return exception is None or getattr(exception, _LOGGED_IN, None) is None
+
+
+def drop_repeated_server_tracebacks() -> None:
+    for name in SERVER_ERROR_LOGGERS:
+        server = logging.getLogger(name)
+        if not_logged_already not in server.filters:
+            server.addFilter(not_logged_already)
+
+
 def setup_stdout(settings: Settings, service: str | None) -> None:
     """One stdout handler on the root logger and the root level. Not added twice, nor when
     the root logger already has a console handler (``logging.basicConfig`` ran)."""
@@ -154,6 +201,7 @@ def setup_stdout(settings: Settings, service: str | None) -> None:
         else HumanFormatter()
     )
     handler.setFormatter(formatter)
+    handler.addFilter(note_logged_exceptions)
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
 

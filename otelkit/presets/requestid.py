@@ -8,6 +8,7 @@ records carry it), into the ``baggage`` of outgoing httpx requests, and back on 
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -16,7 +17,13 @@ from typing import Any
 from opentelemetry import baggage, context, trace
 
 from otelkit.presets.context import enter_request, exit_request
+from otelkit.presets.logs import (
+    drop_repeated_server_tracebacks,
+    logged_in_this_request,
+    mark_logged,
+)
 
+UNHANDLED_LOGGER = logging.getLogger("otelkit.requests")
 REQUEST_ID_ATTRIBUTE = "request_id"
 BAGGAGE_KEY = "request_id"
 DEFAULT_HEADER = "X-Request-ID"
@@ -67,13 +74,42 @@ def _flush_before_shutdown_complete(send: Send) -> Send:
     return send_after_flush
 
 
+def log_unhandled(scope: Scope, exception: Exception) -> None:
+    """One ERROR record per unhandled exception, written while the request's span and
+    request ID are current, unless the application logged it at ERROR in this request.
+
+    The server's own traceback of it (uvicorn's "Exception in ASGI application", logged
+    after the request's context is gone) is dropped, and FastAPI's native telemetry is told
+    the exception was seen, so it does not write a second record."""
+    if not logged_in_this_request(exception):
+        route = getattr(scope.get("route"), "path", None)
+        method = scope.get("method", "")
+        attributes = {"http.request.method": method, "url.path": scope.get("path", "")}
+        if route:
+            attributes["http.route"] = route
+        UNHANDLED_LOGGER.error(
+            "Unhandled exception in %s %s",
+            method,
+            route or attributes["url.path"],
+            exc_info=exception,
+            extra=attributes,
+        )
+        if UNHANDLED_LOGGER.isEnabledFor(logging.ERROR):
+            mark_logged(exception)
+    seen = getattr(scope.get("fastapi.telemetry"), "_exceptions", None)
+    if isinstance(seen, list) and not any(item is exception for item in seen):
+        seen.append(exception)
+
+
 class RequestIdMiddleware:
-    """Accept, validate or generate the request ID and echo it on the response; on lifespan
-    shutdown, flush telemetry."""
+    """Accept, validate or generate the request ID and echo it on the response; log an
+    unhandled exception once, in the request's context; on lifespan shutdown, flush
+    telemetry."""
 
     def __init__(self, app: ASGIApp, header: str = DEFAULT_HEADER) -> None:
         self.app = app
         self.header = header.lower().encode("latin-1")
+        drop_repeated_server_tracebacks()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,6 +143,9 @@ class RequestIdMiddleware:
         )
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exception:
+            log_unhandled(scope, exception)
+            raise
         finally:
             if baggage_token is not None:
                 context.detach(baggage_token)

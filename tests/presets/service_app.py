@@ -2,7 +2,8 @@
 
 APP_MODE=manual: the app calls otelkit itself; APP_MODE=auto: plain code, started under
 ``opentelemetry-instrument``. APP_DATABASE_URL and APP_DOWNSTREAM_URL point at the
-database and the second service.
+database and the second service. APP_UVICORN_LOGS_TO_ROOT=1 lets uvicorn's records reach
+the root logger's handlers, as an application's own logging configuration may.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ DOWNSTREAM = os.environ.get("APP_DOWNSTREAM_URL", "")
 
 if MODE == "manual":
     otelkit.configure()
+if os.environ.get("APP_UVICORN_LOGS_TO_ROOT"):
+    logging.getLogger("uvicorn").propagate = True
 
 engine = create_engine(
     os.environ.get("APP_DATABASE_URL", "sqlite://"),
@@ -69,6 +72,15 @@ def boom() -> None:
 @app.get("/crash")
 def crash() -> None:
     raise RuntimeError("unhandled failure")
+
+
+@app.get("/crash-logged")
+def crash_logged() -> None:
+    try:
+        raise RuntimeError("logged failure")
+    except RuntimeError:
+        log.exception("handler saw the failure")
+        raise
 
 
 @app.get("/slow")

@@ -209,18 +209,18 @@ def test_health_probes_are_not_traced(run: Run) -> None:
     assert not [s for s in run.spans if "/health" in s.name]
 
 
-def test_unhandled_exception_is_exported_with_its_stack_trace(run: Run) -> None:
+def test_unhandled_exception_is_one_error_record_of_its_request(run: Run) -> None:
     assert run.crash.status_code == 500
     span = run.server_span("/crash")
     assert span.status_code == 2  # ERROR
     assert span.attributes["http.response.status_code"] == 500
-    on_span = [attrs for name, attrs in span.events if name == "exception"]
-    in_logs = [
-        log.attributes
-        for log in run.logs
-        if log.trace_id == span.trace_id and "exception.type" in log.attributes
-    ]
-    found = on_span + in_logs
-    assert found, "the exception is on the span or in a log record of its trace"
-    assert all("RuntimeError" in attrs["exception.type"] for attrs in found)
-    assert all("unhandled failure" in attrs["exception.stacktrace"] for attrs in found)
+    records = [log for log in run.logs if "exception.type" in log.attributes]
+    crashes = [log for log in records if log.attributes["exception.type"] == "RuntimeError"]
+    assert len(crashes) == 1, [log.body for log in records]
+    record = crashes[0]
+    assert record.severity_text == "ERROR"
+    assert record.body == "Unhandled exception in GET /crash"
+    assert (record.trace_id, record.span_id) == (span.trace_id, span.span_id)
+    assert record.attributes["request_id"] == span.attributes["request_id"]
+    assert record.attributes["exception.message"] == "unhandled failure"
+    assert 'raise RuntimeError("unhandled failure")' in record.attributes["exception.stacktrace"]

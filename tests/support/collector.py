@@ -17,6 +17,17 @@ import yaml
 
 from tests.support.services import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONFIG = ROOT / "collector" / "otelkit.yaml"
+# The variables collector/otelkit.yaml reads its listen addresses from, by port name.
+SHIPPED_ADDRESSES = {
+    "grpc": "OTELKIT_GRPC_ENDPOINT",
+    "http": "OTELKIT_HTTP_ENDPOINT",
+    "prometheus": "OTELKIT_PROMETHEUS_ENDPOINT",
+    "health": "OTELKIT_HEALTH_ENDPOINT",
+    "telemetry": "OTELKIT_METRICS_ADDRESS",
+}
+
 
 @dataclass
 class RunningCollector:
@@ -110,3 +121,23 @@ def collector(
         raise
     finally:
         running.kill()
+
+
+@contextmanager
+def shipped_collector(
+    tmp_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[RunningCollector]:
+    """``collector/otelkit.yaml`` as a user runs it, each listener moved to a free loopback
+    port by its variable and ``OTELKIT_DATA_DIR`` to ``tmp_path/otelkit-data``; no
+    ``SENTRY_DSN`` unless ``env`` sets one."""
+    ports = allocate_ports(*SHIPPED_ADDRESSES)
+    variables = {name: f"127.0.0.1:{ports[key]}" for key, name in SHIPPED_ADDRESSES.items()}
+    variables.update(
+        OTELKIT_DATA_DIR=str(tmp_path / "otelkit-data"),
+        OTELKIT_BUDGETS_FILE=str(ROOT / "collector" / "budgets.yaml"),
+        SENTRY_DSN="",
+    )
+    with collector(
+        SHIPPED_CONFIG.read_text(), tmp_path, ports=ports, env={**variables, **(env or {})}
+    ) as running:
+        yield running

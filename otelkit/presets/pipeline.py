@@ -5,7 +5,7 @@ lazily in the process that exports, so a pre-fork master (``gunicorn --preload``
 ``opentelemetry-instrument gunicorn``) never opens a gRPC channel that a worker would
 inherit. After a fork the SDK restarts the batch and metric-reader threads and drops the
 parent's queued items; otelkit then gives the child its own ``service.instance.id`` and
-``process.pid`` and a fresh exporter.
+``process.pid``, empty metric aggregations and a fresh exporter.
 
 Shutdown runs flush and shutdown on a daemon thread and waits at most the configured
 bound (``OTELKIT_SHUTDOWN_TIMEOUT``, 5 s), so a dead collector never hangs an exit.
@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -236,6 +237,12 @@ def make_sampler(settings: Settings) -> Sampler:
 # --- exporters -----------------------------------------------------------------------
 
 
+def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
 class _PerProcess:
     """Creates the wrapped exporter on first use in each process."""
 
@@ -245,6 +252,11 @@ class _PerProcess:
         self._pid = -1
         self._inner: Any = None
         self._closed = False
+        renew = weakref.WeakMethod(self._renew_lock)
+        os.register_at_fork(after_in_child=lambda: _call_if_alive(renew))
+
+    def _renew_lock(self) -> None:
+        self._lock = threading.Lock()  # the parent may have held it at the fork
 
     def inner(self) -> Any:
         pid = os.getpid()
@@ -447,6 +459,8 @@ def _after_fork_in_child() -> None:
     pipeline = _state.pipeline
     if pipeline is None:
         return
+    if pipeline.meter_provider is not None:
+        _start_metrics_afresh(pipeline.meter_provider)
     update = Resource(process_attributes())
     for provider in (
         pipeline.tracer_provider,
@@ -457,6 +471,19 @@ def _after_fork_in_child() -> None:
         if updater is not None:
             updater(update)
     pipeline.resource = pipeline.resource.merge(update)
+
+
+def _start_metrics_afresh(provider: MeterProvider) -> None:
+    """A worker's metrics count only its own measurements. The SDK keeps the parent's
+    aggregations across a fork, so each worker would report the parent's measurements
+    again as its own instance; and a lock that the parent's metric reader thread held at
+    the fork would stay held in the worker forever. Fresh storages fix both."""
+    consumer = provider._measurement_consumer
+    consumer._lock = threading.Lock()
+    for reader in list(consumer._reader_storages):
+        if isinstance(getattr(reader, "_export_lock", None), type(threading.Lock())):
+            reader._export_lock = threading.Lock()  # type: ignore[attr-defined]
+        consumer.add_metric_reader(reader)  # replaces the reader's storage with an empty one
 
 
 def _bounded(pipeline: Pipeline, timeout: float | None, stop: bool) -> bool:

@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tests.support.collector import wait_for_port
 from tests.support.services import free_port
@@ -112,3 +115,23 @@ def telemetry_env(endpoint: str, service: str, **extra: str) -> dict[str, str]:
         "OTEL_BLRP_SCHEDULE_DELAY": "200",
         **extra,
     }
+
+
+def _pid_of_worker(url: str) -> int:
+    with httpx.Client(timeout=10) as client:  # a new connection each time
+        response = client.get(f"{url}/slow")
+        response.raise_for_status()
+        pid: int = response.json()["pid"]
+        return pid
+
+
+def worker_pids(url: str, workers: int = 2, rounds: int = 15) -> set[int]:
+    """Concurrent requests to a handler that blocks its worker spread over the workers;
+    returns the PIDs that answered."""
+    seen: set[int] = set()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(rounds):
+            seen.update(pool.map(_pid_of_worker, [url] * 4))
+            if len(seen) >= workers:
+                break
+    return seen

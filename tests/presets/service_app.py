@@ -4,6 +4,7 @@ APP_MODE=manual: the app calls otelkit itself; APP_MODE=auto: plain code, starte
 ``opentelemetry-instrument``. APP_DATABASE_URL and APP_DOWNSTREAM_URL point at the
 database and the second service. APP_UVICORN_LOGS_TO_ROOT=1 lets uvicorn's records reach
 the root logger's handlers, as an application's own logging configuration may.
+APP_EXPORT_BEFORE_FORK=1 exports and queues telemetry at import (see ``prefork``).
 """
 
 from __future__ import annotations
@@ -91,3 +92,8 @@ async def slow() -> dict[str, int]:
 
 if MODE == "manual":
     otelkit.instrument_all(app=app, engine=engine)
+if os.environ.get("APP_EXPORT_BEFORE_FORK"):
+    from tests.presets.prefork import export_before_fork, name_exports_by_pid
+
+    export_before_fork()
+    app.router.on_startup.append(name_exports_by_pid)  # in each worker, after the fork

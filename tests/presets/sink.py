@@ -70,6 +70,9 @@ class Received:
         self.trace_requests: list[Any] = []
         self.metric_requests: list[Any] = []
         self.log_requests: list[Any] = []
+        # id(request) -> the client connection it came over, and its gRPC metadata
+        self.peers: dict[int, str] = {}
+        self.metadata: dict[int, dict[str, str]] = {}
 
     @classmethod
     def of(cls, payloads: Iterable[Any]) -> Received:
@@ -148,17 +151,17 @@ class OtlpSink(Received):
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.trace_requests, request)
+                sink._store(sink.trace_requests, request, context)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.metric_requests, request)
+                sink._store(sink.metric_requests, request, context)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):
             def Export(self, request: Any, context: Any) -> Any:
-                sink._store(sink.log_requests, request)
+                sink._store(sink.log_requests, request, context)
                 return logs_service_pb2.ExportLogsServiceResponse()
 
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
@@ -171,15 +174,19 @@ class OtlpSink(Received):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _store(self, into: list[Any], request: Any) -> None:
+    def _store(self, into: list[Any], request: Any, context: Any) -> None:
         with self._lock:
             into.append(request)
+            self.peers[id(request)] = context.peer()
+            self.metadata[id(request)] = dict(context.invocation_metadata())
 
     def clear(self) -> None:
         with self._lock:
             self.trace_requests.clear()
             self.metric_requests.clear()
             self.log_requests.clear()
+            self.peers.clear()
+            self.metadata.clear()
 
     def stop(self) -> None:
         self.server.stop(0)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.presets import procs
@@ -20,25 +18,6 @@ CASES = {
     "uvicorn-workers": ("uvicorn", "manual", ["--workers", "2"]),
     "uvicorn-workers-instrument": ("uvicorn", "auto", ["--workers", "2"]),
 }
-
-
-def _pid(url: str) -> int:
-    with httpx.Client(timeout=10) as client:  # a new connection each time
-        response = client.get(f"{url}/slow")
-        response.raise_for_status()
-        pid: int = response.json()["pid"]
-        return pid
-
-
-def _hit_both_workers(url: str, rounds: int = 15) -> set[int]:
-    """Concurrent requests to a handler that blocks its worker spread over the workers."""
-    seen: set[int] = set()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for _ in range(rounds):
-            seen.update(pool.map(_pid, [url] * 4))
-            if len(seen) >= 2:
-                break
-    return seen
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -57,7 +36,7 @@ def test_every_worker_exports_as_its_own_instance(
 
     env = procs.telemetry_env(sink.endpoint, f"workers-{case}", APP_MODE=mode)
     with procs.server(build, env, tmp_path, case) as running:
-        pids = _hit_both_workers(running.url)
+        pids = procs.worker_pids(running.url)
         assert len(pids) == 2, f"requests reached only {pids}:\n{running.log()}"
         running.stop()
 

@@ -102,9 +102,12 @@ def parse_ot(value: str) -> OtEntry:
     return OtEntry(threshold, randomness, tuple(others))
 
 
+_NO_OT_ENTRY = OtEntry()
+
+
 def _ot_entry(state: TraceState | None) -> OtEntry:
     value = state.get(OT_KEY) if state else None
-    return parse_ot(value) if value else OtEntry()
+    return parse_ot(value) if value else _NO_OT_ENTRY
 
 
 def with_ot(state: TraceState | None, entry: OtEntry) -> TraceState | None:

@@ -10,8 +10,9 @@ unavoidable work:
 * ``nop``          parse + the ``nop`` exporter (the collector's baseline pipeline end);
 * ``transactions`` parse + ``SentryExporter.consume`` (resource info, span intake into
                    the trace assembler) + building every transaction and its encoded
-                   envelope, as the trace flush does. No network: envelopes are counted
-                   where they would be queued;
+                   envelope, as the trace flush does (both on the exporter's conversion
+                   thread, hand-over included). No network: envelopes are counted where
+                   they would be queued;
 * ``tracebacks``   the stack trace parser alone on a mix of real Python tracebacks (a
                    chained FastAPI/Starlette error, ~40 frames; an exception group) and
                    Java / Node.js traces;
@@ -212,11 +213,7 @@ def main() -> None:
         request.ParseFromString(body)
         loop.run_until_complete(exporter.consume(request))
 
-        async def flush() -> None:
-            for trace in exporter.assembler.drain():
-                await exporter._ship_trace(trace)
-
-        loop.run_until_complete(flush())
+        loop.run_until_complete(exporter._ship_traces(exporter.assembler.drain()))
         return spans
 
     def via_parser() -> int:

@@ -8,6 +8,8 @@ follow the upstream names: ``otelcol_receiver_accepted_spans``,
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +31,7 @@ class SelfTelemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
+        self._creating = threading.Lock()  # components may count from worker threads
 
     # Receivers -----------------------------------------------------------------------
     def receiver_accepted(self, receiver: str, transport: str, signal: Signal, n: int) -> None:
@@ -78,14 +81,24 @@ class SelfTelemetry:
     # For any component ---------------------------------------------------------------
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """Get or create a counter (``name`` without ``_total``)."""
-        if name not in self._counters:
-            self._counters[name] = Counter(name, documentation, labels, registry=self.registry)
-        return self._counters[name]
+        counter = self._counters.get(name)
+        if counter is None:
+            with self._creating:
+                counter = self._counters.get(name)
+                if counter is None:
+                    counter = Counter(name, documentation, labels, registry=self.registry)
+                    self._counters[name] = counter
+        return counter
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
-        if name not in self._gauges:
-            self._gauges[name] = Gauge(name, documentation, labels, registry=self.registry)
-        return self._gauges[name]
+        gauge = self._gauges.get(name)
+        if gauge is None:
+            with self._creating:
+                gauge = self._gauges.get(name)
+                if gauge is None:
+                    gauge = Gauge(name, documentation, labels, registry=self.registry)
+                    self._gauges[name] = gauge
+        return gauge
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Current value of a sample, 0 when absent (for tests and the status page)."""

@@ -78,7 +78,7 @@ def any_value(value: AnyValue) -> Any:
     field, raw = fields[0]
     kind = type(raw)
     if kind is str:
-        return raw if len(raw) <= MAX_STRING else raw[: MAX_STRING - 1] + "…"
+        return raw if len(raw) <= MAX_STRING else clip(raw)
     if kind is float:
         return raw if math.isfinite(raw) else str(raw)  # JSON has no NaN or Infinity
     if kind in _SCALARS:
@@ -91,6 +91,11 @@ def any_value(value: AnyValue) -> Any:
 
 
 _SCALARS = (int, bool)
+
+
+def clip(text: str, limit: int = MAX_STRING) -> str:
+    """At most ``limit`` characters, ending in ``…`` when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
@@ -175,37 +180,37 @@ class SpanShape:
 
 
 def span_shape(span: Span, attrs: Mapping[str, Any], scrubber: Scrubber) -> SpanShape:
-    kind = span.kind
+    kind, name = span.kind, clip(span.name)
     method = first(attrs, *HTTP_METHOD)
     status = span_status(span.status, attrs)
     if method is not None:
-        return _http_shape(span, attrs, str(method), status, scrubber)
+        return _http_shape(span, name, attrs, str(method), status, scrubber)
     db_system = first(attrs, *DB_SYSTEM)
     if db_system is not None:
         query = first(attrs, *DB_QUERY, "db.query.summary", "db.operation.name", "db.operation")  # fmt: skip
-        return SpanShape("db", str(query) if query is not None else span.name, status, "task")
+        return SpanShape("db", str(query) if query is not None else name, status, "task")
     if first(attrs, "rpc.system", "rpc.service") is not None:
         service, rpc_method = attrs.get("rpc.service", ""), attrs.get("rpc.method", "")
         op = "grpc.server" if kind == SERVER else "grpc.client" if kind == CLIENT else "rpc"
         if attrs.get("rpc.system") not in (None, "grpc"):
             op = "rpc"
-        text = f"{service}/{rpc_method}" if service and rpc_method else span.name
+        text = f"{service}/{rpc_method}" if service and rpc_method else name
         return SpanShape(op, text, status, "route" if kind == SERVER else "task")
     if first(attrs, "messaging.system") is not None:
         op = {PRODUCER: "queue.publish", CONSUMER: "queue.process"}.get(kind, "message")
-        return SpanShape(op, span.name, status, "task")
+        return SpanShape(op, name, status, "task")
     trigger = attrs.get("faas.trigger")
     if trigger is not None:
-        return SpanShape(str(trigger), span.name, status, "task")
-    return SpanShape("default", span.name, status, "custom")
+        return SpanShape(str(trigger), name, status, "task")
+    return SpanShape("default", name, status, "custom")
 
 
 def _http_shape(
-    span: Span, attrs: Mapping[str, Any], method: str, status: str, scrubber: Scrubber
+    span: Span, name: str, attrs: Mapping[str, Any], method: str, status: str, scrubber: Scrubber
 ) -> SpanShape:
     if span.kind == CLIENT:
         url = first(attrs, *URL_FULL)
-        target = scrubber.url(str(url)) if url is not None else span.name
+        target = scrubber.url(str(url)) if url is not None else name
         return SpanShape("http.client", f"{method} {target}", status, "url")
     route = first(attrs, "http.route")
     if route is not None:
@@ -213,7 +218,7 @@ def _http_shape(
     path = first(attrs, *URL_PATH)
     if path is not None:
         return SpanShape("http.server", f"{method} {str(path).split('?', 1)[0]}", status, "url")
-    return SpanShape("http.server", span.name, status, "custom")
+    return SpanShape("http.server", name, status, "custom")
 
 
 def span_status(status: Status, attrs: Mapping[str, Any]) -> str:

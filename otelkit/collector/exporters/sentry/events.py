@@ -25,6 +25,7 @@ from otelkit.collector.exporters.sentry.common import (
     SpanShape,
     any_value,
     attributes,
+    clip,
     first,
     new_event_id,
     seconds,
@@ -132,7 +133,7 @@ def log_error_event(
     event = _base(resource, None, level, logger, when, ctx)
     body = _body_text(record)
     if body:
-        event["logentry"] = {"formatted": ctx.scrubber.value(body)}
+        event["logentry"] = {"formatted": clean_text(body, ctx.scrubber)}
     if "exception.type" in attrs or "exception.stacktrace" in attrs:
         exc = exception_attributes(record.attributes)
         attrs.pop("exception.stacktrace", None)  # it becomes frames; no need to send it twice
@@ -211,6 +212,15 @@ def exception_attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
             value = kv.value
             out[kv.key] = value.string_value if value.HasField("string_value") else any_value(value)
     return out
+
+
+def clean_text(text: str, scrubber: Scrubber, limit: int = stacktrace.MAX_VALUE) -> str:
+    """Free text as it may leave: scrubbed and cut to ``limit``; only a little more than
+    ``limit`` is scanned, whatever the text's size (a secret cut there is cut anyway)."""
+    return clip(scrubber.value(text[: limit + _SCAN_MARGIN]), limit)
+
+
+_SCAN_MARGIN = 256
 
 
 def _body_text(record: LogRecord) -> str:

@@ -1,14 +1,22 @@
-"""The Sentry exporter: conversion in ``consume``, envelopes through the shared queue.
+"""The Sentry exporter: conversion on a worker thread, envelopes through the shared queue.
 
 Where work happens, and why:
 
-* ``consume`` reads each batch once. Exception span events and error log records become
-  error-event envelopes right away (they need no other span), and spans go to the
-  :class:`TraceAssembler`. The envelopes are queued all together or not at all, before
+* The event loop serves every receiver and the health check, so nothing CPU-heavy runs
+  on it. ``consume`` hands each batch to one conversion thread (a single worker, so
+  batches are converted and queued in the order they came) and awaits the result:
+  exception span events and error log records become encoded error-event envelopes
+  there (stack trace parsing, scrubbing, JSON), and spans come back as references for
+  the :class:`TraceAssembler`. At most :data:`MAX_PENDING_BATCHES` batches wait for the
+  thread; beyond that ``consume`` refuses with a retryable error, so senders back off
+  instead of the backlog growing without bound.
+* Back on the loop, a batch's envelopes are queued all together or not at all, before
   any span is held, so a full queue refuses the whole batch (the sender retries) and
   nothing is half-taken.
-* A background task hands traces whose ``trace_wait`` is over to the
-  :class:`TransactionBuilder`; their transaction envelopes join the same queue.
+* A background task takes traces whose ``trace_wait`` is over from the assembler and
+  has the same thread build their transactions (:class:`TransactionBuilder`) and
+  envelopes; they join the same queue. Compressing a large envelope for sending runs
+  on a thread too.
 * The queue (the shared exporter helper) holds *envelopes*, the retry unit: a 5xx
   retries that one envelope, so nothing Sentry accepted is sent twice.
 * Categories Sentry rate-limits are not even built while limited (counted as
@@ -27,8 +35,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -71,6 +80,12 @@ from otelkit.collector.runtime.tls import httpx_options
 
 log = logging.getLogger("otelkit.exporter.sentry")
 
+#: Batches that may wait for the conversion thread before ``consume`` refuses new ones.
+MAX_PENDING_BATCHES = 8
+#: Traces built per hand-over to the conversion thread by the flush loop.
+TRACES_PER_BUILD = 50
+R = TypeVar("R")
+
 _OTLP_PATHS = {Signal.TRACES: "integration/otlp/v1/traces", Signal.LOGS: "integration/otlp/v1/logs"}
 _OTLP_CATEGORY = {Signal.TRACES: "span", Signal.LOGS: "log_item"}
 
@@ -104,6 +119,8 @@ class SentryExporter(QueuedExporter):
         self._flusher: asyncio.Task[None] | None = None
         self._resources: dict[int, ResourceInfo] = {}
         self._full_logged_until = 0.0
+        self._converter = ThreadPoolExecutor(1, thread_name_prefix=f"otelkit-{self.name}")
+        self._pending_batches = 0
         self._event_floor = SEVERITY_FLOOR[config.min_event_level]
         self._log_floor = SEVERITY_FLOOR[config.logs_level] if config.logs else 99
         self._counters()
@@ -174,6 +191,7 @@ class SentryExporter(QueuedExporter):
                 await self._flusher
             await self._ship_traces(self.assembler.drain())
         await super().shutdown()
+        self._converter.shutdown(wait=False)
 
     async def stop_sending(self) -> None:
         if self.transport is not None:
@@ -184,15 +202,38 @@ class SentryExporter(QueuedExporter):
         if not self.enabled:
             return
         if self.config.mode == "otlp":
-            _scrub_payload(payload, self.scrubber)
+            await self._admitted(_scrub_payload, payload, self.scrubber)
             await super().consume(payload)
             return
         if isinstance(payload, ExportTraceServiceRequest):
-            await self._consume_traces(payload)
+            items, refs = await self._admitted(self._convert_traces, payload)
+            await self._enqueue_batch(items)
+            for trace in self.assembler.add(refs):
+                self._evicted.labels(self.name).inc()
+                await self._ship_traces([trace])
         elif isinstance(payload, ExportLogsServiceRequest):
-            await self._consume_logs(payload)
+            await self._enqueue_batch(await self._admitted(self._convert_logs, payload))
 
-    async def _consume_traces(self, payload: ExportTraceServiceRequest) -> None:
+    async def _admitted(self, work: Callable[..., R], *args: Any) -> R:
+        """Run a batch's conversion on the conversion thread, unless too many wait."""
+        if self._pending_batches >= MAX_PENDING_BATCHES:
+            raise RetryableError(
+                f"exporter {self.name}: {self._pending_batches} batches wait for conversion",
+                retry_after=1.0,
+            )
+        self._pending_batches += 1
+        try:
+            return await self._on_converter(work, *args)
+        finally:
+            self._pending_batches -= 1
+
+    async def _on_converter(self, work: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._converter, work, *args)
+
+    # Conversion (on the conversion thread) ----------------------------------------------
+    def _convert_traces(
+        self, payload: ExportTraceServiceRequest
+    ) -> tuple[list[QueuedItem], list[SpanRef]]:
         refs: list[SpanRef] = []
         errored: list[SpanRef] = []
         errors_limited = self._limited("error")
@@ -211,10 +252,7 @@ class SentryExporter(QueuedExporter):
             errored = []
         events = self._span_events(errored, refs) if errored else []
         items = [self._event_item(event, Signal.TRACES, 0) for event in events]
-        await self._enqueue_batch([item for item in items if item is not None])
-        for trace in self.assembler.add(refs):
-            self._evicted.labels(self.name).inc()
-            await self._ship_trace(trace)
+        return [item for item in items if item is not None], refs
 
     def _span_events(self, errored: list[SpanRef], refs: list[SpanRef]) -> list[Event]:
         """Error events; each also gets the request and name of the SERVER span it ran
@@ -240,7 +278,7 @@ class SentryExporter(QueuedExporter):
             )
         return events
 
-    async def _consume_logs(self, payload: ExportLogsServiceRequest) -> None:
+    def _convert_logs(self, payload: ExportLogsServiceRequest) -> list[QueuedItem]:
         items: list[QueuedItem] = []
         batch: list[dict[str, Any]] = []
         errors_limited, logs_limited = self._limited("error"), self._limited("log_item")
@@ -278,7 +316,7 @@ class SentryExporter(QueuedExporter):
             self._envelopes.labels(self.name, "log_item", "rate_limited").inc()
         if dropped_events:
             self._envelopes.labels(self.name, "error", "rate_limited").inc(dropped_events)
-        await self._enqueue_batch(items)
+        return items
 
     async def _enqueue_batch(self, items: list[QueuedItem]) -> None:
         """Queue one batch's envelopes together; a batch larger than the whole queue could
@@ -333,37 +371,45 @@ class SentryExporter(QueuedExporter):
                 log.exception("exporter %s: flushing traces failed", self.name)
 
     async def _ship_traces(self, traces: list[list[SpanRef]]) -> None:
-        for index, trace in enumerate(traces):
-            await self._ship_trace(trace)
-            if index % 50 == 49:
-                await asyncio.sleep(0)  # let receivers and senders run between traces
+        """Build on the conversion thread, a few traces at a time; queue on the loop."""
+        for start in range(0, len(traces), TRACES_PER_BUILD):
+            chunk = traces[start : start + TRACES_PER_BUILD]
+            for item in await self._on_converter(self._build_traces, chunk):
+                try:
+                    await self.enqueue([item])
+                except RetryableError:  # counted by the helper (enqueue_failed)
+                    self._log_queue_full()
 
-    async def _ship_trace(self, trace: list[SpanRef]) -> None:
-        try:
-            built = self.builder.build(trace)
-        except Exception:  # malformed data must not stop the flush loop
-            log.exception("exporter %s: could not build transactions for a trace", self.name)
-            self._count_drop("transaction", Signal.TRACES, len(trace), "invalid")
-            return
-        if built.sampled_out:
-            self._sampled_out.labels(self.name).inc(built.sampled_out)
-        if built.trimmed:
-            self.telemetry.exporter_send_failed(self.name, Signal.TRACES, built.trimmed, "trimmed")
-        for transaction in built.transactions:
-            item = self._transaction_item(transaction)
-            if item is None:
-                continue
+    def _build_traces(self, traces: list[list[SpanRef]]) -> list[QueuedItem]:
+        items: list[QueuedItem] = []
+        for trace in traces:
             try:
-                await self.enqueue([item])
-            except RetryableError:  # counted by the helper (enqueue_failed)
-                now = time.monotonic()
-                if now >= self._full_logged_until:
-                    self._full_logged_until = now + 60.0
-                    log.warning(
-                        "exporter %s: sending queue is full; transactions are dropped and "
-                        "counted (otelcol_exporter_enqueue_failed_spans)",
-                        self.name,
-                    )
+                built = self.builder.build(trace)
+            except Exception:  # malformed data must not stop the flush loop
+                log.exception("exporter %s: could not build transactions for a trace", self.name)
+                self._count_drop("transaction", Signal.TRACES, len(trace), "invalid")
+                continue
+            if built.sampled_out:
+                self._sampled_out.labels(self.name).inc(built.sampled_out)
+            if built.trimmed:
+                self.telemetry.exporter_send_failed(
+                    self.name, Signal.TRACES, built.trimmed, "trimmed"
+                )
+            for transaction in built.transactions:
+                item = self._transaction_item(transaction)
+                if item is not None:
+                    items.append(item)
+        return items
+
+    def _log_queue_full(self) -> None:
+        now = time.monotonic()
+        if now >= self._full_logged_until:
+            self._full_logged_until = now + 60.0
+            log.warning(
+                "exporter %s: sending queue is full; transactions are dropped and "
+                "counted (otelcol_exporter_enqueue_failed_spans)",
+                self.name,
+            )
 
     def _transaction_item(self, transaction: Transaction) -> QueuedItem | None:
         if self._limited("transaction"):

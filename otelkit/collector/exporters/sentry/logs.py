@@ -16,6 +16,7 @@ from typing import Any
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from otelkit.collector.exporters.sentry.common import ResourceInfo, any_value, attributes
+from otelkit.collector.exporters.sentry.events import clean_text
 from otelkit.collector.exporters.sentry.scrub import Scrubber
 
 MAX_LOGS_PER_ITEM = 100
@@ -51,7 +52,7 @@ def log_item(
         "timestamp": when / 1e9 if when else now,
         "trace_id": record.trace_id.hex() if any(record.trace_id) else uuid.uuid4().hex,
         "level": sentry_level(record.severity_number),
-        "body": scrubber.value(_body(record)),
+        "body": clean_text(_body(record), scrubber),
         "attributes": typed,
     }
     if record.severity_number:

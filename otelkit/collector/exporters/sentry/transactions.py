@@ -39,6 +39,7 @@ from otelkit.collector.exporters.sentry.common import (
     ResourceInfo,
     SpanShape,
     attributes,
+    clip,
     has_error,
     new_event_id,
     seconds,
@@ -252,7 +253,7 @@ class TransactionBuilder:
         span, resource = root.span, root.resource
         attrs = attributes(span.attributes)
         shape = span_shape(span, attrs, self.scrubber)
-        name = shape.description if shape.op.startswith("http.server") else span.name
+        name = shape.description if shape.op.startswith("http.server") else clip(span.name)
         source = (
             shape.source
             if shape.op.startswith(("http.server", "grpc.server"))

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -34,6 +35,7 @@ log = logging.getLogger("otelkit.exporter.sentry")
 DEFAULT_RETRY_AFTER = 60.0
 MAX_ITEM_BYTES = 1_000_000  # Sentry's per event / transaction limit (decompressed)
 USER_AGENT = f"otelkit.collector/{__version__}"
+_INLINE_GZIP_BYTES = 32 * 1024  # larger bodies are compressed on a thread, off the event loop
 ITEM_CATEGORY = {"event": "error", "transaction": "transaction", "log": "log_item"}
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -208,7 +210,7 @@ class SentryTransport:
     ) -> None:
         headers = {**self._headers, "Content-Type": content_type}
         if self.compress:
-            body = gzip.compress(body, compresslevel=6)
+            body = await _gzip(body)
             headers["Content-Encoding"] = "gzip"
         try:
             response = await self._client.post(url or self.url, content=body, headers=headers)
@@ -251,6 +253,12 @@ class SentryTransport:
                 category or "all categories",
                 wait,
             )
+
+
+async def _gzip(body: bytes) -> bytes:
+    if len(body) <= _INLINE_GZIP_BYTES:
+        return gzip.compress(body, compresslevel=6)
+    return await asyncio.to_thread(gzip.compress, body, 6)
 
 
 def _reason(response: httpx.Response) -> str:

@@ -26,6 +26,7 @@ from otelkit.collector.pdata.semconv import (
     HTTP_STATUS_CODE,
     URL_FULL,
     URL_PATH,
+    USER_AGENT,
 )
 
 MAX_STRING = 4096
@@ -119,6 +120,11 @@ def seconds(nanos: int) -> float:
     return nanos / 1e9
 
 
+#: The resource attribute whose value becomes the event's ``dist`` (Sentry's own name for
+#: it), which tells uploaded source maps of one release's builds apart.
+DIST_ATTRIBUTE = "sentry.dist"
+
+
 @dataclass(frozen=True)
 class ResourceInfo:
     """What every event from one resource shares, computed once per resource."""
@@ -129,6 +135,8 @@ class ResourceInfo:
     release: str | None
     server_name: str | None
     platform: str
+    dist: str | None = None
+    user_agent: str | None = None  # a browser's, from the web SDK's browser detector
 
     @classmethod
     def of(
@@ -143,15 +151,33 @@ class ResourceInfo:
         rel = release or first(attrs, "service.version")
         if rel is not None and first(attrs, "service.name") and "@" not in str(rel):
             rel = f"{attrs['service.name']}@{rel}"
-        language = str(attrs.get("telemetry.sdk.language", "")).lower()
+        user_agent = first(attrs, *USER_AGENT)
         return cls(
             attributes=attrs,
             service=str(attrs.get("service.name") or "unknown_service"),
             environment=_sentry_name(env, 64),
             release=_sentry_name(rel, 200),
             server_name=_short(first(attrs, "host.name", "k8s.pod.name", "service.instance.id")),
-            platform=_PLATFORMS.get(language, "other"),
+            platform=_platform(attrs),
+            dist=_dist(attrs.get(DIST_ATTRIBUTE)),
+            user_agent=str(user_agent) if user_agent is not None else None,
         )
+
+
+def _platform(attrs: Mapping[str, Any]) -> str:
+    """Sentry's platform from the SDK language; a web page's SDK may only say "browser"."""
+    language = str(attrs.get("telemetry.sdk.language", "")).lower()
+    if language:
+        return _PLATFORMS.get(language, "other")
+    return "javascript" if any(key.startswith("browser.") for key in attrs) else "other"
+
+
+def _dist(value: Any) -> str | None:
+    """A dist Sentry accepts: at most 64 characters, no whitespace or slashes."""
+    if value is None:
+        return None
+    text = "-".join(str(value).split()).replace("/", "-").replace("\\", "-")[:64]
+    return text or None
 
 
 def _sentry_name(value: Any, limit: int) -> str | None:

@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelkit.collector.exporters.sentry import stacktrace
 from otelkit.collector.exporters.sentry.common import (
+    CLIENT,
     KIND_NAMES,
     SDK_INFO,
     SERVER,
@@ -41,6 +42,7 @@ from otelkit.collector.pdata.semconv import (
     URL_FULL,
     URL_PATH,
     URL_SCHEME,
+    USER_AGENT,
 )
 
 Event = dict[str, Any]
@@ -115,6 +117,8 @@ def span_error_events(
             request = request_of(server_attrs, ctx)
             if request:
                 event["request"] = request
+        if "request" not in event and event["platform"] == "javascript":
+            _add_browser_request(event, attrs, resource, ctx, page=span.kind != CLIENT)
         user = user_of(attrs, ctx) or (user_of(server[0], ctx) if server else {})
         if user:
             event["user"] = user
@@ -153,6 +157,8 @@ def log_error_event(
             trace["span_id"] = record.span_id.hex()
         contexts["trace"] = trace
     event["contexts"] = contexts
+    if event["platform"] == "javascript":
+        _add_browser_request(event, attrs, resource, ctx, page=True)
     tags = _tags(resource, None, attrs, ctx.scrubber)
     event["tags"] = tags
     user = user_of(attrs, ctx)
@@ -257,6 +263,8 @@ def _base(
         event["environment"] = resource.environment
     if resource.release:
         event["release"] = resource.release
+        if resource.dist:
+            event["dist"] = resource.dist
     if resource.server_name:
         event["server_name"] = resource.server_name
     return event
@@ -324,11 +332,7 @@ def request_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
         request["method"] = str(method)
     url = _full_url(attrs)
     if url:
-        clean = ctx.scrubber.url(url)
-        base, _, query = clean.partition("?")
-        request["url"] = base
-        if query:
-            request["query_string"] = query
+        request.update(_url_fields(url, ctx))
     headers = _headers(attrs, ctx)
     if headers:
         request["headers"] = headers
@@ -337,6 +341,29 @@ def request_of(attrs: Mapping[str, Any], ctx: EventContext) -> Event:
         if client is not None:
             request["env"] = {"REMOTE_ADDR": str(client)}
     return request
+
+
+def _url_fields(url: str, ctx: EventContext) -> Event:
+    """``url`` and ``query_string`` of Sentry's request, without credentials or secrets."""
+    base, _, query = ctx.scrubber.url(url).partition("?")
+    return {"url": base, "query_string": query} if query else {"url": base}
+
+
+def _add_browser_request(
+    event: Event, attrs: Mapping[str, Any], resource: ResourceInfo, ctx: EventContext, page: bool
+) -> None:
+    """The page and browser an error happened in, as Sentry's JavaScript SDK reports them
+    (``request.url`` and the ``User-Agent`` header, from which Sentry derives
+    ``contexts.browser``). A CLIENT span's URL is what it fetched, not the page."""
+    request: Event = {}
+    url = first(attrs, *URL_FULL) if page else None
+    if url is not None:
+        request.update(_url_fields(str(url), ctx))
+    agent = first(attrs, *USER_AGENT) or resource.user_agent
+    if agent is not None:
+        request["headers"] = {"User-Agent": ctx.scrubber.value(clip(str(agent)))}
+    if request:
+        event["request"] = request
 
 
 def _full_url(attrs: Mapping[str, Any]) -> str | None:

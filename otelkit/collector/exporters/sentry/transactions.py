@@ -304,6 +304,7 @@ class TransactionBuilder:
         for key, value in (
             ("environment", resource.environment),
             ("release", resource.release),
+            ("dist", resource.dist if resource.release else None),
             ("server_name", resource.server_name),
         ):
             if value:

@@ -12,8 +12,10 @@ requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
   ceiling of any Python OTLP receiver;
 * an ``otelkit collector run`` process for each selected pipeline: ``nop`` is
   ``otlp -> memory_limiter -> batch -> nop``, ``file`` is the same ending in the ``file``
-  exporter, ``direct`` is ``otlp -> nop`` (the receiver alone). Pipelines whose
-  components are not installed are skipped with a note;
+  exporter, ``direct`` is ``otlp -> nop`` (the receiver alone), ``redaction`` is
+  ``otlp -> memory_limiter -> redaction -> batch -> nop`` (the shipped configs' secret
+  scrubbing; compare it with ``nop``). Pipelines whose components are not installed are
+  skipped with a note;
 * the ``nop`` pipeline again for each ``--security`` case: ``bearer`` (the receiver
   checks a ``bearertokenauth`` token on every request), ``tls`` (TLS 1.3 with a
   certificate the benchmark makes; connections are kept, so this is the per-request
@@ -59,6 +61,7 @@ PIPELINES: dict[str, tuple[list[str], str]] = {
     "nop": (["memory_limiter", "batch"], "nop"),
     "file": (["memory_limiter", "batch"], "file"),
     "direct": ([], "nop"),
+    "redaction": (["memory_limiter", "redaction", "batch"], "nop"),
 }
 SECURITY_CASES = ("bearer", "tls", "bearer+tls")
 TOKEN = "benchmark-token-0123456789abcdef"
@@ -422,7 +425,8 @@ def collector_config(
         "processors:\n"
         "  memory_limiter: {check_interval: 1s, limit_mib: 1536, spike_limit_mib: 384}\n"
         "  batch: {}\n"
-        f"exporters:\n{exporters[exporter]}"
+        + ("  redaction: {}\n" if "redaction" in processors else "")
+        + f"exporters:\n{exporters[exporter]}"
         "service:\n"
         + ("  extensions: [bearertokenauth]\n" if extensions else "")
         + f"  telemetry: {{metrics: {{address: 127.0.0.1:{free_port()}}}}}\n"
@@ -689,7 +693,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=8, help="requests in flight")
     parser.add_argument(
         "--pipelines",
-        default="nop,file,direct",
+        default="nop,file,direct,redaction",
         help=f"comma-separated, from: {', '.join(PIPELINES)} (the bare receiver always runs)",
     )
     parser.add_argument("--transports", default="grpc,http")

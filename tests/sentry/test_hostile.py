@@ -19,8 +19,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.collector.exporters.sentry.common import ResourceInfo
 from otelkit.collector.exporters.sentry.events import EventContext, log_error_event
-from otelkit.collector.exporters.sentry.scrub import Scrubber
 from otelkit.collector.exporters.sentry.stacktrace import parse
+from otelkit.collector.runtime.scrub import Scrubber
 from tests.support.collector import allocate_ports, collector
 
 from .hostile import HOSTILE, MB, SIZES

@@ -1,80 +1,90 @@
-"""No planted secret leaves the collector, whatever path it takes."""
+"""No planted secret leaves the collector through Sentry, whatever path it takes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otelkit.collector.exporters.sentry.scrub import FILTERED, Scrubber
+from otelkit.collector.runtime.scrub import FILTERED, Scrubber
+from tests.support.secrets import (
+    AUTHORIZATION_VALUES,
+    leaked,
+    planted_logs,
+    planted_traces,
+)
 
 from .standin import sentry_standin
-from .support import kv, logs_request, random_id, raw_span, run, trace_request
-
-PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretkeymaterial\n-----END RSA PRIVATE KEY-----"
-SECRETS = {
-    "hunter2-password", "sk_live_api_key_value", "eyJhbGciOiJIUzI1NiJ9.bearer", "4111 1111 1111 1111",
-    "5500-0000-0000-0004", "GB82WEST12345698765432", "url-pass-w0rd", "MIIEowIBAAKCAQEAsecretkeymaterial",
-    "query-token-value", "cookie-session-value", "custom-internal-id-9", "x-api-key-value",
-    "mysql-pwd-value", "csrf-token-value",
-}  # fmt: skip
-SAFE = {"order 7 shipped", "gen_ai.usage.input_tokens"}
-
-
-def _secret_attributes() -> dict[str, object]:
-    return {
-        "db.password": "hunter2-password",
-        "api_key": "sk_live_api_key_value",
-        "http.request.header.authorization": ["Bearer eyJhbGciOiJIUzI1NiJ9.bearer"],
-        "http.request.header.x-api-key": ["x-api-key-value"],
-        "http.request.header.cookie": ["sid=cookie-session-value"],
-        "payment.note": "paid with 4111 1111 1111 1111 today",
-        "payment.other": "card 5500-0000-0000-0004",
-        "payout.account": "GB82WEST12345698765432",
-        "db.connection": "postgresql://app:url-pass-w0rd@db:5432/shop",
-        "tls.key": PEM,
-        "url.full": "https://shop.example/search?q=tea&access_token=query-token-value",
-        "MYSQL_PWD": "mysql-pwd-value",
-        "form.csrf_token": "csrf-token-value",
-        "internal.id": "custom-internal-id-9",
-        "message": "order 7 shipped",
-        "gen_ai.usage.input_tokens": 1234,
-        "trace.count": 4111111111111111,  # numbers are not filtered by value patterns
-    }
+from .support import random_id, raw_span, run, trace_request
 
 
 def test_every_planted_secret_is_filtered_from_every_payload() -> None:
-    attrs = _secret_attributes()
-    tid, root = random_id(16), random_id(8)
-    exception = {
-        "exception.type": "ConnectionError",
-        "exception.message": "cannot connect to postgresql://app:url-pass-w0rd@db/shop with Bearer eyJhbGciOiJIUzI1NiJ9.bearer",
-        "exception.stacktrace": 'Traceback (most recent call last):\n  File "/app/db.py", line 3, in connect\n    login(password="hunter2-password")\nConnectionError: failed for 4111 1111 1111 1111\n',
-    }  # fmt: skip
-    spans = [
-        raw_span(tid, root, name="POST /pay", kind=Span.SPAN_KIND_SERVER, error=True,
-                 attrs={"http.request.method": "POST", "http.route": "/pay", **attrs}, exception=exception),
-        raw_span(tid, random_id(8), root, name="child", attrs=attrs),
-    ]  # fmt: skip
-    record = LogRecord(severity_number=17, trace_id=tid, span_id=root)
-    record.body.string_value = (
-        "payment failed for 4111 1111 1111 1111 (Bearer eyJhbGciOiJIUzI1NiJ9.bearer)"
-    )
-    record.attributes.extend(kv(k, v) for k, v in attrs.items())
-    info = LogRecord(severity_number=9)
-    info.body.string_value = "key follows " + PEM
-    info.attributes.extend(kv(k, v) for k, v in attrs.items())
     config = {"logs": True, "scrub": {"extra_keys": ["internal.id"], "extra_patterns": []}}
     with sentry_standin() as standin:
-        run({"dsn": standin.dsn, **config}, [trace_request(spans), logs_request([record, info])])
+        run({"dsn": standin.dsn, **config}, [planted_traces(), planted_logs()])
         bodies = [r.body.decode() for r in standin.received]
         kinds = sorted(kind for r in standin.accepted() for kind, _ in r.items())
     assert kinds == ["event", "event", "log", "transaction"]
     everything = "\n".join(bodies)
-    leaked = {secret for secret in SECRETS if secret in everything}
-    assert not leaked
-    assert all(text in everything for text in SAFE)
-    assert FILTERED in everything
+    assert not leaked(everything)
+    assert "order 7 shipped" in everything and FILTERED in everything
+
+
+@pytest.mark.parametrize("value", AUTHORIZATION_VALUES)
+@pytest.mark.parametrize(
+    "key",
+    ["http.request.header.authorization", "http.request.header.proxy-authorization",
+     "authorization", "proxy_authorization", "rpc.metadata.authorization"],
+)  # fmt: skip
+def test_authorization_values_of_every_scheme_are_filtered_by_key(key: str, value: str) -> None:
+    scrubber = Scrubber()
+    assert scrubber.pair(key, value) == FILTERED
+    assert scrubber.pair(key, [value]) == [FILTERED]
+
+
+def test_sql_in_db_span_descriptions_loses_sensitive_literals() -> None:
+    tid, root = random_id(16), random_id(8)
+    spans = [
+        raw_span(tid, root, name="GET /users", kind=Span.SPAN_KIND_SERVER,
+                 attrs={"http.request.method": "GET", "http.route": "/users"}),
+        raw_span(tid, random_id(8), root, name="UPDATE", kind=Span.SPAN_KIND_CLIENT,
+                 attrs={"db.system.name": "postgresql",
+                        "db.query.text": "UPDATE users SET pw='sentry-sql-secret' WHERE id=1"}),
+    ]  # fmt: skip
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [trace_request(spans)])
+        (transaction,) = standin.items("transaction")
+    (child,) = transaction["spans"]
+    assert child["description"] == f"UPDATE users SET pw='{FILTERED}' WHERE id=1"
+    assert "sentry-sql-secret" not in str(transaction)
+
+
+def _pii_payloads(send_default_pii: bool) -> str:
+    tid, root = random_id(16), random_id(8)
+    attrs: dict[str, Any] = {
+        "http.request.method": "POST", "http.route": "/pay", "url.full": "https://shop.example/pay",
+        "client.address": "203.0.113.77", "user.email": "ann@example.org", "user.name": "ann",
+        "http.request.header.x-forwarded-for": ["198.51.100.23"], "enduser.id": "u-1",
+    }  # fmt: skip
+    exception = {"exception.type": "ValueError", "exception.message": "declined"}
+    spans = [
+        raw_span(tid, root, name="POST /pay", kind=Span.SPAN_KIND_SERVER, error=True,
+                 attrs=attrs, exception=exception),
+        raw_span(tid, random_id(8), root, name="child", attrs={"client.address": "203.0.113.77"}),
+    ]  # fmt: skip
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn, "send_default_pii": send_default_pii}, [trace_request(spans)])
+        return "\n".join(r.body.decode() for r in standin.accepted())
+
+
+def test_client_address_and_user_data_follow_send_default_pii() -> None:
+    personal = ("203.0.113.77", "ann@example.org", '"ann"', "198.51.100.23")
+    without = _pii_payloads(False)
+    assert not [value for value in personal if value in without]
+    assert "u-1" in without  # the user ID is not personal data to Sentry
+    with_pii = _pii_payloads(True)
+    assert all(value in with_pii for value in personal[:3])
 
 
 def test_extra_patterns_filter_matching_text() -> None:

@@ -17,7 +17,6 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelkit import __version__
-from otelkit.collector.exporters.sentry.scrub import Scrubber
 from otelkit.collector.pdata.semconv import (
     DB_QUERY,
     DB_SYSTEM,
@@ -28,6 +27,7 @@ from otelkit.collector.pdata.semconv import (
     URL_PATH,
     USER_AGENT,
 )
+from otelkit.collector.runtime.scrub import Scrubber
 
 MAX_STRING = 4096
 SDK_INFO = {
@@ -206,7 +206,7 @@ class SpanShape:
 
 
 def span_shape(span: Span, attrs: Mapping[str, Any], scrubber: Scrubber) -> SpanShape:
-    kind, name = span.kind, clip(span.name)
+    kind, name = span.kind, scrubber.value(clip(span.name))
     method = first(attrs, *HTTP_METHOD)
     status = span_status(span.status, attrs)
     if method is not None:
@@ -214,7 +214,8 @@ def span_shape(span: Span, attrs: Mapping[str, Any], scrubber: Scrubber) -> Span
     db_system = first(attrs, *DB_SYSTEM)
     if db_system is not None:
         query = first(attrs, *DB_QUERY, "db.query.summary", "db.operation.name", "db.operation")  # fmt: skip
-        return SpanShape("db", str(query) if query is not None else name, status, "task")
+        text = scrubber.string(DB_QUERY[0], str(query)) if query is not None else name
+        return SpanShape("db", text, status, "task")
     if first(attrs, "rpc.system", "rpc.service") is not None:
         service, rpc_method = attrs.get("rpc.service", ""), attrs.get("rpc.method", "")
         op = "grpc.server" if kind == SERVER else "grpc.client" if kind == CLIENT else "rpc"

@@ -8,6 +8,7 @@ from ``exception.stacktrace``. Everything user-supplied passes the scrubber.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,6 @@ from otelkit.collector.exporters.sentry.common import (
     new_event_id,
     seconds,
 )
-from otelkit.collector.exporters.sentry.scrub import FILTERED, Scrubber
 from otelkit.collector.pdata.semconv import (
     CLIENT_ADDRESS,
     DB_SYSTEM,
@@ -44,6 +44,7 @@ from otelkit.collector.pdata.semconv import (
     URL_SCHEME,
     USER_AGENT,
 )
+from otelkit.collector.runtime.scrub import FILTERED, Scrubber
 
 Event = dict[str, Any]
 _HEADER_PREFIX = "http.request.header."
@@ -135,7 +136,7 @@ def log_error_event(
     when = record.time_unix_nano or record.observed_time_unix_nano
     logger = str(attrs.get("logger.name") or scope_name or "")
     event = _base(resource, None, level, logger, when, ctx)
-    body = _body_text(record)
+    body = body_text(record, ctx.scrubber)
     if body:
         event["logentry"] = {"formatted": clean_text(body, ctx.scrubber)}
     if "exception.type" in attrs or "exception.stacktrace" in attrs:
@@ -229,14 +230,20 @@ def clean_text(text: str, scrubber: Scrubber, limit: int = stacktrace.MAX_VALUE)
 _SCAN_MARGIN = 256
 
 
-def _body_text(record: LogRecord) -> str:
+def body_text(record: LogRecord, scrubber: Scrubber) -> str:
+    """A log body as text; a structured body is scrubbed by its keys first, then JSON."""
     body = record.body
     kind = body.WhichOneof("value")
     if kind is None:
         return ""
     if kind == "string_value":
         return body.string_value
-    return str(any_value(body))
+    value = any_value(body)
+    return value if isinstance(value, str) else dumps_text(scrubber.pair("body", value))
+
+
+def dumps_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _base(

@@ -35,13 +35,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
@@ -55,7 +52,6 @@ from otelkit.collector.exporters.sentry.events import (
     span_error_events,
 )
 from otelkit.collector.exporters.sentry.logs import MAX_LOGS_PER_ITEM, log_item
-from otelkit.collector.exporters.sentry.scrub import Scrubber
 from otelkit.collector.exporters.sentry.transactions import (
     SpanRef,
     TraceAssembler,
@@ -72,10 +68,13 @@ from otelkit.collector.exporters.sentry.transport import (
     event_envelope,
     log_envelope,
 )
+from otelkit.collector.pdata.redact import Redactor
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
+from otelkit.collector.runtime.scrub import Scrubber
+from otelkit.collector.runtime.worker import WorkerThread
 from otelkit.collector.runtime.tls import httpx_options
 
 log = logging.getLogger("otelkit.exporter.sentry")
@@ -84,7 +83,6 @@ log = logging.getLogger("otelkit.exporter.sentry")
 MAX_PENDING_BATCHES = 8
 #: Traces built per hand-over to the conversion thread by the flush loop.
 TRACES_PER_BUILD = 50
-R = TypeVar("R")
 
 _OTLP_PATHS = {Signal.TRACES: "integration/otlp/v1/traces", Signal.LOGS: "integration/otlp/v1/logs"}
 _OTLP_CATEGORY = {Signal.TRACES: "span", Signal.LOGS: "log_item"}
@@ -98,7 +96,10 @@ class SentryExporter(QueuedExporter):
         self.config = config
         self.signals = signals
         self.enabled = bool(config.dsn)
-        self.scrubber = Scrubber(config.scrub.extra_keys, config.scrub.extra_patterns)
+        self.scrubber = Scrubber(
+            config.scrub.extra_keys, config.scrub.extra_patterns, pii=config.send_default_pii
+        )
+        self._otlp_redactor = Redactor(self.scrubber)
         self.event_context = EventContext(self.scrubber, config.send_default_pii, time.time)
         self.assembler = TraceAssembler(
             config.trace_wait,
@@ -119,8 +120,7 @@ class SentryExporter(QueuedExporter):
         self._flusher: asyncio.Task[None] | None = None
         self._resources: dict[int, ResourceInfo] = {}
         self._full_logged_until = 0.0
-        self._converter = ThreadPoolExecutor(1, thread_name_prefix=f"otelkit-{self.name}")
-        self._pending_batches = 0
+        self._converter = WorkerThread(self.name, MAX_PENDING_BATCHES)
         self._event_floor = SEVERITY_FLOOR[config.min_event_level]
         self._log_floor = SEVERITY_FLOOR[config.logs_level] if config.logs else 99
         self._counters()
@@ -191,7 +191,7 @@ class SentryExporter(QueuedExporter):
                 await self._flusher
             await self._ship_traces(self.assembler.drain())
         await super().shutdown()
-        self._converter.shutdown(wait=False)
+        self._converter.close()
 
     async def stop_sending(self) -> None:
         if self.transport is not None:
@@ -202,33 +202,17 @@ class SentryExporter(QueuedExporter):
         if not self.enabled:
             return
         if self.config.mode == "otlp":
-            await self._admitted(_scrub_payload, payload, self.scrubber)
+            await self._converter.submit(self._otlp_redactor.redact, payload)
             await super().consume(payload)
             return
         if isinstance(payload, ExportTraceServiceRequest):
-            items, refs = await self._admitted(self._convert_traces, payload)
+            items, refs = await self._converter.submit(self._convert_traces, payload)
             await self._enqueue_batch(items)
             for trace in self.assembler.add(refs):
                 self._evicted.labels(self.name).inc()
                 await self._ship_traces([trace])
         elif isinstance(payload, ExportLogsServiceRequest):
-            await self._enqueue_batch(await self._admitted(self._convert_logs, payload))
-
-    async def _admitted(self, work: Callable[..., R], *args: Any) -> R:
-        """Run a batch's conversion on the conversion thread, unless too many wait."""
-        if self._pending_batches >= MAX_PENDING_BATCHES:
-            raise RetryableError(
-                f"exporter {self.name}: {self._pending_batches} batches wait for conversion",
-                retry_after=1.0,
-            )
-        self._pending_batches += 1
-        try:
-            return await self._on_converter(work, *args)
-        finally:
-            self._pending_batches -= 1
-
-    async def _on_converter(self, work: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self._converter, work, *args)
+            await self._enqueue_batch(await self._converter.submit(self._convert_logs, payload))
 
     # Conversion (on the conversion thread) ----------------------------------------------
     def _convert_traces(
@@ -374,7 +358,7 @@ class SentryExporter(QueuedExporter):
         """Build on the conversion thread, a few traces at a time; queue on the loop."""
         for start in range(0, len(traces), TRACES_PER_BUILD):
             chunk = traces[start : start + TRACES_PER_BUILD]
-            for item in await self._on_converter(self._build_traces, chunk):
+            for item in await self._converter.call(self._build_traces, chunk):
                 try:
                     await self.enqueue([item])
                 except RetryableError:  # counted by the helper (enqueue_failed)
@@ -502,36 +486,3 @@ _SEVERITY_TEXT = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "warning": 13, 
 
 def _severity_from_text(text: str) -> int:
     return _SEVERITY_TEXT.get(text.lower(), 0)
-
-
-def _scrub_payload(payload: Payload, scrubber: Scrubber) -> None:
-    """``mode: otlp``: filter secrets in the protobuf itself before it leaves."""
-    if isinstance(payload, ExportTraceServiceRequest):
-        for rs in payload.resource_spans:
-            _scrub_kvs(rs.resource.attributes, scrubber)
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    _scrub_kvs(span.attributes, scrubber)
-                    for event in span.events:
-                        _scrub_kvs(event.attributes, scrubber)
-    elif isinstance(payload, ExportLogsServiceRequest):
-        for rl in payload.resource_logs:
-            _scrub_kvs(rl.resource.attributes, scrubber)
-            for sl in rl.scope_logs:
-                for record in sl.log_records:
-                    _scrub_kvs(record.attributes, scrubber)
-                    if record.body.WhichOneof("value") == "string_value":
-                        record.body.string_value = scrubber.value(record.body.string_value)
-
-
-def _scrub_kvs(kvs: Iterable[KeyValue], scrubber: Scrubber) -> None:
-    for kv in kvs:
-        kind = kv.value.WhichOneof("value")
-        if kind == "string_value":
-            cleaned = scrubber.pair(kv.key, kv.value.string_value)
-            if cleaned != kv.value.string_value:
-                kv.value.string_value = cleaned
-        elif kind == "array_value":
-            for item in kv.value.array_value.values:
-                if item.WhichOneof("value") == "string_value":
-                    item.string_value = scrubber.pair(kv.key, item.string_value)

@@ -8,16 +8,15 @@ Sentry, so a record without one gets a random one, as the SDKs do outside a trac
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from otelkit.collector.exporters.sentry.common import ResourceInfo, any_value, attributes
-from otelkit.collector.exporters.sentry.events import clean_text
-from otelkit.collector.exporters.sentry.scrub import Scrubber
+from otelkit.collector.exporters.sentry.common import ResourceInfo, attributes
+from otelkit.collector.exporters.sentry.events import body_text, clean_text, dumps_text
+from otelkit.collector.runtime.scrub import Scrubber
 
 MAX_LOGS_PER_ITEM = 100
 LogItem = dict[str, Any]
@@ -52,7 +51,7 @@ def log_item(
         "timestamp": when / 1e9 if when else now,
         "trace_id": record.trace_id.hex() if any(record.trace_id) else uuid.uuid4().hex,
         "level": sentry_level(record.severity_number),
-        "body": clean_text(_body(record), scrubber),
+        "body": clean_text(body_text(record, scrubber), scrubber),
         "attributes": typed,
     }
     if record.severity_number:
@@ -60,13 +59,6 @@ def log_item(
     if any(record.span_id):
         item["span_id"] = record.span_id.hex()
     return item
-
-
-def _body(record: LogRecord) -> str:
-    if record.body.WhichOneof("value") == "string_value":
-        return record.body.string_value
-    value = any_value(record.body)
-    return "" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
 def _resource_attributes(resource: ResourceInfo) -> dict[str, Any]:
@@ -95,5 +87,5 @@ def _typed(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         elif isinstance(value, str):
             typed[key] = {"value": value, "type": "string"}
         else:
-            typed[key] = {"value": json.dumps(value, ensure_ascii=False), "type": "string"}
+            typed[key] = {"value": dumps_text(value), "type": "string"}
     return typed

@@ -52,7 +52,7 @@ from otelkit.collector.exporters.sentry.events import (
     tag_value,
     user_of,
 )
-from otelkit.collector.exporters.sentry.scrub import Scrubber
+from otelkit.collector.runtime.scrub import Scrubber
 
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
@@ -253,7 +253,11 @@ class TransactionBuilder:
         span, resource = root.span, root.resource
         attrs = attributes(span.attributes)
         shape = span_shape(span, attrs, self.scrubber)
-        name = shape.description if shape.op.startswith("http.server") else clip(span.name)
+        name = (
+            shape.description
+            if shape.op.startswith("http.server")
+            else self.scrubber.value(clip(span.name))
+        )
         source = (
             shape.source
             if shape.op.startswith(("http.server", "grpc.server"))

@@ -18,6 +18,7 @@ from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
 from otelkit.collector.runtime.listeners import warn_exposed
 from otelkit.collector.runtime.registry import Registry, RegistryError
+from otelkit.collector.runtime.scrub import MASK, RedactingFormatter, is_secret_setting, redact_text
 from otelkit.collector.runtime.service import Service
 
 EXIT_CONFIG_ERROR = 2
@@ -71,7 +72,7 @@ def _components(args: argparse.Namespace) -> int:
             try:
                 factory = registry.get(kind, type_)
             except RegistryError as exc:
-                print(f"  {type_}: cannot be loaded: {exc}")
+                print(f"  {type_}: cannot be loaded: {redact_text(str(exc))}")
                 continue
             signals = ", ".join(sorted(factory.signals)) if kind != Kind.EXTENSION else ""
             print(f"  {type_}" + (f" ({signals})" if signals else ""))
@@ -80,20 +81,23 @@ def _components(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(model: type[BaseModel], indent: str) -> list[str]:
-    """One line per setting with its default; nested settings indented below."""
+def _settings(model: type[BaseModel], indent: str, path: str = "") -> list[str]:
+    """One line per setting with its default (never a secret's); nested settings below."""
     lines = []
     for name, field in model.model_fields.items():
+        where = f"{path}.{name}" if path else name
         nested = _nested_model(field.annotation)
         if nested is not None:
             optional = field.default is None
             lines.append(f"{indent}{name}:" + ("  # optional: off unless set" if optional else ""))
-            lines += _settings(nested, indent + "  ")
+            lines += _settings(nested, indent + "  ", where)
             continue
         if field.default is PydanticUndefined and field.default_factory is None:
             shown = "(required)"
         else:
-            shown = repr(field.get_default(call_default_factory=True))
+            default = field.get_default(call_default_factory=True)
+            hidden = is_secret_setting(where) and default not in (None, "", {}, [])
+            shown = repr(MASK) if hidden else redact_text(repr(default))
         lines.append(f"{indent}{name}: {shown}")
     return lines
 
@@ -111,9 +115,11 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG_ERROR
     level = {"warn": "WARNING"}.get(config.telemetry.log_level, config.telemetry.log_level.upper())
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # Every line the collector logs passes the scrubber: a URL with a password, a token in
+    # an error from a client library, never reach the terminal or a log collector.
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # Exporters' HTTP clients log every request at INFO, which would drown the collector's
     # log; at debug level they speak as asked.
     if logging.getLogger().level >= logging.INFO:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, TextIO
 
+from otelkit.collector.runtime.scrub import redact_text
 from otelkit.logstore.query import LogQuery, LogRecordView, QueryError, build_query, format_ns
 from otelkit.logstore.store import LogStore, StoreError, open_store
 
@@ -80,7 +81,7 @@ def _open(args: argparse.Namespace) -> LogStore | None:
     try:
         return open_store(args.url, create=False)
     except StoreError as exc:
-        print(f"otelkit logs: {exc}", file=sys.stderr)
+        print(f"otelkit logs: {redact_text(str(exc))}", file=sys.stderr)
         return None
 
 
@@ -98,7 +99,7 @@ def _query(args: argparse.Namespace) -> int:
     try:
         page = store.query(query)
     except StoreError as exc:
-        print(f"otelkit logs query: {exc}", file=sys.stderr)
+        print(f"otelkit logs query: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         store.close()
@@ -122,7 +123,7 @@ def _tail(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     except StoreError as exc:
-        print(f"otelkit logs tail: {exc}", file=sys.stderr)
+        print(f"otelkit logs tail: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         store.close()

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from otelkit.collector.runtime.scrub import redact_url
 from otelkit.logstore.query import LogQuery, Page, page_from_rows
 from otelkit.logstore.records import COLUMNS, Row
 from otelkit.logstore.sql import POSTGRES, POSTGRES_TSVECTOR, select_statement
@@ -101,7 +102,7 @@ class PostgresBackend(Backend):
 
     @property
     def location(self) -> str:
-        return f"PostgreSQL {_safe(self._conninfo)} (schema {self.schema})"
+        return f"PostgreSQL {redact_url(self._conninfo)} (schema {self.schema})"
 
     # Connections -----------------------------------------------------------------------
     def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
@@ -113,7 +114,9 @@ class PostgresBackend(Backend):
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             conn.autocommit = autocommit
         except _TRANSIENT as exc:
-            raise StoreUnavailableError(f"PostgreSQL at {_safe(self._conninfo)}: {exc}") from exc
+            raise StoreUnavailableError(
+                f"PostgreSQL at {redact_url(self._conninfo)}: {exc}"
+            ) from exc
         return conn
 
     def open_writer(self) -> None:
@@ -277,12 +280,3 @@ def _without_nul(row: Row) -> Row:
                 value = _JSON_NUL.sub(r"\1\\ufffd", value)
         cleaned.append(value)
     return tuple(cleaned)
-
-
-def _safe(conninfo: str) -> str:
-    """The connection URL without its password, for messages."""
-    parts = urlsplit(conninfo)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return conninfo

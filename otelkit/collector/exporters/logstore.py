@@ -37,6 +37,7 @@ from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Listener
+from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint, Secret
 from otelkit.logstore.api import guarded, search_app
 from otelkit.logstore.records import rows_from_request
@@ -92,7 +93,7 @@ class LogStoreConfig(ExporterHelperConfig):
     def _known_scheme(cls, url: str) -> str:
         if not url.startswith(("sqlite:", "postgresql://", "postgres://")):
             raise ValueError(
-                f"{url!r} is not a log store URL: expected sqlite:///path/to/logs.db or "
+                f"{redact_url(url)!r} is not a log store URL: expected sqlite:///path/to/logs.db or "
                 "postgresql://user@host:5432/db"
             )
         if url.startswith("sqlite:"):

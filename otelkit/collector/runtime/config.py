@@ -20,6 +20,7 @@ from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.auth import AuthSettings
 from otelkit.collector.runtime.component import ComponentConfig, ComponentID, Factory, Kind
 from otelkit.collector.runtime.registry import Registry, RegistryError
+from otelkit.collector.runtime.scrub import is_secret_setting, redact_text
 from otelkit.collector.runtime.types import parse_endpoint
 
 SECTIONS = ("receivers", "processors", "connectors", "exporters", "extensions", "service")
@@ -106,10 +107,10 @@ class _Loader:
 
     # Reporting -------------------------------------------------------------------------
     def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, "error", self._line(path)))
+        self.problems.append(Problem(path, redact_text(message), "error", self._line(path)))
 
     def warn(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message, "warning", self._line(path)))
+        self.problems.append(Problem(path, redact_text(message), "warning", self._line(path)))
 
     def _line(self, path: str) -> int | None:
         while path:
@@ -126,7 +127,8 @@ class _Loader:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark else None
-            raise ConfigError([Problem("<file>", f"not valid YAML: {exc}", line=line)]) from exc
+            message = redact_text(f"not valid YAML: {exc}")
+            raise ConfigError([Problem("<file>", message, line=line)]) from exc
         if node is not None:
             _index_lines(node, "", self.lines)
         if raw is None:
@@ -230,7 +232,7 @@ class _Loader:
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         else:
-            message = f"{message} (got {_describe(err.get('input'))})"
+            message = f"{message} (got {_describe_setting(where, err.get('input'))})"
         self.error(where, message)
 
     def _pipelines(
@@ -487,6 +489,13 @@ def _describe(value: Any) -> str:
         return "nothing"
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}"
+
+
+def _describe_setting(path: str, value: Any) -> str:
+    """What a setting was given, unless it is a secret (a token, password, header, DSN)."""
+    if is_secret_setting(path):
+        return f"{type(value).__name__}, not shown"
+    return _describe(value)
 
 
 def _known_keys(model: type[ComponentConfig], loc: tuple[Any, ...]) -> str:

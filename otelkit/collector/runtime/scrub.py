@@ -29,8 +29,9 @@ output (logs, ``validate``, ``components``), masking with ``****``.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -82,14 +83,15 @@ SQL_KEYS = frozenset({"db.query.text", "db.statement"})
 # the next, so scans are linear in the text.
 _AUTH_KEYS = r"password|passwd|pwd|pw|secret|token|api_?key|access_?key|client_?secret"
 _KEYWORDS = ("bearer", "basic", "token", "key", "pass", "pw", "secret", "digest", "authoriz")
+_QUOTED_OR_WORD = r"(?:\"(?P<{0}a>[^\"\r\n]*)\"|'(?P<{0}b>[^'\r\n]*)'|(?P<{0}c>[^\s&,;\"']+))"
 _KEYWORD_PATTERNS = (
     r"(?i:\b(?:bearer|basic|token|apikey|api-key)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*)",
     r"(?i:\bdigest)[ \t]+\w+=[^\r\n]*",
-    r"(?i:(?<![\w-])(?:proxy-)?authorization[ \t]*:[ \t]*)(?P<s0>[^\r\n]+)",
-    rf"(?i:(?<![A-Za-z])(?:{_AUTH_KEYS})[ \t]*=[ \t]*)"
-    r"(?:\"(?P<s1>[^\"\r\n]*)\"|'(?P<s2>[^'\r\n]*)'|(?P<s3>[^\s&,;\"']+))",
-    rf"(?i:\"(?:{_AUTH_KEYS}|authorization|proxy-authorization)\"[ \t]*:[ \t]*)"
-    r"\"(?P<s4>[^\"\r\n]*)\"",
+    # ``Authorization: <anything>`` (a header line, YAML, JSON): the rest of the value.
+    r"(?i:(?<![\w-])(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*)"
+    r"(?:\"(?P<s0a>[^\"\r\n]*)\"|'(?P<s0b>[^'\r\n]*)'|(?P<s0c>[^\r\n]+))",
+    # ``password=x``, ``pw='x'``, ``"token": "x"``, ``secret: x``
+    rf"(?i:(?<![A-Za-z])(?:{_AUTH_KEYS})[\"']?[ \t]*[:=][ \t]*)" + _QUOTED_OR_WORD.format("s1"),
 )
 _KEYWORD_HINT = re.compile("|".join(_KEYWORDS))
 _CARD_PATTERN = r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])"
@@ -105,7 +107,7 @@ _BUILT_IN: tuple[tuple[str, str], ...] = (
     (_CARD_PATTERN, "card"),
     (r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", "iban"),
 )
-_SECRET_GROUPS = tuple(f"s{i}" for i in range(6))
+_SECRET_GROUPS = ("s0a", "s0b", "s0c", "s1a", "s1b", "s1c", "s5")
 #: Keys whose values are names, numbers or templates the instrumentation chose, never
 #: user input: they are not scanned (a configured pattern still applies).
 NOT_SCANNED_KEYS = frozenset(
@@ -531,8 +533,8 @@ _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{1,30}://[^\s'\"<>]+")
 
 
 def redact_url(url: str) -> str:
-    """A URL fit to print: no password (nor a user name standing alone, which is a key in
-    a Sentry DSN or a token in a Git URL), no values of sensitive query keys."""
+    """A URL fit to print: no password (nor a long user name standing alone, which is a
+    key in a Sentry DSN or a token in a Git URL), no values of sensitive query keys."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -542,28 +544,46 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user = userinfo.partition(":")[0]
-        netloc = f"{user}:{MASK}@{host}" if password is not None and user else f"{MASK}@{host}"
+        if password is not None:
+            netloc = f"{user}:{MASK}@{host}" if user else f"{MASK}@{host}"
+        elif len(user) >= _KEY_LIKE_USER:
+            netloc = f"{MASK}@{host}"
     query = _OUTPUT.query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_KEY_LIKE_USER = 16  # a user name this long is a credential (a DSN's key, a token)
+
+
 def redact_text(text: str) -> str:
-    """Free text fit to print: every URL in it redacted, then the value patterns."""
-    if "://" in text:
-        text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
-    return _OUTPUT.value(text)
+    """Free text fit to print: every URL in it redacted, the rest scrubbed by value."""
+    if "://" not in text:
+        return _OUTPUT.value(text)
+    out: list[str] = []
+    written = 0
+    for match in _URL_IN_TEXT.finditer(text):
+        url = match.group(0).rstrip(".,:;!?)")
+        out.append(_OUTPUT.value(text[written : match.start()]))
+        out.append(redact_url(url))
+        written = match.start() + len(url)
+    out.append(_OUTPUT.value(text[written:]))
+    return "".join(out)
 
 
-def redact_mapping(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings fit to print: values under sensitive keys masked, URLs redacted."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if _OUTPUT.sensitive_key(str(key)) or str(key).lower() == "headers":
-            out[key] = MASK if value not in (None, "", {}, []) else value
-        elif isinstance(value, Mapping):
-            out[key] = redact_mapping(value)
-        elif isinstance(value, str):
-            out[key] = redact_text(value)
-        else:
-            out[key] = value
-    return out
+_SECRET_SETTINGS = frozenset({"headers", "dsn", "htpasswd", "inline", "client_auth", "key_pem"})
+
+
+def is_secret_setting(path: str) -> bool:
+    """A configuration setting whose value is never printed (``exporters.x.headers``,
+    ``extensions.bearertokenauth.token``, ``exporters.sentry.dsn`` ...)."""
+    parts = [part for part in re.split(r"[.\[\]]", path.lower()) if part and not part.isdigit()]
+    return any(part in _SECRET_SETTINGS or _OUTPUT.sensitive_key(part) for part in parts)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with every URL and secret-looking value in them redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))

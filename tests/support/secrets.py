@@ -15,7 +15,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from tests.logstore.requests import to_any
 
 PEM = (
     "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretkeymaterial\n"
@@ -91,22 +93,8 @@ def leaked(text: str) -> set[str]:
     }
 
 
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, list):
-        out = AnyValue()
-        out.array_value.values.extend(any_value(v) for v in value)
-        return out
-    return AnyValue(string_value=str(value))
-
-
 def attributes(values: Mapping[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=key, value=any_value(value)) for key, value in values.items()]
+    return [KeyValue(key=key, value=to_any(value)) for key, value in values.items()]
 
 
 def _resource(target: Any, service: str) -> None:

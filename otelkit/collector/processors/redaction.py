@@ -32,7 +32,7 @@ from otelkit.collector.runtime.component import (
     processor_factory,
 )
 from otelkit.collector.runtime.errors import RetryableError
-from otelkit.collector.runtime.scrub import MASK, Masker, Scrubber
+from otelkit.collector.runtime.scrub import MASK, Masker, Scrubber, check_patterns
 from otelkit.collector.runtime.worker import WorkerThread
 
 MAX_PENDING_BATCHES = 64
@@ -76,15 +76,9 @@ class RedactionConfig(ComponentConfig):
         "card numbers, passwords in URLs and SQL).",
     )
 
-    @field_validator("blocked_key_patterns", "blocked_values", "allowed_values")
-    @classmethod
-    def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
-        return patterns
+    _check_patterns = field_validator("blocked_key_patterns", "blocked_values", "allowed_values")(
+        check_patterns
+    )
 
     def rules(self) -> RedactionRules:
         keep_all = self.allow_all_keys if self.allow_all_keys is not None else not self.allowed_keys

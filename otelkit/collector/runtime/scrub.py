@@ -251,12 +251,7 @@ class Scrubber:
     def pair(self, key: str, value: Any) -> Any:
         """A key/value attribute as it may leave: masked by key, then by value."""
         if isinstance(value, str):
-            action = self._action(key)
-            if action == _SCAN:
-                return self.value(value)
-            if action in (_FILTER, _FILTER_ANY):
-                return self._mask(value)
-            return self.by_action(action, value)
+            return self.string(key, value)
         if isinstance(value, list):
             action = self._action(key)
             if action == _FILTER_ANY or (
@@ -365,6 +360,16 @@ class _Rule:
         if self.check == "iban" and not _iban_ok(text):
             return text
         return mask(text)
+
+
+def check_patterns(patterns: list[str]) -> list[str]:
+    """A settings validator: every entry is a regular expression."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+    return patterns
 
 
 def _fixed(mask: str) -> Masker:

@@ -9,6 +9,7 @@ follow the upstream names: ``otelcol_receiver_accepted_spans``,
 from __future__ import annotations
 
 import threading
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,8 @@ from prometheus_client import (
 )
 
 from otelkit.collector.pdata.signals import Signal
+
+M = TypeVar("M", Counter, Gauge)
 
 # Upstream's endpoint has no ``*_created`` series; they double what operators scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -31,7 +34,7 @@ class SelfTelemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
-        self._creating = threading.Lock()  # components may count from worker threads
+        self._creating = threading.Lock()
 
     # Receivers -----------------------------------------------------------------------
     def receiver_accepted(self, receiver: str, transport: str, signal: Signal, n: int) -> None:
@@ -81,24 +84,21 @@ class SelfTelemetry:
     # For any component ---------------------------------------------------------------
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """Get or create a counter (``name`` without ``_total``)."""
-        counter = self._counters.get(name)
-        if counter is None:
-            with self._creating:
-                counter = self._counters.get(name)
-                if counter is None:
-                    counter = Counter(name, documentation, labels, registry=self.registry)
-                    self._counters[name] = counter
-        return counter
+        return self._get_or_create(self._counters, Counter, name, documentation, labels)
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
-        gauge = self._gauges.get(name)
-        if gauge is None:
-            with self._creating:
-                gauge = self._gauges.get(name)
-                if gauge is None:
-                    gauge = Gauge(name, documentation, labels, registry=self.registry)
-                    self._gauges[name] = gauge
-        return gauge
+        return self._get_or_create(self._gauges, Gauge, name, documentation, labels)
+
+    def _get_or_create(
+        self, known: dict[str, M], kind: type[M], name: str, doc: str, labels: tuple[str, ...]
+    ) -> M:
+        metric = known.get(name)
+        if metric is None:
+            with self._creating:  # components may count from worker threads
+                metric = known.get(name)
+                if metric is None:
+                    metric = known[name] = kind(name, doc, labels, registry=self.registry)
+        return metric
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Current value of a sample, 0 when absent (for tests and the status page)."""

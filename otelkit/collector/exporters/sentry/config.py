@@ -7,7 +7,6 @@ a malformed one is a config error at ``exporters.sentry.dsn``.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -15,6 +14,7 @@ from sentry_sdk.utils import BadDsn, Dsn
 
 from otelkit.collector.runtime.component import ComponentConfig
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueueSettings
+from otelkit.collector.runtime.scrub import check_patterns
 from otelkit.collector.runtime.tls import TLSClientSettings
 from otelkit.collector.runtime.types import Duration
 
@@ -41,15 +41,7 @@ class ScrubSettings(ComponentConfig):
         default_factory=list, description="More regular expressions whose matches are filtered."
     )
 
-    @field_validator("extra_patterns")
-    @classmethod
-    def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
-        return patterns
+    _check_patterns = field_validator("extra_patterns")(check_patterns)
 
 
 class TransactionSettings(ComponentConfig):

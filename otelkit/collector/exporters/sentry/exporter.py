@@ -440,9 +440,8 @@ class SentryExporter(QueuedExporter):
         if wait:
             raise DroppedError(f"{category} is rate limited for {wait:.0f}s", "rate_limited")
         url = self.transport.url + _OTLP_PATHS[signal]
-        await self.transport.post(
-            payload.SerializeToString(), "application/x-protobuf", category, url=url
-        )
+        body = await self._converter.call(payload.SerializeToString)
+        await self.transport.post(body, "application/x-protobuf", category, url=url)
 
     # Helpers ---------------------------------------------------------------------------
     def _limited(self, category: str) -> bool:

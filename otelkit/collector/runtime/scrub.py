@@ -231,8 +231,8 @@ class Scrubber:
     def _built_in_rules(self, text: str) -> str:
         """Each rule runs only when a cheap test says it can match (most text passes none)."""
         keywords, aws, pem, userinfo, jwt, card, iban = self._built_in
-        mask, out = self._mask, text
-        if _KEYWORD_HINT.search(text.lower()):
+        mask, out, low = self._mask, text, text.lower()
+        if _KEYWORD_HINT.search(low):
             out = keywords.apply(out, mask)
         if "AWS4-" in text or "AKIA" in text or "ASIA" in text:
             out = aws.apply(out, mask)
@@ -244,7 +244,7 @@ class Scrubber:
             out = jwt.apply(out, mask)
         if len(text) >= _MIN_CARD:
             out = card.apply(out, mask)
-            if len(text) >= _MIN_IBAN:
+            if len(text) >= _MIN_IBAN and low != text:  # an IBAN has capital letters
                 out = iban.apply(out, mask)
         return out
 

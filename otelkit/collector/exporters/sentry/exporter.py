@@ -74,8 +74,8 @@ from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
 from otelkit.collector.runtime.scrub import Scrubber
-from otelkit.collector.runtime.worker import WorkerThread
 from otelkit.collector.runtime.tls import httpx_options
+from otelkit.collector.runtime.worker import WorkerThread
 
 log = logging.getLogger("otelkit.exporter.sentry")
 

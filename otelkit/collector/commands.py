@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from otelkit import defaults
 from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
 from otelkit.collector.runtime.listeners import warn_exposed
@@ -22,16 +23,20 @@ from otelkit.collector.runtime.scrub import MASK, RedactingFormatter, is_secret_
 from otelkit.collector.runtime.service import Service
 
 EXIT_CONFIG_ERROR = 2
+CONFIG_HELP = (
+    "path to the YAML configuration (default: the one shipped with otelkit, the same as "
+    "collector/otelkit.yaml, with the example budgets unless OTELKIT_BUDGETS_FILE is set)"
+)
 
 
 def register(subparsers: Any) -> None:
     collector = subparsers.add_parser("collector", help="run or check the otelkit collector")
     actions = collector.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = actions.add_parser("run", help="run the collector until SIGTERM or SIGINT")
-    run.add_argument("--config", required=True, help="path to the YAML configuration")
+    run.add_argument("--config", help=CONFIG_HELP)
     run.set_defaults(handler=_run)
     validate = actions.add_parser("validate", help="check a configuration without running it")
-    validate.add_argument("--config", required=True, help="path to the YAML configuration")
+    validate.add_argument("--config", help=CONFIG_HELP)
     validate.set_defaults(handler=_validate)
     components = actions.add_parser(
         "components", help="list the installed component types and their settings"
@@ -40,10 +45,15 @@ def register(subparsers: Any) -> None:
     components.set_defaults(handler=_components)
 
 
-def _load(path: str) -> CollectorConfig | None:
+def _load(path: str | None) -> CollectorConfig | None:
+    """The configuration at ``path``, or the default one shipped in the package."""
     try:
-        config = load_config(path)
+        if path is None:
+            config = load_config(defaults.config_path(), environ=defaults.environment())
+        else:
+            config = load_config(path)
     except ConfigError as exc:
+        path = path or str(defaults.config_path())
         print(f"{path}: invalid configuration ({len(exc.problems)} problems):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
@@ -57,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG_ERROR
-    print(f"{args.config}: valid ({len(config.pipelines)} pipelines)")
+    print(f"{args.config or defaults.config_path()}: valid ({len(config.pipelines)} pipelines)")
     return 0
 
 

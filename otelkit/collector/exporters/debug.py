@@ -43,6 +43,7 @@ from otelkit.collector.runtime.exporterhelper import (
     QueuedExporter,
     QueueSettings,
 )
+from otelkit.collector.runtime.listeners import Destination
 
 INDENT = "     -> "
 _SPAN_KINDS = ["Unspecified", "Internal", "Server", "Client", "Producer", "Consumer"]
@@ -91,6 +92,10 @@ class DebugExporter(QueuedExporter):
         self.config = config
         self.logger = logging.getLogger(f"otelkit.exporter.{settings.id}")
         self.sampler = Sampler(config.sampling_initial, config.sampling_thereafter)
+
+    def destinations(self) -> list[Destination]:
+        where = "the collector's log" if self.config.use_internal_logger else "standard output"
+        return [Destination(f"{self.config.verbosity} summaries", where)]
 
     async def send(self, payload: Payload) -> None:
         if not self.sampler.allow():

@@ -62,6 +62,7 @@ from otelkit.collector.runtime.exporterhelper import (
     QueuedExporter,
     QueueSettings,
 )
+from otelkit.collector.runtime.listeners import Destination
 from otelkit.collector.runtime.types import Duration
 
 T = TypeVar("T")
@@ -210,6 +211,10 @@ class FileExporter(QueuedExporter):
         self._framed = config.format == "proto" or self._compress
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"exporter-{self.name}")
         self._syncer: asyncio.Task[None] | None = None
+
+    def destinations(self) -> list[Destination]:
+        what = "OTLP/JSON lines" if self.config.format == "json" else "OTLP protobuf records"
+        return [Destination(what, f"file {self.file.path.resolve()}")]
 
     async def start_sending(self, host: Host) -> None:
         try:

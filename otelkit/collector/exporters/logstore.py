@@ -36,7 +36,7 @@ from otelkit.collector.runtime.component import (
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
-from otelkit.collector.runtime.listeners import Listener
+from otelkit.collector.runtime.listeners import Destination, Listener
 from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint, Secret
 from otelkit.logstore.api import guarded, search_app
@@ -106,7 +106,7 @@ class LogStoreConfig(ExporterHelperConfig):
     def listeners(self) -> list[Listener]:
         if self.api is None:
             return []
-        return [Listener("log search API", self.api.endpoint, True)]
+        return [Listener("log search API", self.api.endpoint, True, path="/api/logs")]
 
     @model_validator(mode="after")
     def _size_needs_sqlite(self) -> LogStoreConfig:
@@ -129,6 +129,9 @@ class LogStoreExporter(QueuedExporter):
         self._pruned = settings.telemetry.counter(
             "otelkit_logstore_pruned_log_records", "Log records removed by retention", ("exporter",)
         )
+
+    def destinations(self) -> list[Destination]:
+        return [Destination("log records", self.store.backend.location)]
 
     @property
     def api_port(self) -> int:

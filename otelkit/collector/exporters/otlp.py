@@ -33,6 +33,7 @@ from otelkit.collector.runtime.component import (
 )
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.listeners import Destination
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.tls import (
     TLSClientSettings,
@@ -196,6 +197,9 @@ class OTLPExporter(QueuedExporter, ReportsReachability):
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[Signal, Any] = {}
         self._metadata = tuple((k.lower(), v) for k, v in config.headers.items())
+
+    def destinations(self) -> list[Destination]:
+        return [Destination("OTLP/gRPC", self.config.endpoint)]
 
     async def start_sending(self, host: Host) -> None:
         self.watch(host, self.settings.label)

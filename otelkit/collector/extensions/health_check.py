@@ -82,7 +82,9 @@ class HealthCheckConfig(ComponentConfig):
         return path
 
     def listeners(self) -> list[Listener]:
-        return [Listener("health check", self.endpoint, False, can_authenticate=False)]
+        return [
+            Listener("health check", self.endpoint, False, can_authenticate=False, path="/health")
+        ]
 
 
 class HealthCheck(Extension):

@@ -1,9 +1,14 @@
-"""Which addresses the collector listens on, and a warning for those open to the network.
+"""Which addresses the collector listens on, where its data goes, and a warning for
+listeners open to the network.
 
 Every component config that opens a port says so through :class:`ListensOn` (a plugin's
 may too), so ``otelkit collector run`` can warn once at start for each listener bound
 beyond loopback without authentication. Defaults bind ``localhost``, as upstream's do;
 only a config written for a container binds ``0.0.0.0``, and says why.
+
+Every exporter that writes or sends data somewhere says where through :class:`SendsTo`,
+so the start-up banner (:func:`announce`) can name each listener and each destination
+(never with credentials) before the one line saying the collector is ready.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig
@@ -23,12 +29,41 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost
 
 @dataclass(frozen=True)
 class Listener:
-    """One port a component serves: ``what`` it serves, and whether requests need credentials."""
+    """One port a component serves: ``what`` it serves, and whether requests need credentials.
+
+    ``protocol`` is ``gRPC``, ``HTTP`` or ``HTTPS``; an HTTP listener with a ``path`` is
+    shown as the URL to open."""
 
     what: str
     endpoint: str
     authenticated: bool
     can_authenticate: bool = True
+    protocol: str = "HTTP"
+    path: str = ""
+
+    @property
+    def address(self) -> str:
+        if self.protocol.startswith("HTTP") and self.path:
+            host, port = split_endpoint(self.endpoint)
+            host = f"[{host}]" if ":" in host else host
+            return f"{self.protocol.lower()}://{host}:{port}{self.path}"
+        return self.endpoint
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an exporter puts data: ``what`` goes (``log records``), and ``where`` (a path,
+    a database or a URL, already without credentials), or why nothing goes."""
+
+    what: str
+    where: str
+
+
+@runtime_checkable
+class SendsTo(Protocol):
+    """A running exporter that writes or sends data somewhere."""
+
+    def destinations(self) -> Iterable[Destination]: ...
 
 
 @runtime_checkable
@@ -67,7 +102,13 @@ def all_listeners(config: CollectorConfig) -> list[tuple[str, Listener]]:
         found.append(
             (
                 "service",
-                Listener("self-telemetry metrics", config.telemetry.metrics_address, False, False),
+                Listener(
+                    "self-telemetry metrics",
+                    config.telemetry.metrics_address,
+                    False,
+                    False,
+                    path="/metrics",
+                ),
             )
         )
     return found
@@ -91,3 +132,31 @@ def warn_exposed(config: CollectorConfig, logger: logging.Logger) -> int:
         )  # fmt: skip
         warned += 1
     return warned
+
+
+def without_credentials(url: str) -> str:
+    """A URL fit for a log line: no user name or password, no query string (where tokens
+    and passwords hide)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<a URL that does not parse>"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def announce(
+    config: CollectorConfig, components: Iterable[tuple[str, object]], logger: logging.Logger
+) -> None:
+    """The start-up banner: one line per listener and per data destination."""
+    for label, listener in all_listeners(config):
+        logger.info(
+            "listening: %s: %s on %s (%s)", label, listener.what, listener.address,
+            listener.protocol,
+        )  # fmt: skip
+    for label, component in components:
+        if isinstance(component, SendsTo):
+            for destination in component.destinations():
+                logger.info("sending: %s: %s to %s", label, destination.what, destination.where)

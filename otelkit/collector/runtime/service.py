@@ -1,5 +1,8 @@
 """Runs a built graph: start in dependency order, serve until told to stop, drain.
 
+Once everything has started it logs the start-up banner: one line per listener and per
+data destination, then one ``ready`` line.
+
 Start order: extensions, exporters, connectors, processors (last first), receivers.
 Shutdown is the reverse for receivers (stop taking data first), then processors front to
 back (each flushes into the next), connectors, exporters (drain their queues within
@@ -19,6 +22,7 @@ from otelkit.collector.runtime.component import Component, ComponentID, Status
 from otelkit.collector.runtime.config import CollectorConfig
 from otelkit.collector.runtime.graph import Graph, build_graph
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
+from otelkit.collector.runtime.listeners import announce
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
 log = logging.getLogger("otelkit.collector")
@@ -78,7 +82,12 @@ class Service:
             if self.host.statuses[label][0] == Status.STARTING:
                 self.host.report_status(label, Status.OK)
         self.host.ready = True
-        log.info("collector started: %d pipelines", len(self.config.pipelines))
+        announce(self.config, self.graph.ordered, log)
+        log.info(
+            "ready: %d pipelines running (%s)",
+            len(self.config.pipelines),
+            ", ".join(self.config.pipelines),
+        )
 
     async def shutdown(self) -> None:
         """Stop in reverse start order; a component's failure does not stop the others."""

@@ -106,7 +106,13 @@ class PrometheusConfig(ComponentConfig):
 
     def listeners(self) -> list[Listener]:
         return [
-            Listener("Prometheus scrape endpoint", self.endpoint, False, can_authenticate=False)
+            Listener(
+                "Prometheus scrape endpoint",
+                self.endpoint,
+                False,
+                can_authenticate=False,
+                path="/metrics",
+            )
         ]
 
 

@@ -51,6 +51,7 @@ from otelkit.collector.runtime.exporterhelper import (
     QueuedExporter,
     QueueSettings,
 )
+from otelkit.collector.runtime.listeners import Destination, without_credentials
 from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 from otelkit.collector.runtime.types import ByteSize
 
@@ -121,6 +122,9 @@ class RemoteWriteExporter(QueuedExporter):
         self.config = config
         self._options = config.translation_options()
         self._client: httpx.AsyncClient | None = None
+
+    def destinations(self) -> list[Destination]:
+        return [Destination("metrics", f"remote write {without_credentials(self.config.endpoint)}")]
 
     async def start_sending(self, host: Host) -> None:
         config = self.config

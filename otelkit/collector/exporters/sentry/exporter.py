@@ -73,6 +73,7 @@ from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
+from otelkit.collector.runtime.listeners import Destination, without_credentials
 from otelkit.collector.runtime.scrub import Scrubber
 from otelkit.collector.runtime.tls import httpx_options
 from otelkit.collector.runtime.worker import WorkerThread
@@ -142,6 +143,12 @@ class SentryExporter(QueuedExporter):
             "Traces sent before trace_wait ended to keep within max_buffered_spans",
             ("exporter",),
         )
+
+    def destinations(self) -> list[Destination]:
+        if not self.enabled:
+            return [Destination("nothing", "Sentry (off: no DSN; set SENTRY_DSN)")]
+        dsn = without_credentials(self.config.dsn)
+        return [Destination("errors, transactions and logs", f"Sentry {dsn}")]
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: Host) -> None:

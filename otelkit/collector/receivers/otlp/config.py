@@ -94,5 +94,13 @@ class OtlpReceiverConfig(ComponentConfig):
         for name, protocol in (("grpc", self.protocols.grpc), ("http", self.protocols.http)):
             if protocol is not None:
                 authenticated = protocol.auth is not None
-                found.append(Listener(f"OTLP/{name}", protocol.endpoint, authenticated))
+                tls = protocol.tls is not None
+                wire = (
+                    ("gRPC with TLS" if tls else "gRPC")
+                    if name == "grpc"
+                    else ("HTTPS" if tls else "HTTP")
+                )
+                found.append(
+                    Listener(f"OTLP/{name}", protocol.endpoint, authenticated, protocol=wire)
+                )
         return found

@@ -186,7 +186,11 @@ class Budget(_Model):
 class Defaults(_Model):
     window: Duration = Field(300.0, gt=0)
     period: Duration = Field(30 * 86400.0, gt=0)
-    runbook_base_url: str = "https://github.com/otelkit/otelkit/blob/main/docs/runbooks"
+    runbook_base_url: str | None = Field(
+        None,
+        description="where your team reads docs/runbooks; every runbook link is this plus "
+        "the runbook's file name (no default: only you know where that is)",
+    )
 
 
 class AlertingPolicy(_Model):
@@ -234,6 +238,14 @@ class BudgetsFile(_Model):
 
     def period_of(self, slo: Slo) -> float:
         return slo.period or self.defaults.period
+
+    def runbook_url(self, runbook: str) -> str:
+        """A runbook's link: an absolute URL as written, a file name (``checkout.md``) under
+        ``defaults.runbook_base_url``, or the bare file name when no base is set."""
+        base = self.defaults.runbook_base_url
+        if "://" in runbook or not base:
+            return runbook
+        return f"{base.rstrip('/')}/{runbook}"
 
 
 class BudgetsError(ValueError):

@@ -224,8 +224,7 @@ def slo_rules(budgets: BudgetsFile) -> list[SloRules]:
                     service,
                     prom_duration(period),
                     burn_windows(period, policy.min_window),
-                    budget.alerting.runbook_url
-                    or f"{budgets.defaults.runbook_base_url}/error-budget-burn.md",
+                    budgets.runbook_url(budget.alerting.runbook_url or "error-budget-burn.md"),
                     policy.metric_prefix,
                     duration_metric,
                     threshold,
@@ -425,9 +424,7 @@ def objective_rules(budgets: BudgetsFile) -> list[ObjectiveRules]:
     scale = 1000.0 if policy.duration_unit == "seconds" else 1.0
     out = []
     for name, budget in budgets.budgets.items():
-        runbook = budget.alerting.runbook_url or (
-            f"{budgets.defaults.runbook_base_url}/latency-objective.md"
-        )
+        runbook = budgets.runbook_url(budget.alerting.runbook_url or "latency-objective.md")
         for objective in budget.objectives:
             window = prom_duration(max(budgets.window_of(objective), policy.min_window))
             out.append(

@@ -9,7 +9,8 @@ spans are (runs of them by position), not span objects. Spans of a trace already
 judged ("late spans") are not indexed again; the caller decides what to do with them
 from its decision cache.
 
-``max_traces`` bounds memory: past it the oldest batches are judged and released early.
+``max_traces`` bounds memory: past it the oldest batches are judged and released early
+(counted in ``decided_early``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class TraceBuffer:
         self._batches: deque[HeldBatch] = deque()
         self.traces: dict[bytes, HeldTrace] = {}
         self.held_spans = 0
+        self.decided_early = 0  # traces judged before their wait, to stay within max_traces
 
     def add(self, payload: ExportTraceServiceRequest) -> None:
         now = self._clock()
@@ -175,6 +177,8 @@ class TraceBuffer:
             if held.first_seen > cutoff:
                 break
             ready.append(held)
+        if not flush and ready and ready[-1].first_seen > now - self.wait:
+            self.decided_early += sum(1 for held in ready if held.first_seen > now - self.wait)
         for held in ready:
             del self.traces[held.trace_id]
         released: list[HeldBatch] = []

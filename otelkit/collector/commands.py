@@ -9,12 +9,15 @@ import ctypes.util
 import logging
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from otelkit import defaults
+from otelkit.budgets.model import BudgetsError, load_budgets
+from otelkit.collector.rules import RULES_FILE, TESTS_FILE, collector_rules
 from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
 from otelkit.collector.runtime.listeners import warn_exposed
@@ -38,6 +41,20 @@ def register(subparsers: Any) -> None:
     validate = actions.add_parser("validate", help="check a configuration without running it")
     validate.add_argument("--config", help=CONFIG_HELP)
     validate.set_defaults(handler=_validate)
+    rules = actions.add_parser(
+        "rules", help="print the Prometheus alert rules that watch the collector itself"
+    )
+    rules.add_argument(
+        "--budgets",
+        required=True,
+        metavar="FILE",
+        help="the budgets file whose defaults.runbook_base_url the runbook links go under",
+    )
+    rules.add_argument(
+        "--tests", action="store_true", help="print their `promtool test rules` file instead"
+    )
+    rules.add_argument("-o", "--output", metavar="PATH", help="write here instead of stdout")
+    rules.set_defaults(handler=_rules)
     components = actions.add_parser(
         "components", help="list the installed component types and their settings"
     )
@@ -68,6 +85,20 @@ def _validate(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG_ERROR
     print(f"{args.config or defaults.config_path()}: valid ({len(config.pipelines)} pipelines)")
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    try:
+        budgets = load_budgets(args.budgets)
+    except BudgetsError as exc:
+        print(f"invalid budgets file {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    text = collector_rules(budgets, TESTS_FILE if args.tests else RULES_FILE)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

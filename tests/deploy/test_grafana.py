@@ -63,3 +63,13 @@ def test_provider_points_at_a_folder_and_the_datasource_uid_matches() -> None:
         (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text()
     )
     assert datasources["datasources"][0]["type"] == "prometheus"
+
+
+def test_every_collector_alert_has_a_panel_on_the_collector_dashboard() -> None:
+    """The panel that shows what the alert watches names the alert in its description."""
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/rules/collector.rules.yml").read_text())
+    names = [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/otelkit-collector.json").read_text())
+    for name in names:
+        panels = [p for p in dashboard["panels"] if f"Alert {name} " in p.get("description", "")]
+        assert len(panels) == 1, f"no panel shows what {name} watches"

@@ -31,8 +31,8 @@ def kube_documents() -> list[dict[str, Any]]:
     return docs
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    [doc] = [d for d in kube_documents() if d.get("kind") == kind]
+def by_kind(kind: str, name: str = "otelkit-collector") -> dict[str, Any]:
+    [doc] = [d for d in kube_documents() if d.get("kind") == kind and d["metadata"]["name"] == name]
     return doc
 
 

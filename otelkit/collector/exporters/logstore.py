@@ -129,6 +129,13 @@ class LogStoreExporter(QueuedExporter):
         self._pruned = settings.telemetry.counter(
             "otelkit_logstore_pruned_log_records", "Log records removed by retention", ("exporter",)
         )
+        write_errors = settings.telemetry.counter(
+            "otelkit_logstore_write_errors",
+            "Write transactions that failed (unavailable: retried; rejected: dropped)",
+            ("exporter", "reason"),
+        )
+        self._unavailable = write_errors.labels(self.name, "unavailable")
+        self._rejected = write_errors.labels(self.name, "rejected")
 
     def destinations(self) -> list[Destination]:
         return [Destination("log records", self.store.backend.location)]
@@ -212,8 +219,10 @@ class LogStoreExporter(QueuedExporter):
         try:
             await asyncio.wrap_future(self.store.submit_rows(rows))
         except StoreUnavailableError as exc:
+            self._unavailable.inc()
             raise RetryableError(str(exc)) from exc
         except StoreError as exc:
+            self._rejected.inc()
             raise PermanentError(str(exc)) from exc
 
     async def prune_now(self) -> int:

@@ -7,9 +7,10 @@ budget breach (``otelkit.budget.exceeded = true``) or a performance issue
 ``rate_limiting``, ``always_sample``): a trace is kept when any policy samples it.
 
 ``decision_wait`` is how long spans are gathered before deciding; ``num_traces``
-bounds the traces held (the oldest are decided early past it); decisions are cached
-(``decision_cache``) so late spans follow their trace's decision. Dropped spans count
-in ``otelcol_processor_dropped_spans``.
+bounds the traces held (the oldest are decided early past it, counted in
+``otelcol_processor_tail_sampling_sampling_trace_dropped_too_early``); decisions are
+cached (``decision_cache``) so late spans follow their trace's decision. Dropped spans
+count in ``otelcol_processor_dropped_spans``.
 """
 
 from __future__ import annotations
@@ -201,6 +202,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             "otelkit_tail_sampling_decisions", "Traces decided", ("decision", "reason")
         )
         self._decision_children: dict[tuple[bool, str], Any] = {}
+        # Upstream's name, so its alerts and dashboards carry over. Upstream loses such a
+        # trace's spans; here the trace is decided on the spans held so far. The cause
+        # and the fix are the same: num_traces is too small for the traffic.
+        self._decided_early = settings.telemetry.counter(
+            "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early",
+            "Traces decided before decision_wait ended because num_traces was reached",
+            ("processor",),
+        ).labels(str(settings.id))
+        self._decided_early_counted = 0
 
     def keeps_spans(self) -> bool:
         return self._needs_spans
@@ -264,6 +274,10 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             counts[key] = counts.get(key, 0) + 1
         for key, n in counts.items():  # one counter update per outcome, not per trace
             self._count_decisions(key, n)
+        early = self.buffer.decided_early - self._decided_early_counted
+        if early:
+            self._decided_early.inc(early)
+            self._decided_early_counted += early
 
     def _count_decisions(self, key: tuple[bool, str], n: int) -> None:
         child = self._decision_children.get(key)

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "otelkit.collector.commands",
     "otelkit.logstore.commands",
     "otelkit.budgets.commands",
+    "otelkit.demo.commands",
 )
 
 

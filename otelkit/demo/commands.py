@@ -47,6 +47,7 @@ from otelkit.demo.stack import (
 from otelkit.demo.traffic import Traffic
 
 STATUS_EVERY = 10.0  # seconds between status lines
+LOOK_EVERY = 2.0  # seconds between looks at what arrived (when each situation was seen)
 SETTLE = 45.0  # at most this long after the traffic stops for the last data to arrive
 QUIET = 20.0  # or until nothing new arrived for this long
 EXIT_MISSING = 1
@@ -157,14 +158,16 @@ async def _run(demo: Demo, duration: float | None) -> int:
     sending = asyncio.create_task(traffic.run(stop))
     deadline = time.monotonic() + duration if duration else None
     seen = Observation()
+    next_status = time.monotonic() + STATUS_EVERY
     while not stop.is_set():
-        wait = STATUS_EVERY if deadline is None else min(STATUS_EVERY, deadline - time.monotonic())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(wait, 0.0))
+            await asyncio.wait_for(stop.wait(), LOOK_EVERY)
         if deadline is not None and time.monotonic() >= deadline:
             stop.set()
         seen = await _look(demo, traffic, seen)
-        print(_status(demo, traffic, seen), flush=True)
+        if time.monotonic() >= next_status or stop.is_set():
+            print(_status(demo, traffic, seen), flush=True)
+            next_status += STATUS_EVERY
     print(
         "\nTraffic stopped; waiting for the last spans, findings and metrics to arrive "
         "(Ctrl-C to skip) ..."
@@ -277,7 +280,7 @@ def _report(demo: Demo, traffic: Traffic, seen: Observation) -> int:
     )
     for route in sorted(seen.calls):
         sent = traffic.sent.get(route)
-        note = f"({sent} sent)" if sent is not None else "(the shop calling itself)"
+        note = f"({sent} sent)" if sent is not None else "(the shop's calls to itself)"
         line(f"  {route}", f"{seen.calls[route]:.0f}", note)
     line("errors (span metrics)", f"{sum(seen.errors.values()):.0f}",
          _logs_query(c, "--service", SERVICE, "--severity", "error"))  # fmt: skip

@@ -5,6 +5,7 @@ output in the data directory, and stopped by its own process ID."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -135,6 +136,19 @@ def wait_until_ready(process: Process, url: str, timeout: float = 60.0) -> None:
     )
 
 
+def wait_until_listening(process: Process, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise StackError(
+                f"{process.name} exited with {process.process.returncode}:\n{process.log_tail()}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.2)
+    raise StackError(f"{process.name} not listening on {port} after {timeout:.0f}s")
+
+
 @dataclass
 class Collector:
     process: Process
@@ -205,7 +219,8 @@ def start_shop(data_dir: Path, port: int, collector: Collector) -> Process:
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
     ]  # fmt: skip
     process = start("shop", argv, data_dir, env)
-    wait_until_ready(process, f"{base_url}/products")
+    # uvicorn listens once the app has started; a request would be a span of its own.
+    wait_until_listening(process, port)
     return process
 
 

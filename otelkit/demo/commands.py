@@ -99,7 +99,7 @@ class Demo:
             names += ["prometheus_server", "alertmanager"]
         ports = choose_ports(names)
         self.collector = start_collector(self.data_dir, ports)
-        self.shop = start_shop(self.data_dir, ports["shop"], self.collector)
+        self.shop = start_shop(self.data_dir, ports["shop"], self.collector.url("grpc"))
         self.shop_url = f"http://127.0.0.1:{ports['shop']}"
         if self.with_prometheus:
             self.alerting = start_alerting(self.data_dir, ports)

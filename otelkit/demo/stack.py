@@ -203,14 +203,14 @@ def instrument_command() -> str:
     return found
 
 
-def start_shop(data_dir: Path, port: int, collector: Collector) -> Process:
+def start_shop(data_dir: Path, port: int, otlp_endpoint: str) -> Process:
     """The shop as a user runs an app: ``opentelemetry-instrument uvicorn ...`` with only
-    its service name and the collector's address set."""
+    its service name and the collector's address (``http://host:4317``) set."""
     base_url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OTELKIT_"))}
     env.update(
         OTEL_SERVICE_NAME="shop-api",
-        OTEL_EXPORTER_OTLP_ENDPOINT=collector.url("grpc"),
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
         SHOP_DATABASE_URL=f"sqlite:///{data_dir / 'shop.db'}",
         SHOP_BASE_URL=base_url,
     )
@@ -226,11 +226,19 @@ def start_shop(data_dir: Path, port: int, collector: Collector) -> Process:
 
 @dataclass
 class Webhook:
-    """Receives what Alertmanager delivers."""
+    """Receives what Alertmanager delivers: each alert with the path it was posted to
+    (one path per receiver)."""
 
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return [alert for _, alert in self.deliveries]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self) -> None:
         hook = self
@@ -238,7 +246,8 @@ class Webhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                hook.alerts.extend(json.loads(body).get("alerts", []))
+                for alert in json.loads(body).get("alerts", []):
+                    hook.deliveries.append((self.path, alert))
                 self.send_response(200)
                 self.end_headers()
 
@@ -321,9 +330,7 @@ def start_alerting(data_dir: Path, ports: dict[str, int]) -> Alerting:
                     "group_wait": "1s",
                     "group_interval": "5s",
                 },
-                "receivers": [
-                    {"name": "demo", "webhook_configs": [{"url": f"http://127.0.0.1:{webhook.port}/"}]}
-                ],
+                "receivers": [{"name": "demo", "webhook_configs": [{"url": webhook.url()}]}],
             }
         )
     )  # fmt: skip

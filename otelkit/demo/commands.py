@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otelkit.collector.runtime.listeners import without_credentials
+from otelkit.collector.runtime.scrub import redact_url
 from otelkit.demo.observe import (
     PAGE,
     SERVICE,
@@ -303,7 +303,7 @@ def _sentry(seen: Observation) -> str:
     if not dsn:
         return "disabled: set SENTRY_DSN"
     sent = ", ".join(f"{n:.0f} {what}" for what, n in sorted(seen.sentry.items())) or "nothing yet"
-    return f"{without_credentials(dsn)}: {sent} (envelopes by category and outcome)"
+    return f"{redact_url(dsn)}: {sent} (envelopes by category and outcome)"
 
 
 def _report_alerts(alerting: Alerting, seen: Observation) -> None:

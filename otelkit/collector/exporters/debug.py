@@ -95,7 +95,7 @@ class DebugExporter(QueuedExporter):
 
     def destinations(self) -> list[Destination]:
         where = "the collector's log" if self.config.use_internal_logger else "standard output"
-        return [Destination(f"{self.config.verbosity} summaries", where)]
+        return [Destination(f"{self.config.verbosity}-verbosity summaries", where)]
 
     async def send(self, payload: Payload) -> None:
         if not self.sampler.allow():

@@ -40,7 +40,8 @@ from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
-from otelkit.collector.runtime.listeners import Destination, without_credentials
+from otelkit.collector.runtime.listeners import Destination
+from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 
 log = logging.getLogger("otelkit.exporter.otlphttp")
@@ -168,7 +169,7 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
         self._client: httpx.AsyncClient | None = None
 
     def destinations(self) -> list[Destination]:
-        urls = sorted({without_credentials(url) for url in self._urls.values()})
+        urls = sorted({redact_url(url) for url in self._urls.values()})
         return [Destination("OTLP/HTTP", ", ".join(urls))]
 
     async def start_sending(self, host: Host) -> None:

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import CollectorConfig
@@ -53,7 +52,8 @@ class Listener:
 @dataclass(frozen=True)
 class Destination:
     """Where an exporter puts data: ``what`` goes (``log records``), and ``where`` (a path,
-    a database or a URL, already without credentials), or why nothing goes."""
+    a database or a URL, with credentials masked by ``scrub.redact_url``), or why nothing
+    goes."""
 
     what: str
     where: str
@@ -132,19 +132,6 @@ def warn_exposed(config: CollectorConfig, logger: logging.Logger) -> int:
         )  # fmt: skip
         warned += 1
     return warned
-
-
-def without_credentials(url: str) -> str:
-    """A URL fit for a log line: no user name or password, no query string (where tokens
-    and passwords hide)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<a URL that does not parse>"
-    host = f"[{host}]" if ":" in host else host
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 def announce(

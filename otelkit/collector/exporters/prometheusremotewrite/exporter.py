@@ -51,7 +51,8 @@ from otelkit.collector.runtime.exporterhelper import (
     QueuedExporter,
     QueueSettings,
 )
-from otelkit.collector.runtime.listeners import Destination, without_credentials
+from otelkit.collector.runtime.listeners import Destination
+from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 from otelkit.collector.runtime.types import ByteSize
 
@@ -124,7 +125,7 @@ class RemoteWriteExporter(QueuedExporter):
         self._client: httpx.AsyncClient | None = None
 
     def destinations(self) -> list[Destination]:
-        return [Destination("metrics", f"remote write {without_credentials(self.config.endpoint)}")]
+        return [Destination("metrics", f"remote write {redact_url(self.config.endpoint)}")]
 
     async def start_sending(self, host: Host) -> None:
         config = self.config

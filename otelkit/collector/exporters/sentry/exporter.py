@@ -73,8 +73,8 @@ from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
-from otelkit.collector.runtime.listeners import Destination, without_credentials
-from otelkit.collector.runtime.scrub import Scrubber
+from otelkit.collector.runtime.listeners import Destination
+from otelkit.collector.runtime.scrub import Scrubber, redact_url
 from otelkit.collector.runtime.tls import httpx_options
 from otelkit.collector.runtime.worker import WorkerThread
 
@@ -147,7 +147,7 @@ class SentryExporter(QueuedExporter):
     def destinations(self) -> list[Destination]:
         if not self.enabled:
             return [Destination("nothing", "Sentry (off: no DSN; set SENTRY_DSN)")]
-        dsn = without_credentials(self.config.dsn)
+        dsn = redact_url(self.config.dsn)
         return [Destination("errors, transactions and logs", f"Sentry {dsn}")]
 
     # Lifecycle -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -119,34 +120,39 @@ def start(name: str, argv: list[str], data_dir: Path, env: dict[str, str]) -> Pr
 
 
 def wait_until_ready(process: Process, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise StackError(
-                f"{process.name} exited with {process.process.returncode}:\n{process.log_tail()}"
-            )
+    """Until ``url`` answers 200."""
+
+    def answers() -> bool:
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise StackError(
-        f"{process.name} not ready at {url} after {timeout:.0f}s:\n{process.log_tail()}"
-    )
+            return False
+
+    _wait(process, answers, f"ready at {url}", timeout)
 
 
 def wait_until_listening(process: Process, port: int, timeout: float = 60.0) -> None:
+    """Until something accepts connections on ``port``."""
+
+    def listens() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return True
+        return False
+
+    _wait(process, listens, f"listening on {port}", timeout)
+
+
+def _wait(process: Process, done: Callable[[], bool], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
             raise StackError(
                 f"{process.name} exited with {process.process.returncode}:\n{process.log_tail()}"
             )
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        if done():
             return
         time.sleep(0.2)
-    raise StackError(f"{process.name} not listening on {port} after {timeout:.0f}s")
+    raise StackError(f"{process.name} not {what} after {timeout:.0f}s:\n{process.log_tail()}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import yaml
 
 from otelkit.budgets.model import load_budgets
 from otelkit.demo.stack import Process, Webhook, start, start_shop, wait_until_ready
+from tests.collector.e2e.clients import wait_until
 from tests.sentry.standin import SentryStandIn, sentry_standin
 from tests.sentry.support import relay_check
 from tests.support.collector import RunningCollector, shipped_collector
@@ -219,10 +220,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             running = System(collector, sentry, f"http://127.0.0.1:{prom_port}", webhook)
             with Load(f"http://127.0.0.1:{shop_port}") as load:
                 # Normal traffic until Prometheus has the shop's span metrics, then the burst.
-                wait_for(lambda: running.query('traces_span_metrics_calls_total{service_name="shop-api"}'),
+                wait_until(lambda: running.query('traces_span_metrics_calls_total{service_name="shop-api"}'),
                          60, "the shop's span metrics in Prometheus")  # fmt: skip
                 load.burst.set()
-                wait_for(
+                wait_until(
                     running.pages, PAGE_TIMEOUT, f"a page at the webhook\n{prometheus.log_tail()}"
                 )
                 running.page_received = time.monotonic()
@@ -231,7 +232,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
                     f"\nfirst bad request to the page at the webhook: "
                     f"{running.page_received - running.first_bad_request:.1f}s"
                 )
-                wait_for(lambda: sentry.items("event"), 60, "a Sentry event")
+                wait_until(lambda: sentry.items("event"), 60, "a Sentry event")
             running.sent = dict(load.sent)
             yield running
     finally:
@@ -240,15 +241,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         webhook.stop()
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(0.5)
-
-
 def wait_until_ready_url(url: str) -> None:
-    wait_for(lambda: _status(url) == 200, 60, url)
+    wait_until(lambda: _status(url) == 200, 60, url)
 
 
 def _status(url: str) -> int:

@@ -19,11 +19,10 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from otelkit.collector.runtime.scrub import redact_url
 from otelkit.demo.observe import (
     PAGE,
     SERVICE,
@@ -268,9 +267,6 @@ def _logs_query(collector: Collector, *args: str) -> str:
 def _report(demo: Demo, traffic: Traffic, seen: Observation) -> int:
     c = demo.collector
     assert c is not None
-    line: Callable[[str, str, str], None] = lambda what, value, how: print(  # noqa: E731
-        f"  {what:38} {value:>6}   {how}"
-    )
     print("\nWhat arrived since the demo started:")
     grep = shlex.quote(f'traces_span_metrics_calls_total{{.*service_name="{SERVICE}"')
     line(
@@ -298,12 +294,18 @@ def _report(demo: Demo, traffic: Traffic, seen: Observation) -> int:
     return _verdict(demo, traffic, seen)
 
 
+def line(what: str, value: str, how: str) -> None:
+    """One row of the report: what, how many, and the command that shows it."""
+    print(f"  {what:38} {value:>6}   {how}".rstrip())
+
+
 def _sentry(seen: Observation) -> str:
     dsn = os.environ.get("SENTRY_DSN", "")
     if not dsn:
         return "disabled: set SENTRY_DSN"
     sent = ", ".join(f"{n:.0f} {what}" for what, n in sorted(seen.sentry.items())) or "nothing yet"
-    return f"{redact_url(dsn)}: {sent} (envelopes by category and outcome)"
+    # The DSN's user part is the project key: only the host is shown.
+    return f"to {urlsplit(dsn).hostname}: {sent} (envelopes by category and outcome)"
 
 
 def _report_alerts(alerting: Alerting, seen: Observation) -> None:

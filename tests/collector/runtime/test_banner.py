@@ -64,7 +64,7 @@ def test_every_listener_and_destination_gets_one_line_and_no_secret(
             "sending: exporter/logstore: log records to PostgreSQL "
             "postgresql://otelkit:****@db.internal:5432/logs (schema otelkit)",
             "sending: exporter/sentry: errors, transactions and logs to Sentry "
-            "https://****@o1.ingest.sentry.io/42",
+            "https://o1.ingest.sentry.io (project 42)",
             f"sending: exporter/file: OTLP/JSON lines to file {tmp_path / 'out.jsonl'}",
             "sending: exporter/prometheusremotewrite: metrics to remote write "
             "https://writer:****@metrics.example.com/api/v1/write?token=****",

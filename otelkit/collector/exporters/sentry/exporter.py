@@ -74,7 +74,7 @@ from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
 from otelkit.collector.runtime.listeners import Destination
-from otelkit.collector.runtime.scrub import Scrubber, redact_url
+from otelkit.collector.runtime.scrub import Scrubber
 from otelkit.collector.runtime.tls import httpx_options
 from otelkit.collector.runtime.worker import WorkerThread
 
@@ -147,8 +147,10 @@ class SentryExporter(QueuedExporter):
     def destinations(self) -> list[Destination]:
         if not self.enabled:
             return [Destination("nothing", "Sentry (off: no DSN; set SENTRY_DSN)")]
-        dsn = redact_url(self.config.dsn)
-        return [Destination("errors, transactions and logs", f"Sentry {dsn}")]
+        assert self._dsn is not None
+        # The DSN's user part is the project key: only the host and project are shown.
+        where = f"{self._dsn.scheme}://{self._dsn.netloc} (project {self._dsn.project_id})"
+        return [Destination("errors, transactions and logs", f"Sentry {where}")]
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: Host) -> None:

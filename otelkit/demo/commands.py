@@ -110,8 +110,12 @@ class Demo:
             self.collector.process.stop if self.collector else None,
             self.alerting.stop if self.alerting else None,
         ):
-            if stop is not None:
+            if stop is None:
+                continue
+            try:
                 stop()
+            except Exception as exc:  # stop the others anyway; the verdict stands
+                print(f"otelkit demo: could not stop cleanly: {exc}", file=sys.stderr)
 
     def look(self) -> Observation:
         collector = self.collector

@@ -26,3 +26,10 @@ class OverloadedError(RetryableError):
 
 class PermanentError(ComponentError):
     """The data can never be delivered as it is (4xx, malformed); retrying cannot help."""
+
+
+class InvalidDataError(PermanentError):
+    """Some item of the data cannot be exported as it is (a value out of range, an ID of
+    the wrong length). The exporter helper then sends the batch in parts to find the
+    items that fail, drops only those (counted, reason ``invalid``) and delivers the rest.
+    """

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
-from otelkit.collector.processors.batch import BatchConfig, BatchProcessor, split_off
+from otelkit.collector.pdata.split import split_off
+from otelkit.collector.processors.batch import BatchConfig, BatchProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.service import ServiceHost

@@ -131,6 +131,10 @@ class LogStoreExporter(QueuedExporter):
         )
 
     @property
+    def acknowledges_durably(self) -> bool:
+        return self._commit or super().acknowledges_durably
+
+    @property
     def api_port(self) -> int:
         return self._api.port if self._api else 0
 

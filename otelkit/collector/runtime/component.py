@@ -100,6 +100,10 @@ class CreateSettings:
     kind: Kind
     telemetry: SelfTelemetry
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("otelkit"))
+    durable_downstream: tuple[str, ...] = ()
+    """Processors: the exporters of this pipeline that acknowledge only once data is on
+    disk or delivered. A processor that would answer a sender before passing the data on
+    (``batch``) waits for them instead, so their promise reaches the sender."""
 
     @property
     def label(self) -> str:
@@ -133,6 +137,11 @@ class Exporter(Component):
 
     async def consume(self, payload: Payload) -> None:
         raise NotImplementedError
+
+    @property
+    def acknowledges_durably(self) -> bool:
+        """Whether ``consume`` returns only once the data is on disk or delivered."""
+        return False
 
 
 class Connector(Component):

@@ -99,8 +99,8 @@ class _Builder:
         self.entries: dict[str, Consumer] = {}
         self.connector_sides: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
 
-    def settings(self, spec: ComponentSpec) -> CreateSettings:
-        return CreateSettings(spec.id, spec.kind, self.telemetry)
+    def settings(self, spec: ComponentSpec, durable: tuple[str, ...] = ()) -> CreateSettings:
+        return CreateSettings(spec.id, spec.kind, self.telemetry, durable_downstream=durable)
 
     def spec(self, kind: Kind, cid: ComponentID) -> ComponentSpec:
         return self.config.components[(kind, cid)]
@@ -169,9 +169,15 @@ class _Builder:
             else:
                 consumers.extend(self._build_connectors(cid, pipeline))
         head = fan_out(consumers)
+        durable = tuple(
+            str(cid)
+            for cid in pipeline.exporters
+            if cid in self.graph.exporters and self.graph.exporters[cid].acknowledges_durably
+        )
         for cid in reversed(pipeline.processors):
             spec = self.spec(Kind.PROCESSOR, cid)
-            created = spec.factory.create(self.settings(spec), spec.config, pipeline.signal, head)
+            settings = self.settings(spec, durable)
+            created = spec.factory.create(settings, spec.config, pipeline.signal, head)
             processor = _expect(created, Processor, cid)
             self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
             head = processor

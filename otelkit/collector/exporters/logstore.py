@@ -83,7 +83,9 @@ class LogStoreConfig(ExporterHelperConfig):
     prune_interval: Duration = Field(60.0, gt=0)
     durability: Literal["queue", "commit"] = "queue"
     synchronous: Literal["normal", "full"] = Field(
-        "normal", description="SQLite: normal survives a crash, full also a power loss."
+        "full",
+        description="SQLite: full fsyncs each commit (survives a power loss); normal "
+        "survives a crash of the collector only.",
     )
     max_batch_records: int = Field(20_000, ge=1, description="Records per write transaction.")
     api: ApiSettings | None = None
@@ -143,6 +145,13 @@ class LogStoreExporter(QueuedExporter):
             "exporter %s: log records go to %s (durability: %s)",
             self.name, self.store.backend.location, self.config.durability,
         )  # fmt: skip
+        if not self.acknowledges_durably:
+            log.warning(
+                "exporter %s: records acknowledged to senders wait in memory until written; "
+                "a killed collector loses them. Set durability: commit, or "
+                "sending_queue.storage for a database that may be down",
+                self.name,
+            )
         try:
             await asyncio.to_thread(self.store.start_writer, self.config.max_batch_records)
         except StoreUnavailableError as exc:

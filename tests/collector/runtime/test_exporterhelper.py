@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from otelkit.collector.runtime.errors import OverloadedError, PermanentError, Re
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
+from tests.support.durable import RecordingDisk
 
 
 class ScriptedExporter(QueuedExporter):
@@ -225,33 +225,6 @@ def test_persistent_queue_survives_a_restart(tmp_path: Path) -> None:
 
 
 # Durability: the order of disk operations before the sender is answered -----------------
-class RecordingDisk(Disk):
-    """The real disk operations, each noted (with the file's name) in one shared log."""
-
-    def __init__(self, events: list[str]) -> None:
-        self.events = events
-
-    def write(self, fd: int, data: bytes) -> None:
-        super().write(fd, data)
-        self.events.append(f"write {_name_of(fd)}")
-
-    def fsync(self, fd: int, path: Path) -> None:
-        super().fsync(fd, path)
-        self.events.append(f"fsync {path.name}")
-
-    def rename(self, source: Path, target: Path) -> None:
-        super().rename(source, target)
-        self.events.append(f"rename {source.name} {target.name}")
-
-    def fsync_directory(self, directory: Path) -> None:
-        super().fsync_directory(directory)
-        self.events.append(f"fsync-dir {directory.name}")
-
-
-def _name_of(fd: int) -> str:
-    return Path(os.readlink(f"/proc/self/fd/{fd}")).name
-
-
 def test_a_persisted_request_is_written_fsynced_renamed_and_its_directory_fsynced_before_ack(
     tmp_path: Path,
 ) -> None:

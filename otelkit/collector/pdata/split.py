@@ -7,9 +7,10 @@ and scope straddling the cut (without their items), so each side keeps them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 
 # (resource list field, scope list field, item list field) of each request type.
 LAYOUT = {
@@ -153,4 +154,24 @@ def split_in_pieces(payload: Payload, items: int, max_items: int) -> list[tuple[
         pieces.append((split_off(payload, max_items), max_items))
         items -= max_items
     pieces.append((payload, items))
+    return pieces
+
+
+def pieces_within(
+    payload: Payload, encode: Callable[[Payload], bytes], limit: int
+) -> list[tuple[Payload, bytes]]:
+    """``payload`` cut into pieces whose encoding fits in ``limit`` bytes, in order, each
+    with its encoding. ``payload`` itself becomes the last piece. A single item that does
+    not fit alone is a piece of its own, over the limit: the caller decides what to do.
+    """
+    data = encode(payload)
+    items = count_items(payload)
+    if len(data) <= limit or items <= 1:
+        return [(payload, data)]
+    # Cut into pieces of about equal size a little under the limit, then check each.
+    count = min(items, -(-len(data) * 11 // (limit * 10)))
+    per_piece = -(-items // count)
+    pieces: list[tuple[Payload, bytes]] = []
+    for piece, _ in split_in_pieces(payload, items, per_piece):
+        pieces.extend(pieces_within(piece, encode, limit))
     return pieces

@@ -14,6 +14,7 @@ from tests.collector.e2e.clients import (
     log_keys,
     make_logs,
     make_spans,
+    metric_total,
     read_output,
     scrape,
     send_all,
@@ -154,3 +155,57 @@ def test_persistent_queue_survives_a_restart_of_the_upstream(tmp_path: Path) -> 
     got = read_output(out)
     assert set(span_keys(got).values()) == {1}  # exactly once
     assert set(log_keys(got).values()) == {1}
+
+
+DEFAULTS_UPSTREAM = """
+receivers:
+  otlp:
+    protocols:
+      http: {endpoint: "127.0.0.1:{http}"}
+processors:
+  batch: {}
+exporters:
+  otlp:
+    endpoint: 127.0.0.1:DOWN
+    tls: {insecure: true}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [batch], exporters: [otlp]}
+"""
+DEFAULTS_DOWNSTREAM = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "127.0.0.1:{grpc}"}
+exporters:
+  file: {path: "OUT"}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [file]}
+"""
+
+
+def test_two_default_collectors_chained_lose_nothing_with_batches_over_4_mib(
+    tmp_path: Path,
+) -> None:
+    """The batch processor's default 8,192-span batches of realistic spans pass the
+    downstream receiver's default 4 MiB gRPC limit; the exporter cuts them to fit."""
+    out = tmp_path / "downstream.jsonl"
+    down_ports, up_ports = allocate_ports("grpc"), allocate_ports("http")
+    spans = make_spans(5500, realistic=True)  # 11,000 spans, about 4.8 MB encoded
+    want = expected_spans(spans)
+    downstream = DEFAULTS_DOWNSTREAM.replace("OUT", str(out))
+    upstream = DEFAULTS_UPSTREAM.replace("DOWN", str(down_ports["grpc"]))
+    with (
+        collector(downstream, tmp_path, ports=down_ports, name="down"),
+        collector(upstream, tmp_path, ports=up_ports, name="up") as up,
+    ):
+        # One large HTTP request (20 MiB is its limit): the batch leaves at 8,192+ spans.
+        send_all("http", f"127.0.0.1:{up_ports['http']}", spans, batch=11000, timeout=30)
+        wait_until(lambda: span_keys(read_output(out)) == want, timeout=60,
+                   what="every span downstream")  # fmt: skip
+        text = scrape(up.ports["metrics"])
+        assert metric_total(text, "otelcol_processor_batch_batch_size_trigger_send_total") >= 1
+        assert metric_total(text, "otelcol_exporter_sent_spans_total") == 11000
+        assert metric_total(text, "otelcol_exporter_send_failed_spans_total") == 0
+    assert sum(request.ByteSize() for request in read_output(out)) > 4 * 1024 * 1024

@@ -91,6 +91,18 @@ class Host(Protocol):
 
     def get_extension(self, component_id: ComponentID) -> Component | None: ...
 
+    def held_bytes(self) -> int:
+        """Memory the data held by the running components takes (see ``runtime.memory``)."""
+        ...
+
+    def set_refusing(self, component: str, reason: str | None) -> None:
+        """``component`` refuses all data for ``reason`` (None: it accepts again)."""
+        ...
+
+    def refusals(self) -> Mapping[str, str]:
+        """Components refusing all data now, with why: readiness reports them."""
+        ...
+
 
 @dataclass
 class CreateSettings:

@@ -21,7 +21,8 @@ class RetryableError(ComponentError):
 
 
 class OverloadedError(RetryableError):
-    """The collector itself is over capacity: upstream answers 429 / RESOURCE_EXHAUSTED."""
+    """A destination asked to slow down (429, or RESOURCE_EXHAUSTED with RetryInfo). A
+    sender waiting on the result hears 429 / RESOURCE_EXHAUSTED in turn, as upstream."""
 
 
 class PermanentError(ComponentError):

@@ -18,6 +18,10 @@ PARSED_BYTES_PER_WIRE_BYTE = 3.5
 messages and their arenas, measured on realistic spans); bytes held as bytes take 1x."""
 
 
+TYPICAL_SPAN_BYTES = 2048
+"""A realistic span (about 520 bytes encoded) held parsed, with its share of its batch."""
+
+
 @runtime_checkable
 class HoldsData(Protocol):
     """A component that keeps data after accepting it."""

@@ -73,6 +73,7 @@ from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
+from otelkit.collector.runtime.memory import TYPICAL_SPAN_BYTES
 from otelkit.collector.runtime.scrub import Scrubber
 from otelkit.collector.runtime.tls import httpx_options
 from otelkit.collector.runtime.worker import WorkerThread
@@ -142,6 +143,10 @@ class SentryExporter(QueuedExporter):
             "Traces sent before trace_wait ended to keep within max_buffered_spans",
             ("exporter",),
         )
+
+    def held_bytes(self) -> int:
+        """Queued envelopes and the spans of traces still gathering (for the memory limiter)."""
+        return super().held_bytes() + self.assembler.buffered * TYPICAL_SPAN_BYTES
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: Host) -> None:

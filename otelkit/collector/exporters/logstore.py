@@ -33,7 +33,7 @@ from otelkit.collector.runtime.component import (
     Host,
     exporter_factory,
 )
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.errors import InvalidDataError, PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Listener
@@ -206,6 +206,9 @@ class LogStoreExporter(QueuedExporter):
         signal, items = signal_of(payload), count_items(payload)
         try:
             await asyncio.wait_for(self.send(payload), self.helper_config.timeout or None)
+        except InvalidDataError as exc:  # store the records that can be, drop the others
+            await self.deliver_valid_items(payload, exc)
+            return
         except PermanentError:
             self.telemetry.exporter_send_failed(self.name, signal, items, "permanent")
             raise
@@ -223,8 +226,8 @@ class LogStoreExporter(QueuedExporter):
             await asyncio.wrap_future(self.store.submit_rows(rows))
         except StoreUnavailableError as exc:
             raise RetryableError(str(exc)) from exc
-        except StoreError as exc:
-            raise PermanentError(str(exc)) from exc
+        except StoreError as exc:  # the database refused a value: find the record(s)
+            raise InvalidDataError(str(exc)) from exc
 
     async def prune_now(self) -> int:
         """Apply retention once; the background loop calls this every ``prune_interval``."""

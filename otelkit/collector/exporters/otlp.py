@@ -4,7 +4,9 @@ Errors follow the OTLP specification: ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``,
 ``ABORTED``, ``CANCELLED``, ``OUT_OF_RANGE`` and ``DATA_LOSS`` are retried;
 ``RESOURCE_EXHAUSTED`` is retried only when the server sends ``RetryInfo`` (its delay
 is honoured; a sender waiting on an exporter without a queue hears it as
-``RESOURCE_EXHAUSTED`` / 429 in turn); everything else is permanent. gRPC's own retries
+``RESOURCE_EXHAUSTED`` / 429 in turn); ``INVALID_ARGUMENT`` may be one bad item, so the
+batch is sent in halves to find it (a bounded number of extra requests) and only it is
+dropped; everything else is permanent. gRPC's own retries
 are turned off so that the shared exporter helper owns backoff and counting. A
 ``partial_success`` in the response is logged and its rejected items are counted as
 failed (reason ``rejected``).
@@ -44,7 +46,12 @@ from otelkit.collector.runtime.component import (
     Status,
     exporter_factory,
 )
-from otelkit.collector.runtime.errors import OverloadedError, PermanentError, RetryableError
+from otelkit.collector.runtime.errors import (
+    InvalidDataError,
+    OverloadedError,
+    PermanentError,
+    RetryableError,
+)
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.tls import (
@@ -187,6 +194,8 @@ def classify(error: grpc.aio.AioRpcError) -> Exception:
             return OverloadedError(message, retry_after=delay)
     if code in _RETRYABLE:
         return RetryableError(message, retry_after=delay)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidDataError(message)  # perhaps one bad item: the helper isolates it
     return PermanentError(message)
 
 

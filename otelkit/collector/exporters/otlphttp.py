@@ -8,7 +8,8 @@ appended, unless ``traces_endpoint`` (...) gives a signal's full URL. Errors fol
 OTLP specification: 429, 502, 503 and 504 are retried, honouring ``Retry-After``
 (seconds or an HTTP date; a sender waiting on an exporter without a queue hears a 429
 as 429 / ``RESOURCE_EXHAUSTED`` in turn); every other 4xx and 5xx is permanent; a
-connection failure or timeout is retried. A ``partial_success`` in the response is
+connection failure or timeout is retried; a 400 may be one bad item, which the helper
+isolates by sending the batch in halves. A ``partial_success`` in the response is
 logged and counted.
 
 Requests stay under ``max_request_bytes`` (default 16 MB of encoded body, under the
@@ -46,7 +47,12 @@ from otelkit.collector.pdata import otlp_json
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
-from otelkit.collector.runtime.errors import OverloadedError, PermanentError, RetryableError
+from otelkit.collector.runtime.errors import (
+    InvalidDataError,
+    OverloadedError,
+    PermanentError,
+    RetryableError,
+)
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig
 from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
 from otelkit.collector.runtime.types import ByteSize
@@ -162,6 +168,8 @@ def classify(response: httpx.Response) -> Exception:
         return OverloadedError(message, retry_after)
     if response.status_code in _RETRYABLE_STATUS:
         return RetryableError(message, retry_after)
+    if response.status_code == 400:
+        return InvalidDataError(message)  # perhaps one bad item: the helper isolates it
     return PermanentError(message)
 
 

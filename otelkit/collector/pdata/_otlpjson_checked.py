@@ -323,7 +323,7 @@ def _scalar(
     if kind == FieldDescriptor.TYPE_BYTES:
         size = HEX_ID_FIELDS.get(field.name)
         if size is not None:
-            return 2, hex_reader(size), length_prefixed, to_hex
+            return 2, hex_reader(size), length_prefixed, hex_writer(size)
         return 2, read_base64, length_prefixed, to_base64
     if kind == FieldDescriptor.TYPE_BOOL:
         return 0, read_bool, write_bool, same
@@ -405,8 +405,19 @@ def zigzag(n: int) -> bytes:
     return varint((n << 1) ^ (n >> 63) if n < 0 else n << 1)
 
 
-def to_hex(raw: bytes) -> str:
-    return raw.hex()
+def hex_writer(size: int) -> Callable[[bytes], str]:
+    """An ID as OTLP/JSON hex; an ID of another length has no OTLP/JSON form."""
+
+    def write(raw: bytes) -> str:
+        if len(raw) != size:
+            raise id_length_error(raw, size)
+        return raw.hex()
+
+    return write
+
+
+def id_length_error(raw: bytes, size: int) -> ValueError:
+    return ValueError(f"an ID of {len(raw)} bytes has no OTLP/JSON form (expected {size})")
 
 
 def to_base64(raw: bytes) -> str:

@@ -172,6 +172,13 @@ def pieces_within(
     count = min(items, -(-len(data) * 11 // (limit * 10)))
     per_piece = -(-items // count)
     pieces: list[tuple[Payload, bytes]] = []
-    for piece, _ in split_in_pieces(payload, items, per_piece):
-        pieces.extend(pieces_within(piece, encode, limit))
+    cut = split_in_pieces(payload, items, per_piece)
+    try:
+        for piece, _ in cut:
+            pieces.extend(pieces_within(piece, encode, limit))
+    except BaseException:  # an item that cannot be encoded: give the caller its batch back
+        for piece, _ in cut:
+            if piece is not payload:
+                append(payload, piece)
+        raise
     return pieces

@@ -58,6 +58,7 @@ from otelkit.collector.runtime.errors import (
     RetryableError,
 )
 from otelkit.collector.runtime.memory import parsed_bytes
+from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.types import Duration
 
 log = logging.getLogger("otelkit.exporter")
@@ -74,6 +75,8 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 # How often shutdown looks whether the queue has drained (or the destination fails).
 _DRAIN_POLL = 0.05
+# Sends one batch may cost while its invalid items are looked for.
+_ISOLATION_SENDS = 64
 # Memory an item queued with ``enqueue`` is assumed to take when it does not say.
 _DEFAULT_ITEM_BYTES = 2048
 # Invalid items are always counted; their log line is repeated at most this often.
@@ -197,6 +200,28 @@ class _Pending:
     entries: list[_Entry] = field(default_factory=list)
 
 
+class InvalidItems:
+    """Counts items an exporter drops because they cannot be exported as they are
+    (``otelcol_exporter_send_failed_*{reason="invalid"}``), logging why at most once a
+    minute so that a stream of bad points does not flood the log."""
+
+    def __init__(self, telemetry: SelfTelemetry, exporter: str) -> None:
+        self._telemetry = telemetry
+        self._exporter = exporter
+        self._logged_at = float("-inf")
+
+    def count(self, signal: Signal, items: int, why: str) -> None:
+        self._telemetry.exporter_send_failed(self._exporter, signal, items, "invalid")
+        now = time.monotonic()
+        if now - self._logged_at >= _INVALID_LOG_INTERVAL:
+            self._logged_at = now
+            log.warning(
+                "exporter %s: dropped %d invalid %s (%s); later drops are counted in "
+                "otelcol_exporter_send_failed_%s_total{reason=\"invalid\"}",
+                self._exporter, items, signal.item_name, why, signal.item_name,
+            )  # fmt: skip
+
+
 class Backoff:
     """Exponential backoff with jitter, honouring a server's ``Retry-After``."""
 
@@ -245,7 +270,7 @@ class QueuedExporter(Exporter):
         self._held_items = 0  # items of requests in memory (queued, batching, sending)
         self._held_item_bytes = 0  # bytes of QueuedItems in memory
         self._sample: Payload | None = None  # the newest request, to size held items by
-        self._invalid_logged_at = float("-inf")
+        self._invalid = InvalidItems(settings.telemetry, self.name)
 
     async def send(self, payload: Payload) -> int | None:
         """Deliver one batch. Raise PermanentError when retrying cannot help.
@@ -281,15 +306,7 @@ class QueuedExporter(Exporter):
 
     def count_invalid(self, signal: Signal, items: int, why: str) -> None:
         """Count items dropped because they cannot be exported as they are."""
-        self.telemetry.exporter_send_failed(self.name, signal, items, "invalid")
-        now = time.monotonic()
-        if now - self._invalid_logged_at >= _INVALID_LOG_INTERVAL:
-            self._invalid_logged_at = now
-            log.warning(
-                "exporter %s: dropped %d invalid %s (%s); later drops are counted in "
-                "otelcol_exporter_send_failed_%s_total{reason=\"invalid\"}",
-                self.name, items, signal.item_name, why, signal.item_name,
-            )  # fmt: skip
+        self._invalid.count(signal, items, why)
 
     # Component -----------------------------------------------------------------------
     async def start(self, host: Host) -> None:
@@ -505,8 +522,12 @@ class QueuedExporter(Exporter):
         if entry.path is not None and self._store is not None:
             self._store.remove(entry.path)
 
-    async def _send_with_retry(self, data: _Data, *, raise_on_failure: bool) -> bool:
-        """True when the data is finished with (sent or dropped), False when abandoned."""
+    async def _send_with_retry(
+        self, data: _Data, *, raise_on_failure: bool, isolation: list[int] | None = None
+    ) -> bool:
+        """True when the data is finished with (sent or dropped), False when abandoned.
+
+        ``isolation`` is the send budget left while looking for invalid items."""
         signal, items = _signal_and_items(data)
         backoff = Backoff(self.helper_config.retry_on_failure)
         while True:
@@ -515,7 +536,8 @@ class QueuedExporter(Exporter):
             except asyncio.CancelledError:
                 raise
             except DATA_ERRORS as exc:
-                return await self._isolate_invalid(data, exc, raise_on_failure=raise_on_failure)
+                budget = isolation if isolation is not None else [_ISOLATION_SENDS]
+                return await self._isolate_invalid(data, exc, budget, raise_on_failure)
             except PermanentError as exc:
                 self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
@@ -550,18 +572,31 @@ class QueuedExporter(Exporter):
             return None
         return await self.send(data)
 
+    async def deliver_valid_items(self, payload: Payload, error: InvalidDataError) -> None:
+        """For an exporter that sends in ``consume`` (no queue of its own): deliver every
+        item of ``payload`` that can be, drop and count the others."""
+        await self._isolate_invalid(payload, error, [_ISOLATION_SENDS], raise_on_failure=True)
+
     async def _isolate_invalid(
-        self, data: _Data, error: BaseException, *, raise_on_failure: bool
+        self, data: _Data, error: BaseException, budget: list[int], raise_on_failure: bool
     ) -> bool:
-        """Send ``data`` in halves until the items that fail alone are found; drop those."""
+        """Send ``data`` in halves until the items that fail alone are found; drop those.
+
+        ``budget`` bounds the sends one batch may cost (one bad item among 8,192 takes
+        about 26); a destination that refuses everything exhausts it, and what is left is
+        dropped whole."""
         signal, items = _signal_and_items(data)
-        if isinstance(data, QueuedItem) or items <= 1:
+        if isinstance(data, QueuedItem) or items <= 1 or budget[0] < 2:
             self.count_invalid(signal, items, f"{type(error).__name__}: {error}")
             return True
+        budget[0] -= 2
         head = split_off(data, items // 2)
-        first = await self._send_with_retry(head, raise_on_failure=raise_on_failure)
-        second = await self._send_with_retry(data, raise_on_failure=raise_on_failure)
-        return first and second
+        done = True
+        for part in (head, data):
+            done &= await self._send_with_retry(
+                part, raise_on_failure=raise_on_failure, isolation=budget
+            )
+        return done
 
     async def _sleep_unless_abandoned(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):

@@ -67,6 +67,7 @@ class FakeGrpcServer:
     partial: Callable[[Any], None] | None = None
     tls: tuple[bytes, bytes] | None = None  # (private key, certificate chain) in PEM
     max_receive: int | None = None  # gRPC's receive limit in bytes (default 4 MiB)
+    refuse: Callable[[Payload], bool] | None = None  # INVALID_ARGUMENT for such requests
     port: int = 0
     _server: Any = None
 
@@ -112,6 +113,8 @@ class FakeGrpcServer:
                     )
                     context.set_trailing_metadata((trailer,))
                 await context.abort(failure.code, "scripted failure")
+            if self.refuse is not None and self.refuse(request):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid item")
             self.received.append(request)
             response = response_type()
             if self.partial is not None:

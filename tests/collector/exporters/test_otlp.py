@@ -127,7 +127,7 @@ def test_health_shows_an_unreachable_destination_until_it_answers() -> None:
 
 def test_permanent_failure_is_dropped_and_counted() -> None:
     async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
-        server.failures.append(GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT))
+        server.failures.append(GrpcFailure(grpc.StatusCode.PERMISSION_DENIED))
         await exporter.consume(logs([[3]]))
         async with asyncio.timeout(5):
             while not t.total("otelcol_exporter_send_failed_log_records_total"):
@@ -280,3 +280,22 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+def test_a_batch_refused_as_invalid_loses_only_the_items_that_are() -> None:
+    """INVALID_ARGUMENT may be one bad item (an ID of the wrong length makes the upstream
+    collector refuse the whole request): halves are sent until it is found."""
+
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        server.refuse = lambda request: any(n.startswith("poison") for n in item_names(request))
+        payload = traces([[40]])
+        spans = payload.resource_spans[0].scope_spans[0].spans
+        spans[5].name, spans[31].name = "poison-1", "poison-2"
+        await exporter.consume(payload)
+        await eventually(lambda: t.total("otelcol_exporter_sent_spans_total") == 38)
+        assert t.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 2
+        delivered = sorted(n for r in server.received for n in item_names(r))
+        assert delivered == sorted(n for n in item_names(traces([[40]])) if n not in
+                                   ("s0.0.5", "s0.0.31"))  # fmt: skip
+
+    run(check)

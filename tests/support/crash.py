@@ -85,7 +85,7 @@ def production_shaped(
     learned to wait for durable exporters.
     """
     config = yaml.safe_load(PRODUCTION.read_text())
-    _move_listeners(config, ports)
+    move_listeners(config, ports)
     queue = {"storage": "${env:OTELKIT_DATA_DIR}/queue", "batch": {}}
     config["exporters"]["otlp/standin"] = {
         "endpoint": f"127.0.0.1:{downstream_grpc}",
@@ -113,14 +113,14 @@ def default_shaped(ports: dict[str, int], *, previous_defaults: bool = False) ->
     """The shipped default config on loopback ports; ``previous_defaults`` restores the
     log store settings it had before it was made durable (in-memory queue, batch in front)."""
     config = yaml.safe_load(DEFAULT.read_text())
-    _move_listeners(config, ports)
+    move_listeners(config, ports)
     if previous_defaults:
         config["exporters"]["logstore"].pop("durability", None)
         config["service"]["pipelines"]["logs"]["processors"] = ["memory_limiter", "batch"]
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def _move_listeners(config: dict[str, Any], ports: dict[str, int]) -> None:
+def move_listeners(config: dict[str, Any], ports: dict[str, int]) -> None:
     protocols = config["receivers"]["otlp"]["protocols"]
     protocols["grpc"]["endpoint"] = f"127.0.0.1:{ports['grpc']}"
     protocols["http"]["endpoint"] = f"127.0.0.1:{ports['http']}"

@@ -4,11 +4,7 @@ arrives. The refusals are counted on the self-telemetry endpoint."""
 
 from __future__ import annotations
 
-import json
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,12 +15,12 @@ from tests.collector.e2e.clients import (
     metric_total,
     read_output,
     scrape,
-    sdk_exporters,
     send_all,
     span_keys,
     wait_until,
 )
 from tests.support.collector import allocate_ports, collector
+from tests.support.overload import overload_and_recover
 
 DOWNSTREAM = """
 receivers:
@@ -94,41 +90,6 @@ def test_a_blocked_exporter_pushes_back_and_nothing_is_lost(transport: str, tmp_
         assert metric_total(text, "otelcol_exporter_sent_spans_total") == sum(want.values())
 
 
-LIMITED = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-processors:
-  memory_limiter: {limit_mib: LIMIT, spike_limit_mib: 20, check_interval: 200ms}
-exporters:
-  otlp:
-    endpoint: 127.0.0.1:DOWN
-    tls: {insecure: true}
-    timeout: 2s
-    sending_queue: {queue_size: 100000, num_consumers: 4}
-    retry_on_failure: {initial_interval: 100ms, max_interval: 500ms, max_elapsed_time: 0}
-extensions:
-  health_check: {endpoint: "127.0.0.1:{health}"}
-service:
-  extensions: [health_check]
-  pipelines:
-    traces: {receivers: [otlp], processors: [memory_limiter], exporters: [otlp]}
-"""
-
-
-def rss_mib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * 4096 // (1024 * 1024)
-
-
-def ready(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=5) as r:
-            return r.status, json.loads(r.read())["status"]
-    except urllib.error.HTTPError as error:
-        return error.code, str(json.loads(error.read()).get("output", ""))
-
-
 def test_overload_then_recovery_limiter_refuses_queue_drains_and_data_flows_again(
     tmp_path: Path,
 ) -> None:
@@ -136,43 +97,10 @@ def test_overload_then_recovery_limiter_refuses_queue_drains_and_data_flows_agai
     readiness says so; the backend returns, the queue drains, and within a bound the
     limiter accepts again (whatever memory the process keeps), readiness passes, and
     every span the SDK was told was accepted arrives."""
-    out = tmp_path / "down.jsonl"
-    down_ports, up_ports = allocate_ports("grpc"), allocate_ports("grpc", "health")
-    config = LIMITED.replace("DOWN", str(down_ports["grpc"]))
-    with collector(
-        config.replace("LIMIT", "4000"), tmp_path, ports=up_ports, name="probe"
-    ) as probe:
-        at_rest = rss_mib(probe.process.pid)
-        assert probe.stop() == 0
-    limit = at_rest + 60  # refuses once the held data is about 40 MiB
-    batches = [make_spans(500, tag=f"b{i}-", realistic=True) for i in range(150)]
-    exporter = sdk_exporters("grpc", f"127.0.0.1:{up_ports['grpc']}", timeout=3)["traces"]
-    acknowledged: list[object] = []
-    with collector(config.replace("LIMIT", str(limit)), tmp_path, ports=up_ports) as up:
-        for batch in batches:
-            if exporter.export(batch).name != "SUCCESS":
-                break
-            acknowledged.extend(batch)
-        else:
-            raise AssertionError(f"the memory limiter never refused: {scrape(up.ports['metrics'])}")
-        status, output = ready(up_ports["health"])
-        assert status == 503 and "refusing data" in output, output
-        text = scrape(up.ports["metrics"])
-        assert metric_total(text, "otelcol_processor_refused_spans_total") > 0
-        assert metric_total(text, "otelkit_processor_memory_limiter_refusing") == 1
-        downstream = DOWNSTREAM.replace("OUT", str(out))
-        with collector(downstream, tmp_path, ports=down_ports, name="down"):
-            started = time.monotonic()
-            wait_until(lambda: ready(up_ports["health"])[0] == 200, timeout=90,
-                       what="readiness to pass again")  # fmt: skip
-            recovered = time.monotonic() - started
-            assert exporter.export(batches[-1]).name == "SUCCESS"
-            want = expected_spans(acknowledged) + expected_spans(batches[-1])  # type: ignore[arg-type]
-            wait_until(lambda: span_keys(read_output(out)) == want, timeout=60,
-                       what="every acknowledged span downstream")  # fmt: skip
-        text = scrape(up.ports["metrics"])
-        assert metric_total(text, "otelkit_processor_memory_limiter_refusing") == 0
-        assert "refusing data" in up.log() and "accepting data again" in up.log()
-        print(f"recovered {recovered:.1f}s after the backend returned")
-        exporter.shutdown()
-        assert up.stop() == 0
+    result = overload_and_recover(tmp_path)
+    assert "refusing data" in result.refused_readiness, result.refused_readiness
+    assert result.refusing_metric == 1
+    assert result.recovered_seconds < 120
+    assert result.accepted_after
+    assert result.delivered == result.acknowledged > 0
+    assert "refusing data" in result.log and "accepting data again" in result.log

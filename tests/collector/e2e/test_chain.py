@@ -4,6 +4,7 @@ the upstream one."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,28 @@ def test_two_default_collectors_chained_lose_nothing_with_batches_over_4_mib(
         assert metric_total(text, "otelcol_exporter_sent_spans_total") == 11000
         assert metric_total(text, "otelcol_exporter_send_failed_spans_total") == 0
     assert sum(request.ByteSize() for request in read_output(out)) > 4 * 1024 * 1024
+
+
+def test_sigterm_with_storage_and_the_downstream_down_closes_promptly(tmp_path: Path) -> None:
+    """Everything waiting is on disk, so shutdown does not wait out a 60 s drain_timeout
+    for a downstream that is down; the next start sends it all."""
+    out = tmp_path / "downstream.jsonl"
+    storage = tmp_path / "queue"
+    down_ports, up_ports = allocate_ports("grpc", "http"), allocate_ports("grpc")
+    spans = make_spans(50)
+    config = upstream_config("otlp", down_ports, storage).replace("drain_timeout: 1s",
+                                                                   "drain_timeout: 60s")  # fmt: skip
+    with collector(config, tmp_path, ports=up_ports, name="up-1") as first:
+        send_all("grpc", f"127.0.0.1:{up_ports['grpc']}", spans)
+        wait_until(lambda: "send failed" in first.log(), what="a failed send")
+        started = time.monotonic()
+        assert first.stop(timeout=30) == 0
+        took = time.monotonic() - started
+    assert took < 15, f"SIGTERM took {took:.1f}s"
+    assert list(storage.rglob("*.pb"))
+    with (
+        collector(config, tmp_path, ports=up_ports, name="up-2"),
+        collector(DOWNSTREAM.replace("OUT", str(out)), tmp_path, ports=down_ports, name="down"),
+    ):
+        wait_until(lambda: span_keys(read_output(out)) == expected_spans(spans),
+                   what="everything after the restart")  # fmt: skip

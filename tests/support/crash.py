@@ -175,7 +175,8 @@ class Streamer:
 
     def __init__(self, signal: Signal, target: str, batches: Sequence[Any]) -> None:
         self.signal = signal
-        self.exporter = sdk_exporters("grpc", target, timeout=2)[signal.name]
+        headers = {"authorization": f"Bearer {TOKEN}"}  # ignored where no auth is asked
+        self.exporter = sdk_exporters("grpc", target, timeout=2, headers=headers)[signal.name]
         self.batches = batches
         self.acknowledged: Counter[bytes] = Counter()
         self.stop = threading.Event()
@@ -292,10 +293,19 @@ def file_keys(out: Path, signal_name: str) -> Callable[[], Counter[bytes]]:
     return lambda: SIGNALS[signal_name].found(read_output(out))
 
 
+TOKEN = "crash-test-token"
+
+
 def production_env(data_dir: Path, logstore_url: str, sentry_dsn: str) -> dict[str, str]:
+    """What the production config reads from its environment; its OTLP token is
+    :data:`TOKEN` (senders present it with ``headers=SENDER_HEADERS``)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir.parent / "otlp-token"
+    token_file.write_text(TOKEN + "\n")
     return {
         "OTELKIT_DATA_DIR": str(data_dir),
         "OTELKIT_LOGSTORE_URL": logstore_url,
         "SENTRY_DSN": sentry_dsn,
         "OTELKIT_BUDGETS_FILE": str(ROOT / "collector" / "budgets.yaml"),
+        "OTELKIT_TOKEN_FILE": str(token_file),
     }

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -141,3 +142,26 @@ def shipped_collector(
         SHIPPED_CONFIG.read_text(), tmp_path, ports=ports, env={**variables, **(env or {})}
     ) as running:
         yield running
+
+
+def downstream_config(
+    signals: Sequence[str], out: Path | None = None, *, http: bool = False
+) -> str:
+    """Config text of a collector taking OTLP on ``{grpc}`` (and ``{http}``) for
+    ``signals`` and writing what it receives to ``out`` (``file``, flushed every 100 ms),
+    or dropping it (``nop``) when ``out`` is None."""
+    protocols: dict[str, Any] = {"grpc": {"endpoint": "127.0.0.1:{grpc}"}}
+    if http:
+        protocols["http"] = {"endpoint": "127.0.0.1:{http}"}
+    exporter = "file" if out is not None else "nop"
+    settings = {"path": str(out), "flush_interval": "100ms"} if out is not None else {}
+    config = {
+        "receivers": {"otlp": {"protocols": protocols}},
+        "exporters": {exporter: settings},
+        "service": {
+            "pipelines": {
+                signal: {"receivers": ["otlp"], "exporters": [exporter]} for signal in signals
+            }
+        },
+    }
+    return yaml.safe_dump(config, sort_keys=False)

@@ -40,24 +40,17 @@ from tests.collector.e2e.clients import (
     sdk_exporters,
     span_keys,
 )
-from tests.support.collector import RunningCollector, allocate_ports, collector, wait_for_port
+from tests.support.collector import (
+    RunningCollector,
+    allocate_ports,
+    collector,
+    downstream_config,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = ROOT / "collector" / "otelkit-production.yaml"
 DEFAULT = ROOT / "collector" / "otelkit.yaml"
-
-DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-exporters:
-  file: {path: "OUT", flush_interval: 100ms}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
-    metrics: {receivers: [otlp], exporters: [file]}
-"""
 
 
 @dataclass
@@ -284,7 +277,8 @@ def downstream_standin(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """An otelkit collector writing what it receives to a file: (its gRPC port, the file)."""
     out = tmp_path / "downstream.jsonl"
     ports = allocate_ports("grpc")
-    with collector(DOWNSTREAM.replace("OUT", str(out)), tmp_path, ports=ports, name="down"):
+    with collector(downstream_config(["traces", "metrics"], out), tmp_path, ports=ports,
+                   name="down"):  # fmt: skip
         wait_for_port(ports["grpc"])
         yield ports["grpc"], out
 

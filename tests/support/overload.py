@@ -28,7 +28,7 @@ from tests.collector.e2e.clients import (
     span_keys,
     wait_until,
 )
-from tests.support.collector import allocate_ports, collector
+from tests.support.collector import allocate_ports, collector, downstream_config
 
 LIMITED = """
 receivers:
@@ -50,17 +50,6 @@ service:
   extensions: [health_check]
   pipelines:
     traces: {receivers: [otlp], processors: [memory_limiter], exporters: [otlp]}
-"""
-DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-exporters:
-  file: {path: "OUT"}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
 """
 HELD_BEFORE_REFUSING_MIB = 40  # the limit is the footprint at rest + this + the 20 MiB spike
 
@@ -113,7 +102,7 @@ def overload_and_recover(tmp_path: Path, batches: int = 150) -> OverloadResult:
             refusing = metric_total(
                 scrape(up.ports["metrics"]), "otelkit_processor_memory_limiter_refusing"
             )
-            with collector(DOWNSTREAM.replace("OUT", str(out)), tmp_path, ports=down_ports,
+            with collector(downstream_config(["traces"], out), tmp_path, ports=down_ports,
                            name="down"):  # fmt: skip
                 started = time.monotonic()
                 wait_until(lambda: ready(up_ports["health"])[0] == 200, timeout=120,

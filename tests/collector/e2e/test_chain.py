@@ -22,7 +22,7 @@ from tests.collector.e2e.clients import (
     span_keys,
     wait_until,
 )
-from tests.support.collector import allocate_ports, collector
+from tests.support.collector import allocate_ports, collector, downstream_config
 
 DOWNSTREAM = """
 receivers:
@@ -173,17 +173,6 @@ service:
   pipelines:
     traces: {receivers: [otlp], processors: [batch], exporters: [otlp]}
 """
-DEFAULTS_DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-exporters:
-  file: {path: "OUT"}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
-"""
 
 
 def test_two_default_collectors_chained_lose_nothing_with_batches_over_4_mib(
@@ -195,7 +184,7 @@ def test_two_default_collectors_chained_lose_nothing_with_batches_over_4_mib(
     down_ports, up_ports = allocate_ports("grpc"), allocate_ports("http")
     spans = make_spans(5500, realistic=True)  # 11,000 spans, about 4.8 MB encoded
     want = expected_spans(spans)
-    downstream = DEFAULTS_DOWNSTREAM.replace("OUT", str(out))
+    downstream = downstream_config(["traces"], out)
     upstream = DEFAULTS_UPSTREAM.replace("DOWN", str(down_ports["grpc"]))
     with (
         collector(downstream, tmp_path, ports=down_ports, name="down"),

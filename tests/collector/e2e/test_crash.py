@@ -10,7 +10,6 @@ after it). The default config's SQLite log store is checked the same way.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,22 +30,14 @@ from tests.support.crash import (
 )
 from tests.support.services import require_postgres
 
+pytestmark = pytest.mark.usefixtures("quiet_sdk_exports")
+
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     url = f"{require_postgres()}?schema=crash_{uuid.uuid4().hex[:12]}"
     yield url
     PostgresBackend(url).drop_schema()
-
-
-@pytest.fixture(autouse=True)
-def _quiet_sdk_retries() -> Iterator[None]:
-    """The SDK logs every failed export; after the deliberate kill that is only noise."""
-    logger = logging.getLogger("opentelemetry.exporter.otlp")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.mark.parametrize("signal", ["traces", "metrics", "logs"])

@@ -13,7 +13,6 @@ from a fixed seed and are bounded in number, so the test is repeatable and bound
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import random
 import threading
@@ -48,9 +47,16 @@ from tests.collector.e2e.clients import (
     wait_until,
 )
 from tests.sentry.standin import sentry_standin
-from tests.support.collector import RunningCollector, allocate_ports, collector
+from tests.support.collector import (
+    RunningCollector,
+    allocate_ports,
+    collector,
+    downstream_config,
+)
 from tests.support.crash import DEFAULT, collector_ports, move_listeners
 from tests.support.fuzz import Case, cases, describe, gzipped
+
+pytestmark = pytest.mark.usefixtures("quiet_sdk_exports")
 
 SEED = 20261205
 CASES = 600
@@ -68,20 +74,6 @@ METHODS = {
     Signal.METRICS: "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     Signal.LOGS: "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
 }
-DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-      http: {endpoint: "127.0.0.1:{http}"}
-exporters:
-  nop: {}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [nop]}
-    metrics: {receivers: [otlp], exporters: [nop]}
-    logs: {receivers: [otlp], exporters: [nop]}
-"""
 
 
 # Stand-ins ---------------------------------------------------------------------------------
@@ -244,15 +236,6 @@ def fuzz(ports: dict[str, int], count: int) -> list[Outcome]:
     return outcomes
 
 
-@pytest.fixture(autouse=True)
-def _quiet_sdk() -> Iterator[None]:
-    logger = logging.getLogger("opentelemetry.exporter.otlp")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
-
-
 def test_fuzzed_requests_get_no_5xx_health_stays_fast_and_valid_data_still_flows(
     tmp_path: Path,
 ) -> None:
@@ -261,7 +244,12 @@ def test_fuzzed_requests_get_no_5xx_health_stays_fast_and_valid_data_still_flows
     with (
         sentry_standin() as sentry,
         remote_write_standin() as remote_write,
-        collector(DOWNSTREAM, tmp_path, ports=down_ports, name="downstream"),
+        collector(
+            downstream_config([s.value for s in Signal], http=True),
+            tmp_path,
+            ports=down_ports,
+            name="downstream",
+        ),  # fmt: skip
     ):
         config = fuzz_config(ports, down_ports, remote_write.port, out)
         env = {"SENTRY_DSN": sentry.dsn, "OTELKIT_DATA_DIR": str(tmp_path / "data"),

@@ -19,20 +19,8 @@ from tests.collector.e2e.clients import (
     span_keys,
     wait_until,
 )
-from tests.support.collector import allocate_ports, collector
+from tests.support.collector import allocate_ports, collector, downstream_config
 from tests.support.overload import overload_and_recover
-
-DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-exporters:
-  file: {path: "OUT"}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
-"""
 
 UPSTREAM = """
 receivers:
@@ -78,7 +66,7 @@ def test_a_blocked_exporter_pushes_back_and_nothing_is_lost(transport: str, tmp_
             return metric_total(scrape(up.ports["metrics"]), "otelcol_receiver_refused_spans_total")
 
         wait_until(lambda: refused() > 0, what="the receiver to refuse spans")
-        downstream = DOWNSTREAM.replace("OUT", str(out))
+        downstream = downstream_config(["traces"], out)
         with collector(downstream, tmp_path, ports=down_ports, name="down"):
             for thread in threads:
                 thread.join(60)

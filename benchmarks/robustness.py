@@ -41,6 +41,7 @@ from tests.support.crash import (
     CrashResult,
     collector_ports,
     crash_and_recover,
+    default_env,
     default_shaped,
     downstream_standin,
     file_keys,
@@ -78,8 +79,8 @@ def default_logs_case(directory: Path, previous: bool, items: dict[str, int]) ->
     data = work / "data"
     ports = collector_ports()
     return crash_and_recover(
-        name, "logs", default_shaped(ports, previous_defaults=previous), work, ports,
-        production_env(data, "", ""),
+        name, "logs", default_shaped(previous_defaults=previous), work, ports,
+        {**default_env(ports, data), "SENTRY_DSN": ""},
         delivered=logstore_bodies(f"sqlite:///{data / 'logs.db'}"), **items,
     )  # fmt: skip
 

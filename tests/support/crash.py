@@ -41,6 +41,7 @@ from tests.collector.e2e.clients import (
     span_keys,
 )
 from tests.support.collector import (
+    SHIPPED_ADDRESSES,
     RunningCollector,
     allocate_ports,
     collector,
@@ -102,15 +103,25 @@ def production_shaped(
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def default_shaped(ports: dict[str, int], *, previous_defaults: bool = False) -> str:
-    """The shipped default config on loopback ports; ``previous_defaults`` restores the
-    log store settings it had before it was made durable (in-memory queue, batch in front)."""
-    config = yaml.safe_load(DEFAULT.read_text())
-    move_listeners(config, ports)
-    if previous_defaults:
-        config["exporters"]["logstore"].pop("durability", None)
-        config["service"]["pipelines"]["logs"]["processors"] = ["memory_limiter", "batch"]
+def default_shaped(*, previous_defaults: bool = False) -> str:
+    """The shipped default config as it is (its listeners move by the variables of
+    :func:`default_env`); ``previous_defaults`` restores the log store settings it had
+    before it was made durable (in-memory queue, a batch processor in front)."""
+    text = DEFAULT.read_text()
+    if not previous_defaults:
+        return text
+    config = yaml.safe_load(text)
+    config["exporters"]["logstore"].pop("durability", None)
+    config["service"]["pipelines"]["logs"]["processors"] = ["memory_limiter", "batch"]
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def default_env(ports: dict[str, int], data_dir: Path) -> dict[str, str]:
+    """The variables a user sets to run the default config on these ports and data."""
+    names = {**SHIPPED_ADDRESSES, "metrics": SHIPPED_ADDRESSES["telemetry"]}
+    env = {names[key]: f"127.0.0.1:{port}" for key, port in ports.items() if key in names}
+    return {**env, "OTELKIT_DATA_DIR": str(data_dir),
+            "OTELKIT_BUDGETS_FILE": str(ROOT / "collector" / "budgets.yaml")}  # fmt: skip
 
 
 def move_listeners(config: dict[str, Any], ports: dict[str, int]) -> None:

@@ -21,6 +21,7 @@ from tests.sentry.standin import sentry_standin
 from tests.support.crash import (
     collector_ports,
     crash_and_recover,
+    default_env,
     default_shaped,
     downstream_standin,
     file_keys,
@@ -65,11 +66,11 @@ def test_sigkill_through_the_default_config_loses_no_acknowledged_log_record(
 ) -> None:
     ports = collector_ports()
     data = tmp_path / "data"
-    env = production_env(data, "", "")
+    env = {**default_env(ports, data), "SENTRY_DSN": ""}
     result = crash_and_recover(
         "default-logs",
         "logs",
-        default_shaped(ports),
+        default_shaped(),
         tmp_path,
         ports,
         env,

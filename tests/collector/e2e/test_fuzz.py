@@ -53,7 +53,7 @@ from tests.support.collector import (
     collector,
     downstream_config,
 )
-from tests.support.crash import DEFAULT, collector_ports, move_listeners
+from tests.support.crash import DEFAULT, collector_ports, default_env, default_shaped
 from tests.support.fuzz import Case, cases, describe, gzipped
 
 pytestmark = pytest.mark.usefixtures("quiet_sdk_exports")
@@ -152,9 +152,9 @@ class HealthWatch:
 
 
 # The collector under test --------------------------------------------------------------------
-def fuzz_config(ports: dict[str, int], down: dict[str, int], remote_write: int, out: Path) -> str:
+def fuzz_config(down: dict[str, int], remote_write: int, out: Path) -> str:
+    """The shipped default config (listeners moved by its variables) plus the others."""
     config = yaml.safe_load(DEFAULT.read_text())
-    move_listeners(config, ports)
     retry = {"initial_interval": "50ms", "max_interval": "200ms", "max_elapsed_time": "10s"}
     config["exporters"].update({
         "otlp": {"endpoint": f"127.0.0.1:{down['grpc']}", "tls": {"insecure": True},
@@ -251,9 +251,8 @@ def test_fuzzed_requests_get_no_5xx_health_stays_fast_and_valid_data_still_flows
             name="downstream",
         ),  # fmt: skip
     ):
-        config = fuzz_config(ports, down_ports, remote_write.port, out)
-        env = {"SENTRY_DSN": sentry.dsn, "OTELKIT_DATA_DIR": str(tmp_path / "data"),
-               "OTELKIT_BUDGETS_FILE": str(DEFAULT.parent / "budgets.yaml")}  # fmt: skip
+        config = fuzz_config(down_ports, remote_write.port, out)
+        env = {**default_env(ports, tmp_path / "data"), "SENTRY_DSN": sentry.dsn}
         with collector(config, tmp_path, ports=ports, env=env, name="fuzzed",
                        wait_ports=("grpc", "http", "health")) as fuzzed:  # fmt: skip
             with HealthWatch(ports["health"]).watching() as health:
@@ -312,12 +311,8 @@ def test_health_answers_while_sentry_reads_a_hostile_stack_trace(tmp_path: Path)
         log.attributes.add(key=key).value.string_value = value
     body = record.SerializeToString()
     with sentry_standin() as sentry:
-        config = yaml.safe_load(DEFAULT.read_text())
-        move_listeners(config, ports)
-        env = {"SENTRY_DSN": sentry.dsn, "OTELKIT_DATA_DIR": str(tmp_path / "data"),
-               "OTELKIT_BUDGETS_FILE": str(DEFAULT.parent / "budgets.yaml")}  # fmt: skip
-        text = yaml.safe_dump(config, sort_keys=False)
-        with collector(text, tmp_path, ports=ports, env=env,
+        env = {**default_env(ports, tmp_path / "data"), "SENTRY_DSN": sentry.dsn}
+        with collector(default_shaped(), tmp_path, ports=ports, env=env,
                        wait_ports=("grpc", "http", "health")) as running:  # fmt: skip
             url = f"http://127.0.0.1:{ports['http']}/v1/logs"
 

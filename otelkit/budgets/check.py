@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otelkit.budgets.findings import service_name
 from otelkit.budgets.matcher import BudgetMatcher, attribute_texts
-from otelkit.budgets.model import Budget, BudgetsFile
+from otelkit.budgets.model import Budget, BudgetsFile, over_limit
 
 EXIT_OK, EXIT_USAGE, EXIT_BROKEN = 0, 2, 3
 
@@ -76,9 +76,10 @@ def evaluate(
                     if budget is None:
                         continue
                     result = results[budget.index]
-                    ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
-                    result.durations.append(ms)
-                    if budget.budget.max is not None and ms > budget.budget.max:
+                    duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
+                    result.durations.append(duration_ns / 1e6)
+                    ceiling = budget.budget.max_ns
+                    if ceiling is not None and over_limit(duration_ns, ceiling):
                         result.over_max += 1
     return results
 

@@ -45,6 +45,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def ms_to_ns(ms: float) -> int:
+    """A limit in milliseconds as whole nanoseconds, the unit spans are timed in.
+
+    Limits are compared in integer nanoseconds so a limit such as ``1.005s`` (which is
+    1004.9999999999999 ms in floating point) does not put a span of exactly 1005 ms over
+    it."""
+    return round(ms * 1_000_000)
+
+
+def over_limit(duration_ns: int, limit_ns: int) -> bool:
+    """Whether a span of ``duration_ns`` breaks a per-span limit of ``limit_ns``.
+
+    A span exactly at its limit is within it; only a longer one is over. The live
+    ``budget`` processor and ``otelkit budgets check`` both decide with this."""
+    return duration_ns > limit_ns
+
+
 def _milliseconds(value: Any) -> float:
     return parse_duration(value) * 1000.0
 
@@ -174,6 +191,11 @@ class Budget(_Model):
         if self.max is None and not self.objectives and not self.slos:
             raise ValueError("a budget needs at least one of max, objectives or slos")
         return self
+
+    @property
+    def max_ns(self) -> int | None:
+        """The ceiling in nanoseconds (see :func:`over_limit`)."""
+        return None if self.max is None else ms_to_ns(self.max)
 
     @property
     def limit_ms(self) -> float | None:

@@ -28,6 +28,7 @@ class S:
     trace: int = 1
     span_id: int = 0
     parent: int = 0
+    ns: int | None = None  # exact duration in nanoseconds; overrides ``ms``
 
 
 def _value(v: str | int | bool) -> AnyValue:
@@ -45,7 +46,9 @@ def to_span(s: S) -> Span:
     if s.parent:
         span.parent_span_id = s.parent.to_bytes(8, "big")
     span.start_time_unix_nano = T0 + int(s.start_ms * 1e6)
-    span.end_time_unix_nano = span.start_time_unix_nano + int(s.ms * 1e6)
+    span.end_time_unix_nano = span.start_time_unix_nano + (
+        s.ns if s.ns is not None else int(s.ms * 1e6)
+    )
     span.attributes.extend(KeyValue(key=k, value=_value(v)) for k, v in s.attrs.items())
     if s.error:
         span.status.code = Status.STATUS_CODE_ERROR

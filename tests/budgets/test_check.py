@@ -83,6 +83,19 @@ def test_one_span_over_the_ceiling_breaks_the_budget(tmp_path: Path) -> None:
     assert "1 (max 1000ms)" in result.stdout
 
 
+# 1.005s is 1004.9999999999999 ms in floating point: a span of exactly 1005 ms is at it.
+@pytest.mark.parametrize(("ceiling", "exact_ms"), [("1s", 1000), ("1.005s", 1005)])
+@pytest.mark.parametrize(("offset_ns", "code"), [(-1, 0), (0, 0), (1, 3)])
+def test_a_span_exactly_at_its_ceiling_passes_the_gate(
+    tmp_path: Path, ceiling: str, exact_ms: int, offset_ns: int, code: int
+) -> None:
+    budgets = f"budgets: {{checkout: {{match: {{route: /checkout}}, max: {ceiling}}}}}"
+    span = S("POST /checkout", attrs={"http.route": "/checkout"}, ns=exact_ms * 10**6 + offset_ns)
+    result = gate(tmp_path, encode_request(request([span])), budgets=budgets)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert f"{1 if code else 0} (max {exact_ms}ms)" in result.stdout
+
+
 def test_other_signals_in_the_file_are_skipped(tmp_path: Path) -> None:
     logs = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"hi"}}]}]}]}'
     assert gate(tmp_path, logs, *fast_run()).returncode == 0

@@ -140,6 +140,12 @@ class BudgetProcessor(Processor):
         self._violations = settings.telemetry.counter(
             "otelkit_budget_violations", "Spans or windows over their budget", ("budget", "type")
         )
+        for state in self._states:  # at zero, so rate() sees the first breach
+            budget = state.budget.budget
+            if budget.max is not None:
+                self._violations.labels(state.budget.name, "ceiling")
+            if budget.objectives:
+                self._violations.labels(state.budget.name, "percentile")
         self._quantile_gauge = settings.telemetry.gauge(
             "otelkit_budget_window_quantile_milliseconds",
             "Running percentile of the budget's current window",

@@ -134,6 +134,7 @@ class _Builder:
             )
             self.graph.exporters[cid] = exporter
             self.graph.add(f"exporter/{cid}", exporter)
+            self.telemetry.exporter_created(str(cid), sorted(signals))
 
     def _pipelines_last_first(self) -> list[PipelineSpec]:
         """Pipelines ordered so that every connector's target pipelines come first."""

@@ -251,6 +251,23 @@ class BudgetsFile(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _period_longer_than_windows(self) -> BudgetsFile:
+        shortest = round(self.alerting.min_window)
+        for name, budget in self.budgets.items():
+            for slo_name, slo in budget.slos.items():
+                if round(self.period_of(slo)) <= shortest:
+                    where = (
+                        f"budgets.{name}.slos.{slo_name}.period"
+                        if slo.period
+                        else ("defaults.period")
+                    )
+                    raise ValueError(
+                        f"{where}: an SLO period must be longer than alerting.min_window "
+                        f"({self.alerting.min_window:g}s), the shortest alert window"
+                    )
+        return self
+
     def window_of(self, objective: Objective) -> float:
         return objective.window or self.defaults.window
 
@@ -297,4 +314,6 @@ def _describe(error: Any) -> str:
         ):
             path += f".{part}" if path else str(part)
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not path and message.startswith(("budgets.", "defaults.")):
+        return message  # a check across the file names its own path
     return f"{path or '(top level)'}: {message}"

@@ -126,11 +126,12 @@ def collector(
 
 @contextmanager
 def shipped_collector(
-    tmp_path: Path, env: Mapping[str, str] | None = None
+    tmp_path: Path, env: Mapping[str, str] | None = None, config_text: str | None = None
 ) -> Iterator[RunningCollector]:
     """``collector/otelkit.yaml`` as a user runs it, each listener moved to a free loopback
     port by its variable and ``OTELKIT_DATA_DIR`` to ``tmp_path/otelkit-data``; no
-    ``SENTRY_DSN`` unless ``env`` sets one."""
+    ``SENTRY_DSN`` unless ``env`` sets one. ``config_text``: the shipped file as a user
+    edited it."""
     ports = allocate_ports(*SHIPPED_ADDRESSES)
     variables = {name: f"127.0.0.1:{ports[key]}" for key, name in SHIPPED_ADDRESSES.items()}
     variables.update(
@@ -138,9 +139,8 @@ def shipped_collector(
         OTELKIT_BUDGETS_FILE=str(ROOT / "collector" / "budgets.yaml"),
         SENTRY_DSN="",
     )
-    with collector(
-        SHIPPED_CONFIG.read_text(), tmp_path, ports=ports, env={**variables, **(env or {})}
-    ) as running:
+    text = SHIPPED_CONFIG.read_text() if config_text is None else config_text
+    with collector(text, tmp_path, ports=ports, env={**variables, **(env or {})}) as running:
         yield running
 
 

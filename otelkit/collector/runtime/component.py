@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -125,6 +125,12 @@ class CreateSettings:
 
 class Component:
     """Base of all components. Subclasses override what they need."""
+
+    # Whether ``consume`` may change the batch it is given (upstream's
+    # ``Capabilities.MutatesData``). A consumer that only reads the batch, and keeps
+    # nothing of it once ``consume`` returns, says False: a fan-out then hands it the
+    # shared batch instead of a copy.
+    mutates_data: ClassVar[bool] = True
 
     async def start(self, host: Host) -> None:
         """Called once before data flows; raise to stop the collector from starting."""

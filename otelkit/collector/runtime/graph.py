@@ -34,7 +34,8 @@ T = TypeVar("T", bound=Component)
 
 
 class Fanout:
-    """Hands one batch to several consumers, each getting its own copy when needed.
+    """Hands one batch to several consumers, each getting its own copy when needed: the
+    last consumer and those that do not change it (``mutates_data = False``) share it.
 
     Every consumer is tried; the first error is raised after all have been offered the
     batch, so one refusing exporter does not starve the others.
@@ -47,7 +48,8 @@ class Fanout:
         first_error: ComponentError | None = None
         last = len(self._consumers) - 1
         for index, consumer in enumerate(self._consumers):
-            batch = payload if index == last else _copy(payload)
+            shared = index == last or not getattr(consumer, "mutates_data", True)
+            batch = payload if shared else _copy(payload)
             try:
                 await consumer.consume(batch)
             except ComponentError as exc:

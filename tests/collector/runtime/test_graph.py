@@ -134,3 +134,26 @@ service:
     batches = {label: c for label, c in graph.ordered if label.startswith("processor/batch")}
     assert batches["processor/batch (traces)"]._acknowledge_after_send  # type: ignore[attr-defined]
     assert not batches["processor/batch (logs)"]._acknowledge_after_send  # type: ignore[attr-defined]
+
+
+def test_a_fan_out_copies_the_batch_only_for_consumers_that_may_change_it() -> None:
+    from otelkit.collector.runtime.graph import Fanout
+
+    class Keep:
+        mutates_data = True
+
+        def __init__(self) -> None:
+            self.got: list[object] = []
+
+        async def consume(self, payload: object) -> None:
+            self.got.append(payload)
+
+    class Read(Keep):
+        mutates_data = False
+
+    batch = ExportTraceServiceRequest()
+    batch.resource_spans.add().scope_spans.add().spans.add(name="s")
+    first, reader, last = Keep(), Read(), Keep()
+    asyncio.run(Fanout([first, reader, last]).consume(batch))  # type: ignore[list-item]
+    assert first.got[0] is not batch and first.got[0] == batch
+    assert reader.got[0] is batch and last.got[0] is batch

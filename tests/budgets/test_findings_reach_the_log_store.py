@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Tracer, set_span_in_context
 
+from tests.sentry.standin import SentryStandIn, sentry_standin
 from tests.support.collector import SHIPPED_CONFIG, shipped_collector
 
 MS = 1_000_000
@@ -126,15 +128,27 @@ def test_every_finding_of_the_default_collector_is_in_the_log_store(tmp_path: Pa
     assert percentile["trace_id"]
 
 
-def test_findings_are_stored_even_when_tail_sampling_keeps_nothing(tmp_path: Path) -> None:
+def test_findings_reach_the_log_store_and_sentry_when_tail_sampling_keeps_nothing(
+    tmp_path: Path,
+) -> None:
     text = SHIPPED_CONFIG.read_text()
     for rule in ("errors", "budget_breaches", "perf_issues"):
         text = text.replace(f"      {rule}: true", f"      {rule}: false")
     text = text.replace("sampling_percentage: 10", "sampling_percentage: 0")
     assert text.count(": false") == 3 and "sampling_percentage: 0" in text
     store = tmp_path / "otelkit-data" / "logs.db"
-    with shipped_collector(tmp_path, config_text=text) as running:
+    with (
+        sentry_standin() as sentry,
+        shipped_collector(tmp_path, {"SENTRY_DSN": sentry.dsn}, text) as running,
+    ):
         send_findings_traffic(running.ports["grpc"])
         records = wait_for_findings(store, EXPECTED)
+        sentry.wait_for(lambda: len(issues(sentry)) >= len(EXPECTED), timeout=30)
         assert running.stop() == 0, running.log()
     assert finding_types(records) == EXPECTED, running.log()[-3000:]
+    assert sorted(e["tags"]["otelkit.finding.type"] for e in issues(sentry)) == EXPECTED
+    assert not sentry.items("transaction"), "tail sampling kept no trace"
+
+
+def issues(sentry: SentryStandIn) -> list[dict[str, Any]]:
+    return [e for e in sentry.items("event") if "otelkit.finding.type" in e.get("tags", {})]

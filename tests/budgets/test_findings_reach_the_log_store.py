@@ -19,8 +19,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.trace import SpanKind, Tracer, set_span_in_context
+from opentelemetry.trace import SpanKind, Tracer
 
+from tests.budgets.spans import n_plus_one
 from tests.sentry.standin import SentryStandIn, sentry_standin
 from tests.support.collector import SHIPPED_CONFIG, shipped_collector
 
@@ -66,24 +67,6 @@ def server_span(tracer: Tracer, name: str, route: str, start: int, ms: int):  # 
     return tracer.start_span(
         name, kind=SpanKind.SERVER, start_time=start, attributes={"http.route": route}
     )
-
-
-def n_plus_one(tracer: Tracer, start: int) -> None:
-    root = server_span(tracer, "GET /books", "/books", start, 130)
-    for i in range(6):
-        begin = start + (1 + i * 20) * MS
-        query = tracer.start_span(
-            "SELECT shop",
-            kind=SpanKind.CLIENT,
-            context=set_span_in_context(root),
-            start_time=begin,
-            attributes={
-                "db.system": "postgresql",
-                "db.statement": f"SELECT * FROM books WHERE author_id = {i}",
-            },
-        )
-        query.end(end_time=begin + 15 * MS)
-    root.end(end_time=start + 130 * MS)
 
 
 def stored_findings(store: Path) -> list[dict[str, object]]:

@@ -48,7 +48,7 @@ def test_the_default_collector_exports_its_counters_at_zero(tmp_path: Path) -> N
         }.items():
             for item in items:
                 name = f"otelcol_exporter_send_failed_{item}_total"
-                for reason in ("permanent", "retry_exhausted", "shutdown"):
+                for reason in ("permanent", "retry_exhausted", "shutdown", "invalid"):
                     assert value(series, name, exporter=exporter, reason=reason) == 0.0, (
                         name,
                         exporter,

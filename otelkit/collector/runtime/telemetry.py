@@ -28,7 +28,7 @@ M = TypeVar("M", Counter, Gauge)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Why the exporter helper drops data (the ``send_failed`` reason label).
-SEND_FAILED_REASONS = ("permanent", "retry_exhausted", "shutdown")
+SEND_FAILED_REASONS = ("permanent", "retry_exhausted", "shutdown", "invalid")
 
 
 class SelfTelemetry:

@@ -13,6 +13,14 @@ checked afterwards. Besides wall-clock rates, the CPU time the collector process
 for PostgreSQL, the server processes serving it) spent is reported: on a shared machine
 "records per CPU-second" is the steadier figure.
 
+Durability: the same ingest into SQLite (and PostgreSQL) through the log store settings
+the shipped configurations used before they were made durable (``durability: queue`` in
+memory behind a ``batch`` processor; for PostgreSQL, a persistent queue behind a
+``batch`` processor) and through today's (``durability: commit`` with each commit's
+write-ahead log fsynced; a persistent queue with batching after it), the clock running
+until every record is *stored*, not only acknowledged. Each line is a ratio to the
+previous default in the same run: the throughput cost of not losing acknowledged records.
+
 Query: a store of M records (1,000,000 by default) is written directly through the
 engine's bulk writer (24 hours of logs from 20 services, traces of 10 records), then the
 engine answers 200 searches of each kind, timed end to end (validation, SQL, rows to
@@ -100,18 +108,23 @@ def free_port() -> int:
         return port
 
 
-def collector_config(port: int, exporter: str) -> str:
+def collector_config(port: int, exporter: str, processors: str = "") -> str:
+    batch = "processors: {batch: {}}" if processors else ""
     return f"""
 receivers:
   otlp:
     protocols:
       grpc: {{endpoint: "127.0.0.1:{port}"}}
+{batch}
 exporters:
 {exporter}
 service:
   telemetry: {{logs: {{level: warn}}}}
   pipelines:
-    logs: {{receivers: [otlp], exporters: [{exporter.split(":", maxsplit=1)[0].strip()}]}}
+    logs:
+      receivers: [otlp]
+      processors: [{processors}]
+      exporters: [{exporter.split(":", maxsplit=1)[0].strip()}]
 """
 
 
@@ -162,9 +175,17 @@ def database_pids(url: str | None) -> list[int]:
     return [row[0] for row in rows]
 
 
-async def send_all(port: int, payloads: list[bytes], requests: int, pids: Any) -> Measured:
-    """Wall time from the first request to the last success (IN_FLIGHT at a time), and
-    the CPU the collector (and its database server processes) spent meanwhile."""
+async def send_all(
+    port: int,
+    payloads: list[bytes],
+    requests: int,
+    pids: Any,
+    stored: Any = None,
+) -> Measured:
+    """Wall time from the first request to the last success (IN_FLIGHT at a time), or,
+    with ``stored`` (a function answering whether everything is in the store), to the
+    moment the last record is stored; and the CPU the collector (and its database server
+    processes) spent meanwhile."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         export = channel.unary_unary(EXPORT)
         await export(payloads[0], timeout=30)  # warm up: connection and first write
@@ -178,6 +199,8 @@ async def send_all(port: int, payloads: list[bytes], requests: int, pids: Any) -
         cpu_before = cpu_seconds(watched)
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+        while stored is not None and not await asyncio.to_thread(stored):
+            await asyncio.sleep(0.01)
         wall = time.perf_counter() - started
         return Measured(wall, cpu_seconds(watched) - cpu_before)
 
@@ -198,15 +221,27 @@ class Measured:
 
 
 def ingest(
-    name: str, exporter: str, records: int, directory: Path, db_url: str | None = None
+    name: str,
+    exporter: str,
+    records: int,
+    directory: Path,
+    db_url: str | None = None,
+    *,
+    processors: str = "",
+    until_stored: str | None = None,
 ) -> Measured:
+    """Ingest ``records``; with ``until_stored`` (the store's URL), until all are stored."""
     port = free_port()
     payloads = [sdk_like_request(seed) for seed in range(16)]
-    process = start_collector(collector_config(port, exporter), directory, port)
+    process = start_collector(collector_config(port, exporter, processors), directory, port)
+    stored = None
+    if until_stored is not None:
+        expected = records + RECORDS_PER_REQUEST  # and the warm-up request
+        stored = lambda: _count(until_stored) >= expected  # noqa: E731
     try:
         measured = asyncio.run(
             send_all(port, payloads, records // RECORDS_PER_REQUEST,
-                     lambda: [process.pid, *database_pids(db_url)])
+                     lambda: [process.pid, *database_pids(db_url)], stored)
         )  # fmt: skip
     finally:
         process.terminate()
@@ -251,6 +286,65 @@ def run_ingest(records: int, postgres: str | None, directory: Path) -> None:
         print(f"  {name:<11} {measured.rate / nop.rate:5.3f}x the nop pipeline's records/s, "
               f"{measured.cpu_per_record / nop.cpu_per_record:5.1f}x its CPU per record "
               f"({check})")  # fmt: skip
+
+
+def _count(url: str) -> int:
+    try:
+        store = open_store(url, create=False)
+    except Exception:
+        return 0
+    try:
+        return store.count()
+    except Exception:
+        return 0
+    finally:
+        store.close()
+
+
+def durability_cases(directory: Path, postgres: str | None) -> list[tuple[str, str, str, str]]:
+    """(name, exporter YAML, processors, store URL): previous defaults first, per backend."""
+    cases = []
+    for n, (name, settings, processors) in enumerate([
+        ("SQLite, previous default", "durability: queue\n    synchronous: normal", "batch"),
+        ("SQLite, commit (default)", "durability: commit", ""),
+        ("SQLite, commit, no fsync", "durability: commit\n    synchronous: normal", ""),
+        ("SQLite, persistent queue", f"sending_queue: {{storage: {directory}/q{{n}}, batch: {{}}}}", ""),
+    ]):  # fmt: skip
+        url = f"sqlite:///{directory / f'durable-{n}.db'}"
+        settings = settings.replace("{n}", str(n))
+        cases.append((name, _logstore(url, settings), processors, url))
+    if postgres:
+        for n, (name, settings, processors) in enumerate([
+            ("PostgreSQL, previous production", f"sending_queue: {{storage: {directory}/p{{n}}}}", "batch"),
+            ("PostgreSQL, production", f"sending_queue: {{storage: {directory}/p{{n}}, batch: {{}}}}", ""),
+        ]):  # fmt: skip
+            url = f"{postgres}?schema=otelkit_bench_{uuid.uuid4().hex[:8]}"
+            settings = settings.replace("{n}", str(n))
+            cases.append((name, _logstore(url, settings), processors, url))
+    return cases
+
+
+def _logstore(url: str, settings: str) -> str:
+    return f'  logstore:\n    url: "{url}"\n    retention: 0\n    {settings}'
+
+
+def run_durability(records: int, postgres: str | None, directory: Path) -> list[tuple[str, float]]:
+    """Records stored per second under each case, as ratios to the previous default."""
+    print(f"Durability: ingest until stored ({RECORDS_PER_REQUEST}-record requests, "
+          f"{IN_FLIGHT} in flight)")  # fmt: skip
+    baselines: dict[str, Measured] = {}
+    ratios: list[tuple[str, float]] = []
+    for name, exporter, processors, url in durability_cases(directory, postgres):
+        backend = name.split(",")[0]
+        measured = ingest(name, exporter, records, directory, None if backend == "SQLite" else url,
+                          processors=processors, until_stored=url)  # fmt: skip
+        _drop(open_store(url, create=False))
+        base = baselines.setdefault(backend, measured)
+        ratio = measured.rate / base.rate
+        ratios.append((name, ratio))
+        print(f"    {name:<34} {ratio:5.3f}x the previous default's records stored per second, "
+              f"{measured.cpu_per_record / base.cpu_per_record:5.2f}x its CPU per record")  # fmt: skip
+    return ratios
 
 
 # --- query latency over a large store ---------------------------------------------------
@@ -401,6 +495,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="otelkit-logstore-bench-") as tmp:
         directory = Path(tmp)
         run_ingest(records, postgres, directory)
+        run_durability(records, postgres, directory)
         print(f"Query latency over {store_records:,} records ({args.runs} searches each)")
         run_queries("SQLite", f"sqlite:///{directory / 'query.db'}", store_records, args.runs)
         if postgres:

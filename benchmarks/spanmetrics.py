@@ -23,6 +23,12 @@
    histogram, 16 buckets each) in the ``prometheus`` exporter, rendered as text and as
    OpenMetrics, uncached (the store changed since the last scrape) and cached, against
    ``prometheus_client.generate_latest`` of a registry holding the same series.
+
+4. Count error (``--count-error`` runs only this): 2,000 requests of an app on the real
+   OpenTelemetry SDK, without head sampling and with a 0.25 head sampler that writes
+   ``ot=th`` (``tests.support.head_sampling.head_sampler``), through the connector;
+   reported: the span-metrics request count divided by the true 2,000, for one seeded
+   run and over 20 seeds, beside counting each kept span once (upstream's behaviour).
 """
 
 from __future__ import annotations
@@ -362,12 +368,71 @@ class _StallMeter:
             last = now
 
 
+# 4. Count error ---------------------------------------------------------------------------
+def measured_count(requests: int, ratio: float, seed: int) -> tuple[int, int]:
+    """(the connector's request count, the spans the app kept) for one app run."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from otelkit.collector.connectors.spanmetrics import SpanMetricsConfig, SpanMetricsConnector
+    from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+    from otelkit.collector.runtime.telemetry import SelfTelemetry
+    from tests.support.head_sampling import SeededIds, head_sampler
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}),
+                              sampler=head_sampler(ratio), id_generator=SeededIds(seed))  # fmt: skip
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("shop")
+    for _ in range(requests):
+        tracer.start_span("GET /items", kind=SpanKind.SERVER).end()
+    provider.shutdown()
+    settings = CreateSettings(ComponentID("spanmetrics"), Kind.CONNECTOR, SelfTelemetry())
+    connector = SpanMetricsConnector(settings, SpanMetricsConfig(), None)  # type: ignore[arg-type]
+    connector.aggregate(encode_spans(exporter.get_finished_spans()).resource_spans)
+    counted = sum(
+        point.as_int
+        for rm in connector.build_request().resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name.endswith(".calls")
+        for point in metric.sum.data_points
+    )
+    return counted, len(exporter.get_finished_spans())
+
+
+def report_count_error(requests: int = 2000, ratio: float = 0.25, seeds: int = 20) -> None:
+    print(f"\n4. span-metrics request count over {requests} requests (measured / true)")
+    everything, _ = measured_count(requests, 1.0, 11)
+    weighted, kept = measured_count(requests, ratio, 11)
+    runs = [measured_count(requests, ratio, seed)[0] / requests for seed in range(seeds)]
+    rows = [
+        ("no head sampling", f"{everything / requests:.3f}"),
+        (f"head sampling {ratio:g}, weighted (seed 11)", f"{weighted / requests:.3f}"),
+        (
+            f"head sampling {ratio:g}, weighted, {seeds} seeds",
+            f"mean {statistics.mean(runs):.3f}, min {min(runs):.3f}, max {max(runs):.3f}",
+        ),
+        (f"head sampling {ratio:g}, each kept span once", f"{kept / requests:.3f}"),
+    ]
+    for label, value in rows:
+        print(f"  {label:<48}{value}")
+
+
 # Main -------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 20 seconds in all")
     parser.add_argument("--seconds", type=float, default=None, help="per pipeline run")
+    parser.add_argument("--count-error", action="store_true", help="only section 4")
     args = parser.parse_args()
+    if args.count_error:
+        report_count_error()
+        return
     seconds = args.seconds or (3.0 if args.quick else 6.0)
     rounds = 1 if args.quick else 2
 
@@ -424,6 +489,7 @@ def main() -> None:
     print(
         f"  longest stall of an idle event loop (noise){'':<3}{figures['idle_stall'] * 1e3:7.1f} ms"
     )
+    report_count_error(seeds=5 if args.quick else 20)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ matches it, and judges each budget over the whole file: a budget is broken when 
 is over its ``max`` or an objective's percentile is over its limit (windows do not
 apply: the file is one window). Percentiles here are exact (nearest rank, the same
 rank the sketch estimates). SLOs are not judged: a test run's error ratio says little.
+
+A budget whose selector matched no span is a misconfiguration (a renamed route or
+service would otherwise pass the gate for ever): it fails with its own exit code unless
+the run says unmatched budgets are expected.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otelkit.budgets.findings import service_name
 from otelkit.budgets.matcher import BudgetMatcher, attribute_texts
-from otelkit.budgets.model import Budget, BudgetsFile
+from otelkit.budgets.model import Budget, BudgetsFile, Match, over_limit
 
-EXIT_OK, EXIT_USAGE, EXIT_BROKEN = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_BROKEN, EXIT_UNMATCHED = 0, 2, 3, 4
 
 
 def exact_quantile(sorted_values: list[float], q: float) -> float:
@@ -76,9 +80,10 @@ def evaluate(
                     if budget is None:
                         continue
                     result = results[budget.index]
-                    ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
-                    result.durations.append(ms)
-                    if budget.budget.max is not None and ms > budget.budget.max:
+                    duration_ns = span.end_time_unix_nano - span.start_time_unix_nano
+                    result.durations.append(duration_ns / 1e6)
+                    ceiling = budget.budget.max_ns
+                    if ceiling is not None and over_limit(duration_ns, ceiling):
                         result.over_max += 1
     return results
 
@@ -133,5 +138,30 @@ def render(results: list[BudgetResult]) -> str:
     )
 
 
-def exit_code(results: list[BudgetResult]) -> int:
-    return EXIT_BROKEN if any(r.verdict == "BROKEN" for r in results) else EXIT_OK
+def unmatched(results: list[BudgetResult]) -> list[BudgetResult]:
+    return [r for r in results if not r.durations]
+
+
+def describe_selector(match: Match) -> str:
+    """A budget's ``match`` as the budgets file spells it: ``service=shop-api route=/x*``."""
+    fields = match.model_dump(exclude_none=True, exclude_defaults=True)
+    attributes = fields.pop("attributes", {})
+    parts = [f"{key}={'|'.join(value)}" for key, value in fields.items()]
+    parts += [f"attributes.{key}={'|'.join(value)}" for key, value in attributes.items()]
+    return " ".join(parts) or "(matches every span)"
+
+
+def unmatched_report(results: list[BudgetResult]) -> str:
+    return "\n".join(
+        f"budget {r.name} matched no spans: {describe_selector(r.budget.match)}"
+        for r in unmatched(results)
+    )
+
+
+def exit_code(results: list[BudgetResult], allow_unmatched: bool = False) -> int:
+    """3 when a budget is broken; else 4 when one matched nothing (unless allowed)."""
+    if any(r.verdict == "BROKEN" for r in results):
+        return EXIT_BROKEN
+    if unmatched(results) and not allow_unmatched:
+        return EXIT_UNMATCHED
+    return EXIT_OK

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from otelkit.budgets.check import EXIT_USAGE, evaluate, exit_code, read_traces, render
+from otelkit.budgets.check import (
+    EXIT_BROKEN,
+    EXIT_UNMATCHED,
+    EXIT_USAGE,
+    evaluate,
+    exit_code,
+    read_traces,
+    render,
+    unmatched_report,
+)
 from otelkit.budgets.model import BudgetsError, BudgetsFile, load_budgets
 from otelkit.budgets.promtests import generate_tests
 from otelkit.budgets.rules import dump, rules_text
@@ -40,9 +49,16 @@ def register(subparsers: Any) -> None:
     rules.set_defaults(handler=_rules)
 
     check = actions.add_parser(
-        "check", help="judge budgets on an OTLP/JSON trace file (exit 0 ok, 3 broken, 2 usage)"
+        "check",
+        help="judge budgets on an OTLP/JSON trace file "
+        "(exit 0 ok, 3 broken, 4 a budget matched no span, 2 usage)",
     )
     check.add_argument("--budgets", required=True, metavar="FILE")
+    check.add_argument(
+        "--allow-unmatched",
+        action="store_true",
+        help="a budget that matched no span is not an error (exit 0 instead of 4)",
+    )
     check.add_argument("traces", metavar="TRACES", help="the file exporter's output")
     check.set_defaults(handler=_check)
 
@@ -89,6 +105,14 @@ def _check(args: argparse.Namespace) -> int:
         print(f"cannot read traces from {args.traces}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(render(results))
-    code = exit_code(results)
-    print("budgets broken" if code else "all budgets hold")
+    report = unmatched_report(results)
+    if report:
+        print(report, file=sys.stderr)
+    code = exit_code(results, args.allow_unmatched)
+    if code == EXIT_BROKEN:
+        print("budgets broken")
+    elif code == EXIT_UNMATCHED:
+        print("budgets matched no spans: check their selectors (or pass --allow-unmatched)")
+    else:
+        print("all budgets hold")
     return code

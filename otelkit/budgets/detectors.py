@@ -6,7 +6,9 @@ integer comparison per span.
 
 - ``n_plus_one_db_queries``: >= 5 non-overlapping DB spans of the same normalised
   query under one parent, > 50 ms together;
-- ``slow_db_query``: a SELECT of >= 500 ms;
+- ``slow_db_query``: a database call of >= 500 ms, whatever its statement (Sentry looks
+  at SELECTs only; a slow UPDATE or ``WITH RECURSIVE`` query hurts as much); the kind of
+  statement is in the finding (``otelkit.perf_issue.db_operation``);
 - ``consecutive_http``: >= 3 sequential HTTP client calls under one parent, each
   >= 500 ms and <= 500 ms apart, where running them in parallel would save >= 2000 ms;
 - ``n_plus_one_api_calls``: >= 5 HTTP client calls of the same shape (method and URL
@@ -23,13 +25,15 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from otelkit.budgets import sql
 from otelkit.budgets.findings import KIND_PERF_ISSUE, Finding, fingerprint
 from otelkit.collector.pdata.semconv import DB_QUERY, DB_SYSTEM, HTTP_METHOD, URL_FULL
 from otelkit.collector.pdata.wire import key_pattern, raw_value, value_text
 
 SPAN_KIND_CLIENT = 3
+DB_OPERATION = "otelkit.perf_issue.db_operation"
 _DB_SYSTEM_PATTERNS = tuple(key_pattern(k) for k in DB_SYSTEM)
 _DB_QUERY_PATTERNS = tuple(key_pattern(k) for k in DB_QUERY)
 _HTTP_METHOD_PATTERNS = tuple(key_pattern(k) for k in HTTP_METHOD)
@@ -40,44 +44,39 @@ _HTTP_METHOD_KEY_PART = b"method\x12"
 assert all(_DB_KEY_PART in p for p in _DB_SYSTEM_PATTERNS + _DB_QUERY_PATTERNS)
 assert all(_HTTP_METHOD_KEY_PART in p for p in _HTTP_METHOD_PATTERNS)
 
-_SQL_STRING = re.compile(r"'(?:[^']|'')*'")
-_SQL_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?\b")
-_SQL_PARAM = re.compile(r"%\(\w+\)s|%s|\$\d+|:\w+|\?")
-_SQL_IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
-_SPACES = re.compile(r"\s+")
-_URL_ID = re.compile(
-    r"(?<=/)(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|[0-9a-fA-F]{16,})(?=/|$)"
+_ID_SEGMENT = re.compile(
+    r"\d++|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}+"
 )
-
+MAX_URL_CHARS = 8192
+_SHAPE_CACHE_SIZE = 10_000
+_CACHED_QUERY_CHARS = 4096  # longer queries are normalised each time, not remembered
 
 _SHAPES: dict[str, str] = {}
 
 
 def normalize_query(query: str) -> str:
-    """The query's shape: literals and parameters become ``?``, IN lists ``(?)``.
+    """The query's shape (see :func:`otelkit.budgets.sql.normalize_query`).
 
-    Applications send few distinct statements, so shapes are cached (bounded)."""
+    Applications send few distinct statements, so shapes of short ones are cached
+    (bounded in entries and in the size of each)."""
     shape = _SHAPES.get(query)
     if shape is None:
-        shape = _normalize(query)
-        if len(_SHAPES) >= 10_000:
-            _SHAPES.clear()
-        _SHAPES[query] = shape
+        shape = sql.normalize_query(query)
+        if len(query) <= _CACHED_QUERY_CHARS:
+            if len(_SHAPES) >= _SHAPE_CACHE_SIZE:
+                _SHAPES.clear()
+            _SHAPES[query] = shape
     return shape
 
 
-def _normalize(query: str) -> str:
-    shape = _SQL_STRING.sub("?", query)
-    shape = _SQL_PARAM.sub("?", shape)
-    shape = _SQL_NUMBER.sub("?", shape)
-    shape = _SQL_IN_LIST.sub("(?)", shape)
-    return _SPACES.sub(" ", shape).strip()
-
-
 def url_shape(method: str, url: str) -> str:
-    parts = urlsplit(url)
-    return f"{method.upper()} {parts.netloc}{_URL_ID.sub('*', parts.path or '/')}"
+    """``METHOD host/path`` with numeric, UUID and long hex path segments as ``*``; only
+    the first ``MAX_URL_CHARS`` characters of the URL are read."""
+    parts = urlsplit(url[:MAX_URL_CHARS])
+    segments = (parts.path or "/").split("/")
+    path = "/".join([segments[0], *("*" if _ID_SEGMENT.fullmatch(s) else s for s in segments[1:])])
+    return f"{method.upper()} {parts.netloc}{path}"
 
 
 class _Detector(BaseModel):
@@ -92,6 +91,16 @@ class NPlusOneDbConfig(_Detector):
 
 class SlowDbConfig(_Detector):
     min_duration_ms: float = Field(500, ge=0)
+    operations: tuple[str, ...] = Field(
+        (),
+        description="statement kinds judged (SELECT, INSERT, UPDATE, DELETE, ...); "
+        "empty judges every database span",
+    )
+
+    @field_validator("operations")
+    @classmethod
+    def _upper_case(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.upper() for v in value)
 
 
 class ConsecutiveHttpConfig(_Detector):
@@ -219,9 +228,10 @@ def _db_shape(data: bytes, span: Span) -> str | None:
         if not query:
             return normalize_query(span.name)
         shape = normalize_query(query)
-        if len(_RAW_SHAPES) >= 10_000:
-            _RAW_SHAPES.clear()
-        _RAW_SHAPES[raw] = shape
+        if len(raw) <= _CACHED_QUERY_CHARS:
+            if len(_RAW_SHAPES) >= _SHAPE_CACHE_SIZE:
+                _RAW_SHAPES.clear()
+            _RAW_SHAPES[raw] = shape
     return shape
 
 
@@ -330,16 +340,19 @@ def _n_plus_one_db(db: list[Call], parent: _LazyParent, cfg: NPlusOneDbConfig) -
 
 
 def _slow_db(calls: list[Call], cfg: SlowDbConfig) -> list[Detection]:
+    """Every database call that took ``min_duration_ms`` or longer, whatever its statement
+    (unless ``operations`` names the kinds to judge); the kind is in the finding."""
     found = []
-    limit = cfg.min_duration_ms
-    for call in [c for c in calls if (c.end - c.start) / 1e6 >= limit]:
-        if (
-            call.is_db
-            and call.ms >= cfg.min_duration_ms
-            and call.shape.upper().startswith("SELECT")
-        ):
-            title = f"Slow DB Query: {call.shape[:120]} ({call.ms:.0f} ms)"
-            found.append(_detection("slow_db_query", title, [call], _LazyParent((), b"")))
+    for call in calls:
+        if not call.is_db or call.ms < cfg.min_duration_ms:
+            continue
+        operation = sql.statement_operation(call.shape)
+        if cfg.operations and operation not in cfg.operations:
+            continue
+        title = f"Slow DB Query: {call.shape[:120]} ({call.ms:.0f} ms)"
+        detection = _detection("slow_db_query", title, [call], _LazyParent((), b""))
+        detection.finding.extra[DB_OPERATION] = operation
+        found.append(detection)
     return found
 
 

@@ -45,6 +45,7 @@ BUDGET_LIMIT_MS = "otelkit.budget.limit_ms"
 BUDGET_EXCEEDED = "otelkit.budget.exceeded"
 PERF_ISSUE_TYPE = "otelkit.perf_issue.type"
 PERF_ISSUE_FINGERPRINT = "otelkit.perf_issue.fingerprint"
+FINDING_KIND = "otelkit.finding.kind"
 KIND_BUDGET_BREACH = "budget_breach"
 KIND_PERF_ISSUE = "perf_issue"
 
@@ -91,7 +92,7 @@ def attach(span: Span, finding: Finding, time_unix_nano: int) -> None:
     """Record a finding as an ``otelkit.finding`` event on ``span``."""
     event = span.events.add(name=EVENT_NAME, time_unix_nano=time_unix_nano)
     attrs: dict[str, str | float | int | bool | Sequence[str]] = {
-        "otelkit.finding.kind": finding.kind,
+        FINDING_KIND: finding.kind,
         "otelkit.finding.type": finding.type,
         "otelkit.finding.title": finding.title,
         "otelkit.finding.culprit": finding.culprit,

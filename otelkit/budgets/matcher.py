@@ -43,12 +43,67 @@ def glob_regex(pattern: str) -> str:
 
 
 def compile_text_test(patterns: Sequence[str]) -> TextTest:
-    """Exact membership when no pattern has a wildcard, else one compiled regex."""
+    """Exact membership when no pattern has a wildcard, else each glob in turn.
+
+    Span values (routes, span names) come from applications: a glob is matched in time
+    linear in the value (no regular expression that could backtrack over ``*`` after
+    ``*``), and only the first :data:`MAX_MATCHED_CHARS` characters of a value count."""
     if not any("*" in p or "?" in p for p in patterns):
         exact = frozenset(patterns)
         return exact.__contains__
-    regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in patterns), re.DOTALL)
-    return lambda text: regex.fullmatch(text) is not None
+    globs = tuple(Glob(p) for p in patterns)
+    return lambda text: any(glob.matches(text[:MAX_MATCHED_CHARS]) for glob in globs)
+
+
+MAX_MATCHED_CHARS = 4096
+
+
+class Glob:
+    """A glob (``*`` any run of characters, ``?`` one) matched greedily piece by piece:
+    the pieces between stars are fixed-length, so the leftmost place each can go is the
+    right one, and matching costs at most (value length x pattern length)."""
+
+    def __init__(self, pattern: str) -> None:
+        pieces = pattern.split("*")
+        self._first, self._last = _Piece(pieces[0]), _Piece(pieces[-1])
+        self._middle = tuple(_Piece(p) for p in pieces[1:-1] if p)
+        self._starred = len(pieces) > 1
+
+    def matches(self, text: str) -> bool:
+        first, last = self._first, self._last
+        if not self._starred:
+            return len(text) == first.size and first.at(text, 0)
+        end = len(text) - last.size
+        if end < first.size or not first.at(text, 0) or not last.at(text, end):
+            return False
+        pos = first.size
+        for piece in self._middle:
+            found = piece.find(text, pos, end)
+            if found < 0:
+                return False
+            pos = found + piece.size
+        return True
+
+
+class _Piece:
+    """A fixed-length run of a glob between stars; ``?`` matches any one character."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.size = len(text)
+        self._regex = re.compile(glob_regex(text), re.DOTALL) if "?" in text else None
+
+    def at(self, text: str, pos: int) -> bool:
+        if self._regex is None:
+            return text.startswith(self.text, pos)
+        return self._regex.match(text, pos) is not None
+
+    def find(self, text: str, pos: int, end: int) -> int:
+        """Where the piece first occurs wholly inside ``text[pos:end]``, or -1."""
+        if self._regex is None:
+            return text.find(self.text, pos, end)
+        found = self._regex.search(text, pos, end)
+        return found.start() if found is not None else -1
 
 
 def attribute_texts(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, str]:
@@ -245,9 +300,10 @@ class KindCandidates:
                 if raw is not None
             }
             found = self._first_match(span, span_attrs, resource_attrs)
-            if len(self._cache) >= _MATCH_CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = found
+            if _cacheable(name, raws):
+                if len(self._cache) >= _MATCH_CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = found
         return found  # type: ignore[return-value]
 
     def _first_match(
@@ -262,6 +318,14 @@ class KindCandidates:
                 continue
             return budget
         return None
+
+
+def _cacheable(name: str | None, raws: tuple[bytes | None, ...]) -> bool:
+    """Whether a match key is small enough to remember (hostile spans may carry
+    megabyte values; the cache must not hold thousands of them)."""
+    if name is not None and len(name) > MAX_MATCHED_CHARS:
+        return False
+    return all(raw is None or len(raw) <= MAX_MATCHED_CHARS for raw in raws)
 
 
 def _all_hold(

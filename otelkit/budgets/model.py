@@ -45,6 +45,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def ms_to_ns(ms: float) -> int:
+    """A limit in milliseconds as whole nanoseconds, the unit spans are timed in.
+
+    Limits are compared in integer nanoseconds so a limit such as ``1.005s`` (which is
+    1004.9999999999999 ms in floating point) does not put a span of exactly 1005 ms over
+    it."""
+    return round(ms * 1_000_000)
+
+
+def over_limit(duration_ns: int, limit_ns: int) -> bool:
+    """Whether a span of ``duration_ns`` breaks a per-span limit of ``limit_ns``.
+
+    A span exactly at its limit is within it; only a longer one is over. The live
+    ``budget`` processor and ``otelkit budgets check`` both decide with this."""
+    return duration_ns > limit_ns
+
+
 def _milliseconds(value: Any) -> float:
     return parse_duration(value) * 1000.0
 
@@ -176,6 +193,11 @@ class Budget(_Model):
         return self
 
     @property
+    def max_ns(self) -> int | None:
+        """The ceiling in nanoseconds (see :func:`over_limit`)."""
+        return None if self.max is None else ms_to_ns(self.max)
+
+    @property
     def limit_ms(self) -> float | None:
         """The per-span limit marked on spans: the ceiling, else the tightest objective."""
         if self.max is not None:
@@ -233,6 +255,23 @@ class BudgetsFile(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _period_longer_than_windows(self) -> BudgetsFile:
+        shortest = round(self.alerting.min_window)
+        for name, budget in self.budgets.items():
+            for slo_name, slo in budget.slos.items():
+                if round(self.period_of(slo)) <= shortest:
+                    where = (
+                        f"budgets.{name}.slos.{slo_name}.period"
+                        if slo.period
+                        else ("defaults.period")
+                    )
+                    raise ValueError(
+                        f"{where}: an SLO period must be longer than alerting.min_window "
+                        f"({self.alerting.min_window:g}s), the shortest alert window"
+                    )
+        return self
+
     def window_of(self, objective: Objective) -> float:
         return objective.window or self.defaults.window
 
@@ -287,4 +326,6 @@ def _describe(error: Any) -> str:
         ):
             path += f".{part}" if path else str(part)
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not path and message.startswith(("budgets.", "defaults.")):
+        return message  # a check across the file names its own path
     return f"{path or '(top level)'}: {message}"

@@ -4,14 +4,23 @@ quiet when healthy.
 For every SLO: synthetic spanmetrics series matching the budget's selector, burning
 the error budget at 7x (page and ticket fire, with their exact labels and
 annotations), 2x (ticket only) and 0.5x (no alert); each also checks that the
-short-window error ratio is what was fed in. For every percentile objective: a histogram whose spans
-all sit above the objective (the alert fires) and one whose spans sit in the first
-bucket (quiet).
+short-window error ratio is what was fed in. An idle test then stops the traffic (first
+flat counters, then no samples at all) and resumes it: the short-window ratio reads 0
+while idle, and the period's ratio and error budget remaining are the request-weighted
+figures, not NaN. For every percentile objective: a histogram whose spans all sit above
+the objective (the alert fires after its ``for``), one whose spans sit in the first
+bucket (quiet), and a healthy one with one burst of slow spans (quiet: a burst is
+shorter than the ``for``).
+
+The tests are deterministic for any period: rule groups are evaluated in the order the
+rules depend on each other (``group_eval_order``), and every check is made at a rule
+evaluation, once the windows it reads hold samples.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from otelkit.budgets.model import BudgetsFile, Match
@@ -23,6 +32,7 @@ from otelkit.budgets.rules import (
     _seconds,
     alert_annotations,
     alert_labels,
+    generate_rules,
     label_name,
     objective_alert,
     objective_rules,
@@ -31,6 +41,28 @@ from otelkit.budgets.rules import (
 )
 
 _TOTAL = 100_000  # spans per test interval
+_DEFAULT_EVALUATION_SECONDS = 60  # Prometheus's default evaluation_interval
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """When promtool evaluates the rules (every ``evaluation`` seconds, from 0) and how
+    far apart the input samples are (``step`` seconds)."""
+
+    evaluation: int
+    step: int
+
+    def at_or_after(self, seconds: float) -> int:
+        """The first rule evaluation at or after ``seconds``."""
+        return math.ceil(seconds / self.evaluation) * self.evaluation
+
+    def samples_until(self, seconds: float) -> int:
+        """Samples (after the first) that cover ``seconds`` with room to spare."""
+        return math.ceil(seconds / self.step) + 5
+
+
+def _clock(evaluation: int, shortest_window: float) -> _Clock:
+    return _Clock(evaluation, max(1, math.floor(shortest_window / 5)))
 
 
 def example_labels(match: Match) -> dict[str, str]:
@@ -59,22 +91,40 @@ def _series(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{body}}}"
 
 
-def _counter(step: int, samples: int) -> str:
-    return f"0+{step}x{samples}"
+Runs = list[tuple[int | None, int]]  # (increase per step, or None for no samples; steps)
 
 
-def _slo_series(s: SloRules, bad: int, samples: int) -> list[dict[str, str]]:
+def _counter(runs: Runs) -> str:
+    """promtool notation for a counter that starts at 0 and then, run by run, grows by
+    the run's increase at each of its steps (a run of None has no samples)."""
+    parts, value = ["0"], 0
+    for increase, steps in runs:
+        if steps <= 0:
+            continue
+        if increase is None:
+            parts.append(f"_x{steps}")
+            continue
+        parts.append(f"{value + increase}+{increase}x{steps - 1}")
+        value += increase * steps
+    return " ".join(parts)
+
+
+def _scaled(runs: Runs, per_step: int) -> Runs:
+    """``runs`` of traffic (1 busy, 0 idle, None absent) as increases of ``per_step``."""
+    return [(None if on is None else on * per_step, steps) for on, steps in runs]
+
+
+def _slo_series(s: SloRules, bad: int, traffic: Runs) -> list[dict[str, str]]:
+    """The SLO's input series: ``_TOTAL`` spans per busy step, ``bad`` of them bad."""
     labels = example_labels(s.budget.match)
+    total, good = _scaled(traffic, _TOTAL), _scaled(traffic, _TOTAL - bad)
     if s.latency_threshold is not None:
         good_labels = {**labels, "le": f"{s.latency_threshold:g}"}
         return [
-            {
-                "series": _series(f"{s.duration_metric}_count", labels),
-                "values": _counter(_TOTAL, samples),
-            },
+            {"series": _series(f"{s.duration_metric}_count", labels), "values": _counter(total)},
             {
                 "series": _series(f"{s.duration_metric}_bucket", good_labels),
-                "values": _counter(_TOTAL - bad, samples),
+                "values": _counter(good),
             },
         ]
     calls = f"{s.metric_prefix}_calls_total"
@@ -84,9 +134,17 @@ def _slo_series(s: SloRules, bad: int, samples: int) -> list[dict[str, str]]:
     else:
         failed = {**labels, "status_code": "STATUS_CODE_UNSET", "http_response_status_code": "503"}
     return [
-        {"series": _series(calls, ok), "values": _counter(_TOTAL - bad, samples)},
-        {"series": _series(calls, failed), "values": _counter(bad, samples)},
+        {"series": _series(calls, ok), "values": _counter(good)},
+        {"series": _series(calls, failed), "values": _counter(_scaled(traffic, bad))},
     ]
+
+
+def _rounded(expr: str, scale: int, eval_time: int, labels: dict[str, str], value: int) -> Any:
+    return {
+        "expr": f"round({expr} * {scale})",
+        "eval_time": prom_duration(eval_time),
+        "exp_samples": [{"labels": _series("", labels), "value": value}],
+    }
 
 
 # Steady burn rates and what they must trigger: 7x is over the 6h/30m page pair (6x)
@@ -98,15 +156,14 @@ _BURNS = (
 )
 
 
-def _slo_tests(s: SloRules) -> list[dict[str, Any]]:
+def _slo_tests(s: SloRules, evaluation: int) -> list[dict[str, Any]]:
     # A steady ratio reads the same over every window once two samples are in it, so
     # evaluating at the shortest long window proves the thresholds without replaying
     # days of samples.
-    windows = [_seconds(w) for w in s.sli_windows]
-    interval = max(1, math.floor(min(windows) / 5))
+    clock = _clock(evaluation, min(_seconds(w) for w in s.sli_windows))
     until = min(_seconds(w.long) for w in s.windows)
-    samples = math.ceil(until / interval) + 5
-    eval_time = prom_duration(until)
+    eval_time = clock.at_or_after(max(until, clock.step))
+    traffic: Runs = [(1, clock.samples_until(eval_time))]
     budget = s.slo.error_budget
     tests = []
     for burn, outcome in _BURNS:
@@ -121,102 +178,169 @@ def _slo_tests(s: SloRules) -> list[dict[str, Any]]:
             and bad / _TOTAL > min(w.factor for w in s.windows if w.severity == severity) * budget
         ]
         ratio_labels = {**s.sloth_labels, "sloth_window": s.base_window}
+        ratio = f"slo:sli_error:ratio_rate{s.base_window}{s.id_selector}"
         tests.append(
             {
                 "name": f"{s.alert_name} {outcome} when {s.sloth_slo} burns its budget {burn:g}x",
-                "interval": f"{interval}s",
-                "input_series": _slo_series(s, bad, samples),
+                "interval": f"{clock.step}s",
+                "input_series": _slo_series(s, bad, traffic),
                 "alert_rule_test": [
-                    {"eval_time": eval_time, "alertname": s.alert_name, "exp_alerts": expected}
-                ],
-                "promql_expr_test": [
                     {
-                        "expr": f"round(slo:sli_error:ratio_rate{s.base_window}{s.id_selector} * {_TOTAL})",
-                        "eval_time": eval_time,
-                        "exp_samples": [{"labels": _series("", ratio_labels), "value": bad}],
+                        "eval_time": prom_duration(eval_time),
+                        "alertname": s.alert_name,
+                        "exp_alerts": expected,
                     }
                 ],
+                "promql_expr_test": [_rounded(ratio, _TOTAL, eval_time, ratio_labels, bad)],
             }
         )
+    tests.append(_idle_test(s, clock))
     return tests
 
 
-def _histogram(o: ObjectiveRules, buckets: list[float], slow: bool, samples: int):  # type: ignore[no-untyped-def]
-    """Bucket series with every span in the first bucket above the objective (slow) or
-    in the first bucket (healthy); None when the buckets cannot show it."""
-    if slow:
-        above = [i for i in range(1, len(buckets)) if buckets[i - 1] >= o.threshold]
-        if not above:
-            return None
-        home = above[0]
-    else:
-        if buckets[0] > o.threshold:
-            return None
-        home = 0
+def _idle_test(s: SloRules, clock: _Clock) -> dict[str, Any]:
+    """Traffic burning half the budget, then flat counters, then no samples, then traffic
+    again: idle windows read as no errors, and the period's figures stay numbers."""
+    base = _seconds(s.base_window)
+    unit = math.ceil(max(base, clock.evaluation) / clock.step)  # steps per stretch unit
+    traffic: Runs = [(1, 2 * unit), (0, 3 * unit), (None, 3 * unit), (1, 2 * unit)]
+    bad = round(min(1.0, 0.5 * s.slo.error_budget) * _TOTAL)
+    step = clock.step
+    flat = clock.at_or_after(2 * unit * step + base)  # the window holds flat samples only
+    absent = clock.at_or_after(5 * unit * step + base + step)  # the window holds none
+    end = 10 * unit * step // clock.evaluation * clock.evaluation
+    # Derived figures keep the window label of the ratio they divide.
+    window_labels = {**s.sloth_labels, "sloth_window": s.base_window}
+    period_labels = {**s.sloth_labels, "sloth_window": s.period}
+    base_ratio = f"slo:sli_error:ratio_rate{s.base_window}{s.id_selector}"
+    burn = f"slo:current_burn_rate:ratio{s.id_selector}"
+    period_ratio = f"slo:sli_error:ratio_rate{s.period}{s.id_selector}"
+    remaining = f"slo:period_error_budget_remaining:ratio{s.id_selector}"
+    error_budget = 1 - float(f"{s.slo.objective / 100.0:g}")  # as the rules compute it
+    expected_remaining = round((1 - bad / _TOTAL / error_budget) * 10_000)
+    return {
+        "name": f"{s.sloth_slo}: idle windows count as no errors and no requests",
+        "interval": f"{step}s",
+        "input_series": _slo_series(s, bad, traffic),
+        "promql_expr_test": [
+            *(_rounded(base_ratio, 1_000_000, t, window_labels, 0) for t in (flat, absent)),
+            *(_rounded(burn, 1_000_000, t, window_labels, 0) for t in (flat, absent)),
+            _rounded(period_ratio, 1_000_000, end, period_labels, bad * 10),
+            _rounded(remaining, 10_000, end, period_labels, expected_remaining),
+        ],
+    }
+
+
+def _histogram(
+    o: ObjectiveRules, buckets: list[float], runs_of: Any, samples: int
+) -> list[dict[str, str]]:
+    """Bucket series (cumulative, ``le`` ascending, then ``+Inf``); ``runs_of(i)`` gives
+    the counter runs of bucket ``i``."""
     labels = example_labels(o.budget.match)
     out = []
     for i, le in [*enumerate(buckets), (len(buckets), math.inf)]:
-        count = _TOTAL if i >= home else 0
         le_text = "+Inf" if le == math.inf else f"{le:g}"
         out.append(
             {
                 "series": _series(f"{o.duration_metric}_bucket", {**labels, "le": le_text}),
-                "values": _counter(count, samples),
+                "values": _counter(runs_of(i) or [(0, samples)]),
             }
         )
     return out
 
 
-def _objective_tests(o: ObjectiveRules, buckets: list[float]) -> list[dict[str, Any]]:
+def _objective_tests(o: ObjectiveRules, buckets: list[float], evaluation: int) -> list[Any]:
     if not o.budget.alerting.ticket:
         return []
     window = _seconds(o.window)
-    interval = max(1, math.floor(window / 5))
-    samples = math.ceil(window * 3 / interval) + 5
-    eval_time = prom_duration(window * 3)
+    clock = _clock(evaluation, window)
     alert = objective_alert(o)
+    slow_from = [i for i in range(1, len(buckets) + 1) if buckets[i - 1] >= o.threshold]
+    can_be_slow, can_be_fast = bool(slow_from), buckets[0] <= o.threshold
+    home = slow_from[0] if slow_from else 0
+    # The expression holds from the first evaluation with two samples in the window; the
+    # alert fires one ``for`` (one window) later.
+    fires = clock.at_or_after(clock.step) + clock.at_or_after(window) + clock.evaluation
+    samples = clock.samples_until(fires)
+
+    def case(name: str, runs_of: Any, checks: list[tuple[int, list[Any]]], n: int) -> Any:
+        return {
+            "name": f"{o.alert_name} {name}",
+            "interval": f"{clock.step}s",
+            "input_series": _histogram(o, buckets, runs_of, n),
+            "alert_rule_test": [
+                {"eval_time": prom_duration(t), "alertname": o.alert_name, "exp_alerts": exp}
+                for t, exp in checks
+            ],
+        }
+
     tests = []
-    slow = _histogram(o, buckets, True, samples)
-    if slow is not None:
-        exp = [{"exp_labels": alert["labels"], "exp_annotations": alert["annotations"]}]
+    firing = [{"exp_labels": alert["labels"], "exp_annotations": alert["annotations"]}]
+    if can_be_slow:
+        slow = [(_TOTAL, samples)]
         tests.append(
-            {
-                "name": f"{o.alert_name} fires when {o.objective.label} is over {o.objective.below_ms:g} ms",
-                "interval": f"{interval}s",
-                "input_series": slow,
-                "alert_rule_test": [
-                    {"eval_time": eval_time, "alertname": o.alert_name, "exp_alerts": exp}
-                ],
-            }
+            case(
+                f"fires when {o.objective.label} is over {o.objective.below_ms:g} ms",
+                lambda i: slow if i >= home else None,
+                [(fires, firing)],
+                samples,
+            )
         )
-    healthy = _histogram(o, buckets, False, samples)
-    if healthy is not None:
+    if can_be_fast:
+        fast = [(_TOTAL, samples)]
         tests.append(
-            {
-                "name": f"{o.alert_name} stays quiet when {o.objective.label} is within its objective",
-                "interval": f"{interval}s",
-                "input_series": healthy,
-                "alert_rule_test": [
-                    {"eval_time": eval_time, "alertname": o.alert_name, "exp_alerts": []}
-                ],
-            }
+            case(
+                f"stays quiet when {o.objective.label} is within its objective",
+                lambda i: fast,
+                [(fires, [])],
+                samples,
+            )
         )
+    if can_be_slow and can_be_fast:
+        tests.append(_burst_test(o, clock, home, window, case))
     return tests
 
 
+def _burst_test(o: ObjectiveRules, clock: _Clock, home: int, window: float, case: Any) -> Any:
+    """Healthy traffic with one step of slow spans: the percentile is over the objective
+    while the burst is in the window, which is shorter than the alert's ``for``."""
+    burst_step = math.ceil(clock.at_or_after(2 * window) / clock.step)
+    burst = burst_step * clock.step
+    checks = sorted(
+        {clock.at_or_after(burst + offset) for offset in (0, window / 2, window, 2 * window)}
+    )
+    after = clock.samples_until(checks[-1]) - burst_step
+    healthy = 100
+
+    def runs_of(i: int) -> Runs:
+        spike = _TOTAL if i >= home else 0
+        return [(healthy, burst_step - 1), (healthy + spike, 1), (healthy, after)]
+
+    return case(
+        f"stays quiet on a burst of slow spans shorter than its {o.window} window",
+        runs_of,
+        [(t, []) for t in checks],
+        burst_step + after,
+    )
+
+
 def generate_tests(budgets: BudgetsFile, rules_file: str) -> dict[str, Any]:
+    interval = budgets.alerting.rule_interval
+    evaluation = (
+        round(_seconds(prom_duration(interval))) if interval else _DEFAULT_EVALUATION_SECONDS
+    )
     buckets = sorted(budgets.alerting.histogram_buckets_ms)
     if budgets.alerting.duration_unit == "seconds":
         buckets = [b / 1000.0 for b in buckets]
     tests: list[dict[str, Any]] = []
     for s in slo_rules(budgets):
-        tests.extend(_slo_tests(s))
-    objectives = objective_rules(budgets)
-    for o in objectives:
-        tests.extend(_objective_tests(o, buckets))
-    interval = budgets.alerting.rule_interval
+        tests.extend(_slo_tests(s, evaluation))
+    for o in objective_rules(budgets):
+        tests.extend(_objective_tests(o, buckets, evaluation))
     return {
         "rule_files": [rules_file],
-        "evaluation_interval": prom_duration(interval) if interval else "1m",
+        "evaluation_interval": prom_duration(evaluation),
+        # Recordings before the rules that read them, at every evaluation.
+        "group_eval_order": [group["name"] for group in generate_rules(budgets)["groups"]],
         "tests": tests,
     }

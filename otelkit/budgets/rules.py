@@ -43,6 +43,9 @@ SPAN_KIND_LABELS = {
     "consumer": "SPAN_KIND_CONSUMER",
 }
 STATUS_ERROR = "STATUS_CODE_ERROR"
+# Bad and all events per second of an SLO over its base window (suffix: the window).
+EVENTS_BAD = "slo:sli_error:rate"
+EVENTS_ALL = "slo:sli_total:rate"
 
 
 def prom_duration(seconds: float) -> str:
@@ -163,27 +166,36 @@ class SloRules:
     def base_window(self) -> str:
         return self.sli_windows[0]
 
-    def error_ratio(self, window: str) -> str:
+    def event_rates(self, window: str) -> tuple[str, str]:
+        """Bad and all events per second over ``window``: both 0, never absent, when
+        no span came (an idle window has no errors and no requests)."""
         base = selector_matchers(self.budget.match)
         calls = f"{self.metric_prefix}_calls_total"
         bad = self.slo.bad
         if self.latency_threshold is not None:
             count = f"{self.duration_metric}_count{_selector(base)}"
             good = f"{self.duration_metric}_bucket{_selector([*base, _le_matcher(self.latency_threshold)])}"
-            total = f"sum(rate({count}[{window}]))"
-            bad_expr = f"({total} - (sum(rate({good}[{window}])) or vector(0)))"
-        else:
-            terms = []
-            if bad.error:
-                sel = _selector([*base, f'status_code="{STATUS_ERROR}"'])
-                terms.append(f"(sum(rate({calls}{sel}[{window}])) or vector(0))")
-            if bad.http_5xx:
-                extra = [f'status_code!="{STATUS_ERROR}"'] if bad.error else []
-                sel = _selector([*base, *extra, 'http_response_status_code=~"5.."'])
-                terms.append(f"(sum(rate({calls}{sel}[{window}])) or vector(0))")
-            total = f"sum(rate({calls}{_selector(base)}[{window}]))"
-            bad_expr = "(" + " + ".join(terms) + ")"
-        return f"{bad_expr}\n/\n({total})\n"
+            total = f"(sum(rate({count}[{window}])) or vector(0))"
+            return f"({total} - (sum(rate({good}[{window}])) or vector(0)))", total
+        terms = []
+        if bad.error:
+            sel = _selector([*base, f'status_code="{STATUS_ERROR}"'])
+            terms.append(f"(sum(rate({calls}{sel}[{window}])) or vector(0))")
+        if bad.http_5xx:
+            extra = [f'status_code!="{STATUS_ERROR}"'] if bad.error else []
+            sel = _selector([*base, *extra, 'http_response_status_code=~"5.."'])
+            terms.append(f"(sum(rate({calls}{sel}[{window}])) or vector(0))")
+        total = f"(sum(rate({calls}{_selector(base)}[{window}])) or vector(0))"
+        return "(" + " + ".join(terms) + ")", total
+
+    def error_ratio(self, window: str) -> str:
+        return ratio_of_events(*self.event_rates(window))
+
+
+def ratio_of_events(bad: str, total: str) -> str:
+    """``bad / total``, and 0 where ``total`` is 0: an idle window has no errors, where
+    plain division gives NaN, which ``sum_over_time`` would carry for a whole period."""
+    return f"(\n  {bad}\n/\n  ({total} > 0)\n)\nor\n({total} == 0)\n"
 
 
 def _seconds(duration: str) -> float:
@@ -277,14 +289,26 @@ def sli_recordings(s: SloRules) -> list[dict[str, Any]]:
         }
         for w in s.sli_windows
     ]
-    base = f"slo:sli_error:ratio_rate{s.base_window}{s.id_selector}"
+    # The period's ratio weighs each base window by its requests: the bad and all events
+    # per second of every base window, summed over the period. An idle window adds
+    # nothing to either (averaging the base ratios would count it as a perfect window).
+    bad, total = s.event_rates(s.base_window)
+    for name, expr in ((EVENTS_BAD, bad), (EVENTS_ALL, total)):
+        rules.append(
+            {
+                "record": f"{name}{s.base_window}",
+                "expr": _Literal(expr + "\n"),
+                "labels": {**s.sloth_labels, "sloth_window": s.base_window},
+            }
+        )
+    over_period = [
+        f"sum_over_time({name}{s.base_window}{s.id_selector}[{s.period}])"
+        for name in (EVENTS_BAD, EVENTS_ALL)
+    ]
     rules.append(
         {
             "record": f"slo:sli_error:ratio_rate{s.period}",
-            "expr": _Literal(
-                f"sum_over_time({base}[{s.period}])\n/ ignoring (sloth_window)\n"
-                f"count_over_time({base}[{s.period}])\n"
-            ),
+            "expr": _Literal(ratio_of_events(*over_period)),
             "labels": {**s.sloth_labels, "sloth_window": s.period},
         }
     )
@@ -446,6 +470,9 @@ def objective_alert(o: ObjectiveRules) -> dict[str, Any]:
     return {
         "alert": o.alert_name,
         "expr": f"{o.record}{sel} > {o.threshold:g}",
+        # One slow evaluation is not an incident: the percentile over the window must stay
+        # over the objective for one more window (a burst is in the window for less).
+        "for": o.window,
         "labels": {**o.budget.alerting.labels, "severity": "ticket", **o.labels()},
         "annotations": {
             "summary": f"{o.budget_name}: {o.objective.label} over its {o.objective.below_ms:g} ms objective",

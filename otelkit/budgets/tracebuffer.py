@@ -32,6 +32,7 @@ from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
+from otelkit.collector.runtime.memory import parsed_bytes
 
 
 @dataclass(slots=True)
@@ -199,6 +200,16 @@ class TraceBuffer:
     def __len__(self) -> int:
         return len(self._batches)
 
+    def held_bytes(self) -> int:
+        """Memory the held batches take, sized from the newest one (``runtime.memory``)."""
+        if not self._batches:
+            return 0
+        newest = self._batches[-1]
+        if newest.payload is not None:
+            return parsed_bytes(self.held_spans, newest.payload)
+        size = sum(len(rs) + sum(len(w.data) for w in scopes) for rs, scopes in newest.wire or ())
+        return self.held_spans * size // max(newest.spans, 1)
+
 
 def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> None:
     """Replaces the batch's message by its bytes, if every scope's bytes are at hand."""
@@ -263,6 +274,9 @@ class BufferedTraceProcessor(Processor):
 
     def is_decided(self, trace_id: bytes) -> bool:
         return False
+
+    def held_bytes(self) -> int:
+        return self.buffer.held_bytes()
 
     async def start(self, host: Host) -> None:
         if self.buffer.wait > 0:

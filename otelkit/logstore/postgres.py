@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -87,7 +87,8 @@ def split_url(url: str) -> tuple[str, str]:
     schema = next((value for key, value in params if key == "schema"), DEFAULT_SCHEMA)
     if not _SCHEMA_NAME.match(schema):
         raise StoreError(f"schema {schema!r}: expected a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    rest = urlencode([(k, v) for k, v in params if k != "schema"])
+    # %20 for spaces: libpq does not read "+" in a URI as a space (options=-c%20name%3Dvalue).
+    rest = urlencode([(k, v) for k, v in params if k != "schema"], quote_via=quote)
     return urlunsplit(parts._replace(query=rest)), schema
 
 
@@ -125,6 +126,10 @@ class PostgresBackend(Backend):
         conn = self._connect(autocommit=False)
         try:
             self._migrate(conn)
+            # A commit returns once the server has flushed it to its WAL, whatever the
+            # server's default: the log store's commit mode promises that to senders.
+            conn.execute("SET synchronous_commit TO on")
+            conn.commit()
         except _TRANSIENT as exc:
             conn.close()
             raise StoreUnavailableError(f"PostgreSQL: {exc}") from exc

@@ -43,6 +43,9 @@ Row = tuple[Any, ...]
 # OTLP times are unsigned 64-bit; both databases store signed 64-bit integers. A time past
 # 2262 is a sender's bug, kept (at the latest storable time) rather than failing the batch.
 MAX_NS = 2**63 - 1
+# The log data model's severity numbers are 1..24 (0: unspecified). Another number is a
+# sender's bug too: the record is kept as unspecified, its severity_text as sent.
+MAX_SEVERITY = 24
 
 _encode = msgspec.json.Encoder().encode
 
@@ -148,11 +151,14 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                 when = record.time_unix_nano or observed or now
                 when = min(when, MAX_NS)
                 attributes = record.attributes
+                severity = record.severity_number
+                if not 0 <= severity <= MAX_SEVERITY:
+                    severity = 0
                 append(
                     (
                         when,
                         observed or None,
-                        record.severity_number,
+                        severity,
                         record.severity_text or None,
                         text,
                         is_json,

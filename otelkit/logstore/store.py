@@ -277,7 +277,7 @@ class LogStore:
         self.backend.close()
 
 
-def open_store(url: str, *, create: bool = True, synchronous: str = "normal") -> LogStore:
+def open_store(url: str, *, create: bool = True, synchronous: str = "full") -> LogStore:
     """A store for ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or
     ``postgresql://user@host:port/db[?schema=name]``.
 

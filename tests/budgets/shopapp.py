@@ -2,7 +2,8 @@
 the upstream OpenTelemetry instrumentations into an in-memory exporter.
 
 Endpoints: ``/authors/n-plus-one`` (one query per author), ``/reports/slow`` (a slow
-SELECT), ``/dashboard/sequential`` (three HTTP calls one after the other),
+SELECT), ``/reports/recursive`` (a slow ``WITH RECURSIVE`` query behind a comment),
+``/books/touch`` (a slow UPDATE), ``/dashboard/sequential`` (three HTTP calls one after the other),
 ``/dashboard/fan-out`` (six calls of one shape at once), ``/authors`` (clean: one
 query). The app calls its own ``/upstream/{n}`` endpoint over real HTTP.
 """
@@ -93,6 +94,24 @@ def build_app(engine: Engine, base_url: str, client: httpx.AsyncClient) -> FastA
             pause = _sleep_sql(engine, SLOW_QUERY_SECONDS)
             return len(conn.execute(text(f"SELECT count(*), {pause} FROM books")).all())
 
+    @app.get("/reports/recursive")
+    def recursive_report() -> int:
+        with engine.connect() as conn:
+            pause = _sleep_sql(engine, SLOW_QUERY_SECONDS)
+            query = (
+                "/* report: depth */ WITH RECURSIVE depth(n) AS "
+                "(SELECT 1 UNION ALL SELECT n + 1 FROM depth WHERE n < 3) "
+                f"SELECT max(n), {pause} FROM depth"
+            )
+            return len(conn.execute(text(query)).all())
+
+    @app.post("/books/touch")
+    def touch_books() -> int:
+        with engine.begin() as conn:
+            pause = _sleep_sql(engine, SLOW_QUERY_SECONDS)
+            query = f"UPDATE books SET title = title WHERE id > 0 AND (SELECT {pause}) IS NULL"
+            return conn.execute(text(query)).rowcount
+
     @app.get("/upstream/{n}")
     async def upstream(n: int) -> dict[str, int]:
         await asyncio.sleep(UPSTREAM_SECONDS)
@@ -116,10 +135,10 @@ class ShopApp:
     exporter: InMemorySpanExporter
     resource: Resource
 
-    def trace_of(self, path: str) -> ExportTraceServiceRequest:
+    def trace_of(self, path: str, method: str = "GET") -> ExportTraceServiceRequest:
         """Call ``path`` and return its whole trace, encoded as OTLP."""
         self.exporter.clear()
-        response = httpx.get(self.base_url + path, timeout=10)
+        response = httpx.request(method, self.base_url + path, timeout=10)
         response.raise_for_status()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.trace import SpanKind, Tracer, set_span_in_context
 
 KINDS = {"internal": 1, "server": 2, "client": 3}
 T0 = 1_700_000_000_000_000_000
@@ -28,6 +29,7 @@ class S:
     trace: int = 1
     span_id: int = 0
     parent: int = 0
+    ns: int | None = None  # exact duration in nanoseconds; overrides ``ms``
 
 
 def _value(v: str | int | bool) -> AnyValue:
@@ -45,7 +47,9 @@ def to_span(s: S) -> Span:
     if s.parent:
         span.parent_span_id = s.parent.to_bytes(8, "big")
     span.start_time_unix_nano = T0 + int(s.start_ms * 1e6)
-    span.end_time_unix_nano = span.start_time_unix_nano + int(s.ms * 1e6)
+    span.end_time_unix_nano = span.start_time_unix_nano + (
+        s.ns if s.ns is not None else int(s.ms * 1e6)
+    )
     span.attributes.extend(KeyValue(key=k, value=_value(v)) for k, v in s.attrs.items())
     if s.error:
         span.status.code = Status.STATUS_CODE_ERROR
@@ -95,3 +99,27 @@ class Sink:
 
     async def consume(self, payload: object) -> None:
         self.got.append(payload)
+
+
+MS = 1_000_000
+
+
+def n_plus_one(tracer: Tracer, start: int) -> int:
+    """An SDK request trace with six repeated queries (an N+1); its trace ID."""
+    root = tracer.start_span("GET /books", kind=SpanKind.SERVER, start_time=start)
+    context = set_span_in_context(root)
+    for i in range(6):
+        begin = start + (1 + i * 20) * MS
+        query = tracer.start_span(
+            "SELECT shop",
+            kind=SpanKind.CLIENT,
+            context=context,
+            start_time=begin,
+            attributes={
+                "db.system": "postgresql",
+                "db.statement": f"SELECT * FROM books WHERE author_id = {i}",
+            },
+        )
+        query.end(end_time=begin + 15 * MS)
+    root.end(end_time=start + 130 * MS)
+    return root.get_span_context().trace_id

@@ -84,6 +84,25 @@ def test_ceiling_breach_becomes_a_log_record_linked_to_the_span(tmp_path: Path) 
     assert logs.resource_logs[0].resource == sink.got[0].resource_spans[0].resource  # type: ignore[attr-defined]
 
 
+# 1.005s is 1004.9999999999999 ms in floating point: a span of exactly 1005 ms is at it.
+@pytest.mark.parametrize(("ceiling", "exact_ms"), [("1s", 1000), ("1.005s", 1005)])
+@pytest.mark.parametrize(("offset_ns", "over"), [(-1, False), (0, False), (1, True)])
+def test_a_span_exactly_at_its_ceiling_is_within_budget(
+    tmp_path: Path, ceiling: str, exact_ms: int, offset_ns: int, over: bool
+) -> None:
+    text = f"budgets: {{checkout: {{match: {{route: /checkout}}, max: {ceiling}}}}}"
+    processor, sink, telemetry = make(tmp_path, text)
+    span = S("POST /checkout", attrs={"http.route": "/checkout"}, ns=exact_ms * 10**6 + offset_ns)
+    asyncio.run(processor.consume(request([span])))
+    [marked] = all_spans(sink.got[0])  # type: ignore[arg-type]
+    assert attrs_of(marked)["otelkit.budget.exceeded"] is over
+    assert bool(event_attrs(marked)) is over
+    violations = telemetry.value(
+        "otelkit_budget_violations_total", {"budget": "checkout", "type": "ceiling"}
+    )
+    assert violations == (1 if over else 0)
+
+
 def test_window_percentile_breach_is_reported_once_per_window(tmp_path: Path) -> None:
     processor, _sink, telemetry = make(tmp_path)
     now = 1_000_000.0

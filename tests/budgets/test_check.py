@@ -30,7 +30,9 @@ def checkout(ms: float) -> S:
     return S("POST /checkout", ms=ms, attrs={"http.route": "/checkout"})
 
 
-def gate(tmp_path: Path, *lines: bytes, budgets: str = BUDGETS) -> subprocess.CompletedProcess[str]:
+def gate(
+    tmp_path: Path, *lines: bytes, budgets: str = BUDGETS, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "budgets.yaml").write_text(budgets)
     traces = tmp_path / "traces.jsonl"
     traces.write_bytes(b"".join(line + b"\n" for line in lines))
@@ -43,6 +45,7 @@ def gate(tmp_path: Path, *lines: bytes, budgets: str = BUDGETS) -> subprocess.Co
             "check",
             "--budgets",
             str(tmp_path / "budgets.yaml"),
+            *flags,
             str(traces),
         ],
         capture_output=True,
@@ -58,7 +61,7 @@ def fast_run() -> list[bytes]:
 
 
 def test_passing_trace_file_exits_0_with_a_table(tmp_path: Path) -> None:
-    result = gate(tmp_path, *fast_run())
+    result = gate(tmp_path, *fast_run(), flags=("--allow-unmatched",))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:5] == ["budget", "spans", "p50", "ms", "p95"]
@@ -67,6 +70,33 @@ def test_passing_trace_file_exits_0_with_a_table(tmp_path: Path) -> None:
     assert "ok" in checkout_row
     assert "no spans" in next(line for line in lines if line.startswith("unused"))
     assert lines[-1] == "all budgets hold"
+
+
+def test_a_budget_that_matched_no_span_fails_with_its_own_code(tmp_path: Path) -> None:
+    result = gate(tmp_path, *fast_run())
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "budget unused matched no spans: service=other" in result.stderr
+    assert "budget checkout matched" not in result.stderr
+    assert "--allow-unmatched" in result.stdout.splitlines()[-1]
+    every_budget_used = BUDGETS.partition("  unused:")[0]
+    assert gate(tmp_path, *fast_run(), budgets=every_budget_used).returncode == 0
+
+
+def test_no_selector_matching_any_span_is_not_a_pass(tmp_path: Path) -> None:
+    renamed = BUDGETS.replace("route: /checkout", "route: /cart").replace("GET /search", "GET /q")
+    result = gate(tmp_path, *fast_run(), budgets=renamed)
+    assert result.returncode == 4
+    for selector in ("checkout matched no spans: service=shop-api route=/cart",
+                     "search matched no spans: service=shop-api span_name=GET /q*"):  # fmt: skip
+        assert selector in result.stderr
+    allowed = gate(tmp_path, *fast_run(), budgets=renamed, flags=("--allow-unmatched",))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_a_broken_budget_outranks_an_unmatched_one(tmp_path: Path) -> None:
+    result = gate(tmp_path, *fast_run(), encode_request(request([checkout(1500)])))
+    assert result.returncode == 3
+    assert "budget unused matched no spans" in result.stderr
 
 
 def test_slower_endpoint_breaks_the_budget_and_exits_3(tmp_path: Path) -> None:
@@ -83,9 +113,22 @@ def test_one_span_over_the_ceiling_breaks_the_budget(tmp_path: Path) -> None:
     assert "1 (max 1000ms)" in result.stdout
 
 
+# 1.005s is 1004.9999999999999 ms in floating point: a span of exactly 1005 ms is at it.
+@pytest.mark.parametrize(("ceiling", "exact_ms"), [("1s", 1000), ("1.005s", 1005)])
+@pytest.mark.parametrize(("offset_ns", "code"), [(-1, 0), (0, 0), (1, 3)])
+def test_a_span_exactly_at_its_ceiling_passes_the_gate(
+    tmp_path: Path, ceiling: str, exact_ms: int, offset_ns: int, code: int
+) -> None:
+    budgets = f"budgets: {{checkout: {{match: {{route: /checkout}}, max: {ceiling}}}}}"
+    span = S("POST /checkout", attrs={"http.route": "/checkout"}, ns=exact_ms * 10**6 + offset_ns)
+    result = gate(tmp_path, encode_request(request([span])), budgets=budgets)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert f"{1 if code else 0} (max {exact_ms}ms)" in result.stdout
+
+
 def test_other_signals_in_the_file_are_skipped(tmp_path: Path) -> None:
     logs = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"hi"}}]}]}]}'
-    assert gate(tmp_path, logs, *fast_run()).returncode == 0
+    assert gate(tmp_path, logs, *fast_run(), flags=("--allow-unmatched",)).returncode == 0
 
 
 @pytest.mark.parametrize("case", ["bad budgets", "missing traces", "not otlp"])
@@ -181,6 +224,7 @@ def test_gate_on_the_file_exporters_output_of_an_instrumented_run(
             "check",
             "--budgets",
             str(tmp_path / "budgets.yaml"),
+            "--allow-unmatched",
             str(out),
         ],
         capture_output=True,

@@ -9,9 +9,10 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from otelkit.collector.pdata.otlp_json import iter_file
+from tests.budgets.spans import n_plus_one
 from tests.support.collector import allocate_ports, collector
 
 BUDGETS = """
@@ -53,26 +54,6 @@ def request_span(tracer: Tracer, start: int, ms: int, error: bool = False) -> in
         span.set_status(Status(StatusCode.ERROR))
     span.end(end_time=start + ms * MS)
     return span.get_span_context().trace_id
-
-
-def n_plus_one(tracer: Tracer, start: int) -> int:
-    root = tracer.start_span("GET /books", kind=SpanKind.SERVER, start_time=start)
-    context = set_span_in_context(root)
-    for i in range(6):
-        begin = start + (1 + i * 20) * MS
-        query = tracer.start_span(
-            "SELECT shop",
-            kind=SpanKind.CLIENT,
-            context=context,
-            start_time=begin,
-            attributes={
-                "db.system": "postgresql",
-                "db.statement": f"SELECT * FROM books WHERE author_id = {i}",
-            },
-        )
-        query.end(end_time=begin + 15 * MS)
-    root.end(end_time=start + 130 * MS)
-    return root.get_span_context().trace_id
 
 
 def test_kept_traces_and_findings_from_a_running_collector(tmp_path: Path) -> None:

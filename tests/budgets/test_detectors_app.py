@@ -88,6 +88,26 @@ def test_slow_query_is_found(shop: ShopApp) -> None:
     assert len(offenders(trace, "slow_db_query")) == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "operation", "culprit"),
+    [
+        ("GET", "/reports/recursive", "SELECT", "WITH RECURSIVE depth(n) AS (SELECT ? UNION ALL"),
+        ("POST", "/books/touch", "UPDATE", "UPDATE books SET title = title WHERE id > ?"),
+    ],
+)
+def test_every_slow_statement_is_found_and_classified(
+    shop: ShopApp, method: str, path: str, operation: str, culprit: str
+) -> None:
+    trace, telemetry = detect(shop.trace_of(path, method))
+    [finding] = findings(trace)
+    assert finding["otelkit.finding.type"] == "slow_db_query"
+    assert finding["otelkit.perf_issue.db_operation"] == operation
+    assert str(finding["otelkit.finding.culprit"]).startswith(culprit)
+    assert "/*" not in str(finding["otelkit.finding.culprit"])  # comments are not the shape
+    labels = {"type": "slow_db_query", "service": "shop-api"}
+    assert telemetry.value("otelkit_perf_issues_total", labels) == 1
+
+
 def test_sequential_http_calls_are_found(shop: ShopApp) -> None:
     trace, _ = detect(shop.trace_of("/dashboard/sequential"))
     types = [f["otelkit.finding.type"] for f in findings(trace)]
@@ -126,7 +146,13 @@ def test_slow_query_on_postgresql_pg_sleep() -> None:
     with running_shop(url) as app:
         trace, _ = detect(app.trace_of("/reports/slow"))
         n_plus_one, _ = detect(app.trace_of("/authors/n-plus-one"))
+        recursive, _ = detect(app.trace_of("/reports/recursive"))
+        update, _ = detect(app.trace_of("/books/touch", "POST"))
     [finding] = findings(trace)
     assert finding["otelkit.finding.type"] == "slow_db_query"
     assert "pg_sleep(?)" in str(finding["otelkit.finding.culprit"])
     assert [f["otelkit.finding.type"] for f in findings(n_plus_one)] == ["n_plus_one_db_queries"]
+    operations = [
+        f["otelkit.perf_issue.db_operation"] for f in [*findings(recursive), *findings(update)]
+    ]
+    assert operations == ["SELECT", "UPDATE"]

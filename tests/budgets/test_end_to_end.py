@@ -8,15 +8,9 @@ page alert's windows are 5 s / 4 s and the whole run takes seconds, not hours.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from otelkit.budgets.model import parse_budgets
 from otelkit.budgets.rules import rules_text
 from otelkit.collector.pdata.otlp_json import iter_file
+from tests.budgets.alerting import Webhook, alertmanager, process
 from tests.support.collector import allocate_ports, collector
 from tests.support.services import free_port, require_binary
 
@@ -87,62 +82,6 @@ receivers:
 """
 
 
-class Webhook:
-    """Collects Alertmanager's webhook posts."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.posts.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def firing(self, path: str) -> list[dict[str, Any]]:
-        return [
-            a
-            for p, body in self.posts
-            if p == path
-            for a in body["alerts"]
-            if a["status"] == "firing"
-        ]
-
-
-@contextmanager
-def process(args: list[str], log: Path, ready_url: str) -> Iterator[None]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{args[0]} not ready:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def send_load(grpc_port: int, stop: threading.Event, error_share: float) -> int:
     provider = TracerProvider(resource=Resource.create({"service.name": "shop-api"}))
     provider.add_span_processor(
@@ -175,7 +114,6 @@ def send_load(grpc_port: int, stop: threading.Event, error_share: float) -> int:
 
 def test_a_burning_budget_pages_through_prometheus_and_alertmanager(tmp_path: Path) -> None:
     prometheus_bin = require_binary("prometheus")
-    alertmanager_bin = require_binary("prometheus-alertmanager")
     budgets_path = tmp_path / "budgets.yaml"
     budgets_path.write_text(yaml.safe_dump(BUDGETS))
     (tmp_path / "rules.yml").write_text(rules_text(parse_budgets(BUDGETS)))
@@ -209,18 +147,7 @@ def test_a_burning_budget_pages_through_prometheus_and_alertmanager(tmp_path: Pa
             }
         )
     )
-    am = process(
-        [
-            alertmanager_bin,
-            f"--config.file={tmp_path / 'alertmanager.yml'}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        tmp_path / "alertmanager.log",
-        f"http://127.0.0.1:{am_port}/-/ready",
-    )
+    am = alertmanager(tmp_path / "alertmanager.yml", am_port)
     prom = process(
         [
             prometheus_bin,

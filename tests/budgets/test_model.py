@@ -75,3 +75,23 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     assert "budgets.checkout.max" in failed.stderr
     ok = subprocess.run([*run, str(SHIPPED)], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (
+            {"defaults": {"period": "1m"}, "budgets": {"a": {"slos": {"x": {"objective": 99, "bad": "error"}}}}},
+            "defaults.period: an SLO period must be longer than alerting.min_window (60s)",
+        ),
+        (
+            {"alerting": {"min_window": "2h"},
+             "budgets": {"a": {"slos": {"x": {"objective": 99, "bad": "error", "period": "1h"}}}}},
+            "budgets.a.slos.x.period: an SLO period must be longer than alerting.min_window (7200s)",
+        ),
+    ],
+)  # fmt: skip
+def test_an_slo_period_must_be_longer_than_the_shortest_alert_window(
+    data: object, problem: str
+) -> None:
+    assert problems(data) == [f"{problem}, the shortest alert window"]

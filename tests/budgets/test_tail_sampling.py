@@ -6,11 +6,12 @@ import asyncio
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otelkit.budgets.findings import KIND_BUDGET_BREACH, Finding, attach
 from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
 from otelkit.collector.processors.tail_sampling import TailSamplingConfig, TailSamplingProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.telemetry import SelfTelemetry
-from tests.budgets.spans import S, Sink, all_spans, request
+from tests.budgets.spans import S, Sink, all_spans, request, to_span
 
 
 def sampler(wait: str = "0", **config: object) -> tuple[TailSamplingProcessor, Sink, SelfTelemetry]:
@@ -46,6 +47,22 @@ def test_keeps_errors_breaches_and_perf_issues_and_drops_the_rest() -> None:
     assert kept_traces(sink) == {2, 3, 5}
     assert len(all_spans(sink.got[0])) == 4  # type: ignore[arg-type]  # whole traces kept
     assert telemetry.total("otelcol_processor_dropped_spans_total") == 3
+
+
+def test_a_window_percentile_finding_keeps_its_trace_as_a_breach() -> None:
+    """The finding sits on the slowest span of the batch that broke the objective; that
+    span is within its own limit (not marked exceeded), yet the finding links to it."""
+    finding = Finding(KIND_BUDGET_BREACH, "percentile", "Budget checkout: p95 ...", "op", "f",
+                      [b"\x01" * 8])  # fmt: skip
+    carrier = to_span(S("slow but within max", trace=7, attrs={"otelkit.budget.exceeded": False}))
+    attach(carrier, finding, carrier.end_time_unix_nano)
+    batch = request([S("fine", trace=8)])
+    batch.resource_spans[0].scope_spans[0].spans.append(carrier)
+    processor, sink, telemetry = sampler()
+    asyncio.run(processor.consume(batch))
+    assert kept_traces(sink) == {7}
+    decisions = {"decision": "sampled", "reason": "budget_breach"}
+    assert telemetry.value("otelkit_tail_sampling_decisions_total", decisions) == 1
 
 
 def test_policies_latency_attribute_probabilistic() -> None:

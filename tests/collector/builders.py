@@ -83,3 +83,43 @@ def item_names(payload: Payload) -> list[str]:
 
 def new_request(signal: Signal) -> Payload:
     return signal.new_request()
+
+
+# Poison: items some exporter cannot export as they are, among valid ones ---------------------
+def poisoned_metrics() -> tuple[ExportMetricsServiceRequest, int, int]:
+    """A request of valid points and points Prometheus cannot take (exponential histograms
+    with scale -100 and offset 2**31-1, NaN or unsorted bounds, a NaN quantile, a metric
+    name without letters); returns it with (valid points, invalid points)."""
+    request = metrics([3, 4], prefix="ok")
+    sm = request.resource_metrics[0].scope_metrics[0]
+    good = sm.metrics.add(name="latency", unit="s")
+    point = good.exponential_histogram.data_points.add(scale=3, count=3, time_unix_nano=5)
+    point.positive.bucket_counts.extend([1, 2])
+    for scale, offset in ((-100, 0), (0, 2**31 - 1), (100, -(2**31))):
+        bad = sm.metrics.add(name=f"bad.exp.{scale}.{offset}", unit="s")
+        dp = bad.exponential_histogram.data_points.add(scale=scale, count=2, time_unix_nano=5)
+        dp.positive.offset = offset
+        dp.positive.bucket_counts.extend([1, 1])
+    for bounds in ([float("nan")], [5.0, 1.0]):
+        hist = sm.metrics.add(name="bad.bounds").histogram.data_points.add(
+            count=2, time_unix_nano=5
+        )
+        hist.explicit_bounds.extend(bounds)
+        hist.bucket_counts.extend([1] * (len(bounds) + 1))
+    summary = sm.metrics.add(name="bad.summary").summary.data_points.add(count=1, time_unix_nano=5)
+    summary.quantile_values.add(quantile=float("nan"), value=1.0)
+    sm.metrics.add(name="...").gauge.data_points.add(as_int=1, time_unix_nano=5)
+    return request, 3 + 4 + 1, 7
+
+
+def poisoned_traces() -> tuple[ExportTraceServiceRequest, int]:
+    """Spans with odd but encodable values, and one whose trace ID is 20 bytes (no OTLP/JSON
+    form, and a whole request the upstream collector refuses); returns (request, that span's
+    index)."""
+    request = traces([[30]])
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans[3].attributes.add(key="nan").value.double_value = float("nan")
+    spans[4].start_time_unix_nano = 2**64 - 1
+    spans[5].name = "\x00\u202e\ud7ff" * 100
+    spans[11].trace_id = b"\x01" * 20
+    return request, 11

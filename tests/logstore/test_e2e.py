@@ -38,6 +38,8 @@ from otelkit.logstore.sqlite import SqliteBackend
 from otelkit.logstore.store import LogStore, open_store
 from tests.support.collector import allocate_ports, collector
 
+pytestmark = pytest.mark.usefixtures("quiet_sdk_exports")
+
 CONFIG = """
 receivers:
   otlp:
@@ -308,13 +310,3 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_record_and_a_sound_file(
     backend = SqliteBackend(f"sqlite:///{db}")
     assert backend.integrity_check() == []
     backend.close()
-
-
-@pytest.fixture(autouse=True)
-def _quiet_sdk_retries() -> Iterator[None]:
-    """The SDK logs every failed export; after the deliberate kill that is only noise."""
-    logger = logging.getLogger("opentelemetry.exporter.otlp")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)

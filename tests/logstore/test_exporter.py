@@ -22,9 +22,11 @@ from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.logstore.query import build_query
-from otelkit.logstore.store import StoreError, open_store
+from otelkit.logstore.sqlite import SqliteBackend
+from otelkit.logstore.store import LogStore, StoreError, open_store
 from tests.logstore.conftest import random_trace_id
 from tests.logstore.requests import SECOND, Rec, request
+from tests.support.durable import RecordingDisk
 
 API = {"endpoint": "127.0.0.1:0", "token": "api-token"}
 API_AUTH = {"authorization": "Bearer api-token"}
@@ -249,3 +251,55 @@ async def test_search_api_treats_hostile_input_as_text(sqlite_url: str) -> None:
         response = await get(exporter.api_port, grep="'bob' OR 1=1")
         assert [r["body"] for r in response.json()["records"]] == ["user 'bob' OR 1=1 logged in"]
     assert len(stored_bodies(sqlite_url)) == 2
+
+
+# Durable means fsynced ----------------------------------------------------------------------
+async def test_commit_mode_fsyncs_the_write_ahead_log_before_the_sender_is_answered(
+    tmp_path: Path,
+) -> None:
+    events: list[str] = []
+    db = tmp_path / "store" / "logs.db"
+    exporter = make_exporter(url=f"sqlite:///{db}", durability="commit")
+    exporter.store = LogStore(SqliteBackend(f"sqlite:///{db}", disk=RecordingDisk(events)))
+    await exporter.start(ServiceHost())
+    try:
+        writer = exporter.store.backend._writer  # type: ignore[attr-defined]
+        writer.set_trace_callback(lambda sql: events.append(sql) if sql == "COMMIT" else None)
+        for n in range(2):
+            await exporter.consume(request([Rec(f"r{n}.{i}") for i in range(10)]))
+            events.append("acknowledged")
+    finally:
+        await exporter.shutdown()
+    assert events == [
+        "COMMIT", "fsync logs.db-wal", "fsync-dir store", "acknowledged",
+        "COMMIT", "fsync logs.db-wal", "acknowledged",
+    ]  # fmt: skip
+    assert len(stored_bodies(f"sqlite:///{db}")) == 20
+
+
+async def test_synchronous_normal_commits_without_fsync(tmp_path: Path) -> None:
+    events: list[str] = []
+    url = f"sqlite:///{tmp_path / 'logs.db'}"
+    exporter = make_exporter(url=url, durability="commit", synchronous="normal")
+    exporter.store = LogStore(SqliteBackend(url, synchronous="normal", disk=RecordingDisk(events)))
+    async with contextlib.AsyncExitStack() as stack:
+        await exporter.start(ServiceHost())
+        stack.push_async_callback(exporter.shutdown)
+        await exporter.consume(request([Rec("r")]))
+    assert events == []
+
+
+@pytest.mark.service("postgres")
+async def test_postgres_commit_mode_answers_after_a_commit_the_server_flushed(
+    pg_url: str,
+) -> None:
+    # A server (or database) whose default is not to wait for the WAL flush.
+    url = f"{pg_url}&options=-c%20synchronous_commit%3Doff"
+    async with running(url=url, durability="commit") as exporter:
+        await exporter.consume(request([Rec("committed")]))
+        # Another connection sees the record as soon as the sender has its answer ...
+        assert stored_bodies(pg_url) == ["committed"]
+        writer = exporter.store.backend._writer  # type: ignore[attr-defined]
+        # ... and the commit waited for the server's WAL flush whatever the default.
+        assert writer.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        writer.rollback()

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from otelkit.collector.connectors.spanmetrics import (
@@ -18,11 +30,14 @@ from otelkit.collector.connectors.spanmetrics import (
     safe_span_name,
 )
 from otelkit.collector.pdata.signals import Payload
+from otelkit.collector.pdata.tracestate import MalformedThresholdError, adjusted_count
 from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.prometheus.payloads import span, traces_request
+from tests.support.collector import shipped_collector
+from tests.support.head_sampling import SeededIds, head_sampler
 
 
 class Sink:
@@ -267,3 +282,175 @@ def test_values_that_look_like_attribute_framing_do_not_confuse_the_lookup() -> 
     )
     ((attrs, _),) = points(request, "traces.span.metrics.calls")
     assert attrs["http.route"] == "/ok"
+
+
+# Head-sampled spans: each counts as 1/p spans (its adjusted count) ----------------------
+def sampled(name: str, ms: float, trace_state: str, **kw: Any) -> Span:
+    out = span(name, ms, **kw)
+    out.trace_state = trace_state
+    return out
+
+
+@pytest.mark.parametrize(
+    ("trace_state", "count"),
+    [
+        ("ot=th:c", 4.0),  # p = 1 - 0xc/0x10 = 0.25
+        ("ot=th:8", 2.0),
+        ("ot=th:0", 1.0),
+        ("ot=th:fffffffffffff", 2.0**56 / 0x10),  # 13 digits, p = 2^-52
+        ("vendor=a:b, ot=rv:0123456789abcd;th:c;x:y ,other=1", 4.0),
+        ("ot=rv:0123456789abcd", 1.0),  # no threshold: not sampled away
+        ("vendor=th:c", 1.0),  # someone else's entry
+        ("", 1.0),
+    ],
+)
+def test_the_adjusted_count_of_a_trace_state(trace_state: str, count: float) -> None:
+    assert adjusted_count(trace_state) == pytest.approx(count, rel=1e-12)
+
+
+@pytest.mark.parametrize("th", ["", "C", "xyz", "0123456789abcde", "c-", " c"])
+def test_a_malformed_threshold_is_refused(th: str) -> None:
+    with pytest.raises(MalformedThresholdError):
+        adjusted_count(f"ot=th:{th}")
+
+
+@pytest.mark.parametrize("dimensions", [[], [{"name": "http.route"}]])
+def test_a_sampled_span_counts_as_many_spans_as_it_stands_for(
+    dimensions: list[dict[str, str]],
+) -> None:
+    """Both ways the hot path reads the trace state: from the span's bytes (with
+    dimensions) and from the field (without)."""
+    conn, _, _ = connector(dimensions=dimensions)
+    request = flush(conn, traces_request(
+        sampled("GET /a", 3, "ot=th:c"), sampled("GET /a", 3, "ot=th:c"),
+        sampled("GET /a", 120, "ot=th:8"), span("GET /a", 120),
+    ))  # fmt: skip
+    ((_, calls),) = points(request, "traces.span.metrics.calls")
+    ((_, hist),) = points(request, "traces.span.metrics.duration")
+    assert calls.as_int == 4 + 4 + 2 + 1
+    assert hist.count == 11 and sum(hist.bucket_counts) == 11
+    assert hist.bucket_counts[1] == 8 and hist.bucket_counts[7] == 3  # 3ms <= 4, 120ms <= 200
+    assert hist.sum == pytest.approx(3 * 8 + 120 * 3)
+
+
+def test_fractional_adjusted_counts_are_rounded_consistently_and_never_drift() -> None:
+    """p = 0.3 gives 3.33 spans per span: OTLP histogram counts are integers, so counts
+    are rounded per bucket; calls always equal the histogram's count, and cumulative
+    counts stay within one of the true total however many flushes there are."""
+    th = f"{(1 << 56) - round(0.3 * (1 << 56)):014x}".rstrip("0")
+    for temporality in ("AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORALITY_DELTA"):
+        conn, _, _ = connector(aggregation_temporality=temporality)
+        reported = 0
+        for _ in range(30):
+            request = flush(conn, traces_request(sampled("op", 5, f"ot=th:{th}")))
+            ((_, calls),) = points(request, "traces.span.metrics.calls")
+            ((_, hist),) = points(request, "traces.span.metrics.duration")
+            assert calls.as_int == hist.count == sum(hist.bucket_counts)
+            reported = (
+                calls.as_int if temporality.endswith("CUMULATIVE") else reported + calls.as_int
+            )
+        assert abs(reported - 30 / 0.3) <= 1, temporality
+
+
+def test_a_malformed_threshold_counts_once_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conn, _, telemetry = connector(dimensions=[{"name": "http.route"}])
+    with caplog.at_level("WARNING", logger="otelkit.spanmetrics"):
+        request = flush(conn, traces_request(
+            *(sampled("op", 1, f"ot=th:{bad}") for bad in ("BAD", "123456789012345", "")),
+            sampled("op", 1, "ot=th:" + "z" * 10_000),
+        ))  # fmt: skip
+    ((_, calls),) = points(request, "traces.span.metrics.calls")
+    assert calls.as_int == 4
+    assert (
+        telemetry.value(
+            "otelcol_connector_spanmetrics_malformed_threshold_spans_total",
+            {"connector": "spanmetrics"},
+        )
+        == 4
+    )
+    warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) == 1 and len(warnings[0].getMessage()) < 400
+
+
+def sdk_spans(ratio: float, requests: int, seed: int = 3) -> ExportTraceServiceRequest:
+    """``requests`` server spans, each with a client child, from the real SDK sampling
+    with :func:`head_sampler`."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "shop"}),
+        sampler=head_sampler(ratio),
+        id_generator=SeededIds(seed),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("shop")
+    for _ in range(requests):
+        with (
+            tracer.start_as_current_span("GET /a", kind=SpanKind.SERVER),
+            tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT),
+        ):
+            pass
+    provider.shutdown()
+    return encode_spans(exporter.get_finished_spans())
+
+
+@pytest.mark.parametrize("dimensions", [[], [{"name": "http.route"}]])
+def test_sdk_spans_with_a_threshold_in_their_trace_state_estimate_the_true_count(
+    dimensions: list[dict[str, str]],
+) -> None:
+    request = sdk_spans(0.25, 400)
+    kept = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert kept and all(s.trace_state == "ot=th:c" for s in kept)  # children inherit it
+    assert len(kept) < 0.5 * 800
+    conn, _, _ = connector(dimensions=dimensions)
+    counts = {a["span.kind"]: dp.as_int
+              for a, dp in points(flush(conn, request), "traces.span.metrics.calls")}  # fmt: skip
+    assert counts["SPAN_KIND_SERVER"] == counts["SPAN_KIND_CLIENT"] == len(kept) // 2 * 4
+    assert abs(counts["SPAN_KIND_SERVER"] - 400) <= 0.2 * 400
+
+
+def scraped_calls(port: int) -> dict[str, float]:
+    """Span-metric calls per service, as Prometheus scrapes them."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    calls: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "traces_span_metrics_calls_total":
+                service = sample.labels["service_name"]
+                calls[service] = calls.get(service, 0.0) + sample.value
+    return calls
+
+
+def send_requests(grpc_port: int, service: str, ratio: float, requests: int) -> None:
+    """An app's server spans through the SDK's OTLP exporter, head-sampled at ``ratio``."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}),
+        sampler=head_sampler(ratio),
+        id_generator=SeededIds(11),
+    )
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=requests))
+    tracer = provider.get_tracer("shop")
+    for _ in range(requests):
+        tracer.start_span("GET /items", kind=SpanKind.SERVER,
+                          attributes={"http.route": "/items"}).end()  # fmt: skip
+    provider.shutdown()
+
+
+def test_head_sampled_requests_are_counted_within_ten_percent_by_the_default_collector(
+    tmp_path: Path,
+) -> None:
+    """2,000 requests of an app sampling 1 in 4 (the SDK writes ot=th:c) and of one
+    sampling nothing, through collector/otelkit.yaml, read where Prometheus scrapes."""
+    with shipped_collector(tmp_path) as running:
+        send_requests(running.ports["grpc"], "shop-sampled", 0.25, 2000)
+        send_requests(running.ports["grpc"], "shop-all", 1.0, 2000)
+        deadline = time.monotonic() + 60  # the default flush interval is 15 s
+        calls = scraped_calls(running.ports["prometheus"])
+        while calls.get("shop-all") != 2000 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            calls = scraped_calls(running.ports["prometheus"])
+    assert calls["shop-all"] == 2000, running.log()[-2000:]
+    assert abs(calls["shop-sampled"] / 2000 - 1) <= 0.10, calls
+    assert calls["shop-sampled"] % 4 == 0  # every kept request stands for four

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -125,11 +126,12 @@ def collector(
 
 @contextmanager
 def shipped_collector(
-    tmp_path: Path, env: Mapping[str, str] | None = None
+    tmp_path: Path, env: Mapping[str, str] | None = None, config_text: str | None = None
 ) -> Iterator[RunningCollector]:
     """``collector/otelkit.yaml`` as a user runs it, each listener moved to a free loopback
     port by its variable and ``OTELKIT_DATA_DIR`` to ``tmp_path/otelkit-data``; no
-    ``SENTRY_DSN`` unless ``env`` sets one."""
+    ``SENTRY_DSN`` unless ``env`` sets one. ``config_text``: the shipped file as a user
+    edited it."""
     ports = allocate_ports(*SHIPPED_ADDRESSES)
     variables = {name: f"127.0.0.1:{ports[key]}" for key, name in SHIPPED_ADDRESSES.items()}
     variables.update(
@@ -137,7 +139,29 @@ def shipped_collector(
         OTELKIT_BUDGETS_FILE=str(ROOT / "collector" / "budgets.yaml"),
         SENTRY_DSN="",
     )
-    with collector(
-        SHIPPED_CONFIG.read_text(), tmp_path, ports=ports, env={**variables, **(env or {})}
-    ) as running:
+    text = SHIPPED_CONFIG.read_text() if config_text is None else config_text
+    with collector(text, tmp_path, ports=ports, env={**variables, **(env or {})}) as running:
         yield running
+
+
+def downstream_config(
+    signals: Sequence[str], out: Path | None = None, *, http: bool = False
+) -> str:
+    """Config text of a collector taking OTLP on ``{grpc}`` (and ``{http}``) for
+    ``signals`` and writing what it receives to ``out`` (``file``, flushed every 100 ms),
+    or dropping it (``nop``) when ``out`` is None."""
+    protocols: dict[str, Any] = {"grpc": {"endpoint": "127.0.0.1:{grpc}"}}
+    if http:
+        protocols["http"] = {"endpoint": "127.0.0.1:{http}"}
+    exporter = "file" if out is not None else "nop"
+    settings = {"path": str(out), "flush_interval": "100ms"} if out is not None else {}
+    config = {
+        "receivers": {"otlp": {"protocols": protocols}},
+        "exporters": {exporter: settings},
+        "service": {
+            "pipelines": {
+                signal: {"receivers": ["otlp"], "exporters": [exporter]} for signal in signals
+            }
+        },
+    }
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,14 +1,18 @@
 """``findings`` connector (traces -> logs): one log record per ``otelkit.finding`` span event.
 
 Budget breaches and performance issues are found by traces processors, which record
-them as span events (see :mod:`otelkit.budgets.findings`). Put this connector at the
-end of a traces pipeline and among the receivers of a logs pipeline to send them to
-the log store and Sentry::
+them as span events (see :mod:`otelkit.budgets.findings`). Put this connector on the
+traces pipeline that runs those processors, **before any sampling**, and among the
+receivers of a logs pipeline, so every finding reaches the log store and Sentry whatever
+the sampler keeps; a ``forward`` connector hands the traces on to the sampling
+pipeline::
 
-    traces: {processors: [budget, perf_issues, tail_sampling], exporters: [sentry, findings]}
-    logs:   {receivers: [otlp, findings], exporters: [logstore, sentry]}
+    traces/findings: {processors: [budget, perf_issues], exporters: [findings, forward]}
+    traces:          {receivers: [forward], processors: [tail_sampling], exporters: [sentry]}
+    logs:            {receivers: [otlp, findings], exporters: [logstore, sentry]}
 
-A batch without findings costs one look at each span's event count.
+A batch without findings costs one look at each span's event count; the batch is only
+read, so a fan-out shares it instead of copying it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class FindingsConfig(ComponentConfig):
 
 
 class FindingsConnector(Connector):
+    mutates_data = False  # reads the spans, sends new log records
+
     def __init__(self, next_consumer: Consumer) -> None:
         self._next = next_consumer
 

@@ -19,6 +19,15 @@ differs from upstream, on purpose:
   unlimited). New series past the limit fold into one series per resource labelled
   ``otel.metric.overflow="true"`` (``otel_metric_overflow`` in Prometheus); the spans
   folded are counted in ``otelcol_connector_spanmetrics_overflow_spans_total``.
+* Head-sampled spans are counted as the spans they stand for. A span whose W3C
+  ``tracestate`` carries OpenTelemetry's consistent-probability threshold (``ot=th:c``:
+  kept with probability p = 1 - T/2^56) adds 1/p (its adjusted count) to the calls, the
+  histogram's count and bucket, and 1/p times its duration to the sum; ``th:0`` or no
+  ``th`` is 1. OTLP histogram counts are integers, so counts are reported rounded per
+  bucket (calls are their sum, equal to the histogram's count; under delta temporality
+  the unreported fraction carries to the next flush). A malformed ``th`` counts once,
+  is counted in ``otelcol_connector_spanmetrics_malformed_threshold_spans`` and logged
+  the first time. Upstream's connector counts every span once.
 * Raw URLs and query text never become labels: ``url.full``, ``http.url``,
   ``http.target``, ``url.path``, ``url.query``, ``db.statement``, ``db.query.text`` and
   similar are refused as dimensions at configuration time (use ``http.route`` and
@@ -28,7 +37,9 @@ differs from upstream, on purpose:
 Per span only the name, kind, status code and start and end times are read as fields;
 configured dimensions are found with ``bytes.find`` in the span's serialised form (one
 C-level call) instead of walking every attribute in Python, and decoded only when they
-make a new series; trace and span IDs are read only when an exemplar slot is free.
+make a new series; whether a trace state is present is one byte of that form (or the
+field, without dimensions), and a trace state is parsed once per distinct value; trace
+and span IDs are read only when an exemplar slot is free.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.pdata.tracestate import MalformedThresholdError, adjusted_count
 from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.pdata.wire import key_pattern, raw_value_at
 from otelkit.collector.runtime.component import (
@@ -82,6 +94,9 @@ Temporality = Literal["AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORA
 _CUMULATIVE: Temporality = "AGGREGATION_TEMPORALITY_CUMULATIVE"
 _DELTA: Temporality = "AGGREGATION_TEMPORALITY_DELTA"
 _BUILD_CHUNK = 1000
+_TRACE_STATE_TAG = 0x1A  # Span.trace_state: field 3, length-delimited
+_WEIGHTS_CACHED = 1024  # distinct trace states whose adjusted count is remembered
+_CACHED_TRACE_STATE_CHARS = 512  # the W3C limit; longer ones are parsed every time
 
 
 # Configuration -------------------------------------------------------------------------
@@ -165,17 +180,22 @@ class SpanMetricsConfig(ComponentConfig):
 
 # State -----------------------------------------------------------------------------------
 class _Series:
-    __slots__ = ("attributes", "buckets", "calls", "exemplars", "flushed_calls", "last_active",
-                 "start_ns", "total")  # fmt: skip
+    """Calls, duration sum and bucket counts of one series. Counts are ints until a
+    sampled span (adjusted count 1/p) makes them floats; they are reported rounded."""
+
+    __slots__ = ("attributes", "buckets", "calls", "carry", "exemplars", "flushed_calls",
+                 "last_active", "start_ns", "total")  # fmt: skip
 
     def __init__(self, attributes: list[KeyValue], buckets: int, now_ns: int, now: float) -> None:
         self.attributes = attributes
-        self.calls = 0
+        self.calls: float = 0
         self.total = 0.0
-        self.buckets = [0] * buckets
+        self.buckets: list[float] = [0] * buckets
+        # Delta temporality: per bucket, the fraction of a span not yet reported.
+        self.carry: list[float] | None = None
         self.exemplars: list[tuple[bytes, bytes, float, int]] = []
         self.start_ns = now_ns
-        self.flushed_calls = 0
+        self.flushed_calls: float = 0
         self.last_active = now
 
 
@@ -237,6 +257,13 @@ class SpanMetricsConnector(Connector):
         self._series_gauge = self.telemetry.gauge(
             "otelcol_connector_spanmetrics_series", "Series the connector holds", ("connector",)
         ).labels(self.name)
+        self._weights: dict[str, float] = {}  # trace state -> adjusted count
+        self._malformed = self.telemetry.counter(
+            "otelcol_connector_spanmetrics_malformed_threshold_spans",
+            "Spans whose tracestate ot entry has an invalid th (counted once each)",
+            ("connector",),
+        ).labels(self.name)
+        self._malformed_logged = False
 
     async def start(self, host: Host) -> None:
         self._flush_task = asyncio.create_task(self._flush_loop(), name=f"{self.name}-flush")
@@ -270,6 +297,7 @@ class SpanMetricsConnector(Connector):
         bisect_left = bisect.bisect_left
         max_exemplars = self.config.exemplars.max_per_data_point
         exemplars_on = self.config.exemplars.enabled
+        weights = self._weights
         for rs in resource_spans:
             state = self._resource_state(rs.resource)
             table = state.series
@@ -290,18 +318,59 @@ class SpanMetricsConnector(Connector):
                                 if found is not None:
                                     values[index] = found
                         key: tuple[Any, ...] = (name, span.kind, span.status.code, *values)
+                        # Span.trace_state (field 3) follows the 16-byte trace ID and the
+                        # 8-byte span ID: a byte tells whether the span has one.
+                        try:
+                            stated = data[28] == _TRACE_STATE_TAG
+                        except IndexError:
+                            stated = False
                     else:
                         key = (name, span.kind, span.status.code)
+                        stated = span.trace_state  # truthy when set
                     series = table.get(key)
                     if series is None:
                         series = self._new_series(state, key)
                     end_ns = span.end_time_unix_nano
                     duration = (end_ns - span.start_time_unix_nano) * scale
-                    series.calls += 1
-                    series.total += duration
-                    series.buckets[bisect_left(bounds, duration)] += 1
+                    if (
+                        stated
+                        and (
+                            weight := weights.get(span.trace_state)
+                            or self._weight(span.trace_state)
+                        )
+                        != 1.0
+                    ):  # a head-sampled span stands for 1/p spans
+                        series.calls += weight
+                        series.total += duration * weight
+                        series.buckets[bisect_left(bounds, duration)] += weight
+                    else:
+                        series.calls += 1
+                        series.total += duration
+                        series.buckets[bisect_left(bounds, duration)] += 1
                     if exemplars_on and len(series.exemplars) < max_exemplars:
                         series.exemplars.append((span.trace_id, span.span_id, duration, end_ns))
+
+    def _weight(self, trace_state: str) -> float:
+        """The adjusted count of a span with this trace state (1 when its ``th`` is
+        malformed: counted, and logged the first time)."""
+        try:
+            weight = adjusted_count(trace_state)
+        except MalformedThresholdError as exc:
+            self._malformed.inc()
+            if not self._malformed_logged:
+                self._malformed_logged = True
+                log.warning(
+                    "connector %s: a span's tracestate has a malformed %s; such spans count "
+                    "once (otelcol_connector_spanmetrics_malformed_threshold_spans_total)",
+                    self.name,
+                    exc,
+                )
+            return 1.0
+        if len(trace_state) <= _CACHED_TRACE_STATE_CHARS:
+            if len(self._weights) >= _WEIGHTS_CACHED:
+                self._weights.clear()
+            self._weights[trace_state] = weight
+        return weight
 
     def _remember_safe_name(self, raw: str) -> str:
         if len(self._safe_names) >= 10_000:
@@ -470,19 +539,23 @@ class SpanMetricsConnector(Connector):
     def _add_series(self, calls: Any, duration: Any, series: list[_Series], now_ns: int) -> None:
         for s in series:
             start = self._last_flush_ns if self._delta else s.start_ns
-            self._add_points(calls, duration, s, start, now_ns)
+            counts = _whole_counts(s, carry=self._delta)
+            self._add_points(calls, duration, s, start, now_ns, counts)
             s.flushed_calls = s.calls
             s.exemplars.clear()
             if self._delta:
                 s.calls, s.total, s.buckets = 0, 0.0, [0] * len(s.buckets)
                 s.flushed_calls = 0
 
-    def _add_points(self, calls: Any, duration: Any, s: _Series, start: int, now_ns: int) -> None:
+    def _add_points(
+        self, calls: Any, duration: Any, s: _Series, start: int, now_ns: int, counts: list[int]
+    ) -> None:
+        count = sum(counts)
         dp = calls.sum.data_points.add()
         dp.attributes.extend(s.attributes)
         dp.start_time_unix_nano = start
         dp.time_unix_nano = now_ns
-        dp.as_int = s.calls
+        dp.as_int = count
         if duration is None:
             _add_exemplars(dp, s.exemplars)
             return
@@ -490,12 +563,28 @@ class SpanMetricsConnector(Connector):
         hp.attributes.extend(s.attributes)
         hp.start_time_unix_nano = start
         hp.time_unix_nano = now_ns
-        hp.count = s.calls
+        hp.count = count
         hp.sum = s.total
-        hp.bucket_counts.extend(s.buckets)
+        hp.bucket_counts.extend(counts)
         hp.explicit_bounds.extend(self.bounds)
         _add_exemplars(dp, s.exemplars)
         _add_exemplars(hp, s.exemplars)
+
+
+def _whole_counts(s: _Series, carry: bool) -> list[int]:
+    """The series' bucket counts in whole spans. OTLP histogram counts are integers, so
+    adjusted counts are rounded per bucket (the calls counter is their sum, so it always
+    equals the histogram's count); with ``carry`` (delta temporality) the fraction not
+    reported is kept for the next flush, so rounding never drifts."""
+    if type(s.calls) is int and s.carry is None:
+        return s.buckets  # type: ignore[return-value]  # no sampled span: already ints
+    totals = (
+        s.buckets if s.carry is None else [b + c for b, c in zip(s.buckets, s.carry, strict=True)]
+    )
+    counts = [round(total) for total in totals]
+    if carry:
+        s.carry = [total - n for total, n in zip(totals, counts, strict=True)]
+    return counts
 
 
 def _canonical(key: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -56,7 +56,7 @@ from otelkit.collector.runtime.component import (
     Host,
     exporter_factory,
 )
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.errors import InvalidDataError, RetryableError
 from otelkit.collector.runtime.exporterhelper import (
     ExporterHelperConfig,
     QueuedExporter,
@@ -250,8 +250,8 @@ class FileExporter(QueuedExporter):
                 if self.config.format == "json"
                 else payload.SerializeToString()
             )
-        except Exception as exc:  # the codec failing on a message is not worth a retry
-            raise PermanentError(f"cannot encode the request: {exc}") from exc
+        except Exception as exc:  # some item has no encoding: the helper finds and drops it
+            raise InvalidDataError(f"cannot encode the request: {exc}") from exc
         if self._compress:
             body = zstandard.ZstdCompressor().compress(body)
         return _LENGTH.pack(len(body)) + body if self._framed else body + b"\n"

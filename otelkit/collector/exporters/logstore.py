@@ -33,7 +33,7 @@ from otelkit.collector.runtime.component import (
     Host,
     exporter_factory,
 )
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.errors import InvalidDataError, PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Destination, Listener
@@ -83,7 +83,9 @@ class LogStoreConfig(ExporterHelperConfig):
     prune_interval: Duration = Field(60.0, gt=0)
     durability: Literal["queue", "commit"] = "queue"
     synchronous: Literal["normal", "full"] = Field(
-        "normal", description="SQLite: normal survives a crash, full also a power loss."
+        "full",
+        description="SQLite: full fsyncs each commit (survives a power loss); normal "
+        "survives a crash of the collector only.",
     )
     max_batch_records: int = Field(20_000, ge=1, description="Records per write transaction.")
     api: ApiSettings | None = None
@@ -141,6 +143,10 @@ class LogStoreExporter(QueuedExporter):
         return [Destination("log records", self.store.backend.location)]
 
     @property
+    def acknowledges_durably(self) -> bool:
+        return self._commit or super().acknowledges_durably
+
+    @property
     def api_port(self) -> int:
         return self._api.port if self._api else 0
 
@@ -149,6 +155,13 @@ class LogStoreExporter(QueuedExporter):
             "exporter %s: log records go to %s (durability: %s)",
             self.name, self.store.backend.location, self.config.durability,
         )  # fmt: skip
+        if not self.acknowledges_durably:
+            log.warning(
+                "exporter %s: records acknowledged to senders wait in memory until written; "
+                "a killed collector loses them. Set durability: commit, or "
+                "sending_queue.storage for a database that may be down",
+                self.name,
+            )
         try:
             await asyncio.to_thread(self.store.start_writer, self.config.max_batch_records)
         except StoreUnavailableError as exc:
@@ -203,6 +216,9 @@ class LogStoreExporter(QueuedExporter):
         signal, items = signal_of(payload), count_items(payload)
         try:
             await asyncio.wait_for(self.send(payload), self.helper_config.timeout or None)
+        except InvalidDataError as exc:  # store the records that can be, drop the others
+            await self.deliver_valid_items(payload, exc)
+            return
         except PermanentError:
             self.telemetry.exporter_send_failed(self.name, signal, items, "permanent")
             raise
@@ -221,9 +237,9 @@ class LogStoreExporter(QueuedExporter):
         except StoreUnavailableError as exc:
             self._unavailable.inc()
             raise RetryableError(str(exc)) from exc
-        except StoreError as exc:
+        except StoreError as exc:  # the database refused a value: find the record(s)
             self._rejected.inc()
-            raise PermanentError(str(exc)) from exc
+            raise InvalidDataError(str(exc)) from exc
 
     async def prune_now(self) -> int:
         """Apply retention once; the background loop calls this every ``prune_interval``."""

@@ -6,8 +6,15 @@ OTLP/JSON (hex IDs, integer enums), as upstream.
 ``endpoint`` is a base URL; ``/v1/traces``, ``/v1/metrics`` and ``/v1/logs`` are
 appended, unless ``traces_endpoint`` (...) gives a signal's full URL. Errors follow the
 OTLP specification: 429, 502, 503 and 504 are retried, honouring ``Retry-After``
-(seconds or an HTTP date); every other 4xx and 5xx is permanent; a connection failure
-or timeout is retried. A ``partial_success`` in the response is logged and counted.
+(seconds or an HTTP date; a sender waiting on an exporter without a queue hears a 429
+as 429 / ``RESOURCE_EXHAUSTED`` in turn); every other 4xx and 5xx is permanent; a
+connection failure or timeout is retried; a 400 may be one bad item, which the helper
+isolates by sending the batch in halves. A ``partial_success`` in the response is
+logged and counted.
+
+Requests stay under ``max_request_bytes`` (default 16 MB of encoded body, under the
+20 MiB otelkit's and the upstream collector's HTTP receivers take), as the ``otlp``
+exporter does; a 413 lowers the limit and the request is cut and resent.
 """
 
 from __future__ import annotations
@@ -31,18 +38,26 @@ from pydantic import Field, field_validator, model_validator
 from otelkit.collector.exporters.otlp import (
     Compression,
     ReportsReachability,
+    RequestTooLargeError,
+    SizeLimitedExporter,
     check_headers,
     record_partial_success,
 )
 from otelkit.collector.pdata import otlp_json
-from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.auth import AuthSettings, httpx_auth
 from otelkit.collector.runtime.component import CreateSettings, Host, exporter_factory
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
-from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.errors import (
+    InvalidDataError,
+    OverloadedError,
+    PermanentError,
+    RetryableError,
+)
+from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig
 from otelkit.collector.runtime.listeners import Destination
 from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.tls import TLSClientSettings, httpx_options
+from otelkit.collector.runtime.types import ByteSize
 
 log = logging.getLogger("otelkit.exporter.otlphttp")
 
@@ -78,6 +93,12 @@ class OTLPHTTPExporterConfig(ExporterHelperConfig):
     encoding: Literal["proto", "json"] = "proto"
     headers: dict[str, str] = Field(default_factory=dict)
     auth: AuthSettings | None = None
+    max_request_bytes: ByteSize = Field(
+        16_000_000,
+        gt=0,
+        description="Largest request body sent (encoded, before compression); larger "
+        "batches are cut. Default 16MB, under the 20MiB OTLP/HTTP receivers take.",
+    )
 
     _check_headers = field_validator("headers")(check_headers)
     _check_urls = field_validator(
@@ -142,16 +163,23 @@ def _error_message(response: httpx.Response) -> str:
 
 def classify(response: httpx.Response) -> Exception:
     message = f"HTTP {response.status_code}: {_error_message(response)}"
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if response.status_code == 413:
+        return RequestTooLargeError(message)
+    if response.status_code == 429:
+        return OverloadedError(message, retry_after)
     if response.status_code in _RETRYABLE_STATUS:
-        return RetryableError(message, parse_retry_after(response.headers.get("retry-after")))
+        return RetryableError(message, retry_after)
+    if response.status_code == 400:
+        return InvalidDataError(message)  # perhaps one bad item: the helper isolates it
     return PermanentError(message)
 
 
-class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
+class OTLPHTTPExporter(SizeLimitedExporter, ReportsReachability):
     def __init__(
         self, settings: CreateSettings, config: OTLPHTTPExporterConfig, signals: frozenset[Signal]
     ) -> None:
-        super().__init__(settings, config)
+        super().__init__(settings, config, config.max_request_bytes)
         self.config = config
         self._urls: dict[Signal, str] = {}
         for signal in signals:
@@ -188,13 +216,17 @@ class OTLPHTTPExporter(QueuedExporter, ReportsReachability):
             await self._client.aclose()
             self._client = None
 
-    async def send(self, payload: Payload) -> None:
-        assert self._client is not None, "send() before start()"
-        signal = signal_of(payload)
+    async def send(self, payload: Payload) -> int:
+        return await self.send_within_limit(payload, self._encode, self._post)
+
+    def _encode(self, payload: Payload) -> bytes:
         if self.config.encoding == "json":
-            body = otlp_json.encode_request(payload)
-        else:
-            body = payload.SerializeToString()
+            return otlp_json.encode_request(payload)
+        data: bytes = payload.SerializeToString()
+        return data
+
+    async def _post(self, signal: Signal, body: bytes) -> None:
+        assert self._client is not None, "send() before start()"
         if self.config.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
         try:

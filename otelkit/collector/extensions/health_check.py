@@ -5,13 +5,17 @@ Responses use ``application/health+json`` (draft-inadarei-api-health-check):
 * ``/health/live`` — 200 ``pass`` while the process serves requests. It does not look
   at components: a down exporter must not get the collector restarted (that cascades).
 * ``/health/ready`` — 200 ``pass`` once every component has started, 503 ``fail``
-  before that and from the moment shutdown begins, so load balancers stop sending.
+  before that, from the moment shutdown begins, and while a component refuses all data
+  (the memory limiter over its limit: ``"output": "refusing data: ..."``), so load
+  balancers send elsewhere.
 * ``/health`` — the overall status and one check per component
   (``"exporter/otlp:status"``). A component that failed for good makes it ``fail``
   (503); one starting, stopping or in a recoverable error makes it ``warn`` (200).
 * ``path`` (default ``/``) answers as upstream's ``health_check`` does:
   ``{"status": "Server available", "upSince": ..., "uptime": ...}`` with 200, or
-  ``"Server not available"`` with 503 when not ready.
+  ``"Server not available"`` with 503 when not started or shutting down. It does not
+  follow refusals: charts often use it for liveness too, and a collector refusing data
+  under load must not be restarted for it.
 
 The extension starts first and stops last, so it answers throughout start and shutdown.
 """
@@ -140,10 +144,14 @@ class HealthCheck(Extension):
         return 200, self._document("pass"), HEALTH_JSON
 
     def _ready(self) -> tuple[int, dict[str, Any], str]:
-        if self._is_ready():
+        refusals = self._host.refusals() if self._host is not None else {}
+        if self._is_ready() and not refusals:
             return 200, self._document("pass"), HEALTH_JSON
         body = self._document("fail")
-        body["output"] = "not ready: starting or shutting down"
+        if not self._is_ready():
+            body["output"] = "not ready: starting or shutting down"
+        else:
+            body["output"] = "; ".join(f"{who}: {why}" for who, why in sorted(refusals.items()))
         return 503, body, HEALTH_JSON
 
     def _health(self) -> tuple[int, dict[str, Any], str]:

@@ -278,17 +278,14 @@ def _compile(field: FieldDescriptor) -> _FieldCodec:
         return _FieldCodec(field.json_name, write_one, to_json)
     if wire_type == 2:  # strings and bytes repeat one by one; numbers are packed
 
-        def write_all(items: list[Any]) -> bytes:
-            return b"".join([tag + write(read(item)) for item in items])
+        def wire(value: Any) -> bytes:
+            return b"".join(_each(value, lambda item: tag + write(read(item))))
 
     else:
         packed_tag = field_tag(field.number, 2)
 
-        def write_all(items: list[Any]) -> bytes:
-            return delimited(packed_tag, b"".join([write(read(item)) for item in items]))
-
-    def wire(value: Any) -> bytes:
-        return _each(value, write_all, read)
+        def wire(value: Any) -> bytes:
+            return delimited(packed_tag, b"".join(_each(value, lambda item: write(read(item)))))
 
     def list_to_json(values: Any) -> list[Any]:
         return [to_json(item) for item in values]
@@ -296,20 +293,22 @@ def _compile(field: FieldDescriptor) -> _FieldCodec:
     return _FieldCodec(field.json_name, wire, list_to_json)
 
 
-def _each(value: Any, write_all: Callable[[list[Any]], bytes], check: _Wire) -> bytes:
-    """``write_all`` of a JSON array; on failure, find the element ``check`` refuses."""
+def _each(value: Any, write_one: _Wire) -> list[bytes]:
+    """Each element of a JSON array written; a failure names the element's index.
+
+    One pass, each element written once: finding a bad element deep in nested arrays
+    costs no more than writing them (no re-walking of subtrees on the way out).
+    """
     if type(value) is not list:
         raise expected("an array", value)
-    try:
-        return write_all(value)
-    except JsonPathError:
-        for index, item in enumerate(value):
-            try:
-                check(item)
-            except JsonPathError as error:
-                error.segments.append(f"[{index}]")
-                raise
-        raise
+    parts = []
+    for index, item in enumerate(value):
+        try:
+            parts.append(write_one(item))
+        except JsonPathError as error:
+            error.segments.append(f"[{index}]")
+            raise
+    return parts
 
 
 def _scalar(
@@ -323,7 +322,7 @@ def _scalar(
     if kind == FieldDescriptor.TYPE_BYTES:
         size = HEX_ID_FIELDS.get(field.name)
         if size is not None:
-            return 2, hex_reader(size), length_prefixed, to_hex
+            return 2, hex_reader(size), length_prefixed, hex_writer(size)
         return 2, read_base64, length_prefixed, to_base64
     if kind == FieldDescriptor.TYPE_BOOL:
         return 0, read_bool, write_bool, same
@@ -375,11 +374,8 @@ def _compile_message(field: FieldDescriptor) -> _FieldCodec:
     if not field.is_repeated:
         return _FieldCodec(field.json_name, message_wire, codec.to_json)
 
-    def write_all(items: list[Any]) -> bytes:
-        return b"".join([delimited(tag, codec.wire(item)) for item in items])
-
     def repeated_wire(value: Any) -> bytes:
-        return _each(value, write_all, codec.wire)
+        return b"".join(_each(value, message_wire))
 
     def repeated_to_json(values: Any) -> list[dict[str, Any]]:
         to_json = codec.to_json
@@ -405,8 +401,19 @@ def zigzag(n: int) -> bytes:
     return varint((n << 1) ^ (n >> 63) if n < 0 else n << 1)
 
 
-def to_hex(raw: bytes) -> str:
-    return raw.hex()
+def hex_writer(size: int) -> Callable[[bytes], str]:
+    """An ID as OTLP/JSON hex; an ID of another length has no OTLP/JSON form."""
+
+    def write(raw: bytes) -> str:
+        if len(raw) != size:
+            raise id_length_error(raw, size)
+        return raw.hex()
+
+    return write
+
+
+def id_length_error(raw: bytes, size: int) -> ValueError:
+    return ValueError(f"an ID of {len(raw)} bytes has no OTLP/JSON form (expected {size})")
 
 
 def to_base64(raw: bytes) -> str:

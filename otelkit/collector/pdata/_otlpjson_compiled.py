@@ -43,6 +43,7 @@ from otelkit.collector.pdata._otlpjson_checked import (
     double_to_json,
     enum_reader,
     field_tag,
+    id_length_error,
     integer_reader,
     length_prefixed,
     message_codec,
@@ -228,7 +229,7 @@ class _Generator:
             "double_to_json": double_to_json, "negative_zero": negative_zero,
             "attributes_json": attributes_json, "raw_attributes_wire": raw_attributes_wire,
             "raw_attributes_json": raw_attributes_json,
-            "loads": loads,
+            "loads": loads, "id_error": _raise_id_error,
         }  # fmt: skip
         self.lines: list[str] = []
         self.done: set[str] = set()
@@ -480,12 +481,19 @@ class _Generator:
         if field.message_type is not None:
             return f"{encoder_name(field.message_type)}({var})"
         if kind == F.TYPE_BYTES:
-            return f"{var}.hex()" if field.name in HEX_ID_FIELDS else f"to_base64({var})"
+            size = HEX_ID_FIELDS.get(field.name)
+            if size is None:
+                return f"to_base64({var})"
+            return f"({var}.hex() if len({var}) == {size} else id_error({var}, {size}))"
         if kind in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
             return f"({var} if {var} - {var} == 0 else double_to_json({var}))"
         if kind in _SIXTY_FOUR_BITS:
             return f"str({var})"
         return var
+
+
+def _raise_id_error(raw: bytes, size: int) -> NoReturn:
+    raise id_length_error(raw, size)
 
 
 def _wire_type(field: FieldDescriptor) -> int:

@@ -23,6 +23,10 @@ fields that hold their default value.
 
 Errors raise :class:`ValueError` naming the JSON path that failed, for example
 ``resourceSpans[0].scopeSpans[0].spans[3].traceId: expected 32 hex characters, got 'xyz'``.
+
+Hostile input costs bounded time: every path is linear in the input (a bad value deep in
+nested arrays is found in one pass, nesting stops at protobuf's depth limit), and input
+over :data:`MAX_REQUEST_BYTES` is refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from otelkit.collector.pdata._otlpjson_checked import (
 )
 from otelkit.collector.pdata._otlpjson_compiled import RootCodec, compile_codecs
 from otelkit.collector.pdata.signals import Payload, Signal
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""The largest OTLP/JSON text decoded (receivers have their own, smaller, limits)."""
 
 _loads = msgspec.json.Decoder().decode
 _dumps = msgspec.json.Encoder().encode
@@ -77,16 +84,18 @@ _CHECKED = {s: message_codec(s.request_type.DESCRIPTOR) for s in Signal}
 
 
 # Public API ---------------------------------------------------------------------------
-def decode_request(signal: Signal, data: bytes | str) -> Payload:
+def decode_request(signal: Signal, data: bytes | str, limit: int = MAX_REQUEST_BYTES) -> Payload:
     """Parse one OTLP/JSON export request of ``signal``; ValueError names what is wrong."""
+    _check_size(data, limit)
     try:
         return _parse_wire(signal, _BY_SIGNAL[signal].json_to_wire(data))
     except Exception:  # anything unusual or wrong: parse to dicts, then explain
         return _from_object(signal, _parse_json(data))
 
 
-def decode_any(data: bytes | str) -> Payload:
+def decode_any(data: bytes | str, limit: int = MAX_REQUEST_BYTES) -> Payload:
     """Parse one OTLP/JSON export request of whichever signal its top-level key names."""
+    _check_size(data, limit)
     head = data[:20].encode() if isinstance(data, str) else bytes(data[:20])
     for prefix, signal in _PREFIXES.items():
         if head.startswith(prefix):
@@ -128,6 +137,11 @@ def iter_file(path: str | Path) -> Iterator[Payload]:
                 yield decode_any(line)
             except ValueError as error:
                 raise ValueError(f"{path}:{number}: {error}") from None
+
+
+def _check_size(data: bytes | str, limit: int) -> None:
+    if len(data) > limit:
+        raise ValueError(f"{len(data)} bytes of OTLP/JSON is over the {limit}-byte limit")
 
 
 def _parse_json(data: bytes | str) -> Any:

@@ -16,7 +16,6 @@ bounded memory, 1% relative error by default); it counts breaches in
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,7 +41,14 @@ from otelkit.budgets.matcher import (
     KindCandidates,
     attribute_texts,
 )
-from otelkit.budgets.model import BudgetsError, BudgetsFile, Objective, load_budgets
+from otelkit.budgets.model import (
+    BudgetsError,
+    BudgetsFile,
+    Objective,
+    load_budgets,
+    ms_to_ns,
+    over_limit,
+)
 from otelkit.budgets.sketch import WindowedSketch
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.component import (
@@ -85,6 +91,9 @@ class _WindowState:
     flagged: set[float] = field(default_factory=set)  # quantiles already reported this window
 
 
+_NEVER = 1 << 63  # a limit no span reaches
+
+
 @dataclass
 class _BudgetState:
     budget: CompiledBudget
@@ -98,20 +107,20 @@ class _BudgetState:
     marks_within: bytes = b""
     marks_exceeded: bytes = b""
     gauges_published: bool = False
-    exceeded_over: float = math.inf  # limit_ms, or never
-    ceiling_over: float = math.inf  # the budget's max, or never
+    limit_ns: int = _NEVER  # limit_ms in nanoseconds, or never
+    ceiling_ns: int = _NEVER  # the budget's max in nanoseconds, or never
 
     def __post_init__(self) -> None:
         common = [KeyValue(key=BUDGET_NAME, value=AnyValue(string_value=self.budget.name))]
         if self.limit_ms is not None:
             common.append(KeyValue(key=BUDGET_LIMIT_MS, value=AnyValue(double_value=self.limit_ms)))
-            self.exceeded_over = self.limit_ms
+            self.limit_ns = ms_to_ns(self.limit_ms)
         within = KeyValue(key=BUDGET_EXCEEDED, value=AnyValue(bool_value=False))
         exceeded = KeyValue(key=BUDGET_EXCEEDED, value=AnyValue(bool_value=True))
         self.marks_within = Span(attributes=[*common, within]).SerializeToString()
         self.marks_exceeded = Span(attributes=[*common, exceeded]).SerializeToString()
-        if self.budget.budget.max is not None:
-            self.ceiling_over = self.budget.budget.max
+        if self.budget.budget.max_ns is not None:
+            self.ceiling_ns = self.budget.budget.max_ns
 
     def slowest(self) -> Span | None:
         """The first of the batch's slowest spans."""
@@ -131,6 +140,12 @@ class BudgetProcessor(Processor):
         self._violations = settings.telemetry.counter(
             "otelkit_budget_violations", "Spans or windows over their budget", ("budget", "type")
         )
+        for state in self._states:  # at zero, so rate() sees the first breach
+            budget = state.budget.budget
+            if budget.max is not None:
+                self._violations.labels(state.budget.name, "ceiling")
+            if budget.objectives:
+                self._violations.labels(state.budget.name, "percentile")
         self._quantile_gauge = settings.telemetry.gauge(
             "otelkit_budget_window_quantile_milliseconds",
             "Running percentile of the budget's current window",
@@ -209,20 +224,20 @@ class BudgetProcessor(Processor):
     def _mark_and_measure(self, state: _BudgetState) -> None:
         """Durations of the budget's matched spans; marks on each; ceiling breaches."""
         spans = state.spans
-        durations = state.durations = [
-            (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6 for span in spans
-        ]
-        limit, within, exceeded = state.exceeded_over, state.marks_within, state.marks_exceeded
-        for span, duration_ms in zip(spans, durations, strict=True):
-            span.MergeFromString(exceeded if duration_ms > limit else within)
-        ceiling = state.ceiling_over
-        if max(durations) > ceiling:
-            for span, duration_ms in zip(spans, durations, strict=True):
-                if duration_ms > ceiling:
-                    self._report_ceiling(state, span, duration_ms)
+        lengths = [span.end_time_unix_nano - span.start_time_unix_nano for span in spans]
+        state.durations = [length / 1e6 for length in lengths]
+        limit, within, exceeded = state.limit_ns, state.marks_within, state.marks_exceeded
+        for span, length in zip(spans, lengths, strict=True):
+            span.MergeFromString(exceeded if over_limit(length, limit) else within)
+        ceiling = state.ceiling_ns
+        if over_limit(max(lengths), ceiling):
+            for span, length in zip(spans, lengths, strict=True):
+                if over_limit(length, ceiling):
+                    self._report_ceiling(state, span, length / 1e6)
 
     def _report_ceiling(self, state: _BudgetState, span: Span, duration_ms: float) -> None:
-        ceiling = state.ceiling_over
+        ceiling = state.budget.budget.max
+        assert ceiling is not None
         self._violations.labels(state.budget.name, "ceiling").inc()
         name = state.budget.name
         finding = Finding(

@@ -1,24 +1,46 @@
-"""``memory_limiter``: refuses data while the process uses too much memory, as upstream.
+"""``memory_limiter``: refuses data while the pipeline holds too much memory, as upstream.
 
-Every ``check_interval`` a background task reads the process's resident memory
-(``/proc/self/statm``). Above the soft limit (``limit - spike``) ``consume`` refuses
-data with a retryable error, so receivers answer ``UNAVAILABLE`` / 503 and senders
-retry later: data is delayed, not lost. Above the hard limit it also runs a full
-garbage collection. Place it first in a pipeline, so refused data costs nothing.
+Every ``check_interval`` the limiter looks at two figures:
+
+* **held**: the memory the pipeline's own data takes, as the components that keep data
+  account for it (:meth:`Host.held_bytes`): sending queues (requests on disk take none),
+  batches waiting in batchers, traces gathered by whole-trace processors and the Sentry
+  exporter. Each is an estimate from item counts and a sampled encoded size.
+* **resident memory** (RSS, ``/proc/self/statm``), read again after a garbage collection
+  and ``malloc_trim`` when it is above the soft limit (``limit - spike``).
+
+It refuses data when the held data is at least ``5%`` of the limit *and* either the
+collector's footprint at rest (its lowest RSS net of held data, measured while little is
+held) plus the held data, or the resident memory, is above the soft limit. Refusing makes ``consume`` raise a
+retryable error, which the receiver answers with ``UNAVAILABLE`` / 503 and a retry delay
+(the upstream processor's answer): data is delayed, not lost.
+
+Why both conditions: refusing data can only bring memory down by letting what the
+pipeline holds drain. Memory that is not held data (freed memory the allocator keeps,
+caches, series state) does not go away by refusing, and used to make the limiter refuse
+forever after a burst. So once the held data is gone the limiter accepts again, whatever
+RSS says; it logs a warning when RSS stays above the soft limit with nothing held. Both
+transitions are logged, the limiter reports a recoverable error in ``/health`` while it
+refuses, and ``/health/ready`` answers "refusing data" so load balancers send elsewhere.
 
 ``limit_percentage`` and ``spike_limit_percentage`` are taken of the memory available
 to the process: the cgroup limit when there is one, else the machine's total memory.
 ``limit_mib`` wins when both kinds of limit are set (as upstream); the spike defaults
-to 20% of the limit. Memory is read from ``/proc``, so the processor needs Linux.
+to 20% of the limit. All pipelines using one ``memory_limiter`` ID share one check, as
+upstream. Memory is read from ``/proc``, so the processor needs Linux.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +55,21 @@ from otelkit.collector.runtime.component import (
     CreateSettings,
     Host,
     Processor,
+    Status,
     processor_factory,
 )
 from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.types import Duration
 
 log = logging.getLogger("otelkit.processor.memory_limiter")
 
 MIB = 1024 * 1024
 _DEFAULT_SPIKE_FRACTION = 0.2
+# Held data below this share of the limit never makes the limiter refuse.
+HELD_FLOOR_FRACTION = 0.05
+# A forced collection (and malloc_trim) runs at most this often below the hard limit.
+_COLLECT_INTERVAL = 5.0
 # A cgroup v1 "no limit" is a huge page-aligned number rather than "max".
 _CGROUP_V1_UNLIMITED = 1 << 60
 
@@ -98,6 +126,10 @@ class Limits:
             raise ValueError(f"spike limit ({spike} bytes) must be below the limit ({hard} bytes)")
         return cls(hard, hard - spike)
 
+    @property
+    def held_floor(self) -> int:
+        return int(self.hard * HELD_FLOOR_FRACTION)
+
 
 def process_rss() -> int:
     """Resident memory of this process in bytes (second field of /proc/self/statm)."""
@@ -113,6 +145,26 @@ def available_memory() -> int:
         if limit is not None:
             candidates.append(limit)
     return min(candidates)
+
+
+def release_memory() -> None:
+    """A full garbage collection, then glibc's ``malloc_trim`` (where there is one), so
+    that freed memory the allocator kept goes back to the system before RSS is re-read."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 
 
 def _meminfo_total() -> int:
@@ -133,8 +185,145 @@ def _read_limit(path: Path) -> int | None:
     return value if 0 < value < _CGROUP_V1_UNLIMITED else None
 
 
+class MemoryCheck:
+    """The one check behind every pipeline's instance of one ``memory_limiter`` ID."""
+
+    def __init__(
+        self,
+        name: str,
+        config: MemoryLimiterConfig,
+        telemetry: SelfTelemetry,
+        read_rss: Callable[[], int],
+        total_memory: Callable[[], int],
+        release: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.label = f"processor/{name}"
+        self._config = config
+        self._read_rss = read_rss
+        self._total_memory = total_memory
+        self._release = release
+        self.limits: Limits | None = None
+        self.refusing = False
+        self.reason = ""
+        self._host: Host | None = None
+        self._users = 0
+        self._task: asyncio.Task[None] | None = None
+        self._footprint: int | None = None  # lowest RSS net of held data seen at rest
+        self._released_at = float("-inf")
+        self._idle_warned = False
+        gauge = telemetry.gauge
+        self._rss_gauge = gauge(
+            "otelkit_processor_memory_limiter_rss_bytes",
+            "Resident memory at the memory limiter's last check", ("processor",),
+        ).labels(name)  # fmt: skip
+        self._held_gauge = gauge(
+            "otelkit_processor_memory_limiter_held_bytes",
+            "Memory the pipeline's held data takes, at the memory limiter's last check",
+            ("processor",),
+        ).labels(name)
+        self._refusing_gauge = gauge(
+            "otelkit_processor_memory_limiter_refusing",
+            "1 while the memory limiter refuses data", ("processor",),
+        ).labels(name)  # fmt: skip
+
+    async def attach(self, host: Host) -> None:
+        self._users += 1
+        if self._users > 1:
+            return
+        self._host = host
+        self.limits = Limits.of(self._config, self._total_memory)
+        log.info(
+            "processor %s: soft limit %d MiB, hard limit %d MiB; refuses only while held "
+            "data is %d MiB or more",
+            self.name, self.limits.soft // MIB, self.limits.hard // MIB,
+            self.limits.held_floor // MIB,
+        )  # fmt: skip
+        self.check()
+        self._task = asyncio.create_task(self._check_forever(), name=f"memlimit-{self.name}")
+
+    async def detach(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def check(self) -> None:
+        """Measure once and decide whether to refuse data until the next check."""
+        assert self.limits is not None and self._host is not None, "check() before attach()"
+        limits = self.limits
+        held = self._host.held_bytes()
+        rss = self._read_rss()
+        now = time.monotonic()
+        if rss > limits.soft and (
+            rss > limits.hard or now - self._released_at >= _COLLECT_INTERVAL
+        ):
+            self._release()
+            self._released_at = now
+            rss = self._read_rss()
+        if self._footprint is None or held < limits.held_floor:  # at rest: what is not data
+            footprint = max(0, rss - held)
+            self._footprint = min(self._footprint or footprint, footprint)
+        self._rss_gauge.set(rss)
+        self._held_gauge.set(held)
+        self._decide(rss, held)
+
+    def _decide(self, rss: int, held: int) -> None:
+        limits = self.limits
+        assert limits is not None and self._footprint is not None
+        accounted = self._footprint + held
+        refusing = held >= limits.held_floor and (accounted > limits.soft or rss > limits.soft)
+        figures = (
+            f"held data {held // MIB} MiB, footprint at rest {self._footprint // MIB} MiB, "
+            f"resident {rss // MIB} MiB; soft limit {limits.soft // MIB} MiB"
+        )
+        if refusing != self.refusing:
+            if refusing:
+                log.warning("processor %s: refusing data (%s)", self.name, figures)
+            else:
+                log.warning("processor %s: accepting data again (%s)", self.name, figures)
+            self._report(refusing, figures)
+        if not refusing and rss > limits.soft and not self._idle_warned:
+            log.warning(
+                "processor %s: resident memory stays above the soft limit with little data "
+                "held (%s): refusing data would not bring it down, so data is accepted",
+                self.name, figures,
+            )  # fmt: skip
+        self._idle_warned = not refusing and rss > limits.soft
+        self.refusing = refusing
+        self.reason = figures
+        self._refusing_gauge.set(1 if refusing else 0)
+
+    def _report(self, refusing: bool, figures: str) -> None:
+        assert self._host is not None
+        if refusing:
+            message = f"refusing data: {figures}"
+            self._host.report_status(self.label, Status.RECOVERABLE_ERROR, message)
+            self._host.set_refusing(self.label, message)
+        else:
+            self._host.report_status(self.label, Status.OK)
+            self._host.set_refusing(self.label, None)
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.check_interval)
+            try:
+                self.check()
+            except Exception:
+                log.exception("processor %s: memory check failed", self.name)
+
+
+# One check per memory_limiter ID of a running collector (its telemetry identifies it).
+_CHECKS: weakref.WeakKeyDictionary[SelfTelemetry, dict[str, MemoryCheck]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class MemoryLimiter(Processor):
-    """Passes data on unless the last check found memory above the soft limit."""
+    """Passes data on unless the last check decided to refuse it."""
 
     def __init__(
         self,
@@ -145,76 +334,42 @@ class MemoryLimiter(Processor):
         *,
         read_rss: Callable[[], int] = process_rss,
         total_memory: Callable[[], int] = available_memory,
+        release: Callable[[], None] = release_memory,
     ) -> None:
         self._config = config
         self._signal = signal
         self._next = next_
         self._name = str(settings.id)
         self._telemetry = settings.telemetry
-        self._read_rss = read_rss
-        self._total_memory = total_memory
-        self._limits: Limits | None = None
-        self._refusing = False
-        self._task: asyncio.Task[None] | None = None
-        self._rss_gauge = settings.telemetry.gauge(
-            "otelkit_processor_memory_limiter_rss_bytes",
-            "Resident memory at the memory limiter's last check",
-            ("processor",),
-        ).labels(self._name)
+        checks = _CHECKS.setdefault(settings.telemetry, {})
+        if self._name not in checks:
+            checks[self._name] = MemoryCheck(
+                self._name, config, settings.telemetry, read_rss, total_memory, release
+            )
+        self._check = checks[self._name]
 
     @property
     def refusing(self) -> bool:
-        return self._refusing
+        return self._check.refusing
 
     async def start(self, host: Host) -> None:
-        self._limits = Limits.of(self._config, self._total_memory)
-        log.info(
-            "processor %s: soft limit %d MiB, hard limit %d MiB",
-            self._name, self._limits.soft // MIB, self._limits.hard // MIB,
-        )  # fmt: skip
-        self.check()
-        self._task = asyncio.create_task(self._check_forever(), name=f"memlimit-{self._name}")
+        await self._check.attach(host)
 
     async def shutdown(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._check.detach()
 
     async def consume(self, payload: Payload) -> None:
-        if self._refusing:
+        if self._check.refusing:
             self._telemetry.processor_refused(self._name, self._signal, count_items(payload))
             raise RetryableError(
-                f"processor {self._name}: memory usage is above the soft limit; retry later",
+                f"processor {self._name}: {self._check.reason}; retry later",
                 retry_after=self._config.check_interval,
             )
         await self._next.consume(payload)
 
     def check(self) -> None:
-        """Measure once and decide whether to refuse data until the next check."""
-        assert self._limits is not None, "check() before start()"
-        rss = self._read_rss()
-        if rss > self._limits.hard:
-            gc.collect()
-            rss = self._read_rss()
-        self._rss_gauge.set(rss)
-        refusing = rss > self._limits.soft
-        if refusing != self._refusing:
-            state = "refusing data" if refusing else "accepting data again"
-            log.warning(
-                "processor %s: resident memory %d MiB (soft limit %d MiB): %s",
-                self._name, rss // MIB, self._limits.soft // MIB, state,
-            )  # fmt: skip
-        self._refusing = refusing
-
-    async def _check_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._config.check_interval)
-            try:
-                self.check()
-            except Exception:
-                log.exception("processor %s: memory check failed", self._name)
+        """Measure now (the background task does this every ``check_interval``)."""
+        self._check.check()
 
 
 def _create(

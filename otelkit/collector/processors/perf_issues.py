@@ -42,15 +42,33 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
         self._issues = settings.telemetry.counter(
             "otelkit_perf_issues", "Performance issues found in traces", ("type", "service")
         )
+        self._types = [
+            name for name, detector in config.detectors if getattr(detector, "enabled", False)
+        ]
+        self._services_seen: set[str] = set()
 
     def judge(self, traces: list[HeldTrace]) -> None:
         for trace in traces:
+            self._count_from_zero(trace)
             for detection in detect(trace.spans, trace.services, self._detectors):
                 finding = detection.finding
                 for span in detection.offenders:
                     _mark(span, finding.type, finding.fingerprint)
                 attach(detection.anchor, finding, detection.anchor.end_time_unix_nano)
                 self._issues.labels(finding.type, detection.service).inc()
+
+    def _count_from_zero(self, trace: HeldTrace) -> None:
+        """The first time a service is seen, its counters start at zero for every
+        detector, so dashboards show 0 and ``rate()`` sees its first issues."""
+        for _, _, _, service in trace.runs:
+            if service in self._services_seen or len(self._services_seen) >= _MAX_SERVICES:
+                continue
+            self._services_seen.add(service)
+            for type_ in self._types:
+                self._issues.labels(type_, service)
+
+
+_MAX_SERVICES = 10_000  # past this many services, counters appear on first increment
 
 
 def _mark(span: Span, type_: str, fingerprint: str) -> None:

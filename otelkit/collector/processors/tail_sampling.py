@@ -1,8 +1,8 @@
 """``tail_sampling`` processor: decides per whole trace which traces to keep.
 
 Always kept (each can be turned off under ``keep``): traces with an error span, a
-budget breach (``otelkit.budget.exceeded = true``) or a performance issue
-(``otelkit.perf_issue.type``). Then the configured ``policies``, upstream-shaped
+budget breach (``otelkit.budget.exceeded = true``, or a budget finding event such as a
+window percentile's) or a performance issue (``otelkit.perf_issue.type``). Then the configured ``policies``, upstream-shaped
 (``latency``, ``status_code``, ``string_attribute``, ``probabilistic``,
 ``rate_limiting``, ``always_sample``): a trace is kept when any policy samples it.
 
@@ -24,10 +24,16 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from pydantic import BaseModel, ConfigDict, Field
 
-from otelkit.budgets.findings import BUDGET_EXCEEDED, PERF_ISSUE_TYPE
+from otelkit.budgets.findings import (
+    BUDGET_EXCEEDED,
+    FINDING_KIND,
+    KIND_BUDGET_BREACH,
+    PERF_ISSUE_TYPE,
+)
 from otelkit.budgets.tracebuffer import (
     BufferedTraceProcessor,
     HeldBatch,
@@ -53,9 +59,14 @@ _STATUS = {
     "ERROR": Status.STATUS_CODE_ERROR,
 }
 _PolicyFn = Callable[[HeldTrace], bool]
-# ``otelkit.budget.exceeded = true`` as a whole KeyValue, and the perf-issue key.
+# ``otelkit.budget.exceeded = true`` as a whole KeyValue, the perf-issue key, and a
+# budget-breach finding event's kind (a window percentile's finding sits on a span that
+# may be within its own limit: its trace is kept as a breach too).
 _EXCEEDED_TRUE = key_pattern(BUDGET_EXCEEDED) + b"\x02\x10\x01"
 _PERF_ISSUE = key_pattern(PERF_ISSUE_TYPE)
+_BREACH_FINDING = KeyValue(
+    key=FINDING_KIND, value=AnyValue(string_value=KIND_BUDGET_BREACH)
+).SerializeToString()
 # Status.code = ERROR as it appears in a span's bytes; other bytes can look the same,
 # so each occurrence is checked on the span itself.
 _ERROR_CODE = b"\x18\x02"
@@ -187,6 +198,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             (pattern, bit)
             for pattern, bit, wanted in (
                 (_EXCEEDED_TRUE, _EXCEEDED, keep.budget_breaches or keep.perf_issues),
+                (_BREACH_FINDING, _EXCEEDED, keep.budget_breaches or keep.perf_issues),
                 (_PERF_ISSUE, _PERF, keep.budget_breaches or keep.perf_issues),
             )
             if wanted

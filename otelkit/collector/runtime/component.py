@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -91,6 +91,18 @@ class Host(Protocol):
 
     def get_extension(self, component_id: ComponentID) -> Component | None: ...
 
+    def held_bytes(self) -> int:
+        """Memory the data held by the running components takes (see ``runtime.memory``)."""
+        ...
+
+    def set_refusing(self, component: str, reason: str | None) -> None:
+        """``component`` refuses all data for ``reason`` (None: it accepts again)."""
+        ...
+
+    def refusals(self) -> Mapping[str, str]:
+        """Components refusing all data now, with why: readiness reports them."""
+        ...
+
 
 @dataclass
 class CreateSettings:
@@ -100,6 +112,10 @@ class CreateSettings:
     kind: Kind
     telemetry: SelfTelemetry
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("otelkit"))
+    durable_downstream: tuple[str, ...] = ()
+    """Processors: the exporters of this pipeline that acknowledge only once data is on
+    disk or delivered. A processor that would answer a sender before passing the data on
+    (``batch``) waits for them instead, so their promise reaches the sender."""
 
     @property
     def label(self) -> str:
@@ -109,6 +125,12 @@ class CreateSettings:
 
 class Component:
     """Base of all components. Subclasses override what they need."""
+
+    # Whether ``consume`` may change the batch it is given (upstream's
+    # ``Capabilities.MutatesData``). A consumer that only reads the batch, and keeps
+    # nothing of it once ``consume`` returns, says False: a fan-out then hands it the
+    # shared batch instead of a copy.
+    mutates_data: ClassVar[bool] = True
 
     async def start(self, host: Host) -> None:
         """Called once before data flows; raise to stop the collector from starting."""
@@ -133,6 +155,11 @@ class Exporter(Component):
 
     async def consume(self, payload: Payload) -> None:
         raise NotImplementedError
+
+    @property
+    def acknowledges_durably(self) -> bool:
+        """Whether ``consume`` returns only once the data is on disk or delivered."""
+        return False
 
 
 class Connector(Component):

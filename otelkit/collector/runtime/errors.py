@@ -21,8 +21,16 @@ class RetryableError(ComponentError):
 
 
 class OverloadedError(RetryableError):
-    """The collector itself is over capacity: upstream answers 429 / RESOURCE_EXHAUSTED."""
+    """A destination asked to slow down (429, or RESOURCE_EXHAUSTED with RetryInfo). A
+    sender waiting on the result hears 429 / RESOURCE_EXHAUSTED in turn, as upstream."""
 
 
 class PermanentError(ComponentError):
     """The data can never be delivered as it is (4xx, malformed); retrying cannot help."""
+
+
+class InvalidDataError(PermanentError):
+    """Some item of the data cannot be exported as it is (a value out of range, an ID of
+    the wrong length). The exporter helper then sends the batch in parts to find the
+    items that fail, drops only those (counted, reason ``invalid``) and delivers the rest.
+    """

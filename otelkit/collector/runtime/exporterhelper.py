@@ -1,19 +1,30 @@
-"""The one exporter helper: bounded queue, optional disk persistence, retries.
+"""The one exporter helper: bounded queue, disk persistence, batching, retries.
 
 Every exporter subclasses :class:`QueuedExporter` and implements ``send``; queueing,
-backoff with jitter, ``Retry-After``, the retryable/permanent split and the counting of
-every dropped item live here and nowhere else.
+batching, backoff with jitter, ``Retry-After``, the retryable/permanent split and the
+counting of every dropped item live here and nowhere else.
 
 Semantics, matching the upstream ``exporterhelper``:
 
 * ``consume`` enqueues and returns; a full queue raises :class:`RetryableError`, which the
   receiver turns into ``UNAVAILABLE`` / 503 so the sender retries (nothing is lost).
+* With ``sending_queue.storage`` set, ``consume`` returns only once the request is on
+  disk (written, fsynced, renamed, directory fsynced: :mod:`durable`), so the sender's
+  success means "survives a crash". The queue then keeps only the file's name in memory;
+  the request is read back when its turn comes, and the file is removed once it is sent
+  or dropped.
+* ``sending_queue.batch`` batches inside the helper, *after* the queue (and so after the
+  disk): requests taken from the queue are joined until ``min_size`` items or
+  ``flush_timeout``, and cut at ``max_size`` items. Its files are removed only once every
+  batch carrying part of them is finished.
 * ``send`` raising :class:`PermanentError` drops the batch (counted, reason
-  ``permanent``); anything else is retried with exponential backoff until
+  ``permanent``); :class:`InvalidDataError`, or an error that depends on the data
+  (``ValueError``, ``OverflowError``, ...), makes the helper send the batch in halves
+  until the items that fail are found: those are dropped (reason ``invalid``) and every
+  other item is delivered. Anything else is retried with exponential backoff until
   ``max_elapsed_time`` (then dropped, reason ``retry_exhausted``).
-* With ``sending_queue.storage`` set, a batch is written to disk before ``consume``
-  returns and removed only once sent or permanently dropped, so a batch waiting for a
-  down exporter survives a collector restart.
+* Shutdown drains within ``drain_timeout``. With storage it stops as soon as the
+  destination is failing, since everything waiting is already on disk.
 * An exporter whose retry unit is not a whole request (one Sentry envelope per event)
   converts in ``consume`` and queues :class:`QueuedItem` objects with :meth:`enqueue`;
   they are sent by ``send_item``, retried and counted the same way, and held in memory
@@ -26,23 +37,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import re
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
+from otelkit.collector.pdata.split import append, split_in_pieces, split_off
 from otelkit.collector.runtime.component import ComponentConfig, CreateSettings, Exporter, Host
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.durable import DISK, Disk
+from otelkit.collector.runtime.errors import (
+    InvalidDataError,
+    OverloadedError,
+    PermanentError,
+    RetryableError,
+)
+from otelkit.collector.runtime.memory import parsed_bytes
+from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.types import Duration
 
 log = logging.getLogger("otelkit.exporter")
+
+# Errors that come from what the data holds, not from where it goes: retrying the same
+# data cannot help, so the helper looks for the items that cause them.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDataError,
+    ValueError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    RecursionError,
+)
+# How often shutdown looks whether the queue has drained (or the destination fails).
+_DRAIN_POLL = 0.05
+# Sends one batch may cost while its invalid items are looked for.
+_ISOLATION_SENDS = 64
+# Memory an item queued with ``enqueue`` is assumed to take when it does not say.
+_DEFAULT_ITEM_BYTES = 2048
+# Invalid items are always counted; their log line is repeated at most this often.
+_INVALID_LOG_INTERVAL = 60.0
+
+
+class BatchSettings(ComponentConfig):
+    """``sending_queue.batch``: batching after the queue, as upstream."""
+
+    flush_timeout: Duration = Field(0.2, gt=0, description="Longest wait for a batch to fill.")
+    min_size: int = Field(8192, ge=0, description="Items that make a batch leave at once.")
+    max_size: int = Field(0, ge=0, description="Largest batch in items; 0 means no limit.")
+    sizer: str = Field("items", pattern="^items$", description="Batches count items.")
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> Self:
+        if self.max_size and self.max_size < self.min_size:
+            raise ValueError(
+                f"max_size ({self.max_size}) must be 0 (no limit) or at least min_size "
+                f"({self.min_size})"
+            )
+        return self
 
 
 class QueueSettings(ComponentConfig):
@@ -55,6 +111,23 @@ class QueueSettings(ComponentConfig):
     drain_timeout: Duration = Field(
         10.0, description="How long shutdown waits for the queue to empty (otelkit only)."
     )
+    batch: BatchSettings | None = Field(
+        None, description="Batch after the queue (`batch: {}` for the defaults)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _present_batch_key_enables(cls, data: Any) -> Any:
+        """``batch:`` with no value (YAML null) means "batch with the defaults", as upstream."""
+        if isinstance(data, dict) and "batch" in data and data["batch"] is None:
+            return {**data, "batch": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _batch_needs_the_queue(self) -> Self:
+        if self.batch is not None and not self.enabled:
+            raise ValueError("batch needs the queue: set enabled: true or remove batch")
+        return self
 
 
 class RetrySettings(ComponentConfig):
@@ -76,20 +149,77 @@ class ExporterHelperConfig(ComponentConfig):
 
 @dataclass(frozen=True)
 class QueuedItem:
-    """One retry unit an exporter built itself; ``items`` is what it counts as sent."""
+    """One retry unit an exporter built itself; ``items`` is what it counts as sent.
+
+    ``size`` is about how many bytes it takes in memory (0: not known).
+    """
 
     signal: Signal
     items: int
     data: Any
+    size: int = 0
 
 
-_Entry = Payload | QueuedItem
+_Data = Payload | QueuedItem
 
 
-def _signal_and_items(entry: _Entry) -> tuple[Signal, int]:
-    if isinstance(entry, QueuedItem):
-        return entry.signal, entry.items
-    return signal_of(entry), count_items(entry)
+def _signal_and_items(data: _Data) -> tuple[Signal, int]:
+    if isinstance(data, QueuedItem):
+        return data.signal, data.items
+    return signal_of(data), count_items(data)
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """One accepted request or item, from ``consume`` until it is sent or dropped."""
+
+    signal: Signal
+    items: int
+    data: _Data | None  # None while it is only on disk
+    path: Path | None = None
+    pieces: int = 0  # batches (sent or pending) holding part of it, not finished
+
+
+@dataclass(slots=True)
+class _Unit:
+    """What one send carries: a request (perhaps a batch of several entries) or an item."""
+
+    data: _Data
+    signal: Signal
+    items: int
+    entries: list[_Entry]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch being filled: the joined request and the entries that went into it."""
+
+    payload: Payload
+    items: int
+    deadline: float
+    entries: list[_Entry] = field(default_factory=list)
+
+
+class InvalidItems:
+    """Counts items an exporter drops because they cannot be exported as they are
+    (``otelcol_exporter_send_failed_*{reason="invalid"}``), logging why at most once a
+    minute so that a stream of bad points does not flood the log."""
+
+    def __init__(self, telemetry: SelfTelemetry, exporter: str) -> None:
+        self._telemetry = telemetry
+        self._exporter = exporter
+        self._logged_at = float("-inf")
+
+    def count(self, signal: Signal, items: int, why: str) -> None:
+        self._telemetry.exporter_send_failed(self._exporter, signal, items, "invalid")
+        now = time.monotonic()
+        if now - self._logged_at >= _INVALID_LOG_INTERVAL:
+            self._logged_at = now
+            log.warning(
+                "exporter %s: dropped %d invalid %s (%s); later drops are counted in "
+                "otelcol_exporter_send_failed_%s_total{reason=\"invalid\"}",
+                self._exporter, items, signal.item_name, why, signal.item_name,
+            )  # fmt: skip
 
 
 class Backoff:
@@ -118,22 +248,36 @@ class Backoff:
 class QueuedExporter(Exporter):
     """Base of every exporter: subclasses implement :meth:`send` (and maybe start/stop)."""
 
-    def __init__(self, settings: CreateSettings, config: ExporterHelperConfig) -> None:
+    def __init__(
+        self, settings: CreateSettings, config: ExporterHelperConfig, *, disk: Disk = DISK
+    ) -> None:
         self.settings = settings
         self.helper_config = config
         self.telemetry = settings.telemetry
         self.name = str(settings.id)
         queue = config.sending_queue
-        self._queue: asyncio.Queue[tuple[Path | None, _Entry]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        self._ready: asyncio.Queue[_Unit] = asyncio.Queue(maxsize=queue.num_consumers)
         self._capacity = queue.queue_size
-        self._store = _DiskStore(Path(queue.storage), self.name) if queue.storage else None
-        self._workers: list[asyncio.Task[None]] = []
+        self._store = _DiskStore(Path(queue.storage), self.name, disk) if queue.storage else None
+        self._open: set[_Entry] = set()  # accepted and not finished
+        self._pending: dict[Signal, _Pending] = {}
+        self._saving = 0  # requests being written to disk, already given room
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
         self._abandon = asyncio.Event()
-        self._in_flight = 0
+        self._failing = False  # the last send attempt failed and is waiting to retry
+        self._held_items = 0  # items of requests in memory (queued, batching, sending)
+        self._held_item_bytes = 0  # bytes of QueuedItems in memory
+        self._sample: Payload | None = None  # the newest request, to size held items by
+        self._invalid = InvalidItems(settings.telemetry, self.name)
 
-    async def send(self, payload: Payload) -> None:
-        """Deliver one batch. Raise PermanentError when retrying cannot help."""
+    async def send(self, payload: Payload) -> int | None:
+        """Deliver one batch. Raise PermanentError when retrying cannot help.
+
+        Return how many of its items the exporter dropped itself (and counted with
+        :meth:`count_invalid`); the helper counts the rest as sent.
+        """
         raise NotImplementedError
 
     async def send_item(self, item: QueuedItem) -> None:
@@ -146,28 +290,61 @@ class QueuedExporter(Exporter):
     async def stop_sending(self) -> None:
         """Close connections; called once the queue is drained or abandoned."""
 
+    @property
+    def acknowledges_durably(self) -> bool:
+        """Whether ``consume`` returns only once the data is on disk or delivered."""
+        queue = self.helper_config.sending_queue
+        return not queue.enabled or queue.storage is not None
+
+    def held_bytes(self) -> int:
+        """Memory the data waiting in this exporter takes (requests on disk take none)."""
+        return parsed_bytes(self._held_items, self._sample) + self._held_item_bytes
+
+    def queue_size(self) -> int:
+        """Requests and items accepted and not yet sent or dropped."""
+        return len(self._open)
+
+    def count_invalid(self, signal: Signal, items: int, why: str) -> None:
+        """Count items dropped because they cannot be exported as they are."""
+        self._invalid.count(signal, items, why)
+
     # Component -----------------------------------------------------------------------
     async def start(self, host: Host) -> None:
         await self.start_sending(host)
         if self._store is not None:
-            for path, payload in self._store.load():
-                self._queue.put_nowait((path, payload))
+            for path, signal, items in await asyncio.to_thread(self._store.waiting):
+                self._accept(_Entry(signal, items, None, path))
             self._report_queue_all()
-        if self.helper_config.sending_queue.enabled:
-            self._workers = [
-                asyncio.create_task(self._worker(), name=f"{self.name}-sender-{i}")
-                for i in range(self.helper_config.sending_queue.num_consumers)
+        queue = self.helper_config.sending_queue
+        if queue.enabled:
+            worker = self._send_batches if queue.batch is not None else self._send_requests
+            self._tasks = [
+                asyncio.create_task(worker(), name=f"{self.name}-sender-{i}")
+                for i in range(queue.num_consumers)
             ]
+            if queue.batch is not None:
+                batcher = self._batch_forever(queue.batch)
+                self._tasks.append(asyncio.create_task(batcher, name=f"{self.name}-batcher"))
 
     async def consume(self, payload: Payload) -> None:
-        signal = signal_of(payload)
         if not self.helper_config.sending_queue.enabled:
             await self._send_with_retry(payload, raise_on_failure=True)
             return
-        self._refuse_unless_room((payload,))
-        path = self._store.save(payload) if self._store is not None else None
-        self._queue.put_nowait((path, payload))
-        self._report_queue(signal)
+        signal, items = signal_of(payload), count_items(payload)
+        self._refuse_unless_room(1, signal, items)
+        if self._store is None:
+            self._accept(_Entry(signal, items, payload))
+            return
+        self._saving += 1
+        try:
+            path = self._store.next_path(signal, items)
+            await asyncio.to_thread(self._store.save, path, payload)
+        except OSError as exc:
+            self.telemetry.exporter_enqueue_failed(self.name, signal, items)
+            raise RetryableError(f"exporter {self.name}: cannot persist: {exc}", 1.0) from exc
+        finally:
+            self._saving -= 1
+        self._accept(_Entry(signal, items, None, path))
 
     async def enqueue(self, items: Sequence[QueuedItem]) -> None:
         """Queue items all together or none (RetryableError, counted, when they do not fit)."""
@@ -178,75 +355,205 @@ class QueuedExporter(Exporter):
                 with contextlib.suppress(PermanentError):  # does not fail the others
                     await self._send_with_retry(item, raise_on_failure=True)
             return
-        self._refuse_unless_room(items)
+        self._refuse_unless_room(len(items), items[0].signal, sum(i.items for i in items))
         for item in items:
-            self._queue.put_nowait((None, item))
-        self._report_queue(items[0].signal)
-
-    def _refuse_unless_room(self, entries: Sequence[_Entry]) -> None:
-        """Push back (counted, retryable) unless every entry fits and we are not closing."""
-        if not self._closing.is_set() and self._queue.qsize() + len(entries) <= self._capacity:
-            return
-        for entry in entries:
-            self.telemetry.exporter_enqueue_failed(self.name, *_signal_and_items(entry))
-        reason = "shutting down" if self._closing.is_set() else "sending queue is full"
-        raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
+            self._accept(_Entry(item.signal, item.items, item))
 
     async def shutdown(self) -> None:
         self._closing.set()
-        if self._workers:
-            drain = self.helper_config.sending_queue.drain_timeout
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), drain)
+        if self._tasks:
+            await self._drain(self.helper_config.sending_queue.drain_timeout)
             self._abandon.set()
-            await _cancel_all(self._workers)
+            await _cancel_all(self._tasks)
             self._count_abandoned()
         await self.stop_sending()
 
-    def queue_size(self) -> int:
-        return self._queue.qsize() + self._in_flight
+    # Taking data ---------------------------------------------------------------------
+    def _refuse_unless_room(self, entries: int, signal: Signal, items: int) -> None:
+        """Push back (counted, retryable) unless the entries fit and we are not closing."""
+        waiting = (
+            self._queue.qsize() + self._saving + sum(len(p.entries) for p in self._pending.values())
+        )
+        if not self._closing.is_set() and waiting + entries <= self._capacity:
+            return
+        self.telemetry.exporter_enqueue_failed(self.name, signal, items)
+        reason = "shutting down" if self._closing.is_set() else "sending queue is full"
+        raise RetryableError(f"exporter {self.name}: {reason}", retry_after=1.0)
 
-    # Internals -----------------------------------------------------------------------
-    async def _worker(self) -> None:
+    def _accept(self, entry: _Entry) -> None:
+        self._open.add(entry)
+        if entry.data is not None:
+            self._hold(entry.data, entry.items, +1)
+        self._queue.put_nowait(entry)
+        self._report_queue(entry.signal)
+
+    def _hold(self, data: _Data, items: int, sign: int) -> None:
+        """Account for data coming into memory (+1) or leaving it (-1)."""
+        if isinstance(data, QueuedItem):
+            self._held_item_bytes += sign * (data.size or _DEFAULT_ITEM_BYTES * data.items)
+        else:
+            self._held_items += sign * items
+            if sign > 0:
+                self._sample = data
+
+    async def _loaded(self, entry: _Entry) -> _Data | None:
+        """The entry's data, read back from disk if that is where it is (None: unreadable)."""
+        if entry.data is not None:
+            data, entry.data = entry.data, None
+            return data
+        assert self._store is not None and entry.path is not None
+        try:
+            payload = await asyncio.to_thread(self._store.read, entry.path, entry.signal)
+        except Exception as exc:
+            log.error("exporter %s: persistent queue: %s is unreadable (%s); moved aside",
+                      self.name, entry.path, exc)  # fmt: skip
+            await asyncio.to_thread(self._store.move_aside, entry.path)
+            self.telemetry.exporter_send_failed(self.name, entry.signal, entry.items, "corrupt")
+            self._open.discard(entry)
+            return None
+        self._hold(payload, entry.items, +1)
+        return payload
+
+    # Batching ------------------------------------------------------------------------
+    async def _batch_forever(self, settings: BatchSettings) -> None:
+        """Join queued requests per signal; hand batches to the senders through ``_ready``."""
+        getting: asyncio.Task[_Entry] | None = None
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            while True:
+                getting = getting or asyncio.create_task(self._queue.get())
+                timeout = self._next_deadline()
+                await asyncio.wait({getting, closing}, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                if getting.done():
+                    entry, getting = getting.result(), None
+                    self._queue.task_done()
+                    await self._add_to_batch(entry, settings)
+                await self._cut_due(settings, flush=self._closing.is_set())
+        finally:
+            for task in (getting, closing):
+                if task is not None:
+                    task.cancel()
+
+    def _next_deadline(self) -> float | None:
+        if not self._pending:
+            return None
+        if self._closing.is_set():
+            return 0.0
+        soonest = min(p.deadline for p in self._pending.values())
+        return max(0.0, soonest - time.monotonic())
+
+    async def _add_to_batch(self, entry: _Entry, settings: BatchSettings) -> None:
+        data = await self._loaded(entry)
+        if data is None:
+            return
+        if isinstance(data, QueuedItem):  # items are their own retry unit: not batched
+            entry.pieces = 1
+            await self._ready.put(_Unit(data, entry.signal, entry.items, [entry]))
+            return
+        pending = self._pending.get(entry.signal)
+        if pending is None:
+            deadline = time.monotonic() + settings.flush_timeout
+            pending = self._pending[entry.signal] = _Pending(data, 0, deadline)
+        else:
+            append(pending.payload, data)
+        pending.items += entry.items
+        pending.entries.append(entry)
+        entry.pieces += 1  # the pending batch's hold on it
+        if pending.items >= settings.min_size:
+            await self._cut(entry.signal, settings, whole=False)
+
+    async def _cut_due(self, settings: BatchSettings, *, flush: bool) -> None:
+        now = time.monotonic()
+        for signal, pending in list(self._pending.items()):
+            if flush or pending.deadline <= now:
+                await self._cut(signal, settings, whole=True)
+
+    async def _cut(self, signal: Signal, settings: BatchSettings, *, whole: bool) -> None:
+        """Send what is pending for ``signal`` in pieces of at most ``max_size`` items; unless
+        ``whole``, a last piece below ``min_size`` stays pending for the next requests.
+
+        Every piece names every entry it came from, so a file is removed only once all the
+        pieces are finished (a crash in between sends the finished ones again).
+        """
+        pending = self._pending.pop(signal)
+        pieces = split_in_pieces(pending.payload, pending.items, settings.max_size)
+        rest = None
+        if not whole and len(pieces) > 1 and pieces[-1][1] < settings.min_size:
+            rest = pieces.pop()
+        for entry in pending.entries:  # the pending hold becomes one hold per piece
+            entry.pieces += len(pieces) - 1 + (rest is not None)
+        for payload, items in pieces:
+            await self._ready.put(_Unit(payload, signal, items, pending.entries))
+        if rest is not None:
+            deadline = time.monotonic() + settings.flush_timeout
+            self._pending[signal] = _Pending(rest[0], rest[1], deadline, list(pending.entries))
+
+    # Sending -------------------------------------------------------------------------
+    async def _send_requests(self) -> None:
         while True:
-            path, payload = await self._queue.get()
-            self._in_flight += 1
+            entry = await self._queue.get()
             try:
-                done = await self._send_with_retry(payload, raise_on_failure=False)
-                if done and path is not None and self._store is not None:
-                    self._store.remove(path)
-                elif not done and path is None:
-                    self._drop(*_signal_and_items(payload), "shutdown",
-                               RuntimeError("abandoned mid-retry at shutdown"))  # fmt: skip
+                data = await self._loaded(entry)
+                if data is not None:
+                    entry.pieces = 1
+                    await self._deliver(_Unit(data, entry.signal, entry.items, [entry]))
             finally:
-                self._in_flight -= 1
                 self._queue.task_done()
-                self._report_queue(_signal_and_items(payload)[0])
 
-    async def _send_with_retry(self, payload: _Entry, *, raise_on_failure: bool) -> bool:
-        """True when the batch is finished with (sent or dropped), False when abandoned."""
-        signal, items = _signal_and_items(payload)
+    async def _send_batches(self) -> None:
+        while True:
+            await self._deliver(await self._ready.get())
+
+    async def _deliver(self, unit: _Unit) -> None:
+        done = False
+        try:
+            done = await self._send_with_retry(unit.data, raise_on_failure=False)
+        finally:
+            self._hold(unit.data, unit.items, -1)
+            for entry in unit.entries:
+                entry.pieces -= 1
+                if entry.pieces == 0 and done:
+                    self._finish(entry)
+            self._report_queue(unit.signal)
+
+    def _finish(self, entry: _Entry) -> None:
+        self._open.discard(entry)
+        if entry.path is not None and self._store is not None:
+            self._store.remove(entry.path)
+
+    async def _send_with_retry(
+        self, data: _Data, *, raise_on_failure: bool, isolation: list[int] | None = None
+    ) -> bool:
+        """True when the data is finished with (sent or dropped), False when abandoned.
+
+        ``isolation`` is the send budget left while looking for invalid items."""
+        signal, items = _signal_and_items(data)
         backoff = Backoff(self.helper_config.retry_on_failure)
         while True:
-            sending = (
-                self.send_item(payload) if isinstance(payload, QueuedItem) else self.send(payload)
-            )
             try:
-                await asyncio.wait_for(sending, self.helper_config.timeout or None)
+                dropped = await asyncio.wait_for(self._send_once(data), self.helper_config.timeout or None)  # fmt: skip
+            except asyncio.CancelledError:
+                raise
+            except DATA_ERRORS as exc:
+                budget = isolation if isolation is not None else [_ISOLATION_SENDS]
+                return await self._isolate_invalid(data, exc, budget, raise_on_failure)
             except PermanentError as exc:
                 self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
                     raise
                 return True
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                self._failing = True
                 retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
                 wait = backoff.next_wait(retry_after)
                 if not self.helper_config.retry_on_failure.enabled or wait is None:
                     self._drop(signal, items, "retry_exhausted", exc)
                     if raise_on_failure:
-                        raise RetryableError(f"exporter {self.name}: {exc}") from exc
+                        kind = (
+                            OverloadedError if isinstance(exc, OverloadedError) else RetryableError
+                        )
+                        raise kind(f"exporter {self.name}: {exc}", retry_after) from exc
                     return True
                 log.warning(
                     "exporter %s: send failed (%s); retrying in %.1fs", self.name, exc, wait
@@ -254,8 +561,42 @@ class QueuedExporter(Exporter):
                 if await self._sleep_unless_abandoned(wait):
                     return False
             else:
-                self.telemetry.exporter_sent(self.name, signal, items)
+                self._failing = False
+                if items - (dropped or 0) > 0:
+                    self.telemetry.exporter_sent(self.name, signal, items - (dropped or 0))
                 return True
+
+    async def _send_once(self, data: _Data) -> int | None:
+        if isinstance(data, QueuedItem):
+            await self.send_item(data)
+            return None
+        return await self.send(data)
+
+    async def deliver_valid_items(self, payload: Payload, error: InvalidDataError) -> None:
+        """For an exporter that sends in ``consume`` (no queue of its own): deliver every
+        item of ``payload`` that can be, drop and count the others."""
+        await self._isolate_invalid(payload, error, [_ISOLATION_SENDS], raise_on_failure=True)
+
+    async def _isolate_invalid(
+        self, data: _Data, error: BaseException, budget: list[int], raise_on_failure: bool
+    ) -> bool:
+        """Send ``data`` in halves until the items that fail alone are found; drop those.
+
+        ``budget`` bounds the sends one batch may cost (one bad item among 8,192 takes
+        about 26); a destination that refuses everything exhausts it, and what is left is
+        dropped whole."""
+        signal, items = _signal_and_items(data)
+        if isinstance(data, QueuedItem) or items <= 1 or budget[0] < 2:
+            self.count_invalid(signal, items, f"{type(error).__name__}: {error}")
+            return True
+        budget[0] -= 2
+        head = split_off(data, items // 2)
+        done = True
+        for part in (head, data):
+            done &= await self._send_with_retry(
+                part, raise_on_failure=raise_on_failure, isolation=budget
+            )
+        return done
 
     async def _sleep_unless_abandoned(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -269,13 +610,28 @@ class QueuedExporter(Exporter):
         log.error("exporter %s: dropped %d %s (%s): %s", self.name, items, signal.item_name,
                   reason, exc)  # fmt: skip
 
+    # Shutdown ------------------------------------------------------------------------
+    async def _drain(self, timeout: float) -> None:
+        """Wait until everything accepted is finished, at most ``timeout`` seconds.
+
+        With storage, stop as soon as the destination fails: what waits is on disk and is
+        sent after the restart, so there is nothing to wait for.
+        """
+        deadline = time.monotonic() + timeout
+        while self._open and time.monotonic() < deadline:
+            if self._store is not None and self._failing:
+                log.info("exporter %s: destination failing; %d requests stay on disk for the "
+                         "next start", self.name, len(self._open))  # fmt: skip
+                return
+            await asyncio.sleep(_DRAIN_POLL)
+
     def _count_abandoned(self) -> None:
         """At shutdown: in-memory leftovers are lost (counted); persisted ones wait on disk."""
-        while not self._queue.empty():
-            path, payload = self._queue.get_nowait()
-            if path is None:
-                self._drop(*_signal_and_items(payload), "shutdown",
+        for entry in self._open:
+            if entry.path is None:
+                self._drop(entry.signal, entry.items, "shutdown",
                            RuntimeError("queue not drained before shutdown"))  # fmt: skip
+        self._open.clear()
 
     def _report_queue(self, signal: Signal) -> None:
         self.telemetry.exporter_queue(self.name, signal, self.queue_size(), self._capacity)
@@ -294,41 +650,48 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class _DiskStore:
-    """One file per queued batch, ``<seq>.<signal>.pb``, written atomically."""
+    """One file per queued request, ``<seq>.<signal>.<items>.pb``, written durably."""
 
-    def __init__(self, root: Path, exporter: str) -> None:
+    def __init__(self, root: Path, exporter: str, disk: Disk) -> None:
         self.directory = root / re.sub(r"[^A-Za-z0-9_.-]", "_", exporter)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._seq = max((_seq_of(p) for p in self._files()), default=0)
+        self._disk = disk
+        self._seq = max((_seq_of(p) for p in self.directory.glob("*.pb")), default=0)
 
-    def save(self, payload: Payload) -> Path:
+    def next_path(self, signal: Signal, items: int) -> Path:
         self._seq += 1
-        path = self.directory / f"{self._seq:020d}.{signal_of(payload).value}.pb"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(payload.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return path
+        return self.directory / f"{self._seq:020d}.{signal.value}.{items}.pb"
 
-    def load(self) -> Iterator[tuple[Path, Payload]]:
-        for path in sorted(self._files()):
-            signal = Signal(path.name.split(".")[1])
-            payload = signal.new_request()
+    def save(self, path: Path, payload: Payload) -> None:
+        self._disk.write_atomically(path, payload.SerializeToString())
+
+    def read(self, path: Path, signal: Signal) -> Payload:
+        payload = signal.new_request()
+        payload.ParseFromString(path.read_bytes())
+        return payload
+
+    def waiting(self) -> list[tuple[Path, Signal, int]]:
+        """The requests left by an earlier run, oldest first (half-written files removed)."""
+        for temporary in self.directory.glob("*.tmp"):
+            temporary.unlink(missing_ok=True)
+        found: list[tuple[Path, Signal, int]] = []
+        for path in sorted(self.directory.glob("*.pb")):
+            parts = path.name.split(".")
             try:
-                payload.ParseFromString(path.read_bytes())
+                signal = Signal(parts[1])
+                items = int(parts[2]) if len(parts) == 4 else count_items(self.read(path, signal))
             except Exception:
                 log.error("persistent queue: %s is unreadable; moved aside", path)
-                path.rename(path.with_suffix(".corrupt"))
+                self.move_aside(path)
                 continue
-            yield path, payload
+            found.append((path, signal, items))
+        return found
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
-    def _files(self) -> Iterator[Path]:
-        return self.directory.glob("*.pb")
+    def move_aside(self, path: Path) -> None:
+        path.rename(path.with_suffix(".corrupt"))
 
 
 def _seq_of(path: Path) -> int:

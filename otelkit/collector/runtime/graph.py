@@ -34,7 +34,8 @@ T = TypeVar("T", bound=Component)
 
 
 class Fanout:
-    """Hands one batch to several consumers, each getting its own copy when needed.
+    """Hands one batch to several consumers, each getting its own copy when needed: the
+    last consumer and those that do not change it (``mutates_data = False``) share it.
 
     Every consumer is tried; the first error is raised after all have been offered the
     batch, so one refusing exporter does not starve the others.
@@ -47,7 +48,8 @@ class Fanout:
         first_error: ComponentError | None = None
         last = len(self._consumers) - 1
         for index, consumer in enumerate(self._consumers):
-            batch = payload if index == last else _copy(payload)
+            shared = index == last or not getattr(consumer, "mutates_data", True)
+            batch = payload if shared else _copy(payload)
             try:
                 await consumer.consume(batch)
             except ComponentError as exc:
@@ -99,8 +101,8 @@ class _Builder:
         self.entries: dict[str, Consumer] = {}
         self.connector_sides: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
 
-    def settings(self, spec: ComponentSpec) -> CreateSettings:
-        return CreateSettings(spec.id, spec.kind, self.telemetry)
+    def settings(self, spec: ComponentSpec, durable: tuple[str, ...] = ()) -> CreateSettings:
+        return CreateSettings(spec.id, spec.kind, self.telemetry, durable_downstream=durable)
 
     def spec(self, kind: Kind, cid: ComponentID) -> ComponentSpec:
         return self.config.components[(kind, cid)]
@@ -134,6 +136,7 @@ class _Builder:
             )
             self.graph.exporters[cid] = exporter
             self.graph.add(f"exporter/{cid}", exporter)
+            self.telemetry.exporter_created(str(cid), sorted(signals))
 
     def _pipelines_last_first(self) -> list[PipelineSpec]:
         """Pipelines ordered so that every connector's target pipelines come first."""
@@ -169,9 +172,15 @@ class _Builder:
             else:
                 consumers.extend(self._build_connectors(cid, pipeline))
         head = fan_out(consumers)
+        durable = tuple(
+            str(cid)
+            for cid in pipeline.exporters
+            if cid in self.graph.exporters and self.graph.exporters[cid].acknowledges_durably
+        )
         for cid in reversed(pipeline.processors):
             spec = self.spec(Kind.PROCESSOR, cid)
-            created = spec.factory.create(self.settings(spec), spec.config, pipeline.signal, head)
+            settings = self.settings(spec, durable)
+            created = spec.factory.create(settings, spec.config, pipeline.signal, head)
             processor = _expect(created, Processor, cid)
             self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
             head = processor

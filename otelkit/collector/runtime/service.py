@@ -23,6 +23,7 @@ from otelkit.collector.runtime.config import CollectorConfig
 from otelkit.collector.runtime.graph import Graph, build_graph
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
 from otelkit.collector.runtime.listeners import announce
+from otelkit.collector.runtime.memory import HoldsData
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
 log = logging.getLogger("otelkit.collector")
@@ -36,6 +37,7 @@ class ServiceHost:
     statuses: dict[str, tuple[Status, str]] = field(default_factory=dict)
     ready: bool = False
     started_at: float = field(default_factory=time.time)
+    refusing: dict[str, str] = field(default_factory=dict)
 
     def report_status(self, component: str, status: Status, message: str = "") -> None:
         self.statuses[component] = (status, message)
@@ -48,6 +50,20 @@ class ServiceHost:
 
     def get_extension(self, component_id: ComponentID) -> Component | None:
         return self.graph.extensions.get(component_id) if self.graph else None
+
+    def held_bytes(self) -> int:
+        if self.graph is None:
+            return 0
+        return sum(c.held_bytes() for _, c in self.graph.ordered if isinstance(c, HoldsData))
+
+    def set_refusing(self, component: str, reason: str | None) -> None:
+        if reason is None:
+            self.refusing.pop(component, None)
+        else:
+            self.refusing[component] = reason
+
+    def refusals(self) -> Mapping[str, str]:
+        return dict(self.refusing)
 
 
 class Service:

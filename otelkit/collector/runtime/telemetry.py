@@ -9,6 +9,7 @@ follow the upstream names: ``otelcol_receiver_accepted_spans``,
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import TypeVar
 
 from prometheus_client import (
@@ -25,6 +26,9 @@ M = TypeVar("M", Counter, Gauge)
 
 # Upstream's endpoint has no ``*_created`` series; they double what operators scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Why the exporter helper drops data (the ``send_failed`` reason label).
+SEND_FAILED_REASONS = ("permanent", "retry_exhausted", "shutdown", "invalid")
 
 
 class SelfTelemetry:
@@ -55,6 +59,16 @@ class SelfTelemetry:
             ("receiver", "transport"),
         ).labels(receiver, transport).inc()
 
+    def receiver_created(
+        self, receiver: str, transports: Iterable[str], signals: Iterable[Signal]
+    ) -> None:
+        """Refusal counters start at zero, so dashboards show 0 and ``rate()`` sees the
+        first burst of refusals."""
+        for signal in signals:
+            counter = self._counter("receiver", "refused", signal, ("receiver", "transport"))
+            for transport in transports:
+                counter.labels(receiver, transport)
+
     # Processors ----------------------------------------------------------------------
     def processor_dropped(self, processor: str, signal: Signal, n: int) -> None:
         self._counter("processor", "dropped", signal, ("processor",)).labels(processor).inc(n)
@@ -70,6 +84,13 @@ class SelfTelemetry:
         self._counter("exporter", "send_failed", signal, ("exporter", "reason")).labels(
             exporter, reason
         ).inc(n)
+
+    def exporter_created(self, exporter: str, signals: Iterable[Signal]) -> None:
+        """Send-failure counters start at zero for every reason the exporter helper has."""
+        for signal in signals:
+            counter = self._counter("exporter", "send_failed", signal, ("exporter", "reason"))
+            for reason in SEND_FAILED_REASONS:
+                counter.labels(exporter, reason)
 
     def exporter_enqueue_failed(self, exporter: str, signal: Signal, n: int) -> None:
         self._counter("exporter", "enqueue_failed", signal, ("exporter",)).labels(exporter).inc(n)

@@ -45,8 +45,11 @@ RESOURCE = Resource.create({"service.name": "checkout", "deployment.environment"
 
 
 # Making data -------------------------------------------------------------------------
-def make_spans(count: int, tag: str = "") -> Sequence[ReadableSpan]:
-    """``count`` root spans, each with one child: ``2 * count`` spans, unique names."""
+def make_spans(count: int, tag: str = "", *, realistic: bool = False) -> Sequence[ReadableSpan]:
+    """``count`` root spans, each with one child: ``2 * count`` spans, unique names.
+
+    ``realistic`` adds what an instrumented web service records (full URL, user agent,
+    client address, SQL text...): about 520 bytes a span encoded, as in real traffic."""
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=RESOURCE)
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -57,11 +60,30 @@ def make_spans(count: int, tag: str = "") -> Sequence[ReadableSpan]:
             span.set_attribute("http.response.status_code", 200 + i % 5)
             span.set_attribute("order.ids", [i, i + 1])
             span.set_attribute("order.total", i * 1.5)
+            if realistic:
+                span.set_attributes(_WEB_ATTRIBUTES | {"url.full": _URL.format(i)})
             with tracer.start_as_current_span(f"SELECT orders {tag}{i}") as child:
                 child.set_attribute("db.system.name", "postgresql")
                 child.add_event("rows", {"count": i})
+                if realistic:
+                    child.set_attribute("db.query.text", _SQL)
     provider.shutdown()
     return memory.get_finished_spans()
+
+
+_URL = "https://shop.example.com/api/v2/orders/{}?include=items,customer&currency=EUR"
+_SQL = (
+    "SELECT orders.id, orders.status, orders.total, customers.email FROM orders "
+    "JOIN customers ON customers.id = orders.customer_id WHERE orders.id = $1"
+)
+_WEB_ATTRIBUTES: dict[str, str | int] = {
+    "http.route": "/api/v2/orders/{order_id}",
+    "server.address": "shop.example.com",
+    "server.port": 443,
+    "client.address": "203.0.113.42",
+    "network.protocol.version": "1.1",
+    "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+}
 
 
 def make_metrics() -> MetricsData:

@@ -19,19 +19,8 @@ from tests.collector.e2e.clients import (
     span_keys,
     wait_until,
 )
-from tests.support.collector import allocate_ports, collector
-
-DOWNSTREAM = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-exporters:
-  file: {path: "OUT"}
-service:
-  pipelines:
-    traces: {receivers: [otlp], exporters: [file]}
-"""
+from tests.support.collector import allocate_ports, collector, downstream_config
+from tests.support.overload import overload_and_recover
 
 UPSTREAM = """
 receivers:
@@ -77,7 +66,7 @@ def test_a_blocked_exporter_pushes_back_and_nothing_is_lost(transport: str, tmp_
             return metric_total(scrape(up.ports["metrics"]), "otelcol_receiver_refused_spans_total")
 
         wait_until(lambda: refused() > 0, what="the receiver to refuse spans")
-        downstream = DOWNSTREAM.replace("OUT", str(out))
+        downstream = downstream_config(["traces"], out)
         with collector(downstream, tmp_path, ports=down_ports, name="down"):
             for thread in threads:
                 thread.join(60)
@@ -89,31 +78,17 @@ def test_a_blocked_exporter_pushes_back_and_nothing_is_lost(transport: str, tmp_
         assert metric_total(text, "otelcol_exporter_sent_spans_total") == sum(want.values())
 
 
-OVER_MEMORY = """
-receivers:
-  otlp:
-    protocols:
-      grpc: {endpoint: "127.0.0.1:{grpc}"}
-processors:
-  memory_limiter: {limit_mib: 2, check_interval: 100ms}
-exporters:
-  nop: {}
-service:
-  pipelines:
-    traces: {receivers: [otlp], processors: [memory_limiter], exporters: [nop]}
-"""
-
-
-def test_over_the_memory_limit_data_is_refused_as_retryable(tmp_path: Path) -> None:
-    ports = allocate_ports("grpc")
-    with collector(OVER_MEMORY, tmp_path, ports=ports) as running:
-        with pytest.raises(AssertionError, match="span export failed"):
-            send_all("grpc", f"127.0.0.1:{ports['grpc']}", make_spans(5), timeout=2)
-        text = scrape(running.ports["metrics"])
-        refused = metric_total(
-            text, "otelcol_processor_refused_spans_total", processor="memory_limiter"
-        )
-        assert refused >= 20  # the SDK tried the 10 spans at least twice: it was told to retry
-        assert metric_total(text, "otelcol_receiver_refused_spans_total") == refused
-        assert metric_total(text, "otelcol_exporter_sent_spans_total") == 0
-        assert running.stop() == 0
+def test_overload_then_recovery_limiter_refuses_queue_drains_and_data_flows_again(
+    tmp_path: Path,
+) -> None:
+    """The backend is down, the queue holds more and more, the memory limiter refuses and
+    readiness says so; the backend returns, the queue drains, and within a bound the
+    limiter accepts again (whatever memory the process keeps), readiness passes, and
+    every span the SDK was told was accepted arrives."""
+    result = overload_and_recover(tmp_path)
+    assert "refusing data" in result.refused_readiness, result.refused_readiness
+    assert result.refusing_metric == 1
+    assert result.recovered_seconds < 120
+    assert result.accepted_after
+    assert result.delivered == result.acknowledged > 0
+    assert "refusing data" in result.log and "accepting data again" in result.log

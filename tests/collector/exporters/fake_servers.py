@@ -66,11 +66,16 @@ class FakeGrpcServer:
     metadata: list[dict[str, str]] = field(default_factory=list)
     partial: Callable[[Any], None] | None = None
     tls: tuple[bytes, bytes] | None = None  # (private key, certificate chain) in PEM
+    max_receive: int | None = None  # gRPC's receive limit in bytes (default 4 MiB)
+    refuse: Callable[[Payload], bool] | None = None  # INVALID_ARGUMENT for such requests
     port: int = 0
     _server: Any = None
 
     async def start(self) -> None:
-        self._server = grpc.aio.server()
+        options = (
+            [("grpc.max_receive_message_length", self.max_receive)] if self.max_receive else []
+        )
+        self._server = grpc.aio.server(options=options)
         handlers = {}
         for service, (request_type, response_type) in SERVICES.items():
             handler = grpc.unary_unary_rpc_method_handler(
@@ -108,6 +113,8 @@ class FakeGrpcServer:
                     )
                     context.set_trailing_metadata((trailer,))
                 await context.abort(failure.code, "scripted failure")
+            if self.refuse is not None and self.refuse(request):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid item")
             self.received.append(request)
             response = response_type()
             if self.partial is not None:
@@ -134,6 +141,7 @@ class FakeHttpServer:
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     success_body: bytes = b""
     success_type: str = "application/x-protobuf"
+    max_body: int | None = None  # larger decoded bodies are answered 413
     _server: HttpServer | None = None
 
     async def start(self) -> None:
@@ -160,6 +168,9 @@ class FakeHttpServer:
             return
         if headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
+        if self.max_body is not None and len(body) > self.max_body:
+            await respond(send, 413, b"request body too large", "text/plain")
+            return
         request_type, _ = PATHS[scope["path"]]
         if headers.get("content-type") == "application/json":
             self.received.append(otlp_json.decode_request(signal_of(request_type()), body))

@@ -127,7 +127,7 @@ def test_health_shows_an_unreachable_destination_until_it_answers() -> None:
 
 def test_permanent_failure_is_dropped_and_counted() -> None:
     async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
-        server.failures.append(GrpcFailure(grpc.StatusCode.INVALID_ARGUMENT))
+        server.failures.append(GrpcFailure(grpc.StatusCode.PERMISSION_DENIED))
         await exporter.consume(logs([[3]]))
         async with asyncio.timeout(5):
             while not t.total("otelcol_exporter_send_failed_log_records_total"):
@@ -212,3 +212,90 @@ def test_tls_with_a_trusted_certificate(tmp_path: Path) -> None:
 def test_config_errors(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         OTLPExporterConfig.model_validate(config)
+
+
+# Request size --------------------------------------------------------------------------------
+def big_spans(count: int, attribute_bytes: int = 400) -> Any:
+    """``count`` spans of about ``attribute_bytes`` each, in one request."""
+    request = traces([[count]])
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        span.attributes.add(key="payload").value.string_value = "x" * attribute_bytes
+    return request
+
+
+def test_a_batch_over_max_request_bytes_goes_out_in_requests_that_fit() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        payload = big_spans(2000)
+        names = item_names(payload)
+        assert payload.ByteSize() > 5 * 100_000
+        await exporter.consume(payload)
+        await eventually(lambda: t.total("otelcol_exporter_sent_spans_total") == 2000)
+        assert len(server.received) >= 5
+        assert all(r.ByteSize() <= 100_000 for r in server.received)
+        assert [n for r in server.received for n in item_names(r)] == names
+
+    run(check, max_request_bytes="100KB")
+
+
+def test_a_size_refusal_lowers_the_limit_and_the_request_is_cut_and_resent() -> None:
+    async def main() -> None:
+        server = FakeGrpcServer(max_receive=300_000)
+        await server.start()
+        telemetry = SelfTelemetry()
+        settings = CreateSettings(ComponentID("otlp"), Kind.EXPORTER, telemetry)
+        cfg = OTLPExporterConfig.model_validate(
+            {"endpoint": f"127.0.0.1:{server.port}", "tls": {"insecure": True},
+             "retry_on_failure": FAST_RETRY}
+        )  # fmt: skip
+        exporter = OTLPExporter(settings, cfg)
+        await exporter.start(ServiceHost())
+        try:
+            for _ in range(2):
+                await exporter.consume(big_spans(3000))
+            await eventually(lambda: telemetry.total("otelcol_exporter_sent_spans_total") == 6000)
+        finally:
+            await exporter.shutdown()
+            await server.stop()
+        assert sum(len(item_names(r)) for r in server.received) == 6000
+        assert telemetry.total("otelcol_exporter_send_failed_spans_total") == 0
+        assert exporter.request_limit <= 300_000
+
+    asyncio.run(main())
+
+
+def test_an_item_larger_alone_than_the_limit_is_dropped_and_the_rest_delivered() -> None:
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        payload = big_spans(50, attribute_bytes=100)
+        spans = payload.resource_spans[0].scope_spans[0].spans
+        spans[20].attributes.add(key="huge").value.string_value = "y" * 200_000
+        await exporter.consume(payload)
+        await eventually(lambda: t.total("otelcol_exporter_sent_spans_total") == 49)
+        assert t.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 1
+        assert sum(len(item_names(r)) for r in server.received) == 49
+
+    run(check, max_request_bytes="100KB")
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def test_a_batch_refused_as_invalid_loses_only_the_items_that_are() -> None:
+    """INVALID_ARGUMENT may be one bad item (an ID of the wrong length makes the upstream
+    collector refuse the whole request): halves are sent until it is found."""
+
+    async def check(exporter: OTLPExporter, server: FakeGrpcServer, t: SelfTelemetry) -> None:
+        server.refuse = lambda request: any(n.startswith("poison") for n in item_names(request))
+        payload = traces([[40]])
+        spans = payload.resource_spans[0].scope_spans[0].spans
+        spans[5].name, spans[31].name = "poison-1", "poison-2"
+        await exporter.consume(payload)
+        await eventually(lambda: t.total("otelcol_exporter_sent_spans_total") == 38)
+        assert t.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 2
+        delivered = sorted(n for r in server.received for n in item_names(r))
+        assert delivered == sorted(n for n in item_names(traces([[40]])) if n not in
+                                   ("s0.0.5", "s0.0.31"))  # fmt: skip
+
+    run(check)

@@ -16,7 +16,7 @@ from otelkit.collector.exporters.otlphttp import (
     OTLPHTTPExporterConfig,
     parse_retry_after,
 )
-from otelkit.collector.pdata.signals import Signal
+from otelkit.collector.pdata.signals import Signal, count_items
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, Status
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.service import ServiceHost
@@ -211,3 +211,20 @@ def test_partial_success_counts_the_rejected_items() -> None:
 def test_config_errors(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         OTLPHTTPExporterConfig.model_validate(config)
+
+
+def test_a_413_lowers_the_limit_and_the_request_is_cut_and_resent() -> None:
+    async def check(exporter: OTLPHTTPExporter, server: FakeHttpServer, t: SelfTelemetry) -> None:
+        server.max_body = 200_000
+        request = traces([[3000]])
+        for span in request.resource_spans[0].scope_spans[0].spans:
+            span.attributes.add(key="payload").value.string_value = "x" * 300
+        await exporter.consume(request)
+        async with asyncio.timeout(10):
+            while t.total("otelcol_exporter_sent_spans_total") < 3000:
+                await asyncio.sleep(0.01)
+        assert sum(count_items(r) for r in server.received) == 3000
+        assert t.total("otelcol_exporter_send_failed_spans_total") == 0
+        assert exporter.request_limit <= 200_000
+
+    run(check)

@@ -151,3 +151,21 @@ def test_config_errors(config: dict[str, Any], message: str) -> None:
 
 def test_default_endpoint_is_upstreams() -> None:
     assert HealthCheckConfig().endpoint == "localhost:13133"
+
+
+def test_ready_reports_refusing_data_while_a_component_refuses_everything() -> None:
+    async def check(client: httpx.AsyncClient, host: ServiceHost) -> None:
+        started(host)
+        reason = "refusing data: held data 300 MiB, resident 450 MiB; soft limit 410 MiB"
+        host.set_refusing("processor/memory_limiter", reason)
+        response = await client.get("/health/ready")
+        assert response.status_code == 503
+        assert response.json()["status"] == "fail"
+        assert response.json()["output"] == f"processor/memory_limiter: {reason}"
+        # Liveness and the upstream-style status are not readiness: no restart for load.
+        assert (await client.get("/health/live")).status_code == 200
+        assert (await client.get("/")).status_code == 200
+        host.set_refusing("processor/memory_limiter", None)
+        assert (await client.get("/health/ready")).status_code == 200
+
+    run(check)

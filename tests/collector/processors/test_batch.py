@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
-from otelkit.collector.processors.batch import BatchConfig, BatchProcessor, split_off
+from otelkit.collector.pdata.split import split_off
+from otelkit.collector.processors.batch import BatchConfig, BatchProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
 from otelkit.collector.runtime.service import ServiceHost
@@ -234,3 +235,49 @@ def test_defaults_match_upstream() -> None:
 def test_max_size_below_size_is_rejected() -> None:
     with pytest.raises(ValidationError, match="send_batch_max_size"):
         BatchConfig(send_batch_size=100, send_batch_max_size=10)
+
+
+# Before an exporter that acknowledges durably ---------------------------------------------
+def run_durable(
+    test: Callable[[BatchProcessor, Downstream], Awaitable[None]], **config: object
+) -> None:
+    async def main() -> None:
+        settings = CreateSettings(
+            ComponentID("batch"), Kind.PROCESSOR, SelfTelemetry(), durable_downstream=("logstore",)
+        )
+        downstream = Downstream()
+        processor = BatchProcessor(
+            settings, BatchConfig.model_validate(config), Signal.LOGS, downstream
+        )
+        await processor.start(ServiceHost())
+        try:
+            await test(processor, downstream)
+        finally:
+            await processor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_senders_are_answered_only_once_a_durable_exporter_took_their_batch() -> None:
+    async def check(p: BatchProcessor, down: Downstream) -> None:
+        senders = [asyncio.create_task(p.consume(logs([[2]], prefix=f"r{i}-"))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in senders)  # waiting for the timeout's batch
+        await asyncio.gather(*senders)
+        assert down.sizes() == [6]
+
+    run_durable(check, timeout="200ms")
+
+
+def test_a_refusal_from_a_durable_exporter_reaches_every_sender_of_the_batch() -> None:
+    async def check(p: BatchProcessor, down: Downstream) -> None:
+        down.refuse = RetryableError
+        senders = [asyncio.create_task(p.consume(logs([[2]], prefix=f"r{i}-"))) for i in range(2)]
+        results = await asyncio.gather(*senders, return_exceptions=True)
+        assert all(isinstance(r, RetryableError) for r in results)
+        assert p.held_items == 0  # not kept: the senders retry it
+        down.refuse = None
+        await p.consume(logs([[1]]))
+        assert down.sizes() == [1]
+
+    run_durable(check, timeout="50ms")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import logging
 
 import pytest
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from otelkit.collector.processors.memory_limiter import (
     available_memory,
     process_rss,
 )
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
@@ -35,9 +35,24 @@ class Sink:
 class FakeMemory:
     def __init__(self, rss_mib: int) -> None:
         self.rss = rss_mib * MIB
+        self.released = 0
 
     def read(self) -> int:
         return self.rss
+
+    def release(self) -> None:
+        self.released += 1
+
+
+class HoldingHost(ServiceHost):
+    """A host whose components hold ``held`` bytes of data."""
+
+    def __init__(self, held_mib: int = 0) -> None:
+        super().__init__()
+        self.held = held_mib * MIB
+
+    def held_bytes(self) -> int:
+        return self.held
 
 
 def make(memory: FakeMemory, **config: object) -> tuple[MemoryLimiter, Sink, SelfTelemetry]:
@@ -51,37 +66,85 @@ def make(memory: FakeMemory, **config: object) -> tuple[MemoryLimiter, Sink, Sel
         sink,
         read_rss=memory.read,
         total_memory=lambda: 1000 * MIB,
+        release=memory.release,
     )
     return limiter, sink, telemetry
 
 
-def test_refuses_above_the_soft_limit_and_recovers_below_it() -> None:
+def test_refuses_while_held_data_pushes_memory_over_the_soft_limit_and_recovers() -> None:
     async def main() -> None:
         memory = FakeMemory(rss_mib=50)
+        host = HoldingHost()
         limiter, sink, telemetry = make(memory, limit_mib=100, spike_limit_mib=20)
-        await limiter.start(ServiceHost())
+        await limiter.start(host)
         await limiter.consume(traces([[2]]))
-        memory.rss = 81 * MIB
+        memory.rss, host.held = 81 * MIB, 31 * MIB  # a queue filled up
         limiter.check()
-        with pytest.raises(RetryableError):
+        with pytest.raises(RetryableError, match="held data 31 MiB"):
             await limiter.consume(traces([[3]]))
         assert telemetry.total("otelcol_processor_refused_spans_total") == 3
-        memory.rss = 79 * MIB
+        assert "processor/memory_limiter" in host.refusals()
+        assert host.statuses["processor/memory_limiter"][0] == Status.RECOVERABLE_ERROR
+        memory.rss, host.held = 60 * MIB, 10 * MIB
         limiter.check()
         await limiter.consume(traces([[4]]))
         assert [len(p.resource_spans[0].scope_spans[0].spans) for p in sink.received] == [2, 4]
+        assert host.refusals() == {}
+        assert host.statuses["processor/memory_limiter"][0] == Status.OK
         await limiter.shutdown()
 
     asyncio.run(main())
 
 
+def test_accounted_held_data_refuses_before_resident_memory_shows_it() -> None:
+    async def main() -> None:
+        memory = FakeMemory(rss_mib=40)  # the collector at rest
+        host = HoldingHost()
+        limiter, _, _ = make(memory, limit_mib=100, spike_limit_mib=20)
+        await limiter.start(host)
+        host.held = 45 * MIB  # 40 + 45 > 80, though RSS has not caught up yet
+        limiter.check()
+        assert limiter.refusing
+
+    asyncio.run(main())
+
+
+def test_memory_the_allocator_keeps_after_a_drain_cannot_wedge_the_limiter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reported failure: the queue drained, RSS stayed above the soft limit, and the
+    collector refused everything forever while readiness said pass."""
+
+    async def main() -> None:
+        memory = FakeMemory(rss_mib=50)
+        host = HoldingHost()
+        limiter, _, _ = make(memory, limit_mib=100, spike_limit_mib=20)
+        await limiter.start(host)
+        memory.rss, host.held = 95 * MIB, 40 * MIB
+        limiter.check()
+        assert limiter.refusing
+        host.held = 0  # drained; the freed memory stays with the process
+        limiter.check()
+        assert not limiter.refusing
+        assert memory.released >= 1  # collected and trimmed before deciding
+        await limiter.shutdown()
+
+    with caplog.at_level(logging.WARNING, "otelkit.processor.memory_limiter"):
+        asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("refusing data" in m for m in messages)
+    assert any("accepting data again" in m for m in messages)
+    assert any("would not bring it down" in m for m in messages)
+
+
 def test_background_check_runs_every_interval() -> None:
     async def main() -> None:
         memory = FakeMemory(rss_mib=500)
+        host = HoldingHost(held_mib=30)
         limiter, _, _ = make(memory, limit_mib=100, check_interval="10ms")
-        await limiter.start(ServiceHost())
+        await limiter.start(host)
         assert limiter.refusing
-        memory.rss = 1 * MIB
+        host.held = 0
         async with asyncio.timeout(5):
             while limiter.refusing:
                 await asyncio.sleep(0.01)
@@ -90,19 +153,40 @@ def test_background_check_runs_every_interval() -> None:
     asyncio.run(main())
 
 
-def test_hard_limit_triggers_garbage_collection(monkeypatch: pytest.MonkeyPatch) -> None:
-    collections: list[int] = []
-    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
-
+def test_above_the_soft_limit_memory_is_released_before_it_is_read_again() -> None:
     async def main() -> None:
-        memory = FakeMemory(rss_mib=90)
+        memory = FakeMemory(rss_mib=70)
         limiter, _, _ = make(memory, limit_mib=100)
-        await limiter.start(ServiceHost())
-        assert limiter.refusing and not collections  # above soft (80), below hard
+        await limiter.start(HoldingHost())
+        assert memory.released == 0  # below soft (80)
         memory.rss = 101 * MIB
         limiter.check()
-        assert collections == [1]
+        limiter.check()  # above hard: every check
+        assert memory.released == 2
         await limiter.shutdown()
+
+    asyncio.run(main())
+
+
+def test_pipelines_sharing_one_limiter_id_share_one_check() -> None:
+    async def main() -> None:
+        telemetry = SelfTelemetry()
+        settings = CreateSettings(ComponentID("memory_limiter"), Kind.PROCESSOR, telemetry)
+        config = MemoryLimiterConfig.model_validate({"limit_mib": 100, "check_interval": "1h"})
+        memory = FakeMemory(rss_mib=10)
+        limiters = [
+            MemoryLimiter(settings, config, signal, Sink(), read_rss=memory.read,
+                          release=memory.release)
+            for signal in (Signal.TRACES, Signal.LOGS)
+        ]  # fmt: skip
+        host = HoldingHost()
+        for limiter in limiters:
+            await limiter.start(host)
+        memory.rss, host.held = 90 * MIB, 20 * MIB
+        limiters[0].check()
+        assert all(limiter.refusing for limiter in limiters)
+        for limiter in limiters:
+            await limiter.shutdown()
 
     asyncio.run(main())
 

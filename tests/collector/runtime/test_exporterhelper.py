@@ -9,25 +9,33 @@ from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from pydantic import ValidationError
 
 from otelkit.collector.pdata.signals import Payload
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
-from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.durable import DISK, Disk
+from otelkit.collector.runtime.errors import OverloadedError, PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
+from tests.support.durable import RecordingDisk
 
 
 class ScriptedExporter(QueuedExporter):
     """Fails with the scripted errors first, then succeeds; records what it delivered."""
 
     def __init__(
-        self, telemetry: SelfTelemetry, config: dict[str, Any], script: list[Exception]
+        self,
+        telemetry: SelfTelemetry,
+        config: dict[str, Any],
+        script: list[Exception],
+        disk: Disk = DISK,
     ) -> None:
         settings = CreateSettings(ComponentID("scripted"), Kind.EXPORTER, telemetry)
-        super().__init__(settings, ExporterHelperConfig.model_validate(config))
+        super().__init__(settings, ExporterHelperConfig.model_validate(config), disk=disk)
         self.script = list(script)
         self.delivered: list[str] = []
+        self.batches: list[list[str]] = []
         self.attempts: list[float] = []
         self.blocked = asyncio.Event()
         self.blocked.set()
@@ -38,7 +46,13 @@ class ScriptedExporter(QueuedExporter):
         if self.script:
             raise self.script.pop(0)
         assert isinstance(payload, ExportTraceServiceRequest)
-        self.delivered.append(payload.resource_spans[0].scope_spans[0].spans[0].name)
+        names = [
+            span.name for rs in payload.resource_spans for ss in rs.scope_spans for span in ss.spans
+        ]
+        if any(name.startswith("poison") for name in names):
+            raise OverflowError("math range error")  # what a converter raises on a bad value
+        self.batches.append(names)
+        self.delivered.append(names[0])
 
 
 def batch(name: str, spans: int = 1) -> ExportTraceServiceRequest:
@@ -208,3 +222,197 @@ def test_persistent_queue_survives_a_restart(tmp_path: Path) -> None:
     exporter = asyncio.run(second_run())
     assert exporter.delivered == ["a", "b", "c"]
     assert list(tmp_path.rglob("*.pb")) == []
+
+
+# Durability: the order of disk operations before the sender is answered -----------------
+def test_a_persisted_request_is_written_fsynced_renamed_and_its_directory_fsynced_before_ack(
+    tmp_path: Path,
+) -> None:
+    events: list[str] = []
+    config = {"sending_queue": {"storage": str(tmp_path), "num_consumers": 1}}
+
+    async def scenario() -> None:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [], disk=RecordingDisk(events))
+        exporter.blocked.clear()  # nothing is sent (and removed) while we look
+        await exporter.start(ServiceHost())
+        await exporter.consume(batch("a", spans=3))
+        events.append("acknowledged")
+        exporter.blocked.set()
+        await until(lambda: exporter.delivered == ["a"])
+        await exporter.shutdown()
+
+    asyncio.run(scenario())
+    name = "00000000000000000001.traces.3.pb"
+    assert events == [
+        f"write {name}.tmp",
+        f"fsync {name}.tmp",
+        f"rename {name}.tmp {name}",
+        "fsync-dir scripted",
+        "acknowledged",
+    ]
+
+
+def test_a_persistent_queue_holds_file_names_not_requests_in_memory(tmp_path: Path) -> None:
+    async def scenario(storage: dict[str, str]) -> tuple[int, int]:
+        config = {"sending_queue": {"num_consumers": 1, **storage}}
+        exporter = ScriptedExporter(SelfTelemetry(), config, [])
+        exporter.blocked.clear()
+        await exporter.start(ServiceHost())
+        for i in range(20):
+            await exporter.consume(batch(f"b{i}", spans=50))
+        held = exporter.held_bytes()
+        exporter.blocked.set()
+        await until(lambda: len(exporter.delivered) == 20)
+        after = exporter.held_bytes()
+        await exporter.shutdown()
+        return held, after
+
+    in_memory, drained = asyncio.run(scenario({}))
+    assert in_memory > 20 * 50 * 5  # a few bytes a span at least, for 1,000 spans
+    assert drained == 0
+    on_disk, _ = asyncio.run(scenario({"storage": str(tmp_path)}))
+    # Only the request being sent is in memory.
+    assert on_disk < in_memory / 10
+
+
+# Batching after the queue ------------------------------------------------------------
+def test_queue_batching_joins_requests_up_to_min_size_and_cuts_at_max_size() -> None:
+    config = {
+        "sending_queue": {
+            "num_consumers": 1,
+            "batch": {"min_size": 10, "max_size": 10, "flush_timeout": "10s"},
+        },
+    }
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [])
+        await exporter.start(ServiceHost())
+        for name in "abc":
+            await exporter.consume(batch(name, spans=4))
+        await until(lambda: len(exporter.batches) == 1)
+        await exporter.shutdown()  # flushes the 2 spans still waiting
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    assert [len(b) for b in exporter.batches] == [10, 2]
+    assert [b[0] for b in exporter.batches] == ["a", "c"]
+
+
+def test_queue_batching_sends_a_partial_batch_after_the_flush_timeout() -> None:
+    config = {"sending_queue": {"batch": {"flush_timeout": "50ms"}}}
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(batch("a", spans=2))
+        await exporter.consume(batch("b", spans=3))
+        await until(lambda: exporter.batches)
+        await exporter.shutdown()
+        return exporter
+
+    assert [len(b) for b in asyncio.run(scenario()).batches] == [5]
+
+
+def test_a_batch_from_the_persistent_queue_removes_its_files_once_sent(tmp_path: Path) -> None:
+    config = {
+        "sending_queue": {"storage": str(tmp_path), "batch": {"min_size": 4, "max_size": 4}},
+        "retry_on_failure": FAST_RETRY,
+    }
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [OSError("down")])
+        await exporter.start(ServiceHost())
+        for name in "abc":
+            await exporter.consume(batch(name, spans=3))
+        assert len(list(tmp_path.rglob("*.pb"))) == 3  # on disk when acknowledged
+        await until(lambda: sum(map(len, exporter.batches)) == 9)
+        await until(lambda: not list(tmp_path.rglob("*.pb")))
+        await exporter.shutdown()
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    assert sorted(len(b) for b in exporter.batches) == [1, 4, 4]
+
+
+def test_batch_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="max_size"):
+        ExporterHelperConfig.model_validate(
+            {"sending_queue": {"batch": {"min_size": 10, "max_size": 5}}}
+        )
+    with pytest.raises(ValidationError, match="batch needs the queue"):
+        ExporterHelperConfig.model_validate({"sending_queue": {"enabled": False, "batch": {}}})
+    with pytest.raises(ValidationError, match="flush_timeout"):
+        ExporterHelperConfig.model_validate({"sending_queue": {"batch": {"flush_timeout": "0"}}})
+    config = ExporterHelperConfig.model_validate({"sending_queue": {"batch": None}})
+    assert config.sending_queue.batch is not None
+    assert config.sending_queue.batch.min_size == 8192
+
+
+# Shutdown with storage -------------------------------------------------------------------
+def test_shutdown_with_storage_and_the_destination_down_is_prompt(tmp_path: Path) -> None:
+    config = {
+        "sending_queue": {"storage": str(tmp_path), "drain_timeout": "20s", "num_consumers": 2},
+        "retry_on_failure": {"initial_interval": "5s", "max_elapsed_time": "0"},
+    }
+
+    async def scenario() -> float:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [OSError("refused")] * 1000)
+        await exporter.start(ServiceHost())
+        for name in "abcde":
+            await exporter.consume(batch(name))
+        await until(lambda: exporter.attempts)
+        started = time.monotonic()
+        await exporter.shutdown()
+        return time.monotonic() - started
+
+    took = asyncio.run(scenario())
+    assert took < 5, f"shutdown waited {took:.1f}s with everything on disk"
+    assert len(list(tmp_path.rglob("*.pb"))) == 5
+
+
+# Invalid items -----------------------------------------------------------------------------
+def poisoned(names: list[str]) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for name in names:
+        scope.spans.add(name=name)
+    return request
+
+
+@pytest.mark.parametrize("queue", [True, False])
+def test_an_invalid_item_is_dropped_alone_and_the_rest_delivered(queue: bool) -> None:
+    telemetry = SelfTelemetry()
+    names = [f"ok{i}" for i in range(20)]
+    names[7] = "poison-a"
+    names[13] = "poison-b"
+    config = {"sending_queue": {"enabled": queue}, "retry_on_failure": FAST_RETRY}
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(telemetry, config, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(poisoned(names))  # the sender hears success either way
+        await until(lambda: telemetry.total("otelcol_exporter_sent_spans_total") == 18)
+        await exporter.shutdown()
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    delivered = sorted(name for b in exporter.batches for name in b)
+    assert delivered == sorted(n for n in names if n.startswith("ok"))
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 2
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total") == 2
+
+
+def test_a_downstream_overload_reaches_a_sender_waiting_on_an_unqueued_exporter() -> None:
+    config = {
+        "sending_queue": {"enabled": False},
+        "retry_on_failure": {**FAST_RETRY, "max_elapsed_time": "50ms"},
+    }
+
+    async def scenario() -> None:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [OverloadedError("429")] * 50)
+        await exporter.start(ServiceHost())
+        with pytest.raises(OverloadedError):
+            await exporter.consume(batch("a"))
+        await exporter.shutdown()
+
+    asyncio.run(scenario())

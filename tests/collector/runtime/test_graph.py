@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -12,7 +13,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.config import parse_config
+from otelkit.collector.runtime.graph import build_graph
+from otelkit.collector.runtime.registry import Registry
 from otelkit.collector.runtime.service import Service
+from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.collector.runtime import fakes
 
 CONFIG = """
@@ -106,3 +110,50 @@ def test_a_connector_shared_by_two_pipelines_is_one_instance() -> None:
     run(scenario())
     assert fakes.JOURNAL.events.count("start connector/count") == 1
     assert len(fakes.JOURNAL.received["recording/metrics"]) == 2
+
+
+def test_processors_learn_which_exporters_of_their_pipeline_acknowledge_durably(
+    tmp_path: Path,
+) -> None:
+    config = parse_config(
+        f"""
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: 127.0.0.1:0}}}}}}}}
+processors: {{batch: {{}}}}
+exporters:
+  file/disk: {{path: {tmp_path}/a.jsonl, sending_queue: {{storage: {tmp_path}/q}}}}
+  file/memory: {{path: {tmp_path}/b.jsonl}}
+service:
+  pipelines:
+    traces: {{receivers: [otlp], processors: [batch], exporters: [file/disk, file/memory]}}
+    logs: {{receivers: [otlp], processors: [batch], exporters: [file/memory]}}
+""",
+        Registry.discover(),
+        {},
+    )
+    graph = build_graph(config, SelfTelemetry())
+    batches = {label: c for label, c in graph.ordered if label.startswith("processor/batch")}
+    assert batches["processor/batch (traces)"]._acknowledge_after_send  # type: ignore[attr-defined]
+    assert not batches["processor/batch (logs)"]._acknowledge_after_send  # type: ignore[attr-defined]
+
+
+def test_a_fan_out_copies_the_batch_only_for_consumers_that_may_change_it() -> None:
+    from otelkit.collector.runtime.graph import Fanout
+
+    class Keep:
+        mutates_data = True
+
+        def __init__(self) -> None:
+            self.got: list[object] = []
+
+        async def consume(self, payload: object) -> None:
+            self.got.append(payload)
+
+    class Read(Keep):
+        mutates_data = False
+
+    batch = ExportTraceServiceRequest()
+    batch.resource_spans.add().scope_spans.add().spans.add(name="s")
+    first, reader, last = Keep(), Read(), Keep()
+    asyncio.run(Fanout([first, reader, last]).consume(batch))  # type: ignore[list-item]
+    assert first.got[0] is not batch and first.got[0] == batch
+    assert reader.got[0] is batch and last.got[0] is batch

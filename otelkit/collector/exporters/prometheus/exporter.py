@@ -30,7 +30,11 @@ from otelkit.collector.exporters.prometheus.exposition import (
     wants_openmetrics,
 )
 from otelkit.collector.exporters.prometheus.store import CumulativeStore
-from otelkit.collector.exporters.prometheus.translation import TranslationOptions, translate
+from otelkit.collector.exporters.prometheus.translation import (
+    Rejected,
+    TranslationOptions,
+    translate,
+)
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -40,6 +44,7 @@ from otelkit.collector.runtime.component import (
     exporter_factory,
 )
 from otelkit.collector.runtime.errors import PermanentError
+from otelkit.collector.runtime.exporterhelper import InvalidItems
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
 from otelkit.collector.runtime.listeners import Listener
 from otelkit.collector.runtime.types import Duration, Endpoint
@@ -127,6 +132,7 @@ class PrometheusExporter(Exporter):
         self._cache: dict[bool, tuple[int, Body]] = {}
         self._rendering: dict[tuple[bool, int], asyncio.Future[Body]] = {}
         self._expired_at = 0.0
+        self._invalid = InvalidItems(settings.telemetry, self.name)
 
     @property
     def port(self) -> int:
@@ -141,12 +147,17 @@ class PrometheusExporter(Exporter):
     async def consume(self, payload: Payload) -> None:
         if signal_of(payload) != Signal.METRICS:
             raise PermanentError(f"exporter {self.name} takes metrics only")
-        records = translate(payload, self._options)
+        rejected = Rejected()
+        records = translate(payload, self._options, rejected)
         while chunk := list(itertools.islice(records, _INGEST_CHUNK)):
             self.store.ingest(chunk)
             if len(chunk) == _INGEST_CHUNK:
                 await asyncio.sleep(0)  # let receivers and scrapes run between chunks
-        self.telemetry.exporter_sent(self.name, Signal.METRICS, count_items(payload))
+        if rejected.total:
+            self._invalid.count(Signal.METRICS, rejected.total, rejected.summary())
+        sent = count_items(payload) - rejected.total
+        if sent:
+            self.telemetry.exporter_sent(self.name, Signal.METRICS, sent)
 
     async def exposition(self, openmetrics: bool) -> Body:
         """The current scrape body, rendered at most once per store change and format."""

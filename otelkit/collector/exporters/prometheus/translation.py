@@ -15,12 +15,19 @@ the upstream collector's translator:
 
 The output is a stream of :class:`Translated` records holding immutable points; the
 scrape exporter folds them into its cumulative store, remote write encodes them as-is.
+
+A point Prometheus cannot take (an exponential histogram whose scale is outside -10..20
+or whose buckets overflow a double, histogram bounds that are not finite and
+increasing, a quantile outside 0..1, a metric whose name has no letter or digit) is
+left out alone and noted in :class:`Rejected`, so the exporters can count it; every
+other point of the request goes through, and no scrape is ever made unparseable.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -131,6 +138,23 @@ class TranslationOptions:
     target_info: bool = True
     extra_labels: Mapping[str, str] | None = None
     """``const_labels`` / ``external_labels``: added to every series, never overriding."""
+
+
+class Rejected:
+    """Points left out of a translation, by reason."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, reason: str, points: int = 1) -> None:
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + points
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def summary(self) -> str:
+        return "; ".join(f"{n} x {reason}" for reason, n in self.by_reason.items())
 
 
 # Names ---------------------------------------------------------------------------------
@@ -273,10 +297,14 @@ def _job_instance(attrs: Mapping[str, str]) -> dict[str, str]:
 
 # Requests -> records ---------------------------------------------------------------------
 def translate(
-    request: ExportMetricsServiceRequest, options: TranslationOptions
+    request: ExportMetricsServiceRequest,
+    options: TranslationOptions,
+    rejected: Rejected | None = None,
 ) -> Iterator[Translated]:
-    """Every data point of a request as a Prometheus series, plus ``target_info`` per
-    resource (stamped with the newest point time of that resource)."""
+    """Every valid data point of a request as a Prometheus series, plus ``target_info`` per
+    resource (stamped with the newest point time of that resource); the points left out
+    are noted in ``rejected``."""
+    rejected = rejected if rejected is not None else Rejected()
     info_family = Family(TARGET_INFO, "gauge", "Target metadata")
     for rm in request.resource_metrics:
         resource = resource_labels(rm.resource, options)
@@ -288,7 +316,7 @@ def translate(
                 if sm.scope.version:
                     base["otel_scope_version"] = sm.scope.version
             for metric in sm.metrics:
-                for record in _translate_metric(metric, base, options):
+                for record in _translate_metric(metric, base, options, rejected):
                     newest = max(newest, record.point.time_ns)
                     yield record
         if resource.target_info is not None and newest:
@@ -296,7 +324,7 @@ def translate(
 
 
 def _translate_metric(
-    metric: Any, base: dict[str, str], options: TranslationOptions
+    metric: Any, base: dict[str, str], options: TranslationOptions, rejected: Rejected
 ) -> Iterator[Translated]:
     kind = metric.WhichOneof("data")
     if kind is None:
@@ -306,6 +334,9 @@ def _translate_metric(
     name = metric_name(
         metric.name, metric.unit, kind, monotonic, options.namespace, options.add_metric_suffixes
     )
+    if not name.strip("_"):
+        rejected.add("metric name without a letter or digit", len(data.data_points))
+        return
     help_text = metric.description or metric.name  # a HELP line always, as promtool wants
     family = Family(name, _KINDS[kind] if kind != "sum" or monotonic else "gauge",
                     help_text, unit_word(metric.unit))  # fmt: skip
@@ -314,12 +345,17 @@ def _translate_metric(
     )
     convert: Callable[[Any], Point] = _CONVERTERS[kind]
     for dp in data.data_points:
+        try:
+            point = convert(dp)
+        except (ValueError, ArithmeticError) as exc:
+            rejected.add(str(exc))
+            continue
         labels = attribute_labels(dp.attributes)
         labels.update(base)  # job, instance, scope and resource labels win over attributes
         for key, value in (options.extra_labels or {}).items():
             labels.setdefault(key, value)
         stale = bool(dp.flags & _NO_RECORDED_VALUE)
-        yield Translated(family, tuple(sorted(labels.items())), convert(dp), delta, stale)
+        yield Translated(family, tuple(sorted(labels.items())), point, delta, stale)
 
 
 _KINDS: dict[str, MetricKind] = {
@@ -342,6 +378,7 @@ def _histogram(dp: Any) -> HistogramPoint:
     counts = tuple(dp.bucket_counts) or (0,) * (len(bounds) + 1)
     if len(counts) != len(bounds) + 1:  # malformed: keep the total, lose the shape
         counts, bounds = (int(dp.count),), ()
+    _check_bounds(bounds, "histogram")
     exemplars = _bucket_exemplars(bounds, dp.exemplars)
     return HistogramPoint(bounds, counts, dp.sum, int(dp.count), dp.start_time_unix_nano,
                           dp.time_unix_nano, exemplars)  # fmt: skip
@@ -351,20 +388,30 @@ def _exponential(dp: Any) -> HistogramPoint:
     """Explicit buckets from an exponential histogram: each bucket's upper boundary is
     ``base ** (index + 1)`` with ``base = 2 ** 2 ** -scale``; the zero bucket ends at
     the zero threshold."""
+    if not MIN_SCALE <= dp.scale <= MAX_SCALE:
+        raise ValueError(f"exponential histogram scale {dp.scale} is outside "
+                         f"{MIN_SCALE}..{MAX_SCALE}")  # fmt: skip
     base = 2.0 ** (2.0**-dp.scale)
     bounds: list[float] = []
     counts: list[int] = []
     negative = dp.negative
-    for i in reversed(range(len(negative.bucket_counts))):  # most negative first
-        bounds.append(-(base ** (negative.offset + i)))
-        counts.append(int(negative.bucket_counts[i]))
-    bounds.append(dp.zero_threshold)
-    counts.append(int(dp.zero_count))
-    positive = dp.positive
-    for i, n in enumerate(positive.bucket_counts):
-        bounds.append(base ** (positive.offset + i + 1))
-        counts.append(int(n))
+    try:
+        for i in reversed(range(len(negative.bucket_counts))):  # most negative first
+            bounds.append(-(base ** (negative.offset + i)))
+            counts.append(int(negative.bucket_counts[i]))
+        bounds.append(dp.zero_threshold)
+        counts.append(int(dp.zero_count))
+        positive = dp.positive
+        for i, n in enumerate(positive.bucket_counts):
+            bounds.append(base ** (positive.offset + i + 1))
+            counts.append(int(n))
+    except OverflowError:
+        raise ValueError(
+            f"exponential histogram buckets overflow a double (scale {dp.scale}, offsets "
+            f"{dp.negative.offset} / {dp.positive.offset})"
+        ) from None
     counts.append(0)  # +Inf
+    _check_bounds(bounds, "exponential histogram")
     exemplars = _bucket_exemplars(tuple(bounds), dp.exemplars)
     return HistogramPoint(tuple(bounds), tuple(counts), dp.sum, int(dp.count),
                           dp.start_time_unix_nano, dp.time_unix_nano, exemplars)  # fmt: skip
@@ -372,8 +419,22 @@ def _exponential(dp: Any) -> HistogramPoint:
 
 def _summary(dp: Any) -> SummaryPoint:
     quantiles = tuple((q.quantile, q.value) for q in dp.quantile_values)
+    if not all(0.0 <= q <= 1.0 for q, _ in quantiles):  # also false for NaN
+        raise ValueError("summary quantile outside 0..1")
     return SummaryPoint(quantiles, dp.sum, int(dp.count), dp.start_time_unix_nano,
                         dp.time_unix_nano)  # fmt: skip
+
+
+MIN_SCALE, MAX_SCALE = -10, 20  # the OpenTelemetry metrics data model's range
+
+
+def _check_bounds(bounds: Iterable[float], kind: str) -> None:
+    """Bucket bounds must be finite and strictly increasing, or no scrape parses."""
+    previous = -math.inf
+    for bound in bounds:
+        if not previous < bound < math.inf:  # also false for NaN
+            raise ValueError(f"{kind} bucket bounds are not finite and increasing")
+        previous = bound
 
 
 _CONVERTERS: dict[str, Callable[[Any], Point]] = {

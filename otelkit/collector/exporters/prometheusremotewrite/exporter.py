@@ -30,6 +30,7 @@ from otelkit.collector.exporters.prometheus.translation import (
     Family,
     HistogramPoint,
     NumberPoint,
+    Rejected,
     SummaryPoint,
     Translated,
     TranslationOptions,
@@ -140,14 +141,19 @@ class RemoteWriteExporter(QueuedExporter):
             await self._client.aclose()
             self._client = None
 
-    async def send(self, payload: Payload) -> None:
-        records, dropped = _cumulative_only(translate(payload, self._options))
-        if dropped:
-            self.telemetry.exporter_send_failed(self.name, Signal.METRICS, dropped,
-                                                "delta_temporality")  # fmt: skip
+    async def send(self, payload: Payload) -> int:
+        rejected = Rejected()
+        records, dropped = _cumulative_only(translate(payload, self._options, rejected))
         for request in build_write_requests(records, self.config.max_batch_size_bytes,
                                             self.config.send_metadata):  # fmt: skip
             await self._post(request.SerializeToString())
+        # Counted once the rest is sent: a retried batch would count them again.
+        if dropped:
+            self.telemetry.exporter_send_failed(self.name, Signal.METRICS, dropped,
+                                                "delta_temporality")  # fmt: skip
+        if rejected.total:
+            self.count_invalid(Signal.METRICS, rejected.total, rejected.summary())
+        return dropped + rejected.total
 
     async def _post(self, body: bytes) -> None:
         assert self._client is not None, "send before start"

@@ -74,6 +74,7 @@ from otelkit.collector.runtime.component import CreateSettings, Host, Status
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.exporterhelper import QueuedExporter, QueuedItem
 from otelkit.collector.runtime.listeners import Destination
+from otelkit.collector.runtime.memory import TYPICAL_SPAN_BYTES
 from otelkit.collector.runtime.scrub import Scrubber
 from otelkit.collector.runtime.tls import httpx_options
 from otelkit.collector.runtime.worker import WorkerThread
@@ -151,6 +152,10 @@ class SentryExporter(QueuedExporter):
         # The DSN's user part is the project key: only the host and project are shown.
         where = f"{self._dsn.scheme}://{self._dsn.netloc} (project {self._dsn.project_id})"
         return [Destination("errors, transactions and logs", f"Sentry {where}")]
+
+    def held_bytes(self) -> int:
+        """Queued envelopes and the spans of traces still gathering (for the memory limiter)."""
+        return super().held_bytes() + self.assembler.buffered * TYPICAL_SPAN_BYTES
 
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: Host) -> None:

@@ -63,6 +63,10 @@ class OtlpReceiver(Receiver):
             if protocols.http
             else None
         )
+        transports = [
+            name for name, on in (("grpc", protocols.grpc), ("http", protocols.http)) if on
+        ]
+        settings.telemetry.receiver_created(str(settings.id), transports, consumers)
 
     @property
     def grpc_port(self) -> int:

@@ -13,6 +13,7 @@ allows it and there is a body to compress.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -44,6 +45,8 @@ TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
+# Bodies up to this size are parsed on the event loop (a thread hop costs more).
+_PARSE_INLINE_BYTES = 256 * 1024
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -179,7 +182,10 @@ class OtlpHttpApp:
             intake.malformed(TRANSPORT, str(exc))
             return invalid(str(exc)), None
         try:
-            return None, codec.parse(intake.signal, data)
+            if len(data) <= _PARSE_INLINE_BYTES:
+                return None, codec.parse(intake.signal, data)
+            # Off the event loop, so health checks and other requests are answered meanwhile.
+            return None, await asyncio.to_thread(codec.parse, intake.signal, data)
         except (DecodeError, ValueError) as exc:
             reason = f"malformed {codec.name} {intake.request_type.__name__}: {exc}"
             intake.malformed(TRANSPORT, reason)

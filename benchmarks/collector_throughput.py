@@ -644,6 +644,7 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
         "a core (>= 50k spans per core-second); aim here: nop pipeline >= 0.5 x bare."
     )
     report_security(figures)
+    report_redaction(figures)
     for note in notes:
         print(f"note: {note}")
 
@@ -668,6 +669,34 @@ def report_security(figures: list[Figure]) -> None:
         case = f.target.rpartition(" [")[2].rstrip("]")
         print(
             f"{f.transport:<9} {case:<12} {f.spans_per_second / plain.spans_per_second:>13.2f} "
+            f"{f.us_per_span / plain.us_per_span:>13.2f} {f.us_per_span - plain.us_per_span:>13.2f}"
+        )
+
+
+def report_redaction(figures: list[Figure]) -> None:
+    """The redaction pipeline against the nop pipeline of the same run (it only adds the
+    ``redaction`` processor). In-process per-span figures: ``benchmarks/redaction.py``."""
+    labels = {
+        name: " -> ".join(["otlp", *PIPELINES[name][0], PIPELINES[name][1]])
+        for name in ("redaction", "nop")
+    }
+    pairs = [
+        (f, p)
+        for f in figures
+        if f.target == labels["redaction"]
+        for p in figures
+        if p.transport == f.transport and p.target == labels["nop"]
+    ]
+    if not pairs:
+        return
+    print()
+    print("cost of redaction: the redaction pipeline as ratios to the nop pipeline")
+    header = f"{'transport':<9} {'spans/s ratio':>13} {'us/span ratio':>13} {'us/span added':>13}"
+    print(header)
+    print("-" * len(header))
+    for f, plain in pairs:
+        print(
+            f"{f.transport:<9} {f.spans_per_second / plain.spans_per_second:>13.2f} "
             f"{f.us_per_span / plain.us_per_span:>13.2f} {f.us_per_span - plain.us_per_span:>13.2f}"
         )
 

@@ -644,28 +644,56 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
         "a core (>= 50k spans per core-second); aim here: nop pipeline >= 0.5 x bare."
     )
     report_security(figures)
+    report_redaction(figures)
     for note in notes:
         print(f"note: {note}")
 
 
 def report_security(figures: list[Figure]) -> None:
     """Each --security case against the plain nop pipeline of the same run."""
-    cases = [f for f in figures if f.target.endswith("]")]
-    if not cases:
-        return
-    print()
-    print("cost of auth and TLS: the nop pipeline with them, as ratios to the plain nop pipeline")
-    header = f"{'transport':<9} {'case':<12} {'spans/s ratio':>13} {'us/span ratio':>13} {'us/span added':>13}"
-    print(header)
-    print("-" * len(header))
-    for f in cases:
-        plain_label = f.target.rpartition(" [")[0]
+    rows = []
+    for f in figures:
+        if not f.target.endswith("]"):
+            continue
+        plain_label, _, case = f.target.rpartition(" [")
         plain = next(
             (p for p in figures if p.transport == f.transport and p.target == plain_label), None
         )
-        if plain is None:
-            continue
-        case = f.target.rpartition(" [")[2].rstrip("]")
+        if plain is not None:
+            rows.append((case.rstrip("]"), f, plain))
+    print_ratios(
+        "cost of auth and TLS: the nop pipeline with them, as ratios to the plain nop pipeline",
+        rows,
+    )
+
+
+def report_redaction(figures: list[Figure]) -> None:
+    """The redaction pipeline against the nop pipeline of the same run (it only adds the
+    ``redaction`` processor). In-process per-span figures: ``benchmarks/redaction.py``."""
+    labels = {
+        name: " -> ".join(["otlp", *PIPELINES[name][0], PIPELINES[name][1]])
+        for name in ("redaction", "nop")
+    }
+    rows = [
+        ("redaction", f, p)
+        for f in figures
+        if f.target == labels["redaction"]
+        for p in figures
+        if p.transport == f.transport and p.target == labels["nop"]
+    ]
+    print_ratios("cost of redaction: the redaction pipeline as ratios to the nop pipeline", rows)
+
+
+def print_ratios(title: str, rows: list[tuple[str, Figure, Figure]]) -> None:
+    """(case, figure, baseline) rows: spans/s and CPU per span as ratios to the baseline."""
+    if not rows:
+        return
+    print()
+    print(title)
+    header = f"{'transport':<9} {'case':<12} {'spans/s ratio':>13} {'us/span ratio':>13} {'us/span added':>13}"
+    print(header)
+    print("-" * len(header))
+    for case, f, plain in rows:
         print(
             f"{f.transport:<9} {case:<12} {f.spans_per_second / plain.spans_per_second:>13.2f} "
             f"{f.us_per_span / plain.us_per_span:>13.2f} {f.us_per_span - plain.us_per_span:>13.2f}"

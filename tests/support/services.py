@@ -17,6 +17,7 @@ _DEBIAN_PACKAGES = {
     "alertmanager": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
+    "chromium": "chromium",
 }
 _install_lock = threading.Lock()
 

@@ -20,7 +20,8 @@ body's changes are reported as ``redaction.body.*`` on the record.
 from __future__ import annotations
 
 import re
-from collections.abc import MutableSequence
+from bisect import bisect_right
+from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,13 +30,46 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from otelkit.collector.pdata.prefilter import Prefilter
 from otelkit.collector.pdata.signals import Payload
 from otelkit.collector.runtime.scrub import Scrubber
 
 Summary = Literal["silent", "info", "debug"]
 _POINT_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+# Where each request keeps its resources, scopes and items, and what redacts one item.
+_SHAPES: dict[type[Payload], tuple[str, str, str]] = {
+    ExportTraceServiceRequest: ("resource_spans", "scope_spans", "spans"),
+    ExportLogsServiceRequest: ("resource_logs", "scope_logs", "log_records"),
+    ExportMetricsServiceRequest: ("resource_metrics", "scope_metrics", "metrics"),
+}
+_ITEM_REDACTORS: dict[type[Payload], str] = {
+    ExportTraceServiceRequest: "_span",
+    ExportLogsServiceRequest: "_log_record",
+    ExportMetricsServiceRequest: "_metric",
+}
+# Unbound, so that map() serializes a scope's items without a Python loop.
+_SERIALIZERS: dict[type[Payload], Callable[[Any], bytes]] = {
+    ExportTraceServiceRequest: Span.SerializeToString,
+    ExportLogsServiceRequest: LogRecord.SerializeToString,
+    ExportMetricsServiceRequest: Metric.SerializeToString,
+}
+_SERIALIZE_RESOURCE: Callable[[Resource], bytes] = Resource.SerializeToString
+_SERIALIZE_SCOPE: Callable[[InstrumentationScope], bytes] = InstrumentationScope.SerializeToString
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Items whose serializations start at chunk ``start``, and what redacts one."""
+
+    start: int
+    items: Sequence[Any]
+    redact: Callable[[Any, Redacted], None]
 
 
 @dataclass(frozen=True)
@@ -64,7 +98,14 @@ class _MapReport:
 
 
 class Redactor:
-    """Redacts whole requests in place; one per component, reused for every batch."""
+    """Redacts whole requests in place; one per component, reused for every batch.
+
+    When the rules allow it, a :class:`~otelkit.collector.pdata.prefilter.Prefilter` over
+    the serialized resources, scopes and items of a request picks those to walk; the
+    others are proven clean by their bytes. It is off when configured patterns decide (they may match any
+    text), when keys outside ``allowed_keys`` are removed (every item changes), and when
+    the summary counts ignored keys (every map with one changes).
+    """
 
     def __init__(self, scrubber: Scrubber, rules: RedactionRules | None = None) -> None:
         self.scrubber = scrubber
@@ -75,59 +116,87 @@ class Redactor:
             and not self.rules.allowed_values
             and self.rules.summary == "silent"
         )
+        triggers = scrubber.triggers()
+        self.prefilter = (
+            Prefilter(triggers)
+            if triggers is not None
+            and self.rules.allowed_keys is None
+            and not (self.rules.ignored_keys and self.rules.summary != "silent")
+            else None
+        )
 
     def redact(self, payload: Payload) -> Redacted:
         done = Redacted()
-        if isinstance(payload, ExportTraceServiceRequest):
-            self._traces(payload, done)
-        elif isinstance(payload, ExportLogsServiceRequest):
-            self._logs(payload, done)
-        elif isinstance(payload, ExportMetricsServiceRequest):
-            self._metrics(payload, done)
+        if self.prefilter is not None:
+            self._redact_prefiltered(payload, done)
+            return done
+        resources, scopes, items_of = _SHAPES[type(payload)]
+        redact_item = getattr(self, _ITEM_REDACTORS[type(payload)])
+        for resource_items in getattr(payload, resources):
+            self._attributes(resource_items.resource.attributes, done)
+            for scope_items in getattr(resource_items, scopes):
+                self._attributes(scope_items.scope.attributes, done)
+                for item in getattr(scope_items, items_of):
+                    redact_item(item, done)
         return done
 
-    # Signals ---------------------------------------------------------------------------
-    def _traces(self, payload: ExportTraceServiceRequest, done: Redacted) -> None:
-        attributes, value = self._attributes, self.scrubber.value
-        for rs in payload.resource_spans:
-            attributes(rs.resource.attributes, done)
-            for ss in rs.scope_spans:
-                attributes(ss.scope.attributes, done)
-                for span in ss.spans:
-                    attributes(span.attributes, done)
-                    name = span.name
-                    cleaned = value(name)
-                    if cleaned != name:
-                        span.name = cleaned
-                        done.masked += 1
-                    for event in span.events:
-                        attributes(event.attributes, done)
-                    for link in span.links:
-                        attributes(link.attributes, done)
+    def _redact_prefiltered(self, payload: Payload, done: Redacted) -> None:
+        """Serialize every resource, scope and item with attributes, search them all at
+        once, and walk only those the prefilter names."""
+        resources, scopes, items_of = _SHAPES[type(payload)]
+        redact_item = getattr(self, _ITEM_REDACTORS[type(payload)])
+        chunks: list[bytes] = []
+        segments: list[_Segment] = []  # in chunk order
 
-    def _logs(self, payload: ExportLogsServiceRequest, done: Redacted) -> None:
-        for rl in payload.resource_logs:
-            self._attributes(rl.resource.attributes, done)
-            for sl in rl.scope_logs:
-                self._attributes(sl.scope.attributes, done)
-                for record in sl.log_records:
-                    self._attributes(record.attributes, done)
-                    if record.HasField("body"):
-                        self._body(record.body, record.attributes, done)
+        def add(items: Sequence[Any], serialize: Callable[[Any], bytes], redact: Any) -> None:
+            if items:
+                segments.append(_Segment(len(chunks), items, redact))
+                chunks.extend(map(serialize, items))
 
-    def _metrics(self, payload: ExportMetricsServiceRequest, done: Redacted) -> None:
-        for rm in payload.resource_metrics:
-            self._attributes(rm.resource.attributes, done)
-            for sm in rm.scope_metrics:
-                self._attributes(sm.scope.attributes, done)
-                for metric in sm.metrics:
-                    kind = metric.WhichOneof("data")
-                    if kind not in _POINT_FIELDS:
-                        continue
-                    for point in getattr(metric, kind).data_points:
-                        self._attributes(point.attributes, done)
-                        for exemplar in getattr(point, "exemplars", ()):
-                            self._attributes(exemplar.filtered_attributes, done)
+        serialize_item = _SERIALIZERS[type(payload)]
+        for resource_items in getattr(payload, resources):
+            resource = resource_items.resource
+            if resource.attributes:
+                add((resource,), _SERIALIZE_RESOURCE, self._attributes_of)
+            for scope_items in getattr(resource_items, scopes):
+                scope = scope_items.scope
+                if scope.attributes:
+                    add((scope,), _SERIALIZE_SCOPE, self._attributes_of)
+                add(getattr(scope_items, items_of), serialize_item, redact_item)
+        assert self.prefilter is not None
+        starts = [segment.start for segment in segments]
+        for index in self.prefilter.items(chunks):
+            segment = segments[bisect_right(starts, index) - 1]
+            segment.redact(segment.items[index - segment.start], done)
+
+    def _attributes_of(self, holder: Resource | InstrumentationScope, done: Redacted) -> None:
+        self._attributes(holder.attributes, done)
+
+    def _span(self, span: Span, done: Redacted) -> None:
+        self._attributes(span.attributes, done)
+        name = span.name
+        cleaned = self.scrubber.value(name)
+        if cleaned != name:
+            span.name = cleaned
+            done.masked += 1
+        for event in span.events:
+            self._attributes(event.attributes, done)
+        for link in span.links:
+            self._attributes(link.attributes, done)
+
+    def _log_record(self, record: LogRecord, done: Redacted) -> None:
+        self._attributes(record.attributes, done)
+        if record.HasField("body"):
+            self._body(record.body, record.attributes, done)
+
+    def _metric(self, metric: Metric, done: Redacted) -> None:
+        kind = metric.WhichOneof("data")
+        if kind not in _POINT_FIELDS:
+            return
+        for point in getattr(metric, kind).data_points:
+            self._attributes(point.attributes, done)
+            for exemplar in getattr(point, "exemplars", ()):
+                self._attributes(exemplar.filtered_attributes, done)
 
     # Attributes --------------------------------------------------------------------------
     def _attributes(self, kvs: MutableSequence[KeyValue], done: Redacted) -> None:

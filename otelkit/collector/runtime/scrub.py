@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,10 +56,11 @@ DEFAULT_DENYLIST = frozenset(
         "x-amz-signature", "x-amz-credential", "dsn",
     )
 )  # fmt: skip
-_KEY_SUBSTRINGS = re.compile(
-    r"password|secret|passwd|api_key|apikey|auth|credentials|mysql_pwd|privatekey|"
-    r"private_key|token|otp|two[-_]factor"
-)
+# Relay's rule: a key part holding one of these is sensitive (parts are normalised first).
+_KEY_SUBSTRING_WORDS = ("password", "secret", "passwd", "api_key", "apikey", "auth",
+                        "credentials", "mysql_pwd", "privatekey", "private_key", "token", "otp",
+                        "two_factor")  # fmt: skip
+_KEY_SUBSTRINGS = re.compile("|".join(_KEY_SUBSTRING_WORDS))
 # Keys whose names contain a sensitive word but whose values are known to be harmless.
 _SAFE_KEYS = frozenset({"http.request.header.author", "otelkit.budget.exceeded"})
 #: Personal data Sentry's SDKs send only with ``send_default_pii``.
@@ -94,7 +96,7 @@ _KEYWORD_PATTERNS = (
     rf"(?i:(?<![A-Za-z])(?:{_AUTH_KEYS})[\"']?[ \t]*[:=][ \t]*)" + _QUOTED_OR_WORD.format("s1"),
 )
 _KEYWORD_HINT = re.compile("|".join(_KEYWORDS))
-_CARD_PATTERN = r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])"
+_CARD_PATTERN = r"(?<![\w-])(?:[0-9][ -]?){12,18}[0-9](?![\w-])"  # ASCII digits
 _MIN_CARD, _MIN_IBAN = 13, 15  # characters: shorter text cannot hold one
 # (pattern, check) in the order value() tries them; each is tried only when its cheap
 # test in value() says it may match.
@@ -105,7 +107,7 @@ _BUILT_IN: tuple[tuple[str, str], ...] = (
     (r"://(?P<s5>[^/\s:@]*:[^/\s@]*)@", ""),
     (r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*", ""),
     (_CARD_PATTERN, "card"),
-    (r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", "iban"),
+    (r"[A-Z](?<!\w[A-Z])[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", "iban"),
 )
 _SECRET_GROUPS = ("s0a", "s0b", "s0c", "s1a", "s1b", "s1c", "s5")
 #: Keys whose values are names, numbers or templates the instrumentation chose, never
@@ -125,6 +127,7 @@ NOT_SCANNED_KEYS = frozenset(
         "otel.scope.name", "thread.name", "k8s.pod.name", "k8s.namespace.name",
     }
 )  # fmt: skip
+_DROPPED_BY_URLSPLIT = re.compile("[\t\r\n]")
 _CACHED_LENGTH = 256  # strings up to this long remember how they were scrubbed
 _CACHE_ENTRIES = 20_000
 _FILTER, _FILTER_ANY, _SCAN, _URL, _QUERY, _SQL, _KEEP = range(7)  # what to do with a value
@@ -298,8 +301,8 @@ class Scrubber:
 
     def url(self, url: str) -> str:
         """A URL without credentials and without the values of sensitive query keys."""
-        if "@" not in url and "?" not in url:
-            return self.value(url)
+        if ("@" not in url and "?" not in url) or _DROPPED_BY_URLSPLIT.search(url):
+            return self.value(url)  # no parts to judge, or not a URL a client sent: text
         try:
             parts = urlsplit(url)
         except ValueError:
@@ -308,6 +311,8 @@ class Scrubber:
         if "@" in netloc:
             netloc = f"{self._mask(netloc.rsplit('@', 1)[0])}@{netloc.rsplit('@', 1)[1]}"
         query = self.query(parts.query)
+        if netloc == parts.netloc and query == parts.query:
+            return self.value(url)  # unchanged URLs stay as written (not re-assembled)
         return self.value(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
     def query(self, query: str) -> str:
@@ -329,6 +334,97 @@ class Scrubber:
     def sensitive_column(self, name: str) -> bool:
         bare = name.strip('"`[]').rpartition(".")[2].lower()
         return bare in _SQL_COLUMNS or self.sensitive_key(bare)
+
+    def triggers(self) -> Triggers | None:
+        """What a key or value must hold for this scrubber to change it; None when
+        configured patterns decide (they may match any text)."""
+        if self._key_patterns or self._extra is not None:
+            return None
+        pii = tuple(re.escape(key) for key in sorted(self._pii_masked))
+        denylist = sorted(self._denylist)
+        if not self._defaults:
+            return Triggers(words=tuple(denylist), parts=(), patterns=pii, card="",
+                            sql_words=(), url_words=(), url_escape="")  # fmt: skip
+        uncovered = tuple(
+            word for word in denylist
+            if word not in _KEY_PARTS and not any(t in word for t in _KEY_WORDS)
+        )  # fmt: skip
+        return Triggers(
+            words=_KEY_WORDS + uncovered + _VALUE_WORDS,
+            parts=_KEY_PARTS,
+            patterns=_VALUE_PATTERNS + _FOLDS_TO_ASCII + pii,
+            card=_CARD_TRIGGER,
+            sql_words=(*sorted(_SQL_COLUMNS), *_KEY_PARTS, "password", "identified"),
+            url_words=_KEY_PARTS,
+            url_escape=_URL_ESCAPE,
+        )
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """The proof a prefilter needs: a key or value holding none of these is left as it is.
+
+    ``words`` are ASCII-case-insensitive substrings in which ``_`` also stands for ``-``
+    (keys are compared lower-cased with ``-`` as ``_``); ``parts`` count only as a whole
+    dotted part of a key; ``patterns`` are regular expressions over the raw text.
+    ``card`` matches digits that are a secret only when some 13 to 19 of them in a row
+    pass the Luhn check (:func:`may_hold_card`). ``sql_words`` count only in values under
+    :data:`SQL_KEYS`; ``url_words`` and ``url_escape`` (a percent-escape, which hides any
+    word from a byte search) only in the query of values under :data:`URL_KEYS` and in
+    values under :data:`QUERY_KEYS`, which are decoded before they are judged.
+    """
+
+    words: tuple[str, ...]
+    parts: tuple[str, ...]
+    patterns: tuple[str, ...]
+    card: str
+    sql_words: tuple[str, ...]
+    url_words: tuple[str, ...]
+    url_escape: str
+
+
+# Each denylisted key and each of Relay's substrings holds one of _KEY_WORDS or is one of
+# _KEY_PARTS (a test keeps it so); extra keys that do not are added as they are.
+_KEY_WORDS = ("passw", "secret", "api_key", "apikey", "private_key", "privatekey",
+              "sentry_key", "auth", "credential", "mysql_pwd", "token", "session",
+              "phpsessid", "csrf", "xsrf", "forwarded_for", "cookie", "connect.sid",
+              "signature", "otp", "two_factor")  # fmt: skip
+_KEY_PARTS = ("pw", "pwd", "sig", "dsn")  # denylisted only as whole parts: short, common
+# The literal of every value rule (_KEYWORD_PATTERNS, then the others of _BUILT_IN), as
+# loose as the rule is: "+" stands for a space (query strings decode it to one).
+_VALUE_WORDS = ("bearer", "basic", "token", "apikey", "api_key", "digest", "authorization",
+                "passw", "secret", "access_key", "accesskey")  # fmt: skip
+_VALUE_PATTERNS = (
+    r"(?i:pwd?[\"']?[ \t+]*[:=])",
+    r"AWS4-|AKIA|ASIA",
+    r"-----BEGIN",
+    r"//[^/@]*@",  # a user (and password) in a URL, also where urlsplit finds the netloc
+    r"eyJ",
+    r"[A-Z]{2}[0-9]{2}[ +]?[A-Z0-9]{4}[ +]?[A-Z0-9]{4}",
+)
+_CARD_TRIGGER = r"[0-9](?:[ +-]?[0-9]){12}"
+_URL_ESCAPE = r"%[0-9A-Fa-f]{2}"
+#: Characters that lower-case to, or match case-insensitively, an ASCII letter: a word
+#: spelled with one of them is still a word to ``str.lower`` and ``re.IGNORECASE``.
+_FOLDS_TO_ASCII = ("\u0130", "\u0131", "\u017f", "\u212a")
+_CARD_DIGITS = range(13, 20)
+_DOUBLE_SEPARATOR = re.compile(r"[ -]{2,}")
+_LONGEST_CARD_RUN = 48  # digits: a longer run is taken to hold one (bounded checking)
+
+
+def may_hold_card(run: str) -> bool:
+    """Whether the card rule could mask part of ``run`` (digits, spaces, ``-`` and ``+``)
+    wherever it stands: some 13 to 19 digits in a row, single separators between them,
+    pass the Luhn check."""
+    for segment in _DOUBLE_SEPARATOR.split(run.replace("+", " ")):
+        digits = "".join(char for char in segment if char.isdigit())
+        if len(digits) > _LONGEST_CARD_RUN:
+            return True
+        for length in _CARD_DIGITS:
+            for start in range(len(digits) - length + 1):
+                if _luhn_ok(digits[start : start + length]):
+                    return True
+    return False
 
 
 class _Rule:

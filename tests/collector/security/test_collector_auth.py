@@ -23,6 +23,7 @@ from tests.collector.e2e.clients import (
 )
 from tests.collector.security.support import TOKEN, collector_command
 from tests.support.collector import allocate_ports, collector
+from tests.support.services import free_port
 
 DOWNSTREAM = """
 extensions:
@@ -182,8 +183,10 @@ def test_a_client_only_authenticator_on_a_receiver_fails_at_start(tmp_path: Path
         .replace("bearertokenauth", "basicauth/client")
         .replace("{auth:", '{endpoint: "127.0.0.1:{http}", auth:')
     )
+    # Its own self-metrics port: the default 8888 may be taken on a shared machine.
+    telemetry = f"  telemetry: {{metrics: {{address: '127.0.0.1:{free_port()}'}}}}\n"
     config_path = tmp_path / "c.yaml"
-    config_path.write_text(text.replace("{http}", "0"))
+    config_path.write_text(text.replace("{http}", "0") + telemetry)
     result = collector_command("run", config_path)
     assert result.returncode == 1
     assert "cannot authenticate incoming requests" in result.stderr

@@ -16,12 +16,11 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from otelkit.presets import pipeline
+from otelkit.presets import access, pipeline
 from otelkit.presets.context import current_request_id
 from otelkit.presets.logs import (
-    QuietPaths,
+    add_export_handler,
     install_record_factory,
-    not_from_export_threads,
     note_logged_exceptions,
 )
 from otelkit.presets.requestid import BAGGAGE_KEY, DEFAULT_HEADER, RequestIdMiddleware
@@ -46,7 +45,6 @@ SENSITIVE_HEADERS = (
     ".*password.*",
 )
 _MARK = "_otelkit_instrumented"
-_quiet_paths: set[str] = set()
 _instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -56,18 +54,6 @@ def excluded_urls_pattern(paths: Iterable[str], extra: str | None = None) -> str
     if extra:
         patterns.extend(item.strip() for item in extra.split(",") if item.strip())
     return ",".join(patterns)
-
-
-def _quiet(path: str) -> bool:
-    return path in _quiet_paths
-
-
-def quiet_access_log(paths: Iterable[str]) -> None:
-    """Health probes stay out of uvicorn's INFO access log."""
-    _quiet_paths.update(paths)
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(existing, QuietPaths) for existing in access.filters):
-        access.addFilter(QuietPaths(_quiet))
 
 
 def native_telemetry_available(app: Any) -> bool:
@@ -119,7 +105,7 @@ def instrument_fastapi(
             capture_response_headers,
             upstream,
         )
-    quiet_access_log(paths)
+    access.quiet(paths)
     setattr(app, _MARK, True)
     return app
 
@@ -292,31 +278,37 @@ def instrument_httpx(client: Any = None) -> None:
     HTTPXClientInstrumentor.instrument_client(client, request_hook=hook)
 
 
-def _otel_handlers() -> list[logging.Handler]:
+def _foreign_otel_handlers() -> list[logging.Handler]:
+    """OpenTelemetry ``LoggingHandler``s the application attached itself."""
     return [h for h in logging.getLogger().handlers if type(h).__name__ == "LoggingHandler"]
 
 
-def logging_options() -> dict[str, Any]:
-    """One exporting handler: the logging instrumentation's, unless one is already there."""
-    current = pipeline.current()
-    exporting = current is not None and current.settings.logs_exporter != "none"
-    return {"enable_log_auto_instrumentation": exporting and not _otel_handlers()}
-
-
 def instrument_logging() -> None:
-    """Export log records over OTLP with their trace context; add request context."""
-    pipeline.configure()
+    """Export log records over OTLP with their trace context; add request context.
+
+    The logging instrumentation runs (its record factory and its options, such as
+    ``OTEL_PYTHON_LOG_CORRELATION``) without its handler: otelkit's handler exports the
+    same records from the reading of each record that the stdout line was written from.
+    With a ``LoggingHandler`` already on the root logger, that one exports alone.
+    """
+    current = pipeline.configure()
     from opentelemetry.instrumentation.logging import LoggingInstrumentor
 
     instrumentor = LoggingInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(**logging_options())
-        handler = LoggingInstrumentor._logging_handler
-        if handler is not None:
-            handler.addFilter(not_from_export_threads)
-    for exporting in _otel_handlers():
-        if note_logged_exceptions not in exporting.filters:
-            exporting.addFilter(note_logged_exceptions)
+        instrumentor.instrument(enable_log_auto_instrumentation=False)
+    exporting = (
+        current is not None
+        and current.logger_provider is not None
+        and current.settings.logs_exporter != "none"
+    )
+    foreign = _foreign_otel_handlers()
+    for handler in foreign:
+        if note_logged_exceptions not in handler.filters:
+            handler.addFilter(note_logged_exceptions)
+    if exporting and not foreign:
+        assert current is not None
+        add_export_handler(current.logger_provider, current.settings)
     install_record_factory()
 
 

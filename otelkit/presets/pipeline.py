@@ -50,6 +50,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import Sampler
 
+from otelkit.presets import access
 from otelkit.presets import context as request_context
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
@@ -130,6 +131,7 @@ def _build(settings: Settings, arguments: dict[str, Any]) -> Pipeline:
         settings, resource, tracer_provider, meter_provider, logger_provider, dict(arguments)
     )
     request_context.allow_pii(settings.capture_pii)
+    access.configure(settings)
     install_record_factory()
     setup_stdout(settings, pipeline.service_name)
     return pipeline

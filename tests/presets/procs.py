@@ -29,6 +29,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    stdout_path: Path | None = None
 
     @property
     def url(self) -> str:
@@ -36,6 +37,11 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stdout_lines(self) -> list[str]:
+        """What the server wrote to stdout (started with ``separate_stdout``)."""
+        assert self.stdout_path is not None
+        return self.stdout_path.read_text(errors="replace").splitlines()
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful: the app flushes telemetry at exit) and wait."""
@@ -78,20 +84,29 @@ def auto(command: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def server(build: object, env: Mapping[str, str], tmp_path: Path, name: str) -> Iterator[Server]:
-    """``build(port) -> argv``; the server runs from the repository root."""
+def server(
+    build: object,
+    env: Mapping[str, str],
+    tmp_path: Path,
+    name: str,
+    *,
+    separate_stdout: bool = False,
+) -> Iterator[Server]:
+    """``build(port) -> argv``; the server runs from the repository root. Its stderr goes
+    to ``log()``, and so does its stdout unless ``separate_stdout`` (``stdout_lines()``)."""
     port = free_port()
     command = build(port)  # type: ignore[operator]
     log_path = tmp_path / f"{name}.log"
-    with open(log_path, "wb") as log_file:
+    stdout_path = tmp_path / f"{name}.stdout" if separate_stdout else None
+    with open(log_path, "wb") as log_file, open(stdout_path or os.devnull, "wb") as out_file:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stdout=out_file if separate_stdout else log_file,
+            stderr=log_file if separate_stdout else subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         )
-    running = Server(process, port, log_path)
+    running = Server(process, port, log_path, stdout_path)
     try:
         try:
             wait_for_port(port, timeout=30, process=process)  # type: ignore[arg-type]

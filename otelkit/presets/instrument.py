@@ -112,7 +112,7 @@ def instrument_fastapi(
 
 def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
     """No per-operation spans (dependencies, endpoint, serialization), health probes
-    untraced. FastAPI's validation-failure log records stay on; its exception records give
+    untraced, request metrics only with ``OTELKIT_HTTP_SERVER_METRICS=true``. FastAPI's validation-failure log records stay on; its exception records give
     way to the request-ID middleware's, which carry the request ID."""
     excluded = frozenset(paths)
     previous = app._telemetry.get("exclude")
@@ -120,7 +120,14 @@ def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
     def exclude(scope: Any) -> bool:
         return scope.get("path") in excluded or bool(previous and previous(scope))
 
-    app._telemetry.update(operation_spans=False, exclude=exclude)
+    current = pipeline.current()
+    metrics = current is not None and current.settings.http_server_metrics
+    app._telemetry.update(operation_spans=False, exclude=exclude, metrics=metrics)
+
+
+# instrument_fastapi keyword arguments otelkit's middleware takes; any other (client
+# request/response hooks, a meter provider, receive/send spans) means the package's own.
+_OWN_MIDDLEWARE_OPTIONS = frozenset({"server_request_hook", "tracer_provider"})
 
 
 def _instrument_contrib(
@@ -131,14 +138,32 @@ def _instrument_contrib(
     capture_response_headers: list[str] | None,
     upstream: dict[str, Any],
 ) -> None:
+    """otelkit's server-span middleware (the instrumentation package's spans, no per-request
+    metrics), or the instrumentation package itself when ``http.server.*`` metrics are
+    asked for (``OTELKIT_HTTP_SERVER_METRICS=true``) or an option only it has is given."""
     import os
 
+    excluded = excluded_urls_pattern(
+        paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
+    )
+    current = pipeline.current()
+    server_metrics = current is not None and current.settings.http_server_metrics
+    if not server_metrics and set(upstream) <= _OWN_MIDDLEWARE_OPTIONS:
+        from otelkit.presets.asgi import instrument_app
+
+        instrument_app(
+            app,
+            excluded_urls=excluded,
+            capture_request_headers=capture_request_headers,
+            capture_response_headers=capture_response_headers,
+            sanitize_fields=list(SENSITIVE_HEADERS),
+            **upstream,
+        )
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     options: dict[str, Any] = {
-        "excluded_urls": excluded_urls_pattern(
-            paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
-        ),
+        "excluded_urls": excluded,
         "exclude_spans": ["receive", "send"],
         "http_capture_headers_server_request": capture_request_headers,
         "http_capture_headers_server_response": capture_response_headers,

@@ -78,6 +78,7 @@ class Settings:
     capture_pii: bool
     sql_sanitize: bool
     exemplars: bool
+    http_server_metrics: bool
     lean_encoder: bool
     disabled: bool
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
@@ -156,6 +157,7 @@ class Settings:
             ),
             sql_sanitize=_bool(env.get("OTELKIT_SQL_SANITIZE"), True),
             exemplars=_bool(env.get("OTELKIT_METRIC_EXEMPLARS"), False),
+            http_server_metrics=_bool(env.get("OTELKIT_HTTP_SERVER_METRICS"), False),
             lean_encoder=_bool(env.get("OTELKIT_LEAN_SPAN_ENCODER"), True),
             disabled=_bool(env.get("OTEL_SDK_DISABLED"), False),
             resource_attributes=dict(resource_attributes or {}),

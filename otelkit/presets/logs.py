@@ -23,6 +23,9 @@ from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
+from opentelemetry._logs import LogRecord as ApiLogRecord
+from opentelemetry.context import get_current
+from opentelemetry.instrumentation.log_utils import std_to_otel
 
 from otelkit.presets.context import current_request
 from otelkit.presets.settings import AccessLog, Settings
@@ -210,9 +213,17 @@ class HumanFormatter(logging.Formatter):
         return text
 
 
+_seconds_text: list[tuple[int, str]] = [(-1, "")]
+
+
 def _iso_time(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    """RFC 3339 in UTC with milliseconds; the seconds text is made once per second."""
+    whole = int(created)
+    cached = _seconds_text[0]
+    if cached[0] != whole:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _seconds_text[0] = cached
+    return f"{cached[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 # Chatty at DEBUG (wire-level traces, exporter internals): kept at WARNING unless the user
@@ -334,10 +345,6 @@ class OtlpHandler(logging.Handler):
             self._emitting.reset(token)
 
     def _translate(self, record: logging.LogRecord) -> Any:
-        from opentelemetry._logs import LogRecord
-        from opentelemetry.context import get_current
-        from opentelemetry.instrumentation.log_utils import std_to_otel
-
         entry = entry_of(record)
         attributes = entry.attributes
         if self._code_attributes:
@@ -347,7 +354,7 @@ class OtlpHandler(logging.Handler):
                 "code.function.name": record.funcName,
                 "code.line.number": record.lineno,
             }
-        return LogRecord(
+        return ApiLogRecord(
             timestamp=int(record.created * 1e9),
             observed_timestamp=time.time_ns(),
             context=get_current() or None,

@@ -432,6 +432,12 @@ def log_exporter(settings: Settings) -> LogRecordExporter | None:
     timeout = _timeout(settings, "LOGS")
 
     def create() -> LogRecordExporter:
+        if settings.lean_encoder:
+            from otelkit.presets.encoder import lean_grpc_log_exporter, lean_http_log_exporter
+
+            lean = lean_grpc_log_exporter if settings.protocol == "grpc" else lean_http_log_exporter
+            exporter: LogRecordExporter = lean(endpoint=endpoint, timeout=timeout)
+            return exporter
         if settings.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 

@@ -198,7 +198,8 @@ def _already_traced(engine: Any) -> bool:
 def instrument_sqlalchemy(engine: Any = None, *, enable_commenter: bool = False) -> None:
     """Trace one engine (sync or async), or with no engine every engine created later.
 
-    Engines get the upstream ``EngineTracer`` directly. For "every engine" otelkit wraps
+    Engines get otelkit's lean subclass of the upstream ``EngineTracer`` (same spans and
+    connection metric, see :mod:`otelkit.presets.dbtrace`). For "every engine" otelkit wraps
     ``create_engine``/``create_async_engine`` itself rather than calling the upstream
     ``instrument()``, which needs greenlet on SQLAlchemy 2.1, is pinned below 2.1, and
     adds a ``connect`` span to every checkout.
@@ -245,18 +246,9 @@ def _trace_new_engines(enable_commenter: bool) -> None:
 
 
 def _engine_tracer(engine: Any, enable_commenter: bool) -> None:
-    from opentelemetry import metrics, trace
-    from opentelemetry.instrumentation.sqlalchemy import __name__ as scope_name
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    from otelkit.presets.dbtrace import trace_engine
 
-    tracer = trace.get_tracer(scope_name, __version__)
-    connections = metrics.get_meter(scope_name, __version__).create_up_down_counter(
-        name="db.client.connections.usage",
-        unit="connections",
-        description="The number of connections that are currently in state described by the state attribute.",
-    )
-    EngineTracer(tracer, engine, connections, enable_commenter, {}, False)  # type: ignore[no-untyped-call]
+    trace_engine(engine, enable_commenter)
 
 
 def _add_request_id(request: Any) -> None:

@@ -146,6 +146,9 @@ def _instrument_contrib(
     excluded = excluded_urls_pattern(
         paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
     )
+    if getattr(app, "_is_instrumented_by_opentelemetry", False):
+        _logger.debug("this FastAPI app is already traced by the instrumentation package")
+        return
     current = pipeline.current()
     server_metrics = current is not None and current.settings.http_server_metrics
     if not server_metrics and set(upstream) <= _OWN_MIDDLEWARE_OPTIONS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -150,3 +152,14 @@ def worker_pids(url: str, workers: int = 2, rounds: int = 15) -> set[int]:
             if len(seen) >= workers:
                 break
     return seen
+
+
+def logs_query(url: str, *arguments: str) -> list[dict[str, Any]]:
+    """``otelkit logs query --json`` as a user runs it: the records it prints."""
+    result = subprocess.run(
+        [sys.executable, "-m", "otelkit.cli", "logs", "query", "--url", url, "--json",
+         "--limit", "1000", *arguments],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,17 +224,6 @@ def test_access_records_off_writes_none_and_keeps_stdout_json(
 FAST, SLOW = 0, 300
 
 
-def _logs_query(url: str, *arguments: str) -> list[dict[str, Any]]:
-    """``otelkit logs query`` as a user runs it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "otelkit.cli", "logs", "query", "--url", url, "--json",
-         "--limit", "1000", *arguments],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
 def test_the_log_store_finds_exactly_the_slow_requests_to_a_route(tmp_path: Path) -> None:
     service = "access-slow"
     requests = {
@@ -260,12 +247,12 @@ def test_the_log_store_finds_exactly_the_slow_requests_to_a_route(tmp_path: Path
         deadline = time.monotonic() + 30
         stored: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            stored = _logs_query(url, "--service", service, "--attr", "duration_ms>=0")
+            stored = procs.logs_query(url, "--service", service, "--attr", "duration_ms>=0")
             if len(stored) >= len(requests):
                 break
             time.sleep(0.5)
         assert sorted(r["attributes"]["request_id"] for r in stored) == sorted(requests)
-        slow = _logs_query(
+        slow = procs.logs_query(
             url, "--service", service, "--since", "1h",
             "--attr", "http.route=/orders/{order_id}", "--attr", f"duration_ms>={SLOW - 50}",
         )  # fmt: skip

@@ -279,3 +279,15 @@ def test_the_response_propagator_writes_the_same_header() -> None:
         assert ("traceresponse" in ours.headers) is ("traceresponse" in theirs.headers)
     header = otelkit.responses[1].headers["traceresponse"]
     assert header.startswith(f"00-{TRACE_ID}-") and header.endswith("-01")
+
+
+def test_an_app_the_package_already_traces_gets_no_second_server_span() -> None:
+    from otelkit.presets.instrument import _instrument_contrib
+
+    def both(app: FastAPI, provider: TracerProvider) -> None:
+        _instrument_upstream()(app, provider)
+        _instrument_contrib(app, ("/health/live",), None, None, None, {})
+
+    served = _serve(both)
+    assert served.middleware is OpenTelemetryMiddleware
+    assert len(served.spans) == len(REQUESTS)

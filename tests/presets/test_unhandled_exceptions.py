@@ -8,10 +8,7 @@ settings but its service name and the collector's address; the records are read 
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,14 +47,7 @@ def _sentry(configured: bool) -> Iterator[dict[str, str]]:
 
 
 def _query(url: str, service: str) -> list[dict[str, Any]]:
-    """``otelkit logs query`` as a user runs it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "otelkit.cli", "logs", "query", "--url", url,
-         "--service", service, "--severity", "error", "--json", "--limit", "1000"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return procs.logs_query(url, "--service", service, "--severity", "error")
 
 
 def _run(case: str, sentry: bool, tmp_path: Path) -> list[dict[str, Any]]:

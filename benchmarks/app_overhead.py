@@ -274,20 +274,27 @@ def _wait(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> N
 
 
 def _spawn(
-    args: list[str], cpus: set[int], env: dict[str, str] | None = None, auto: bool = False
+    args: list[str],
+    cpus: set[int],
+    env: dict[str, str] | None = None,
+    auto: bool = False,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start this script with ``args``; stdout to /dev/null, stderr to ``log`` if given."""
     command = [sys.executable, __file__, *args]
     if auto:
         wrapper = shutil.which("opentelemetry-instrument")
         if wrapper is None:
             raise SystemExit("opentelemetry-instrument is not installed")
         command = [wrapper, *command]
-    process = subprocess.Popen(
-        command,
-        env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "ab") as errors:
+        process = subprocess.Popen(
+            command,
+            env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=errors if log is not None else None,
+        )
     os.sched_setaffinity(process.pid, cpus)  # before it has imported anything
     return process
 
@@ -357,8 +364,13 @@ def _servers(
             database = str(Path(workdir) / f"{mode}.db")
             args = ["--serve", mode, str(port), str(sentry_port), database]
             env = server_env(mode, sink_port)
-            started.append(_spawn(args, server_cpus, env, auto=mode in AUTO_MODES))
-            _wait(port, started[-1])
+            log = Path(workdir) / f"{mode}.log"
+            started.append(_spawn(args, server_cpus, env, auto=mode in AUTO_MODES, log=log))
+            try:
+                _wait(port, started[-1])
+            except RuntimeError:
+                print(log.read_text(errors="replace"), file=sys.stderr)
+                raise
             servers[mode] = (port, started[-1].pid)
         yield servers, workdir
 

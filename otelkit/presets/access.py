@@ -16,7 +16,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from otelkit.presets.logs import ACCESS_LOGGER_NAME, QuietPaths
-from otelkit.presets.settings import DEFAULT_ACCESS_LOG, DEFAULT_HEALTH_PATHS, Settings
+from otelkit.presets.settings import DEFAULT_HEALTH_PATHS, Settings
 
 ACCESS_LOGGER = logging.getLogger(ACCESS_LOGGER_NAME)
 
@@ -90,4 +90,4 @@ def log_access(
     ACCESS_LOGGER.log(level, "%s %s %s %.1fms", method, path, status, duration_ms, extra=attributes)
 
 
-__all__ = ["ACCESS_LOGGER", "DEFAULT_ACCESS_LOG", "configure", "is_quiet", "log_access", "quiet"]
+__all__ = ["ACCESS_LOGGER", "configure", "enabled", "is_quiet", "log_access", "quiet"]

@@ -43,8 +43,9 @@ MODES = {
     "uvicorn-pii": ("uvicorn", "manual", [], True),
     "uvicorn-instrument": ("uvicorn", "auto", [], False),
     "uvicorn-workers-instrument": ("uvicorn", "auto", ["--workers", "2"], False),
-    "gunicorn": ("gunicorn", "manual", ["-w", "2"], False),
-    "gunicorn-instrument": ("gunicorn", "auto", ["-w", "2"], False),
+    # gunicorn's own access log to stdout, as many deployments run it: otelkit's replaces it
+    "gunicorn": ("gunicorn", "manual", ["-w", "2", "--access-logfile", "-"], False),
+    "gunicorn-instrument": ("gunicorn", "auto", ["-w", "2", "--access-logfile", "-"], False),
 }
 
 

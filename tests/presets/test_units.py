@@ -265,3 +265,10 @@ def test_a_log_call_is_read_once_for_stdout_and_export(monkeypatch: pytest.Monke
     assert record.attributes["order.id"] == line["order.id"] == 7
     assert record.attributes["exception.stacktrace"].rstrip("\n") == line["exception"]
     assert record.attributes["exception.type"] == line["exception_type"] == "ValueError"
+
+
+def test_access_log_setting_takes_four_values() -> None:
+    assert Settings.resolve({}).access_log == "both"
+    assert Settings.resolve({"OTELKIT_ACCESS_LOG": "OTLP"}).access_log == "otlp"
+    with pytest.raises(ValueError, match="OTELKIT_ACCESS_LOG='loud' is not supported"):
+        Settings.resolve({"OTELKIT_ACCESS_LOG": "loud"})

@@ -121,6 +121,22 @@ def server(
             process.wait(5)
 
 
+@contextmanager
+def instrumented_app(
+    collector_grpc_port: int, service: str, tmp_path: Path, **env: str
+) -> Iterator[Server]:
+    """The test app under ``opentelemetry-instrument`` with no settings but its service name
+    and the collector's OTLP/gRPC address, as a user runs it."""
+    app_env = {
+        "APP_MODE": "auto",
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_grpc_port}",
+        **env,
+    }
+    with server(lambda port: auto(uvicorn_command(port)), app_env, tmp_path, service) as app:
+        yield app
+
+
 def telemetry_env(endpoint: str, service: str, **extra: str) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,

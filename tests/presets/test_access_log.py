@@ -233,13 +233,7 @@ def test_the_log_store_finds_exactly_the_slow_requests_to_a_route(tmp_path: Path
         "slow-elsewhere": "/slow",  # 200 ms, another route
     }
     with shipped_collector(tmp_path) as collector:
-        app_env = {
-            "APP_MODE": "auto",
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.ports['grpc']}",
-        }
-        build = lambda port: procs.auto(procs.uvicorn_command(port))  # noqa: E731
-        with procs.server(build, app_env, tmp_path, service) as app:
+        with procs.instrumented_app(collector.ports["grpc"], service, tmp_path) as app:
             for request_id, path in requests.items():
                 response = httpx.get(app.url + path, headers={"X-Request-ID": request_id})
                 assert response.status_code == 200, response.text

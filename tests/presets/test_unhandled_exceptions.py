@@ -53,14 +53,9 @@ def _query(url: str, service: str) -> list[dict[str, Any]]:
 def _run(case: str, sentry: bool, tmp_path: Path) -> list[dict[str, Any]]:
     service = f"crashes-{case}"
     with _sentry(sentry) as sentry_env, shipped_collector(tmp_path, sentry_env) as collector:
-        app_env = {
-            "APP_MODE": "auto",
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.ports['grpc']}",
-            **CASES[case],
-        }
-        build = lambda port: procs.auto(procs.uvicorn_command(port))  # noqa: E731
-        with procs.server(build, app_env, tmp_path, service) as app:
+        with procs.instrumented_app(
+            collector.ports["grpc"], service, tmp_path, **CASES[case]
+        ) as app:
             for request_id, (path, _, _) in REQUESTS.items():
                 response = httpx.get(
                     app.url + path,

@@ -1,22 +1,39 @@
-"""App-side overhead: one FastAPI route on uvicorn (1 worker), three ways, in one run.
+"""App-side overhead: one FastAPI app on uvicorn (1 worker), five ways, in one run.
 
     python benchmarks/app_overhead.py [--quick] [--requests N] [--connections C] [--rounds R]
+    python benchmarks/app_overhead.py --profile [--mode otelkit] [--endpoint realistic]
 
-``bare``     no instrumentation;
-``stock``    the upstream FastAPI instrumentation (its defaults) with the SDK's batch span
-             processor, OTLP/gRPC span exporter and periodic OTLP metric reader;
-``otelkit``  ``otelkit.instrument_all(app=app)`` with OTLP/gRPC export (its default: the
-             upstream FastAPI instrumentation with otelkit's settings, lean span encoder);
-``otelkit-native``  the same with ``OTELKIT_FASTAPI_NATIVE=true``: FastAPI's own request
-             telemetry instead of the instrumentation package (FastAPI 0.165+).
+Endpoints (one app serves both):
 
-Both instrumented servers sample every request and export to the same OTLP/gRPC sink (a
-separate process that accepts and discards requests). The load generator is another
-process (Python asyncio, keep-alive connections, a bounded number of requests). Where
-the machine allows it, the servers are pinned to CPU 0 and the load generator and sink
-to the other CPUs. Rounds alternate between the three servers; each figure is the median
-over rounds. Server CPU per request is the server process's user+system time (all its
-threads, the exporter's included) over the measured requests.
+``simple``     ``GET /users/{id}``: async, returns a dict;
+``realistic``  ``GET /orders/{id}``: a sync endpoint with a SQLAlchemy ``Session``
+               dependency (the FastAPI tutorial's pattern), one ORM query on a SQLite file,
+               one ``log.info`` line, a request ID.
+
+Modes (each a server process, started as a user starts it):
+
+``bare``       no instrumentation; ``logging.basicConfig`` to stdout, uvicorn's access log on;
+``stock``      ``opentelemetry-instrument`` with ``opentelemetry-distro`` (OTLP/gRPC traces,
+               metrics and logs; the logging instrumentation's handler exports each log
+               record), SQLAlchemy instrumented with the upstream instrumentor (its loader
+               skips it on SQLAlchemy 2.1, so the app calls it), ``basicConfig`` to stdout;
+``sentry``     ``sentry_sdk.init(traces_sample_rate=1.0)`` sending to a local stand-in,
+               ``basicConfig`` to stdout;
+``otelkit``    ``opentelemetry-instrument`` with otelkit's distro and defaults (JSON logs
+               on stdout, every log record and access record exported over OTLP);
+``otelkit-no-access``  the same with ``OTELKIT_ACCESS_LOG=off``.
+
+Every instrumented mode keeps every trace (server and database spans). Exports go to one
+sink process (OTLP/gRPC accept-and-discard, and the Sentry stand-in), the collector's
+place. The app is pinned to the first CPU; the load generator (Python asyncio, keep-alive
+connections, a bounded number of requests) and the sink to the others. Rounds alternate
+between the servers; each figure is the median over rounds. CPU per request is the server
+process's user+system time (all its threads, exporters included) over the requests; the
+stdout of every server goes to /dev/null.
+
+``--profile`` samples bare's server and one mode's under load with py-spy (``--gil``: the
+thread holding the GIL, so Python CPU time) and prints where each microsecond of a request
+goes, side by side.
 """
 
 from __future__ import annotations
@@ -25,109 +42,157 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bare", "stock", "otelkit", "otelkit-native")
+MODES = ("bare", "stock", "sentry", "otelkit", "otelkit-no-access")
+ENDPOINTS = {"simple": "/users/{n}", "realistic": "/orders/{n}"}
+AUTO_MODES = {"stock", "otelkit", "otelkit-no-access"}
+ROWS = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- the server ------------------------------------------------------------------------
 
 
-def build_app(mode: str, sink: str) -> object:
-    from fastapi import FastAPI
+class Base(DeclarativeBase):
+    pass
 
-    if mode == "otelkit-native":
-        os.environ["OTELKIT_FASTAPI_NATIVE"] = "true"
-    if mode.startswith("otelkit"):
-        import otelkit
 
-        otelkit.configure(
-            service_name="bench", endpoint=sink, log_format="none", environment="production"
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def build_app(mode: str, database: str) -> object:
+    import logging
+
+    from fastapi import Depends, FastAPI
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    if not mode.startswith("otelkit"):
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stdout,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
+    log = logging.getLogger("shop.orders")
+    engine = create_engine(f"sqlite:///{database}")
+    if mode == "stock":
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        SQLAlchemyInstrumentor().instrument(engine=engine, skip_dep_check=True)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        if session.get(User, 1) is None:
+            session.add_all(User(id=i, name=f"user-{i}") for i in range(1, ROWS + 1))
+            session.commit()
+
+    def get_session() -> Iterator[Session]:
+        with Session(engine) as session:
+            yield session
+
     app = FastAPI()
 
     @app.get("/users/{user_id}")
     async def user(user_id: int) -> dict[str, object]:
         return {"id": user_id, "name": "user"}
 
-    if mode == "stock":
-        _stock_sdk(sink)
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    @app.get("/orders/{order_id}")
+    def order(order_id: int, session: Session = Depends(get_session)) -> dict[str, object]:  # noqa: B008
+        customer = session.get(User, order_id)
+        name = customer.name if customer is not None else None
+        log.info("order %s for %s", order_id, name)
+        return {"id": order_id, "customer": name}
 
-        FastAPIInstrumentor.instrument_app(app)
-    elif mode.startswith("otelkit"):
-        import otelkit
-
-        otelkit.instrument_all(app=app)
     return app
 
 
-def _stock_sdk(sink: str) -> None:
-    from opentelemetry import metrics, trace
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    resource = Resource.create({"service.name": "bench"})
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=sink)))
-    trace.set_tracer_provider(provider)
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=sink))
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader], resource=resource))
-
-
-def serve(mode: str, port: int, sink: str) -> None:
+def serve(mode: str, port: int, sentry_port: int, database: str) -> None:
     import uvicorn
 
-    app = build_app(mode, sink)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)  # type: ignore[arg-type]
+    if mode == "sentry":
+        import sentry_sdk
+
+        sentry_sdk.init(dsn=f"http://public@127.0.0.1:{sentry_port}/1", traces_sample_rate=1.0)
+    app = build_app(mode, database)
+    uvicorn.run(app, host="127.0.0.1", port=port)  # type: ignore[arg-type]
+
+
+def server_env(mode: str, sink_port: int) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in list(env):
+        if name.startswith(("OTEL_", "OTELKIT_", "SENTRY_")):
+            del env[name]
+    env["OTEL_SERVICE_NAME"] = "bench"
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+    if mode == "stock":
+        env.update(OTEL_PYTHON_DISTRO="distro", OTEL_PYTHON_CONFIGURATOR="configurator")
+    elif mode.startswith("otelkit"):
+        env.update(OTEL_PYTHON_DISTRO="otelkit", OTELKIT_ENVIRONMENT="production")
+        if mode == "otelkit-no-access":
+            env["OTELKIT_ACCESS_LOG"] = "off"
+    return env
 
 
 # --- the sink --------------------------------------------------------------------------
 
 
-def run_sink(port: int) -> None:
+def run_sink(port: int, sentry_port: int) -> None:
+    import threading
     from concurrent import futures
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import grpc
 
-    counts = {"requests": 0, "bytes": 0}
-
     def accept(request: bytes, context: object) -> bytes:
-        counts["requests"] += 1
-        counts["bytes"] += len(request)
         return b""  # an empty Export*ServiceResponse
 
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.trace.v1.TraceService",
-        {"Export": grpc.unary_unary_rpc_method_handler(accept)},
-    )
-    metrics_handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.metrics.v1.MetricsService",
-        {"Export": grpc.unary_unary_rpc_method_handler(accept)},
-    )
-    logs_handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.logs.v1.LogsService",
-        {"Export": grpc.unary_unary_rpc_method_handler(accept)},
-    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler, metrics_handler, logs_handler))
+    for signal_name in ("trace", "metrics", "logs"):
+        service = {"trace": "TraceService", "metrics": "MetricsService", "logs": "LogsService"}
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    f"opentelemetry.proto.collector.{signal_name}.v1.{service[signal_name]}",
+                    {"Export": grpc.unary_unary_rpc_method_handler(accept)},
+                ),
+            )
+        )
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
+
+    class Envelopes(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    sentry = ThreadingHTTPServer(("127.0.0.1", sentry_port), Envelopes)
+    threading.Thread(target=sentry.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
     server.wait_for_termination()
 
@@ -135,12 +200,15 @@ def run_sink(port: int) -> None:
 # --- the load generator ----------------------------------------------------------------
 
 
-async def _connection(port: int, requests: int, latencies: list[float]) -> None:
+async def _connection(port: int, path: str, requests: int, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = b"GET /users/42 HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n"
-    for _ in range(requests):
+    heads = [
+        f"GET {path.format(n=n)} HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n".encode()
+        for n in range(1, ROWS + 1)
+    ]
+    for i in range(requests):
         started = time.perf_counter()
-        writer.write(request)
+        writer.write(heads[i % ROWS])
         head = await reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
@@ -153,12 +221,12 @@ async def _connection(port: int, requests: int, latencies: list[float]) -> None:
     writer.close()
 
 
-async def _load(port: int, requests: int, connections: int) -> dict[str, float]:
+async def _load(port: int, path: str, requests: int, connections: int) -> dict[str, float]:
     latencies: list[float] = []
     per_connection = requests // connections
     started = time.perf_counter()
     await asyncio.gather(
-        *(_connection(port, per_connection, latencies) for _ in range(connections))
+        *(_connection(port, path, per_connection, latencies) for _ in range(connections))
     )
     elapsed = time.perf_counter() - started
     latencies.sort()
@@ -170,8 +238,8 @@ async def _load(port: int, requests: int, connections: int) -> dict[str, float]:
     }
 
 
-def loadgen(port: int, requests: int, connections: int) -> None:
-    print(json.dumps(asyncio.run(_load(port, requests, connections))))
+def loadgen(port: int, path: str, requests: int, connections: int) -> None:
+    print(json.dumps(asyncio.run(_load(port, path, requests, connections))))
 
 
 # --- orchestration ---------------------------------------------------------------------
@@ -192,7 +260,7 @@ def _free_port() -> int:
         return port
 
 
-def _wait(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -205,10 +273,28 @@ def _wait(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> N
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _spawn(args: list[str], cpus: set[int]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OTEL_TRACES_SAMPLER", None)
-    process = subprocess.Popen([sys.executable, __file__, *args], env=env, cwd=ROOT)
+def _spawn(
+    args: list[str],
+    cpus: set[int],
+    env: dict[str, str] | None = None,
+    auto: bool = False,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start this script with ``args``; stdout to /dev/null, stderr to ``log`` if given."""
+    command = [sys.executable, __file__, *args]
+    if auto:
+        wrapper = shutil.which("opentelemetry-instrument")
+        if wrapper is None:
+            raise SystemExit("opentelemetry-instrument is not installed")
+        command = [wrapper, *command]
+    with open(log or os.devnull, "ab") as errors:
+        process = subprocess.Popen(
+            command,
+            env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=errors if log is not None else None,
+        )
     os.sched_setaffinity(process.pid, cpus)  # before it has imported anything
     return process
 
@@ -235,11 +321,11 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _measure(
-    port: int, pid: int, requests: int, connections: int, cpus: set[int]
+    port: int, pid: int, path: str, requests: int, connections: int, cpus: set[int]
 ) -> dict[str, float]:
     before = _cpu_seconds(pid)
     loader = subprocess.Popen(
-        [sys.executable, __file__, "--loadgen", str(port), str(requests), str(connections)],
+        [sys.executable, __file__, "--loadgen", str(port), path, str(requests), str(connections)],
         stdout=subprocess.PIPE,
     )
     os.sched_setaffinity(loader.pid, cpus)
@@ -252,103 +338,220 @@ def _measure(
     return result
 
 
-def run(requests: int, connections: int, rounds: int, warmup: int) -> None:
-    server_cpus, load_cpus = _cpus()
-    sink_port = _free_port()
-    sink = f"http://127.0.0.1:{sink_port}"
-    with _processes() as started:
-        started.append(_spawn(["--sink", str(sink_port)], load_cpus))
+def _check_stock_available() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("opentelemetry-distro")
+    except PackageNotFoundError:
+        raise SystemExit(
+            "the stock mode needs opentelemetry-distro: pip install -e '.[bench]'"
+        ) from None
+
+
+@contextmanager
+def _servers(
+    modes: tuple[str, ...], server_cpus: set[int], load_cpus: set[int]
+) -> Iterator[tuple[dict[str, tuple[int, int]], str]]:
+    """Start the sink and one server per mode; yields (mode -> (port, pid), a work folder)."""
+    sink_port, sentry_port = _free_port(), _free_port()
+    with tempfile.TemporaryDirectory() as workdir, _processes() as started:
+        started.append(_spawn(["--sink", str(sink_port), str(sentry_port)], load_cpus))
         _wait(sink_port, started[-1])
         servers = {}
-        for mode in MODES:
+        for mode in modes:
             port = _free_port()
-            started.append(_spawn(["--serve", mode, str(port), sink], server_cpus))
-            _wait(port, started[-1])
+            database = str(Path(workdir) / f"{mode}.db")
+            args = ["--serve", mode, str(port), str(sentry_port), database]
+            env = server_env(mode, sink_port)
+            log = Path(workdir) / f"{mode}.log"
+            started.append(_spawn(args, server_cpus, env, auto=mode in AUTO_MODES, log=log))
+            try:
+                _wait(port, started[-1])
+            except RuntimeError:
+                print(log.read_text(errors="replace"), file=sys.stderr)
+                raise
             servers[mode] = (port, started[-1].pid)
+        yield servers, workdir
+
+
+def run(requests: int, connections: int, rounds: int, warmup: int) -> None:
+    _check_stock_available()
+    server_cpus, load_cpus = _cpus()
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        endpoint: {mode: [] for mode in MODES} for endpoint in ENDPOINTS
+    }
+    with _servers(MODES, server_cpus, load_cpus) as (servers, _):
         for port, pid in servers.values():
-            _measure(port, pid, warmup, connections, load_cpus)
-        results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+            for path in ENDPOINTS.values():
+                _measure(port, pid, path, warmup, connections, load_cpus)
         for _ in range(rounds):
-            for mode in MODES:
-                port, pid = servers[mode]
-                results[mode].append(_measure(port, pid, requests, connections, load_cpus))
-    _report(results, requests, connections, rounds, server_cpus, load_cpus)
+            for endpoint, path in ENDPOINTS.items():
+                for mode in MODES:
+                    port, pid = servers[mode]
+                    results[endpoint][mode].append(
+                        _measure(port, pid, path, requests, connections, load_cpus)
+                    )
+    print(
+        f"app_overhead: FastAPI on uvicorn (1 worker), {requests} requests x {rounds} "
+        f"round(s) per endpoint, {connections} keep-alive connections; app CPUs "
+        f"{sorted(server_cpus)}, load generator + sink CPUs {sorted(load_cpus)}; medians over "
+        "rounds"
+    )
+    for endpoint, by_mode in results.items():
+        _report(endpoint, by_mode)
+    print(
+        "CPU us/req: the app process's CPU time per request (all threads). CPU-bound req/s = "
+        "1e6 / CPU us per request: what one dedicated core would serve, steadier than req/s "
+        "when other work shares the machine; 'of bare' is the CPU-bound throughput as a "
+        "share of bare's, 'CPU vs stock' the CPU per request as a share of stock's."
+    )
 
 
 def _median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
 
-def _report(
-    results: dict[str, list[dict[str, float]]],
-    requests: int,
-    connections: int,
-    rounds: int,
-    server_cpus: set[int],
-    load_cpus: set[int],
-) -> None:
-    print(
-        f"app_overhead: GET /users/{{id}} on uvicorn (1 worker), {requests} requests x {rounds} "
-        f"round(s), {connections} keep-alive connections; server CPUs {sorted(server_cpus)}, "
-        f"load generator + sink CPUs {sorted(load_cpus)}; medians over rounds"
-    )
-    bare_rps = _median(results["bare"], "rps")
+def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
+    print(f"\n{endpoint}: GET {ENDPOINTS[endpoint].format(n='{id}')}")
     bare_cpu = _median(results["bare"], "cpu_us_per_request")
+    stock_cpu = _median(results["stock"], "cpu_us_per_request")
     print(
-        f"{'mode':<15} {'req/s':>7} {'vs bare':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'CPU us/req':>10} {'added':>6} {'CPU-bound req/s':>15} {'vs bare':>8}"
+        f"{'mode':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+        f"{'added':>6} {'CPU-bound req/s':>15} {'of bare':>8} {'CPU vs stock':>12}"
     )
     for mode in MODES:
         rows = results[mode]
-        rps, cpu = _median(rows, "rps"), _median(rows, "cpu_us_per_request")
+        cpu = _median(rows, "cpu_us_per_request")
         print(
-            f"{mode:<15} {rps:>7.0f} {rps / bare_rps:>8.0%} {_median(rows, 'p50_ms'):>7.2f} "
+            f"{mode:<18} {_median(rows, 'rps'):>7.0f} {_median(rows, 'p50_ms'):>7.2f} "
             f"{_median(rows, 'p99_ms'):>7.2f} {cpu:>10.0f} {cpu - bare_cpu:>6.0f} "
-            f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.0%}"
+            f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.2f} {cpu / stock_cpu:>12.2f}"
         )
+
+
+# --- where the microseconds go -------------------------------------------------------
+
+# (category, substrings of a frame's file or function): a sample belongs to the category
+# of its innermost frame that matches one, so SDK work done for the middleware counts as
+# SDK work, not middleware.
+CATEGORIES = [
+    ("exporter threads: encoding and sending", ("opentelemetry/exporter/", "presets/encoder.py", "grpc/_channel", "google/protobuf")),
+    ("batch processors (queue, export loop)", ("sdk/_shared_internal", "sdk/trace/export", "sdk/_logs/_internal/export")),
+    ("metrics (SDK measurements)", ("opentelemetry/sdk/metrics/",)),
+    ("attribute cleaning (SDK)", ("opentelemetry/attributes/",)),
+    ("log records (SDK)", ("opentelemetry/sdk/_logs/",)),
+    ("span start/end (SDK, sampler, ids)", ("opentelemetry/sdk/trace/", "presets/sampling.py", "opentelemetry/sdk/util")),
+    ("context, propagation, trace API", ("opentelemetry/context/", "opentelemetry/propagat", "opentelemetry/baggage/", "opentelemetry/trace/", "opentelemetry/util/_decorator")),
+    ("semconv helpers, URL and header parsing", ("instrumentation/_semconv", "opentelemetry/util/http/")),
+    ("span name: the package's route matching", ("instrumentation/fastapi/",)),
+    ("ASGI server-span middleware (the package's)", ("instrumentation/asgi/",)),
+    ("otelkit server-span middleware", ("presets/asgi.py",)),
+    ("SQLAlchemy tracing", ("instrumentation/sqlalchemy/", "presets/sql.py", "presets/dbtrace.py")),
+    ("request ID and access record", ("presets/requestid.py", "presets/access.py", "presets/context.py")),
+    ("log formatting, stdout, logging module", ("presets/logs.py", "/logging/__init__.py", "instrumentation/logging/")),
+    ("sentry-sdk", ("sentry_sdk/",)),
+    ("app: SQLAlchemy ORM and SQLite", ("site-packages/sqlalchemy/", "sqlite3/")),
+    ("app: FastAPI, Starlette, pydantic", ("site-packages/fastapi/", "site-packages/starlette/", "pydantic", "/json/")),
+    ("server: uvicorn, asyncio, threads", ("site-packages/uvicorn/", "/asyncio/", "site-packages/anyio/", "/threading.py", "/concurrent/", "/queue.py")),
+]  # fmt: skip
+
+
+def categorize(stack: str) -> str:
+    frames = stack.split(";")
+    for frame in reversed(frames):
+        for name, needles in CATEGORIES:
+            if any(needle in frame for needle in needles):
+                return name
+    return "other"
+
+
+def _profile_one(
+    mode: str, path: str, seconds: float, connections: int
+) -> tuple[float, Counter[str]]:
+    """(CPU us per request, py-spy samples by category) of one mode's server under load."""
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: pip install -e '.[bench]'")
+    server_cpus, load_cpus = _cpus()
+    with _servers((mode,), server_cpus, load_cpus) as (servers, workdir):
+        port, pid = servers[mode]
+        _measure(port, pid, path, 1000, connections, load_cpus)
+        raw = Path(workdir) / "profile.txt"
+        sampler = subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--rate", "1000", "--gil", "--full-filenames",
+             "--nonblocking", "--format", "raw", "--output", str(raw),
+             "--duration", str(int(seconds))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.sched_setaffinity(sampler.pid, load_cpus)
+        time.sleep(1)
+        before = _cpu_seconds(pid)
+        served = 0
+        deadline = time.monotonic() + seconds - 2
+        while time.monotonic() < deadline:
+            served += int(_measure(port, pid, path, 2000, connections, load_cpus)["requests"])
+        cpu_us = (_cpu_seconds(pid) - before) / served * 1e6
+        sampler.wait(seconds + 30)
+        samples: Counter[str] = Counter()
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if count.isdigit():  # a frame name with a line break leaves a partial line
+                samples[categorize(stack)] += int(count)
+    return cpu_us, samples
+
+
+def profile(mode: str, endpoint: str, seconds: float, connections: int) -> None:
+    """Where each microsecond of a request goes, for bare and for ``mode``: the CPU per
+    request split by the share of py-spy samples in each category."""
+    path = ENDPOINTS[endpoint]
+    shares: dict[str, dict[str, float]] = {}
+    cpu: dict[str, float] = {}
+    for name in ("bare", mode):
+        cpu[name], samples = _profile_one(name, path, seconds, connections)
+        total = sum(samples.values()) or 1
+        shares[name] = {key: count / total * cpu[name] for key, count in samples.items()}
     print(
-        "CPU-bound req/s = 1e6 / (server CPU us per request): what one dedicated core would "
-        "serve; steadier than req/s when other work shares the machine."
+        f"GET {path.format(n='{id}')}: CPU per request bare {cpu['bare']:.0f} us, {mode} "
+        f"{cpu[mode]:.0f} us; split by py-spy --gil samples (innermost matching frame)"
     )
-    stock_rps = _median(results["stock"], "rps")
-    stock_cpu = _median(results["stock"], "cpu_us_per_request")
-    for mode in ("otelkit", "otelkit-native"):
-        print(
-            f"{mode} vs stock: req/s {_median(results[mode], 'rps') / stock_rps:.2f}x, "
-            f"CPU-bound req/s {stock_cpu / _median(results[mode], 'cpu_us_per_request'):.2f}x"
-        )
-    print(
-        "per-round req/s: "
-        + "; ".join(
-            f"{mode} " + ", ".join(f"{row['rps']:.0f}" for row in results[mode]) for mode in MODES
-        )
-    )
+    print(f"{'where':<48} {'bare us':>8} {mode + ' us':>12} {'added':>7}")
+    names = sorted(set(shares["bare"]) | set(shares[mode]), key=lambda k: -shares[mode].get(k, 0))
+    for key in names:
+        ours, theirs = shares[mode].get(key, 0.0), shares["bare"].get(key, 0.0)
+        print(f"{key:<48} {theirs:>8.1f} {ours:>12.1f} {ours - theirs:>+7.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="about 20 seconds")
+    parser.add_argument("--quick", action="store_true", help="about a minute")
     parser.add_argument("--requests", type=int, help="requests per server per round")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int)
-    parser.add_argument(
-        "--serve", nargs=3, metavar=("MODE", "PORT", "SINK"), help=argparse.SUPPRESS
-    )
-    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--loadgen", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="profile one mode instead")
+    parser.add_argument("--mode", choices=MODES, default="otelkit", help="profiled with bare")
+    parser.add_argument("--endpoint", choices=list(ENDPOINTS), default="realistic")
+    parser.add_argument("--seconds", type=float, default=20, help="for --profile")
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loadgen", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]), args.serve[2])
+        mode, port, sentry_port, database = args.serve
+        serve(mode, int(port), int(sentry_port), database)
     elif args.sink:
-        run_sink(args.sink)
+        run_sink(*args.sink)
     elif args.loadgen:
-        loadgen(*args.loadgen)
+        port, path, requests, connections = args.loadgen
+        loadgen(int(port), path, int(requests), int(connections))
+    elif args.profile:
+        profile(args.mode, args.endpoint, args.seconds, args.connections)
     else:
-        requests = args.requests or (1500 if args.quick else 3000)
+        requests = args.requests or (1000 if args.quick else 3000)
         rounds = args.rounds or (1 if args.quick else 3)
-        run(requests, args.connections, rounds, warmup=300 if args.quick else 1000)
+        run(requests, args.connections, rounds, warmup=200 if args.quick else 1000)
 
 
 if __name__ == "__main__":

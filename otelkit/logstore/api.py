@@ -1,7 +1,8 @@
 """``GET /api/logs``: the search engine over HTTP, with cursor pagination.
 
 Parameters are those of ``otelkit logs query`` (``service``, ``severity``, ``since``,
-``from``, ``until``, ``trace_id``, ``grep``, ``attr`` (repeatable ``key=value``),
+``from``, ``until``, ``trace_id``, ``grep``, ``attr`` (repeatable ``key=value``, or a
+number comparison ``key>=N``, ``>``, ``<``, ``<=``),
 ``limit`` up to 1000, ``order`` newest|oldest) plus ``cursor``, the ``next_cursor`` of the
 previous page. Answers ``{"records": [...], "next_cursor": "..." | null}``; a bad input
 is a 400 with ``{"error": "...", "parameter": "..."}``.

@@ -55,7 +55,11 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", help="end time (exclusive), same forms as --from")
     parser.add_argument("--trace-id", help="32 hex digits: every line of one request")
     parser.add_argument("--grep", help="words in the body, matched as a phrase (case-insensitive)")
-    parser.add_argument("--attr", action="append", default=[], help="key=value on record or resource attributes (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--attr", action="append", default=[],
+        help="key=value on record or resource attributes, or a number comparison: "
+        "'duration_ms>=500' (> >= < <=) (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 

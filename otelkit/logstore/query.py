@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Literal
 from otelkit.collector.runtime.types import parse_duration
 
 Order = Literal["newest", "oldest"]
+Comparison = Literal[">", ">=", "<", "<="]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -75,6 +77,8 @@ class LogQuery:
     trace_id: bytes | None = None
     grep: str | None = None
     attributes: tuple[tuple[str, str], ...] = ()
+    # Numeric comparisons on record or resource attributes: (key, operator, number).
+    comparisons: tuple[tuple[str, Comparison, float], ...] = ()
     limit: int = DEFAULT_LIMIT
     order: Order = "newest"
     after: Cursor | None = None
@@ -253,11 +257,31 @@ def parse_trace_id(text: str, field: str = "trace_id") -> bytes:
     return bytes.fromhex(value)
 
 
-def parse_attribute(text: str, field: str = "attr") -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise QueryError(field, f"{text[:80]!r} is not key=value")
-    return key.strip(), value
+_ATTRIBUTE_OPERATOR = re.compile(r"[=<>]")
+
+
+def parse_attribute(text: str, field: str = "attr") -> tuple[str, str, str | float]:
+    """``key=value`` (text equality), or ``key>N``, ``key>=N``, ``key<N``, ``key<=N`` (a
+    numeric comparison, true only where the attribute is a number):
+    ``duration_ms>=500``. The key ends at the first ``=``, ``<`` or ``>``."""
+    match = _ATTRIBUTE_OPERATOR.search(text)
+    key = text[: match.start()].strip() if match else ""
+    if match is None or not key:
+        raise QueryError(
+            field, f"{text[:80]!r} is not key=value or a comparison such as duration_ms>=500"
+        )
+    operator, value = match.group(), text[match.end() :]
+    if operator == "=":
+        return key, "=", value
+    if value.startswith("="):
+        operator, value = operator + "=", value[1:]
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise QueryError(field, f"{value[:80]!r} is not a number to compare {key} with")
+    return key, operator, number
 
 
 def parse_limit(text: str | int, field: str = "limit", maximum: int = MAX_LIMIT) -> int:
@@ -311,6 +335,7 @@ def build_query(
     if grep is not None and len(_WORD.findall(grep)) > MAX_GREP_WORDS:
         raise QueryError("grep", f"more than {MAX_GREP_WORDS} words")
     trace = parse_trace_id(trace_id) if trace_id else None
+    parsed = [parse_attribute(a) for a in attributes]
     if order not in (None, "newest", "oldest"):
         raise QueryError("order", f"{order!r} is not newest or oldest")
     resolved: Order = order or ("oldest" if trace else "newest")  # type: ignore[assignment]
@@ -321,7 +346,12 @@ def build_query(
         end_ns=end_ns,
         trace_id=trace,
         grep=grep if grep else None,
-        attributes=tuple(parse_attribute(a) for a in attributes),
+        attributes=tuple((key, str(value)) for key, op, value in parsed if op == "="),
+        comparisons=tuple(
+            (key, op, float(value))  # type: ignore[misc]
+            for key, op, value in parsed
+            if op != "="
+        ),
         limit=parse_limit(limit, maximum=max_limit),
         order=resolved,
         after=Cursor.decode(cursor) if cursor else None,

@@ -30,6 +30,9 @@ class Dialect:
     # Attribute equality on record or resource attributes; four parameters:
     # key, value, key, value.
     attribute: str
+    # A numeric comparison ({op}: one of COMPARISON_OPERATORS) on record or resource
+    # attributes; parameters from comparison_params.
+    comparison: str = ""
     # Records of one trace; parameters from trace_params.
     trace: str = "trace_id = {p}"
 
@@ -39,6 +42,13 @@ class Dialect:
 
     def trace_params(self, trace_id: bytes) -> list[object]:
         return [trace_id]
+
+    def comparison_params(self, key: str, number: float) -> list[object]:
+        return [key, number, key, number]
+
+
+# The only operator texts ever joined into a statement.
+COMPARISON_OPERATORS = {">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
 class SqliteDialect(Dialect):
@@ -52,8 +62,17 @@ class SqliteDialect(Dialect):
         return [f'"{trace_id.hex()}"', trace_id]
 
 
+_SQLITE_NUMBER = (
+    "EXISTS (SELECT 1 FROM json_each(logs.{column}) WHERE key = {p}"
+    " AND type IN ('integer', 'real') AND value {op} {p})"
+)
 SQLITE = SqliteDialect(
     placeholder="?",
+    comparison="("
+    + _SQLITE_NUMBER.replace("{column}", "attributes")
+    + " OR "
+    + _SQLITE_NUMBER.replace("{column}", "resource_attributes")
+    + ")",
     fulltext="id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH {p})",
     trace="id IN (SELECT rowid FROM logs_trace_fts WHERE logs_trace_fts MATCH {p}) AND trace_id = {p}",
     substring="instr(body, {p}) > 0",
@@ -69,8 +88,25 @@ SQLITE = SqliteDialect(
 )
 
 POSTGRES_TSVECTOR = "to_tsvector('simple', left(body, 100000))"
-POSTGRES = Dialect(
+# jsonb_typeof guards the cast: only JSON numbers are compared, text never fails the query.
+_POSTGRES_NUMBER = (
+    "CASE WHEN jsonb_typeof({column} -> {p}) = 'number'"
+    " THEN ({column} ->> {p})::float8 {op} {p} ELSE false END"
+)
+
+
+class PostgresDialect(Dialect):
+    def comparison_params(self, key: str, number: float) -> list[object]:
+        return [key, key, number, key, key, number]
+
+
+POSTGRES = PostgresDialect(
     placeholder="%s",
+    comparison="("
+    + _POSTGRES_NUMBER.replace("{column}", "attributes")
+    + " OR "
+    + _POSTGRES_NUMBER.replace("{column}", "resource_attributes")
+    + ")",
     fulltext=POSTGRES_TSVECTOR + " @@ phraseto_tsquery('simple', {p})",
     substring="strpos(body, {p}) > 0",
     attribute="(attributes ->> {p} = {p} OR resource_attributes ->> {p} = {p})",
@@ -107,6 +143,9 @@ def select_statement(query: LogQuery, dialect: Dialect) -> tuple[str, list[Any]]
     for key, value in query.attributes:
         where.append(dialect.attribute.format(p=p))
         params.extend((key, value, key, value))
+    for key, operator, number in query.comparisons:
+        where.append(dialect.comparison.format(p=p, op=COMPARISON_OPERATORS[operator]))
+        params.extend(dialect.comparison_params(key, number))
     if query.min_id is not None:
         where.append(f"id > {p}")
         params.append(query.min_id)

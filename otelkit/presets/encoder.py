@@ -1,10 +1,11 @@
-"""A lean OTLP span encoder: ``ExportTraceServiceRequest`` wire bytes straight from SDK spans.
+"""Lean OTLP encoders: ``ExportTraceServiceRequest`` and ``ExportLogsServiceRequest`` wire
+bytes straight from SDK spans and log records.
 
-The stock exporter builds a protobuf object per span, attribute and value, then
-serializes it (about 27 us per span, on a thread that holds the GIL). This writes the
-same wire format directly, with the resource and scope encoded once per object and
-repeated ``key=value`` attributes (method, route, status, host) served from a cache.
-The result parses to a message equal to the stock encoder's (see the tests).
+The stock exporters build a protobuf object per span or record, attribute and value, then
+serialize it (about 27 us per span, on a thread that holds the GIL). These write the same
+wire format directly, with the resource and scope encoded once per object and repeated
+``key=value`` attributes (method, route, status, host) served from a cache. The result
+parses to a message equal to the stock encoder's (see the tests).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def _key_value(key: str, value: Any) -> bytes:
     return _field(1, key.encode("utf-8")) + _field(2, _any_value(value))
 
 
-class SpanEncoder:
-    """Encodes batches of SDK spans; keeps per-exporter caches (one exporter thread)."""
+class _Encoder:
+    """Resources, scopes and attributes, with per-exporter caches (one exporter thread)."""
 
     def __init__(self) -> None:
         # Encoded ``key=value`` fields, per field number (the same pair is field 1 of a
@@ -87,7 +88,6 @@ class SpanEncoder:
         self._attributes: dict[int, dict[type, dict[tuple[str, Any], bytes]]] = {}
         self._resources: dict[int, tuple[Any, bytes, bytes]] = {}
         self._scopes: dict[int, tuple[Any, bytes, bytes]] = {}
-        self._names: dict[str, bytes] = {}
 
     def _attribute_fields(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
@@ -139,14 +139,16 @@ class SpanEncoder:
             self._scopes[id(scope)] = cached
         return cached[1], cached[2]
 
-    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
-        """``ExportTraceServiceRequest`` bytes, grouped by resource then scope."""
+    def encode(self, items: Sequence[Any]) -> bytes:
+        raise NotImplementedError
+
+    def _request(self, items: Iterable[tuple[Any, Any, bytes]]) -> bytes:
+        """``Export*ServiceRequest`` bytes from (resource, scope, encoded item), grouped by
+        resource then scope (the item is field 2 of its scope's message)."""
         groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
-        for span in spans:
-            resource = span.resource
-            scope = span.instrumentation_scope
+        for resource, scope, encoded_item in items:
             by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-            by_scope.setdefault(id(scope), (scope, []))[1].append(_field(2, self._span(span)))
+            by_scope.setdefault(id(scope), (scope, []))[1].append(_field(2, encoded_item))
         out = []
         for resource, by_scope in groups.values():
             resource_body, resource_schema = self._resource(resource)
@@ -156,6 +158,20 @@ class SpanEncoder:
                 scope_spans.append(_field(2, scope_body + b"".join(encoded) + scope_schema))
             out.append(_field(1, resource_body + b"".join(scope_spans) + resource_schema))
         return b"".join(out)
+
+
+class SpanEncoder(_Encoder):
+    """Encodes batches of SDK spans."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: dict[str, bytes] = {}
+
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """``ExportTraceServiceRequest`` bytes, grouped by resource then scope."""
+        return self._request(
+            (span.resource, span.instrumentation_scope, self._span(span)) for span in spans
+        )
 
     def _span(self, span: ReadableSpan) -> bytes:
         # The SDK's public properties copy (attributes into a MappingProxyType, events and
@@ -231,6 +247,52 @@ class SpanEncoder:
         if link.dropped_attributes:
             body += b"\x28" + _varint(link.dropped_attributes)
         return body + b"\x35" + _FIXED32(_flags(context))
+
+
+class LogEncoder(_Encoder):
+    """Encodes batches of SDK log records (``ReadableLogRecord``)."""
+
+    def encode(self, records: Sequence[Any]) -> bytes:
+        """``ExportLogsServiceRequest`` bytes, grouped by resource then scope."""
+        return self._request(
+            (record.resource, record.instrumentation_scope, self._record(record))
+            for record in records
+        )
+
+    def _record(self, readable: Any) -> bytes:
+        record = readable.log_record
+        parts = []
+        if record.timestamp:
+            parts.append(b"\x09" + _FIXED64(record.timestamp))
+        severity = getattr(record.severity_number, "value", None)
+        if severity:
+            parts.append(b"\x10" + _varint(severity))
+        if record.severity_text:
+            parts.append(_field(3, record.severity_text.encode("utf-8")))
+        parts.append(_field(5, _body(record.body)))
+        parts.append(self._attribute_fields(6, record.attributes))
+        dropped = readable.dropped_attributes
+        if dropped:
+            parts.append(b"\x38" + _varint(dropped))
+        flags = int(record.trace_flags or 0)
+        if flags:
+            parts.append(b"\x45" + _FIXED32(flags))
+        if record.trace_id:
+            parts.append(b"\x4a\x10" + record.trace_id.to_bytes(16, "big"))
+        if record.span_id:
+            parts.append(b"\x52\x08" + record.span_id.to_bytes(8, "big"))
+        if record.observed_timestamp:
+            parts.append(b"\x59" + _FIXED64(record.observed_timestamp))
+        if record.event_name:
+            parts.append(_field(12, record.event_name.encode("utf-8")))
+        return b"".join(parts)
+
+
+def _body(value: Any) -> bytes:
+    try:
+        return _any_value(value)
+    except TypeError:  # keep the record: its text instead of a value OTLP has no type for
+        return _any_value(str(value))
 
 
 def _status(status: Any) -> bytes:
@@ -332,95 +394,120 @@ class _SpanFields:
         return fields
 
 
-_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_TRACES_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 
-def lean_grpc_span_exporter(**options: Any) -> Any:
-    """The stock OTLP/gRPC span exporter (endpoint, TLS, headers, compression, retries)
-    sending bytes from :class:`SpanEncoder` instead of protobuf objects."""
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+def _lean_grpc(stock: type, encoder: type[_Encoder], method: str, **options: Any) -> Any:
+    """The stock OTLP/gRPC exporter (endpoint, TLS, headers, compression, retries)
+    sending bytes from ``encoder`` instead of protobuf objects."""
 
-    class LeanOTLPSpanExporter(OTLPSpanExporter):
+    class LeanGrpcExporter(stock):  # type: ignore[misc]
         def __init__(self, **kwargs: Any) -> None:
-            self._encoder = SpanEncoder()
+            self._encoder = encoder()
             super().__init__(**kwargs)
 
         def _initialize_channel_and_stub(self) -> None:
-            super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+            super()._initialize_channel_and_stub()
             channel = self._channel
             assert channel is not None
 
             class BytesStub:
-                Export = channel.unary_unary(_EXPORT_METHOD)
+                Export = channel.unary_unary(method)
 
             self._client = BytesStub()
 
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
+        def _translate_data(self, data: Sequence[Any]) -> bytes:
             encoded: bytes = self._encoder.encode(data)
             return encoded
 
-    return LeanOTLPSpanExporter(**options)
+    return LeanGrpcExporter(**options)
+
+
+def lean_grpc_span_exporter(**options: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return _lean_grpc(OTLPSpanExporter, SpanEncoder, _TRACES_METHOD, **options)
+
+
+def lean_grpc_log_exporter(**options: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+    return _lean_grpc(OTLPLogExporter, LogEncoder, _LOGS_METHOD, **options)
 
 
 _HTTP_EXPORTER_FIELDS = ("_shutdown", "_metrics", "_client", "_max_request_size")
 
 
-def lean_http_span_exporter(**options: Any) -> Any:
-    """The stock OTLP/HTTP (protobuf) span exporter (endpoint, TLS, headers, compression,
-    retries, size limit, its own metrics) posting bytes from :class:`SpanEncoder`.
+def _lean_http(stock: type, encoder: type[_Encoder], result: Any, what: str, **options: Any) -> Any:
+    """The stock OTLP/HTTP (protobuf) exporter (endpoint, TLS, headers, compression,
+    retries, size limit, its own metrics) posting bytes from ``encoder``.
 
     The stock ``export`` encodes through a module function, so the lean one repeats its
     steps with the encoder swapped; should a later release keep its state elsewhere, the
     stock exporter is used unchanged.
     """
     from opentelemetry.exporter.otlp.proto.http import _common
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SpanExportResult
     from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
-    class LeanOTLPHttpSpanExporter(OTLPSpanExporter):
+    class LeanHttpExporter(stock):  # type: ignore[misc]
         def __init__(self, **kwargs: Any) -> None:
-            self._encoder = SpanEncoder()
+            self._encoder = encoder()
             super().__init__(**kwargs)
 
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        def export(self, batch: Sequence[Any]) -> Any:
             if self._shutdown:
                 _logger.warning("Exporter already shutdown, ignoring batch")
-                return SpanExportResult.FAILURE
-            with self._metrics.export_operation(len(spans)) as result:
+                return result.FAILURE
+            with self._metrics.export_operation(len(batch)) as outcome:
                 try:
-                    data = self._encoder.encode(spans)
+                    data = self._encoder.encode(batch)
                 except Exception as error:  # as the stock exporter: fail the batch
-                    _logger.error("Failed to encode span batch: %s", error)
-                    result.error = error
-                    return SpanExportResult.FAILURE
+                    _logger.error("Failed to encode %s batch: %s", what, error)
+                    outcome.error = error
+                    return result.FAILURE
                 if _common._is_request_too_large(data, self._max_request_size):
                     _logger.warning(
-                        "Dropping span batch: serialized size %d bytes exceeds "
+                        "Dropping %s batch: serialized size %d bytes exceeds "
                         "max_request_size %d bytes.",
+                        what,
                         len(data),
                         self._max_request_size,
                     )
-                    result.error = _common.RequestPayloadTooLargeError(
-                        f"Serialized span request size {len(data)} bytes exceeds "
+                    outcome.error = _common.RequestPayloadTooLargeError(
+                        f"Serialized {what} request size {len(data)} bytes exceeds "
                         f"max_request_size {self._max_request_size} bytes."
                     )
-                    return SpanExportResult.FAILURE
+                    return result.FAILURE
                 sent = self._client.export(data)
                 if not sent.success:
-                    result.error = sent.error
-                    result.error_attrs = (
+                    outcome.error = sent.error
+                    outcome.error_attrs = (
                         {HTTP_RESPONSE_STATUS_CODE: sent.status_code}
                         if sent.status_code is not None
                         else None
                     )
-                    return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS
+                    return result.FAILURE
+            return result.SUCCESS
 
-    exporter = LeanOTLPHttpSpanExporter(**options)
+    exporter = LeanHttpExporter(**options)
     if all(hasattr(exporter, name) for name in _HTTP_EXPORTER_FIELDS) and hasattr(
         _common, "_is_request_too_large"
     ):
         return exporter
     _logger.debug("this OTLP/HTTP exporter is not the one the lean export knows; using it as is")
-    return OTLPSpanExporter(**options)
+    return stock(**options)
+
+
+def lean_http_span_exporter(**options: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    return _lean_http(OTLPSpanExporter, SpanEncoder, SpanExportResult, "span", **options)
+
+
+def lean_http_log_exporter(**options: Any) -> Any:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+    return _lean_http(OTLPLogExporter, LogEncoder, LogRecordExportResult, "logs", **options)

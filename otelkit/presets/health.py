@@ -248,7 +248,7 @@ def health_router(
     for path, handler in handlers:
         router.add_api_route(path, handler, methods=["GET"], include_in_schema=False)
     router.registry = registry  # type: ignore[attr-defined]
-    from otelkit.presets.instrument import quiet_access_log
+    from otelkit.presets import access
 
-    quiet_access_log(path for path, _ in handlers)
+    access.quiet(path for path, _ in handlers)
     return router

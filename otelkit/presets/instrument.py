@@ -16,12 +16,11 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from otelkit.presets import pipeline
+from otelkit.presets import access, pipeline
 from otelkit.presets.context import current_request_id
 from otelkit.presets.logs import (
-    QuietPaths,
+    add_export_handler,
     install_record_factory,
-    not_from_export_threads,
     note_logged_exceptions,
 )
 from otelkit.presets.requestid import BAGGAGE_KEY, DEFAULT_HEADER, RequestIdMiddleware
@@ -46,7 +45,6 @@ SENSITIVE_HEADERS = (
     ".*password.*",
 )
 _MARK = "_otelkit_instrumented"
-_quiet_paths: set[str] = set()
 _instrumented_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -56,18 +54,6 @@ def excluded_urls_pattern(paths: Iterable[str], extra: str | None = None) -> str
     if extra:
         patterns.extend(item.strip() for item in extra.split(",") if item.strip())
     return ",".join(patterns)
-
-
-def _quiet(path: str) -> bool:
-    return path in _quiet_paths
-
-
-def quiet_access_log(paths: Iterable[str]) -> None:
-    """Health probes stay out of uvicorn's INFO access log."""
-    _quiet_paths.update(paths)
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(existing, QuietPaths) for existing in access.filters):
-        access.addFilter(QuietPaths(_quiet))
 
 
 def native_telemetry_available(app: Any) -> bool:
@@ -119,14 +105,14 @@ def instrument_fastapi(
             capture_response_headers,
             upstream,
         )
-    quiet_access_log(paths)
+    access.quiet(paths)
     setattr(app, _MARK, True)
     return app
 
 
 def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
     """No per-operation spans (dependencies, endpoint, serialization), health probes
-    untraced. FastAPI's validation-failure log records stay on; its exception records give
+    untraced, request metrics only with ``OTELKIT_HTTP_SERVER_METRICS=true``. FastAPI's validation-failure log records stay on; its exception records give
     way to the request-ID middleware's, which carry the request ID."""
     excluded = frozenset(paths)
     previous = app._telemetry.get("exclude")
@@ -134,7 +120,14 @@ def _configure_native(app: Any, paths: tuple[str, ...]) -> None:
     def exclude(scope: Any) -> bool:
         return scope.get("path") in excluded or bool(previous and previous(scope))
 
-    app._telemetry.update(operation_spans=False, exclude=exclude)
+    current = pipeline.current()
+    metrics = current is not None and current.settings.http_server_metrics
+    app._telemetry.update(operation_spans=False, exclude=exclude, metrics=metrics)
+
+
+# instrument_fastapi keyword arguments otelkit's middleware takes; any other (client
+# request/response hooks, a meter provider, receive/send spans) means the package's own.
+_OWN_MIDDLEWARE_OPTIONS = frozenset({"server_request_hook", "tracer_provider"})
 
 
 def _instrument_contrib(
@@ -145,14 +138,35 @@ def _instrument_contrib(
     capture_response_headers: list[str] | None,
     upstream: dict[str, Any],
 ) -> None:
+    """otelkit's server-span middleware (the instrumentation package's spans, no per-request
+    metrics), or the instrumentation package itself when ``http.server.*`` metrics are
+    asked for (``OTELKIT_HTTP_SERVER_METRICS=true``) or an option only it has is given."""
     import os
 
+    excluded = excluded_urls_pattern(
+        paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
+    )
+    if getattr(app, "_is_instrumented_by_opentelemetry", False):
+        _logger.debug("this FastAPI app is already traced by the instrumentation package")
+        return
+    current = pipeline.current()
+    server_metrics = current is not None and current.settings.http_server_metrics
+    if not server_metrics and set(upstream) <= _OWN_MIDDLEWARE_OPTIONS:
+        from otelkit.presets.asgi import instrument_app
+
+        instrument_app(
+            app,
+            excluded_urls=excluded,
+            capture_request_headers=capture_request_headers,
+            capture_response_headers=capture_response_headers,
+            sanitize_fields=list(SENSITIVE_HEADERS),
+            **upstream,
+        )
+        return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     options: dict[str, Any] = {
-        "excluded_urls": excluded_urls_pattern(
-            paths, excluded_urls or os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS")
-        ),
+        "excluded_urls": excluded,
         "exclude_spans": ["receive", "send"],
         "http_capture_headers_server_request": capture_request_headers,
         "http_capture_headers_server_response": capture_response_headers,
@@ -187,7 +201,8 @@ def _already_traced(engine: Any) -> bool:
 def instrument_sqlalchemy(engine: Any = None, *, enable_commenter: bool = False) -> None:
     """Trace one engine (sync or async), or with no engine every engine created later.
 
-    Engines get the upstream ``EngineTracer`` directly. For "every engine" otelkit wraps
+    Engines get otelkit's lean subclass of the upstream ``EngineTracer`` (same spans and
+    connection metric, see :mod:`otelkit.presets.dbtrace`). For "every engine" otelkit wraps
     ``create_engine``/``create_async_engine`` itself rather than calling the upstream
     ``instrument()``, which needs greenlet on SQLAlchemy 2.1, is pinned below 2.1, and
     adds a ``connect`` span to every checkout.
@@ -234,18 +249,9 @@ def _trace_new_engines(enable_commenter: bool) -> None:
 
 
 def _engine_tracer(engine: Any, enable_commenter: bool) -> None:
-    from opentelemetry import metrics, trace
-    from opentelemetry.instrumentation.sqlalchemy import __name__ as scope_name
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-    from opentelemetry.instrumentation.sqlalchemy.version import __version__
+    from otelkit.presets.dbtrace import trace_engine
 
-    tracer = trace.get_tracer(scope_name, __version__)
-    connections = metrics.get_meter(scope_name, __version__).create_up_down_counter(
-        name="db.client.connections.usage",
-        unit="connections",
-        description="The number of connections that are currently in state described by the state attribute.",
-    )
-    EngineTracer(tracer, engine, connections, enable_commenter, {}, False)  # type: ignore[no-untyped-call]
+    trace_engine(engine, enable_commenter)
 
 
 def _add_request_id(request: Any) -> None:
@@ -292,31 +298,37 @@ def instrument_httpx(client: Any = None) -> None:
     HTTPXClientInstrumentor.instrument_client(client, request_hook=hook)
 
 
-def _otel_handlers() -> list[logging.Handler]:
+def _foreign_otel_handlers() -> list[logging.Handler]:
+    """OpenTelemetry ``LoggingHandler``s the application attached itself."""
     return [h for h in logging.getLogger().handlers if type(h).__name__ == "LoggingHandler"]
 
 
-def logging_options() -> dict[str, Any]:
-    """One exporting handler: the logging instrumentation's, unless one is already there."""
-    current = pipeline.current()
-    exporting = current is not None and current.settings.logs_exporter != "none"
-    return {"enable_log_auto_instrumentation": exporting and not _otel_handlers()}
-
-
 def instrument_logging() -> None:
-    """Export log records over OTLP with their trace context; add request context."""
-    pipeline.configure()
+    """Export log records over OTLP with their trace context; add request context.
+
+    The logging instrumentation runs (its record factory and its options, such as
+    ``OTEL_PYTHON_LOG_CORRELATION``) without its handler: otelkit's handler exports the
+    same records from the reading of each record that the stdout line was written from.
+    With a ``LoggingHandler`` already on the root logger, that one exports alone.
+    """
+    current = pipeline.configure()
     from opentelemetry.instrumentation.logging import LoggingInstrumentor
 
     instrumentor = LoggingInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(**logging_options())
-        handler = LoggingInstrumentor._logging_handler
-        if handler is not None:
-            handler.addFilter(not_from_export_threads)
-    for exporting in _otel_handlers():
-        if note_logged_exceptions not in exporting.filters:
-            exporting.addFilter(note_logged_exceptions)
+        instrumentor.instrument(enable_log_auto_instrumentation=False)
+    exporting = (
+        current is not None
+        and current.logger_provider is not None
+        and current.settings.logs_exporter != "none"
+    )
+    foreign = _foreign_otel_handlers()
+    for handler in foreign:
+        if note_logged_exceptions not in handler.filters:
+            handler.addFilter(note_logged_exceptions)
+    if exporting and not foreign:
+        assert current is not None
+        add_export_handler(current.logger_provider, current.settings)
     install_record_factory()
 
 

@@ -1,29 +1,54 @@
-"""Logs: request/user context on records, a JSON formatter for production stdout and a
-human one for development.
+"""Logs: request/user context on records, one stdout line (JSON or text) and one OTLP log
+record per log call.
 
-Trace and span IDs are read from the active span when the record is formatted (stdout
-handlers format in the caller's context); OTLP-exported records carry the trace context
-natively, so only ``request_id`` and ``enduser.*`` are added to the record itself.
+A record is read once (:func:`entry_of`: message, attributes, exception text) and that
+reading is shared by the stdout handler and the OTLP handler, so neither walks the
+record's attributes or formats its traceback again. Trace and span IDs are read from the
+active span when the record is handled (handlers run in the caller's context); exported
+records carry the trace context natively.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import time
+import traceback
+import weakref
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TextIO
 
+import orjson
 from opentelemetry import trace
+from opentelemetry._logs import LogRecord as ApiLogRecord
+from opentelemetry.context import get_current
+from opentelemetry.instrumentation.log_utils import std_to_otel
 
 from otelkit.presets.context import current_request
-from otelkit.presets.settings import Settings
+from otelkit.presets.settings import AccessLog, Settings
 
-_HANDLER_MARK = "_otelkit_stdout"
+ACCESS_LOGGER_NAME = "otelkit.access"
 _FACTORY_MARK = "_otelkit_factory"
 _factory_installed = [False]
+# What every LogRecord has; everything else on a record is an attribute (``extra=...``,
+# the request context, the logging instrumentation's correlation fields).
+_STANDARD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_CORRELATION_FIELDS = frozenset(
+    {"otelSpanID", "otelTraceID", "otelTraceSampled", "otelServiceName"}
+)
+# Attributes a stdout line shows under its own name, or not at all.
+_NOT_IN_LINE = frozenset(
+    {"request_id", "enduser.id", "exception.type", "exception.message", "exception.stacktrace"}
+    | _CORRELATION_FIELDS
+)
+_EVENT_NAME_KEYS = ("otel.event.name", "event.name")
 
 
 def install_record_factory() -> None:
@@ -46,6 +71,54 @@ def install_record_factory() -> None:
     logging.setLogRecordFactory(factory)
 
 
+@dataclass(slots=True)
+class Entry:
+    """What one log call says, read once: the formatted message, the attributes (extras,
+    request context and ``exception.*``), the event name and the traceback text."""
+
+    message: str
+    attributes: dict[str, Any]
+    event_name: str | None
+    exception_text: str | None
+
+
+_entries: weakref.WeakKeyDictionary[logging.LogRecord, Entry] = weakref.WeakKeyDictionary()
+
+
+def entry_of(record: logging.LogRecord) -> Entry:
+    """The record's :class:`Entry`, computed by the first handler that needs it."""
+    entry = _entries.get(record)
+    if entry is None:
+        entry = _read(record)
+        with contextlib.suppress(TypeError):  # a record type that takes no weak references
+            _entries[record] = entry
+    return entry
+
+
+def _read(record: logging.LogRecord) -> Entry:
+    attributes = {k: v for k, v in vars(record).items() if k not in _STANDARD_FIELDS}
+    event_name = None
+    for key in _EVENT_NAME_KEYS:  # the stable name first, then the deprecated one
+        value = attributes.pop(key, None)
+        event_name = event_name or value
+    exception_text = None
+    if record.exc_info:
+        exc_type, value, tb = record.exc_info
+        if exc_type is not None:
+            attributes["exception.type"] = exc_type.__name__
+        if value is not None and value.args:
+            attributes["exception.message"] = str(value.args[0])
+        stacktrace = "".join(traceback.format_exception(*record.exc_info))
+        if tb is not None:
+            attributes["exception.stacktrace"] = stacktrace
+        exception_text = stacktrace.rstrip("\n")
+        if not record.exc_text:
+            record.exc_text = exception_text  # what logging.Formatter would write: reused
+    elif record.exc_text:
+        exception_text = record.exc_text
+    return Entry(record.getMessage(), attributes, event_name, exception_text)
+
+
 def _trace_ids(record: logging.LogRecord) -> tuple[str | None, str | None]:
     span_context = trace.get_current_span().get_span_context()
     if span_context.is_valid:
@@ -53,9 +126,18 @@ def _trace_ids(record: logging.LogRecord) -> tuple[str | None, str | None]:
     return getattr(record, "otelTraceID", None), getattr(record, "otelSpanID", None)
 
 
+def _dumps(line: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except TypeError:  # an integer beyond 64 bits, a key that is not a string
+        import json
+
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, trace/span/request IDs,
-    service, user and exception text."""
+    user, service, environment, the record's other attributes, and exception text."""
 
     def __init__(self, service: str | None = None, environment: str | None = None) -> None:
         super().__init__()
@@ -63,62 +145,85 @@ class JsonFormatter(logging.Formatter):
         self.environment = environment
 
     def format(self, record: logging.LogRecord) -> str:
+        entry = entry_of(record)
+        attributes = entry.attributes
         trace_id, span_id = _trace_ids(record)
-        entry: dict[str, Any] = {
+        line: dict[str, Any] = {
             "time": _iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": entry.message,
         }
-        optional = {
-            "trace_id": trace_id,
-            "span_id": span_id,
-            "request_id": getattr(record, "request_id", None),
-            "user_id": getattr(record, "enduser.id", None),
-            "service": self.service,
-            "environment": self.environment,
-        }
-        entry.update({key: value for key, value in optional.items() if value is not None})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-            if record.exc_info[0] is not None:
-                entry["exception_type"] = record.exc_info[0].__name__
-        elif record.exc_text:
-            entry["exception"] = record.exc_text
+        optional = (
+            ("trace_id", trace_id),
+            ("span_id", span_id),
+            ("request_id", attributes.get("request_id")),
+            ("user_id", attributes.get("enduser.id")),
+            ("service", self.service),
+            ("environment", self.environment),
+        )
+        for key, value in optional:
+            if value is not None:
+                line[key] = value
+        for key, value in attributes.items():
+            if key not in _NOT_IN_LINE and key not in line:
+                line[key] = value
+        if entry.exception_text is not None:
+            line["exception"] = entry.exception_text
+            if record.exc_info and record.exc_info[0] is not None:
+                line["exception_type"] = record.exc_info[0].__name__
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+            line["stack"] = self.formatStack(record.stack_info)
+        return _dumps(line)
+
+
+# The access record's message already says these; a text line does not repeat them.
+_IN_ACCESS_MESSAGE = frozenset(
+    {"http.request.method", "url.path", "http.response.status_code", "duration_ms"}
+)
 
 
 class HumanFormatter(logging.Formatter):
-    """``12:00:00.123 INFO  app.items [req=ab12 trace=4bf9..] message`` for a terminal."""
+    """``12:00:00.123 INFO  app.items [req=ab12 trace=4bf9..] message key=value`` for a
+    terminal."""
 
     def __init__(self) -> None:
         super().__init__()
 
     def format(self, record: logging.LogRecord) -> str:
+        entry = entry_of(record)
         trace_id, _ = _trace_ids(record)
         tags = []
-        request_id = getattr(record, "request_id", None)
+        request_id = entry.attributes.get("request_id")
         if request_id:
             tags.append(f"req={request_id}")
         if trace_id:
             tags.append(f"trace={trace_id}")
         clock = time.strftime("%H:%M:%S", time.localtime(record.created))
-        prefix = f"{clock}.{int(record.msecs):03d} {record.levelname:<7} {record.name}"
-        text = (
-            f"{prefix} [{' '.join(tags)}] {record.getMessage()}"
-            if tags
-            else f"{prefix} {record.getMessage()}"
-        )
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+        text = f"{clock}.{int(record.msecs):03d} {record.levelname:<7} {record.name}"
+        if tags:
+            text += f" [{' '.join(tags)}]"
+        text += f" {entry.message}"
+        hidden = _IN_ACCESS_MESSAGE if record.name == ACCESS_LOGGER_NAME else ()
+        for key, value in entry.attributes.items():
+            if key not in _NOT_IN_LINE and key not in hidden:
+                text += f" {key}={value}"
+        if entry.exception_text is not None:
+            text += "\n" + entry.exception_text
         return text
 
 
+_seconds_text: list[tuple[int, str]] = [(-1, "")]
+
+
 def _iso_time(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    """RFC 3339 in UTC with milliseconds; the seconds text is made once per second."""
+    whole = int(created)
+    cached = _seconds_text[0]
+    if cached[0] != whole:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _seconds_text[0] = cached
+    return f"{cached[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 # Chatty at DEBUG (wire-level traces, exporter internals): kept at WARNING unless the user
@@ -178,6 +283,95 @@ def drop_repeated_server_tracebacks() -> None:
             server.addFilter(not_logged_already)
 
 
+def _access_filter(records_wanted: bool) -> Callable[[logging.LogRecord], bool] | None:
+    """A handler filter that keeps access records out, or None when they are wanted."""
+    if records_wanted:
+        return None
+
+    def no_access_records(record: logging.LogRecord) -> bool:
+        return record.name != ACCESS_LOGGER_NAME
+
+    return no_access_records
+
+
+class StdoutHandler(logging.StreamHandler[TextIO]):
+    """otelkit's console handler: one JSON or text line per record."""
+
+    def __init__(self, formatter: logging.Formatter, access_log: AccessLog) -> None:
+        super().__init__(sys.stdout)
+        self.setFormatter(formatter)
+        self.addFilter(note_logged_exceptions)
+        skip_access = _access_filter(access_log in ("stdout", "both"))
+        if skip_access is not None:
+            self.addFilter(skip_access)
+
+
+class OtlpHandler(logging.Handler):
+    """Hands each record to the SDK's logger provider, so the OTLP exporter sends it: the
+    same log record the logging instrumentation's handler would make (body, severity,
+    trace context, attributes, ``exception.*``), from the :class:`Entry` the stdout line
+    was written from."""
+
+    _emitting: ContextVar[bool] = ContextVar("otelkit_log_export", default=False)
+
+    def __init__(self, provider: Any, access_log: AccessLog, code_attributes: bool) -> None:
+        super().__init__()
+        self._provider = provider
+        self._loggers: dict[str, Any] = {}
+        self._code_attributes = code_attributes
+        self.addFilter(not_from_export_threads)
+        self.addFilter(note_logged_exceptions)
+        skip_access = _access_filter(access_log in ("otlp", "both"))
+        if skip_access is not None:
+            self.addFilter(skip_access)
+
+    def _logger(self, name: str) -> Any:
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = self._provider.get_logger(name)
+        return logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._emitting.get():  # the SDK logging about this record: not exported again
+            return
+        token = self._emitting.set(True)
+        try:
+            self._logger(record.name).emit(self._translate(record))
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        finally:
+            self._emitting.reset(token)
+
+    def _translate(self, record: logging.LogRecord) -> Any:
+        entry = entry_of(record)
+        attributes = entry.attributes
+        if self._code_attributes:
+            attributes = {
+                **attributes,
+                "code.file.path": record.pathname,
+                "code.function.name": record.funcName,
+                "code.line.number": record.lineno,
+            }
+        return ApiLogRecord(
+            timestamp=int(record.created * 1e9),
+            observed_timestamp=time.time_ns(),
+            context=get_current() or None,
+            severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
+            severity_number=std_to_otel(record.levelno),
+            body=entry.message,
+            attributes=attributes,
+            event_name=entry.event_name,
+        )
+
+    def flush(self) -> None:
+        """The providers are flushed by otelkit's shutdown, on its own bounded thread."""
+
+
+_SEVERITY_TEXT = {"WARNING": "WARN", "CRITICAL": "FATAL"}
+
+
 def setup_stdout(settings: Settings, service: str | None) -> None:
     """One stdout handler on the root logger and the root level. Not added twice, nor when
     the root logger already has a console handler (``logging.basicConfig`` ran)."""
@@ -189,21 +383,57 @@ def setup_stdout(settings: Settings, service: str | None) -> None:
             noisy.setLevel(logging.WARNING)
     if settings.log_format == "none":
         return
+    drop_server_access_lines()
     if any(
-        getattr(handler, _HANDLER_MARK, False) or type(handler) is logging.StreamHandler
+        isinstance(handler, StdoutHandler) or type(handler) is logging.StreamHandler
         for handler in root.handlers
     ):
         return  # ours is there, or the application already writes to a console
-    handler = logging.StreamHandler(sys.stdout)
     formatter: logging.Formatter = (
         JsonFormatter(service, settings.environment)
         if settings.log_format == "json"
         else HumanFormatter()
     )
-    handler.setFormatter(formatter)
-    handler.addFilter(note_logged_exceptions)
-    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(StdoutHandler(formatter, settings.access_log))
+
+
+def export_handler(root: logging.Logger) -> OtlpHandler | None:
+    return next((h for h in root.handlers if isinstance(h, OtlpHandler)), None)
+
+
+def add_export_handler(provider: Any, settings: Settings) -> OtlpHandler:
+    """The one handler that exports records over OTLP (added once). It stays attached
+    across ``logging.basicConfig``/``dictConfig`` as the logging instrumentation's does."""
+    import os
+
+    root = logging.getLogger()
+    existing = export_handler(root)
+    if existing is not None:
+        return existing
+    code = os.environ.get("OTEL_PYTHON_LOG_CODE_ATTRIBUTES", "").strip().lower() == "true"
+    handler = OtlpHandler(provider, settings.access_log, code)
     root.addHandler(handler)
+    with contextlib.suppress(ImportError, AttributeError):
+        from opentelemetry.instrumentation.logging import handler as upstream
+
+        upstream._overwrite_logging_config_fns(handler)  # type: ignore[arg-type]
+    return handler
+
+
+# uvicorn's and gunicorn's own access lines: otelkit writes one access record per request
+# instead (see otelkit.presets.access), and a plain-text line would break a JSON stream.
+SERVER_ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
+
+
+def no_server_access_lines(record: logging.LogRecord) -> bool:
+    return False
+
+
+def drop_server_access_lines() -> None:
+    for name in SERVER_ACCESS_LOGGERS:
+        server = logging.getLogger(name)
+        if no_server_access_lines not in server.filters:
+            server.addFilter(no_server_access_lines)
 
 
 class QuietPaths(logging.Filter):

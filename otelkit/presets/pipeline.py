@@ -50,6 +50,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import Sampler
 
+from otelkit.presets import access
 from otelkit.presets import context as request_context
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
@@ -130,6 +131,7 @@ def _build(settings: Settings, arguments: dict[str, Any]) -> Pipeline:
         settings, resource, tracer_provider, meter_provider, logger_provider, dict(arguments)
     )
     request_context.allow_pii(settings.capture_pii)
+    access.configure(settings)
     install_record_factory()
     setup_stdout(settings, pipeline.service_name)
     return pipeline
@@ -430,6 +432,12 @@ def log_exporter(settings: Settings) -> LogRecordExporter | None:
     timeout = _timeout(settings, "LOGS")
 
     def create() -> LogRecordExporter:
+        if settings.lean_encoder:
+            from otelkit.presets.encoder import lean_grpc_log_exporter, lean_http_log_exporter
+
+            lean = lean_grpc_log_exporter if settings.protocol == "grpc" else lean_http_log_exporter
+            exporter: LogRecordExporter = lean(endpoint=endpoint, timeout=timeout)
+            return exporter
         if settings.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 

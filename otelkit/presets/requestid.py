@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from opentelemetry import baggage, context, trace
 
+from otelkit.presets import access
 from otelkit.presets.context import enter_request, exit_request
 from otelkit.presets.logs import (
     drop_repeated_server_tracebacks,
@@ -101,10 +103,21 @@ def log_unhandled(scope: Scope, exception: Exception) -> None:
         seen.append(exception)
 
 
+class _Response:
+    """What the access record needs to know about the response sent."""
+
+    __slots__ = ("body_size", "finished_ns", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body_size = 0
+        self.finished_ns = 0
+
+
 class RequestIdMiddleware:
     """Accept, validate or generate the request ID and echo it on the response; log an
-    unhandled exception once, in the request's context; on lifespan shutdown, flush
-    telemetry."""
+    unhandled exception once, in the request's context; write the request's access
+    record; on lifespan shutdown, flush telemetry."""
 
     def __init__(self, app: ASGIApp, header: str = DEFAULT_HEADER) -> None:
         self.app = app
@@ -119,17 +132,26 @@ class RequestIdMiddleware:
                 _flush_before_shutdown_complete(send) if scope["type"] == "lifespan" else send,
             )
             return
+        started_ns = time.perf_counter_ns()
         request_id = _incoming_id(scope, self.header) or new_request_id()
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
         encoded = request_id.encode("latin-1")
         header = self.header
+        response = _Response()
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
+                response.status = message["status"]
                 headers = [*message.get("headers", ()), (header, encoded)]
                 message = {**message, "headers": headers}
+            elif kind == "http.response.body":
+                response.body_size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Before the last body is handed on: the server span ends after it.
+                    response.finished_ns = time.perf_counter_ns()
             await send(message)
 
         request_token = enter_request(request_id)
@@ -145,8 +167,13 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exception:
             log_unhandled(scope, exception)
+            if not response.status:  # the server answers 500; its body size is not seen here
+                response.status, response.body_size = 500, -1
             raise
         finally:
+            if response.status and access.enabled() and not access.is_quiet(scope["path"]):
+                finished = response.finished_ns or time.perf_counter_ns()
+                access.log_access(scope, response.status, response.body_size, finished - started_ns)
             if baggage_token is not None:
                 context.detach(baggage_token)
             exit_request(request_token)

@@ -12,6 +12,9 @@ from typing import Literal
 
 Protocol = Literal["grpc", "http/protobuf"]
 LogFormat = Literal["json", "text", "none"]
+AccessLog = Literal["stdout", "otlp", "both", "off"]
+ACCESS_LOG_CHOICES = ("stdout", "otlp", "both", "off")
+DEFAULT_ACCESS_LOG: AccessLog = "both"
 
 DEVELOPMENT_NAMES = frozenset({"development", "dev", "local", "test"})
 DEFAULT_ENVIRONMENT = "production"
@@ -71,9 +74,11 @@ class Settings:
     shutdown_timeout_s: float
     log_level: str
     log_format: LogFormat
+    access_log: AccessLog
     capture_pii: bool
     sql_sanitize: bool
     exemplars: bool
+    http_server_metrics: bool
     lean_encoder: bool
     disabled: bool
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
@@ -96,6 +101,7 @@ class Settings:
         sample_ratio: float | None = None,
         log_level: str | None = None,
         log_format: str | None = None,
+        access_log: str | None = None,
         capture_pii: bool | None = None,
         resource_attributes: Mapping[str, str] | None = None,
     ) -> Settings:
@@ -143,6 +149,7 @@ class Settings:
                 or ("DEBUG" if development else "INFO")
             ).upper(),
             log_format=_log_format(_first(log_format, env.get("OTELKIT_LOG_FORMAT")), development),
+            access_log=_access_log(_first(access_log, env.get("OTELKIT_ACCESS_LOG"))),
             capture_pii=(
                 capture_pii
                 if capture_pii is not None
@@ -150,6 +157,7 @@ class Settings:
             ),
             sql_sanitize=_bool(env.get("OTELKIT_SQL_SANITIZE"), True),
             exemplars=_bool(env.get("OTELKIT_METRIC_EXEMPLARS"), False),
+            http_server_metrics=_bool(env.get("OTELKIT_HTTP_SERVER_METRICS"), False),
             lean_encoder=_bool(env.get("OTELKIT_LEAN_SPAN_ENCODER"), True),
             disabled=_bool(env.get("OTEL_SDK_DISABLED"), False),
             resource_attributes=dict(resource_attributes or {}),
@@ -173,6 +181,17 @@ def _log_format(value: str | None, development: bool) -> LogFormat:
     if lowered in {"json", "text", "none"}:
         return lowered  # type: ignore[return-value]
     raise ValueError(f"OTELKIT_LOG_FORMAT={value!r} is not supported: use json, text or none")
+
+
+def _access_log(value: str | None) -> AccessLog:
+    if value is None:
+        return DEFAULT_ACCESS_LOG
+    lowered = value.lower()
+    if lowered in ACCESS_LOG_CHOICES:
+        return lowered  # type: ignore[return-value]
+    raise ValueError(
+        f"OTELKIT_ACCESS_LOG={value!r} is not supported: use {', '.join(ACCESS_LOG_CHOICES)}"
+    )
 
 
 def _ratio(value: float | str, source: str) -> float:

@@ -95,7 +95,7 @@ def emit_one_request(app: SdkApp) -> str:
     app.logger.info("service ready ✓ — 東京 café")
     with app.tracer.start_as_current_span("GET /checkout") as span:
         app.logger.info("checkout started for cart %s", "c-42")
-        app.logger.warning("inventory low", extra={"sku": "A-1"})
+        app.logger.warning("inventory low", extra={"sku": "A-1", "stock": 3})
         try:
             raise ValueError("card declined: insufficient funds")
         except ValueError:
@@ -128,6 +128,8 @@ def check_every_filter(store: LogStore, service: str, trace_id: str) -> None:
     assert bodies(store, services=[service], grep="東京 café") == ["service ready ✓ — 東京 café"]
     assert bodies(store, services=[service], grep="cart c-42") == [request_lines[0]]
     assert bodies(store, services=[service], attributes=["sku=A-1"]) == ["inventory low"]
+    assert bodies(store, services=[service], attributes=["stock<5"]) == ["inventory low"]
+    assert bodies(store, services=[service], attributes=["stock>3"]) == []
     (failed,) = store.query(
         build_query(services=[service], attributes=["exception.type=ValueError"])
     ).records
@@ -167,6 +169,13 @@ def test_sdk_logs_over_grpc_into_sqlite_found_by_every_filter_and_the_api(
             "inventory low",
         ]
         assert page["next_cursor"]
+        low = httpx.get(
+            f"http://127.0.0.1:{ports['api']}/api/logs",
+            params={"service": service, "attr": ["sku=A-1", "stock<=3"]},
+            headers={"authorization": "Bearer api-token"},
+            timeout=10,
+        ).json()
+        assert [r["body"] for r in low["records"]] == ["inventory low"]
         assert running.stop() == 0
 
 

@@ -110,6 +110,37 @@ def test_each_filter_finds_exactly_its_records(store: LogStore) -> None:
     assert bodies(store, attributes=["cart.id=c-2"]) == []
 
 
+def test_number_comparisons_find_slow_requests_to_one_route(store: LogStore) -> None:
+    now = time.time_ns()
+    write(
+        store,
+        *(
+            Rec(name, ts=now - (10 - i) * SECOND, attributes=attributes)
+            for i, (name, attributes) in enumerate(
+                [
+                    ("fast checkout", {"http.route": "/checkout", "duration_ms": 12.5}),
+                    ("slow checkout", {"http.route": "/checkout", "duration_ms": 740.25}),
+                    ("edge checkout", {"http.route": "/checkout", "duration_ms": 500}),
+                    ("slow cart", {"http.route": "/cart", "duration_ms": 900.0}),
+                    ("text duration", {"http.route": "/checkout", "duration_ms": "900"}),
+                    ("no duration", {"http.route": "/checkout"}),
+                ]
+            )
+        ),
+        service="shop",
+    )
+    route = "http.route=/checkout"
+    assert bodies(store, attributes=[route, "duration_ms>=500"]) == [
+        "edge checkout",
+        "slow checkout",
+    ]
+    assert bodies(store, attributes=[route, "duration_ms>500"]) == ["slow checkout"]
+    assert bodies(store, attributes=[route, "duration_ms<500"]) == ["fast checkout"]
+    assert bodies(store, attributes=[route, "duration_ms<=12.5"]) == ["fast checkout"]
+    assert bodies(store, attributes=["duration_ms>800"]) == ["slow cart"]
+    assert bodies(store, attributes=["duration_ms>1e6"]) == []
+
+
 def test_trace_search_returns_one_requests_lines_in_time_order(store: LogStore) -> None:
     now = time.time_ns()
     mine, other = random_trace_id(), random_trace_id()
@@ -168,6 +199,8 @@ def test_hostile_search_text_is_only_text(store: LogStore, text: str) -> None:
     assert all(str(b).replace("\ufffd", "\x00") == f"prefix {text} suffix" for b in found)
     assert store.count() == 2
     assert bodies(store, attributes=[f"{text}={text}"]) == []
+    with pytest.raises(QueryError, match="is not a number"):
+        build_query(attributes=[f"k>={text}"])
     assert bodies(store, services=[text]) == []
 
 

@@ -117,6 +117,25 @@ def test_attribute_filters_need_key_and_value() -> None:
     assert build_query(attributes=["http.route=/a=b"]).attributes == (("http.route", "/a=b"),)
     with pytest.raises(QueryError, match="attr: 'novalue' is not key=value"):
         build_query(attributes=["novalue"])
+    with pytest.raises(QueryError, match="attr: '>=5' is not key=value or a comparison"):
+        build_query(attributes=[">=5"])
+
+
+def test_number_comparisons_on_attributes() -> None:
+    query = build_query(
+        attributes=["http.route=/checkout", "duration_ms>=500", "size < 1e3", "n>-2", "x<=0.5"]
+    )
+    assert query.attributes == (("http.route", "/checkout"),)
+    assert query.comparisons == (
+        ("duration_ms", ">=", 500.0),
+        ("size", "<", 1000.0),
+        ("n", ">", -2.0),
+        ("x", "<=", 0.5),
+    )
+    assert build_query(attributes=["note=a>b"]).attributes == (("note", "a>b"),)
+    for text in ["duration_ms>=slow", "duration_ms>nan", "duration_ms<inf", "d>="]:
+        with pytest.raises(QueryError, match="is not a number to compare"):
+            build_query(attributes=[text])
 
 
 def test_cursor_round_trip_and_garbage() -> None:
@@ -132,6 +151,8 @@ def test_http_parameters() -> None:
         {"service": ["a", "b"], "severity": ["error"], "attr": ["k=v"], "limit": ["5"]}
     )
     assert (query.services, query.min_severity, query.limit) == (("a", "b"), 17, 5)
+    slow = query_from_params({"attr": ["http.route=/checkout", "duration_ms>=500"]})
+    assert slow.comparisons == (("duration_ms", ">=", 500.0),)
     with pytest.raises(QueryError, match="sevrity: unknown parameter"):
         query_from_params({"sevrity": ["error"]})
     with pytest.raises(QueryError, match="limit: given more than once"):

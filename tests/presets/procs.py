@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,6 +31,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    stdout_path: Path | None = None
 
     @property
     def url(self) -> str:
@@ -36,6 +39,11 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stdout_lines(self) -> list[str]:
+        """What the server wrote to stdout (started with ``separate_stdout``)."""
+        assert self.stdout_path is not None
+        return self.stdout_path.read_text(errors="replace").splitlines()
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM (graceful: the app flushes telemetry at exit) and wait."""
@@ -78,20 +86,29 @@ def auto(command: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def server(build: object, env: Mapping[str, str], tmp_path: Path, name: str) -> Iterator[Server]:
-    """``build(port) -> argv``; the server runs from the repository root."""
+def server(
+    build: object,
+    env: Mapping[str, str],
+    tmp_path: Path,
+    name: str,
+    *,
+    separate_stdout: bool = False,
+) -> Iterator[Server]:
+    """``build(port) -> argv``; the server runs from the repository root. Its stderr goes
+    to ``log()``, and so does its stdout unless ``separate_stdout`` (``stdout_lines()``)."""
     port = free_port()
     command = build(port)  # type: ignore[operator]
     log_path = tmp_path / f"{name}.log"
-    with open(log_path, "wb") as log_file:
+    stdout_path = tmp_path / f"{name}.stdout" if separate_stdout else None
+    with open(log_path, "wb") as log_file, open(stdout_path or os.devnull, "wb") as out_file:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stdout=out_file if separate_stdout else log_file,
+            stderr=log_file if separate_stdout else subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         )
-    running = Server(process, port, log_path)
+    running = Server(process, port, log_path, stdout_path)
     try:
         try:
             wait_for_port(port, timeout=30, process=process)  # type: ignore[arg-type]
@@ -102,6 +119,22 @@ def server(build: object, env: Mapping[str, str], tmp_path: Path, name: str) -> 
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+@contextmanager
+def instrumented_app(
+    collector_grpc_port: int, service: str, tmp_path: Path, **env: str
+) -> Iterator[Server]:
+    """The test app under ``opentelemetry-instrument`` with no settings but its service name
+    and the collector's OTLP/gRPC address, as a user runs it."""
+    app_env = {
+        "APP_MODE": "auto",
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_grpc_port}",
+        **env,
+    }
+    with server(lambda port: auto(uvicorn_command(port)), app_env, tmp_path, service) as app:
+        yield app
 
 
 def telemetry_env(endpoint: str, service: str, **extra: str) -> dict[str, str]:
@@ -135,3 +168,14 @@ def worker_pids(url: str, workers: int = 2, rounds: int = 15) -> set[int]:
             if len(seen) >= workers:
                 break
     return seen
+
+
+def logs_query(url: str, *arguments: str) -> list[dict[str, Any]]:
+    """``otelkit logs query --json`` as a user runs it: the records it prints."""
+    result = subprocess.run(
+        [sys.executable, "-m", "otelkit.cli", "logs", "query", "--url", url, "--json",
+         "--limit", "1000", *arguments],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]

@@ -9,6 +9,7 @@ APP_EXPORT_BEFORE_FORK=1 exports and queues telemetry at import (see ``prefork``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -82,6 +83,12 @@ def crash_logged() -> None:
     except RuntimeError:
         log.exception("handler saw the failure")
         raise
+
+
+@app.get("/orders/{order_id}")
+async def get_order(order_id: int, delay_ms: int = 0) -> dict[str, int]:
+    await asyncio.sleep(delay_ms / 1000)
+    return {"order_id": order_id}
 
 
 @app.get("/slow")

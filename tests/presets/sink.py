@@ -43,6 +43,8 @@ class Span:
     status_code: int
     events: list[tuple[str, dict[str, Any]]]
     trace_state: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
 
 
 @dataclass
@@ -101,6 +103,8 @@ class Received:
                 span.status.code,
                 [(event.name, attributes(event.attributes)) for event in span.events],
                 span.trace_state,
+                span.start_time_unix_nano,
+                span.end_time_unix_nano,
             )
             for resource, span in _walk(requests, "resource_spans", "scope_spans", "spans")
         ]

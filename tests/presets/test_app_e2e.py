@@ -21,6 +21,7 @@ SERVER, CLIENT = 2, 3  # OTLP span kinds
 @dataclass
 class Run:
     database: str
+    server_metrics: bool
     item: httpx.Response
     bad_id: httpx.Response
     boom: httpx.Response
@@ -56,7 +57,7 @@ def _database_url(kind: str, tmp_path: Path) -> str:
     scope="module",
     params=[
         ("manual", "postgres"),
-        ("manual", "sqlite"),
+        ("manual-metrics", "sqlite"),
         ("auto", "postgres"),
         ("auto", "sqlite"),
         ("native", "postgres"),
@@ -71,6 +72,9 @@ def run(
     tmp_path = tmp_path_factory.mktemp(f"{variant}-{database}")
     mode = "auto" if variant.startswith("auto") else "manual"
     native = {"OTELKIT_FASTAPI_NATIVE": "true"} if variant.endswith("native") else {}
+    server_metrics = variant.endswith("metrics")
+    if server_metrics:
+        native["OTELKIT_HTTP_SERVER_METRICS"] = "true"
     url = _database_url(database, tmp_path)
     sink.clear()
 
@@ -97,7 +101,17 @@ def run(
             assert live.status_code == 200, front.log()
             assert front.stop() in procs.CLEAN_EXIT, front.log()
         assert down.stop() in procs.CLEAN_EXIT, down.log()
-    yield Run(database, item, bad_id, boom, crash, sink.spans(), sink.logs(), sink.metric_points())
+    yield Run(
+        database,
+        server_metrics,
+        item,
+        bad_id,
+        boom,
+        crash,
+        sink.spans(),
+        sink.logs(),
+        sink.metric_points(),
+    )
 
 
 def test_request_succeeds_and_echoes_the_request_id(run: Run) -> None:
@@ -196,8 +210,13 @@ def test_exception_logs_are_exported_once_with_exception_fields(run: Run) -> Non
     assert boom.attributes["http.response.status_code"] == 500
 
 
-def test_duration_metric_uses_the_route_never_the_path(run: Run) -> None:
+def test_request_metrics_only_when_asked_and_then_by_route(run: Run) -> None:
+    """By default the collector derives request metrics from spans and the app records
+    none; asked for, the duration histogram is keyed by route."""
     durations = [p for p in run.points if p.metric == "http.server.request.duration"]
+    if not run.server_metrics:
+        assert not [p for p in run.points if p.metric.startswith("http.server.")]
+        return
     assert durations
     routes = {p.attributes.get("http.route") for p in durations}
     assert "/items/{item_id}" in routes

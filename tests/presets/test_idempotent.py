@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.logging import LoggingInstrumentor
 from sqlalchemy import create_engine, event
+from otelkit.presets.logs import OtlpHandler, StdoutHandler
 
 otelkit.configure(service_name="once")
 otelkit.configure(service_name="twice")  # ignored, with a warning
@@ -30,8 +31,10 @@ provider = trace.get_tracer_provider()
 print("COUNTS", json.dumps({
     "service": provider.resource.attributes["service.name"],
     "span_processors": len(provider._active_span_processor._span_processors),
-    "otlp_log_handlers": sum(type(h).__name__ == "LoggingHandler" for h in root.handlers),
-    "stdout_handlers": sum(getattr(h, "_otelkit_stdout", False) for h in root.handlers),
+    "otlp_log_handlers": sum(
+        isinstance(h, OtlpHandler) or type(h).__name__ == "LoggingHandler" for h in root.handlers
+    ),
+    "stdout_handlers": sum(isinstance(h, StdoutHandler) for h in root.handlers),
     "request_id_middleware": sum(m.cls.__name__ == "RequestIdMiddleware" for m in app.user_middleware),
     "cursor_listeners": len(engine.dispatch.before_cursor_execute),
 }))

@@ -8,10 +8,7 @@ settings but its service name and the collector's address; the records are read 
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,27 +47,15 @@ def _sentry(configured: bool) -> Iterator[dict[str, str]]:
 
 
 def _query(url: str, service: str) -> list[dict[str, Any]]:
-    """``otelkit logs query`` as a user runs it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "otelkit.cli", "logs", "query", "--url", url,
-         "--service", service, "--severity", "error", "--json", "--limit", "1000"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    return procs.logs_query(url, "--service", service, "--severity", "error")
 
 
 def _run(case: str, sentry: bool, tmp_path: Path) -> list[dict[str, Any]]:
     service = f"crashes-{case}"
     with _sentry(sentry) as sentry_env, shipped_collector(tmp_path, sentry_env) as collector:
-        app_env = {
-            "APP_MODE": "auto",
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.ports['grpc']}",
-            **CASES[case],
-        }
-        build = lambda port: procs.auto(procs.uvicorn_command(port))  # noqa: E731
-        with procs.server(build, app_env, tmp_path, service) as app:
+        with procs.instrumented_app(
+            collector.ports["grpc"], service, tmp_path, **CASES[case]
+        ) as app:
             for request_id, (path, _, _) in REQUESTS.items():
                 response = httpx.get(
                     app.url + path,

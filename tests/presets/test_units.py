@@ -224,3 +224,51 @@ def test_outgoing_requests_carry_the_request_id(existing: str | None, expected: 
         exit_request(token)
     assert request.headers["x-request-id"] == "r-9"
     assert request.headers["baggage"] == expected
+
+
+def test_a_log_call_is_read_once_for_stdout_and_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stdout line and the exported record come from one reading of the record: its
+    attributes are collected and its traceback formatted a single time."""
+    import io
+
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogRecordExporter,
+        SimpleLogRecordProcessor,
+    )
+
+    from otelkit.presets import logs
+
+    readings = []
+    read = logs._read
+    monkeypatch.setattr(logs, "_read", lambda record: readings.append(record) or read(record))
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    out = io.StringIO()
+    stdout = logs.StdoutHandler(JsonFormatter(service="shop"), "both")
+    stdout.setStream(out)
+    logger = logging.getLogger("test.read-once")
+    logger.propagate = False
+    for handler in (stdout, logs.OtlpHandler(provider, "both", code_attributes=False)):
+        logger.addHandler(handler)
+    try:
+        raise ValueError("bad input")
+    except ValueError:
+        logger.exception("order %s failed", 7, extra={"order.id": 7})
+    assert len(readings) == 1
+    line = json.loads(out.getvalue())
+    (exported,) = exporter.get_finished_logs()
+    record = exported.log_record
+    assert record.body == line["message"] == "order 7 failed"
+    assert record.attributes is not None
+    assert record.attributes["order.id"] == line["order.id"] == 7
+    assert record.attributes["exception.stacktrace"].rstrip("\n") == line["exception"]
+    assert record.attributes["exception.type"] == line["exception_type"] == "ValueError"
+
+
+def test_access_log_setting_takes_four_values() -> None:
+    assert Settings.resolve({}).access_log == "both"
+    assert Settings.resolve({"OTELKIT_ACCESS_LOG": "OTLP"}).access_log == "otlp"
+    with pytest.raises(ValueError, match="OTELKIT_ACCESS_LOG='loud' is not supported"):
+        Settings.resolve({"OTELKIT_ACCESS_LOG": "loud"})

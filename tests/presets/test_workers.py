@@ -34,7 +34,10 @@ def test_every_worker_exports_as_its_own_instance(
             command = procs.uvicorn_command(port, *options)
         return procs.auto(command) if mode == "auto" else command
 
-    env = procs.telemetry_env(sink.endpoint, f"workers-{case}", APP_MODE=mode)
+    # The app's own request metrics (off by default) give every worker metrics to export.
+    env = procs.telemetry_env(
+        sink.endpoint, f"workers-{case}", APP_MODE=mode, OTELKIT_HTTP_SERVER_METRICS="true"
+    )
     with procs.server(build, env, tmp_path, case) as running:
         pids = procs.worker_pids(running.url)
         assert len(pids) == 2, f"requests reached only {pids}:\n{running.log()}"

@@ -1,0 +1,93 @@
+"""Access records: one structured log record per request, written by otelkit.
+
+The request-ID middleware measures each request and logs one record on the
+``otelkit.access`` logger: ``http.request.method``, ``http.route``, ``url.path`` (never
+the query string, which can hold tokens), ``http.response.status_code``, ``duration_ms``,
+``http.response.body.size``, ``client.address`` (only when PII may be captured), and
+the request ID and trace context every record of the request carries. Severity follows
+the status: 5xx ERROR, 4xx WARNING, else INFO. ``OTELKIT_ACCESS_LOG`` chooses where the
+records go (``stdout``, ``otlp``, ``both``, ``off``); health probes have none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from otelkit.presets.logs import ACCESS_LOGGER_NAME, QuietPaths
+from otelkit.presets.settings import DEFAULT_HEALTH_PATHS, Settings
+
+ACCESS_LOGGER = logging.getLogger(ACCESS_LOGGER_NAME)
+
+
+class _State:
+    """Set by ``configure()``: whether records are written and may carry the client."""
+
+    enabled = False
+    capture_client = False
+    quiet_paths: set[str] = set(DEFAULT_HEALTH_PATHS)
+
+
+_state = _State()
+
+
+def configure(settings: Settings) -> None:
+    _state.enabled = settings.access_log != "off"
+    _state.capture_client = settings.capture_pii
+
+
+def enabled() -> bool:
+    return _state.enabled
+
+
+def quiet(paths: Iterable[str]) -> None:
+    """Requests to these paths (health probes) get no access record, and stay out of
+    uvicorn's access log where that is still written."""
+    _state.quiet_paths.update(paths)
+    server = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, QuietPaths) for existing in server.filters):
+        server.addFilter(QuietPaths(is_quiet))
+
+
+def is_quiet(path: str) -> bool:
+    return path in _state.quiet_paths
+
+
+def severity(status: int) -> int:
+    if status >= 500:
+        return logging.ERROR
+    if status >= 400:
+        return logging.WARNING
+    return logging.INFO
+
+
+def log_access(
+    scope: MutableMapping[str, Any], status: int, body_size: int, duration_ns: int
+) -> None:
+    """Write the request's access record (in the request's context: its request ID and
+    span are current). A negative ``body_size`` is unknown and left out."""
+    level = severity(status)
+    if not ACCESS_LOGGER.isEnabledFor(level):
+        return
+    method = scope.get("method", "")
+    path = scope.get("path", "")
+    duration_ms = round(duration_ns / 1e6, 3)
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": path,
+        "http.response.status_code": status,
+        "duration_ms": duration_ms,
+    }
+    if body_size >= 0:
+        attributes["http.response.body.size"] = body_size
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        attributes["http.route"] = route
+    client = scope.get("client")
+    if _state.capture_client and client:
+        attributes["client.address"] = client[0]
+    ACCESS_LOGGER.log(level, "%s %s %s %.1fms", method, path, status, duration_ms, extra=attributes)
+
+
+__all__ = ["ACCESS_LOGGER", "configure", "enabled", "is_quiet", "log_access", "quiet"]

@@ -59,13 +59,6 @@ EXPECTED_EMPTY = {
     ("otelkit-collector", "Memory limiter refusals and memory", "C"):
         "no memory pressure: the memory limiter never refuses log records here",
 }  # fmt: skip
-# Queries that show data once the collector initialises the counters it knows it will use
-# at zero; until then such a counter appears at its first increment.
-ZERO_COUNTERS = (
-    "otelcol_receiver_refused_",
-    "otelcol_exporter_send_failed_",
-    "otelcol_exporter_enqueue_failed_",
-)
 
 
 @dataclass
@@ -325,22 +318,13 @@ def test_the_collector_raises_no_alert_about_itself(system: System) -> None:
 
 
 def dashboard_queries() -> list[Any]:
-    cases = []
-    for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel["targets"]:
-                key = (path.stem, panel["title"], target["refId"])
-                marks = []
-                if key not in EXPECTED_EMPTY and any(n in target["expr"] for n in ZERO_COUNTERS):
-                    marks.append(
-                        pytest.mark.xfail(
-                            reason="this counter appears at its first increment until the "
-                            "collector initialises the counters it knows at zero",
-                            strict=False,
-                        )
-                    )
-                cases.append(pytest.param(key, target["expr"], id="/".join(key), marks=marks))
-    return cases
+    return [
+        pytest.param((path.stem, panel["title"], target["refId"]), target["expr"],
+                     id=f"{path.stem}/{panel['title']}/{target['refId']}")
+        for path in DASHBOARDS
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("key", "expr"), dashboard_queries())

@@ -35,6 +35,15 @@ FAST = {
     },
     "trace_wait": "50ms",
 }
+# For tests that must see everything arrive: minutes, not seconds, before giving up.
+PATIENT = {
+    "timeout": "60s",
+    "retry_on_failure": {
+        "initial_interval": "10ms",
+        "max_interval": "200ms",
+        "max_elapsed_time": "120s",
+    },
+}
 
 
 def exporter(config: dict[str, Any], telemetry: SelfTelemetry | None = None) -> SentryExporter:

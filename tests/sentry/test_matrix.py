@@ -9,7 +9,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from .app import APP_FILE, exercise, find_line
 from .standin import SentryStandIn, sentry_standin
-from .support import random_id, raw_span, relay_check, run, sdk_tracer, to_request, trace_request
+from .support import (
+    PATIENT,
+    random_id,
+    raw_span,
+    relay_check,
+    run,
+    sdk_tracer,
+    to_request,
+    trace_request,
+)
 from .test_stacktrace import GO, JAVA, NODE, _caught, _raise_chain, _raise_group, _text
 
 
@@ -130,7 +139,8 @@ def test_synthetic_matrix_passes_relay() -> None:
         service="multi\nline service " + "s" * 300,
     )  # fmt: skip
     with sentry_standin() as standin:
-        run({"dsn": standin.dsn}, [trace_request(spans), java, node, odd])
+        # Megabytes of text to convert and check: give slow machines time to send it all.
+        run({"dsn": standin.dsn, **PATIENT}, [trace_request(spans), java, node, odd])
         items = _all_items(standin)
     events = [p for kind, p in items if kind == "event"]
     assert len(events) == 11

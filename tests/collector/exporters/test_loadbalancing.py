@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from otelkit.collector.exporters.loadbalancing import resolver as resolver_module
 from otelkit.collector.exporters.loadbalancing.config import LoadBalancingConfig
 from otelkit.collector.exporters.loadbalancing.exporter import LoadBalancingExporter
 from otelkit.collector.exporters.loadbalancing.ring import HashRing
@@ -26,6 +25,7 @@ from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.collector.builders import attr, item_names, logs, metrics, traces
 from tests.collector.exporters.fake_servers import FakeGrpcServer
+from tests.support.dns import Answers, fake_dns
 from tests.support.services import free_port
 
 FAST_RETRY = {"initial_interval": "10ms", "max_interval": "50ms", "max_elapsed_time": "60s"}
@@ -259,18 +259,8 @@ class Backends:
 
 
 @pytest.fixture
-def dns_answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str] | Exception]]:
-    """What the resolver's lookups return: the last element, or raise it if an error."""
-    answers: list[list[str] | Exception] = [[]]
-
-    async def lookup(hostname: str) -> list[str]:
-        answer = answers[-1]
-        if isinstance(answer, Exception):
-            raise answer
-        return list(answer)
-
-    monkeypatch.setattr(resolver_module, "lookup_addresses", lookup)
-    yield answers
+def dns_answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
+    return fake_dns(monkeypatch)
 
 
 Check = Callable[[LoadBalancingExporter, Backends, SelfTelemetry, ServiceHost], Awaitable[None]]
@@ -339,7 +329,7 @@ def test_static_backends_each_get_whole_traces() -> None:
 
 
 def test_dns_backends_come_and_go_and_failures_keep_the_last_ones(
-    dns_answers: list[list[str] | Exception],
+    dns_answers: Answers,
 ) -> None:
     async def check(
         exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, _: Any
@@ -376,7 +366,7 @@ def failed_spans(telemetry: SelfTelemetry) -> float:
 
 
 def test_what_a_removed_dead_backend_held_goes_to_the_others_whole(
-    dns_answers: list[list[str] | Exception],
+    dns_answers: Answers,
 ) -> None:
     request = many_traces(300)
     expected = spans_by_trace([request])
@@ -412,7 +402,7 @@ def test_what_a_removed_dead_backend_held_goes_to_the_others_whole(
 
 
 def test_a_removed_live_backend_drains_its_queue_itself(
-    dns_answers: list[list[str] | Exception],
+    dns_answers: Answers,
 ) -> None:
     async def check(
         exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, _: Any

@@ -180,17 +180,17 @@ def test_backends_replaced_under_load_lose_nothing_and_new_ones_get_traffic(
         sender = Sender(f"127.0.0.1:{front_port}")
         sender.thread.start()
         try:
-            await asyncio.to_thread(sender.wait_for_batches, 5)
+            await asyncio.to_thread(sender.wait_for_batches, 10)
             await servers[4].stop()  # dies under load: its queue holds acknowledged spans
-            await asyncio.to_thread(sender.wait_for_batches, 5)
+            await asyncio.to_thread(sender.wait_for_batches, 10)
             answers.append(["127.0.0.2", "127.0.0.3"])  # the name drops it
-            await asyncio.to_thread(sender.wait_for_batches, 5)
+            await asyncio.to_thread(sender.wait_for_batches, 10)
             await servers[5].start()  # a replacement appears
             answers.append(["127.0.0.2", "127.0.0.3", "127.0.0.5"])
-            await asyncio.to_thread(sender.wait_for_batches, 5)
+            await asyncio.to_thread(sender.wait_for_batches, 10)
             await servers[4].start()  # and the old one comes back
             answers.append(["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"])
-            await asyncio.to_thread(sender.wait_for_batches, 5)
+            await asyncio.to_thread(sender.wait_for_batches, 10)
         finally:
             sender.stop.set()
             await asyncio.to_thread(sender.thread.join, 60)

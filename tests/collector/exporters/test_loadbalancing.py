@@ -431,3 +431,20 @@ def test_a_removed_live_backend_drains_its_queue_itself(
         assert failed_spans(telemetry) == 0
 
     run_exporter(check, [], dns=True)
+
+
+def test_spans_without_a_trace_id_are_routed_together_and_kept() -> None:
+    request = many_traces(50)
+    scope = request.resource_spans[0].scope_spans[0]
+    scope.schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    for name in ("no-trace-1", "no-trace-2"):
+        scope.spans.add(name=name)
+    ring = HashRing(["h1:4317", "h2:4317", "h3:4317"])
+    parts = split(request, "traceID", ring.index_for)
+    assert sorted(n for p in parts.values() for n in item_names(p)) == sorted(item_names(request))
+    (owner,) = [i for i, p in parts.items() if "no-trace-1" in item_names(p)]
+    assert "no-trace-2" in item_names(parts[owner])
+    for part in parts.values():
+        for ss in part.resource_spans[0].scope_spans:  # type: ignore[union-attr]
+            assert ss.scope.name == "scope-0-0"
+            assert ss.schema_url == "https://opentelemetry.io/schemas/1.26.0"

@@ -19,6 +19,7 @@ from typing import Any
 
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.pdata.split import LAYOUT, shell
+from otelkit.collector.pdata.wire import scope_spans_layout, varint
 
 Route = Callable[[bytes], int]
 """Backend index of a key (``HashRing.index_for``)."""
@@ -32,6 +33,8 @@ def split(payload: Payload, routing_key: str, route: Route) -> dict[int, Payload
         return _split_resources(payload, signal, lambda r: route(key_of(r)))
     if routing_key == "streamID":
         return _split_streams(payload, route)
+    if signal is Signal.TRACES and routing_key == "traceID":
+        return _split_spans(payload, route)
     item_key = _metric_key if routing_key == "metric" else _trace_key(signal)
     return _split_items(payload, signal, item_key, route)
 
@@ -113,6 +116,55 @@ def _split_items(
         for owner, chosen in grouped.items():
             getattr(builder.scope(owner, resource, scope), items_field).extend(chosen)
     return builder.parts
+
+
+def _split_spans(payload: Any, route: Route) -> dict[int, Payload]:
+    """Spans by trace ID, on their wire bytes: each scope is serialised once (in C), its
+    spans and their trace IDs found in the bytes (:mod:`pdata.wire`), and each backend's
+    scope parsed from its spans' bytes. Copying span messages one by one costs more, and
+    so does reading each span's trace ID from its message."""
+    plan: list[tuple[Any, bytes, list[int], list[int], list[int]]] = []
+    seen: set[int] = set()
+    for resource in payload.resource_spans:
+        for scope in resource.scope_spans:
+            data = scope.SerializeToString()
+            starts, ends, ids = scope_spans_layout(data)
+            spans = scope.spans
+            owners = [
+                route(trace_id if trace_id is not None else spans[k].trace_id)
+                for k, trace_id in enumerate(ids)
+            ]
+            seen.update(owners)
+            plan.append((resource, data, _field_starts(starts, ends), ends, owners))
+    if len(seen) <= 1:
+        return {seen.pop(): payload} if seen else {}
+    parts: dict[int, Payload] = {}
+    resources: dict[tuple[int, int], Any] = {}
+    for resource, data, starts, ends, owners in plan:
+        # Serialisation writes fields in number order: scope (1), spans (2), schema URL (3).
+        head, tail = (data[: starts[0]], data[ends[-1] :]) if starts else (data, b"")
+        chosen: dict[int, list[bytes]] = {}
+        for start, end, owner in zip(starts, ends, owners, strict=True):
+            chosen.setdefault(owner, [head]).append(data[start:end])
+        for owner, chunks in chosen.items():
+            copy = resources.get((owner, id(resource)))
+            if copy is None:
+                part = parts.get(owner) or parts.setdefault(owner, Signal.TRACES.new_request())
+                copy = part.resource_spans.add()
+                copy.CopyFrom(shell(resource, "scope_spans"))
+                resources[(owner, id(resource))] = copy
+            chunks.append(tail)
+            copy.scope_spans.add().MergeFromString(b"".join(chunks))
+    return parts
+
+
+def _field_starts(starts: list[int], ends: list[int]) -> list[int]:
+    """Where each span's field (tag and length included) begins: spans are written one
+    after the other, so each begins where the one before ends."""
+    if not starts:
+        return []
+    first = starts[0] - 1 - len(varint(ends[0] - starts[0]))  # tag 0x12, then the length
+    return [first, *ends[:-1]]
 
 
 def _split_streams(payload: Payload, route: Route) -> dict[int, Payload]:

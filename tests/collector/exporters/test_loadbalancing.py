@@ -322,6 +322,8 @@ def test_static_backends_each_get_whole_traces() -> None:
                 assert owners.setdefault(trace_id, host) == host
                 assert sorted(names) == sorted(expected[trace_id])
         assert telemetry.total("otelcol_loadbalancer_backend_outcome_total", success="true") == 3
+        assert telemetry.total("otelcol_loadbalancer_backend_latency_count") == 3
+        assert telemetry.total("otelcol_loadbalancer_backend_outcome_total", success="false") == 0
         assert telemetry.value("otelcol_loadbalancer_num_backends", {"resolver": "static"}) == 3
         assert telemetry.total("otelcol_exporter_sent_spans_total") == 900
 

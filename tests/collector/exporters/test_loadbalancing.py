@@ -334,15 +334,18 @@ def test_dns_backends_come_and_go_and_failures_keep_the_last_ones(
     dns_answers: Answers,
 ) -> None:
     async def check(
-        exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, _: Any
+        exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, host: Any
     ) -> None:
         assert exporter.ring is None
+        status, why = host.statuses["exporter/loadbalancing"]
+        assert status == Status.RECOVERABLE_ERROR and "no backends yet" in why
         with pytest.raises(RetryableError, match="no backends"):
             await exporter.consume(traces([[1]]))
-        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
-            await backends.start(host)
+        for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            await backends.start(address)
         dns_answers.append(["127.0.0.3", "127.0.0.2"])
         await eventually(lambda: exporter.ring is not None)
+        assert host.statuses["exporter/loadbalancing"][0] == Status.OK
         port = backends.port
         assert sorted(exporter.backends) == [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
         updates = {"resolver": "dns"}

@@ -3,9 +3,8 @@
 36,000 positions ("360 degrees with two decimals"); each backend takes 100 of them, at
 ``crc32(endpoint + byte(i)) % 36000``; a position two backends both want stays with the
 first in sorted order. A key goes to the backend owning the first position at or after
-``crc32(key) % 36000``, wrapping around. The same endpoints give the same ring as
-upstream's, so a mixed tier routes alike, and adding or removing one of N backends moves
-only about 1/N of the keys.
+``crc32(key) % 36000``, wrapping around. Adding or removing one of N backends moves only
+about 1/N of the keys.
 """
 
 from __future__ import annotations

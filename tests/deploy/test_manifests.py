@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from otelkit.collector.runtime.component import Factory, Kind
 from otelkit.collector.runtime.config import parse_config
 from otelkit.collector.runtime.listeners import Listener, all_listeners, is_loopback
-from otelkit.collector.runtime.registry import Registry
+from otelkit.collector.runtime.registry import Registry, RegistryError
 from tests.support.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,3 +184,348 @@ def test_prometheus_config_passes_promtool() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The two-tier shape (deploy/kubernetes-two-tier) -------------------------------------
+TWO_TIER = ROOT / "deploy/kubernetes-two-tier"
+FRONTS = {
+    "otelkit-front": "otelkit-loadbalancer.yaml",
+    "contrib-front": "otelcol-loadbalancer.yaml",
+}
+FRONT = "otelkit-loadbalancer"
+HEADLESS = "otelkit-collector-headless"
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """The documents a kustomization yields, for the parts of kustomize these files use:
+    ``resources`` (files and directories) and ``configMapGenerator`` (without the hash
+    suffix kustomize adds to the name and to the references)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources", []):
+        path = (directory / resource).resolve()
+        if path.is_dir():
+            docs += kustomize(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for generator in kustomization.get("configMapGenerator", []):
+        data = {name: (directory / name).read_text() for name in generator["files"]}
+        docs.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+    return docs
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def pod_spec(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    return spec
+
+
+def front_config(front: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((TWO_TIER / front / FRONTS[front]).read_text())
+    return config
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def test_every_two_tier_shape_builds_with_kustomize() -> None:
+    """kustomize itself: a base may not contain its overlay, files may not come from
+    outside the kustomization, and the generated ConfigMap's name is what the pods mount."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    for front, config_name in FRONTS.items():
+        result = subprocess.run([kubectl, "kustomize", str(TWO_TIER / front)],
+                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        stem = config_name.removesuffix(".yaml")  # the generator's name
+        [generated] = [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"
+                       and d["metadata"]["name"].startswith(f"{stem}-")]  # fmt: skip
+        built = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        resolved = {(d["kind"], d["metadata"]["name"]) for d in kustomize(TWO_TIER / front)}
+        assert built - {("ConfigMap", generated)} == resolved - {("ConfigMap", stem)}
+        volumes = pod_spec(docs, FRONT)["volumes"]
+        [config] = [v for v in volumes if v["name"] == "config"]
+        assert config["configMap"]["name"] == generated
+        assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "otelkit" for d in docs)
+
+
+def test_the_headless_service_resolves_to_the_ready_processing_pods() -> None:
+    docs = kustomize(TWO_TIER / "processing")
+    headless = find(docs, "Service", HEADLESS)["spec"]
+    assert headless["clusterIP"] == "None"
+    assert not headless.get("publishNotReadyAddresses"), "only ready pods take traffic"
+    processing = find(docs, "Deployment", "otelkit-collector")["spec"]
+    assert headless["selector"].items() <= processing["template"]["metadata"]["labels"].items()
+    assert processing["selector"]["matchLabels"] == headless["selector"]
+    [port] = headless["ports"]
+    container = processing["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port["targetPort"] == "otlp-grpc"
+    config = yaml.safe_load(CONTAINER_CONFIG.read_text())
+    grpc = config["receivers"]["otlp"]["protocols"]["grpc"]
+    assert port["port"] == ports["otlp-grpc"] == port_of(grpc["endpoint"])
+    # The processing tier is the collector of deploy/kubernetes, unchanged.
+    assert processing == by_kind("Deployment")["spec"]
+    assert container["args"][1] == "/etc/otelkit/" + CONTAINER_CONFIG.name
+
+
+def loadbalancing_exporters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: settings
+        for name, settings in config["exporters"].items()
+        if name.split("/")[0] == "loadbalancing"
+    }
+
+
+def test_both_front_tiers_resolve_the_headless_service_on_the_processing_port() -> None:
+    headless = find(kustomize(TWO_TIER / "processing"), "Service", HEADLESS)["spec"]
+    for front in FRONTS:
+        exporters = loadbalancing_exporters(front_config(front))
+        assert len(exporters) == 2, front
+        for name, exporter in exporters.items():
+            assert list(exporter["resolver"]) == ["dns"], (front, name)
+            dns = exporter["resolver"]["dns"]
+            assert dns["hostname"] == HEADLESS and dns["port"] == headless["ports"][0]["port"]
+            assert "endpoint" not in exporter["protocol"]["otlp"], "set per backend"
+
+
+def test_traces_and_logs_go_by_trace_id_and_metrics_by_service() -> None:
+    """Every span of a trace (and the logs of that trace) on one processing collector, for
+    tail sampling, budgets and span metrics from whole traces; the metrics of a service
+    on one collector, so no two write the same series."""
+    for front in FRONTS:
+        config = front_config(front)
+        exporters = loadbalancing_exporters(config)
+        pipelines = config["service"]["pipelines"]
+        for signal, key in (("traces", "traceID"), ("logs", "traceID"), ("metrics", "service")):
+            [exporter] = pipelines[signal]["exporters"]
+            assert exporters[exporter].get("routing_key", "traceID") == key, (front, signal)
+            assert pipelines[signal]["receivers"] == ["otlp"]
+        assert set(pipelines) == {"traces", "logs", "metrics"}, front
+
+
+def test_the_front_tiers_take_otlp_with_the_token_and_send_it_to_the_processing_tier() -> None:
+    processing = yaml.safe_load(CONTAINER_CONFIG.read_text())
+    grpc = processing["receivers"]["otlp"]["protocols"]["grpc"]
+    assert grpc["auth"] == {"authenticator": "bearertokenauth"}
+    processing_tls = "tls" in grpc
+    for front in FRONTS:
+        config = front_config(front)
+        spec = pod_spec(kustomize(TWO_TIER / front), FRONT)
+        container = spec["containers"][0]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "token"]
+        [volume] = [v for v in spec["volumes"] if v["name"] == "token"]
+        assert (
+            volume["secret"]
+            == by_kind("Deployment")["spec"]["template"]["spec"]["volumes"][1]["secret"]
+        ), "the Secret the processing tier reads"
+        token_file = f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+        filename = config["extensions"]["bearertokenauth"]["filename"]
+        assert filename in (token_file, f"${{env:OTELKIT_TOKEN_FILE:-{token_file}}}"), front
+        assert "bearertokenauth" in config["service"]["extensions"]
+        for protocol in config["receivers"]["otlp"]["protocols"].values():
+            assert protocol["auth"] == {"authenticator": "bearertokenauth"}, front
+        for exporter in loadbalancing_exporters(config).values():
+            otlp = exporter["protocol"]["otlp"]
+            assert otlp["tls"].get("insecure", False) is not processing_tls, front
+            sends_token(front, otlp, container)
+
+
+def sends_token(front: str, otlp: dict[str, Any], container: dict[str, Any]) -> None:
+    """otelkit's bearertokenauth sends the token file; the upstream one only over TLS, so
+    the Go collector sends it as a header from the same Secret."""
+    if otlp.get("auth") is not None:
+        assert otlp["auth"] == {"authenticator": "bearertokenauth"}, front
+        return
+    assert otlp["headers"] == {"authorization": "Bearer ${env:OTELKIT_TOKEN}"}, front
+    [env] = [e for e in container["env"] if e["name"] == "OTELKIT_TOKEN"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "otelkit-token", "key": "token"}
+
+
+def test_front_tier_ports_probes_and_security_match_the_collector() -> None:
+    base = by_kind("Deployment")["spec"]["template"]["spec"]
+    for front, config_name in FRONTS.items():
+        config = front_config(front)
+        docs = kustomize(TWO_TIER / front)
+        spec = pod_spec(docs, FRONT)
+        container = spec["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        protocols = config["receivers"]["otlp"]["protocols"]
+        assert ports["otlp-grpc"] == port_of(protocols["grpc"]["endpoint"])
+        assert ports["otlp-http"] == port_of(protocols["http"]["endpoint"])
+        assert ports["health"] == port_of(config["extensions"]["health_check"]["endpoint"])
+        assert ports["telemetry"] == telemetry_port(config)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] == "health", (front, probe)
+        assert spec["securityContext"] == base["securityContext"]
+        assert container["securityContext"] == base["containers"][0]["securityContext"]
+        assert container["resources"]["limits"]["memory"]
+        assert "memory_limiter" in config["processors"]
+        service = find(docs, "Service", FRONT)["spec"]
+        assert (
+            service["selector"].items()
+            <= find(docs, "Deployment", FRONT)["spec"]["template"]["metadata"]["labels"].items()
+        )
+        assert {p["targetPort"] for p in service["ports"]} <= set(ports)
+        assert {4317, 4318} <= {p["port"] for p in service["ports"]}
+        [config_mount] = [m for m in container["volumeMounts"] if m["name"] == "config"]
+        assert f"{config_mount['mountPath']}/{config_name}" in " ".join(container["args"])
+
+
+def telemetry_port(config: dict[str, Any]) -> int:
+    metrics = config["service"]["telemetry"]["metrics"]
+    if "address" in metrics:
+        return port_of(metrics["address"])
+    [reader] = metrics["readers"]
+    port: int = reader["pull"]["exporter"]["prometheus"]["port"]
+    return port
+
+
+# The keys the upstream Collector documents (each component's README) for the components
+# the Go front tier uses; ... means any value.
+UPSTREAM_OTLP_CLIENT: dict[str, Any] = {
+    **{key: ... for key in ("timeout", "headers", "compression", "sending_queue",
+                            "retry_on_failure", "balancer_name", "keepalive",
+                            "write_buffer_size", "read_buffer_size", "wait_for_ready")},
+    "tls": dict.fromkeys(("insecure", "insecure_skip_verify", "ca_file", "cert_file", "key_file",
+                          "server_name_override", "min_version", "max_version"), ...),
+    "auth": {"authenticator": ...},
+}  # fmt: skip
+UPSTREAM_KEYS: dict[str, Any] = {
+    "extensions": {
+        "bearertokenauth": dict.fromkeys(("token", "filename", "scheme", "header"), ...),
+        "health_check": dict.fromkeys(("endpoint", "path", "tls", "auth"), ...),
+    },
+    "receivers": {
+        "otlp": {
+            "protocols": {
+                "grpc": dict.fromkeys(("endpoint", "auth", "tls", "max_recv_msg_size_mib"), ...),
+                "http": dict.fromkeys(("endpoint", "auth", "tls", "cors"), ...),
+            }
+        },
+    },
+    "processors": {
+        "memory_limiter": dict.fromkeys(
+            (
+                "check_interval",
+                "limit_mib",
+                "limit_percentage",
+                "spike_limit_mib",
+                "spike_limit_percentage",
+            ),
+            ...,
+        ),
+    },
+    "exporters": {
+        "loadbalancing": {
+            "routing_key": ...,
+            "routing_attributes": ...,
+            "protocol": {"otlp": UPSTREAM_OTLP_CLIENT},
+            "resolver": {
+                "static": {"hostnames": ...},
+                "dns": dict.fromkeys(("hostname", "port", "interval", "timeout"), ...),
+                "k8s": ...,
+                "aws_cloud_map": ...,
+            },
+            "timeout": ...,
+            "retry_on_failure": ...,
+            "sending_queue": ...,
+        },
+    },
+    "service": {
+        "extensions": ...,
+        "pipelines": ...,
+        "telemetry": {"logs": ..., "metrics": {"level": ..., "readers": ...}},
+    },
+}
+ROUTING_KEYS = {"traceID", "service", "resource", "metric", "streamID", "attributes"}
+
+
+def unknown_keys(config: Any, allowed: Any, path: str = "") -> list[str]:
+    if allowed is ... or not isinstance(config, dict):
+        return []
+    found = []
+    for key, value in config.items():
+        kind = key.split("/")[0] if path.count(".") == 1 else key  # component IDs: type/name
+        if kind not in allowed:
+            found.append(f"{path}{key}")
+        else:
+            found += unknown_keys(value, allowed[kind], f"{path}{key}.")
+    return found
+
+
+def test_the_go_collector_config_uses_only_upstream_keys() -> None:
+    config = front_config("contrib-front")
+    assert unknown_keys(config, UPSTREAM_KEYS) == []
+    misspelt = {"exporters": {"loadbalancing/x": {"resolver": {"dns": {"hostnmae": "a"}}}}}
+    assert unknown_keys(misspelt, UPSTREAM_KEYS) == [
+        "exporters.loadbalancing/x.resolver.dns.hostnmae"
+    ]
+    pipelines = config["service"]["pipelines"]
+    metrics_exporters = set(pipelines["metrics"]["exporters"])
+    for name, exporter in loadbalancing_exporters(config).items():
+        key = exporter.get("routing_key", "traceID")
+        assert key in ROUTING_KEYS
+        if name in metrics_exporters:
+            assert key != "traceID", "upstream refuses traceID for metrics"
+        assert len(exporter["resolver"]) == 1, "newer upstream versions require exactly one"
+    container = pod_spec(kustomize(TWO_TIER / "contrib-front"), FRONT)["containers"][0]
+    assert container["image"].startswith("otel/opentelemetry-collector-contrib:")
+    assert container["readinessProbe"]["httpGet"]["path"] == config["extensions"][
+        "health_check"
+    ].get("path", "/")
+
+
+def loadbalancing_factory() -> Factory[Any]:
+    try:
+        return Registry.discover().get(Kind.EXPORTER, "loadbalancing")
+    except RegistryError:
+        pytest.skip("the loadbalancing exporter is not installed")
+
+
+def test_the_otelkit_front_tier_config_is_valid() -> None:
+    loadbalancing_factory()
+    text = (TWO_TIER / "otelkit-front" / FRONTS["otelkit-front"]).read_text()
+    config = parse_config(text, Registry.discover(), {"PATH": ""})
+    assert config.warnings == []
+    listeners = {port_of(one.endpoint): one for _, one in all_listeners(config)}
+    assert listeners[4317].authenticated and listeners[4318].authenticated
+
+
+def test_the_go_front_tier_routes_with_settings_otelkit_accepts_too() -> None:
+    """Either front tier can replace the other: otelkit's loadbalancing exporter takes the
+    Go collector's settings as they are."""
+    factory = loadbalancing_factory()
+    for exporter in loadbalancing_exporters(front_config("contrib-front")).values():
+        factory.config_class.model_validate(exporter)
+
+
+def test_the_documented_scrape_job_keeps_each_processing_pod_apart() -> None:
+    """docs/scaling.md: Prometheus scrapes every processing pod's span metrics (the
+    `prometheus` exporter's port) and labels each with its pod, so the counters of two
+    collectors never pass for one series."""
+    text = (ROOT / "docs/scaling.md").read_text()
+    blocks = [yaml.safe_load(textwrap.dedent(block))
+              for block in re.findall(r"```yaml\n(.*?)^\s*```", text, re.DOTALL | re.MULTILINE)]  # fmt: skip
+    [config] = [b for b in blocks if "scrape_configs" in b]
+    [job] = config["scrape_configs"]
+    assert job["honor_labels"] is True and job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    keep, label = job["relabel_configs"]
+    spec = by_kind("Deployment")["spec"]["template"]
+    container = spec["spec"]["containers"][0]
+    production = yaml.safe_load(CONTAINER_CONFIG.read_text())
+    scrape_port = port_of(production["exporters"]["prometheus"]["endpoint"])
+    [port_name] = [p["name"] for p in container["ports"] if p["containerPort"] == scrape_port]
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name",
+                                     "__meta_kubernetes_pod_container_port_name"]  # fmt: skip
+    assert keep["action"] == "keep"
+    assert keep["regex"] == f"{spec['metadata']['labels']['app.kubernetes.io/name']};{port_name}"
+    assert label == {"source_labels": ["__meta_kubernetes_pod_name"],
+                     "target_label": "collector_pod"}  # fmt: skip

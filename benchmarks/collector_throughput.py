@@ -16,6 +16,9 @@ requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
   ``otlp -> memory_limiter -> redaction -> batch -> nop`` (the shipped configs' secret
   scrubbing; compare it with ``nop``). Pipelines whose components are not installed are
   skipped with a note;
+* for ``loadbalancing``: ``otlp -> loadbalancing`` routing by trace ID to two more
+  parse-only receivers, and ``otlp -> otlp`` to one of them (both without gzip or
+  processors); the difference in CPU per span is the cost of routing;
 * the ``nop`` pipeline again for each ``--security`` case: ``bearer`` (the receiver
   checks a ``bearertokenauth`` token on every request), ``tls`` (TLS 1.3 with a
   certificate the benchmark makes; connections are kept, so this is the per-request
@@ -525,6 +528,102 @@ def stop_target(target: Target) -> None:
             target.process.wait(5)
 
 
+# The loadbalancing target -------------------------------------------------------------------
+# Routing cost per span: ``otlp -> loadbalancing`` to two parse-only receivers, against
+# ``otlp -> otlp`` to one of them, in the same run. Both skip gzip (``compression: none``)
+# and processors, so the difference is the routing: splitting each request by trace ID
+# (512 traces in the benchmark's request) and sending two requests instead of one.
+LB_TARGETS = {
+    "lb-forward": "otlp -> otlp (to 1 parse-only receiver)",
+    "loadbalancing": "otlp -> loadbalancing (to 2 parse-only receivers)",
+}
+
+
+def loadbalancing_config(name: str, grpc_port: int, http_port: int, sinks: list[int]) -> str:
+    otlp = "{tls: {insecure: true}, compression: none}"
+    if name == "loadbalancing":
+        hostnames = ", ".join(f"127.0.0.1:{port}" for port in sinks)
+        exporter = (
+            f"  loadbalancing:\n    protocol: {{otlp: {otlp}}}\n"
+            f"    resolver: {{static: {{hostnames: [{hostnames}]}}}}\n"
+        )
+    else:
+        exporter = f"  otlp: {{endpoint: 127.0.0.1:{sinks[0]}, tls: {{insecure: true}}, compression: none}}\n"
+    exporter_id = "loadbalancing" if name == "loadbalancing" else "otlp"
+    return (
+        "receivers:\n  otlp:\n    protocols:\n"
+        f"      grpc: {{endpoint: 127.0.0.1:{grpc_port}}}\n"
+        f"      http: {{endpoint: 127.0.0.1:{http_port}}}\n"
+        f"exporters:\n{exporter}"
+        "service:\n"
+        f"  telemetry: {{metrics: {{address: 127.0.0.1:{free_port()}}}}}\n"
+        f"  pipelines:\n    traces: {{receivers: [otlp], exporters: [{exporter_id}]}}\n"
+    )
+
+
+def start_loadbalancing_targets(
+    workdir: Path, env: dict[str, str]
+) -> tuple[list[Target], list[Target]]:
+    """(the two measured collectors, the two parse-only receivers they send to)."""
+    sinks = [start_target("bare", workdir, env) for _ in range(2)]
+    for sink in sinks:
+        sink.label = "parse-only receiver behind the loadbalancing targets"
+    targets = []
+    for name, label in LB_TARGETS.items():
+        grpc_port, http_port = free_port(), free_port()
+        directory = workdir / name
+        directory.mkdir()
+        config = directory / "collector.yaml"
+        config.write_text(
+            loadbalancing_config(name, grpc_port, http_port, [s.grpc_port for s in sinks])
+        )
+        command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
+        log = directory / "collector.log"
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
+            )
+        target = Target(name, label, process, grpc_port, http_port, log)
+        targets.append(target)
+        try:
+            wait_for_port(grpc_port, process)
+            wait_for_port(http_port, process)
+        except RuntimeError as exc:
+            for started in [*targets, *sinks]:
+                stop_target(started)
+            raise RuntimeError(f"{name}: {exc}\n{log.read_text(errors='replace')[-2000:]}") from exc
+    return targets, sinks
+
+
+def report_loadbalancing(figures: list[Figure]) -> None:
+    """CPU per span of the loadbalancing target against the plain otlp forwarder."""
+    lb, forward = LB_TARGETS["loadbalancing"], LB_TARGETS["lb-forward"]
+    rows = [
+        (f.transport, f, p)
+        for f in figures
+        if f.target == lb
+        for p in figures
+        if p.transport == f.transport and p.target == forward
+    ]
+    if not rows:
+        return
+    print()
+    print("routing cost of the loadbalancing exporter (traceID, 2 backends) against otlp -> otlp")
+    header = (
+        f"{'transport':<9} {'otlp us/span':>12} {'lb us/span':>10} {'routing us/span':>15} "
+        f"{'us/span ratio':>13} {'spans/s ratio':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for transport, f, plain in rows:
+        print(
+            f"{transport:<9} {plain.us_per_span:>12.2f} {f.us_per_span:>10.2f} "
+            f"{f.us_per_span - plain.us_per_span:>15.2f} {f.us_per_span / plain.us_per_span:>13.2f} "
+            f"{f.spans_per_second / plain.spans_per_second:>13.2f}"
+        )
+
+
 # Measurement --------------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -645,6 +744,7 @@ def report(figures: list[Figure], body: bytes, args: argparse.Namespace, notes: 
     )
     report_security(figures)
     report_redaction(figures)
+    report_loadbalancing(figures)
     for note in notes:
         print(f"note: {note}")
 
@@ -721,8 +821,9 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=8, help="requests in flight")
     parser.add_argument(
         "--pipelines",
-        default="nop,file,direct,redaction",
-        help=f"comma-separated, from: {', '.join(PIPELINES)} (the bare receiver always runs)",
+        default="nop,file,direct,redaction,loadbalancing",
+        help=f"comma-separated, from: {', '.join(PIPELINES)}, loadbalancing (the bare "
+        "receiver always runs)",
     )
     parser.add_argument("--transports", default="grpc,http")
     parser.add_argument(
@@ -744,8 +845,12 @@ def main() -> None:
     body = build_request()
     notes: list[str] = []
     targets = ["bare"]
+    with_loadbalancing = False
     for name in args.pipelines.split(","):
         name = name.strip()
+        if name == "loadbalancing":
+            with_loadbalancing = True
+            continue
         if name not in PIPELINES:
             parser.error(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}")
         if missing := missing_components(name):
@@ -771,16 +876,20 @@ def main() -> None:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
         running: list[Target] = []
+        sinks: list[Target] = []
         try:
             for name in targets:
                 running.append(start_target(name, Path(tmp), env))
+            if with_loadbalancing:
+                fronts, sinks = start_loadbalancing_targets(Path(tmp), env)
+                running += fronts
             for _ in range(args.rounds):
                 for transport in args.transports.split(","):
                     for target in running:
                         figures.append(measure(target, transport.strip(), body, args))
                         settle(target)
         finally:
-            for target in running:
+            for target in [*running, *sinks]:
                 stop_target(target)
     report(best_rounds(figures), body, args, notes)
 

@@ -65,7 +65,7 @@ def _move_front(source: Any, target: Any, n: int, split: Any, size_of: Any) -> N
         target.append(split(source[0])(remaining))
 
 
-def _shell(message: Any, children: str) -> Any:
+def shell(message: Any, children: str) -> Any:
     """A copy of ``message`` without its ``children`` list (resource, scope, schema URL)."""
     copy = type(message)()
     for field, value in message.ListFields():
@@ -82,7 +82,7 @@ def _shell(message: Any, children: str) -> Any:
 
 def _split_resource(resource: Any, scopes_field: str, items_field: str, is_metrics: bool) -> Any:
     def take(k: int) -> Any:
-        head = _shell(resource, scopes_field)
+        head = shell(resource, scopes_field)
         _move_front(
             getattr(resource, scopes_field),
             getattr(head, scopes_field),
@@ -97,7 +97,7 @@ def _split_resource(resource: Any, scopes_field: str, items_field: str, is_metri
 
 def _split_scope(scope: Any, items_field: str, is_metrics: bool) -> Any:
     def take(k: int) -> Any:
-        head = _shell(scope, items_field)
+        head = shell(scope, items_field)
         if is_metrics:
             _move_front(
                 getattr(scope, items_field), getattr(head, items_field), k, _split_metric,
@@ -127,10 +127,10 @@ def _metric_points(metric: Any) -> int:
 def _split_metric(metric: Any) -> Any:
     def take(k: int) -> Any:
         kind = metric.WhichOneof("data")
-        head = _shell(metric, kind)
+        head = shell(metric, kind)
         data = getattr(metric, kind)
         head_data = getattr(head, kind)
-        head_data.CopyFrom(_shell(data, "data_points"))
+        head_data.CopyFrom(shell(data, "data_points"))
         head_data.data_points.extend(data.data_points[:k])
         del data.data_points[:k]
         return head

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -63,6 +63,14 @@ class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@runtime_checkable
+class ChecksSignals(Protocol):
+    """A component config valid for some of its factory's signals only (``loadbalancing``
+    with ``routing_key: traceID`` cannot route metrics): a config error, not a runtime one."""
+
+    def signal_problem(self, signal: Signal) -> str | None: ...
 
 
 class Consumer(Protocol):

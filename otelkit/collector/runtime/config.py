@@ -18,7 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.auth import AuthSettings
-from otelkit.collector.runtime.component import ComponentConfig, ComponentID, Factory, Kind
+from otelkit.collector.runtime.component import (
+    ChecksSignals,
+    ComponentConfig,
+    ComponentID,
+    Factory,
+    Kind,
+)
 from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.scrub import is_secret_setting, redact_text
 from otelkit.collector.runtime.types import parse_endpoint
@@ -305,6 +311,10 @@ class _Loader:
                     where,
                     f"{spec.kind.value} {cid} does not support {signal}; it supports {supported}",
                 )
+            elif isinstance(spec.config, ChecksSignals):
+                problem = spec.config.signal_problem(signal)
+                if problem:
+                    self.error(where, f"{spec.kind.value} {cid}: {problem}")
             ids.append(cid)
         return tuple(ids)
 

@@ -30,6 +30,9 @@ Semantics, matching the upstream ``exporterhelper``:
   they are sent by ``send_item``, retried and counted the same way, and held in memory
   only. A :class:`PermanentError` may carry ``reason`` (the ``send_failed`` label) and
   ``logged`` (the exporter has already said why, so the helper does not log each drop).
+* :meth:`QueuedExporter.shutdown_handing_over` shuts down like ``shutdown`` but returns
+  the in-memory requests it could not deliver instead of dropping them, so that an owner
+  with other destinations (``loadbalancing``) sends them elsewhere.
 """
 
 from __future__ import annotations
@@ -271,6 +274,8 @@ class QueuedExporter(Exporter):
         self._held_item_bytes = 0  # bytes of QueuedItems in memory
         self._sample: Payload | None = None  # the newest request, to size held items by
         self._invalid = InvalidItems(settings.telemetry, self.name)
+        self._handing_over = False  # shutdown keeps what is not delivered for the owner
+        self._unsent: list[Payload] = []
 
     async def send(self, payload: Payload) -> int | None:
         """Deliver one batch. Raise PermanentError when retrying cannot help.
@@ -358,6 +363,16 @@ class QueuedExporter(Exporter):
         self._refuse_unless_room(len(items), items[0].signal, sum(i.items for i in items))
         for item in items:
             self._accept(_Entry(item.signal, item.items, item))
+
+    async def shutdown_handing_over(self) -> list[Payload]:
+        """Shut down and return (instead of dropping) the in-memory requests not delivered
+        within ``drain_timeout``; draining stops early once the destination fails. Requests
+        in a persistent queue stay on disk. Items queued with :meth:`enqueue` are dropped as
+        in :meth:`shutdown`."""
+        self._handing_over = True
+        await self.shutdown()
+        unsent, self._unsent = self._unsent, []
+        return unsent
 
     async def shutdown(self) -> None:
         self._closing.set()
@@ -510,6 +525,8 @@ class QueuedExporter(Exporter):
         try:
             done = await self._send_with_retry(unit.data, raise_on_failure=False)
         finally:
+            if not done and self._handing_over and not isinstance(unit.data, QueuedItem):
+                self._unsent.append(unit.data)  # what a failed send left in it
             self._hold(unit.data, unit.items, -1)
             for entry in unit.entries:
                 entry.pieces -= 1
@@ -619,6 +636,8 @@ class QueuedExporter(Exporter):
         """
         deadline = time.monotonic() + timeout
         while self._open and time.monotonic() < deadline:
+            if self._handing_over and self._failing:
+                return  # what waits goes to another destination
             if self._store is not None and self._failing:
                 log.info("exporter %s: destination failing; %d requests stay on disk for the "
                          "next start", self.name, len(self._open))  # fmt: skip
@@ -626,12 +645,31 @@ class QueuedExporter(Exporter):
             await asyncio.sleep(_DRAIN_POLL)
 
     def _count_abandoned(self) -> None:
-        """At shutdown: in-memory leftovers are lost (counted); persisted ones wait on disk."""
+        """At shutdown: in-memory leftovers are lost (counted), or kept for the owner when
+        handing over; persisted ones wait on disk."""
+        if self._handing_over:
+            self._keep_unsent()
         for entry in self._open:
             if entry.path is None:
                 self._drop(entry.signal, entry.items, "shutdown",
                            RuntimeError("queue not drained before shutdown"))  # fmt: skip
         self._open.clear()
+
+    def _keep_unsent(self) -> None:
+        """Collect the requests still waiting (queued, batching, ready) into ``_unsent``;
+        their entries are finished here, not dropped."""
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry.data is not None and not isinstance(entry.data, QueuedItem):
+                self._unsent.append(entry.data)
+                self._open.discard(entry)
+        while not self._ready.empty():
+            unit = self._ready.get_nowait()
+            if not isinstance(unit.data, QueuedItem):
+                self._unsent.append(unit.data)
+        self._unsent.extend(pending.payload for pending in self._pending.values())
+        self._pending.clear()
+        self._open = {entry for entry in self._open if entry.path is not None}
 
     def _report_queue(self, signal: Signal) -> None:
         self.telemetry.exporter_queue(self.name, signal, self.queue_size(), self._capacity)

@@ -16,6 +16,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
 )
@@ -38,6 +39,7 @@ class SelfTelemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
+        self._histograms: dict[str, Histogram] = {}
         self._creating = threading.Lock()
 
     # Receivers -----------------------------------------------------------------------
@@ -109,6 +111,20 @@ class SelfTelemetry:
 
     def gauge(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return self._get_or_create(self._gauges, Gauge, name, documentation, labels)
+
+    def histogram(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> Histogram:
+        """Get or create a histogram (``buckets``: the upper bounds, ``+Inf`` added)."""
+        metric = self._histograms.get(name)
+        if metric is None:
+            with self._creating:
+                metric = self._histograms.get(name)
+                if metric is None:
+                    metric = Histogram(name, documentation, labels, registry=self.registry,
+                                       buckets=buckets)  # fmt: skip
+                    self._histograms[name] = metric
+        return metric
 
     def _get_or_create(
         self, known: dict[str, M], kind: type[M], name: str, doc: str, labels: tuple[str, ...]

@@ -68,7 +68,8 @@ class FakeGrpcServer:
     tls: tuple[bytes, bytes] | None = None  # (private key, certificate chain) in PEM
     max_receive: int | None = None  # gRPC's receive limit in bytes (default 4 MiB)
     refuse: Callable[[Payload], bool] | None = None  # INVALID_ARGUMENT for such requests
-    port: int = 0
+    host: str = "127.0.0.1"  # any 127.0.0.0/8 address, to stand for several machines
+    port: int = 0  # 0: any free port
     _server: Any = None
 
     async def start(self) -> None:
@@ -86,10 +87,10 @@ class FakeGrpcServer:
             handlers[service] = grpc.method_handlers_generic_handler(service, {"Export": handler})
         self._server.add_generic_rpc_handlers(tuple(handlers.values()))
         if self.tls is None:
-            self.port = self._server.add_insecure_port("127.0.0.1:0")
+            self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
         else:
             credentials = grpc.ssl_server_credentials([self.tls])
-            self.port = self._server.add_secure_port("127.0.0.1:0", credentials)
+            self.port = self._server.add_secure_port(f"{self.host}:{self.port}", credentials)
         await self._server.start()
 
     async def stop(self) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from otelkit.collector.runtime.component import Factory, Kind
+from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import parse_config
 from otelkit.collector.runtime.listeners import Listener, all_listeners, is_loopback
-from otelkit.collector.runtime.registry import Registry, RegistryError
+from otelkit.collector.runtime.registry import Registry
 from tests.support.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -483,15 +483,7 @@ def test_the_go_collector_config_uses_only_upstream_keys() -> None:
     ].get("path", "/")
 
 
-def loadbalancing_factory() -> Factory[Any]:
-    try:
-        return Registry.discover().get(Kind.EXPORTER, "loadbalancing")
-    except RegistryError:
-        pytest.skip("the loadbalancing exporter is not installed")
-
-
 def test_the_otelkit_front_tier_config_is_valid() -> None:
-    loadbalancing_factory()
     text = (TWO_TIER / "otelkit-front" / FRONTS["otelkit-front"]).read_text()
     config = parse_config(text, Registry.discover(), {"PATH": ""})
     assert config.warnings == []
@@ -502,7 +494,7 @@ def test_the_otelkit_front_tier_config_is_valid() -> None:
 def test_the_go_front_tier_routes_with_settings_otelkit_accepts_too() -> None:
     """Either front tier can replace the other: otelkit's loadbalancing exporter takes the
     Go collector's settings as they are."""
-    factory = loadbalancing_factory()
+    factory = Registry.discover().get(Kind.EXPORTER, "loadbalancing")
     for exporter in loadbalancing_exporters(front_config("contrib-front")).values():
         factory.config_class.model_validate(exporter)
 

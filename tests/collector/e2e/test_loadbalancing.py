@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,51 @@ class Sender:
     def wait_for_batches(self, more: int) -> None:
         target = self.batches + more
         wait_until(lambda: self.batches >= target, timeout=60, what=f"{more} more batches")
+
+
+def test_a_backend_restarted_under_load_loses_nothing_and_traces_stay_whole(
+    tmp_path: Path,
+) -> None:
+    """Static backends: while one is down its share waits in the front's queue (the ring
+    does not change), so after its restart every trace is still whole on one backend."""
+    outs = [tmp_path / f"backend-{n}.jsonl" for n in range(3)]
+    ports = [allocate_ports("grpc") for _ in outs]
+    front_ports = allocate_ports("grpc")
+    hostnames = [f"127.0.0.1:{p['grpc']}" for p in ports]
+    with ExitStack() as stack:
+        backends = [
+            stack.enter_context(
+                collector(downstream_config(["traces"], out), tmp_path, ports=p, name=f"b{n}")
+            )
+            for n, (out, p) in enumerate(zip(outs, ports, strict=True))
+        ]
+        stack.enter_context(
+            collector(front_config({"static": {"hostnames": hostnames}}), tmp_path,
+                      ports=front_ports, name="front")
+        )  # fmt: skip
+        sender = Sender(f"127.0.0.1:{front_ports['grpc']}")
+        sender.thread.start()
+        try:
+            sender.wait_for_batches(5)
+            assert backends[1].stop() == 0
+            sender.wait_for_batches(10)
+            stack.enter_context(
+                collector(downstream_config(["traces"], outs[1]), tmp_path, ports=ports[1],
+                          name="b1-again")
+            )  # fmt: skip
+            sender.wait_for_batches(5)
+        finally:
+            sender.stop.set()
+            sender.thread.join(60)
+        expected = set(expected_spans(sender.acked))
+        wait_until(
+            lambda: expected <= set(span_keys([p for out in outs for p in read_output(out)])),
+            timeout=60,
+            what="every acknowledged span on a backend",
+        )
+    owners = trace_owners([read_output(out) for out in outs])
+    assert all(len(where) == 1 for where in owners.values()), "a trace split over backends"
+    assert {next(iter(w)) for w in owners.values()} == {0, 1, 2}
 
 
 def test_backends_replaced_under_load_lose_nothing_and_new_ones_get_traffic(

@@ -21,7 +21,7 @@ from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kin
 from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.registry import Registry
-from otelkit.collector.runtime.service import ServiceHost
+from otelkit.collector.runtime.service import Service, ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.collector.builders import attr, item_names, logs, metrics, traces
 from tests.collector.exporters.fake_servers import FakeGrpcServer
@@ -322,6 +322,8 @@ def test_static_backends_each_get_whole_traces() -> None:
                 assert owners.setdefault(trace_id, host) == host
                 assert sorted(names) == sorted(expected[trace_id])
         assert telemetry.total("otelcol_loadbalancer_backend_outcome_total", success="true") == 3
+        assert telemetry.total("otelcol_loadbalancer_backend_latency_count") == 3
+        assert telemetry.total("otelcol_loadbalancer_backend_outcome_total", success="false") == 0
         assert telemetry.value("otelcol_loadbalancer_num_backends", {"resolver": "static"}) == 3
         assert telemetry.total("otelcol_exporter_sent_spans_total") == 900
 
@@ -332,15 +334,18 @@ def test_dns_backends_come_and_go_and_failures_keep_the_last_ones(
     dns_answers: Answers,
 ) -> None:
     async def check(
-        exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, _: Any
+        exporter: LoadBalancingExporter, backends: Backends, telemetry: SelfTelemetry, host: Any
     ) -> None:
         assert exporter.ring is None
+        status, why = host.statuses["exporter/loadbalancing"]
+        assert status == Status.RECOVERABLE_ERROR and "no backends yet" in why
         with pytest.raises(RetryableError, match="no backends"):
             await exporter.consume(traces([[1]]))
-        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
-            await backends.start(host)
+        for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            await backends.start(address)
         dns_answers.append(["127.0.0.3", "127.0.0.2"])
         await eventually(lambda: exporter.ring is not None)
+        assert host.statuses["exporter/loadbalancing"][0] == Status.OK
         port = backends.port
         assert sorted(exporter.backends) == [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
         updates = {"resolver": "dns"}
@@ -448,3 +453,46 @@ def test_spans_without_a_trace_id_are_routed_together_and_kept() -> None:
         for ss in part.resource_spans[0].scope_spans:  # type: ignore[union-attr]
             assert ss.scope.name == "scope-0-0"
             assert ss.schema_url == "https://opentelemetry.io/schemas/1.26.0"
+
+
+def test_every_backend_gets_the_templates_auth_and_headers() -> None:
+    """``protocol.otlp`` is the whole otlp exporter config, authenticator included."""
+
+    async def main() -> None:
+        servers = [FakeGrpcServer(host=f"127.0.0.{n}") for n in (2, 3)]
+        for server in servers:
+            await server.start()
+        hostnames = [f"127.0.0.{n}:{s.port}" for n, s in zip((2, 3), servers, strict=True)]
+        text = f"""
+extensions:
+  bearertokenauth: {{token: backend-secret}}
+receivers:
+  otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:{free_port()}"}}}}}}
+exporters:
+  loadbalancing:
+    protocol:
+      otlp:
+        tls: {{insecure: true}}
+        headers: {{x-tier: front}}
+        auth: {{authenticator: bearertokenauth}}
+    resolver: {{static: {{hostnames: {hostnames}}}}}
+service:
+  extensions: [bearertokenauth]
+  telemetry: {{metrics: {{address: "127.0.0.1:{free_port()}"}}}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [loadbalancing]}}
+"""
+        service = Service(parse_config(text, Registry.discover(), {}))
+        await service.start()
+        try:
+            await service.graph.exporters[ComponentID("loadbalancing")].consume(many_traces(100))
+            await eventually(lambda: all(s.metadata for s in servers))
+        finally:
+            await service.shutdown()
+            for server in servers:
+                await server.stop()
+        for server in servers:
+            assert server.metadata[0]["authorization"] == "Bearer backend-secret"
+            assert server.metadata[0]["x-tier"] == "front"
+
+    asyncio.run(main())

@@ -197,6 +197,34 @@ def test_shutdown_counts_what_an_in_memory_queue_could_not_deliver() -> None:
     assert telemetry.total("otelcol_exporter_sent_spans_total") == 0
 
 
+@pytest.mark.parametrize("batching", [False, True])
+def test_shutdown_handing_over_returns_what_was_not_delivered(batching: bool) -> None:
+    """For an owner with other destinations: nothing is dropped or counted as lost."""
+    telemetry = SelfTelemetry()
+    queue: dict[str, Any] = {"num_consumers": 1, "drain_timeout": "5s"}
+    if batching:
+        queue["batch"] = {"min_size": 100, "flush_timeout": "1s"}
+
+    async def scenario() -> list[Payload]:
+        exporter = ScriptedExporter(
+            telemetry,
+            {"sending_queue": queue, "retry_on_failure": FAST_RETRY},
+            [OSError("down")] * 1000,
+        )
+        await exporter.start(ServiceHost())
+        for name in "abc":
+            await exporter.consume(batch(name, spans=2))
+        await until(lambda: len(exporter.attempts) >= 2)  # failing: drain stops at once
+        return await exporter.shutdown_handing_over()
+
+    unsent = asyncio.run(scenario())
+    names = sorted(
+        s.name for p in unsent for rs in p.resource_spans for ss in rs.scope_spans for s in ss.spans
+    )  # type: ignore[union-attr]
+    assert names == ["a", "a", "b", "b", "c", "c"]
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total") == 0
+
+
 def test_persistent_queue_survives_a_restart(tmp_path: Path) -> None:
     config = {
         "sending_queue": {"storage": str(tmp_path), "num_consumers": 1, "drain_timeout": "100ms"},

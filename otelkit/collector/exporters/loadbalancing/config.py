@@ -80,12 +80,11 @@ _UNSUPPORTED = {
 
 
 class ResolverConfig(ComponentConfig):
-    """Exactly one resolver, as newer upstream versions require."""
+    """Exactly one resolver, as newer upstream versions require; upstream's ``k8s`` and
+    ``aws_cloud_map`` are refused with a message saying so."""
 
     static: StaticResolverConfig | None = None
     dns: DNSResolverConfig | None = None
-    k8s: Any = None
-    aws_cloud_map: Any = None
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,6 @@ rather than dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -104,6 +103,8 @@ class LoadBalancingExporter(Exporter):
     async def start(self, host: Host) -> None:
         self._host = BackendsHost(host, self.settings.label)
         await self.resolver.start(self.update)
+        if self.ring is None:
+            self._host.no_backends(f"no backends yet from {self.resolver.describe()}")
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -171,6 +172,8 @@ class LoadBalancingExporter(Exporter):
             self.telemetry.gauge("otelcol_loadbalancer_num_backends", "").labels(kind).set(len(wanted))  # fmt: skip
             self._updates.labels(kind).inc()
             log.info("exporter %s: backends now %s", self.name, ", ".join(wanted) or "none")
+            if self._host is not None:
+                self._host.no_backends(None if wanted else f"no backends from {self.resolver.describe()}")  # fmt: skip
             for endpoint, backend in removed.items():
                 task = asyncio.create_task(self._retire(endpoint, backend), name=f"retire {endpoint}")  # fmt: skip
                 self._retiring.add(task)
@@ -219,10 +222,15 @@ class LoadBalancingExporter(Exporter):
                               self.name, items, signal.item_name, exc)  # fmt: skip
                     return
                 await asyncio.sleep(_HANDOVER_PAUSE)
+            except Exception:  # refused for good: the backend's exporter counted the drop
+                log.exception("exporter %s: a handed-over request was refused", self.name)
+                return
 
     async def _stop_backend(self, endpoint: str, backend: OTLPExporter) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await backend.shutdown()
+        except Exception:
+            log.exception("exporter %s: backend %s did not shut down cleanly", self.name, endpoint)
         self._forget(backend)
 
     def _forget(self, backend: OTLPExporter) -> None:
@@ -233,7 +241,7 @@ class LoadBalancingExporter(Exporter):
 class BackendsHost:
     """The host as the backends see it: their reachability becomes the status of the
     ``loadbalancing`` exporter itself (``recoverable_error`` while any backend cannot be
-    reached), so a removed backend leaves no status behind."""
+    reached, or while there is none), so a removed backend leaves no status behind."""
 
     def __init__(self, host: Host, label: str) -> None:
         self.host, self.label = host, label
@@ -246,13 +254,21 @@ class BackendsHost:
             self._unreachable.pop(component, None)
         self._report()
 
+    def no_backends(self, why: str | None) -> None:
+        """The resolver gave no backend (``why``), or it gave some again (None)."""
+        if why is None:
+            self.forget("")
+        else:
+            self._unreachable[""] = why
+            self._report()
+
     def forget(self, component: str) -> None:
         if self._unreachable.pop(component, None) is not None:
             self._report()
 
     def _report(self) -> None:
         current = self.host.component_statuses().get(self.label, (Status.OK, ""))[0]
-        if current not in (Status.OK, Status.RECOVERABLE_ERROR):  # starting or stopping
+        if current not in (Status.STARTING, Status.OK, Status.RECOVERABLE_ERROR):
             return
         if self._unreachable:
             self.host.report_status(self.label, Status.RECOVERABLE_ERROR,
@@ -261,7 +277,7 @@ class BackendsHost:
             self.host.report_status(self.label, Status.OK)
 
     def component_statuses(self) -> Mapping[str, tuple[Status, str]]:
-        backends = {label: (Status.RECOVERABLE_ERROR, why) for label, why in self._unreachable.items()}  # fmt: skip
+        backends = {label: (Status.RECOVERABLE_ERROR, why) for label, why in self._unreachable.items() if label}  # fmt: skip
         return {**self.host.component_statuses(), **backends}
 
     def is_ready(self) -> bool:

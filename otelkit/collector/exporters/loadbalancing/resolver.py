@@ -114,7 +114,10 @@ class DNSResolver(Resolver):
     async def _every_interval(self, update: Update) -> None:
         while True:
             await asyncio.sleep(self.config.interval)
-            await self.resolve(update)
+            try:
+                await self.resolve(update)
+            except Exception:  # a backend that cannot start must not end the resolving
+                log.exception("loadbalancing: cannot use the backends of %s", self.config.hostname)
 
 
 def make_resolver(config: ResolverConfig, telemetry: SelfTelemetry) -> Resolver:

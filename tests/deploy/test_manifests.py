@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from otelkit.collector.runtime.component import Kind
 from otelkit.collector.runtime.config import parse_config
 from otelkit.collector.runtime.listeners import Listener, all_listeners, is_loopback
 from otelkit.collector.runtime.registry import Registry
+from tests.deploy.podsd import discovering, pod_targets
 from tests.support.services import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -499,25 +501,119 @@ def test_the_go_front_tier_routes_with_settings_otelkit_accepts_too() -> None:
         factory.config_class.model_validate(exporter)
 
 
-def test_the_documented_scrape_job_keeps_each_processing_pod_apart() -> None:
-    """docs/scaling.md: Prometheus scrapes every processing pod's span metrics (the
-    `prometheus` exporter's port) and labels each with its pod, so the counters of two
-    collectors never pass for one series."""
+# Scraping each collector pod ---------------------------------------------------------
+KUBE_PROMETHEUS = ROOT / "deploy/prometheus/prometheus-kubernetes.yml"
+
+
+def metrics_ports() -> dict[str, int]:
+    """Span metrics and self-metrics: the container ports Prometheus must scrape, by job."""
+    production = yaml.safe_load(CONTAINER_CONFIG.read_text())
+    return {
+        "otelkit-collector-spanmetrics": port_of(production["exporters"]["prometheus"]["endpoint"]),
+        "otelkit-collector-self": telemetry_port(production),
+    }
+
+
+def kube_prometheus() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(KUBE_PROMETHEUS.read_text())
+    return config
+
+
+def discover(tmp_path: Path, config: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    """The labels of ``job``'s targets that the real Prometheus keeps after relabelling."""
+    promtool = require_binary("promtool")
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump({"scrape_configs": config["scrape_configs"]}))
+    result = subprocess.run([promtool, "check", "service-discovery", str(path), job],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [t["labels"] for t in json.loads(result.stdout) if t["labels"]]
+
+
+def on(ip: str) -> Callable[[int], str]:
+    """A pod's address for each of its container ports."""
+    return lambda port: f"{ip}:{port}"
+
+
+def test_kubernetes_prometheus_scrapes_each_collector_pod_on_both_metrics_ports(
+    tmp_path: Path,
+) -> None:
+    """Two collector pods (from the shipped Deployment) and a front-tier pod, found as
+    Kubernetes discovery finds them: each job keeps one target per collector pod, on the
+    port the production config serves, labelled with its pod, and nothing else."""
+    template = by_kind("Deployment")["spec"]["template"]
+    front = find(kustomize(TWO_TIER / "otelkit-front"), "Deployment", FRONT)["spec"]["template"]
+    pods = {"otelkit-collector-a": "10.0.0.1", "otelkit-collector-b": "10.0.0.2"}
+    targets = [t for name, ip in pods.items() for t in pod_targets(template, name, on(ip))]
+    targets += pod_targets(front, "otelkit-loadbalancer-a", on("10.0.0.3"))
+    config = kube_prometheus()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == set(metrics_ports())
+    discovered = {"scrape_configs": [discovering(job, targets) for job in jobs.values()]}
+    for name, port in metrics_ports().items():
+        found = {labels["pod"]: labels for labels in discover(tmp_path, discovered, name)}
+        assert set(found) == set(pods), name
+        for pod, labels in found.items():
+            assert labels["__address__"] == f"{pods[pod]}:{port}", (name, labels)
+            assert labels["namespace"] == "default" and labels["job"] == name
+            assert labels["__metrics_path__"] == "/metrics"
+    assert jobs["otelkit-collector-spanmetrics"]["honor_labels"] is True, "job from service.name"
+    assert not jobs["otelkit-collector-self"].get("honor_labels")
+
+
+def test_kubernetes_prometheus_differs_from_the_compose_one_only_in_finding_targets() -> None:
+    compose = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    kube = kube_prometheus()
+    assert {k: v for k, v in kube.items() if k != "scrape_configs"} == {
+        k: v for k, v in compose.items() if k != "scrape_configs"
+    }
+    assert [job["job_name"] for job in kube["scrape_configs"]] == [
+        job["job_name"] for job in compose["scrape_configs"]
+    ], "the collector's alert rules select these job names"
+    rules = yaml.safe_load(
+        by_kind("ConfigMap", "otelkit-prometheus-rules")["data"]["collector.rules.yml"]
+    )
+    selectors = {r["expr"] for g in rules["groups"] for r in g["rules"] if "up{" in r["expr"]}
+    assert selectors and all('job=~"otelkit-collector.*"' in expr for expr in selectors)
+
+
+def test_the_podmonitor_scrapes_the_same_ports_under_the_same_jobs() -> None:
+    """For the Prometheus Operator, which labels each target with its pod itself."""
+    monitor = by_kind("PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    template = by_kind("Deployment")["spec"]["template"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    )
+    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    endpoints = {}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        [job] = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+        endpoints[job] = endpoint
+        assert endpoint["path"] == "/metrics"
+    assert {job: ports[e["port"]] for job, e in endpoints.items()} == metrics_ports()
+    assert endpoints["otelkit-collector-spanmetrics"]["honorLabels"] is True
+    assert not endpoints["otelkit-collector-self"].get("honorLabels")
+    # Clusters without the Operator have no PodMonitor kind: apply -k must still work.
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert "podmonitor.yaml" not in kustomization["resources"]
+    assert all((KUBE / r).is_file() for r in kustomization["resources"])
+
+
+def test_the_pod_annotations_name_the_span_metrics_port() -> None:
+    """For a Prometheus that follows prometheus.io/* annotations (one port per pod)."""
+    template = by_kind("Deployment")["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (
+        int(annotations["prometheus.io/port"]) == metrics_ports()["otelkit-collector-spanmetrics"]
+    )
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_documented_scrape_jobs_are_the_shipped_ones() -> None:
     text = (ROOT / "docs/scaling.md").read_text()
     blocks = [yaml.safe_load(textwrap.dedent(block))
               for block in re.findall(r"```yaml\n(.*?)^\s*```", text, re.DOTALL | re.MULTILINE)]  # fmt: skip
     [config] = [b for b in blocks if "scrape_configs" in b]
-    [job] = config["scrape_configs"]
-    assert job["honor_labels"] is True and job["kubernetes_sd_configs"] == [{"role": "pod"}]
-    keep, label = job["relabel_configs"]
-    spec = by_kind("Deployment")["spec"]["template"]
-    container = spec["spec"]["containers"][0]
-    production = yaml.safe_load(CONTAINER_CONFIG.read_text())
-    scrape_port = port_of(production["exporters"]["prometheus"]["endpoint"])
-    [port_name] = [p["name"] for p in container["ports"] if p["containerPort"] == scrape_port]
-    assert keep["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name",
-                                     "__meta_kubernetes_pod_container_port_name"]  # fmt: skip
-    assert keep["action"] == "keep"
-    assert keep["regex"] == f"{spec['metadata']['labels']['app.kubernetes.io/name']};{port_name}"
-    assert label == {"source_labels": ["__meta_kubernetes_pod_name"],
-                     "target_label": "collector_pod"}  # fmt: skip
+    assert config["scrape_configs"] == kube_prometheus()["scrape_configs"]

@@ -136,20 +136,26 @@ def prometheus(
     *,
     remote_write_receiver: bool = False,
     port: int | None = None,
+    scrape_configs: Sequence[dict[str, Any]] = (),
+    rule_files: Sequence[Path] = (),
 ) -> Iterator[Prometheus]:
+    """Prometheus scraping ``scrape_ports`` as job ``otelkit``, and ``scrape_configs``
+    (their interval set to 1s), evaluating ``rule_files`` every second."""
     binary = require_binary("prometheus")
     port = port or free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
-        "scrape_configs": [
+    jobs = [{**job, "scrape_interval": "1s", "scrape_timeout": "900ms"} for job in scrape_configs]
+    if scrape_ports:
+        jobs.append(
             {
                 "job_name": "otelkit",
                 "honor_labels": True,  # job/instance come from the resource
                 "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in scrape_ports]}],
             }
-        ]
-        if scrape_ports
-        else [],
+        )
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+        "scrape_configs": jobs,
+        "rule_files": [str(path) for path in rule_files],
     }
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,9 +16,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.collector import shipped_collector
+from tests.support.collector import SHIPPED_CONFIG, shipped_collector
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+UNAUTHENTICATED = "otelkit_receiver_unauthenticated_requests_total"
 
 
 def scrape(port: int) -> Series:
@@ -54,6 +56,22 @@ def test_the_default_collector_exports_its_counters_at_zero(tmp_path: Path) -> N
                         exporter,
                         reason,
                     )
+                name = f"otelcol_exporter_enqueue_failed_{item}_total"
+                assert value(series, name, exporter=exporter) == 0.0, (name, exporter)
+        for processor, items in {
+            "memory_limiter": ["spans", "metric_points", "log_records"],
+            "redaction": ["spans", "metric_points", "log_records"],
+            "batch": ["spans", "metric_points"],
+            "budget": ["spans"],
+            "perf_issues": ["spans"],
+            "tail_sampling": ["spans"],
+        }.items():
+            for item in ("spans", "metric_points", "log_records"):
+                name = f"otelcol_processor_refused_{item}_total"
+                found = value(series, name, processor=processor)
+                assert found == (0.0 if item in items else None), (name, processor)
+        # No receiver of the default configuration requires credentials.
+        assert not [k for k in series if k[0] == UNAUTHENTICATED]
         # collector/budgets.yaml: checkout has a ceiling and objectives, api objectives
         # only, database both.
         violations = "otelkit_budget_violations_total"
@@ -77,6 +95,19 @@ def test_the_default_collector_exports_its_counters_at_zero(tmp_path: Path) -> N
                 break
             time.sleep(0.2)
         assert found == dict.fromkeys(kinds, 0.0)
+
+
+def test_a_token_requiring_receiver_counts_refusals_from_zero(tmp_path: Path) -> None:
+    """The shipped file as a user edits it to require a token (docs/security.md)."""
+    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config.setdefault("extensions", {})["bearertokenauth"] = {"token": "s3cret-token"}
+    config["service"].setdefault("extensions", []).append("bearertokenauth")
+    for protocol in config["receivers"]["otlp"]["protocols"].values():
+        protocol["auth"] = {"authenticator": "bearertokenauth"}
+    with shipped_collector(tmp_path, config_text=yaml.safe_dump(config)) as running:
+        series = scrape(running.ports["telemetry"])
+    for transport in ("grpc", "http"):
+        assert value(series, UNAUTHENTICATED, receiver="otlp", transport=transport) == 0.0
 
 
 def send_one_clean_request(grpc_port: int) -> None:

@@ -11,20 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from tests.prometheus.payloads import JOB, send_sdk_traffic
 from tests.prometheus.promserver import Prometheus, prometheus
 from tests.support.collector import allocate_ports, collector
 from tests.support.services import require_binary
@@ -58,47 +50,6 @@ service:
       receivers: [otlp, spanmetrics]
       exporters: [prometheus, prometheusremotewrite]
 """
-RESOURCE = Resource.create({
-    "service.name": "checkout", "service.namespace": "shop", "service.instance.id": "pod-1",
-    "deployment.environment": "e2e",
-})  # fmt: skip
-JOB = "shop/checkout"
-
-
-def send_sdk_traffic(grpc_port: int) -> list[str]:
-    """Spans and metrics through the real OTLP/gRPC exporters; returns exported trace IDs."""
-    endpoint = f"127.0.0.1:{grpc_port}"
-    memory = InMemorySpanExporter()
-    tracer_provider = TracerProvider(resource=RESOURCE)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer_provider.add_span_processor(
-        SimpleSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
-    )
-    reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=60_000
-    )
-    meter_provider = MeterProvider(metric_readers=[reader], resource=RESOURCE)
-    tracer = tracer_provider.get_tracer("shop.web")
-    for i in range(12):
-        with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER) as span:
-            span.set_attribute("http.route", "/orders/{id}")
-            span.set_attribute("url.full", f"http://shop/orders/{i}?token=secret")
-            if i % 4 == 0:
-                span.set_status(Status(StatusCode.ERROR))
-    with tracer.start_as_current_span("POST /orders", kind=SpanKind.SERVER) as span:
-        span.set_attribute("http.route", "/orders")
-        span.set_attribute("http.request.method", "POST")
-    meter = meter_provider.get_meter("shop.orders", "1.0")
-    meter.create_counter("orders.placed", unit="{order}").add(5, {"payment": "card"})
-    meter.create_gauge("queue.depth", unit="{item}").set(17)
-    meter.create_histogram("checkout.duration", unit="s").record(0.25)
-    meter.create_up_down_counter("carts.open", unit="{cart}").add(3)
-    meter_provider.force_flush()
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
-    return sorted(
-        {span.context.trace_id.to_bytes(16, "big").hex() for span in memory.get_finished_spans()}
-    )
 
 
 def value(result: list[dict[str, Any]]) -> float:

@@ -30,7 +30,7 @@ from tests.prometheus.payloads import (
     metrics_request,
     sum_metric,
 )
-from tests.prometheus.promserver import prometheus
+from tests.prometheus.promserver import prometheus, remote_write
 
 RESOURCE = {"service.name": "shop", "service.instance.id": "i-1", "host.name": "node-1"}
 
@@ -199,34 +199,17 @@ def test_delta_points_are_dropped_and_counted() -> None:
 
 def test_a_real_prometheus_receives_remote_written_series(tmp_path: Path) -> None:
     now = time.time_ns()
-
-    async def push(port: int) -> SelfTelemetry:
-        telemetry = SelfTelemetry()
-        config = RemoteWriteConfig.model_validate(
-            {
-                "endpoint": f"http://127.0.0.1:{port}/api/v1/write",
-                "external_labels": {"cluster": "test"},
-                "namespace": "rw",
-            }
-        )
-        exporter = RemoteWriteExporter(
-            CreateSettings(ComponentID("prw"), Kind.EXPORTER, telemetry), config
-        )
-        await exporter.start(ServiceHost())
-        hist = histogram_metric("latency", [0.1, 1], [1, 2, 3], 9.0, start=now - SECOND, end=now)
-        ex = hist.histogram.data_points[0].exemplars.add(
-            trace_id=b"\xab" * 16, span_id=b"\xcd" * 8, as_double=0.5, time_unix_nano=now
-        )
-        assert ex.span_id
-        await exporter.consume(metrics_request(
-            sum_metric("orders", 42, start=now - SECOND, end=now, attrs={"region": "eu"}), hist,
-            resource=RESOURCE,
-        ))  # fmt: skip
-        await exporter.shutdown()
-        return telemetry
-
+    hist = histogram_metric("latency", [0.1, 1], [1, 2, 3], 9.0, start=now - SECOND, end=now)
+    ex = hist.histogram.data_points[0].exemplars.add(
+        trace_id=b"\xab" * 16, span_id=b"\xcd" * 8, as_double=0.5, time_unix_nano=now
+    )
+    assert ex.span_id
+    request = metrics_request(
+        sum_metric("orders", 42, start=now - SECOND, end=now, attrs={"region": "eu"}), hist,
+        resource=RESOURCE,
+    )  # fmt: skip
     with prometheus(tmp_path, remote_write_receiver=True) as prom:
-        telemetry = asyncio.run(push(prom.port))
+        telemetry = remote_write(prom, request, external_labels={"cluster": "test"}, namespace="rw")
         assert sent(telemetry) == 2 and not failed(telemetry, "permanent")
         (counter,) = prom.wait_for("rw_orders_total")
         assert counter["metric"] == {"__name__": "rw_orders_total", "region": "eu", "job": "shop",

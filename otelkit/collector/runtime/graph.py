@@ -183,6 +183,7 @@ class _Builder:
             created = spec.factory.create(settings, spec.config, pipeline.signal, head)
             processor = _expect(created, Processor, cid)
             self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
+            self.telemetry.processor_created(str(cid), pipeline.signal)
             head = processor
         return head
 

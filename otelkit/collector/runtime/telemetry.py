@@ -55,11 +55,19 @@ class SelfTelemetry:
 
     def receiver_unauthenticated(self, receiver: str, transport: str) -> None:
         """A request refused for missing or wrong credentials, before its body was read."""
-        self.counter(
+        self._unauthenticated().labels(receiver, transport).inc()
+
+    def receiver_authenticating(self, receiver: str, transport: str) -> None:
+        """A transport that checks credentials counts refusals from zero (one without
+        authentication refuses none, so it has no series)."""
+        self._unauthenticated().labels(receiver, transport)
+
+    def _unauthenticated(self) -> Counter:
+        return self.counter(
             "otelkit_receiver_unauthenticated_requests",
             "Requests refused for missing or wrong credentials (receiver)",
             ("receiver", "transport"),
-        ).labels(receiver, transport).inc()
+        )
 
     def receiver_created(
         self, receiver: str, transports: Iterable[str], signals: Iterable[Signal]
@@ -78,6 +86,10 @@ class SelfTelemetry:
     def processor_refused(self, processor: str, signal: Signal, n: int) -> None:
         self._counter("processor", "refused", signal, ("processor",)).labels(processor).inc(n)
 
+    def processor_created(self, processor: str, signal: Signal) -> None:
+        """Refusal counters start at zero for each signal the processor is in a pipeline of."""
+        self._counter("processor", "refused", signal, ("processor",)).labels(processor)
+
     # Exporters -----------------------------------------------------------------------
     def exporter_sent(self, exporter: str, signal: Signal, n: int) -> None:
         self._counter("exporter", "sent", signal, ("exporter",)).labels(exporter).inc(n)
@@ -88,11 +100,13 @@ class SelfTelemetry:
         ).inc(n)
 
     def exporter_created(self, exporter: str, signals: Iterable[Signal]) -> None:
-        """Send-failure counters start at zero for every reason the exporter helper has."""
+        """Send-failure counters start at zero for every reason the exporter helper has,
+        and enqueue-failure counters for every signal."""
         for signal in signals:
             counter = self._counter("exporter", "send_failed", signal, ("exporter", "reason"))
             for reason in SEND_FAILED_REASONS:
                 counter.labels(exporter, reason)
+            self._counter("exporter", "enqueue_failed", signal, ("exporter",)).labels(exporter)
 
     def exporter_enqueue_failed(self, exporter: str, signal: Signal, n: int) -> None:
         self._counter("exporter", "enqueue_failed", signal, ("exporter",)).labels(exporter).inc(n)

@@ -51,6 +51,8 @@ class OtlpReceiver(Receiver):
             def count() -> None:
                 settings.telemetry.receiver_unauthenticated(str(settings.id), transport)
 
+            if auth is not None:
+                settings.telemetry.receiver_authenticating(str(settings.id), transport)
             return AuthGate(auth, f"{settings.label} ({transport})", logger, count)
 
         self._grpc = (

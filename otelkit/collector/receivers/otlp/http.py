@@ -59,11 +59,14 @@ class HttpReceiverServer:
         intakes: Mapping[Signal, SignalIntake],
         logger: logging.Logger,
         auth: AuthGate,
+        share_port: bool = False,
     ) -> None:
         self.app = OtlpHttpApp(config, intakes, logger, auth)
         self._auth = auth
         tls = ServerTLS(config.tls) if config.tls is not None else None
-        self._server = HttpServer(config.endpoint, self.app, name="otlp-http", tls=tls)
+        self._server = HttpServer(
+            config.endpoint, self.app, name="otlp-http", tls=tls, reuse_port=share_port
+        )
 
     @property
     def port(self) -> int:

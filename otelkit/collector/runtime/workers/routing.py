@@ -1,0 +1,207 @@
+"""Trace-aware routing between worker processes.
+
+The kernel spreads connections over the workers, so the spans of one trace arrive in
+any of them. Each trace has one owner, ``crc32(trace_id) % N``: the receiving worker
+splits every traces request by owner, runs its own share and forwards the others to
+their owners, so tail sampling, budgets and performance-issue detection always see a
+whole trace in one process. Log records with a trace ID follow their trace's owner (the
+rest stay where they arrived); metrics go by resource, so each resource's series live in
+one worker and the supervisor's one scrape view can add the workers' series up.
+
+The sender is answered only once every share was accepted: a refusal from any owner
+is the sender's refusal (retryable stays retryable), so a success is still a promise.
+A request whose shares were partly accepted is retried whole by the sender, so those
+items may arrive twice, as when one of several pipelines refuses in a single process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.pdata.split import LAYOUT
+from otelkit.collector.runtime.component import Consumer, Exporter
+from otelkit.collector.runtime.errors import ComponentError
+from otelkit.collector.runtime.workers.channel import Op, Peer
+
+
+@runtime_checkable
+class SingleWriter(Protocol):
+    """An exporter config whose destination takes one writer (a SQLite file, a local
+    file): with ``--workers N`` the exporter runs in worker 0 only, and the other workers
+    hand it their data over the internal channel, acknowledged once it has taken it."""
+
+    def single_writer(self) -> bool: ...
+
+
+def trace_owner(trace_id: bytes, workers: int) -> int:
+    """The worker that processes every span of this trace: stable across processes."""
+    return zlib.crc32(trace_id) % workers
+
+
+def split_by_owner(payload: Payload, workers: int) -> dict[int, Payload]:
+    """The request cut into one request per owning worker (just ``{owner: payload}``,
+    untouched, when one worker owns all of it, as for a request holding one trace)."""
+    signal = signal_of(payload)
+    owner_of = _OWNERS[signal]
+    resources_field, scopes_field, items_field = LAYOUT[signal]
+    resources = getattr(payload, resources_field)
+    owners = _owners_of(resources, scopes_field, items_field, owner_of, workers)
+    if len(owners) <= 1:
+        return {next(iter(owners), 0): payload}
+    shares: dict[int, Payload] = {}
+    for resource in resources:
+        if signal is Signal.METRICS:
+            _place_whole(shares, signal, resources_field, resource, owner_of(resource, workers))
+            continue
+        resource_copies: dict[int, Any] = {}
+        for scope in getattr(resource, scopes_field):
+            items_of: dict[int, Any] = {}  # owner -> item list of this scope's copy
+            for item in getattr(scope, items_field):
+                owner = owner_of(item, workers)
+                target = items_of.get(owner)
+                if target is None:
+                    copy = _scope_copy(shares, resource_copies, owner, signal, resource, scope)
+                    target = items_of[owner] = getattr(copy, items_field)
+                target.append(item)
+    return shares
+
+
+def _owners_of(
+    resources: Any, scopes_field: str, items_field: str, owner_of: Any, workers: int
+) -> set[int]:
+    if items_field == "metrics":
+        return {owner_of(resource, workers) for resource in resources}
+    return {
+        owner_of(item, workers)
+        for resource in resources
+        for scope in getattr(resource, scopes_field)
+        for item in getattr(scope, items_field)
+    }
+
+
+def _span_owner(span: Any, workers: int) -> int:
+    return trace_owner(span.trace_id, workers)
+
+
+_LOCAL = -1
+
+
+def _record_owner(record: Any, workers: int) -> int:
+    """Records with a trace ID go to its owner; the others stay (``_LOCAL``)."""
+    return trace_owner(record.trace_id, workers) if record.trace_id else _LOCAL
+
+
+def _resource_owner(resource: Any, workers: int) -> int:
+    return zlib.crc32(resource.resource.SerializeToString(deterministic=True)) % workers
+
+
+_OWNERS = {Signal.TRACES: _span_owner, Signal.LOGS: _record_owner, Signal.METRICS: _resource_owner}
+
+
+def _place_whole(
+    shares: dict[int, Payload], signal: Signal, resources_field: str, resource: Any, owner: int
+) -> None:
+    target = shares.setdefault(owner, signal.new_request())
+    getattr(target, resources_field).append(resource)
+
+
+def _scope_copy(
+    shares: dict[int, Payload],
+    resource_copies: dict[int, Any],
+    owner: int,
+    signal: Signal,
+    resource: Any,
+    scope: Any,
+) -> Any:
+    """A new scope like ``scope`` (without its items) in ``owner``'s share, under that
+    share's one copy of ``resource`` (also without items)."""
+    resources_field, scopes_field, _ = LAYOUT[signal]
+    target_resource = resource_copies.get(owner)
+    if target_resource is None:
+        share = shares.get(owner)
+        if share is None:
+            share = shares[owner] = signal.new_request()
+        target_resource = getattr(share, resources_field).add()
+        target_resource.resource.CopyFrom(resource.resource)
+        target_resource.schema_url = resource.schema_url
+        resource_copies[owner] = target_resource
+    target_scope = getattr(target_resource, scopes_field).add()
+    target_scope.scope.CopyFrom(scope.scope)
+    target_scope.schema_url = scope.schema_url
+    return target_scope
+
+
+class RoutingConsumer:
+    """In front of one receiver's pipelines for one signal: runs this worker's share and
+    forwards the others; returns only once all were accepted."""
+
+    mutates_data = True
+
+    def __init__(
+        self, receiver: str, local: Consumer, index: int, workers: int, peers: Mapping[int, Peer]
+    ) -> None:
+        self._receiver = receiver
+        self._local = local
+        self._index = index
+        self._workers = workers
+        self._peers = peers
+
+    async def consume(self, payload: Payload) -> None:
+        shares = split_by_owner(payload, self._workers)
+        calls: list[Awaitable[Any]] = []
+        for owner, share in shares.items():
+            if owner in (self._index, _LOCAL):
+                calls.append(self._local.consume(share))
+            else:
+                body = encode_payload(share)
+                calls.append(self._peers[owner].call(Op.CONSUME, self._receiver, body))
+        if len(calls) == 1:
+            await calls[0]
+            return
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+class ForwardingExporter(Exporter):
+    """Stands for a single-writer exporter that runs in another worker: ``consume``
+    returns once that worker's exporter took the data (for the log store with
+    ``durability: commit``, once it is committed)."""
+
+    mutates_data = False
+
+    def __init__(self, name: str, peer: Peer) -> None:
+        self._name = name
+        self._peer = peer
+
+    @property
+    def acknowledges_durably(self) -> bool:
+        return True
+
+    async def consume(self, payload: Payload) -> None:
+        body = encode_payload(payload)
+        await self._peer.call(Op.EXPORT, self._name, body)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """A signal tag byte and the request's protobuf bytes."""
+    body: bytes = payload.SerializeToString()
+    return _TAGS[signal_of(payload)] + body
+
+
+def decode_payload(body: bytes) -> Payload:
+    try:
+        signal = _SIGNALS[body[:1]]
+    except KeyError as exc:
+        raise ComponentError(f"unknown signal tag {body[:1]!r}") from exc
+    payload: Payload = signal.request_type.FromString(body[1:])
+    return payload
+
+
+_TAGS = {Signal.TRACES: b"T", Signal.METRICS: b"M", Signal.LOGS: b"L"}
+_SIGNALS = {tag: signal for signal, tag in _TAGS.items()}

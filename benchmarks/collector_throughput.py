@@ -218,8 +218,8 @@ async def _load(
     out: Connection,
     security: Security,
 ) -> LoadResult:
-    sender = _grpc_sender if transport == "grpc" else _http_sender
-    send = await sender(port, body, inflight, security)
+    senders = {"grpc": _grpc_sender, "http": _http_sender, "grpc-conns": _grpc_connections}
+    send = await senders[transport](port, body, inflight, security)
     counts = {"ok": 0, "failed": 0}
     first_failure: list[str] = []
     deadline = time.monotonic() + warmup
@@ -734,12 +734,20 @@ def main() -> None:
         "--glibc-defaults", action="store_true", help="run targets without the malloc settings"
     )
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
+    parser.add_argument(
+        "--workers",
+        help="instead of the cases above: the nop pipeline with these worker counts "
+        "(otelkit collector run --workers N), e.g. 1,2, and the routing step's cost",
+    )
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(*args.serve_bare)
         return
     if args.quick:
         args.seconds, args.warmup, args.rounds = 2.0, 0.75, 1
+    if args.workers:
+        workers_main(args)
+        return
 
     body = build_request()
     notes: list[str] = []
@@ -783,6 +791,189 @@ def main() -> None:
             for target in running:
                 stop_target(target)
     report(best_rounds(figures), body, args, notes)
+
+
+# Worker processes (otelkit collector run --workers N) --------------------------------------
+#
+# The nop pipeline run as 1 and as N worker processes, loaded over many connections (the
+# kernel spreads connections over the workers). Every 512-span request holds 512 traces,
+# so with 2 workers half of each request is forwarded to the other worker: the routing
+# cost measured is that of SDK batches, which mix many traces. CPU is summed over every
+# process of the collector (supervisor and workers).
+
+
+async def _grpc_connections(
+    port: int, body: bytes, inflight: int, security: Security
+) -> Callable[[int], Any]:
+    """One gRPC connection per request in flight, so they are spread over the workers."""
+    import grpc
+
+    options = [
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, not a shared one
+    ]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(inflight)
+    ]
+    exports = [channel.unary_unary(TRACE_EXPORT) for channel in channels]
+
+    async def send(index: int) -> None:
+        await exports[index](body, timeout=30)
+
+    return send
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (a supervisor and its workers)."""
+    total = process_cpu(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(process_cpu(int(child)) for child in children)
+
+
+def start_workers_target(count: int, workdir: Path, env: dict[str, str]) -> Target:
+    grpc_port, http_port = free_port(), free_port()
+    directory = workdir / f"workers-{count}"
+    directory.mkdir()
+    config = directory / "collector.yaml"
+    config.write_text(collector_config("nop", grpc_port, http_port, directory))
+    command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
+    command += ["--workers", str(count)]
+    log = directory / "collector.log"
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
+        )
+    label = f"otlp -> memory_limiter -> batch -> nop, {count} worker" + ("s" if count > 1 else "")
+    target = Target(f"workers-{count}", label, process, grpc_port, http_port, log)
+    try:
+        wait_for_port(grpc_port, process)
+        wait_for_port(http_port, process)
+        time.sleep(2.0)  # every worker binds: the first one to listen opens the port
+    except RuntimeError as exc:
+        stop_target(target)
+        raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')[-2000:]}") from exc
+    return target
+
+
+def measure_tree(target: Target, transport: str, body: bytes, args: argparse.Namespace) -> Figure:
+    """:func:`measure`, with the CPU of every process of the collector."""
+    port = target.grpc_port if transport.startswith("grpc") else target.http_port
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    load_args = (transport, port, body, args.warmup, args.seconds, args.inflight, child)
+    load = context.Process(target=load_main, args=load_args)
+    load.start()
+    try:
+        if not parent.poll(args.warmup + 60):
+            raise RuntimeError("load process did not start")
+        parent.recv()
+        cpu0 = tree_cpu(target.process.pid)
+        if not parent.poll(args.seconds + 60):
+            raise RuntimeError("load process did not finish")
+        cpu1 = tree_cpu(target.process.pid)
+        _, result = parent.recv()
+    finally:
+        load.join(30)
+        if load.is_alive():
+            load.kill()
+    assert isinstance(result, LoadResult)
+    return Figure(
+        transport, target.label, result.requests * BATCH / result.seconds,
+        (cpu1 - cpu0) / result.seconds, 0.0, 0.0, result.cpu_seconds / result.seconds,
+        result.failures, result.first_failure,
+    )  # fmt: skip
+
+
+def routing_step_us_per_span(body: bytes, workers: int = 2, repeat: int = 200) -> float:
+    """The routing step alone, in this process: cut a serialised request by trace owner
+    (each share is then parsed once, by its owner, as one process parses the whole)."""
+    from otelkit.collector.runtime.workers.routing import split_encoded_traces
+
+    start = time.process_time()
+    for _ in range(repeat):
+        split_encoded_traces(body, workers)
+    return (time.process_time() - start) / (repeat * BATCH) * 1e6
+
+
+def workers_main(args: argparse.Namespace) -> None:
+    counts = sorted({int(n) for n in args.workers.split(",")})
+    if counts[0] != 1:
+        counts.insert(0, 1)  # the baseline every ratio is to
+    body = build_request()
+    env = {} if args.glibc_defaults else STEADY_MALLOC
+    transports = [t.strip().replace("grpc", "grpc-conns") for t in args.transports.split(",")]
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
+        running: list[Target] = []
+        try:
+            for count in counts:
+                running.append(start_workers_target(count, Path(tmp), env))
+            for _ in range(args.rounds):
+                for transport in transports:
+                    for target in running:
+                        figures.append(measure_tree(target, transport, body, args))
+                        settle(target)
+        finally:
+            for target in running:
+                stop_target(target)
+    report_workers(best_rounds(figures), counts, args, routing_step_us_per_span(body))
+
+
+def report_workers(
+    figures: list[Figure], counts: list[int], args: argparse.Namespace, step_us: float
+) -> None:
+    print(
+        f"collector worker processes: {BATCH}-span requests (each span its own trace), "
+        f"{args.inflight} in flight on {args.inflight} connections, {args.seconds:g}s measured "
+        f"per case, best of {args.rounds} rounds, {os.cpu_count()} CPUs; CPU summed over the "
+        "supervisor and its workers"
+    )
+    header = (
+        f"{'transport':<10} {'workers':>7} {'spans/s':>9} {'cores':>5} {'us/span':>7} "
+        f"{'spans/core-s':>12} {'load cores':>10} {'spans/s vs 1':>12} {'us/span vs 1':>12} "
+        f"{'us/span added':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for transport in sorted({f.transport for f in figures}):
+        rows = {n: f for n in counts for f in figures if f.transport == transport
+                and f.target.endswith((f"{n} worker", f"{n} workers"))}  # fmt: skip
+        one = rows.get(1)
+        for count, f in sorted(rows.items()):
+            ratio = f.spans_per_second / one.spans_per_second if one else float("nan")
+            cost = f.us_per_span / one.us_per_span if one else float("nan")
+            added = f.us_per_span - one.us_per_span if one else float("nan")
+            print(
+                f"{transport:<10} {count:>7} {f.spans_per_second:>9,.0f} {f.cores:>5.2f} "
+                f"{f.us_per_span:>7.2f} {f.spans_per_core:>12,.0f} {f.load_cores:>10.2f} "
+                f"{ratio:>12.2f} {cost:>12.2f} {added:>13.2f}"
+            )
+            if f.failures:
+                print(f"           {f.failures} requests refused: {f.first_failure}")
+        if one is not None and 2 in rows:
+            _project(transport, one, rows[2])
+    print(
+        f"routing step alone (cut each request by trace owner, without parsing), "
+        f"in-process: {step_us:.2f} us per span"
+    )
+    print(
+        f"note: on this {os.cpu_count()}-CPU machine the load generator shares the cores with "
+        "the collector ('load cores'), so spans/s with 2 workers is bounded by the load too; "
+        "CPU per span (us/span) is the figure to scale from."
+    )
+
+
+def _project(transport: str, one: Figure, two: Figure) -> None:
+    """CPU per span at 16 workers: with N workers a share (N-1)/N of the spans is
+    forwarded, against 1/2 with 2, so the routing cost measured at 2 grows by 2(N-1)/N."""
+    added = two.us_per_span - one.us_per_span
+    cores = 16
+    per_span = one.us_per_span + added * 2 * (cores - 1) / cores
+    print(
+        f"{transport}: at {cores} cores (collector alone on them): about {per_span:.2f} us per "
+        f"span -> {cores / per_span * 1e6:,.0f} spans/s"
+    )
 
 
 if __name__ == "__main__":

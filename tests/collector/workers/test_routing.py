@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otelkit.collector.exporters.prometheus.merge import merge_snapshots
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
@@ -14,6 +15,7 @@ from otelkit.collector.runtime.workers.routing import (
     decode_payload,
     encode_payload,
     split_by_owner,
+    split_encoded_traces,
     trace_owner,
 )
 from otelkit.collector.runtime.workers.views import merge_expositions
@@ -120,3 +122,28 @@ service:
     traces: {receivers: [otlp], exporters: [nop]}
 """
     assert parse_config(text, Registry.discover(), {}).workers == 4
+
+
+def test_an_encoded_request_is_cut_as_the_objects_are() -> None:
+    request = traces([[3, 2], [4], [1, 1, 1]])
+    for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+        span.trace_id = span.span_id * 2
+    data = request.SerializeToString()
+    encoded = split_encoded_traces(data, 3)
+    objects = split_by_owner(request, 3)
+    assert set(encoded) == set(objects)
+    for owner, (share, spans) in encoded.items():
+        assert ExportTraceServiceRequest.FromString(share) == objects[owner]
+        assert spans == count_items(objects[owner])
+
+
+def test_an_encoded_request_of_one_owner_is_passed_on_as_it_is() -> None:
+    data = traces([[5, 5]]).SerializeToString()
+    [(share, spans)] = split_encoded_traces(data, 2).values()
+    assert share is data and spans == 10
+
+
+def test_bytes_that_cannot_be_cut_are_refused_for_the_parser_to_judge() -> None:
+    data = traces([[3]]).SerializeToString()
+    with pytest.raises(ValueError):
+        split_encoded_traces(data[:-5], 2)

@@ -123,6 +123,12 @@ class _ExportMethod:
         self._logger = logger
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if self._intake.takes_encoded:  # cut by trace between worker processes, then parsed
+            try:
+                await self._intake.deliver_encoded(request, TRANSPORT)
+            except Exception as exc:
+                await _abort(context, refusal_for(exc))
+            return _EMPTY_RESPONSE
         try:
             payload = self._parse(request)
         except DecodeError as exc:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from google.protobuf.message import DecodeError
+
 from otelkit.collector.pdata.signals import Signal, signal_of
 from otelkit.collector.runtime.component import (
     ComponentID,
@@ -59,9 +61,8 @@ class WorkerPlacement:
         }
 
     def route(self, receiver: ComponentID, signal: Signal, consumer: Consumer) -> Consumer:
-        return RoutingConsumer(
-            str(receiver), consumer, self.role.index, self.role.count, self.peers
-        )
+        role = self.role
+        return RoutingConsumer(str(receiver), signal, consumer, role.index, role.count, self.peers)
 
     def exporter_elsewhere(self, spec: ComponentSpec) -> Exporter | None:
         config = spec.config
@@ -103,7 +104,10 @@ class WorkerEndpoint:
 
     async def _consume(self, receiver: str, body: bytes) -> None:
         self._accepting()
-        payload = decode_payload(body)
+        try:
+            payload = decode_payload(body)
+        except DecodeError as exc:
+            raise PermanentError(f"malformed share of a request: {exc}") from exc
         consumer = self._service.graph.receiver_pipelines.get((receiver, signal_of(payload)))
         if consumer is None:
             raise PermanentError(f"receiver {receiver!r} has no {signal_of(payload)} pipeline")

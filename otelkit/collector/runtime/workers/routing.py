@@ -21,8 +21,9 @@ import zlib
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from otelkit.collector.pdata.signals import Payload, Signal, signal_of
+from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 from otelkit.collector.pdata.split import LAYOUT
+from otelkit.collector.pdata.wire import read_varint, varint
 from otelkit.collector.runtime.component import Consumer, Exporter
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.workers.channel import Op, Peer
@@ -38,8 +39,12 @@ class SingleWriter(Protocol):
 
 
 def trace_owner(trace_id: bytes, workers: int) -> int:
-    """The worker that processes every span of this trace: stable across processes."""
-    return zlib.crc32(trace_id) % workers
+    """The worker that processes every span of this trace: its last two bytes modulo the
+    workers (random in W3C trace IDs; sequential IDs go round the workers), read the
+    same way from a span's bytes by :func:`split_encoded_traces`."""
+    if len(trace_id) < 2:
+        return 0
+    return (trace_id[-2] << 8 | trace_id[-1]) % workers
 
 
 def split_by_owner(payload: Payload, workers: int) -> dict[int, Payload]:
@@ -135,6 +140,130 @@ def _scope_copy(
     return target_scope
 
 
+def split_encoded_traces(data: bytes, workers: int) -> dict[int, tuple[bytes, int]]:
+    """A serialised traces request cut by owner without parsing it: {owner: (bytes of
+    its share, spans in it)}; the request's own bytes when one worker owns all of it.
+
+    Each span is a slice of the request (its trace ID read at its start, where every
+    serialiser writes field 1); the owner parses only its share, so routing adds no
+    parsing. Raises ValueError for bytes it cannot cut (then the request is parsed and
+    cut as objects, or refused as malformed)."""
+    parts: dict[int, list[bytes]] = {}
+    counts: dict[int, int] = {}
+    for number, _, begin, end in _fields(data):
+        if number != 1:  # ExportTraceServiceRequest.resource_spans
+            continue
+        resource = data[begin:end]
+        header: list[bytes] = []
+        scopes: dict[int, list[bytes]] = {}
+        for field, start, inner, stop in _fields(resource):
+            if field != 2:  # ResourceSpans.scope_spans
+                header.append(resource[start:stop])
+                continue
+            for owner, scope, spans in _split_scope(resource[inner:stop], workers):
+                scopes.setdefault(owner, []).append(_frame(2, scope))
+                counts[owner] = counts.get(owner, 0) + spans
+        head = b"".join(header)
+        for owner, frames in scopes.items():
+            parts.setdefault(owner, []).append(_frame(1, head + b"".join(frames)))
+    if len(parts) <= 1:
+        return {owner: (data, counts[owner]) for owner in parts}
+    return {owner: (b"".join(frames), counts[owner]) for owner, frames in parts.items()}
+
+
+def _split_scope(scope: bytes, workers: int) -> list[tuple[int, bytes, int]]:
+    """(owner, ScopeSpans bytes holding that owner's spans, how many) per owner.
+
+    The hot loop of routing: one pass, no call per span; runs of spans with the same
+    owner move as one slice."""
+    runs: dict[int, list[bytes]] = {}
+    counts: dict[int, int] = {}
+    pos, size = 0, len(scope)
+    while pos < size and scope[pos] != 0x12:  # fields before the spans (the scope)
+        pos = _skip(scope, pos)
+    first = run_start = pos
+    run_owner, run_length = -1, 0
+    while pos < size and scope[pos] == 0x12:  # ScopeSpans.spans, field 2
+        tag = pos
+        length = scope[pos + 1]
+        if length < 0x80:
+            pos += 2
+        elif scope[pos + 2] < 0x80:
+            length = (length & 0x7F) | (scope[pos + 2] << 7)
+            pos += 3
+        else:
+            length, pos = read_varint(scope, pos + 1)
+        # Span.trace_id is field 1 (tag 0x0A, length 16): serialisers write it first.
+        if length < 18 or scope[pos] != 0x0A or scope[pos + 1] != 0x10:
+            raise ValueError("a span that does not begin with its trace ID")
+        owner = (scope[pos + 16] << 8 | scope[pos + 17]) % workers
+        if owner != run_owner:
+            if run_length:
+                runs.setdefault(run_owner, []).append(scope[run_start:tag])
+                counts[run_owner] = counts.get(run_owner, 0) + run_length
+            run_owner, run_start, run_length = owner, tag, 0
+        run_length += 1
+        pos += length
+    if pos > size:
+        raise ValueError("truncated span")
+    if run_length:
+        runs.setdefault(run_owner, []).append(scope[run_start:pos])
+        counts[run_owner] = counts.get(run_owner, 0) + run_length
+    before, after = scope[:first], scope[pos:]
+    if any(number == 2 for number, *_ in _fields(after)):
+        raise ValueError("spans not side by side")
+    return [
+        (owner, before + b"".join(parts) + after, counts[owner]) for owner, parts in runs.items()
+    ]
+
+
+def _skip(data: bytes, pos: int) -> int:
+    [(_, _, _, end)] = _fields_from(data, pos, 1)
+    return end
+
+
+def _frame(field: int, value: bytes) -> bytes:
+    """A length-delimited field: tag, length, value."""
+    return bytes((field << 3 | 2,)) + varint(len(value)) + value
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(field number, where its tag starts, where its value starts, where it ends)."""
+    found = _fields_from(data, 0, -1)
+    if found and found[-1][3] != len(data):
+        raise ValueError("truncated field")
+    return found
+
+
+def _fields_from(data: bytes, pos: int, limit: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``limit`` fields (-1: all) from ``pos``."""
+    found: list[tuple[int, int, int, int]] = []
+    size = len(data)
+    try:
+        while pos < size and len(found) != limit:
+            start = pos
+            tag, pos = read_varint(data, pos)
+            wire_type = tag & 7
+            if wire_type == 2:
+                length, pos = read_varint(data, pos)
+                begin = pos
+                pos += length
+            elif wire_type == 0:
+                begin = pos
+                _, pos = read_varint(data, pos)
+            elif wire_type in (1, 5):
+                begin = pos
+                pos += 8 if wire_type == 1 else 4
+            else:
+                raise ValueError(f"unsupported wire type {wire_type}")
+            if pos > size:
+                raise ValueError("truncated field")
+            found.append((tag >> 3, start, begin, pos))
+    except IndexError:
+        raise ValueError("truncated field") from None
+    return found
+
+
 class RoutingConsumer:
     """In front of one receiver's pipelines for one signal: runs this worker's share and
     forwards the others; returns only once all were accepted."""
@@ -142,13 +271,44 @@ class RoutingConsumer:
     mutates_data = True
 
     def __init__(
-        self, receiver: str, local: Consumer, index: int, workers: int, peers: Mapping[int, Peer]
+        self,
+        receiver: str,
+        signal: Signal,
+        local: Consumer,
+        index: int,
+        workers: int,
+        peers: Mapping[int, Peer],
     ) -> None:
         self._receiver = receiver
+        self._signal = signal
         self._local = local
         self._index = index
         self._workers = workers
         self._peers = peers
+
+    @property
+    def takes_encoded(self) -> bool:
+        """Traces are cut before parsing (see :meth:`consume_encoded`)."""
+        return self._signal is Signal.TRACES
+
+    def route_encoded(self, data: bytes) -> tuple[int, Awaitable[None]]:
+        """Cut a serialised request by owner and parse this worker's share: how many items
+        it holds, and the delivery of every share to await. Raises ``DecodeError`` for
+        bytes that are not a request of this signal, before anything is delivered."""
+        parse = self._signal.request_type.FromString
+        try:
+            shares = split_encoded_traces(data, self._workers)
+        except ValueError:
+            payload = parse(data)
+            return count_items(payload), self.consume(payload)
+        calls: list[Awaitable[Any]] = []
+        tag = _TAGS[self._signal]
+        for owner, (share, _) in shares.items():
+            if owner == self._index:
+                calls.append(self._local.consume(parse(share)))
+            else:
+                calls.append(self._peers[owner].call(Op.CONSUME, self._receiver, tag + share))
+        return sum(items for _, items in shares.values()), _all(calls)
 
     async def consume(self, payload: Payload) -> None:
         shares = split_by_owner(payload, self._workers)
@@ -159,13 +319,18 @@ class RoutingConsumer:
             else:
                 body = encode_payload(share)
                 calls.append(self._peers[owner].call(Op.CONSUME, self._receiver, body))
-        if len(calls) == 1:
-            await calls[0]
-            return
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await _all(calls)
+
+
+async def _all(calls: list[Awaitable[Any]]) -> None:
+    """Every share offered; the first refusal raised once all have answered."""
+    if len(calls) == 1:
+        await calls[0]
+        return
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 class ForwardingExporter(Exporter):

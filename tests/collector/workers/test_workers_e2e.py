@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.budgets.spans import n_plus_one
 from tests.collector.e2e.clients import make_logs, metric_total, send_all, wait_until
-from tests.support.collector import RunningCollector, shipped_collector
+from tests.support.collector import SHIPPED_CONFIG, RunningCollector, shipped_collector
 
 TRACES = 12
 SPANS_PER_TRACE = 7  # a root and six repeated queries
@@ -183,19 +184,26 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(
 ) -> None:
     running = two_workers
     first, second = worker_pids(running)
+    health = running.ports["health"]
     os.kill(second, signal.SIGKILL)
     wait_until(lambda: not alive(second), 10, "the killed worker to go")
+
+    def names_the_worker() -> bool:
+        answer = get(health, "/health/ready")
+        output = answer.json().get("output", "") if answer.status_code == 503 else ""
+        return re.search(r"worker \d: not ready \(exited with signal SIGKILL", output) is not None
+
+    wait_until(names_the_worker, 10, "readiness to name the worker that is down")
 
     def restarted() -> bool:
         pids = worker_pids(running)
         return len(pids) == 2 and second not in pids
 
     wait_until(restarted, 30, "a new worker")
-    health = running.ports["health"]
     wait_until(lambda: get(health, "/health/ready").status_code == 200, 60, "readiness again")
     telemetry = get(running.ports["telemetry"], "/metrics").text
     assert metric_total(telemetry, "otelkit_collector_worker_restarts_total") == 1
-    assert "worker 1 exited with signal SIGKILL" in running.log()
+    assert re.search(r"worker \d exited with signal SIGKILL; starting it again", running.log())
 
     # Both workers take data again: every span is accepted and counted once.
     traces = n_plus_one_traces(4)
@@ -207,3 +215,15 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(
     assert first in workers
     assert running.stop() == 0, running.log()[-3000:]
     assert not any(alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize(("flag", "processes"), [((), 2), (("--workers", "1"), 0)])
+def test_service_workers_in_the_config_and_the_flag_that_overrides_it(
+    tmp_path: Path, flag: tuple[str, ...], processes: int
+) -> None:
+    text = SHIPPED_CONFIG.read_text().replace("\nservice:\n", "\nservice:\n  workers: 2\n", 1)
+    with shipped_collector(tmp_path, config_text=text, args=flag) as running:
+        health = running.ports["health"]
+        wait_until(lambda: get(health, "/health/ready").status_code == 200, 60, "readiness")
+        assert len(worker_pids(running)) == processes
+        assert running.stop() == 0, running.log()[-3000:]

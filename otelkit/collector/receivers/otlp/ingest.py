@@ -42,6 +42,8 @@ class SignalIntake:
         self._telemetry = telemetry
         self._receiver = receiver
         self._logger = logger
+        self.takes_encoded = isinstance(consumer, TakesEncoded) and consumer.takes_encoded
+        """Whether the transport should hand over bodies unparsed (:meth:`deliver_encoded`)."""
 
     async def deliver(self, payload: Payload, transport: str) -> None:
         """Pass ``payload`` on whole; raises what the pipeline raised, after counting.
@@ -55,10 +57,6 @@ class SignalIntake:
             return
         await self._counted(self._consumer.consume(payload), items, transport)
 
-    @property
-    def takes_encoded(self) -> bool:
-        """Whether the transport should hand over the body unparsed (:meth:`deliver_encoded`)."""
-        return isinstance(self._consumer, TakesEncoded) and self._consumer.takes_encoded
 
     async def deliver_encoded(self, data: bytes, transport: str) -> None:
         """As :meth:`deliver`, for a protobuf body not parsed yet; a malformed one is

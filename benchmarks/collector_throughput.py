@@ -2,6 +2,7 @@
 
     python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
         [--security bearer,tls,bearer+tls]
+    python benchmarks/collector_throughput.py --workers 1,2 [--workers-config nop|default]
 
 A load process (separate from everything it measures) sends one pre-serialized request of
 512 realistic server spans (10 attributes each) over and over, with a fixed number of
@@ -31,6 +32,12 @@ on a shared machine disturbs them alike; each case shows its best round. The loa
 process needs CPU too, so on 2 cores the absolute spans/s is bounded by both; CPU per
 span is the steadier figure. Targets run with the same glibc malloc settings (see
 ``STEADY_MALLOC``) unless ``--glibc-defaults`` is given.
+
+``--workers 1,2`` measures ``otelkit collector run --workers N`` instead (the nop
+pipeline, or the shipped configuration with ``--workers-config default``): spans/s and
+CPU per span summed over the supervisor and its workers, loaded over one connection per
+request in flight, as ratios to 1 worker, the routing step's cost alone, and the
+projection to 16 cores (see "Worker processes" below).
 """
 
 from __future__ import annotations
@@ -736,8 +743,14 @@ def main() -> None:
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
     parser.add_argument(
         "--workers",
-        help="instead of the cases above: the nop pipeline with these worker counts "
+        help="instead of the cases above: a collector with these worker counts "
         "(otelkit collector run --workers N), e.g. 1,2, and the routing step's cost",
+    )
+    parser.add_argument(
+        "--workers-config",
+        choices=("nop", "default"),
+        default="nop",
+        help="with --workers: the nop pipeline, or the shipped collector/otelkit.yaml",
     )
     args = parser.parse_args()
     if args.serve_bare:
@@ -830,21 +843,44 @@ def tree_cpu(pid: int) -> float:
     return total + sum(process_cpu(int(child)) for child in children)
 
 
-def start_workers_target(count: int, workdir: Path, env: dict[str, str]) -> Target:
+SHIPPED_VARIABLES = (
+    "OTELKIT_PROMETHEUS_ENDPOINT",
+    "OTELKIT_HEALTH_ENDPOINT",
+    "OTELKIT_METRICS_ADDRESS",
+)
+
+
+def start_workers_target(count: int, workdir: Path, env: dict[str, str], config: str) -> Target:
+    """``config``: ``nop`` (the nop pipeline) or ``default`` (collector/otelkit.yaml with
+    its listeners moved by its variables, and no Sentry DSN)."""
     grpc_port, http_port = free_port(), free_port()
     directory = workdir / f"workers-{count}"
     directory.mkdir()
-    config = directory / "collector.yaml"
-    config.write_text(collector_config("nop", grpc_port, http_port, directory))
-    command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    if config == "default":
+        path = Path(root) / "collector" / "otelkit.yaml"
+        env = {
+            **env,
+            **{name: f"127.0.0.1:{free_port()}" for name in SHIPPED_VARIABLES},
+            "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+            "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+            "OTELKIT_DATA_DIR": str(directory / "data"),
+            "OTELKIT_BUDGETS_FILE": str(Path(root) / "collector" / "budgets.yaml"),
+            "SENTRY_DSN": "",
+        }
+        pipeline = "collector/otelkit.yaml"
+    else:
+        path = directory / "collector.yaml"
+        path.write_text(collector_config("nop", grpc_port, http_port, directory))
+        pipeline = "otlp -> memory_limiter -> batch -> nop"
+    command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(path)]
     command += ["--workers", str(count)]
     log = directory / "collector.log"
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
         )
-    label = f"otlp -> memory_limiter -> batch -> nop, {count} worker" + ("s" if count > 1 else "")
+    label = f"{pipeline}, {count} worker" + ("s" if count > 1 else "")
     target = Target(f"workers-{count}", label, process, grpc_port, http_port, log)
     try:
         wait_for_port(grpc_port, process)
@@ -908,7 +944,7 @@ def workers_main(args: argparse.Namespace) -> None:
         running: list[Target] = []
         try:
             for count in counts:
-                running.append(start_workers_target(count, Path(tmp), env))
+                running.append(start_workers_target(count, Path(tmp), env, args.workers_config))
             for _ in range(args.rounds):
                 for transport in transports:
                     for target in running:
@@ -924,7 +960,8 @@ def report_workers(
     figures: list[Figure], counts: list[int], args: argparse.Namespace, step_us: float
 ) -> None:
     print(
-        f"collector worker processes: {BATCH}-span requests (each span its own trace), "
+        f"collector worker processes ({figures[0].target.partition(',')[0]}): "
+        f"{BATCH}-span requests (each span its own trace), "
         f"{args.inflight} in flight on {args.inflight} connections, {args.seconds:g}s measured "
         f"per case, best of {args.rounds} rounds, {os.cpu_count()} CPUs; CPU summed over the "
         "supervisor and its workers"
@@ -952,7 +989,7 @@ def report_workers(
             if f.failures:
                 print(f"           {f.failures} requests refused: {f.first_failure}")
         if one is not None and 2 in rows:
-            _project(transport, one, rows[2])
+            _project(transport, one, rows[2], step_us)
     print(
         f"routing step alone (cut each request by trace owner, without parsing), "
         f"in-process: {step_us:.2f} us per span"
@@ -964,15 +1001,18 @@ def report_workers(
     )
 
 
-def _project(transport: str, one: Figure, two: Figure) -> None:
-    """CPU per span at 16 workers: with N workers a share (N-1)/N of the spans is
-    forwarded, against 1/2 with 2, so the routing cost measured at 2 grows by 2(N-1)/N."""
+def _project(transport: str, one: Figure, two: Figure, step_us: float) -> None:
+    """CPU per span at 16 workers. Every span is cut (``step_us``, measured alone); the
+    rest of what 2 workers add is the forwarding of half the spans, and with N workers
+    (N-1)/N of them are forwarded."""
     added = two.us_per_span - one.us_per_span
+    forwarding = max(0.0, added - step_us) * 2
     cores = 16
-    per_span = one.us_per_span + added * 2 * (cores - 1) / cores
+    per_span = one.us_per_span + step_us + forwarding * (cores - 1) / cores
     print(
-        f"{transport}: at {cores} cores (collector alone on them): about {per_span:.2f} us per "
-        f"span -> {cores / per_span * 1e6:,.0f} spans/s"
+        f"{transport}: routing cost {added:.2f} us per span at 2 workers (cutting {step_us:.2f}, "
+        f"forwarding {forwarding:.2f} per forwarded span); at {cores} cores with the collector "
+        f"alone on them: about {per_span:.2f} us per span -> {cores / per_span * 1e6:,.0f} spans/s"
     )
 
 

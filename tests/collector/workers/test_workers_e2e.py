@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,8 +31,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.budgets.spans import n_plus_one
 from tests.collector.e2e.clients import make_logs, metric_total, send_all, wait_until
-from tests.support.collector import SHIPPED_CONFIG, RunningCollector, shipped_collector
+from tests.support.collector import (
+    ROOT,
+    SHIPPED_ADDRESSES,
+    SHIPPED_CONFIG,
+    RunningCollector,
+    allocate_ports,
+    shipped_collector,
+)
 
+BUDGETS = ROOT / "collector" / "budgets.yaml"
 TRACES = 12
 SPANS_PER_TRACE = 7  # a root and six repeated queries
 CONNECTIONS = 6
@@ -227,3 +236,20 @@ def test_service_workers_in_the_config_and_the_flag_that_overrides_it(
         wait_until(lambda: get(health, "/health/ready").status_code == 200, 60, "readiness")
         assert len(worker_pids(running)) == processes
         assert running.stop() == 0, running.log()[-3000:]
+
+
+def test_a_worker_that_cannot_start_stops_the_collector_with_an_error(tmp_path: Path) -> None:
+    """A taken port fails every worker the same way: no restart loop, exit code 1."""
+    ports = allocate_ports(*SHIPPED_ADDRESSES)
+    env = {**os.environ, **{name: f"127.0.0.1:{ports[k]}" for k, name in SHIPPED_ADDRESSES.items()}}
+    env.update(OTELKIT_DATA_DIR=str(tmp_path / "data"), OTELKIT_BUDGETS_FILE=str(BUDGETS))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports["grpc"]))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "otelkit.cli", "collector", "run",
+             "--config", str(SHIPPED_CONFIG), "--workers", "2"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "before it was ready: stopping" in result.stderr

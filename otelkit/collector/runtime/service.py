@@ -22,7 +22,7 @@ from otelkit.collector.runtime.component import Component, ComponentID, Status
 from otelkit.collector.runtime.config import CollectorConfig
 from otelkit.collector.runtime.graph import Graph, Placement, build_graph
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
-from otelkit.collector.runtime.listeners import announce
+from otelkit.collector.runtime.listeners import announce, announce_destinations
 from otelkit.collector.runtime.memory import HoldsData
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
@@ -105,8 +105,11 @@ class Service:
             if self.host.statuses[label][0] == Status.STARTING:
                 self.host.report_status(label, Status.OK)
         self.host.ready = True
-        if self.placement is not None:
-            log.info("worker %d of %d ready", self.placement.role.index, self.placement.role.count)
+        if self.placement is not None:  # the supervisor announces the listeners
+            role = self.placement.role
+            if role.index == 0:  # every worker sends to the same places; say them once
+                announce_destinations(self.graph.ordered, log)
+            log.info("worker %d of %d ready", role.index, role.count)
             return
         announce(self.config, self.graph.ordered, log)
         log.info(

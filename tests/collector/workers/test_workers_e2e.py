@@ -132,6 +132,9 @@ def test_each_trace_is_processed_whole_and_every_view_is_one(
 ) -> None:
     running = two_workers
     assert len(worker_pids(running)) == 2
+    banner = running.log()
+    assert banner.count("listening: receiver/otlp: OTLP/grpc") == 1
+    assert banner.count("sending: exporter/logstore: log records to SQLite") == 1
     traces = n_plus_one_traces(TRACES)
     send_span_by_span(running, traces)
     logs = make_logs(40, "workers")

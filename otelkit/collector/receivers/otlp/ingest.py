@@ -57,7 +57,6 @@ class SignalIntake:
             return
         await self._counted(self._consumer.consume(payload), items, transport)
 
-
     async def deliver_encoded(self, data: bytes, transport: str) -> None:
         """As :meth:`deliver`, for a protobuf body not parsed yet; a malformed one is
         counted and refused as :class:`PermanentError`."""

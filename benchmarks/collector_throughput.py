@@ -932,6 +932,38 @@ def routing_step_us_per_span(body: bytes, workers: int = 2, repeat: int = 200) -
     return (time.process_time() - start) / (repeat * BATCH) * 1e6
 
 
+def channel_us_per_span(body: bytes, calls: int = 400, inflight: int = 8) -> float:
+    """The internal channel alone, both ends in this process: CPU per forwarded span to
+    send a share to a worker's socket and have it read (not parsed) there."""
+    from otelkit.collector.runtime.workers.channel import ChannelServer, Op, Peer
+    from otelkit.collector.runtime.workers.routing import split_encoded_traces
+
+    share, spans = split_encoded_traces(body, 2)[1]
+
+    async def taken(op: Op, name: str, data: bytes) -> bytes:
+        return b""
+
+    async def run(directory: str) -> float:
+        server = ChannelServer(Path(directory) / "worker.sock", taken)
+        await server.start()
+        peer = Peer(server.path, "worker")
+
+        async def sender() -> None:
+            for _ in range(calls // inflight):
+                await peer.call(Op.CONSUME, "otlp", b"T" + share)
+
+        await sender()  # connect and warm up
+        start = time.process_time()
+        await asyncio.gather(*(sender() for _ in range(inflight)))
+        used = time.process_time() - start
+        await peer.close()
+        await server.stop()
+        return used / (calls // inflight * inflight * spans) * 1e6
+
+    with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as directory:
+        return asyncio.run(run(directory))
+
+
 def workers_main(args: argparse.Namespace) -> None:
     counts = sorted({int(n) for n in args.workers.split(",")})
     if counts[0] != 1:
@@ -953,11 +985,16 @@ def workers_main(args: argparse.Namespace) -> None:
         finally:
             for target in running:
                 stop_target(target)
-    report_workers(best_rounds(figures), counts, args, routing_step_us_per_span(body))
+    step_us = routing_step_us_per_span(body)
+    report_workers(best_rounds(figures), counts, args, step_us, channel_us_per_span(body))
 
 
 def report_workers(
-    figures: list[Figure], counts: list[int], args: argparse.Namespace, step_us: float
+    figures: list[Figure],
+    counts: list[int],
+    args: argparse.Namespace,
+    step_us: float,
+    channel_us: float,
 ) -> None:
     print(
         f"collector worker processes ({figures[0].target.partition(',')[0]}): "
@@ -993,6 +1030,10 @@ def report_workers(
     print(
         f"routing step alone (cut each request by trace owner, without parsing), "
         f"in-process: {step_us:.2f} us per span"
+    )
+    print(
+        f"internal channel alone (send a share, read it at the other end, no parsing), "
+        f"in-process: {channel_us:.2f} us per forwarded span"
     )
     print(
         f"note: on this {os.cpu_count()}-CPU machine the load generator shares the cores with "

@@ -25,6 +25,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 from otelkit.collector.runtime.errors import (
     ComponentError,
@@ -100,6 +101,7 @@ class ChannelServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -114,10 +116,15 @@ class ChannelServer:
             task.cancel()
         for writer in list(self._writers):
             writer.close()  # the connection's reader sees the end and returns
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=1.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        if connection is not None:
+            self._connections.add(connection)
         self._writers.add(writer)
         try:
             while True:
@@ -130,9 +137,15 @@ class ChannelServer:
                 call.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # The loop is closing under it (asyncio.run's clean-up): end quietly, as the
+            # stream callback would otherwise log the cancellation as an error.
+            pass
         finally:
             writer.close()
             self._writers.discard(writer)
+            if connection is not None:
+                self._connections.discard(connection)
 
     async def _answer(
         self, writer: asyncio.StreamWriter, request_id: int, op: Op, name: str, body: bytes

@@ -90,11 +90,13 @@ def test_the_scrape_view_adds_counters_and_histograms_up() -> None:
     assert merged["target_info"] == [('job="shop"', NumberPoint(1.0, 0, 7))]
 
 
-def test_self_metrics_of_the_workers_are_summed() -> None:
+def test_self_metrics_of_the_workers_are_summed_and_gauges_show_the_highest() -> None:
     one = '# HELP x_total X\n# TYPE x_total counter\nx_total{a="1"} 2.0\nx_total{a="2"} 1.0\n'
     two = '# HELP x_total X\n# TYPE x_total counter\nx_total{a="1"} 5.0\n'
-    text = merge_expositions([one, two]).decode()
+    rss = "# HELP rss_bytes R\n# TYPE rss_bytes gauge\nrss_bytes {}\n"
+    text = merge_expositions([one + rss.format(300.0), two + rss.format(200.0)]).decode()
     assert 'x_total{a="1"} 7.0' in text and 'x_total{a="2"} 1.0' in text
+    assert "rss_bytes 300.0" in text
 
 
 @pytest.mark.parametrize("value", [0, -1, "two", 1.5, True])

@@ -7,10 +7,13 @@ refusing data) is named in ``/health/ready``'s output, and each component's stat
 its worst over the workers (``worker 1: ...`` in the output).
 
 Self-metrics: each worker's registry is read over the internal channel and the samples
-with the same name and labels are added up (counters, histogram buckets, and gauges such
-as queue sizes, whose total is what an operator sizes against), so the series are the
-ones a single-process collector exposes and the dashboards read the same. The
-supervisor adds ``otelkit_collector_workers`` and ``otelkit_collector_worker_restarts``.
+with the same name and labels are combined: counters and histograms are added up; a
+gauge shows its highest value over the workers, because every limit it is read against
+applies to each worker (the memory limiter's resident memory against ``limit_mib``, a
+queue's fill against its capacity, a budget's running percentile). The series are the
+ones a single-process collector exposes, so the dashboards and alert rules read the
+same. The supervisor adds ``otelkit_collector_workers`` and
+``otelkit_collector_worker_restarts``.
 """
 
 from __future__ import annotations
@@ -96,16 +99,19 @@ class WorkersHost:
 
 
 def merge_expositions(texts: Iterable[str], extra: bytes = b"") -> bytes:
-    """Prometheus text expositions as one: samples with the same name and labels summed."""
+    """Prometheus text expositions as one: samples with the same name and labels summed,
+    or for gauges the highest."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in (*texts, extra.decode()):
         for family in text_string_to_metric_families(text):
             families.setdefault(family.name, family)
             known = values.setdefault(family.name, {})
+            combine = max if family.type == "gauge" else _add
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                known[key] = known.get(key, 0.0) + sample.value
+                old = known.get(key)
+                known[key] = sample.value if old is None else combine(old, sample.value)
     merged = []
     for name, family in families.items():
         metric = Metric(name, family.documentation, family.type, family.unit)
@@ -117,6 +123,10 @@ def merge_expositions(texts: Iterable[str], extra: bytes = b"") -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(merged))
     return generate_latest(registry)
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
 
 
 class _Fixed:

@@ -30,13 +30,29 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.budgets.spans import n_plus_one
-from tests.collector.e2e.clients import make_logs, metric_total, send_all, wait_until
+from tests.collector.e2e.clients import (
+    expected_logs,
+    expected_points,
+    expected_spans,
+    log_keys,
+    make_logs,
+    make_metrics,
+    make_spans,
+    metric_total,
+    point_keys,
+    read_output,
+    send_all,
+    span_keys,
+    wait_until,
+)
 from tests.support.collector import (
     ROOT,
     SHIPPED_ADDRESSES,
     SHIPPED_CONFIG,
     RunningCollector,
     allocate_ports,
+    collector,
+    downstream_config,
     shipped_collector,
 )
 
@@ -256,3 +272,23 @@ def test_a_worker_that_cannot_start_stops_the_collector_with_an_error(tmp_path: 
         )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     assert "before it was ready: stopping" in result.stderr
+
+
+def test_a_file_has_one_writer_and_holds_every_acknowledged_item_once(tmp_path: Path) -> None:
+    """gRPC and HTTP into two workers; the ``file`` exporter runs in
+    one of them and the other hands it its share."""
+    out = tmp_path / "out.jsonl"
+    config = downstream_config(["traces", "logs", "metrics"], out, http=True)
+    ports = allocate_ports("grpc", "http")
+    with collector(config, tmp_path, ports=ports, args=["--workers", "2"]) as running:
+        spans = make_spans(150, "file")
+        logs = make_logs(60, "file")
+        metrics = make_metrics()
+        send_all("grpc", f"127.0.0.1:{ports['grpc']}", spans[:200], metrics, logs[:30], batch=25)
+        send_all("http", f"127.0.0.1:{ports['http']}", spans[200:], logs=logs[30:], batch=25)
+        want_spans, want_logs = expected_spans(spans), expected_logs(logs)
+        wait_until(lambda: span_keys(read_output(out)) == want_spans, 30, "every span once")
+        wait_until(lambda: log_keys(read_output(out)) == want_logs, 30, "every log record once")
+        assert point_keys(read_output(out)) == expected_points(metrics)
+        assert running.stop() == 0, running.log()[-3000:]
+    assert not list(tmp_path.glob("out*.jsonl*"))[1:], "one file, one writer"

@@ -136,6 +136,11 @@ class Service:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (it may still be draining)."""
+        return self._stop.is_set()
+
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""
         loop = asyncio.get_running_loop()

@@ -173,15 +173,19 @@ class Peer:
         self._next_id = 0
         self._connecting = asyncio.Lock()
 
+    async def connect(self) -> asyncio.StreamWriter:
+        """The connection, made if needed; a peer that cannot be reached is retryable."""
+        try:
+            return await self._connected()
+        except (OSError, TimeoutError) as exc:
+            raise RetryableError(f"{self.name} is not reachable: {exc}", PEER_RETRY_AFTER) from exc
+
     async def call(
         self, op: Op, name: str = "", body: bytes = b"", timeout: float = CALL_TIMEOUT_SECONDS
     ) -> bytes:
         """The peer's answer; its refusal raised as the same kind of error, and a peer that
         is gone or silent raised as retryable."""
-        try:
-            writer = await self._connected()
-        except OSError as exc:
-            raise RetryableError(f"{self.name} is not reachable: {exc}", PEER_RETRY_AFTER) from exc
+        writer = await self.connect()
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         request_id = self._next_id
         future: asyncio.Future[tuple[Outcome, bytes]] = asyncio.get_running_loop().create_future()

@@ -8,12 +8,14 @@ supervisor's questions for the health, self-metrics and scrape views).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import json
 import pickle
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,6 +41,7 @@ from otelkit.collector.runtime.workers.routing import (
 
 SINGLE_WRITER_WORKER = 0
 _NOT_READY_RETRY_AFTER = 1.0
+_START_WAIT_SECONDS = 30.0
 
 
 @runtime_checkable
@@ -103,7 +106,7 @@ class WorkerEndpoint:
         raise PermanentError(f"unknown operation {op}")
 
     async def _consume(self, receiver: str, body: bytes) -> None:
-        self._accepting()
+        await self._accepting()
         try:
             payload = decode_payload(body)
         except DecodeError as exc:
@@ -114,18 +117,24 @@ class WorkerEndpoint:
         await consumer.consume(payload)
 
     async def _export(self, name: str, body: bytes) -> None:
-        self._accepting()
+        await self._accepting()
         exporter = self._exporters.get(name)
         if exporter is None or isinstance(exporter, ForwardingExporter):
             raise PermanentError(f"exporter {name!r} does not run in this worker")
         await exporter.consume(decode_payload(body))
 
-    def _accepting(self) -> None:
-        """Shares are taken only while every component runs (not in start or shutdown)."""
-        if not self._service.host.ready:
-            role = self._service.placement.role if self._service.placement else None
-            who = f"worker {role.index}" if role else "the worker"
-            raise RetryableError(f"{who} is starting or stopping", _NOT_READY_RETRY_AFTER)
+    async def _accepting(self) -> None:
+        """Shares are taken only while every component runs. A share arriving while this
+        worker starts waits for the start (bounded): its sibling already took its own
+        share of the request, which a refusal would make the sender send again."""
+        service = self._service
+        deadline = time.monotonic() + _START_WAIT_SECONDS
+        while not service.host.ready:
+            if service.stopping or time.monotonic() >= deadline:
+                role = service.placement.role if service.placement else None
+                who = f"worker {role.index}" if role else "the worker"
+                raise RetryableError(f"{who} is starting or stopping", _NOT_READY_RETRY_AFTER)
+            await asyncio.sleep(0.05)
 
     def _state(self) -> bytes:
         host = self._service.host

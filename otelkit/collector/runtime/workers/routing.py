@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
-from otelkit.collector.pdata.split import LAYOUT
+from otelkit.collector.pdata.split import LAYOUT, append
 from otelkit.collector.pdata.wire import read_varint, varint
 from otelkit.collector.runtime.component import Consumer, Exporter
 from otelkit.collector.runtime.errors import ComponentError
@@ -301,24 +301,30 @@ class RoutingConsumer:
         except ValueError:
             payload = parse(data)
             return count_items(payload), self.consume(payload)
-        calls: list[Awaitable[Any]] = []
         tag = _TAGS[self._signal]
-        for owner, (share, _) in shares.items():
-            if owner == self._index:
-                calls.append(self._local.consume(parse(share)))
-            else:
-                calls.append(self._peers[owner].call(Op.CONSUME, self._receiver, tag + share))
-        return sum(items for _, items in shares.values()), _all(calls)
+        local = shares.pop(self._index, None)
+        forwarded = {owner: tag + share for owner, (share, _) in shares.items()}
+        items = sum(n for _, n in shares.values()) + (local[1] if local else 0)
+        return items, self._deliver(parse(local[0]) if local else None, forwarded)
 
     async def consume(self, payload: Payload) -> None:
         shares = split_by_owner(payload, self._workers)
-        calls: list[Awaitable[Any]] = []
-        for owner, share in shares.items():
-            if owner in (self._index, _LOCAL):
-                calls.append(self._local.consume(share))
-            else:
-                body = encode_payload(share)
-                calls.append(self._peers[owner].call(Op.CONSUME, self._receiver, body))
+        local = [shares.pop(owner) for owner in (self._index, _LOCAL) if owner in shares]
+        forwarded = {owner: encode_payload(share) for owner, share in shares.items()}
+        if len(local) == 2:
+            append(local[0], local[1])
+        await self._deliver(local[0] if local else None, forwarded)
+
+    async def _deliver(self, local: Payload | None, forwarded: Mapping[int, bytes]) -> None:
+        """Every owner is reached before any share is taken: a request refused because a
+        worker is starting or gone is refused whole, and its retry brings no duplicates."""
+        peers = self._peers
+        await asyncio.gather(*(peers[owner].connect() for owner in forwarded))
+        calls: list[Awaitable[Any]] = [
+            peers[owner].call(Op.CONSUME, self._receiver, b) for owner, b in forwarded.items()
+        ]
+        if local is not None:
+            calls.append(self._local.consume(local))
         await _all(calls)
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
         [--security bearer,tls,bearer+tls]
+    python benchmarks/collector_throughput.py --workers 1,2 [--workers-config nop|default]
 
 A load process (separate from everything it measures) sends one pre-serialized request of
 512 realistic server spans (10 attributes each) over and over, with a fixed number of
@@ -34,6 +35,12 @@ on a shared machine disturbs them alike; each case shows its best round. The loa
 process needs CPU too, so on 2 cores the absolute spans/s is bounded by both; CPU per
 span is the steadier figure. Targets run with the same glibc malloc settings (see
 ``STEADY_MALLOC``) unless ``--glibc-defaults`` is given.
+
+``--workers 1,2`` measures ``otelkit collector run --workers N`` instead (the nop
+pipeline, or the shipped configuration with ``--workers-config default``): spans/s and
+CPU per span summed over the supervisor and its workers, loaded over one connection per
+request in flight, as ratios to 1 worker, the routing step's cost alone, and the
+projection to 16 cores (see "Worker processes" below).
 """
 
 from __future__ import annotations
@@ -221,8 +228,8 @@ async def _load(
     out: Connection,
     security: Security,
 ) -> LoadResult:
-    sender = _grpc_sender if transport == "grpc" else _http_sender
-    send = await sender(port, body, inflight, security)
+    senders = {"grpc": _grpc_sender, "http": _http_sender, "grpc-conns": _grpc_connections}
+    send = await senders[transport](port, body, inflight, security)
     counts = {"ok": 0, "failed": 0}
     first_failure: list[str] = []
     deadline = time.monotonic() + warmup
@@ -835,12 +842,26 @@ def main() -> None:
         "--glibc-defaults", action="store_true", help="run targets without the malloc settings"
     )
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
+    parser.add_argument(
+        "--workers",
+        help="instead of the cases above: a collector with these worker counts "
+        "(otelkit collector run --workers N), e.g. 1,2, and the routing step's cost",
+    )
+    parser.add_argument(
+        "--workers-config",
+        choices=("nop", "default"),
+        default="nop",
+        help="with --workers: the nop pipeline, or the shipped collector/otelkit.yaml",
+    )
     args = parser.parse_args()
     if args.serve_bare:
         serve_bare(*args.serve_bare)
         return
     if args.quick:
         args.seconds, args.warmup, args.rounds = 2.0, 0.75, 1
+    if args.workers:
+        workers_main(args)
+        return
 
     body = build_request()
     notes: list[str] = []
@@ -892,6 +913,257 @@ def main() -> None:
             for target in [*running, *sinks]:
                 stop_target(target)
     report(best_rounds(figures), body, args, notes)
+
+
+# Worker processes (otelkit collector run --workers N) --------------------------------------
+#
+# The nop pipeline run as 1 and as N worker processes, loaded over many connections (the
+# kernel spreads connections over the workers). Every 512-span request holds 512 traces,
+# so with 2 workers half of each request is forwarded to the other worker: the routing
+# cost measured is that of SDK batches, which mix many traces. CPU is summed over every
+# process of the collector (supervisor and workers).
+
+
+async def _grpc_connections(
+    port: int, body: bytes, inflight: int, security: Security
+) -> Callable[[int], Any]:
+    """One gRPC connection per request in flight, so they are spread over the workers."""
+    import grpc
+
+    options = [
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, not a shared one
+    ]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(inflight)
+    ]
+    exports = [channel.unary_unary(TRACE_EXPORT) for channel in channels]
+
+    async def send(index: int) -> None:
+        await exports[index](body, timeout=30)
+
+    return send
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (a supervisor and its workers)."""
+    total = process_cpu(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return total + sum(process_cpu(int(child)) for child in children)
+
+
+SHIPPED_VARIABLES = (
+    "OTELKIT_PROMETHEUS_ENDPOINT",
+    "OTELKIT_HEALTH_ENDPOINT",
+    "OTELKIT_METRICS_ADDRESS",
+)
+
+
+def start_workers_target(count: int, workdir: Path, env: dict[str, str], config: str) -> Target:
+    """``config``: ``nop`` (the nop pipeline) or ``default`` (collector/otelkit.yaml with
+    its listeners moved by its variables, and no Sentry DSN)."""
+    grpc_port, http_port = free_port(), free_port()
+    directory = workdir / f"workers-{count}"
+    directory.mkdir()
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    if config == "default":
+        path = Path(root) / "collector" / "otelkit.yaml"
+        env = {
+            **env,
+            **{name: f"127.0.0.1:{free_port()}" for name in SHIPPED_VARIABLES},
+            "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+            "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+            "OTELKIT_DATA_DIR": str(directory / "data"),
+            "OTELKIT_BUDGETS_FILE": str(Path(root) / "collector" / "budgets.yaml"),
+            "SENTRY_DSN": "",
+        }
+        pipeline = "collector/otelkit.yaml"
+    else:
+        path = directory / "collector.yaml"
+        path.write_text(collector_config("nop", grpc_port, http_port, directory))
+        pipeline = "otlp -> memory_limiter -> batch -> nop"
+    command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(path)]
+    command += ["--workers", str(count)]
+    log = directory / "collector.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **env}
+        )
+    label = f"{pipeline}, {count} worker" + ("s" if count > 1 else "")
+    target = Target(f"workers-{count}", label, process, grpc_port, http_port, log)
+    try:
+        wait_for_port(grpc_port, process)
+        wait_for_port(http_port, process)
+        time.sleep(2.0)  # every worker binds: the first one to listen opens the port
+    except RuntimeError as exc:
+        stop_target(target)
+        raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')[-2000:]}") from exc
+    return target
+
+
+def measure_tree(target: Target, transport: str, body: bytes, args: argparse.Namespace) -> Figure:
+    """:func:`measure`, with the CPU of every process of the collector."""
+    port = target.grpc_port if transport.startswith("grpc") else target.http_port
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    load_args = (transport, port, body, args.warmup, args.seconds, args.inflight, child)
+    load = context.Process(target=load_main, args=load_args)
+    load.start()
+    try:
+        if not parent.poll(args.warmup + 60):
+            raise RuntimeError("load process did not start")
+        parent.recv()
+        cpu0 = tree_cpu(target.process.pid)
+        if not parent.poll(args.seconds + 60):
+            raise RuntimeError("load process did not finish")
+        cpu1 = tree_cpu(target.process.pid)
+        _, result = parent.recv()
+    finally:
+        load.join(30)
+        if load.is_alive():
+            load.kill()
+    assert isinstance(result, LoadResult)
+    return Figure(
+        transport, target.label, result.requests * BATCH / result.seconds,
+        (cpu1 - cpu0) / result.seconds, 0.0, 0.0, result.cpu_seconds / result.seconds,
+        result.failures, result.first_failure,
+    )  # fmt: skip
+
+
+def routing_step_us_per_span(body: bytes, workers: int = 2, repeat: int = 200) -> float:
+    """The routing step alone, in this process: cut a serialised request by trace owner
+    (each share is then parsed once, by its owner, as one process parses the whole)."""
+    from otelkit.collector.runtime.workers.routing import split_encoded_traces
+
+    start = time.process_time()
+    for _ in range(repeat):
+        split_encoded_traces(body, workers)
+    return (time.process_time() - start) / (repeat * BATCH) * 1e6
+
+
+def channel_us_per_span(body: bytes, calls: int = 400, inflight: int = 8) -> float:
+    """The internal channel alone, both ends in this process: CPU per forwarded span to
+    send a share to a worker's socket and have it read (not parsed) there."""
+    from otelkit.collector.runtime.workers.channel import ChannelServer, Op, Peer
+    from otelkit.collector.runtime.workers.routing import split_encoded_traces
+
+    share, spans = split_encoded_traces(body, 2)[1]
+
+    async def taken(op: Op, name: str, data: bytes) -> bytes:
+        return b""
+
+    async def run(directory: str) -> float:
+        server = ChannelServer(Path(directory) / "worker.sock", taken)
+        await server.start()
+        peer = Peer(server.path, "worker")
+
+        async def sender() -> None:
+            for _ in range(calls // inflight):
+                await peer.call(Op.CONSUME, "otlp", b"T" + share)
+
+        await sender()  # connect and warm up
+        start = time.process_time()
+        await asyncio.gather(*(sender() for _ in range(inflight)))
+        used = time.process_time() - start
+        await peer.close()
+        await server.stop()
+        return used / (calls // inflight * inflight * spans) * 1e6
+
+    with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as directory:
+        return asyncio.run(run(directory))
+
+
+def workers_main(args: argparse.Namespace) -> None:
+    counts = sorted({int(n) for n in args.workers.split(",")})
+    if counts[0] != 1:
+        counts.insert(0, 1)  # the baseline every ratio is to
+    body = build_request()
+    env = {} if args.glibc_defaults else STEADY_MALLOC
+    transports = [t.strip().replace("grpc", "grpc-conns") for t in args.transports.split(",")]
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
+        running: list[Target] = []
+        try:
+            for count in counts:
+                running.append(start_workers_target(count, Path(tmp), env, args.workers_config))
+            for _ in range(args.rounds):
+                for transport in transports:
+                    for target in running:
+                        figures.append(measure_tree(target, transport, body, args))
+                        settle(target)
+        finally:
+            for target in running:
+                stop_target(target)
+    step_us = routing_step_us_per_span(body)
+    report_workers(best_rounds(figures), counts, args, step_us, channel_us_per_span(body))
+
+
+def report_workers(
+    figures: list[Figure],
+    counts: list[int],
+    args: argparse.Namespace,
+    step_us: float,
+    channel_us: float,
+) -> None:
+    print(
+        f"collector worker processes ({figures[0].target.partition(',')[0]}): "
+        f"{BATCH}-span requests (each span its own trace), "
+        f"{args.inflight} in flight on {args.inflight} connections, {args.seconds:g}s measured "
+        f"per case, best of {args.rounds} rounds, {os.cpu_count()} CPUs; CPU summed over the "
+        "supervisor and its workers"
+    )
+    header = (
+        f"{'transport':<10} {'workers':>7} {'spans/s':>9} {'cores':>5} {'us/span':>7} "
+        f"{'spans/core-s':>12} {'load cores':>10} {'spans/s vs 1':>12} {'us/span vs 1':>12} "
+        f"{'us/span added':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for transport in sorted({f.transport for f in figures}):
+        rows = {n: f for n in counts for f in figures if f.transport == transport
+                and f.target.endswith((f"{n} worker", f"{n} workers"))}  # fmt: skip
+        one = rows.get(1)
+        for count, f in sorted(rows.items()):
+            ratio = f.spans_per_second / one.spans_per_second if one else float("nan")
+            cost = f.us_per_span / one.us_per_span if one else float("nan")
+            added = f.us_per_span - one.us_per_span if one else float("nan")
+            print(
+                f"{transport:<10} {count:>7} {f.spans_per_second:>9,.0f} {f.cores:>5.2f} "
+                f"{f.us_per_span:>7.2f} {f.spans_per_core:>12,.0f} {f.load_cores:>10.2f} "
+                f"{ratio:>12.2f} {cost:>12.2f} {added:>13.2f}"
+            )
+            if f.failures:
+                print(f"           {f.failures} requests refused: {f.first_failure}")
+        if one is not None and 2 in rows:
+            _project(transport, one, rows[2], step_us)
+    print(
+        f"routing step alone (cut each request by trace owner, without parsing), "
+        f"in-process: {step_us:.2f} us per span"
+    )
+    print(
+        f"internal channel alone (send a share, read it at the other end, no parsing), "
+        f"in-process: {channel_us:.2f} us per forwarded span"
+    )
+    print(
+        f"note: on this {os.cpu_count()}-CPU machine the load generator shares the cores with "
+        "the collector ('load cores'), so spans/s with 2 workers is bounded by the load too; "
+        "CPU per span (us/span) is the figure to scale from."
+    )
+
+
+def _project(transport: str, one: Figure, two: Figure, step_us: float) -> None:
+    """CPU per span at 16 workers. Every span is cut (``step_us``, measured alone); the
+    rest of what 2 workers add is the forwarding of half the spans, and with N workers
+    (N-1)/N of them are forwarded."""
+    added = two.us_per_span - one.us_per_span
+    forwarding = max(0.0, added - step_us) * 2
+    cores = 16
+    per_span = one.us_per_span + step_us + forwarding * (cores - 1) / cores
+    print(
+        f"{transport}: routing cost {added:.2f} us per span at 2 workers (cutting {step_us:.2f}, "
+        f"forwarding {forwarding:.2f} per forwarded span); at {cores} cores with the collector "
+        f"alone on them: about {per_span:.2f} us per span -> {cores / per_span * 1e6:,.0f} spans/s"
+    )
 
 
 if __name__ == "__main__":

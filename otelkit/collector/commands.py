@@ -9,6 +9,7 @@ import ctypes.util
 import logging
 import sys
 import typing
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,19 @@ from pydantic_core import PydanticUndefined
 from otelkit import defaults
 from otelkit.budgets.model import BudgetsError, load_budgets
 from otelkit.collector.rules import RULES_FILE, TESTS_FILE, collector_rules
-from otelkit.collector.runtime.component import Kind
-from otelkit.collector.runtime.config import CollectorConfig, ConfigError, load_config
+from otelkit.collector.runtime.component import Kind, WorkerRole
+from otelkit.collector.runtime.config import (
+    MAX_WORKERS,
+    CollectorConfig,
+    ConfigError,
+    load_config,
+)
 from otelkit.collector.runtime.listeners import warn_exposed
 from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.scrub import MASK, RedactingFormatter, is_secret_setting, redact_text
 from otelkit.collector.runtime.service import Service
+from otelkit.collector.runtime.workers.process import run_worker
+from otelkit.collector.runtime.workers.supervisor import Supervisor
 
 EXIT_CONFIG_ERROR = 2
 CONFIG_HELP = (
@@ -37,6 +45,16 @@ def register(subparsers: Any) -> None:
     actions = collector.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = actions.add_parser("run", help="run the collector until SIGTERM or SIGINT")
     run.add_argument("--config", help=CONFIG_HELP)
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="processes sharing the receivers' ports, each on its own core, spans of one "
+        "trace always in one of them (default: service.workers, else 1)",
+    )
+    # Internal: how the supervisor of --workers N starts each worker process.
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--runtime-dir", help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
     validate = actions.add_parser("validate", help="check a configuration without running it")
     validate.add_argument("--config", help=CONFIG_HELP)
@@ -151,35 +169,60 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_WORKERS}")
+    return count
+
+
 def _run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG_ERROR
+    workers = args.workers or config.workers
+    in_worker = args.worker_index is not None and args.runtime_dir is not None
+    _configure_logging(config, f"worker {args.worker_index} " if in_worker else "")
+    log = logging.getLogger("otelkit.collector")
+    _steady_heap()
+    if in_worker:
+        role = WorkerRole(args.worker_index, workers)
+        return _serve(lambda: run_worker(config, role, Path(args.runtime_dir)), log)
+    warn_exposed(config, log)
+    if workers > 1:
+        supervisor = Supervisor(config, args.config, workers)
+        return asyncio.run(supervisor.run())
+    try:
+        service = Service(config)
+    except Exception as exc:
+        log.error("cannot build the pipelines: %s", exc)
+        return 1
+    return _serve(service.run, log)
+
+
+def _serve(main: Callable[[], Coroutine[Any, Any, None]], log: logging.Logger) -> int:
+    try:
+        asyncio.run(main())
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _configure_logging(config: CollectorConfig, prefix: str) -> None:
     level = {"warn": "WARNING"}.get(config.telemetry.log_level, config.telemetry.log_level.upper())
     handler = logging.StreamHandler(sys.stderr)
     # Every line the collector logs passes the scrubber: a URL with a password, a token in
     # an error from a client library, never reach the terminal or a log collector.
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        RedactingFormatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+    )
     logging.basicConfig(level=level, handlers=[handler])
     # Exporters' HTTP clients log every request at INFO, which would drown the collector's
     # log; at debug level they speak as asked.
     if logging.getLogger().level >= logging.INFO:
         for chatty in ("httpx", "httpcore"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
-    log = logging.getLogger("otelkit.collector")
-    warn_exposed(config, log)
-    _steady_heap()
-    try:
-        service = Service(config)
-    except Exception as exc:
-        log.error("cannot build the pipelines: %s", exc)
-        return 1
-    try:
-        asyncio.run(service.run())
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
 
 
 _M_TRIM_THRESHOLD = -1

@@ -89,6 +89,7 @@ def collector(
     ports: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
     name: str = "collector",
+    args: Sequence[str] = (),
 ) -> Iterator[RunningCollector]:
     """Start a collector on ``config_text`` (``{port_name}`` placeholders are filled from
     ``ports``, with ``metrics`` always allocated for self-telemetry); stop it on exit."""
@@ -104,9 +105,18 @@ def collector(
     config_path = tmp_path / f"{name}.yaml"
     config_path.write_text(text)
     log_path = tmp_path / f"{name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "otelkit.cli",
+        "collector",
+        "run",
+        "--config",
+        str(config_path),
+    ]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config_path)],
+            [*command, *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -126,7 +136,10 @@ def collector(
 
 @contextmanager
 def shipped_collector(
-    tmp_path: Path, env: Mapping[str, str] | None = None, config_text: str | None = None
+    tmp_path: Path,
+    env: Mapping[str, str] | None = None,
+    config_text: str | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[RunningCollector]:
     """``collector/otelkit.yaml`` as a user runs it, each listener moved to a free loopback
     port by its variable and ``OTELKIT_DATA_DIR`` to ``tmp_path/otelkit-data``; no
@@ -140,7 +153,8 @@ def shipped_collector(
         SENTRY_DSN="",
     )
     text = SHIPPED_CONFIG.read_text() if config_text is None else config_text
-    with collector(text, tmp_path, ports=ports, env={**variables, **(env or {})}) as running:
+    environment = {**variables, **(env or {})}
+    with collector(text, tmp_path, ports=ports, env=environment, args=args) as running:
         yield running
 
 

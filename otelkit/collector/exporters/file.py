@@ -94,6 +94,11 @@ class FileExporterConfig(ExporterHelperConfig):
     timeout: Duration = Field(0.0, description="0: a started write is never abandoned.")
     sending_queue: FileQueueSettings = FileQueueSettings()
 
+    def single_writer(self) -> bool:
+        """With ``--workers N`` the file has one writer (one worker; the others hand it
+        their data), so it stays one file in arrival order."""
+        return True
+
 
 class RotatingFile:
     """An append-only file that rotates by size; used from one thread at a time."""

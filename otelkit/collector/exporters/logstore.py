@@ -105,6 +105,11 @@ class LogStoreConfig(ExporterHelperConfig):
                 raise ValueError(str(exc)) from exc
         return url
 
+    def single_writer(self) -> bool:
+        """With ``--workers N``: SQLite takes one writer, and the search API one listener,
+        so such a store runs in one worker and the others hand it their records."""
+        return self.url.startswith("sqlite:") or self.api is not None
+
     def listeners(self) -> list[Listener]:
         if self.api is None:
             return []

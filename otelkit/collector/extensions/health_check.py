@@ -94,6 +94,8 @@ class HealthCheckConfig(ComponentConfig):
 class HealthCheck(Extension):
     def __init__(self, settings: CreateSettings, config: HealthCheckConfig) -> None:
         self._config = config
+        # In a worker process the supervisor serves health for every worker at once.
+        self._serves = settings.worker is None
         self._host: Host | None = None
         self._started = time.time()
         self._server = HttpServer(config.endpoint, self._app, name=settings.label)
@@ -118,7 +120,8 @@ class HealthCheck(Extension):
     async def start(self, host: Host) -> None:
         self._host = host
         self._started = time.time()
-        await self._server.start()
+        if self._serves:
+            await self._server.start()
 
     async def shutdown(self) -> None:
         await self._server.stop()

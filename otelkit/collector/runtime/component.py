@@ -112,6 +112,18 @@ class Host(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process is worker ``index`` of ``count`` under ``otelkit collector run --workers``.
+
+    Receivers then share their ports with the other workers (``SO_REUSEPORT``), and
+    endpoints that must show one view for the whole collector (a scrape endpoint, the
+    health check) are served by the supervisor, which asks each worker for its part."""
+
+    index: int
+    count: int
+
+
 @dataclass
 class CreateSettings:
     """Passed to every factory: who the component is and where it reports."""
@@ -124,6 +136,8 @@ class CreateSettings:
     """Processors: the exporters of this pipeline that acknowledge only once data is on
     disk or delivered. A processor that would answer a sender before passing the data on
     (``batch``) waits for them instead, so their promise reaches the sender."""
+    worker: WorkerRole | None = None
+    """Set in a worker process of ``--workers N``; None in a single-process collector."""
 
     @property
     def label(self) -> str:

@@ -29,6 +29,7 @@ from otelkit.collector.runtime.registry import Registry, RegistryError
 from otelkit.collector.runtime.scrub import is_secret_setting, redact_text
 from otelkit.collector.runtime.types import parse_endpoint
 
+MAX_WORKERS = 256
 SECTIONS = ("receivers", "processors", "connectors", "exporters", "extensions", "service")
 _ENV = re.compile(r"\$\$|\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TELEMETRY_LEVELS = ("none", "basic", "normal", "detailed")
@@ -82,6 +83,8 @@ class CollectorConfig:
     extensions: tuple[ComponentID, ...]
     telemetry: TelemetrySpec
     warnings: list[Problem] = field(default_factory=list)
+    workers: int = 1
+    """Processes sharing the receivers' ports (``service.workers``; see docs/collector.md)."""
 
     def of_kind(self, kind: Kind) -> list[ComponentSpec]:
         return [spec for (k, _), spec in self.components.items() if k == kind]
@@ -150,13 +153,15 @@ class _Loader:
         components = self._components(raw)
         service = self._mapping(raw.get("service"), "service")
         for key in service:
-            if key not in ("extensions", "pipelines", "telemetry"):
+            if key not in ("extensions", "pipelines", "telemetry", "workers"):
                 self.error(
-                    f"service.{key}", "unknown key; expected extensions, pipelines, telemetry"
+                    f"service.{key}",
+                    "unknown key; expected extensions, pipelines, telemetry, workers",
                 )
         pipelines = self._pipelines(service.get("pipelines"), components)
         extensions = self._extensions(service.get("extensions"), components)
         telemetry = self._telemetry(service.get("telemetry"))
+        workers = self._workers(service.get("workers", 1))
         self._check_authenticators(components, extensions)
         self._warn_unused(components, pipelines, extensions)
         errors = [p for p in self.problems if p.severity == "error"]
@@ -164,7 +169,7 @@ class _Loader:
             raise ConfigError(self.problems)
         return CollectorConfig(
             components, pipelines, extensions, telemetry,
-            [p for p in self.problems if p.severity == "warning"],
+            [p for p in self.problems if p.severity == "warning"], workers,
         )  # fmt: skip
 
     def _substitute(self, value: Any, path: str) -> Any:
@@ -423,6 +428,12 @@ class _Loader:
                         f"extension {target} is not listed in service.extensions, so it "
                         "would not run",
                     )
+
+    def _workers(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+            self.error("service.workers", f"expected a whole number from 1 to {MAX_WORKERS}")
+            return 1
+        return value
 
     def _telemetry(self, value: Any) -> TelemetrySpec:
         raw = self._mapping(value, "service.telemetry")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.component import (
@@ -25,6 +25,7 @@ from otelkit.collector.runtime.component import (
     Kind,
     Processor,
     Receiver,
+    WorkerRole,
 )
 from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec, PipelineSpec
 from otelkit.collector.runtime.errors import ComponentError
@@ -75,6 +76,20 @@ def fan_out(consumers: Sequence[Consumer]) -> Consumer:
     return consumers[0] if len(consumers) == 1 else Fanout(consumers)
 
 
+class Placement(Protocol):
+    """Where data goes when this collector is one of several worker processes."""
+
+    role: WorkerRole
+
+    def route(self, receiver: ComponentID, signal: Signal, consumer: Consumer) -> Consumer:
+        """What ``receiver`` hands its data to, in front of its pipelines (``consumer``)."""
+        ...
+
+    def exporter_elsewhere(self, spec: ComponentSpec) -> Exporter | None:
+        """A stand-in when this exporter runs in another worker; None to run it here."""
+        ...
+
+
 @dataclass
 class Graph:
     """Every running component, in creation order: everything a component feeds is
@@ -84,25 +99,35 @@ class Graph:
     extensions: dict[ComponentID, Component] = field(default_factory=dict)
     exporters: dict[ComponentID, Exporter] = field(default_factory=dict)
     receivers: dict[ComponentID, Receiver] = field(default_factory=dict)
+    receiver_pipelines: dict[tuple[str, Signal], Consumer] = field(default_factory=dict)
+    """The pipelines each receiver feeds, per signal, before any routing between workers."""
 
     def add(self, label: str, component: Component) -> None:
         self.ordered.append((label, component))
 
 
-def build_graph(config: CollectorConfig, telemetry: SelfTelemetry) -> Graph:
-    return _Builder(config, telemetry).build()
+def build_graph(
+    config: CollectorConfig, telemetry: SelfTelemetry, placement: Placement | None = None
+) -> Graph:
+    return _Builder(config, telemetry, placement).build()
 
 
 class _Builder:
-    def __init__(self, config: CollectorConfig, telemetry: SelfTelemetry) -> None:
+    def __init__(
+        self, config: CollectorConfig, telemetry: SelfTelemetry, placement: Placement | None
+    ) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.placement = placement
         self.graph = Graph()
         self.entries: dict[str, Consumer] = {}
         self.connector_sides: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
 
     def settings(self, spec: ComponentSpec, durable: tuple[str, ...] = ()) -> CreateSettings:
-        return CreateSettings(spec.id, spec.kind, self.telemetry, durable_downstream=durable)
+        role = self.placement.role if self.placement is not None else None
+        return CreateSettings(
+            spec.id, spec.kind, self.telemetry, durable_downstream=durable, worker=role
+        )
 
     def spec(self, kind: Kind, cid: ComponentID) -> ComponentSpec:
         return self.config.components[(kind, cid)]
@@ -129,6 +154,10 @@ class _Builder:
                     wanted.setdefault(cid, set()).add(p.signal)
         for cid, signals in wanted.items():
             spec = self.spec(Kind.EXPORTER, cid)
+            elsewhere = self.placement.exporter_elsewhere(spec) if self.placement else None
+            if elsewhere is not None:
+                self.graph.exporters[cid] = elsewhere
+                continue
             exporter = _expect(
                 spec.factory.create(self.settings(spec), spec.config, frozenset(signals)),
                 Exporter,
@@ -219,6 +248,10 @@ class _Builder:
         for cid, by_signal in wanted.items():
             spec = self.spec(Kind.RECEIVER, cid)
             consumers = {signal: fan_out(cs) for signal, cs in by_signal.items()}
+            for signal, consumer in consumers.items():
+                self.graph.receiver_pipelines[(str(cid), signal)] = consumer
+                if self.placement is not None:
+                    consumers[signal] = self.placement.route(cid, signal, consumer)
             receiver = _expect(
                 spec.factory.create(self.settings(spec), spec.config, consumers), Receiver, cid
             )

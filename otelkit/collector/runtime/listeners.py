@@ -143,6 +143,11 @@ def announce(
             "listening: %s: %s on %s (%s)", label, listener.what, listener.address,
             listener.protocol,
         )  # fmt: skip
+    announce_destinations(components, logger)
+
+
+def announce_destinations(components: Iterable[tuple[str, object]], logger: logging.Logger) -> None:
+    """The banner's lines saying where each exporter's data goes."""
     for label, component in components:
         if isinstance(component, SendsTo):
             for destination in component.destinations():

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from otelkit.collector.runtime.component import Component, ComponentID, Status
 from otelkit.collector.runtime.config import CollectorConfig
-from otelkit.collector.runtime.graph import Graph, build_graph
+from otelkit.collector.runtime.graph import Graph, Placement, build_graph
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
-from otelkit.collector.runtime.listeners import announce
+from otelkit.collector.runtime.listeners import announce, announce_destinations
 from otelkit.collector.runtime.memory import HoldsData
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
@@ -67,20 +67,27 @@ class ServiceHost:
 
 
 class Service:
-    """One running collector."""
+    """One running collector, or one worker process of it (with a ``placement``)."""
 
-    def __init__(self, config: CollectorConfig, telemetry: SelfTelemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        telemetry: SelfTelemetry | None = None,
+        placement: Placement | None = None,
+    ) -> None:
         self.config = config
         self.telemetry = telemetry or SelfTelemetry()
         self.host = ServiceHost()
-        self.graph = build_graph(config, self.telemetry)
+        self.placement = placement
+        self.graph = build_graph(config, self.telemetry, placement)
         self.host.graph = self.graph
         self._metrics_server: HttpServer | None = None
         self._started: list[tuple[str, Component]] = []
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        if self.config.telemetry.metrics_address:
+        # A worker's metrics are served by the supervisor, added up with the others'.
+        if self.config.telemetry.metrics_address and self.placement is None:
             self._metrics_server = HttpServer(
                 self.config.telemetry.metrics_address, self._metrics_app, name="self-telemetry"
             )
@@ -98,6 +105,12 @@ class Service:
             if self.host.statuses[label][0] == Status.STARTING:
                 self.host.report_status(label, Status.OK)
         self.host.ready = True
+        if self.placement is not None:  # the supervisor announces the listeners
+            role = self.placement.role
+            if role.index == 0:  # every worker sends to the same places; say them once
+                announce_destinations(self.graph.ordered, log)
+            log.info("worker %d of %d ready", role.index, role.count)
+            return
         announce(self.config, self.graph.ordered, log)
         log.info(
             "ready: %d pipelines running (%s)",
@@ -122,6 +135,11 @@ class Service:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (it may still be draining)."""
+        return self._stop.is_set()
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""

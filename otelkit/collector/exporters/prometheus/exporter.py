@@ -29,7 +29,7 @@ from otelkit.collector.exporters.prometheus.exposition import (
     render_text,
     wants_openmetrics,
 )
-from otelkit.collector.exporters.prometheus.store import CumulativeStore
+from otelkit.collector.exporters.prometheus.store import CumulativeStore, FamilySnapshot
 from otelkit.collector.exporters.prometheus.translation import (
     Rejected,
     TranslationOptions,
@@ -129,6 +129,8 @@ class PrometheusExporter(Exporter):
         self.store = CumulativeStore(config.metric_expiration)
         self._options = config.translation_options()
         self._server = HttpServer(config.endpoint, self._app, name=settings.label)
+        # In a worker process the supervisor serves one scrape view for every worker.
+        self._serves = settings.worker is None
         self._cache: dict[bool, tuple[int, Body]] = {}
         self._rendering: dict[tuple[bool, int], asyncio.Future[Body]] = {}
         self._expired_at = 0.0
@@ -139,7 +141,8 @@ class PrometheusExporter(Exporter):
         return self._server.port
 
     async def start(self, host: Host) -> None:
-        await self._server.start()
+        if self._serves:
+            await self._server.start()
 
     async def shutdown(self) -> None:
         await self._server.stop()
@@ -179,6 +182,14 @@ class PrometheusExporter(Exporter):
         self._cache[openmetrics] = (generation, body)
         return body
 
+    def scrape_series(self) -> list[FamilySnapshot]:
+        """This worker's series, for the supervisor's one scrape view (``--workers N``)."""
+        now = time.monotonic()
+        if now - self._expired_at >= _EXPIRY_INTERVAL:
+            self._expired_at = now
+            self.store.expire()
+        return self.store.snapshot()
+
     async def _render(self, openmetrics: bool) -> Body:
         snapshot = self.store.snapshot()
         render = render_openmetrics if openmetrics else render_text
@@ -195,14 +206,14 @@ class PrometheusExporter(Exporter):
         if scope["method"] not in ("GET", "HEAD"):
             await respond(send, 405, b"use GET\n", "text/plain", [(b"allow", b"GET, HEAD")])
             return
-        accept = _header(scope, b"accept")
+        accept = header(scope, b"accept")
         openmetrics = self.config.enable_open_metrics and wants_openmetrics(accept)
         body = await self.exposition(openmetrics)
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        await _send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
+        await send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
 
 
-async def _send_chunks(send: Send, body: Body, content_type: str) -> None:
+async def send_chunks(send: Send, body: Body, content_type: str) -> None:
     """One response streamed chunk by chunk, with its full length announced."""
     length = sum(len(chunk) for chunk in body)
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(length).encode())]
@@ -212,7 +223,7 @@ async def _send_chunks(send: Send, body: Body, content_type: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _header(scope: Scope, name: bytes) -> str:
+def header(scope: Scope, name: bytes) -> str:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return bytes(value).decode("latin-1")

@@ -55,13 +55,17 @@ class OtlpReceiver(Receiver):
                 settings.telemetry.receiver_authenticating(str(settings.id), transport)
             return AuthGate(auth, f"{settings.label} ({transport})", logger, count)
 
+        # Worker processes of one collector (--workers N) listen on the same ports.
+        share = settings.worker is not None
         self._grpc = (
-            GrpcServer(protocols.grpc, intakes, logger, gate("grpc", protocols.grpc.auth))
+            GrpcServer(protocols.grpc, intakes, logger, gate("grpc", protocols.grpc.auth), share)
             if protocols.grpc
             else None
         )
         self._http = (
-            HttpReceiverServer(protocols.http, intakes, logger, gate("http", protocols.http.auth))
+            HttpReceiverServer(
+                protocols.http, intakes, logger, gate("http", protocols.http.auth), share
+            )
             if protocols.http
             else None
         )

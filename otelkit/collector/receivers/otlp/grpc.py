@@ -55,8 +55,10 @@ class GrpcServer:
         intakes: Mapping[Signal, SignalIntake],
         logger: logging.Logger,
         auth: AuthGate,
+        share_port: bool = False,
     ) -> None:
         self._config = config
+        self._share_port = share_port
         self._intakes = intakes
         self._logger = logger
         self._auth = auth
@@ -70,8 +72,9 @@ class GrpcServer:
             interceptors=[_AuthInterceptor(self._auth)] if self._auth.enabled else None,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
-                # gRPC shares ports by default; a taken port must be a start error instead.
-                ("grpc.so_reuseport", 0),
+                # gRPC shares ports by default; a taken port must be a start error instead,
+                # except between the worker processes of one collector (--workers N).
+                ("grpc.so_reuseport", 1 if self._share_port else 0),
             ],
         )
         server.add_generic_rpc_handlers(self._handlers())
@@ -120,6 +123,12 @@ class _ExportMethod:
         self._logger = logger
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        if self._intake.takes_encoded:  # cut by trace between worker processes, then parsed
+            try:
+                await self._intake.deliver_encoded(request, TRANSPORT)
+            except Exception as exc:
+                await _abort(context, refusal_for(exc))
+            return _EMPTY_RESPONSE
         try:
             payload = self._parse(request)
         except DecodeError as exc:

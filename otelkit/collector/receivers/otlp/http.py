@@ -59,11 +59,14 @@ class HttpReceiverServer:
         intakes: Mapping[Signal, SignalIntake],
         logger: logging.Logger,
         auth: AuthGate,
+        share_port: bool = False,
     ) -> None:
         self.app = OtlpHttpApp(config, intakes, logger, auth)
         self._auth = auth
         tls = ServerTLS(config.tls) if config.tls is not None else None
-        self._server = HttpServer(config.endpoint, self.app, name="otlp-http", tls=tls)
+        self._server = HttpServer(
+            config.endpoint, self.app, name="otlp-http", tls=tls, reuse_port=share_port
+        )
 
     @property
     def port(self) -> int:
@@ -148,7 +151,10 @@ class OtlpHttpApp:
         refusal, payload = await self._decode(intake, request, codec, receive)
         if payload is not None:
             try:
-                await intake.deliver(payload, TRANSPORT)
+                if isinstance(payload, bytes):
+                    await intake.deliver_encoded(payload, TRANSPORT)
+                else:
+                    await intake.deliver(payload, TRANSPORT)
             except Exception as exc:
                 refusal = refusal_for(exc)
         if refusal is None:
@@ -162,7 +168,8 @@ class OtlpHttpApp:
 
     async def _decode(
         self, intake: SignalIntake, request: _Request, codec: _Codec, receive: Receive
-    ) -> tuple[Refusal | None, Payload | None]:
+    ) -> tuple[Refusal | None, Payload | bytes | None]:
+        """The parsed request, or its protobuf bytes when the intake takes them unparsed."""
         limit = self._limit
         if request.content_length is not None and request.content_length > limit:
             message = (
@@ -181,6 +188,8 @@ class OtlpHttpApp:
         except CorruptBodyError as exc:
             intake.malformed(TRANSPORT, str(exc))
             return invalid(str(exc)), None
+        if codec.name == "protobuf" and intake.takes_encoded:
+            return None, data
         try:
             if len(data) <= _PARSE_INLINE_BYTES:
                 return None, codec.parse(intake.signal, data)

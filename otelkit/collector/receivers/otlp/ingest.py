@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import Protocol, runtime_checkable
+
+from google.protobuf.message import DecodeError
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
 from otelkit.collector.runtime.component import Consumer
-from otelkit.collector.runtime.errors import ComponentError
+from otelkit.collector.runtime.errors import ComponentError, PermanentError
 from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+
+@runtime_checkable
+class TakesEncoded(Protocol):
+    """A consumer that takes protobuf request bodies before they are parsed (the routing
+    between worker processes, which cuts a request without parsing what it forwards)."""
+
+    @property
+    def takes_encoded(self) -> bool: ...
+
+    def route_encoded(self, data: bytes) -> tuple[int, Awaitable[None]]: ...
 
 
 class SignalIntake:
@@ -27,6 +42,8 @@ class SignalIntake:
         self._telemetry = telemetry
         self._receiver = receiver
         self._logger = logger
+        self.takes_encoded = isinstance(consumer, TakesEncoded) and consumer.takes_encoded
+        """Whether the transport should hand over bodies unparsed (:meth:`deliver_encoded`)."""
 
     async def deliver(self, payload: Payload, transport: str) -> None:
         """Pass ``payload`` on whole; raises what the pipeline raised, after counting.
@@ -38,8 +55,26 @@ class SignalIntake:
         items = count_items(payload)
         if items == 0:
             return
+        await self._counted(self._consumer.consume(payload), items, transport)
+
+    async def deliver_encoded(self, data: bytes, transport: str) -> None:
+        """As :meth:`deliver`, for a protobuf body not parsed yet; a malformed one is
+        counted and refused as :class:`PermanentError`."""
+        assert isinstance(self._consumer, TakesEncoded)
         try:
-            await self._consumer.consume(payload)
+            items, delivery = self._consumer.route_encoded(data)
+        except DecodeError as exc:
+            reason = f"malformed {self.request_type.__name__}: {exc}"
+            self.malformed(transport, reason)
+            raise PermanentError(reason) from exc
+        if items == 0:
+            await delivery
+            return
+        await self._counted(delivery, items, transport)
+
+    async def _counted(self, delivery: Awaitable[None], items: int, transport: str) -> None:
+        try:
+            await delivery
         except ComponentError:
             self._telemetry.receiver_refused(self._receiver, transport, self.signal, items)
             raise

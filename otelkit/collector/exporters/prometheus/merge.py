@@ -1,0 +1,120 @@
+"""One scrape view over several worker processes (``otelkit collector run --workers N``).
+
+Each worker keeps its own cumulative series (spans of one trace are processed in one
+worker, so their counts are disjoint); the view adds them up: counters, and histograms
+bucket by bucket, are summed, so ``sum``/``rate`` queries and dashboards read exactly as
+from one process. Metrics received over OTLP are routed by resource, so a gauge lives in
+one worker; where several workers do hold the same gauge (an info series such as
+``target_info``), the latest point is shown. Summaries cannot be added: the one with
+the highest count is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+from otelkit.collector.exporters.prometheus.exporter import (
+    PrometheusConfig,
+    header,
+    send_chunks,
+)
+from otelkit.collector.exporters.prometheus.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    render_openmetrics,
+    render_text,
+    wants_openmetrics,
+)
+from otelkit.collector.exporters.prometheus.store import FamilySnapshot
+from otelkit.collector.exporters.prometheus.translation import (
+    Exemplar,
+    Family,
+    HistogramPoint,
+    NumberPoint,
+    Point,
+    SummaryPoint,
+)
+from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
+
+
+def merge_snapshots(workers: Iterable[list[FamilySnapshot]]) -> list[FamilySnapshot]:
+    """The workers' families as one, in first-seen order; same-labelled series combined."""
+    families: dict[str, Family] = {}
+    series: dict[str, dict[str, Point]] = {}
+    for snapshot in workers:
+        for fam in snapshot:
+            name = fam.family.name
+            families.setdefault(name, fam.family)
+            known = series.setdefault(name, {})
+            for labels, point in fam.series:
+                old = known.get(labels)
+                known[labels] = point if old is None else combine(families[name], old, point)
+    return [FamilySnapshot(families[name], list(points.items())) for name, points in series.items()]
+
+
+def combine(family: Family, old: Point, new: Point) -> Point:
+    """Two workers' points of one series as the one point of the whole collector."""
+    if isinstance(old, NumberPoint) and isinstance(new, NumberPoint):
+        if family.kind == "counter":
+            return NumberPoint(
+                old.value + new.value,
+                min(old.start_ns, new.start_ns),
+                max(old.time_ns, new.time_ns),
+                new.exemplar or old.exemplar,
+            )
+        return new if new.time_ns >= old.time_ns else old
+    if isinstance(old, HistogramPoint) and isinstance(new, HistogramPoint):
+        if old.bounds != new.bounds or len(old.counts) != len(new.counts):
+            return new if new.count >= old.count else old
+        exemplars = _exemplars(old, new)
+        return HistogramPoint(
+            old.bounds,
+            tuple(a + b for a, b in zip(old.counts, new.counts, strict=True)),
+            old.sum + new.sum,
+            old.count + new.count,
+            min(old.start_ns, new.start_ns),
+            max(old.time_ns, new.time_ns),
+            exemplars,
+        )
+    if isinstance(old, SummaryPoint) and isinstance(new, SummaryPoint):
+        return new if new.count >= old.count else old
+    return new
+
+
+def _exemplars(old: HistogramPoint, new: HistogramPoint) -> tuple[Exemplar | None, ...]:
+    if not old.exemplars:
+        return new.exemplars
+    if not new.exemplars:
+        return old.exemplars
+    return tuple(b or a for a, b in zip(old.exemplars, new.exemplars, strict=True))
+
+
+class MergedScrapeView:
+    """The scrape endpoint of one ``prometheus`` exporter, served by the supervisor of
+    ``--workers N``: each scrape asks every worker for its series and renders their sum."""
+
+    def __init__(
+        self, config: PrometheusConfig, fetch: Callable[[], Awaitable[list[list[FamilySnapshot]]]]
+    ) -> None:
+        self._config = config
+        self._fetch = fetch
+        self.server = HttpServer(config.endpoint, self._app, name="prometheus (all workers)")
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            await respond(send, 404, b"not found: metrics are served on /metrics\n", "text/plain")
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await respond(send, 405, b"use GET\n", "text/plain", [(b"allow", b"GET, HEAD")])
+            return
+        openmetrics = self._config.enable_open_metrics and wants_openmetrics(
+            header(scope, b"accept")
+        )
+        snapshot = merge_snapshots(await self._fetch())
+        render = render_openmetrics if openmetrics else render_text
+        body = await asyncio.to_thread(render, snapshot, self._config.send_timestamps)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        await send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)

@@ -1,0 +1,1 @@
+"""Worker processes of one collector: ``otelkit collector run --workers N``."""

@@ -1,0 +1,180 @@
+"""One worker process: the whole collector graph, sharing ports with its siblings.
+
+A worker runs the same pipelines as a single-process collector, with three differences:
+its receivers route data by trace (``routing``), single-writer exporters run in worker 0
+only, and it answers the internal channel (shares from other workers, and the
+supervisor's questions for the health, self-metrics and scrape views).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from google.protobuf.message import DecodeError
+
+from otelkit.collector.pdata.signals import Signal, signal_of
+from otelkit.collector.runtime.component import (
+    ComponentID,
+    Consumer,
+    Exporter,
+    WorkerRole,
+)
+from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec
+from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.service import Service
+from otelkit.collector.runtime.workers.channel import ChannelServer, Op, Peer, socket_path
+from otelkit.collector.runtime.workers.routing import (
+    ForwardingExporter,
+    RoutingConsumer,
+    SingleWriter,
+    decode_payload,
+)
+
+SINGLE_WRITER_WORKER = 0
+_NOT_READY_RETRY_AFTER = 1.0
+_START_WAIT_SECONDS = 30.0
+
+
+@runtime_checkable
+class ScrapeSource(Protocol):
+    """An exporter whose scrape endpoint the supervisor serves for all workers at once:
+    it gives its current series (picklable) for the supervisor to add up."""
+
+    def scrape_series(self) -> Any: ...
+
+
+class WorkerPlacement:
+    """Where this worker's data goes: see :class:`otelkit.collector.runtime.graph.Placement`."""
+
+    def __init__(self, role: WorkerRole, runtime_dir: Path) -> None:
+        self.role = role
+        self.peers = {
+            index: Peer(socket_path(runtime_dir, index), f"worker {index}")
+            for index in range(role.count)
+            if index != role.index
+        }
+
+    def route(self, receiver: ComponentID, signal: Signal, consumer: Consumer) -> Consumer:
+        role = self.role
+        return RoutingConsumer(str(receiver), signal, consumer, role.index, role.count, self.peers)
+
+    def exporter_elsewhere(self, spec: ComponentSpec) -> Exporter | None:
+        config = spec.config
+        if self.role.index == SINGLE_WRITER_WORKER:
+            return None
+        if isinstance(config, SingleWriter) and config.single_writer():
+            return ForwardingExporter(str(spec.id), self.peers[SINGLE_WRITER_WORKER])
+        return None
+
+    async def close(self) -> None:
+        for peer in self.peers.values():
+            await peer.close()
+
+
+class WorkerEndpoint:
+    """Answers the internal channel for one worker's running service."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._exporters = {str(cid): e for cid, e in service.graph.exporters.items()}
+
+    async def handle(self, op: Op, name: str, body: bytes) -> bytes:
+        if op == Op.CONSUME:
+            await self._consume(name, body)
+            return b""
+        if op == Op.EXPORT:
+            await self._export(name, body)
+            return b""
+        if op == Op.STATE:
+            return self._state()
+        if op == Op.SELF_METRICS:
+            return self._service.telemetry.exposition()
+        if op == Op.SCRAPE:
+            exporter = self._exporters.get(name)
+            if not isinstance(exporter, ScrapeSource):
+                raise PermanentError(f"no scrape exporter {name!r} in this worker")
+            return pickle.dumps(exporter.scrape_series())
+        raise PermanentError(f"unknown operation {op}")
+
+    async def _consume(self, receiver: str, body: bytes) -> None:
+        await self._accepting()
+        try:
+            payload = decode_payload(body)
+        except DecodeError as exc:
+            raise PermanentError(f"malformed share of a request: {exc}") from exc
+        consumer = self._service.graph.receiver_pipelines.get((receiver, signal_of(payload)))
+        if consumer is None:
+            raise PermanentError(f"receiver {receiver!r} has no {signal_of(payload)} pipeline")
+        await consumer.consume(payload)
+
+    async def _export(self, name: str, body: bytes) -> None:
+        await self._accepting()
+        exporter = self._exporters.get(name)
+        if exporter is None or isinstance(exporter, ForwardingExporter):
+            raise PermanentError(f"exporter {name!r} does not run in this worker")
+        await exporter.consume(decode_payload(body))
+
+    async def _accepting(self) -> None:
+        """Shares are taken only while every component runs. A share arriving while this
+        worker starts waits for the start (bounded): its sibling already took its own
+        share of the request, which a refusal would make the sender send again."""
+        service = self._service
+        deadline = time.monotonic() + _START_WAIT_SECONDS
+        while not service.host.ready:
+            if service.stopping or time.monotonic() >= deadline:
+                role = service.placement.role if service.placement else None
+                who = f"worker {role.index}" if role else "the worker"
+                raise RetryableError(f"{who} is starting or stopping", _NOT_READY_RETRY_AFTER)
+            await asyncio.sleep(0.05)
+
+    def _state(self) -> bytes:
+        host = self._service.host
+        statuses = {
+            label: [status.value, message]
+            for label, (status, message) in host.component_statuses().items()
+        }
+        return json.dumps(
+            {
+                "ready": host.is_ready(),
+                "statuses": statuses,
+                "refusals": dict(host.refusals()),
+                "held_bytes": host.held_bytes(),
+            }
+        ).encode()
+
+
+async def run_worker(config: CollectorConfig, role: WorkerRole, runtime_dir: Path) -> None:
+    """Serve the channel and run the service until SIGTERM/SIGINT (or the supervisor dies)."""
+    _exit_with_parent()
+    placement = WorkerPlacement(role, runtime_dir)
+    service = Service(config, placement=placement)
+    server = ChannelServer(socket_path(runtime_dir, role.index), WorkerEndpoint(service).handle)
+    await server.start()
+    try:
+        await service.run()
+    finally:
+        await server.stop()
+        await placement.close()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent() -> None:
+    """A worker whose supervisor was killed gets SIGTERM (Linux), so none is left behind."""
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return

@@ -1,0 +1,137 @@
+"""The supervisor's one view of its workers: health and the collector's own metrics.
+
+Health: the ``health_check`` extension runs in the supervisor against
+:class:`WorkersHost`, which answers from the state every worker last reported. The
+collector is ready when every worker is; a worker that is not (starting, restarting,
+refusing data) is named in ``/health/ready``'s output, and each component's status is
+its worst over the workers (``worker 1: ...`` in the output).
+
+Self-metrics: each worker's registry is read over the internal channel and the samples
+with the same name and labels are combined: counters and histograms are added up; a
+gauge shows its highest value over the workers, because every limit it is read against
+applies to each worker (the memory limiter's resident memory against ``limit_mib``, a
+queue's fill against its capacity, a budget's running percentile). The series are the
+ones a single-process collector exposes, so the dashboards and alert rules read the
+same. The supervisor adds ``otelkit_collector_workers`` and
+``otelkit_collector_worker_restarts``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from otelkit.collector.runtime.component import Component, ComponentID, Status
+
+_RANK = {
+    Status.OK: 0,
+    Status.STARTING: 1,
+    Status.STOPPING: 1,
+    Status.RECOVERABLE_ERROR: 2,
+    Status.STOPPED: 3,
+    Status.PERMANENT_ERROR: 4,
+}
+
+
+@dataclass
+class WorkerState:
+    """What the supervisor last heard from one worker (None: nothing, or not running)."""
+
+    report: dict[str, Any] | None = None
+    why_not: str = "starting"
+
+
+@dataclass
+class WorkersHost:
+    """The :class:`~otelkit.collector.runtime.component.Host` the supervisor's health
+    check sees: every worker's state folded into one."""
+
+    workers: list[WorkerState]
+    serving: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def report_status(self, component: str, status: Status, message: str = "") -> None:
+        return None
+
+    def component_statuses(self) -> Mapping[str, tuple[Status, str]]:
+        worst: dict[str, tuple[Status, str]] = {}
+        for index, state in enumerate(self.workers):
+            statuses = (state.report or {}).get("statuses", {})
+            for label, (value, message) in statuses.items():
+                status = Status(value)
+                known = worst.get(label)
+                if known is None or _RANK[status] > _RANK[known[0]]:
+                    text = f"worker {index}: {message}" if message else ""
+                    worst[label] = (status, text)
+        return worst
+
+    def is_ready(self) -> bool:
+        """Serving (every worker started once, not shutting down); a worker that is not
+        ready now shows in :meth:`refusals`, which readiness reports by name."""
+        return self.serving
+
+    def get_extension(self, component_id: ComponentID) -> Component | None:
+        return None
+
+    def held_bytes(self) -> int:
+        return sum(int((s.report or {}).get("held_bytes", 0)) for s in self.workers)
+
+    def set_refusing(self, component: str, reason: str | None) -> None:
+        return None
+
+    def refusals(self) -> Mapping[str, str]:
+        found: dict[str, str] = {}
+        for index, state in enumerate(self.workers):
+            report = state.report
+            if report is None or not report.get("ready"):
+                found[f"worker {index}"] = f"not ready ({state.why_not})"
+                continue
+            for component, reason in report.get("refusals", {}).items():
+                found[f"worker {index}: {component}"] = reason
+        return found
+
+
+def merge_expositions(texts: Iterable[str], extra: bytes = b"") -> bytes:
+    """Prometheus text expositions as one: samples with the same name and labels summed,
+    or for gauges the highest."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in (*texts, extra.decode()):
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, family)
+            known = values.setdefault(family.name, {})
+            combine = max if family.type == "gauge" else _add
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = known.get(key)
+                known[key] = sample.value if old is None else combine(old, sample.value)
+    merged = []
+    for name, family in families.items():
+        metric = Metric(name, family.documentation, family.type, family.unit)
+        metric.samples = [
+            Sample(sample_name, dict(labels), value)
+            for (sample_name, labels), value in values[name].items()
+        ]
+        merged.append(metric)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(merged))
+    return generate_latest(registry)
+
+
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+class _Fixed:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self._metrics

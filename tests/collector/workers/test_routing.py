@@ -1,0 +1,151 @@
+"""How requests are cut between worker processes, and how the views add workers up."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otelkit.collector.exporters.prometheus.merge import merge_snapshots
+from otelkit.collector.exporters.prometheus.store import FamilySnapshot
+from otelkit.collector.exporters.prometheus.translation import Family, HistogramPoint, NumberPoint
+from otelkit.collector.pdata.signals import count_items
+from otelkit.collector.runtime.config import ConfigError, parse_config
+from otelkit.collector.runtime.registry import Registry
+from otelkit.collector.runtime.workers.routing import (
+    decode_payload,
+    encode_payload,
+    split_by_owner,
+    split_encoded_traces,
+    trace_owner,
+)
+from otelkit.collector.runtime.workers.views import merge_expositions
+from tests.collector.builders import logs, metrics, traces
+
+
+def test_every_span_goes_to_its_trace_owner_with_its_resource_and_scope() -> None:
+    request = traces([[3, 2], [4], [1, 1, 1]])
+    for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+        span.trace_id = span.span_id * 2  # a trace per span: shares across both workers
+    shares = split_by_owner(request, 2)
+    assert set(shares) == {0, 1}
+    assert sum(count_items(share) for share in shares.values()) == count_items(request)
+    for owner, share in shares.items():
+        for rs in share.resource_spans:
+            assert rs.resource.attributes[0].key == "service.name"
+            for ss in rs.scope_spans:
+                assert ss.scope.name.startswith("scope-")
+                assert all(trace_owner(s.trace_id, 2) == owner for s in ss.spans)
+
+
+def test_a_request_of_one_owner_is_passed_on_untouched() -> None:
+    request = traces([[5, 5]])  # one trace ID for the whole resource
+    [(owner, share)] = split_by_owner(request, 4).items()
+    assert share is request
+    assert owner == trace_owner(request.resource_spans[0].scope_spans[0].spans[0].trace_id, 4)
+
+
+def test_log_records_follow_their_trace_and_the_others_stay() -> None:
+    request = logs([[6]])
+    records = request.resource_logs[0].scope_logs[0].log_records
+    for i, record in enumerate(records[:4]):
+        record.trace_id = bytes([i + 1] * 16)
+    shares = split_by_owner(request, 3)
+    assert sum(count_items(s) for s in shares.values()) == 6
+    assert count_items(shares[-1]) == 2  # no trace ID: processed where it arrived
+
+
+def test_metrics_go_by_resource() -> None:
+    request = metrics([2, 3])
+    request.resource_metrics.add().CopyFrom(request.resource_metrics[0])
+    [(_, share)] = split_by_owner(request, 5).items()  # the same resource twice: one owner
+    assert count_items(share) == 10
+
+
+def test_payloads_cross_the_channel_unchanged() -> None:
+    for request in (traces([[2]]), logs([[3]]), metrics([1])):
+        assert decode_payload(encode_payload(request)) == request
+
+
+def test_the_scrape_view_adds_counters_and_histograms_up() -> None:
+    counter = Family("calls_total", "counter")
+    histogram = Family("duration", "histogram")
+    gauge = Family("target_info", "gauge")
+
+    def worker(calls: float, buckets: tuple[int, ...], time_ns: int) -> list[FamilySnapshot]:
+        point = HistogramPoint((1.0,), buckets, float(sum(buckets)), sum(buckets), 1, time_ns)
+        return [
+            FamilySnapshot(counter, [('route="/a"', NumberPoint(calls, 1, time_ns))]),
+            FamilySnapshot(histogram, [('route="/a"', point)]),
+            FamilySnapshot(gauge, [('job="shop"', NumberPoint(1.0, 0, time_ns))]),
+        ]
+
+    merged = {
+        f.family.name: f.series
+        for f in merge_snapshots([worker(3, (1, 2), 5), worker(4, (3, 0), 7)])
+    }
+    assert merged["calls_total"][0][1] == NumberPoint(7, 1, 7)
+    [(_, histogram_point)] = merged["duration"]
+    assert isinstance(histogram_point, HistogramPoint)
+    assert (histogram_point.counts, histogram_point.count) == ((4, 2), 6)
+    assert merged["target_info"] == [('job="shop"', NumberPoint(1.0, 0, 7))]
+
+
+def test_self_metrics_of_the_workers_are_summed_and_gauges_show_the_highest() -> None:
+    one = '# HELP x_total X\n# TYPE x_total counter\nx_total{a="1"} 2.0\nx_total{a="2"} 1.0\n'
+    two = '# HELP x_total X\n# TYPE x_total counter\nx_total{a="1"} 5.0\n'
+    rss = "# HELP rss_bytes R\n# TYPE rss_bytes gauge\nrss_bytes {}\n"
+    text = merge_expositions([one + rss.format(300.0), two + rss.format(200.0)]).decode()
+    assert 'x_total{a="1"} 7.0' in text and 'x_total{a="2"} 1.0' in text
+    assert "rss_bytes 300.0" in text
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", 1.5, True])
+def test_service_workers_must_be_a_positive_whole_number(value: object) -> None:
+    text = f"""
+receivers: {{otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}}}
+exporters: {{nop: {{}}}}
+service:
+  workers: {value}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [nop]}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, Registry.discover(), {})
+    assert any("service.workers" in str(p) for p in caught.value.problems)
+
+
+def test_service_workers_is_read() -> None:
+    text = """
+receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:0"}}}}
+exporters: {nop: {}}
+service:
+  workers: 4
+  pipelines:
+    traces: {receivers: [otlp], exporters: [nop]}
+"""
+    assert parse_config(text, Registry.discover(), {}).workers == 4
+
+
+def test_an_encoded_request_is_cut_as_the_objects_are() -> None:
+    request = traces([[3, 2], [4], [1, 1, 1]])
+    for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+        span.trace_id = span.span_id * 2
+    data = request.SerializeToString()
+    encoded = split_encoded_traces(data, 3)
+    objects = split_by_owner(request, 3)
+    assert set(encoded) == set(objects)
+    for owner, (share, spans) in encoded.items():
+        assert ExportTraceServiceRequest.FromString(share) == objects[owner]
+        assert spans == count_items(objects[owner])
+
+
+def test_an_encoded_request_of_one_owner_is_passed_on_as_it_is() -> None:
+    data = traces([[5, 5]]).SerializeToString()
+    [(share, spans)] = split_encoded_traces(data, 2).values()
+    assert share is data and spans == 10
+
+
+def test_bytes_that_cannot_be_cut_are_refused_for_the_parser_to_judge() -> None:
+    data = traces([[3]]).SerializeToString()
+    with pytest.raises(ValueError):
+        split_encoded_traces(data[:-5], 2)

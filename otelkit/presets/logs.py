@@ -26,8 +26,10 @@ from opentelemetry import trace
 from opentelemetry._logs import LogRecord as ApiLogRecord
 from opentelemetry.context import get_current
 from opentelemetry.instrumentation.log_utils import std_to_otel
+from opentelemetry.sdk._logs import Logger as SdkLogger
 
 from otelkit.presets.context import current_request
+from otelkit.presets.logexport import lean_processor
 from otelkit.presets.settings import AccessLog, Settings
 
 ACCESS_LOGGER_NAME = "otelkit.access"
@@ -336,7 +338,9 @@ class OtlpHandler(logging.Handler):
             return
         token = self._emitting.set(True)
         try:
-            self._logger(record.name).emit(self._translate(record))
+            logger = self._logger(record.name)
+            if not self._emit_encoded(logger, record):
+                logger.emit(self._translate(record))
         except RecursionError:
             raise
         except Exception:
@@ -344,16 +348,41 @@ class OtlpHandler(logging.Handler):
         finally:
             self._emitting.reset(token)
 
+    def _attributes(self, record: logging.LogRecord, entry: Entry) -> dict[str, Any]:
+        if not self._code_attributes:
+            return entry.attributes
+        return {
+            **entry.attributes,
+            "code.file.path": record.pathname,
+            "code.function.name": record.funcName,
+            "code.line.number": record.lineno,
+        }
+
+    def _emit_encoded(self, logger: Any, record: logging.LogRecord) -> bool:
+        """Export the record's OTLP bytes written straight from its :class:`Entry`, when
+        the SDK would make the same record (see :mod:`otelkit.presets.logexport`)."""
+        lean = lean_processor(self._provider)
+        if lean is None or type(logger) is not SdkLogger or not logger._is_enabled():
+            return False
+        entry = entry_of(record)
+        attributes = self._attributes(record, entry)
+        if not lean.accepts(attributes):
+            return False
+        encoded = lean.encoder.log_record(
+            timestamp=int(record.created * 1e9),
+            observed_timestamp=time.time_ns(),
+            severity_number=std_to_otel(record.levelno).value,
+            severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
+            body=entry.message,
+            attributes=attributes,
+            span_context=trace.get_current_span().get_span_context(),
+            event_name=entry.event_name,
+        )
+        lean.emit_encoded(logger, encoded)
+        return True
+
     def _translate(self, record: logging.LogRecord) -> Any:
         entry = entry_of(record)
-        attributes = entry.attributes
-        if self._code_attributes:
-            attributes = {
-                **attributes,
-                "code.file.path": record.pathname,
-                "code.function.name": record.funcName,
-                "code.line.number": record.lineno,
-            }
         return ApiLogRecord(
             timestamp=int(record.created * 1e9),
             observed_timestamp=time.time_ns(),
@@ -361,7 +390,7 @@ class OtlpHandler(logging.Handler):
             severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
             severity_number=std_to_otel(record.levelno),
             body=entry.message,
-            attributes=attributes,
+            attributes=self._attributes(record, entry),
             event_name=entry.event_name,
         )
 

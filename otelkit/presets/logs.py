@@ -27,6 +27,7 @@ from opentelemetry._logs import LogRecord as ApiLogRecord
 from opentelemetry.context import get_current
 from opentelemetry.instrumentation.log_utils import std_to_otel
 from opentelemetry.sdk._logs import Logger as SdkLogger
+from opentelemetry.trace import SpanContext
 
 from otelkit.presets.context import current_request
 from otelkit.presets.logexport import lean_processor
@@ -76,12 +77,14 @@ def install_record_factory() -> None:
 @dataclass(slots=True)
 class Entry:
     """What one log call says, read once: the formatted message, the attributes (extras,
-    request context and ``exception.*``), the event name and the traceback text."""
+    request context and ``exception.*``), the event name, the traceback text and the
+    span that was current (handlers run in the caller's context)."""
 
     message: str
     attributes: dict[str, Any]
     event_name: str | None
     exception_text: str | None
+    span_context: SpanContext
 
 
 _entries: weakref.WeakKeyDictionary[logging.LogRecord, Entry] = weakref.WeakKeyDictionary()
@@ -118,11 +121,12 @@ def _read(record: logging.LogRecord) -> Entry:
             record.exc_text = exception_text  # what logging.Formatter would write: reused
     elif record.exc_text:
         exception_text = record.exc_text
-    return Entry(record.getMessage(), attributes, event_name, exception_text)
-
-
-def _trace_ids(record: logging.LogRecord) -> tuple[str | None, str | None]:
     span_context = trace.get_current_span().get_span_context()
+    return Entry(record.getMessage(), attributes, event_name, exception_text, span_context)
+
+
+def _trace_ids(record: logging.LogRecord, entry: Entry) -> tuple[str | None, str | None]:
+    span_context = entry.span_context
     if span_context.is_valid:
         return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
     return getattr(record, "otelTraceID", None), getattr(record, "otelSpanID", None)
@@ -149,7 +153,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = entry_of(record)
         attributes = entry.attributes
-        trace_id, span_id = _trace_ids(record)
+        trace_id, span_id = _trace_ids(record, entry)
         line: dict[str, Any] = {
             "time": _iso_time(record.created),
             "level": record.levelname,
@@ -194,7 +198,7 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = entry_of(record)
-        trace_id, _ = _trace_ids(record)
+        trace_id, _ = _trace_ids(record, entry)
         tags = []
         request_id = entry.attributes.get("request_id")
         if request_id:
@@ -375,7 +379,7 @@ class OtlpHandler(logging.Handler):
             severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
             body=entry.message,
             attributes=attributes,
-            span_context=trace.get_current_span().get_span_context(),
+            span_context=entry.span_context,
             event_name=entry.event_name,
         )
         lean.emit_encoded(logger, encoded)

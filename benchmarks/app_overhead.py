@@ -439,7 +439,7 @@ def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
 # of its innermost frame that matches one, so SDK work done for the middleware counts as
 # SDK work, not middleware.
 CATEGORIES = [
-    ("exporter threads: encoding and sending", ("opentelemetry/exporter/", "presets/encoder.py", "grpc/_channel", "google/protobuf")),
+    ("OTLP encoding and sending (exporter threads)", ("opentelemetry/exporter/", "presets/encoder.py", "presets/logexport.py", "grpc/_channel", "google/protobuf")),
     ("batch processors (queue, export loop)", ("sdk/_shared_internal", "sdk/trace/export", "sdk/_logs/_internal/export")),
     ("metrics (SDK measurements)", ("opentelemetry/sdk/metrics/",)),
     ("attribute cleaning (SDK)", ("opentelemetry/attributes/",)),
@@ -552,8 +552,8 @@ def main() -> None:
     elif args.profile:
         profile(args.mode, args.endpoint, args.seconds, args.connections)
     else:
-        requests = args.requests or (1000 if args.quick else 3000)
-        rounds = args.rounds or (1 if args.quick else 3)
+        requests = args.requests or (1000 if args.quick else 2000)
+        rounds = args.rounds or (1 if args.quick else 5)
         run(requests, args.connections, rounds, warmup=200 if args.quick else 1000)
 
 

@@ -404,7 +404,8 @@ def run(requests: int, connections: int, rounds: int, warmup: int) -> None:
         "CPU us/req: the app process's CPU time per request (all threads). CPU-bound req/s = "
         "1e6 / CPU us per request: what one dedicated core would serve, steadier than req/s "
         "when other work shares the machine; 'of bare' is the CPU-bound throughput as a "
-        "share of bare's, 'CPU vs stock' the CPU per request as a share of stock's."
+        "share of bare's, 'CPU vs stock' the CPU per request as a share of stock's, 'added vs "
+        "stock' the CPU added over bare as a share of what stock adds."
     )
 
 
@@ -418,7 +419,8 @@ def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
     stock_cpu = _median(results["stock"], "cpu_us_per_request")
     print(
         f"{'mode':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
-        f"{'added':>6} {'CPU-bound req/s':>15} {'of bare':>8} {'CPU vs stock':>12}"
+        f"{'added':>6} {'CPU-bound req/s':>15} {'of bare':>8} {'CPU vs stock':>12} "
+        f"{'added vs stock':>14}"
     )
     for mode in MODES:
         rows = results[mode]
@@ -426,7 +428,8 @@ def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
         print(
             f"{mode:<18} {_median(rows, 'rps'):>7.0f} {_median(rows, 'p50_ms'):>7.2f} "
             f"{_median(rows, 'p99_ms'):>7.2f} {cpu:>10.0f} {cpu - bare_cpu:>6.0f} "
-            f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.2f} {cpu / stock_cpu:>12.2f}"
+            f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.2f} {cpu / stock_cpu:>12.2f} "
+            f"{(cpu - bare_cpu) / (stock_cpu - bare_cpu):>14.2f}"
         )
 
 
@@ -436,7 +439,7 @@ def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
 # of its innermost frame that matches one, so SDK work done for the middleware counts as
 # SDK work, not middleware.
 CATEGORIES = [
-    ("exporter threads: encoding and sending", ("opentelemetry/exporter/", "presets/encoder.py", "grpc/_channel", "google/protobuf")),
+    ("OTLP encoding and sending (exporter threads)", ("opentelemetry/exporter/", "presets/encoder.py", "presets/logexport.py", "grpc/_channel", "google/protobuf")),
     ("batch processors (queue, export loop)", ("sdk/_shared_internal", "sdk/trace/export", "sdk/_logs/_internal/export")),
     ("metrics (SDK measurements)", ("opentelemetry/sdk/metrics/",)),
     ("attribute cleaning (SDK)", ("opentelemetry/attributes/",)),
@@ -549,8 +552,8 @@ def main() -> None:
     elif args.profile:
         profile(args.mode, args.endpoint, args.seconds, args.connections)
     else:
-        requests = args.requests or (1000 if args.quick else 3000)
-        rounds = args.rounds or (1 if args.quick else 3)
+        requests = args.requests or (1000 if args.quick else 2000)
+        rounds = args.rounds or (1 if args.quick else 5)
         run(requests, args.connections, rounds, warmup=200 if args.quick else 1000)
 
 

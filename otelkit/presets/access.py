@@ -87,7 +87,22 @@ def log_access(
     client = scope.get("client")
     if _state.capture_client and client:
         attributes["client.address"] = client[0]
-    ACCESS_LOGGER.log(level, "%s %s %s %.1fms", method, path, status, duration_ms, extra=attributes)
+    # What ``Logger.log`` does, less the stack walk to find the caller, which is known.
+    record = ACCESS_LOGGER.makeRecord(
+        ACCESS_LOGGER_NAME,
+        level,
+        __file__,
+        _LINE,
+        "%s %s %s %.1fms",
+        (method, path, status, duration_ms),
+        None,
+        "log_access",
+        attributes,
+    )
+    ACCESS_LOGGER.handle(record)
+
+
+_LINE = log_access.__code__.co_firstlineno
 
 
 __all__ = ["ACCESS_LOGGER", "configure", "enabled", "is_quiet", "log_access", "quiet"]

@@ -95,6 +95,24 @@ class LeanEngineTracer(EngineTracer):
     def _add_used_to_connection_usage(self, value: int) -> None:
         self._count("used", value)
 
+    def _move(self, source: str, target: str) -> None:
+        """One connection from ``source`` to ``target`` state: the package's two counts,
+        with one check and one lock (a checkout and a checkin on every request)."""
+        if not is_instrumentation_enabled():
+            return
+        counts = self._counts
+        with self._lock:
+            counts[source] = counts.get(source, 0) - 1
+            counts[target] = counts.get(target, 0) + 1
+
+    def _pool_checkin(self, _dbapi_connection: Any, _connection_record: Any) -> None:
+        self._move("used", "idle")
+
+    def _pool_checkout(
+        self, _dbapi_connection: Any, _connection_record: Any, _connection_proxy: Any
+    ) -> None:
+        self._move("idle", "used")
+
     def observations(self) -> list[Observation]:
         counts = self._counts
         return [

@@ -249,15 +249,82 @@ class SpanEncoder(_Encoder):
         return body + b"\x35" + _FIXED32(_flags(context))
 
 
+class EncodedLogRecord:
+    """A log record already encoded (an OTLP ``LogRecord`` message) with the resource and
+    scope it is grouped under; batched and sent beside SDK records."""
+
+    __slots__ = ("encoded", "instrumentation_scope", "resource")
+
+    def __init__(self, resource: Any, instrumentation_scope: Any, encoded: bytes) -> None:
+        self.resource = resource
+        self.instrumentation_scope = instrumentation_scope
+        self.encoded = encoded
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_PLAIN_TYPES = frozenset({str, bool, int, float})
+
+
+def plain_attributes(attributes: Mapping[str, Any]) -> bool:
+    """Whether the SDK would keep these attributes exactly as they are (non-empty string
+    keys; ``str``, ``bool``, 64-bit ``int`` and ``float`` values), so they may be encoded
+    without its cleaning."""
+    for key, value in attributes.items():
+        kind = type(value)
+        if not key or kind not in _PLAIN_TYPES:
+            return False
+        if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+            return False
+    return True
+
+
 class LogEncoder(_Encoder):
-    """Encodes batches of SDK log records (``ReadableLogRecord``)."""
+    """Encodes batches of SDK log records (``ReadableLogRecord``) and
+    :class:`EncodedLogRecord` items."""
 
     def encode(self, records: Sequence[Any]) -> bytes:
         """``ExportLogsServiceRequest`` bytes, grouped by resource then scope."""
         return self._request(
-            (record.resource, record.instrumentation_scope, self._record(record))
+            (
+                record.resource,
+                record.instrumentation_scope,
+                record.encoded if type(record) is EncodedLogRecord else self._record(record),
+            )
             for record in records
         )
+
+    def log_record(
+        self,
+        timestamp: int,
+        observed_timestamp: int,
+        severity_number: int,
+        severity_text: str,
+        body: str,
+        attributes: Mapping[str, Any],
+        span_context: SpanContext,
+        event_name: str | None,
+    ) -> bytes:
+        """One ``LogRecord`` message, field for field what :meth:`_record` writes for the
+        SDK record these values make (attributes must pass :func:`plain_attributes`)."""
+        parts = [b"\x09" + _FIXED64(timestamp)] if timestamp else []
+        if severity_number:
+            parts.append(b"\x10" + _varint(severity_number))
+        if severity_text:
+            parts.append(_field(3, severity_text.encode("utf-8")))
+        parts.append(_field(5, _field(1, body.encode("utf-8"))))
+        parts.append(self._attribute_fields(6, attributes))
+        flags = int(span_context.trace_flags)
+        if flags:
+            parts.append(b"\x45" + _FIXED32(flags))
+        if span_context.trace_id:
+            parts.append(b"\x4a\x10" + span_context.trace_id.to_bytes(16, "big"))
+        if span_context.span_id:
+            parts.append(b"\x52\x08" + span_context.span_id.to_bytes(8, "big"))
+        if observed_timestamp:
+            parts.append(b"\x59" + _FIXED64(observed_timestamp))
+        if event_name:
+            parts.append(_field(12, event_name.encode("utf-8")))
+        return b"".join(parts)
 
     def _record(self, readable: Any) -> bytes:
         record = readable.log_record

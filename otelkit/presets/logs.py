@@ -26,8 +26,11 @@ from opentelemetry import trace
 from opentelemetry._logs import LogRecord as ApiLogRecord
 from opentelemetry.context import get_current
 from opentelemetry.instrumentation.log_utils import std_to_otel
+from opentelemetry.sdk._logs import Logger as SdkLogger
+from opentelemetry.trace import SpanContext
 
 from otelkit.presets.context import current_request
+from otelkit.presets.logexport import lean_processor
 from otelkit.presets.settings import AccessLog, Settings
 
 ACCESS_LOGGER_NAME = "otelkit.access"
@@ -74,12 +77,14 @@ def install_record_factory() -> None:
 @dataclass(slots=True)
 class Entry:
     """What one log call says, read once: the formatted message, the attributes (extras,
-    request context and ``exception.*``), the event name and the traceback text."""
+    request context and ``exception.*``), the event name, the traceback text and the
+    span that was current (handlers run in the caller's context)."""
 
     message: str
     attributes: dict[str, Any]
     event_name: str | None
     exception_text: str | None
+    span_context: SpanContext
 
 
 _entries: weakref.WeakKeyDictionary[logging.LogRecord, Entry] = weakref.WeakKeyDictionary()
@@ -116,11 +121,12 @@ def _read(record: logging.LogRecord) -> Entry:
             record.exc_text = exception_text  # what logging.Formatter would write: reused
     elif record.exc_text:
         exception_text = record.exc_text
-    return Entry(record.getMessage(), attributes, event_name, exception_text)
-
-
-def _trace_ids(record: logging.LogRecord) -> tuple[str | None, str | None]:
     span_context = trace.get_current_span().get_span_context()
+    return Entry(record.getMessage(), attributes, event_name, exception_text, span_context)
+
+
+def _trace_ids(record: logging.LogRecord, entry: Entry) -> tuple[str | None, str | None]:
+    span_context = entry.span_context
     if span_context.is_valid:
         return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
     return getattr(record, "otelTraceID", None), getattr(record, "otelSpanID", None)
@@ -147,7 +153,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = entry_of(record)
         attributes = entry.attributes
-        trace_id, span_id = _trace_ids(record)
+        trace_id, span_id = _trace_ids(record, entry)
         line: dict[str, Any] = {
             "time": _iso_time(record.created),
             "level": record.levelname,
@@ -192,7 +198,7 @@ class HumanFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = entry_of(record)
-        trace_id, _ = _trace_ids(record)
+        trace_id, _ = _trace_ids(record, entry)
         tags = []
         request_id = entry.attributes.get("request_id")
         if request_id:
@@ -336,7 +342,9 @@ class OtlpHandler(logging.Handler):
             return
         token = self._emitting.set(True)
         try:
-            self._logger(record.name).emit(self._translate(record))
+            logger = self._logger(record.name)
+            if not self._emit_encoded(logger, record):
+                logger.emit(self._translate(record))
         except RecursionError:
             raise
         except Exception:
@@ -344,16 +352,41 @@ class OtlpHandler(logging.Handler):
         finally:
             self._emitting.reset(token)
 
+    def _attributes(self, record: logging.LogRecord, entry: Entry) -> dict[str, Any]:
+        if not self._code_attributes:
+            return entry.attributes
+        return {
+            **entry.attributes,
+            "code.file.path": record.pathname,
+            "code.function.name": record.funcName,
+            "code.line.number": record.lineno,
+        }
+
+    def _emit_encoded(self, logger: Any, record: logging.LogRecord) -> bool:
+        """Export the record's OTLP bytes written straight from its :class:`Entry`, when
+        the SDK would make the same record (see :mod:`otelkit.presets.logexport`)."""
+        lean = lean_processor(self._provider)
+        if lean is None or type(logger) is not SdkLogger or not logger._is_enabled():
+            return False
+        entry = entry_of(record)
+        attributes = self._attributes(record, entry)
+        if not lean.accepts(attributes):
+            return False
+        encoded = lean.encoder.log_record(
+            timestamp=int(record.created * 1e9),
+            observed_timestamp=time.time_ns(),
+            severity_number=std_to_otel(record.levelno).value,
+            severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
+            body=entry.message,
+            attributes=attributes,
+            span_context=entry.span_context,
+            event_name=entry.event_name,
+        )
+        lean.emit_encoded(logger, encoded)
+        return True
+
     def _translate(self, record: logging.LogRecord) -> Any:
         entry = entry_of(record)
-        attributes = entry.attributes
-        if self._code_attributes:
-            attributes = {
-                **attributes,
-                "code.file.path": record.pathname,
-                "code.function.name": record.funcName,
-                "code.line.number": record.lineno,
-            }
         return ApiLogRecord(
             timestamp=int(record.created * 1e9),
             observed_timestamp=time.time_ns(),
@@ -361,7 +394,7 @@ class OtlpHandler(logging.Handler):
             severity_text=_SEVERITY_TEXT.get(record.levelname, record.levelname),
             severity_number=std_to_otel(record.levelno),
             body=entry.message,
-            attributes=attributes,
+            attributes=self._attributes(record, entry),
             event_name=entry.event_name,
         )
 

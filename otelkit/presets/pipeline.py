@@ -52,6 +52,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otelkit.presets import access
 from otelkit.presets import context as request_context
+from otelkit.presets.logexport import LeanLogRecordProcessor
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
 from otelkit.presets.settings import RATIO_SAMPLERS, Settings
@@ -187,8 +188,11 @@ def _logger_provider(settings: Settings, resource: Resource) -> LoggerProvider:
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
     exporter = log_exporter(settings)
     if exporter is not None:
+        # otelkit's lean OTLP exporters also send records its logging handler encoded.
+        lean = settings.lean_encoder and settings.logs_exporter == "otlp"
+        batch = LeanLogRecordProcessor if lean else BatchLogRecordProcessor
         provider.add_log_record_processor(
-            BatchLogRecordProcessor(
+            batch(
                 exporter,
                 schedule_delay_millis=_env_float(
                     "OTEL_BLRP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS

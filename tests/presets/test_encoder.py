@@ -308,3 +308,101 @@ def test_the_lean_log_exporters_deliver_over_grpc_and_http(sink: OtlpSink) -> No
     [(path, _, body)] = _Collect.bodies
     assert path == "/v1/logs"
     assert ExportLogsServiceRequest.FromString(body) == encode_logs(records)
+
+
+class _EncodeBatches:
+    """A log exporter that keeps each batch as the lean encoder's request bytes."""
+
+    def __init__(self) -> None:
+        from otelkit.presets.encoder import LogEncoder
+
+        self.encoder = LogEncoder()
+        self.requests: list[bytes] = []
+
+    def export(self, batch: Sequence[Any]) -> Any:
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        self.requests.append(self.encoder.encode(batch))
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def _handler_records() -> list[Any]:
+    import logging
+
+    records = []
+    logger = logging.getLogger("shop.orders")
+    extras: list[dict[str, Any]] = [
+        {"request_id": "r-1", "http.response.status_code": 200, "duration_ms": 1.5, "ok": True},
+        {"otel.event.name": "order.placed", "total": 12},
+        {"tags": ["a", "b"]},  # not a plain value: the SDK cleans it
+        {"big": 2**62, "negative": -1},
+    ]
+    for level, extra in zip((logging.INFO, logging.WARNING, logging.ERROR, 5), extras, strict=True):
+        records.append(
+            logger.makeRecord(logger.name, level, "f.py", 3, "n=%s", (1,), None, "place", extra)
+        )
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        records.append(
+            logger.makeRecord(
+                logger.name, logging.CRITICAL, "f.py", 4, "x", (), sys.exc_info(), "place"
+            )
+        )
+    return records
+
+
+@pytest.mark.parametrize("code_attributes", [False, True])
+def test_records_the_handler_encodes_itself_are_the_ones_the_sdk_exports(
+    code_attributes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a lean processor the handler writes most records' OTLP bytes directly; the
+    request is the stock encoder's for the records the SDK would have made."""
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    from otelkit.presets.logexport import LeanLogRecordProcessor, lean_processor
+    from otelkit.presets.logs import OtlpHandler
+
+    resource = Resource.create({"service.name": "shop"})
+    lean_provider, stock_provider = (
+        LoggerProvider(resource=resource),
+        LoggerProvider(resource=resource),
+    )
+    batches = _EncodeBatches()
+    lean_provider.add_log_record_processor(LeanLogRecordProcessor(batches))  # type: ignore[arg-type]
+    kept = InMemoryLogRecordExporter()
+    stock_provider.add_log_record_processor(SimpleLogRecordProcessor(kept))
+    assert lean_processor(lean_provider) is not None and lean_processor(stock_provider) is None
+    handlers = [OtlpHandler(p, "both", code_attributes) for p in (lean_provider, stock_provider)]
+    encoded = []
+    emit_encoded = LeanLogRecordProcessor.emit_encoded
+    monkeypatch.setattr(
+        LeanLogRecordProcessor,
+        "emit_encoded",
+        lambda self, *args: encoded.append(1) or emit_encoded(self, *args),
+    )
+    with TracerProvider().get_tracer("t").start_as_current_span("request"):
+        for record in _handler_records():
+            for handler in handlers:
+                handler.handle(record)
+    lean_provider.force_flush()
+    [body] = batches.requests
+    lean, stock = ExportLogsServiceRequest.FromString(body), encode_logs(kept.get_finished_logs())
+    for message in (lean, stock):
+        for record in message.resource_logs[0].scope_logs[0].log_records:
+            assert record.observed_time_unix_nano > 0 and record.trace_id
+            record.observed_time_unix_nano = 0  # the moment each handler saw the record
+    assert lean == stock
+    assert len(lean.resource_logs[0].scope_logs[0].log_records) == 5
+    assert len(encoded) == 4  # all but the record with a list value

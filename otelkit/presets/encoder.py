@@ -62,7 +62,10 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(1, value.encode("utf-8"))
     if isinstance(value, int):
-        return b"\x18" + _varint(value)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return b"\x18" + _varint(value)
+        # OTLP integers are 64-bit: a wider one (Python allows it) keeps its digits.
+        return _field(1, str(value).encode("ascii"))
     if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
     if isinstance(value, bytes):

@@ -103,6 +103,25 @@ def test_encoding_of_an_empty_batch_is_an_empty_request() -> None:
     assert SpanEncoder().encode([]) == b""
 
 
+def test_an_integer_wider_than_64_bits_keeps_its_digits() -> None:
+    provider = TracerProvider()
+    keep = _Keep()
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    with provider.get_tracer("t").start_as_current_span(
+        "wide", attributes={"wide": 2**70, "ok": -(2**63)}
+    ):
+        pass
+    [span] = (
+        ExportTraceServiceRequest.FromString(SpanEncoder().encode(keep.spans))
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+    )
+    values = {kv.key: kv.value for kv in span.attributes}
+    assert values["wide"].string_value == str(2**70)
+    assert values["ok"].int_value == -(2**63)
+
+
 @pytest.mark.parametrize("value", [object(), {1, 2}])
 def test_unsupported_values_are_refused(value: object) -> None:
     from otelkit.presets.encoder import _any_value

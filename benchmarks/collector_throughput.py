@@ -1096,6 +1096,13 @@ def main() -> None:
     body = build_request()
     notes: list[str] = []
     targets = ["bare"]
+    if args.tail_memory and not args.pipelines.strip():
+        root = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        trees = [("this checkout", root)]
+        if args.baseline_tree:
+            trees.append((args.baseline_tree, args.baseline_tree))
+        report_tail_memory(args.tail_memory, trees, {} if args.glibc_defaults else STEADY_MALLOC)
+        return
     for name in args.pipelines.split(","):
         name = name.strip()
         if name == "default":

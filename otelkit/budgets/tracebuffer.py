@@ -12,8 +12,8 @@ from its decision cache.
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early
 (counted in ``decided_early``).
 
-A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes, its
-spans' offsets and trace IDs (:class:`PackedScope`): OTLP spans repeat their keys and
+A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes and
+its spans' offsets (:class:`PackedScope`): OTLP spans repeat their keys and
 most values, so the frame is about an eighth of the bytes, and what a held trace costs
 is mostly its own entry in :attr:`TraceBuffer.traces`.
 """
@@ -71,7 +71,6 @@ class ScopeWire(NamedTuple):
     ends: array[int]
 
 
-_ID = 16  # bytes of a trace ID
 # Level 1: about 8x smaller OTLP at well under a microsecond per span; one compressor
 # and decompressor for the event loop's thread (zstandard's objects are not shared
 # between threads).
@@ -80,16 +79,15 @@ _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 
 
 class PackedScope:
-    """A held ScopeSpans: one zstd frame of its spans' start and end offsets, their
-    trace IDs and the ScopeSpans' bytes."""
+    """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
+    ScopeSpans' bytes. Each span's trace ID is read back from its bytes (see
+    :func:`_packable`)."""
 
     __slots__ = ("frame", "spans")
 
-    def __init__(self, wire: ScopeWire, trace_ids: list[bytes]) -> None:
-        self.spans = len(trace_ids)
-        frame = _COMPRESS(
-            wire.starts.tobytes() + wire.ends.tobytes() + b"".join(trace_ids) + wire.data
-        )
+    def __init__(self, wire: ScopeWire) -> None:
+        self.spans = len(wire.starts)
+        frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
@@ -100,18 +98,21 @@ class PackedScope:
         starts, ends = array("I"), array("I")
         starts.frombytes(raw[: 4 * n])
         ends.frombytes(raw[4 * n : 8 * n])
-        at = 8 * n
-        ids = [raw[k : k + _ID] for k in range(at, at + _ID * n, _ID)]
-        return ScopeWire(raw[at + _ID * n :], starts, ends), ids
+        data = raw[8 * n :]
+        return ScopeWire(data, starts, ends), [data[at + 2 : at + 18] for at in starts]
 
     def __len__(self) -> int:
         return len(self.frame)
 
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
-    """Whether the offsets fit the array's items and every trace ID is 16 bytes (a
-    malformed one keeps the batch as a message)."""
-    return wire.starts.itemsize == 4 and all(len(t) == _ID for t in trace_ids)
+    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
+    span's first field, as serialisers write it), and the offsets fit the array's items.
+    Otherwise the batch is held as a message."""
+    data, starts = wire.data, wire.starts
+    if starts.itemsize != 4 or len(starts) != len(trace_ids):
+        return False
+    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
 
 
 class ScopeScan(NamedTuple):
@@ -281,7 +282,7 @@ def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> N
     held: list[tuple[bytes, list[PackedScope]]] = []
     for rs, scopes in zip(payload.resource_spans, pairs, strict=True):
         rs.ClearField("scope_spans")  # the batch is this buffer's now
-        packed = [PackedScope(w, ids) for w, ids in scopes if w is not None]
+        packed = [PackedScope(w) for w, _ in scopes if w is not None]
         held.append((rs.SerializeToString(), packed))
     batch.wire = held
     batch.payload = None

@@ -2,6 +2,8 @@
 
     python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
         [--security bearer,tls,bearer+tls]
+    python benchmarks/collector_throughput.py --pipelines default --security none
+        --transports grpc [--baseline-tree DIR] [--tail-memory 50000]
 
 A load process (separate from everything it measures) sends one pre-serialized request of
 512 realistic server spans (10 attributes each) over and over, with a fixed number of
@@ -20,7 +22,11 @@ requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
   checks a ``bearertokenauth`` token on every request), ``tls`` (TLS 1.3 with a
   certificate the benchmark makes; connections are kept, so this is the per-request
   cost of encryption, not of handshakes), ``bearer+tls`` (both). Each is also given as a
-  ratio to the plain ``nop`` pipeline measured in the same run.
+  ratio to the plain ``nop`` pipeline measured in the same run;
+* ``default`` in ``--pipelines``: the shipped ``collector/otelkit.yaml`` pinned to one
+  CPU (``--core``), fed an app's traffic over gRPC (see "The default configuration"
+  below); ``--baseline-tree DIR`` runs another checkout's copy beside it, and
+  ``--tail-memory N`` measures tail sampling's resident memory per trace held.
 
 For each, the collector process's CPU time (``/proc/<pid>/stat``) over the measured
 window gives CPU per span and spans per CPU-second; its resident memory (``VmRSS``, and

@@ -3,6 +3,8 @@
     python benchmarks/collector_throughput.py [--quick] [--seconds 8] [--pipelines nop,file]
         [--security bearer,tls,bearer+tls]
     python benchmarks/collector_throughput.py --workers 1,2 [--workers-config nop|default]
+    python benchmarks/collector_throughput.py --pipelines default --security none
+        --transports grpc [--baseline-tree DIR] [--tail-memory 50000]
 
 A load process (separate from everything it measures) sends one pre-serialized request of
 512 realistic server spans (10 attributes each) over and over, with a fixed number of
@@ -24,7 +26,11 @@ requests in flight, over OTLP/gRPC and over OTLP/HTTP (protobuf). It goes to:
   checks a ``bearertokenauth`` token on every request), ``tls`` (TLS 1.3 with a
   certificate the benchmark makes; connections are kept, so this is the per-request
   cost of encryption, not of handshakes), ``bearer+tls`` (both). Each is also given as a
-  ratio to the plain ``nop`` pipeline measured in the same run.
+  ratio to the plain ``nop`` pipeline measured in the same run;
+* ``default`` in ``--pipelines``: the shipped ``collector/otelkit.yaml`` pinned to one
+  CPU (``--core``), fed an app's traffic over gRPC (see "The default configuration"
+  below); ``--baseline-tree DIR`` runs another checkout's copy beside it, and
+  ``--tail-memory N`` measures tail sampling's resident memory per trace held.
 
 For each, the collector process's CPU time (``/proc/<pid>/stat``) over the measured
 window gives CPU per span and spans per CPU-second; its resident memory (``VmRSS``, and
@@ -206,7 +212,7 @@ class LoadResult:
 def load_main(
     transport: str,
     port: int,
-    body: bytes,
+    body: bytes | AppTraffic,
     warmup: float,
     seconds: float,
     inflight: int,
@@ -221,15 +227,18 @@ def load_main(
 async def _load(
     transport: str,
     port: int,
-    body: bytes,
+    body: bytes | AppTraffic,
     warmup: float,
     seconds: float,
     inflight: int,
     out: Connection,
     security: Security,
 ) -> LoadResult:
-    senders = {"grpc": _grpc_sender, "http": _http_sender, "grpc-conns": _grpc_connections}
-    send = await senders[transport](port, body, inflight, security)
+    if isinstance(body, AppTraffic):
+        send = await _app_grpc_sender(port, body, security)
+    else:
+        senders = {"grpc": _grpc_sender, "http": _http_sender, "grpc-conns": _grpc_connections}
+        send = await senders[transport](port, body, inflight, security)
     counts = {"ok": 0, "failed": 0}
     first_failure: list[str] = []
     deadline = time.monotonic() + warmup
@@ -683,7 +692,9 @@ class Figure:
         return self.spans_per_second / self.cores if self.cores else float("nan")
 
 
-def measure(target: Target, transport: str, body: bytes, args: argparse.Namespace) -> Figure:
+def measure(
+    target: Target, transport: str, body: bytes | AppTraffic, args: argparse.Namespace
+) -> Figure:
     port = target.grpc_port if transport == "grpc" else target.http_port
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
@@ -807,6 +818,352 @@ def print_ratios(title: str, rows: list[tuple[str, Figure, Figure]]) -> None:
         )
 
 
+# The default configuration (collector/otelkit.yaml) -----------------------------------------
+#
+# ``default`` runs the shipped configuration as a user does (its ports, data directory and
+# budgets file moved by its environment variables, no SENTRY_DSN), pinned to one core, and
+# sends it what an instrumented app's BatchSpanProcessor sends: 512-span requests in which
+# concurrent requests' traces interleave and some traces continue in the next request.
+# ``--baseline-tree DIR`` runs the same configuration from a second checkout too
+# (``default@DIR``), so a change is measured against its base in the same run.
+# ``--tail-memory N`` measures what tail sampling holds per trace in flight.
+
+APP_SERVICE = "shop-api"
+APP_ROUTES = ["/checkout", "/products/{id}", "/orders/{id}", "/cart/{id}/items", "/search"]
+APP_QUERIES = [
+    "SELECT id, name, price FROM products WHERE id = $1",
+    "SELECT * FROM orders WHERE customer_id = $1 ORDER BY created_at DESC LIMIT 20",
+    "UPDATE carts SET updated_at = now() WHERE id = $1",
+    "INSERT INTO order_lines (order_id, product_id, quantity) VALUES ($1, $2, $3)",
+    "SELECT count(*) FROM cart_items WHERE cart_id = $1",
+]
+# Every trace ID of a request starts with these 8 bytes; the load process puts a fresh
+# prefix in their place each time it has sent every request once, so every trace is new.
+TRACE_PREFIX = bytes.fromhex("9e3779b97f4a7c15")
+APP_REQUESTS = 16  # distinct requests in one round of the traffic
+
+
+@dataclass(frozen=True)
+class AppTraffic:
+    """Requests of interleaved multi-span traces whose trace IDs the sender renews."""
+
+    bodies: tuple[bytes, ...]
+    traces: int  # traces in one round of ``bodies``
+
+
+def _app_trace(rng: random.Random, start: int) -> list[dict[str, Any]]:
+    """One request's spans in the order they end: DB (and now and then outgoing HTTP)
+    calls, then the server span. About one trace in twenty has an N+1 query, one in
+    fifty a slow query, one in twenty a 5xx."""
+    trace_id = TRACE_PREFIX + rng.randbytes(8)
+    root = rng.randbytes(8)
+    route = rng.choice(APP_ROUTES)
+    item = rng.randrange(100_000)
+    children: list[dict[str, Any]] = []
+    at = start + rng.randrange(100_000, 500_000)
+    calls = [rng.choice(APP_QUERIES) for _ in range(rng.randrange(2, 7))]
+    if rng.random() < 0.05:
+        calls += [APP_QUERIES[0]] * 8
+    for query in calls:
+        took = rng.randrange(300_000, 8_000_000)
+        if rng.random() < 0.02:
+            took = 600_000_000
+        children.append(
+            {"trace_id": trace_id, "span_id": rng.randbytes(8), "parent": root, "kind": 3,
+             "name": query.split()[0] + " shop", "start": at, "end": at + took,
+             "attrs": [("db.system", "postgresql"), ("db.namespace", "shop"),
+                       ("db.query.text", query), ("server.address", "db.internal"),
+                       ("server.port", 5432)]}
+        )  # fmt: skip
+        at += took + rng.randrange(50_000, 300_000)
+    if rng.random() < 0.25:
+        took = rng.randrange(2_000_000, 40_000_000)
+        children.append(
+            {"trace_id": trace_id, "span_id": rng.randbytes(8), "parent": root, "kind": 3,
+             "name": "GET", "start": at, "end": at + took,
+             "attrs": [("http.request.method", "GET"),
+                       ("url.full", f"http://payments.internal/v1/quotes/{item}"),
+                       ("server.address", "payments.internal"), ("server.port", 80),
+                       ("http.response.status_code", 200)]}
+        )  # fmt: skip
+        at += took
+    status = 500 if rng.random() < 0.05 else rng.choice([200, 200, 200, 201, 404])
+    server = {
+        "trace_id": trace_id, "span_id": root, "parent": b"", "kind": 2,
+        "name": f"GET {route}", "start": start, "end": at + rng.randrange(100_000, 900_000),
+        "status": 2 if status >= 500 else 0,
+        "attrs": [("http.request.method", "GET"), ("http.route", route),
+                  ("url.full", f"https://shop.example.com{route.replace('{id}', str(item))}"),
+                  ("http.response.status_code", status), ("server.address", "shop.example.com"),
+                  ("server.port", 443), ("user_agent.original", rng.choice(AGENTS)),
+                  ("client.address", f"10.0.{rng.randrange(256)}.{rng.randrange(256)}"),
+                  ("network.protocol.version", "1.1")],
+    }  # fmt: skip
+    return [*children, server]
+
+
+def build_app_traffic(requests: int = APP_REQUESTS, seed: int = 11) -> AppTraffic:
+    """``requests`` requests of ``BATCH`` spans each: about 20 requests in progress at a
+    time, their spans interleaved as they end, cut into batches wherever ``BATCH`` falls
+    (so some traces continue in the next request)."""
+    rng = random.Random(seed)
+    spans: list[dict[str, Any]] = []
+    open_traces: list[list[dict[str, Any]]] = []
+    clock = 1_700_000_000_000_000_000
+    traces = 0
+    while len(spans) < requests * BATCH:
+        while len(open_traces) < 20:
+            open_traces.append(_app_trace(rng, clock))
+        trace = rng.choice(open_traces)
+        spans.append(trace.pop(0))
+        clock += 1_000_000
+        if not trace:
+            open_traces.remove(trace)
+            traces += 1
+    spans = spans[: requests * BATCH]
+    bodies = tuple(_app_request(spans[i : i + BATCH]) for i in range(0, len(spans), BATCH))
+    return AppTraffic(bodies, traces)
+
+
+def _app_request(spans: list[dict[str, Any]]) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def attr(key: str, value: str | int) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=key, value=AnyValue(int_value=value))
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    for key, value in (
+        ("service.name", APP_SERVICE),
+        ("service.version", "2.14.1"),
+        ("deployment.environment.name", "production"),
+        ("host.name", "shop-api-7d9f8c-x2x9k"),
+        ("telemetry.sdk.language", "python"),
+    ):
+        rs.resource.attributes.append(attr(key, value))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "opentelemetry.instrumentation.fastapi"
+    ss.scope.version = "0.48b0"
+    for s in spans:
+        span = ss.spans.add(
+            trace_id=s["trace_id"],
+            span_id=s["span_id"],
+            parent_span_id=s["parent"],
+            name=s["name"],
+            kind=s["kind"],
+            start_time_unix_nano=s["start"],
+            end_time_unix_nano=s["end"],
+        )
+        span.attributes.extend(attr(k, v) for k, v in s["attrs"])
+        span.status.code = s.get("status", 0)
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def renewed(body: bytes, round_number: int) -> bytes:
+    """``body`` with the trace IDs of round ``round_number``."""
+    return body.replace(TRACE_PREFIX, round_number.to_bytes(8, "big"))
+
+
+async def _app_grpc_sender(
+    port: int, traffic: AppTraffic, security: Security
+) -> Callable[[int], Any]:
+    """Sends the traffic's requests in turn; each round has trace IDs never sent before
+    (the round numbers start at a random point, so rounds of other runs differ too)."""
+    import grpc
+
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    export = channel.unary_unary(TRACE_EXPORT)
+    metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
+    sent = [random.getrandbits(40) << 16]
+
+    async def send(_: int) -> None:
+        n = sent[0]
+        sent[0] += 1
+        round_number, index = divmod(n, len(traffic.bodies))
+        await export(renewed(traffic.bodies[index], round_number), timeout=30, metadata=metadata)
+
+    return send
+
+
+def default_env(workdir: Path) -> tuple[dict[str, str], int, int]:
+    """Environment moving every port and path of collector/otelkit.yaml, and the OTLP
+    gRPC and HTTP ports."""
+    grpc_port, http_port = free_port(), free_port()
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    env = {
+        "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+        "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+        "OTELKIT_PROMETHEUS_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELKIT_HEALTH_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "OTELKIT_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
+        "OTELKIT_DATA_DIR": str(data),
+    }
+    return env, grpc_port, http_port
+
+
+def start_default(name: str, workdir: Path, env: dict[str, str], tree: str, core: int) -> Target:
+    """collector/otelkit.yaml from checkout ``tree``, pinned to CPU ``core``."""
+    directory = workdir / name.replace("/", "_")
+    moved, grpc_port, http_port = default_env(directory)
+    log = directory / "collector.log"
+    command = [sys.executable, "-m", "otelkit.cli", "collector", "run"]
+    command += ["--config", "collector/otelkit.yaml"]
+    full_env = {**os.environ, **env, **moved, "PYTHONPATH": tree}
+    full_env.pop("SENTRY_DSN", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tree,
+            env=full_env,
+        )
+    os.sched_setaffinity(process.pid, {core})
+    label = f"collector/otelkit.yaml{'' if name == 'default' else ' @' + name.split('@', 1)[1]}"
+    target = Target(name, label, process, grpc_port, http_port, log)
+    try:
+        wait_for_port(grpc_port, process)
+    except RuntimeError as exc:
+        stop_target(target)
+        raise RuntimeError(f"{name}: {exc}\n{log.read_text(errors='replace')[-2000:]}") from exc
+    return target
+
+
+def report_default(figures: list[Figure]) -> None:
+    """The default configuration from each checkout, against the first (``default``):
+    per checkout, the round that cost the least CPU per span (the least disturbed by
+    other load on the machine; spans/s follows the load process's share of the CPUs)."""
+    least: dict[str, Figure] = {}
+    for f in figures:
+        if not f.target.startswith("collector/otelkit.yaml"):
+            continue
+        if f.target not in least or f.us_per_span < least[f.target].us_per_span:
+            least[f.target] = f
+    rows = list(least.values())
+    if not rows:
+        return
+    print()
+    print(
+        "the default configuration (collector/otelkit.yaml), one core, gRPC, "
+        "interleaved multi-span traces; each checkout's round of least CPU per span"
+    )
+    header = (
+        f"{'target':<40} {'spans/s':>9} {'us/span':>8} {'spans/CPU-s':>11} {'RSS MiB':>7} "
+        f"{'VmHWM':>6} {'refused':>7} {'spans/CPU-s ratio':>17}"
+    )
+    print(header)
+    print("-" * len(header))
+    first = rows[0]
+    for f in rows:
+        print(
+            f"{f.target:<40} {f.spans_per_second:>9,.0f} {f.us_per_span:>8.2f} "
+            f"{f.spans_per_core:>11,.0f} {f.rss_mib:>7.0f} {f.peak_mib:>6.0f} {f.failures:>7} "
+            f"{f.spans_per_core / first.spans_per_core:>17.2f}"
+        )
+        if f.failures:
+            print(f"          first refusal: {f.first_failure}")
+
+
+TAIL_MEMORY_CONFIG = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: 127.0.0.1:{grpc_port}}}
+processors:
+  memory_limiter: {{check_interval: 1s, limit_mib: 4096}}
+  # collector/otelkit.yaml's, deciding only after the measurement
+  tail_sampling:
+    decision_wait: 1h
+    num_traces: 10000000
+    keep: {{errors: true, budget_breaches: true, perf_issues: true}}
+    policies:
+      - {{name: one-in-ten, type: probabilistic, probabilistic: {{sampling_percentage: 10}}}}
+exporters:
+  nop: {{}}
+service:
+  telemetry: {{metrics: {{address: 127.0.0.1:{metrics_port}}}}}
+  pipelines:
+    traces: {{receivers: [otlp], processors: [memory_limiter, tail_sampling], exporters: [nop]}}
+"""
+
+
+def tail_memory(traces: int, tree: str, env: dict[str, str]) -> tuple[float, float, float, int]:
+    """(RSS MiB with no trace held, with half of ``traces``, with all, traces sent): the
+    app traffic sent once, to a tail_sampling that decides nothing while measured."""
+    traffic = build_app_traffic(max(APP_REQUESTS, -(-traces * BATCH // 4000)))
+    per_round = len(traffic.bodies)
+    per_request = traffic.traces / per_round
+    requests = max(2, round(traces / per_request))
+    with tempfile.TemporaryDirectory(prefix="otelkit-tail-") as tmp:
+        grpc_port = free_port()
+        config = Path(tmp) / "collector.yaml"
+        config.write_text(TAIL_MEMORY_CONFIG.format(grpc_port=grpc_port, metrics_port=free_port()))
+        command = [sys.executable, "-m", "otelkit.cli", "collector", "run", "--config", str(config)]
+        with open(Path(tmp) / "collector.log", "wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=tree,
+                env={**os.environ, **env, "PYTHONPATH": tree},
+            )  # fmt: skip
+        target = Target("tail", "tail", process, grpc_port, 0, Path(tmp) / "collector.log")
+        try:
+            wait_for_port(grpc_port, process)
+            time.sleep(2)
+            none = process_memory(process.pid)[0]
+            half = _send_requests(grpc_port, traffic, 0, requests // 2)
+            time.sleep(1)
+            at_half = process_memory(process.pid)[0]
+            _send_requests(grpc_port, traffic, half, requests)
+            time.sleep(1)
+            at_all = process_memory(process.pid)[0]
+        finally:
+            stop_target(target)
+    return none, at_half, at_all, round(requests * per_request)
+
+
+def _send_requests(port: int, traffic: AppTraffic, first: int, end: int) -> int:
+    """Sends requests ``first`` .. ``end - 1`` of the traffic (new trace IDs each round)."""
+    import grpc
+
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        export = channel.unary_unary(TRACE_EXPORT)
+        for n in range(first, end):
+            round_number, index = divmod(n, len(traffic.bodies))
+            export(renewed(traffic.bodies[index], round_number + 1), timeout=60)
+    return end
+
+
+def report_tail_memory(traces: int, trees: list[tuple[str, str]], env: dict[str, str]) -> None:
+    print()
+    print(
+        f"tail sampling memory: {traces:,} interleaved multi-span traces held "
+        "(decision_wait 1h); per 1,000 traces = RSS growth from half to all of them"
+    )
+    header = (
+        f"{'checkout':<24} {'RSS none':>8} {'RSS half':>8} {'RSS all':>8} "
+        f"{'KiB per 1,000 traces':>20} {'bytes/trace':>11} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    first = None
+    for name, tree in trees:
+        none, half, full, sent = tail_memory(traces, tree, env)
+        per_trace = (full - half) * 1024 * 1024 / (sent - sent // 2)
+        first = first or per_trace
+        print(
+            f"{name:<24} {none:>8.1f} {half:>8.1f} {full:>8.1f} "
+            f"{per_trace * 1000 / 1024:>20,.0f} {per_trace:>11,.0f} {per_trace / first:>6.2f}"
+        )
+
+
 def best_rounds(figures: list[Figure]) -> list[Figure]:
     """Per case, the round with the most spans/s: the one least disturbed by other load."""
     best: dict[tuple[str, str], Figure] = {}
@@ -841,6 +1198,15 @@ def main() -> None:
     parser.add_argument(
         "--glibc-defaults", action="store_true", help="run targets without the malloc settings"
     )
+    parser.add_argument(
+        "--baseline-tree",
+        help="also run the default configuration from this checkout (read only), as a baseline",
+    )
+    parser.add_argument(
+        "--tail-memory", type=int, default=0, metavar="TRACES",
+        help="measure tail sampling's memory per trace held, with this many traces",
+    )  # fmt: skip
+    parser.add_argument("--core", type=int, help="CPU the default configuration runs on")
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
     parser.add_argument(
         "--workers",
@@ -866,11 +1232,23 @@ def main() -> None:
     body = build_request()
     notes: list[str] = []
     targets = ["bare"]
+    if args.tail_memory and not args.pipelines.strip():
+        root = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        trees = [("this checkout", root)]
+        if args.baseline_tree:
+            trees.append((args.baseline_tree, args.baseline_tree))
+        report_tail_memory(args.tail_memory, trees, {} if args.glibc_defaults else STEADY_MALLOC)
+        return
     with_loadbalancing = False
     for name in args.pipelines.split(","):
         name = name.strip()
         if name == "loadbalancing":
             with_loadbalancing = True
+            continue
+        if name == "default":
+            targets.append(name)
+            if args.baseline_tree:
+                targets.append(f"default@{args.baseline_tree}")
             continue
         if name not in PIPELINES:
             parser.error(f"unknown pipeline {name!r}; known: {', '.join(PIPELINES)}")
@@ -895,24 +1273,49 @@ def main() -> None:
             + " (steady glibc heap; --glibc-defaults to measure without)"
         )
     figures: list[Figure] = []
+    root = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    core = args.core if args.core is not None else max(os.sched_getaffinity(0))
+    traffic = build_app_traffic() if "default" in targets else None
     with tempfile.TemporaryDirectory(prefix="otelkit-bench-") as tmp:
         running: list[Target] = []
         sinks: list[Target] = []
         try:
             for name in targets:
-                running.append(start_target(name, Path(tmp), env))
+                if name.startswith("default"):
+                    tree = name.partition("@")[2] or root
+                    running.append(start_default(name, Path(tmp), env, tree, core))
+                else:
+                    running.append(start_target(name, Path(tmp), env))
             if with_loadbalancing:
                 fronts, sinks = start_loadbalancing_targets(Path(tmp), env)
                 running += fronts
             for _ in range(args.rounds):
                 for transport in args.transports.split(","):
                     for target in running:
-                        figures.append(measure(target, transport.strip(), body, args))
+                        if target.name.startswith("default"):
+                            if transport.strip() != "grpc":
+                                continue  # an SDK's default transport; one is enough
+                            assert traffic is not None
+                            figures.append(measure(target, "grpc", traffic, args))
+                        else:
+                            figures.append(measure(target, transport.strip(), body, args))
                         settle(target)
         finally:
             for target in [*running, *sinks]:
                 stop_target(target)
+    if "default" in targets:
+        notes.append(
+            f"collector/otelkit.yaml ran pinned to CPU {core}, gRPC only, sent "
+            f"{len(traffic.bodies) if traffic else 0} requests of interleaved traces in turn "
+            "with new trace IDs each round"
+        )
     report(best_rounds(figures), body, args, notes)
+    report_default(figures)
+    if args.tail_memory:
+        trees = [("this checkout", root)]
+        if args.baseline_tree:
+            trees.append((args.baseline_tree, args.baseline_tree))
+        report_tail_memory(args.tail_memory, trees, env)
 
 
 # Worker processes (otelkit collector run --workers N) --------------------------------------

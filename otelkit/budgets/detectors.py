@@ -285,6 +285,52 @@ def detect(
     return found
 
 
+_SUM_MARGIN_MS = 1e-6
+
+
+def could_find(spans: Sequence[Span], config: DetectorsConfig) -> bool:
+    """Whether any enabled detector could find something, judged from client spans'
+    parents and durations alone: no detector fires without a long enough client span,
+    or enough client children of one parent that are long enough (together or each).
+    Most traces fail this; it reads four fields of each span, where :func:`detect`
+    reads the bytes of every client span's attributes.
+    """
+    slow_db, n1db, consecutive, n1api = (
+        config.slow_db_query,
+        config.n_plus_one_db_queries,
+        config.consecutive_http,
+        config.n_plus_one_api_calls,
+    )
+    slowest_ms = slow_db.min_duration_ms if slow_db.enabled else float("inf")
+    slow_call_ms = consecutive.min_span_ms
+    # parent -> [children, their positive durations summed (ms), children >= slow_call_ms]
+    groups: dict[bytes, list[float]] = {}
+    for span in spans:
+        if span.kind != SPAN_KIND_CLIENT:
+            continue
+        ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
+        if ms >= slowest_ms:
+            return True
+        group = groups.get(span.parent_span_id)
+        if group is None:
+            group = groups[span.parent_span_id] = [0, 0.0, 0]
+        group[0] += 1
+        if ms > 0:
+            group[1] += ms
+        if ms >= slow_call_ms:
+            group[2] += 1
+    for count, total_ms, slow_calls in groups.values():
+        # The detectors sum a run in another order: a margin for rounding.
+        total_ms += _SUM_MARGIN_MS
+        if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
+            return True
+        if n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms:
+            return True
+        if consecutive.enabled and slow_calls >= consecutive.min_count:
+            return True
+    return False
+
+
 def _start_of(call: Call) -> int:
     return call.start
 

@@ -232,6 +232,8 @@ def safe_span_name(name: str) -> str:
 
 # The connector ---------------------------------------------------------------------------
 class SpanMetricsConnector(Connector):
+    mutates_data = False  # reads the spans; keeps only copies of names, values and IDs
+
     def __init__(
         self, settings: CreateSettings, config: SpanMetricsConfig, next_consumer: Consumer
     ) -> None:

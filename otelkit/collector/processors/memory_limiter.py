@@ -349,6 +349,12 @@ class MemoryLimiter(Processor):
         self._check = checks[self._name]
 
     @property
+    def mutates_data(self) -> bool:  # type: ignore[override]
+        """It passes the batch on as it is: it changes the batch only if what follows
+        does, so a pipeline of it and readers shares the receiver's batch, uncopied."""
+        return bool(getattr(self._next, "mutates_data", True))
+
+    @property
     def refusing(self) -> bool:
         return self._check.refusing
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pydantic import Field
 
-from otelkit.budgets.detectors import DetectorsConfig, detect
+from otelkit.budgets.detectors import DetectorsConfig, could_find, detect
 from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
 from otelkit.budgets.tracebuffer import BufferedTraceProcessor, HeldTrace
 from otelkit.collector.pdata.signals import Signal
@@ -50,7 +50,10 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
     def judge(self, traces: list[HeldTrace]) -> None:
         for trace in traces:
             self._count_from_zero(trace)
-            for detection in detect(trace.spans, trace.services, self._detectors):
+            spans = trace.spans
+            if not could_find(spans, self._detectors):
+                continue
+            for detection in detect(spans, trace.services, self._detectors):
                 finding = detection.finding
                 for span in detection.offenders:
                     _mark(span, finding.type, finding.fingerprint)

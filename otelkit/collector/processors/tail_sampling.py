@@ -38,6 +38,7 @@ from otelkit.budgets.tracebuffer import (
     BufferedTraceProcessor,
     HeldBatch,
     HeldTrace,
+    PackedScope,
     ScopeScan,
     ScopeWire,
     read_trace_ids,
@@ -301,7 +302,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         if batch.wire is not None:
-            return self._rebuild(batch, batch.wire)
+            return self._rebuild(batch.wire)
         payload = batch.payload
         assert payload is not None
         scopes = [ss for rs in payload.resource_spans for ss in rs.scope_spans]
@@ -324,18 +325,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             self._settings.telemetry.processor_dropped(label, Signal.TRACES, dropped)
         return payload
 
-    def _rebuild(
-        self, batch: HeldBatch, wire: list[tuple[bytes, list[ScopeWire]]]
-    ) -> ExportTraceServiceRequest:
+    def _rebuild(self, wire: list[tuple[bytes, list[PackedScope]]]) -> ExportTraceServiceRequest:
         """The batch from its held bytes, with only the spans of kept traces: the bytes of
         dropped spans are cut out, and only what is kept is parsed."""
         out = bytearray()
         dropped = 0
-        ids_of_scopes = iter(batch.trace_ids)
         for header, scopes in wire:
             body = bytearray(header)
-            for scope in scopes:
-                kept, n = self._filter_bytes(scope, next(ids_of_scopes))
+            for packed in scopes:
+                kept, n = self._filter_bytes(*packed.unpack())
                 dropped += n
                 if kept is not None:
                     body += _SCOPE_SPANS_TAG + varint(len(kept)) + kept

@@ -19,7 +19,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otelkit.budgets.model import SPAN_KINDS, Budget, Match
 from otelkit.collector.pdata.semconv import DB_SYSTEM, HTTP_ROUTE
 from otelkit.collector.pdata.values import any_value_text
-from otelkit.collector.pdata.wire import AttributeReader, key_pattern, raw_value, value_text
+from otelkit.collector.pdata.wire import (
+    AttributeReader,
+    key_pattern,
+    raw_value,
+    raw_value_at,
+    value_text,
+)
 
 # Matching keys of the shorthand conditions, newest semantic-convention name first.
 ROUTE_KEYS = HTTP_ROUTE
@@ -286,11 +292,15 @@ class KindCandidates:
         raws: tuple[bytes | None, ...] = ()
         if patterns:
             data = span.SerializeToString()
-            raws = (
-                (raw_value(data, patterns[0]),)
-                if len(patterns) == 1
-                else tuple([raw_value(data, pattern) for pattern in patterns])
-            )
+            if len(patterns) == 1:
+                raws = (raw_value(data, patterns[0]),)
+            else:
+                # Most spans hold one of a key's spellings: a find, not a call, per other.
+                each: list[bytes | None] = []
+                for pattern in patterns:
+                    at = data.find(pattern)
+                    each.append(None if at < 0 else raw_value_at(data, pattern, at))
+                raws = tuple(each)
         key = (self, resource_key, name, raws)
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:

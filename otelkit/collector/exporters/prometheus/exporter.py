@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 from pydantic import Field, field_validator
 
@@ -198,19 +199,28 @@ class PrometheusExporter(Exporter):
         return await asyncio.to_thread(render, snapshot, self.config.send_timestamps)
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] != "/metrics":
-            await respond(send, 404, b"not found: metrics are served on /metrics\n", "text/plain")
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            await respond(send, 405, b"use GET\n", "text/plain", [(b"allow", b"GET, HEAD")])
-            return
-        accept = header(scope, b"accept")
-        openmetrics = self.config.enable_open_metrics and wants_openmetrics(accept)
-        body = await self.exposition(openmetrics)
-        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        await send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
+        await serve_scrape(scope, send, self.config.enable_open_metrics, self.exposition)
+
+
+async def serve_scrape(
+    scope: Scope,
+    send: Send,
+    enable_open_metrics: bool,
+    exposition: Callable[[bool], Awaitable[Body]],
+) -> None:
+    """Answer a scrape on ``/metrics`` in the format the scraper asks for (and allowed)."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] != "/metrics":
+        await respond(send, 404, b"not found: metrics are served on /metrics\n", "text/plain")
+        return
+    if scope["method"] not in ("GET", "HEAD"):
+        await respond(send, 405, b"use GET\n", "text/plain", [(b"allow", b"GET, HEAD")])
+        return
+    openmetrics = enable_open_metrics and wants_openmetrics(header(scope, b"accept"))
+    body = await exposition(openmetrics)
+    content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+    await send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
 
 
 async def send_chunks(send: Send, body: Body, content_type: str) -> None:

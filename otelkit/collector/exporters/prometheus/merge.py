@@ -14,17 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-from otelkit.collector.exporters.prometheus.exporter import (
-    PrometheusConfig,
-    header,
-    send_chunks,
-)
+from otelkit.collector.exporters.prometheus.exporter import PrometheusConfig, serve_scrape
 from otelkit.collector.exporters.prometheus.exposition import (
-    OPENMETRICS_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
+    Body,
     render_openmetrics,
     render_text,
-    wants_openmetrics,
 )
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
 from otelkit.collector.exporters.prometheus.translation import (
@@ -35,7 +29,7 @@ from otelkit.collector.exporters.prometheus.translation import (
     Point,
     SummaryPoint,
 )
-from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
+from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send
 
 
 def merge_snapshots(workers: Iterable[list[FamilySnapshot]]) -> list[FamilySnapshot]:
@@ -102,19 +96,9 @@ class MergedScrapeView:
         self.server = HttpServer(config.endpoint, self._app, name="prometheus (all workers)")
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] != "/metrics":
-            await respond(send, 404, b"not found: metrics are served on /metrics\n", "text/plain")
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            await respond(send, 405, b"use GET\n", "text/plain", [(b"allow", b"GET, HEAD")])
-            return
-        openmetrics = self._config.enable_open_metrics and wants_openmetrics(
-            header(scope, b"accept")
-        )
+        await serve_scrape(scope, send, self._config.enable_open_metrics, self._exposition)
+
+    async def _exposition(self, openmetrics: bool) -> Body:
         snapshot = merge_snapshots(await self._fetch())
         render = render_openmetrics if openmetrics else render_text
-        body = await asyncio.to_thread(render, snapshot, self._config.send_timestamps)
-        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        await send_chunks(send, [] if scope["method"] == "HEAD" else body, content_type)
+        return await asyncio.to_thread(render, snapshot, self._config.send_timestamps)

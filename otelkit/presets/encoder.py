@@ -309,53 +309,71 @@ class LogEncoder(_Encoder):
     ) -> bytes:
         """One ``LogRecord`` message, field for field what :meth:`_record` writes for the
         SDK record these values make (attributes must pass :func:`plain_attributes`)."""
-        parts = [b"\x09" + _FIXED64(timestamp)] if timestamp else []
-        if severity_number:
-            parts.append(b"\x10" + _varint(severity_number))
-        if severity_text:
-            parts.append(_field(3, severity_text.encode("utf-8")))
-        parts.append(_field(5, _field(1, body.encode("utf-8"))))
-        parts.append(self._attribute_fields(6, attributes))
-        flags = int(span_context.trace_flags)
-        if flags:
-            parts.append(b"\x45" + _FIXED32(flags))
-        if span_context.trace_id:
-            parts.append(b"\x4a\x10" + span_context.trace_id.to_bytes(16, "big"))
-        if span_context.span_id:
-            parts.append(b"\x52\x08" + span_context.span_id.to_bytes(8, "big"))
-        if observed_timestamp:
-            parts.append(b"\x59" + _FIXED64(observed_timestamp))
-        if event_name:
-            parts.append(_field(12, event_name.encode("utf-8")))
-        return b"".join(parts)
+        return _log_record_message(
+            timestamp,
+            severity_number,
+            severity_text,
+            _field(1, body.encode("utf-8")),
+            self._attribute_fields(6, attributes),
+            0,
+            int(span_context.trace_flags),
+            span_context.trace_id,
+            span_context.span_id,
+            observed_timestamp,
+            event_name,
+        )
 
     def _record(self, readable: Any) -> bytes:
         record = readable.log_record
-        parts = []
-        if record.timestamp:
-            parts.append(b"\x09" + _FIXED64(record.timestamp))
-        severity = getattr(record.severity_number, "value", None)
-        if severity:
-            parts.append(b"\x10" + _varint(severity))
-        if record.severity_text:
-            parts.append(_field(3, record.severity_text.encode("utf-8")))
-        parts.append(_field(5, _body(record.body)))
-        parts.append(self._attribute_fields(6, record.attributes))
-        dropped = readable.dropped_attributes
-        if dropped:
-            parts.append(b"\x38" + _varint(dropped))
-        flags = int(record.trace_flags or 0)
-        if flags:
-            parts.append(b"\x45" + _FIXED32(flags))
-        if record.trace_id:
-            parts.append(b"\x4a\x10" + record.trace_id.to_bytes(16, "big"))
-        if record.span_id:
-            parts.append(b"\x52\x08" + record.span_id.to_bytes(8, "big"))
-        if record.observed_timestamp:
-            parts.append(b"\x59" + _FIXED64(record.observed_timestamp))
-        if record.event_name:
-            parts.append(_field(12, record.event_name.encode("utf-8")))
-        return b"".join(parts)
+        return _log_record_message(
+            record.timestamp,
+            getattr(record.severity_number, "value", None),
+            record.severity_text,
+            _body(record.body),
+            self._attribute_fields(6, record.attributes),
+            readable.dropped_attributes,
+            int(record.trace_flags or 0),
+            record.trace_id,
+            record.span_id,
+            record.observed_timestamp,
+            record.event_name,
+        )
+
+
+def _log_record_message(
+    timestamp: int | None,
+    severity_number: int | None,
+    severity_text: str | None,
+    body: bytes,
+    attributes: bytes,
+    dropped_attributes: int,
+    flags: int,
+    trace_id: int | None,
+    span_id: int | None,
+    observed_timestamp: int | None,
+    event_name: str | None,
+) -> bytes:
+    """One ``LogRecord`` message: both writers above go through here, so they cannot differ."""
+    parts = [b"\x09" + _FIXED64(timestamp)] if timestamp else []
+    if severity_number:
+        parts.append(b"\x10" + _varint(severity_number))
+    if severity_text:
+        parts.append(_field(3, severity_text.encode("utf-8")))
+    parts.append(_field(5, body))
+    parts.append(attributes)
+    if dropped_attributes:
+        parts.append(b"\x38" + _varint(dropped_attributes))
+    if flags:
+        parts.append(b"\x45" + _FIXED32(flags))
+    if trace_id:
+        parts.append(b"\x4a\x10" + trace_id.to_bytes(16, "big"))
+    if span_id:
+        parts.append(b"\x52\x08" + span_id.to_bytes(8, "big"))
+    if observed_timestamp:
+        parts.append(b"\x59" + _FIXED64(observed_timestamp))
+    if event_name:
+        parts.append(_field(12, event_name.encode("utf-8")))
+    return b"".join(parts)
 
 
 def _body(value: Any) -> bytes:

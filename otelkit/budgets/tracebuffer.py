@@ -378,12 +378,12 @@ class BufferedTraceProcessor(Processor):
             out = self.prepare(batch)
             if out is None or not out.resource_spans:
                 continue
+            n = count_items(out)  # before: what follows may take the batch apart
             try:
                 await self._next.consume(out)
             except ComponentError as exc:
                 if raise_errors:
                     raise
-                n = count_items(out)
                 self._settings.telemetry.processor_dropped(str(self._settings.id), Signal.TRACES, n)
                 self._settings.logger.warning(
                     "%s: %d spans dropped downstream: %s", self._settings.label, n, exc

@@ -6,6 +6,7 @@ keep rule turned off.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import subprocess
@@ -17,13 +18,18 @@ from typing import Any
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Tracer
 
+from otelkit.collector.processors.memory_limiter import MemoryLimiter
+from otelkit.collector.runtime.config import parse_config
+from otelkit.collector.runtime.registry import Registry
+from otelkit.collector.runtime.service import Service
 from tests.budgets.spans import n_plus_one
 from tests.sentry.standin import SentryStandIn, sentry_standin
-from tests.support.collector import SHIPPED_CONFIG, shipped_collector
+from tests.support.collector import SHIPPED_CONFIG, allocate_ports, shipped_collector
 
 MS = 1_000_000
 
@@ -135,3 +141,60 @@ def test_findings_reach_the_log_store_and_sentry_when_tail_sampling_keeps_nothin
 
 def issues(sentry: SentryStandIn) -> list[dict[str, Any]]:
     return [e for e in sentry.items("event") if "otelkit.finding.type" in e.get("tags", {})]
+
+
+def test_findings_of_acknowledged_traces_pass_a_memory_limiter_that_refuses_new_data(
+    tmp_path: Path,
+) -> None:
+    """The shipped configuration under memory pressure: the N+1 trace was acknowledged
+    before the memory limiter started refusing, so its finding (released by perf_issues
+    on its timer into the logs pipeline, behind the same limiter) must still be stored,
+    while new requests are refused for their senders to retry."""
+    ports = allocate_ports("grpc", "http", "prometheus", "health", "metrics")
+    environ = {
+        "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
+        "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
+        "OTELKIT_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
+        "OTELKIT_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
+        "OTELKIT_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
+        "OTELKIT_DATA_DIR": str(tmp_path / "otelkit-data"),
+        "OTELKIT_BUDGETS_FILE": str(SHIPPED_CONFIG.parent / "budgets.yaml"),
+    }
+    config = parse_config(SHIPPED_CONFIG.read_text(), Registry.discover(), environ)
+    service = Service(config)
+
+    async def scenario() -> tuple[bool, bool]:
+        await service.start()
+        accepted = await asyncio.to_thread(send_n_plus_one, ports["grpc"])
+        limiter = next(c for _, c in service.graph.ordered if isinstance(c, MemoryLimiter))
+        hold_refusing(limiter)
+        refused = not await asyncio.to_thread(send_n_plus_one, ports["grpc"])
+        await asyncio.sleep(3)  # perf_issues' wait (2 s) and its tick
+        await service.shutdown()
+        return accepted, refused
+
+    accepted, refused = asyncio.run(scenario())
+    assert accepted and refused
+    records = stored_findings(tmp_path / "otelkit-data" / "logs.db")
+    assert finding_types(records) == ["n_plus_one_db_queries"]
+    passed = "otelkit_processor_memory_limiter_passed_acknowledged_total"
+    assert service.telemetry.total(passed, signal="logs") >= 1
+
+
+def send_n_plus_one(grpc_port: int) -> bool:
+    """One N+1 trace sent by the SDK's OTLP exporter; whether the collector accepted it."""
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=2)
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop-api"}))
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    n_plus_one(provider.get_tracer("shop"), time.time_ns())
+    result = exporter.export(spans.get_finished_spans())
+    exporter.shutdown()
+    return result is SpanExportResult.SUCCESS
+
+
+def hold_refusing(limiter: MemoryLimiter) -> None:
+    """Makes the limiter's shared check refuse from now on, as under memory pressure."""
+    check = limiter._check
+    check.check = lambda: None  # type: ignore[method-assign]
+    check.refusing, check.reason = True, "held data 400 MiB (memory pressure)"

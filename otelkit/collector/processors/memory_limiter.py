@@ -13,7 +13,11 @@ It refuses data when the held data is at least ``5%`` of the limit *and* either 
 collector's footprint at rest (its lowest RSS net of held data, measured while little is
 held) plus the held data, or the resident memory, is above the soft limit. Refusing makes ``consume`` raise a
 retryable error, which the receiver answers with ``UNAVAILABLE`` / 503 and a retry delay
-(the upstream processor's answer): data is delayed, not lost.
+(the upstream processor's answer): data is delayed, not lost. Only data whose sender
+still waits for the answer is refused (:mod:`otelkit.collector.runtime.origin`): what a
+whole-trace processor or a connector hands on later, on its own timer, was acknowledged
+already, so it passes and is counted in
+``otelkit_processor_memory_limiter_passed_acknowledged_total`` (upstream drops it).
 
 Why both conditions: refusing data can only bring memory down by letting what the
 pipeline holds drain. Memory that is not held data (freed memory the allocator keeps,
@@ -59,6 +63,7 @@ from otelkit.collector.runtime.component import (
     processor_factory,
 )
 from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.origin import sender_waits
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.types import Duration
 
@@ -347,6 +352,12 @@ class MemoryLimiter(Processor):
                 self._name, config, settings.telemetry, read_rss, total_memory, release
             )
         self._check = checks[self._name]
+        self._passed_acknowledged = settings.telemetry.counter(
+            "otelkit_processor_memory_limiter_passed_acknowledged",
+            "Items passed while refusing, because their sender was answered already "
+            "(released by a whole-trace processor or a connector on a timer)",
+            ("processor", "signal"),
+        ).labels(self._name, signal.value)
 
     @property
     def mutates_data(self) -> bool:  # type: ignore[override]
@@ -366,6 +377,10 @@ class MemoryLimiter(Processor):
 
     async def consume(self, payload: Payload) -> None:
         if self._check.refusing:
+            if not sender_waits():  # acknowledged already: refusing it would lose it
+                self._passed_acknowledged.inc(count_items(payload))
+                await self._next.consume(payload)
+                return
             self._telemetry.processor_refused(self._name, self._signal, count_items(payload))
             raise RetryableError(
                 f"processor {self._name}: {self._check.reason}; retry later",

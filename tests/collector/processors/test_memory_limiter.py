@@ -19,6 +19,7 @@ from otelkit.collector.processors.memory_limiter import (
 )
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, Status
 from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.origin import sender_waiting
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.collector.builders import traces
@@ -80,7 +81,7 @@ def test_refuses_while_held_data_pushes_memory_over_the_soft_limit_and_recovers(
         await limiter.consume(traces([[2]]))
         memory.rss, host.held = 81 * MIB, 31 * MIB  # a queue filled up
         limiter.check()
-        with pytest.raises(RetryableError, match="held data 31 MiB"):
+        with pytest.raises(RetryableError, match="held data 31 MiB"), sender_waiting():
             await limiter.consume(traces([[3]]))
         assert telemetry.total("otelcol_processor_refused_spans_total") == 3
         assert "processor/memory_limiter" in host.refusals()
@@ -91,6 +92,28 @@ def test_refuses_while_held_data_pushes_memory_over_the_soft_limit_and_recovers(
         assert [len(p.resource_spans[0].scope_spans[0].spans) for p in sink.received] == [2, 4]
         assert host.refusals() == {}
         assert host.statuses["processor/memory_limiter"][0] == Status.OK
+        await limiter.shutdown()
+
+    asyncio.run(main())
+
+
+def test_data_acknowledged_already_passes_while_refusing_and_is_counted() -> None:
+    """A whole-trace processor releasing batches on its timer, or a connector flushing,
+    hands on data its sender was answered for long ago: refusing it would lose it."""
+
+    async def main() -> None:
+        memory = FakeMemory(rss_mib=81)
+        host = HoldingHost(held_mib=31)
+        limiter, sink, telemetry = make(memory, limit_mib=100, spike_limit_mib=20)
+        await limiter.start(host)
+        assert limiter.refusing
+        with pytest.raises(RetryableError), sender_waiting():
+            await limiter.consume(traces([[3]]))
+        await limiter.consume(traces([[5]]))  # no sender waits: a timer's release
+        assert [len(p.resource_spans[0].scope_spans[0].spans) for p in sink.received] == [5]
+        assert telemetry.total("otelcol_processor_refused_spans_total") == 3
+        passed = "otelkit_processor_memory_limiter_passed_acknowledged_total"
+        assert telemetry.total(passed) == 5
         await limiter.shutdown()
 
     asyncio.run(main())

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
 from otelkit.collector.runtime.component import Consumer
 from otelkit.collector.runtime.errors import ComponentError, PermanentError
+from otelkit.collector.runtime.origin import sender_waiting
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
 
@@ -74,7 +75,8 @@ class SignalIntake:
 
     async def _counted(self, delivery: Awaitable[None], items: int, transport: str) -> None:
         try:
-            await delivery
+            with sender_waiting():
+                await delivery
         except ComponentError:
             self._telemetry.receiver_refused(self._receiver, transport, self.signal, items)
             raise

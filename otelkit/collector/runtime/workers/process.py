@@ -30,6 +30,7 @@ from otelkit.collector.runtime.component import (
 )
 from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec
 from otelkit.collector.runtime.errors import PermanentError, RetryableError
+from otelkit.collector.runtime.origin import sender_waiting
 from otelkit.collector.runtime.service import Service
 from otelkit.collector.runtime.workers.channel import ChannelServer, Op, Peer, socket_path
 from otelkit.collector.runtime.workers.routing import (
@@ -114,7 +115,8 @@ class WorkerEndpoint:
         consumer = self._service.graph.receiver_pipelines.get((receiver, signal_of(payload)))
         if consumer is None:
             raise PermanentError(f"receiver {receiver!r} has no {signal_of(payload)} pipeline")
-        await consumer.consume(payload)
+        with sender_waiting():  # the receiving worker's sender waits for this share
+            await consumer.consume(payload)
 
     async def _export(self, name: str, body: bytes) -> None:
         await self._accepting()

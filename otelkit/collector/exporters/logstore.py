@@ -38,6 +38,7 @@ from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, Queue
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Destination, Listener
 from otelkit.collector.runtime.scrub import redact_url
+from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint, Secret
 from otelkit.logstore.api import guarded, search_app
 from otelkit.logstore.records import rows_from_request
@@ -54,6 +55,9 @@ class ApiSettings(ComponentConfig):
     auth: AuthSettings | None = Field(None, description="An authenticator extension.")
     token: Secret | None = Field(
         None, description="Or a bearer token of its own, usually ${env:NAME}."
+    )
+    tls: TLSServerSettings | None = Field(
+        None, description="Serve HTTPS: needed when the API is reachable beyond loopback."
     )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
@@ -113,7 +117,10 @@ class LogStoreConfig(ExporterHelperConfig):
     def listeners(self) -> list[Listener]:
         if self.api is None:
             return []
-        return [Listener("log search API", self.api.endpoint, True, path="/api/logs")]
+        protocol = "HTTPS" if self.api.tls else "HTTP"
+        return [
+            Listener("log search API", self.api.endpoint, True, protocol=protocol, path="/api/logs")
+        ]
 
     @model_validator(mode="after")
     def _size_needs_sqlite(self) -> LogStoreConfig:
@@ -175,7 +182,9 @@ class LogStoreExporter(QueuedExporter):
             self.store.start_writer_thread(self.config.max_batch_records)
         if self.config.api is not None:
             app = self._guarded_api(host, self.config.api)
-            self._api = HttpServer(self.config.api.endpoint, app, name=f"{self.name}-api")
+            self._api = HttpServer(
+                self.config.api.endpoint, app, name=f"{self.name}-api", tls=self.config.api.tls
+            )
             await self._api.start()
         if self.config.retention or self.config.max_size is not None:
             self._pruner = asyncio.create_task(self._prune_loop(), name=f"{self.name}-prune")

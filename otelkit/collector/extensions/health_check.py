@@ -41,6 +41,7 @@ from otelkit.collector.runtime.component import (
 )
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
 from otelkit.collector.runtime.listeners import Listener
+from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import Endpoint
 
 HEALTH_JSON = "application/health+json"
@@ -74,6 +75,7 @@ class HealthCheckConfig(ComponentConfig):
     release_id: str | None = Field(
         None, description="releaseId in /health responses; default the otelkit version."
     )
+    tls: TLSServerSettings | None = Field(None, description="Serve HTTPS (upstream's key).")
 
     @field_validator("path")
     @classmethod
@@ -87,7 +89,14 @@ class HealthCheckConfig(ComponentConfig):
 
     def listeners(self) -> list[Listener]:
         return [
-            Listener("health check", self.endpoint, False, can_authenticate=False, path="/health")
+            Listener(
+                "health check",
+                self.endpoint,
+                False,
+                can_authenticate=False,
+                protocol="HTTPS" if self.tls else "HTTP",
+                path="/health",
+            )
         ]
 
 
@@ -98,7 +107,7 @@ class HealthCheck(Extension):
         self._serves = settings.worker is None
         self._host: Host | None = None
         self._started = time.time()
-        self._server = HttpServer(config.endpoint, self._app, name=settings.label)
+        self._server = HttpServer(config.endpoint, self._app, name=settings.label, tls=config.tls)
         otelkit_version = _otelkit_version()
         self._identity = {
             "version": otelkit_version.split(".")[0],

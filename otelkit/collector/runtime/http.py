@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from otelkit.collector.runtime.tls import ServerTLS
+from otelkit.collector.runtime.tls import ServerTLS, TLSServerSettings
 from otelkit.collector.runtime.types import split_endpoint
 
 Scope = MutableMapping[str, Any]
@@ -61,13 +61,13 @@ class HttpServer:
         *,
         name: str,
         reuse_port: bool = False,
-        tls: ServerTLS | None = None,
+        tls: TLSServerSettings | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = name
         self._app = app
         self._reuse_port = reuse_port
-        self._tls = tls
+        self._tls = ServerTLS(tls) if tls is not None else None
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._reloader: asyncio.Task[None] | None = None

@@ -41,6 +41,10 @@ class Listener:
     path: str = ""
 
     @property
+    def encrypted(self) -> bool:
+        return self.protocol in ("HTTPS", "gRPC with TLS")
+
+    @property
     def address(self) -> str:
         if self.protocol.startswith("HTTP") and self.path:
             host, port = split_endpoint(self.endpoint)
@@ -115,11 +119,21 @@ def all_listeners(config: CollectorConfig) -> list[tuple[str, Listener]]:
 
 
 def warn_exposed(config: CollectorConfig, logger: logging.Logger) -> int:
-    """Log one warning per listener reachable beyond loopback without credentials."""
+    """Log one warning per listener reachable beyond loopback without credentials, or
+    taking credentials there without TLS."""
     warned = 0
     for label, listener in all_listeners(config):
         host, _ = split_endpoint(listener.endpoint)
-        if listener.authenticated or is_loopback(host):
+        if is_loopback(host) or (listener.authenticated and listener.encrypted):
+            continue
+        if listener.authenticated:
+            logger.warning(
+                "%s: %s listens on %s without TLS: its credentials cross the network in clear "
+                "text; set tls: {cert_file: ..., key_file: ...} on it, or terminate TLS in "
+                "front of it",
+                label, listener.what, listener.endpoint,
+            )  # fmt: skip
+            warned += 1
             continue
         advice = (
             "set auth: {authenticator: ...} on it, or bind 127.0.0.1"

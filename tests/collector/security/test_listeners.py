@@ -63,12 +63,29 @@ def test_each_unauthenticated_exposed_listener_gets_one_warning(
 ) -> None:
     config = parse_config(EXPOSED, Registry.discover(), {})
     with caplog.at_level(logging.WARNING):
-        assert warn_exposed(config, logging.getLogger("test")) == 3
+        assert warn_exposed(config, logging.getLogger("test")) == 4
     text = caplog.text
     assert "receiver/otlp: OTLP/grpc listens on 0.0.0.0:4317 without authentication" in text
     assert "extension/health_check: health check listens on 0.0.0.0:13133" in text
     assert "exporter/prometheus: Prometheus scrape endpoint listens on [::]:9464" in text
-    assert "OTLP/http" not in text and "4319" not in text and "8888" not in text
+    # the token is checked, but it crosses the network readable by anyone on the path
+    assert "receiver/otlp: OTLP/http listens on 0.0.0.0:4318 without TLS" in text
+    assert "4319" not in text and "8888" not in text
+
+
+def test_credentials_over_tls_are_not_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    tls = "tls: {cert_pem: x, key_pem: y}"
+    config = parse_config(
+        EXPOSED.replace(
+            "auth: {authenticator: bearertokenauth}}",
+            f"auth: {{authenticator: bearertokenauth}}, {tls}}}",
+        ),
+        Registry.discover(),
+        {},
+    )
+    with caplog.at_level(logging.WARNING):
+        assert warn_exposed(config, logging.getLogger("test")) == 3
+    assert "OTLP/http" not in caplog.text
 
 
 def test_the_shipped_local_config_warns_about_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -48,6 +48,7 @@ from otelkit.collector.runtime.errors import PermanentError
 from otelkit.collector.runtime.exporterhelper import InvalidItems
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, respond
 from otelkit.collector.runtime.listeners import Listener
+from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import Duration, Endpoint
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -83,6 +84,7 @@ class PrometheusConfig(ComponentConfig):
     add_metric_suffixes: bool = Field(
         True, description="Unit and _total suffixes, as the specification says."
     )
+    tls: TLSServerSettings | None = Field(None, description="Serve HTTPS (upstream's key).")
 
     @field_validator("const_labels")
     @classmethod
@@ -117,6 +119,7 @@ class PrometheusConfig(ComponentConfig):
                 self.endpoint,
                 False,
                 can_authenticate=False,
+                protocol="HTTPS" if self.tls else "HTTP",
                 path="/metrics",
             )
         ]
@@ -129,7 +132,7 @@ class PrometheusExporter(Exporter):
         self.telemetry = settings.telemetry
         self.store = CumulativeStore(config.metric_expiration)
         self._options = config.translation_options()
-        self._server = HttpServer(config.endpoint, self._app, name=settings.label)
+        self._server = HttpServer(config.endpoint, self._app, name=settings.label, tls=config.tls)
         # In a worker process the supervisor serves one scrape view for every worker.
         self._serves = settings.worker is None
         self._cache: dict[bool, tuple[int, Body]] = {}

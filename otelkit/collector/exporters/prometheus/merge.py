@@ -93,7 +93,9 @@ class MergedScrapeView:
     ) -> None:
         self._config = config
         self._fetch = fetch
-        self.server = HttpServer(config.endpoint, self._app, name="prometheus (all workers)")
+        self.server = HttpServer(
+            config.endpoint, self._app, name="prometheus (all workers)", tls=config.tls
+        )
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         await serve_scrape(scope, send, self._config.enable_open_metrics, self._exposition)

@@ -39,7 +39,6 @@ from otelkit.collector.runtime.auth import AuthGate, asgi_headers
 from otelkit.collector.runtime.component import Host
 from otelkit.collector.runtime.cors import Cors
 from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, read_body
-from otelkit.collector.runtime.tls import ServerTLS
 
 TRANSPORT = "http"
 PROTOBUF = "application/x-protobuf"
@@ -63,9 +62,8 @@ class HttpReceiverServer:
     ) -> None:
         self.app = OtlpHttpApp(config, intakes, logger, auth)
         self._auth = auth
-        tls = ServerTLS(config.tls) if config.tls is not None else None
         self._server = HttpServer(
-            config.endpoint, self.app, name="otlp-http", tls=tls, reuse_port=share_port
+            config.endpoint, self.app, name="otlp-http", tls=config.tls, reuse_port=share_port
         )
 
     @property

@@ -23,7 +23,12 @@ from otelkit.presets.logs import (
     install_record_factory,
     note_logged_exceptions,
 )
-from otelkit.presets.requestid import BAGGAGE_KEY, DEFAULT_HEADER, RequestIdMiddleware
+from otelkit.presets.requestid import (
+    BAGGAGE_KEY,
+    DEFAULT_HEADER,
+    RequestIdMiddleware,
+    answer_errors_with_request_id,
+)
 from otelkit.presets.settings import DEFAULT_HEALTH_PATHS
 from otelkit.presets.sql import sanitize_sql
 
@@ -105,6 +110,7 @@ def instrument_fastapi(
             capture_response_headers,
             upstream,
         )
+    answer_errors_with_request_id(app)
     access.quiet(paths)
     setattr(app, _MARK, True)
     return app

@@ -30,6 +30,8 @@ REQUEST_ID_ATTRIBUTE = "request_id"
 BAGGAGE_KEY = "request_id"
 DEFAULT_HEADER = "X-Request-ID"
 _random_bits = random.getrandbits
+# Scope key of the list an exception's request ID waits in for the error response.
+_ERROR_RESPONSE_ID = "otelkit.request_id.error_response"
 _VALID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 Scope = MutableMapping[str, Any]
@@ -169,6 +171,9 @@ class RequestIdMiddleware:
             log_unhandled(scope, exception)
             if not response.status:  # the server answers 500; its body size is not seen here
                 response.status, response.body_size = 500, -1
+                pending = scope.get(_ERROR_RESPONSE_ID)
+                if pending is not None:
+                    pending.append((header, encoded))
             raise
         finally:
             if response.status and access.enabled() and not access.is_quiet(scope["path"]):
@@ -177,3 +182,37 @@ class RequestIdMiddleware:
             if baggage_token is not None:
                 context.detach(baggage_token)
             exit_request(request_token)
+
+
+class ErrorResponseRequestId:
+    """The outermost layer: the request ID on the response the error middleware sends
+    for an exception that left :class:`RequestIdMiddleware` (Starlette answers 500 from
+    outside the user middleware, through a ``send`` that middleware never wrapped)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pending: list[tuple[bytes, bytes]] = []
+        scope[_ERROR_RESPONSE_ID] = pending
+
+        async def send_with_pending_id(message: Message) -> None:
+            if pending and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *pending]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pending_id)
+
+
+def answer_errors_with_request_id(app: Any) -> None:
+    """Wrap the app's middleware stack, as built (instrumentation included), in
+    :class:`ErrorResponseRequestId`."""
+    build = app.build_middleware_stack
+
+    def build_with_request_id() -> ASGIApp:
+        return ErrorResponseRequestId(build())
+
+    app.build_middleware_stack = build_with_request_id

@@ -66,6 +66,7 @@ def _run(case: str, sentry: bool, tmp_path: Path) -> list[dict[str, Any]]:
                     timeout=10,
                 )
                 assert response.status_code == 500, response.text
+                assert response.headers.get("X-Request-ID") == request_id
             assert app.stop() in procs.CLEAN_EXIT, app.log()
         assert collector.stop() == 0, collector.log()
     return _query(f"sqlite:///{tmp_path / 'otelkit-data' / 'logs.db'}", service)

@@ -292,3 +292,27 @@ def test_a_file_has_one_writer_and_holds_every_acknowledged_item_once(tmp_path: 
         assert point_keys(read_output(out)) == expected_points(metrics)
         assert running.stop() == 0, running.log()[-3000:]
     assert not list(tmp_path.glob("out*.jsonl*"))[1:], "one file, one writer"
+
+
+def test_workers_of_a_killed_supervisor_exit_and_leave_no_runtime_directory(
+    tmp_path: Path,
+) -> None:
+    config = """
+receivers:
+  otlp: {protocols: {grpc: {endpoint: "127.0.0.1:{grpc}"}}}
+exporters:
+  nop: {}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [nop]}
+"""
+    ports = allocate_ports("grpc")
+    with collector(config, tmp_path, ports=ports, args=["--workers", "2"]) as running:
+        wait_until(lambda: len(worker_pids(running)) == 2, 30, "two workers")
+        workers = worker_pids(running)
+        command = Path(f"/proc/{workers[0]}/cmdline").read_text().split("\0")
+        runtime_dir = Path(command[command.index("--runtime-dir") + 1])
+        assert runtime_dir.is_dir()
+        running.kill()  # SIGKILL: the supervisor cannot tidy up
+        wait_until(lambda: not any(alive(pid) for pid in workers), 30, "the workers to exit")
+        wait_until(lambda: not runtime_dir.exists(), 10, "the runtime directory to go")

@@ -9,9 +9,11 @@ supervisor's questions for the health, self-metrics and scrape views).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import json
+import os
 import pickle
 import signal
 import sys
@@ -157,6 +159,7 @@ class WorkerEndpoint:
 async def run_worker(config: CollectorConfig, role: WorkerRole, runtime_dir: Path) -> None:
     """Serve the channel and run the service until SIGTERM/SIGINT (or the supervisor dies)."""
     _exit_with_parent()
+    supervisor = os.getppid()
     placement = WorkerPlacement(role, runtime_dir)
     service = Service(config, placement=placement)
     server = ChannelServer(socket_path(runtime_dir, role.index), WorkerEndpoint(service).handle)
@@ -166,6 +169,9 @@ async def run_worker(config: CollectorConfig, role: WorkerRole, runtime_dir: Pat
     finally:
         await server.stop()
         await placement.close()
+        if os.getppid() != supervisor:  # it was killed: the last worker out removes the directory
+            with contextlib.suppress(OSError):
+                runtime_dir.rmdir()
 
 
 _PR_SET_PDEATHSIG = 1

@@ -205,6 +205,7 @@ def test_each_trace_is_processed_whole_and_every_view_is_one(
     ready = get(running.ports["health"], "/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "pass"
     assert running.stop() == 0, running.log()[-3000:]
+    assert running.log().count("Sentry export is off") == 1  # said once, not by each worker
 
 
 def test_a_killed_worker_is_started_again_and_sigterm_stops_all(

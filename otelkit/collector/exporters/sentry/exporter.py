@@ -160,12 +160,14 @@ class SentryExporter(QueuedExporter):
     # Lifecycle -------------------------------------------------------------------------
     async def start(self, host: Host) -> None:
         if not self.enabled:
-            log.warning(
-                "exporter %s: no DSN (exporters.%s.dsn is empty, e.g. SENTRY_DSN is not set): "
-                "Sentry export is off and data sent to it is discarded",
-                self.name,
-                self.name,
-            )
+            worker = self.settings.worker
+            if worker is None or worker.index == 0:  # said once per collector, not per worker
+                log.warning(
+                    "exporter %s: no DSN (exporters.%s.dsn is empty, e.g. SENTRY_DSN is not "
+                    "set): Sentry export is off and data sent to it is discarded",
+                    self.name,
+                    self.name,
+                )
             host.report_status(self.settings.label, Status.OK, "disabled: no DSN")
             return
         if self.config.sending_queue.storage and self.config.mode == "envelope":

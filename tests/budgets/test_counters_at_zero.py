@@ -67,9 +67,13 @@ def test_the_default_collector_exports_its_counters_at_zero(tmp_path: Path) -> N
             "tail_sampling": ["spans"],
         }.items():
             for item in ("spans", "metric_points", "log_records"):
-                name = f"otelcol_processor_refused_{item}_total"
-                found = value(series, name, processor=processor)
-                assert found == (0.0 if item in items else None), (name, processor)
+                for outcome in ("refused", "dropped"):
+                    name = f"otelcol_processor_{outcome}_{item}_total"
+                    found = value(series, name, processor=processor)
+                    assert found == (0.0 if item in items else None), (name, processor)
+        passed = "otelkit_processor_memory_limiter_passed_acknowledged_total"
+        for signal in ("traces", "metrics", "logs"):
+            assert value(series, passed, processor="memory_limiter", signal=signal) == 0.0
         # No receiver of the default configuration requires credentials.
         assert not [k for k in series if k[0] == UNAUTHENTICATED]
         # collector/budgets.yaml: checkout has a ceiling and objectives, api objectives

@@ -195,6 +195,8 @@ class LogStoreExporter(QueuedExporter):
             "Search API requests refused (unauthenticated, or a Host not allowed)",
             ("exporter", "reason"),
         )
+        for reason in ("unauthenticated", "host"):  # from zero, for rate()
+            refused.labels(self.name, reason)
         gate = AuthGate(
             api.auth,
             f"exporter/{self.name} API",

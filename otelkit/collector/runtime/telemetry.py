@@ -87,8 +87,10 @@ class SelfTelemetry:
         self._counter("processor", "refused", signal, ("processor",)).labels(processor).inc(n)
 
     def processor_created(self, processor: str, signal: Signal) -> None:
-        """Refusal counters start at zero for each signal the processor is in a pipeline of."""
-        self._counter("processor", "refused", signal, ("processor",)).labels(processor)
+        """Refusal and drop counters start at zero for each signal the processor is in a
+        pipeline of."""
+        for outcome in ("refused", "dropped"):
+            self._counter("processor", outcome, signal, ("processor",)).labels(processor)
 
     # Exporters -----------------------------------------------------------------------
     def exporter_sent(self, exporter: str, signal: Signal, n: int) -> None:

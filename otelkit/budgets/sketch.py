@@ -15,7 +15,8 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import add
 from typing import NamedTuple
 
 
@@ -118,8 +119,9 @@ class DDSketch:
         self.max = max(self.max, batch.top)
         buckets = self.buckets
         size = len(buckets)
-        for index, n in batch.buckets.items():
-            buckets[index] = buckets.get(index, 0) + n
+        counts = batch.buckets  # summed in C: a batch spans a few hundred buckets
+        sums = list(map(add, map(buckets.get, counts, repeat(0)), counts.values()))
+        buckets.update(zip(counts, sums, strict=True))
         if len(buckets) != size:
             self._sorted = None
         if self._watched and batch.buckets:

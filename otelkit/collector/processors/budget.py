@@ -245,7 +245,8 @@ class BudgetProcessor(Processor):
         resource_key: object,
     ) -> list[CompiledBudget | None]:
         """Per span, the budget that owns it: each span kind's spans are matched together
-        and the answers merged back in order, with no Python loop over the spans."""
+        (:meth:`KindCandidates.owners`) and the answers merged back in span order, in
+        ``map`` passes rather than Python code per span."""
         kinds = list(map(_KIND, spans))
         answers: dict[int, Iterator[CompiledBudget | None]] = {}
         for kind in set(kinds):

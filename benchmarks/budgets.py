@@ -2,6 +2,7 @@
 memory the whole-trace processors hold per thousand traces in flight.
 
     python benchmarks/budgets.py [--quick]
+    python benchmarks/budgets.py --app [--baseline-tree DIR] [--rounds N]
 
 Each round parses the same OTLP requests afresh (as a receiver would) and pushes them
 through (a) the nop exporter alone and (b) budget (ten budgets) -> perf_issues ->
@@ -9,6 +10,13 @@ tail_sampling -> nop, alternating so that noise from other work on the machine h
 both. Reported: spans/s of each and their ratio. Memory: traces held by tail_sampling
 (decision_wait long enough that nothing is released), measured as RSS growth and as
 a ratio to the OTLP bytes of the same traces.
+
+``--app``: the ``budget`` processor alone, with the shipped ``collector/budgets.yaml``, on
+the throughput benchmark's app traffic (512-span requests of interleaved server, DB and
+HTTP client spans of ``shop-api``): CPU microseconds per span of its work on a request just
+parsed (as in a live collector), best of each run's rounds. With ``--baseline-tree``, the
+same is measured on that tree in subprocesses, alternating with this tree's, and the
+ratio is reported.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import gc
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -253,10 +263,80 @@ async def memory_per_thousand_traces(
     return held / traces * 1000, held / otlp_bytes
 
 
+def app_us_per_span(tree: Path, rounds: int) -> float:
+    """CPU microseconds per span of the ``budget`` processor of ``tree`` (this
+    interpreter's imports) on the app traffic, best round."""
+    sys.path.insert(0, str(tree / "benchmarks"))
+    from collector_throughput import build_app_traffic
+
+    bodies = build_app_traffic().bodies
+    telemetry = SelfTelemetry()
+    processor = budget_factory.create(
+        settings(Kind.PROCESSOR, "budget", telemetry),
+        budget_factory.config_class(budgets_file=str(tree / "collector" / "budgets.yaml")),
+        Signal.TRACES,
+        build((), Path(), telemetry)[0],
+    )
+    now = time.time()
+    best = float("inf")
+    for _ in range(rounds):
+        spent, spans = 0.0, 0
+        for data in bodies:
+            payload = ExportTraceServiceRequest.FromString(data)
+            spans += sum(len(ss.spans) for rs in payload.resource_spans for ss in rs.scope_spans)
+            began = time.thread_time()
+            processor.observe(payload, now)  # type: ignore[attr-defined]
+            spent += time.thread_time() - began
+        best = min(best, spent / spans * 1e6)
+    return best
+
+
+def app_main(args: argparse.Namespace) -> None:
+    here = Path(__file__).resolve().parent.parent
+    trees = [("this tree", here)]
+    if args.baseline_tree:
+        trees.insert(0, ("baseline", Path(args.baseline_tree).resolve()))
+    figures: dict[str, list[float]] = {name: [] for name, _ in trees}
+    for _ in range(args.runs):  # alternating, so that load from elsewhere hits both
+        for name, tree in trees:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            out = subprocess.run(
+                [sys.executable, __file__, "--app-child", str(tree), "--rounds", str(args.rounds)],
+                env=env,
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            figures[name].append(float(out.split()[-1]))
+    print(
+        f"budget processor on the app traffic (collector/budgets.yaml): CPU us per span, "
+        f"best of {args.rounds} rounds per run, median of {args.runs} runs"
+    )
+    for name, values in figures.items():
+        print(
+            f"{name:10s} {statistics.median(values):6.3f}  runs: {', '.join(f'{v:.3f}' for v in values)}"
+        )
+    if args.baseline_tree:
+        ratio = statistics.median(figures["this tree"]) / statistics.median(figures["baseline"])
+        print(f"this tree / baseline: {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 20 seconds")
+    parser.add_argument("--app", action="store_true", help="the budget processor on app traffic")
+    parser.add_argument("--baseline-tree", help="with --app: also measure this tree")
+    parser.add_argument("--rounds", type=int, default=8, help="with --app: rounds per run")
+    parser.add_argument("--runs", type=int, default=3, help="with --app: runs per tree")
+    parser.add_argument("--app-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.app_child:
+        print(app_us_per_span(Path(args.app_child), args.rounds))
+        return
+    if args.app:
+        app_main(args)
+        return
     rounds, per_round = (3, 40) if args.quick else (9, 160)
     rng = random.Random(1)
     start = time.time_ns()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -132,7 +134,7 @@ class _AttributeTest:
         return False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one per budget: identity is equality, hashing is cheap
 class CompiledBudget:
     name: str
     budget: Budget
@@ -246,6 +248,8 @@ class BudgetMatcher:
 
 _MISSING = object()
 _MATCH_CACHE_SIZE = 16_384
+_NAME = attrgetter("name")
+_SERIALIZE: Callable[[Span], bytes] = Span.SerializeToString  # unbound, for map()
 
 
 class KindCandidates:
@@ -301,6 +305,65 @@ class KindCandidates:
                     at = data.find(pattern)
                     each.append(None if at < 0 else raw_value_at(data, pattern, at))
                 raws = tuple(each)
+        return self._owner(span, name, raws, resource_attrs, resource_key)
+
+    def owners(
+        self, spans: Sequence[Span], resource_attrs: Mapping[str, str], resource_key: object = None
+    ) -> list[CompiledBudget | None]:
+        """:meth:`match` of each of ``spans`` (all of a kind that fits), for a whole batch:
+        the steps per span are ``map`` calls (serialise, find each key, look up), and an
+        owner is decided once per distinct name and raw values."""
+        if self._always is not None:
+            return [self._always] * len(spans)
+        count = len(spans)
+        columns: list[list[str | None] | list[bytes | None]] = []
+        if self._uses_name:
+            columns.append(list(map(_NAME, spans)))
+        if self._patterns:
+            datas = list(map(_SERIALIZE, spans))
+            batch = b"".join(datas)  # a key no span holds costs one search, not one per span
+            absent: list[bytes | None] = [None] * count
+            for pattern in self._patterns:
+                columns.append(_raw_column(datas, pattern) if pattern in batch else absent)
+        varying = [at for at, column in enumerate(columns) if column.count(None) != count]
+        if len(varying) == 1:  # one column decides: its values are the keys (hashed once)
+            at = varying[0]
+            before, after = (None,) * at, (None,) * (len(columns) - at - 1)
+            keys: list[object] = list(columns[at])
+            by_key = {
+                key: self._owner_of(span, (*before, key, *after), resource_attrs, resource_key)
+                for key, span in dict(zip(keys, spans, strict=True)).items()
+            }
+        else:
+            keys = list(zip(*columns, strict=True)) if columns else [()] * count
+            by_key = {
+                key: self._owner_of(span, key, resource_attrs, resource_key)  # type: ignore[arg-type]
+                for key, span in dict(zip(keys, spans, strict=True)).items()
+            }
+        return list(map(by_key.__getitem__, keys))
+
+    def _owner_of(
+        self,
+        span: Span,
+        values: tuple[object, ...],
+        resource_attrs: Mapping[str, str],
+        resource_key: object,
+    ) -> CompiledBudget | None:
+        """:meth:`_owner` given the span's name (when names count) then raw values."""
+        if self._uses_name:
+            return self._owner(span, values[0], values[1:], resource_attrs, resource_key)  # type: ignore[arg-type]
+        return self._owner(span, None, values, resource_attrs, resource_key)  # type: ignore[arg-type]
+
+    def _owner(
+        self,
+        span: Span,
+        name: str | None,
+        raws: tuple[bytes | None, ...],
+        resource_attrs: Mapping[str, str],
+        resource_key: object,
+    ) -> CompiledBudget | None:
+        """The owner of a span with this name (None: no budget tests names) and these raw
+        values of :attr:`_patterns`, remembered per combination."""
         key = (self, resource_key, name, raws)
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:
@@ -328,6 +391,15 @@ class KindCandidates:
                 continue
             return budget
         return None
+
+
+def _raw_column(datas: list[bytes], pattern: bytes) -> list[bytes | None]:
+    """The raw value of the attribute ``pattern`` starts in each serialised span."""
+    ats = list(map(bytes.find, datas, repeat(pattern)))
+    return [
+        None if at < 0 else raw_value_at(data, pattern, at)
+        for data, at in zip(datas, ats, strict=True)
+    ]
 
 
 def _cacheable(name: str | None, raws: tuple[bytes | None, ...]) -> bool:

@@ -212,3 +212,54 @@ def test_processor_config_refuses_a_bad_budgets_file(tmp_path: Path, bad: str) -
         path.write_text(bad)
     with pytest.raises(ValueError, match="invalid budgets file"):
         BudgetConfig(budgets_file=str(path))
+
+
+MANY_BUDGETS = """
+budgets:
+  named:
+    match: {span_kind: internal, span_name: "render *"}
+    max: 5ms
+"""
+MANY_BUDGETS += "".join(
+    f"""  route{i}:
+    match: {{span_kind: server, route: /r{i}}}
+    max: 100ms
+"""
+    for i in range(6)
+)
+MANY_BUDGETS += """  db:
+    match: {span_kind: client, db_system: [postgresql, mysql]}
+    max: 10ms
+"""
+
+
+@pytest.mark.parametrize("routes", [2, 6])  # a few budgets per batch, and many
+def test_a_spans_owner_and_marks_do_not_depend_on_its_batch(tmp_path: Path, routes: int) -> None:
+    """Spans of every kind, of several budgets and of none, interleaved in one batch, get
+    what each gets alone; findings land on the same spans."""
+    spans = []
+    for i in range(60):
+        if i % 5 == 0:
+            spans.append(
+                S(f"GET /r{i % routes}", ms=i * 3, attrs={"http.route": f"/r{i % routes}"})
+            )
+        elif i % 5 == 1:
+            system = ("postgresql", "mysql", "sqlite")[i % 3]
+            key = "db.system.name" if i % 2 else "db.system"
+            spans.append(S("SELECT", kind="client", ms=i % 17, attrs={key: system}))
+        elif i % 5 == 2:
+            spans.append(S(f"render {i}", kind="internal", ms=i % 9))
+        elif i % 5 == 3:
+            spans.append(S("GET", kind="client", ms=20, attrs={"http.route": "/r1"}))
+        else:
+            spans.append(S("GET /r1", ms=500))  # no route: no budget
+    together, sink, _ = make(tmp_path, MANY_BUDGETS)
+    asyncio.run(together.consume(request(spans)))
+    alone, alone_sink, _ = make(tmp_path, MANY_BUDGETS)
+    for s in spans:
+        asyncio.run(alone.consume(request([s])))
+    batched = all_spans(sink.got[0])  # type: ignore[arg-type]
+    one_by_one = [all_spans(req)[0] for req in alone_sink.got]  # type: ignore[arg-type]
+    assert [attrs_of(s) for s in batched] == [attrs_of(s) for s in one_by_one]
+    assert [len(s.events) for s in batched] == [len(s.events) for s in one_by_one]
+    assert {attrs_of(s).get("otelkit.budget.name") for s in batched} >= {"named", "db", "route1"}

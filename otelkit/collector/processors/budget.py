@@ -17,8 +17,12 @@ bounded memory, 1% relative error by default); it counts breaches in
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import compress, repeat
+from operator import attrgetter, eq, is_, sub, truediv
 from pathlib import Path
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -38,7 +42,6 @@ from otelkit.budgets.findings import (
 from otelkit.budgets.matcher import (
     BudgetMatcher,
     CompiledBudget,
-    KindCandidates,
     attribute_texts,
 )
 from otelkit.budgets.model import (
@@ -195,8 +198,7 @@ class BudgetProcessor(Processor):
         states = self._states
         for rs in payload.resource_spans:
             service = service_name(rs.resource.attributes)
-            by_kind = matcher.by_kind(service)
-            if not any(by_kind.values()):
+            if not any(matcher.by_kind(service).values()):
                 continue
             resource_attrs = (
                 attribute_texts(rs.resource.attributes, matcher.wanted_keys)
@@ -205,32 +207,73 @@ class BudgetProcessor(Processor):
             )
             resource_key = tuple(sorted(resource_attrs.items()))
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    kind = span.kind
-                    candidates = by_kind.get(kind, _UNKNOWN_KIND)
-                    if candidates is _UNKNOWN_KIND:
-                        candidates = matcher.for_kind(service, kind)
-                    if candidates is None:
-                        continue
-                    budget = candidates.match(span, resource_attrs, resource_key)
-                    if budget is None:
-                        continue
-                    matched = states[budget.index].spans
-                    if not matched:
-                        touched.append(states[budget.index])
-                    matched.append(span)
+                spans = list(ss.spans)  # each pass over ss.spans costs a lookup per span
+                owners = self._owners(service, spans, resource_attrs, resource_key)
+                owned = [budget for budget in set(owners) if budget is not None]
+                if len(owned) > _FEW_BUDGETS:  # one pass beats a pass per budget
+                    self._collect(spans, owners, touched)
+                    continue
+                owned.sort(key=owners.index)  # in the order of their first span
+                for budget in owned:
+                    state = states[budget.index]
+                    if not state.spans:
+                        touched.append(state)
+                    state.spans.extend(compress(spans, map(is_, owners, repeat(budget))))
         return touched
 
+    def _collect(
+        self,
+        spans: list[Span],
+        owners: list[CompiledBudget | None],
+        touched: list[_BudgetState],
+    ) -> None:
+        """Each span under its owner's state, in order; states first touched join
+        ``touched``."""
+        states = self._states
+        for span, budget in zip(spans, owners, strict=True):
+            if budget is not None:
+                state = states[budget.index]
+                if not state.spans:
+                    touched.append(state)
+                state.spans.append(span)
+
+    def _owners(
+        self,
+        service: str,
+        spans: Sequence[Span],
+        resource_attrs: dict[str, str],
+        resource_key: object,
+    ) -> list[CompiledBudget | None]:
+        """Per span, the budget that owns it: each span kind's spans are matched together
+        (:meth:`KindCandidates.owners`) and the answers merged back in span order, in
+        ``map`` passes rather than Python code per span."""
+        kinds = list(map(_KIND, spans))
+        answers: dict[int, Iterator[CompiledBudget | None]] = {}
+        for kind in set(kinds):
+            candidates = self._matcher.for_kind(service, kind)
+            if candidates is None:
+                answers[kind] = repeat(None)
+            else:
+                of_kind = list(compress(spans, map(eq, kinds, repeat(kind))))
+                answers[kind] = iter(candidates.owners(of_kind, resource_attrs, resource_key))
+        return list(map(next, map(answers.__getitem__, kinds)))
+
     def _mark_and_measure(self, state: _BudgetState) -> None:
-        """Durations of the budget's matched spans; marks on each; ceiling breaches."""
+        """Durations of the budget's matched spans; marks on each; ceiling breaches.
+
+        Per-span steps are ``map`` calls over the batch, not a Python loop."""
         spans = state.spans
-        lengths = [span.end_time_unix_nano - span.start_time_unix_nano for span in spans]
-        state.durations = [length / 1e6 for length in lengths]
+        lengths = list(map(sub, map(_END, spans), map(_START, spans)))
+        state.durations = list(map(truediv, lengths, repeat(1e6)))
         limit, within, exceeded = state.limit_ns, state.marks_within, state.marks_exceeded
-        for span, length in zip(spans, lengths, strict=True):
-            span.MergeFromString(exceeded if over_limit(length, limit) else within)
+        top = max(lengths)
+        if over_limit(top, limit):
+            marks = map((within, exceeded).__getitem__, map(over_limit, lengths, repeat(limit)))
+            deque(map(_MERGE, spans, marks), maxlen=0)
+        else:
+            deque(map(_MERGE, spans, repeat(within)), maxlen=0)
         ceiling = state.ceiling_ns
-        if over_limit(max(lengths), ceiling):
+        if over_limit(top, ceiling):
             for span, length in zip(spans, lengths, strict=True):
                 if over_limit(length, ceiling):
                     self._report_ceiling(state, span, length / 1e6)
@@ -326,7 +369,11 @@ class BudgetProcessor(Processor):
         attach(span, finding, span.end_time_unix_nano)
 
 
-_UNKNOWN_KIND = KindCandidates(())  # a sentinel: a span kind not looked up yet
+_KIND = attrgetter("kind")
+_FEW_BUDGETS = 4  # budgets in one scope up to which spans are gathered by one pass each
+_START = attrgetter("start_time_unix_nano")
+_END = attrgetter("end_time_unix_nano")
+_MERGE: Callable[[Span, bytes], object] = Span.MergeFromString  # unbound, for map()
 
 
 def _live_quantile(window: _WindowState, quantile: float) -> float:

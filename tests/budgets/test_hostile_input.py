@@ -17,10 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otelkit.budgets import detectors, matcher, sql
 from otelkit.budgets.detectors import DetectorsConfig, detect, normalize_query, url_shape
 from otelkit.budgets.matcher import Glob, compile_text_test
+from otelkit.collector.pdata.wire import key_pattern, raw_value
 from otelkit.collector.processors.budget import BudgetConfig, BudgetProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.telemetry import SelfTelemetry
@@ -159,3 +162,29 @@ def test_globs_match_as_regular_expressions_would() -> None:
         regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
         expected = re.fullmatch(regex, text, re.DOTALL) is not None
         assert Glob(pattern).matches(text) is expected, (pattern, text)
+
+
+def test_a_value_ending_in_a_keys_bytes_is_no_attribute_of_that_key(tmp_path: Path) -> None:
+    """A span's last attribute value ending in the bytes that open an ``http.route``
+    attribute: the budget processor matches the span by what it really holds, and the
+    request is not refused."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text("budgets:\n  orders: {match: {route: '/orders'}, max: 1s}\n")
+    trap = "x" + key_pattern("http.route").decode("latin-1")
+    hostile = request(
+        [
+            S("GET /orders", attrs={"http.route": "/orders", "z.trap": trap}, ms=2000),
+            S("GET /other", attrs={"z.trap": trap}, ms=2000),
+        ]
+    )
+    sink = Sink()
+    settings = CreateSettings(ComponentID("budget"), Kind.PROCESSOR, SelfTelemetry())
+    asyncio.run(
+        BudgetProcessor(settings, BudgetConfig(budgets_file=str(path)), sink).consume(hostile)
+    )
+    routed, other = all_spans(sink.got[0])  # type: ignore[arg-type]
+    assert attrs_of(routed)["otelkit.budget.name"] == "orders"
+    assert "otelkit.budget.name" not in attrs_of(other)
+    span = Span()
+    span.attributes.add(key="z.trap", value=AnyValue(string_value=trap))
+    assert raw_value(span.SerializeToString(), key_pattern("http.route")) is None

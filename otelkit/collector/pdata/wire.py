@@ -57,6 +57,8 @@ def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:
     """As :func:`raw_value`, given where ``pattern`` first occurs."""
     # Fast path: value and KeyValue both shorter than 128 bytes (one-byte lengths).
     end = at + len(pattern)
+    if end >= len(data):  # the pattern ends the bytes: part of a value, not a key
+        return None
     length = data[end]
     if (
         length < 0x80
@@ -66,7 +68,10 @@ def raw_value_at(data: bytes, pattern: bytes, at: int) -> bytes | None:
     ):
         return data[end + 1 : end + 1 + length]
     while at >= 0:
-        length, value_at = read_varint(data, at + len(pattern))
+        try:
+            length, value_at = read_varint(data, at + len(pattern))
+        except IndexError:  # an occurrence inside the last value's bytes, at their end
+            return None
         prefix = bytes([_ATTRIBUTE_TAG]) + varint(value_at - at + length)
         if at >= len(prefix) and data[at - len(prefix) : at] == prefix:
             return data[value_at : value_at + length]

@@ -295,40 +295,62 @@ def could_find(spans: Sequence[Span], config: DetectorsConfig) -> bool:
     Most traces fail this; it reads four fields of each span, where :func:`detect`
     reads the bytes of every client span's attributes.
     """
-    slow_db, n1db, consecutive, n1api = (
-        config.slow_db_query,
-        config.n_plus_one_db_queries,
-        config.consecutive_http,
-        config.n_plus_one_api_calls,
-    )
-    slowest_ms = slow_db.min_duration_ms if slow_db.enabled else float("inf")
-    slow_call_ms = consecutive.min_span_ms
-    # parent -> [children, their positive durations summed (ms), children >= slow_call_ms]
-    groups: dict[bytes, list[float]] = {}
+    tally = CallTally(config)
     for span in spans:
-        if span.kind != SPAN_KIND_CLIENT:
-            continue
-        ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
-        if ms >= slowest_ms:
-            return True
-        group = groups.get(span.parent_span_id)
+        if span.kind == SPAN_KIND_CLIENT:
+            tally.add(span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+            if tally.slow:
+                return True
+    return tally.could_find()
+
+
+class CallTally:
+    """What :func:`could_find` reads of a trace's client spans, gathered a span at a
+    time (so a buffer can gather it as spans arrive, and parse only the traces that
+    could hold a finding)."""
+
+    __slots__ = ("_config", "_groups", "slow")
+
+    def __init__(self, config: DetectorsConfig) -> None:
+        self._config = config
+        # parent -> [children, their positive durations summed (ms), children >= the
+        # consecutive_http detector's min_span_ms]
+        self._groups: dict[bytes, list[float]] = {}
+        self.slow = False  # a client span as long as a slow query
+
+    def add(self, parent_span_id: bytes, start_unix_nano: int, end_unix_nano: int) -> None:
+        """Counts one client span."""
+        ms = (end_unix_nano - start_unix_nano) / 1e6  # as Call.ms
+        slow_db = self._config.slow_db_query
+        if slow_db.enabled and ms >= slow_db.min_duration_ms:
+            self.slow = True
+        group = self._groups.get(parent_span_id)
         if group is None:
-            group = groups[span.parent_span_id] = [0, 0.0, 0]
+            group = self._groups[parent_span_id] = [0, 0.0, 0]
         group[0] += 1
         if ms > 0:
             group[1] += ms
-        if ms >= slow_call_ms:
+        if ms >= self._config.consecutive_http.min_span_ms:
             group[2] += 1
-    for count, total_ms, slow_calls in groups.values():
-        # The detectors sum a run in another order: a margin for rounding.
-        total_ms += _SUM_MARGIN_MS
-        if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
+
+    def could_find(self) -> bool:
+        if self.slow:
             return True
-        if n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms:
-            return True
-        if consecutive.enabled and slow_calls >= consecutive.min_count:
-            return True
-    return False
+        n1db, consecutive, n1api = (
+            self._config.n_plus_one_db_queries,
+            self._config.consecutive_http,
+            self._config.n_plus_one_api_calls,
+        )
+        for count, total_ms, slow_calls in self._groups.values():
+            # The detectors sum a run in another order: a margin for rounding.
+            total_ms += _SUM_MARGIN_MS
+            if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
+                return True
+            if n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms:
+                return True
+            if consecutive.enabled and slow_calls >= consecutive.min_count:
+                return True
+        return False
 
 
 def _start_of(call: Call) -> int:

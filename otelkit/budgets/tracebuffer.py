@@ -1,8 +1,7 @@
 """Holds whole batches until the traces in them are complete enough to judge.
 
 Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches are
-held as they came (or, when the judge needs no spans, as their serialised bytes), never
-copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
+held as they came or as their serialised bytes, never copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
 using every span of it held by then, and a batch is released ``wait`` seconds after it
 arrived (by then every trace in it has been judged). A held trace records where its
 spans are (runs of them by position), not span objects. Spans of a trace already
@@ -12,10 +11,13 @@ from its decision cache.
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early
 (counted in ``decided_early``).
 
-A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes and
-its spans' offsets (:class:`PackedScope`): OTLP spans repeat their keys and
-most values, so the frame is about an eighth of the bytes, and what a held trace costs
-is mostly its own entry in :attr:`TraceBuffer.traces`.
+A buffer that keeps no spans, or one told to pack them (``pack_spans``), holds each
+ScopeSpans as one zstd frame of its bytes and its spans' offsets (:class:`PackedScope`):
+OTLP spans repeat their keys and most values, so the frame is about an eighth of the
+bytes (a parsed message takes about 3.5 times them), and what a held trace costs is
+mostly its own entry in :attr:`TraceBuffer.traces`. A judge that needs a packed trace's
+spans parses them (:class:`SpanReader`); the few it changes are kept as edits of their
+scope, spliced into the batch's bytes when it is released (:func:`rebuild_request`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import contextlib
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
@@ -36,6 +38,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
+from otelkit.collector.pdata.wire import scope_spans_layout, varint
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.memory import parsed_bytes
@@ -46,16 +49,16 @@ class HeldTrace:
     trace_id: bytes
     first_seen: float
     # Where the trace's spans are, when the buffer keeps spans: runs of them in the
-    # held batches (spans container, first index, end index, service). Span objects are
-    # made only when judged, so none stay alive (and tracked by the garbage collector)
-    # while held.
-    runs: list[tuple[Sequence[Span], int, int, str]] = field(default_factory=list)
+    # held batches (spans container or packed scope, first index, end index, service).
+    # Span objects are made only when judged, so none stay alive (and tracked by the
+    # garbage collector) while held.
+    runs: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = field(default_factory=list)
     span_count: int = 0
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
     @property
     def spans(self) -> list[Span]:
-        return [span for spans, begin, end, _ in self.runs for span in spans[begin:end]]
+        return SpanReader().spans(self)
 
     @property
     def services(self) -> list[str]:
@@ -81,9 +84,10 @@ _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 class PackedScope:
     """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
     ScopeSpans' bytes. Each span's trace ID is read back from its bytes (see
-    :func:`_packable`)."""
+    :func:`_packable`). Spans a judge changed are kept apart (:attr:`edits`) until
+    the scope's bytes are asked for again (:meth:`data`)."""
 
-    __slots__ = ("frame", "spans")
+    __slots__ = ("edits", "frame", "spans")
 
     def __init__(self, wire: ScopeWire) -> None:
         self.spans = len(wire.starts)
@@ -91,28 +95,100 @@ class PackedScope:
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
+        self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
 
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
+        wire = self.wire()
+        return wire, [wire.data[at + 2 : at + 18] for at in wire.starts]
+
+    def wire(self) -> ScopeWire:
+        """The ScopeSpans' bytes as packed, and its spans' offsets."""
         raw = _DECOMPRESS(self.frame)
         n = self.spans
         starts, ends = array("I"), array("I")
         starts.frombytes(raw[: 4 * n])
         ends.frombytes(raw[4 * n : 8 * n])
-        data = raw[8 * n :]
-        return ScopeWire(data, starts, ends), [data[at + 2 : at + 18] for at in starts]
+        return ScopeWire(raw[8 * n :], starts, ends)
+
+    def edit(self, index: int, span: Span) -> None:
+        """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
+        if self.edits is None:
+            self.edits = {}
+        self.edits[index] = span.SerializeToString()
+
+    def data(self) -> bytes:
+        """The ScopeSpans' bytes, with the edited spans' bytes in place of theirs."""
+        data, starts, ends = self.wire()
+        if not self.edits:
+            return data
+        pieces: list[bytes] = []
+        pos = 0
+        for k in sorted(self.edits):
+            # A span's entry: its tag byte and length, then its bytes.
+            head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
+            new = self.edits[k]
+            pieces += (data[pos:head], _SPAN_TAG, varint(len(new)), new)
+            pos = ends[k]
+        pieces.append(data[pos:])
+        return b"".join(pieces)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
 
 
-def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
-    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
-    span's first field, as serialisers write it), and the offsets fit the array's items.
-    Otherwise the batch is held as a message."""
-    data, starts = wire.data, wire.starts
-    if starts.itemsize != 4 or len(starts) != len(trace_ids):
-        return False
-    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+_SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
+_SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
+_RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
+
+
+def rebuild_request(wire: list[tuple[bytes, list[PackedScope]]]) -> ExportTraceServiceRequest:
+    """The request a held batch's bytes stand for (with its spans' edits), parsed once."""
+    out = bytearray()
+    for header, scopes in wire:
+        body = bytearray(header)
+        for packed in scopes:
+            data = packed.data()
+            body += _SCOPE_SPANS_TAG + varint(len(data)) + data
+        out += _RESOURCE_SPANS_TAG + varint(len(body)) + body
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(bytes(out))
+    return request
+
+
+class SpanReader:
+    """Spans of held traces as messages: the held batches' own span objects, or spans
+    parsed from packed scopes (each scope unpacked once per reader). A parsed span is a
+    copy: :meth:`write_back` puts the changes made to it into its scope's bytes."""
+
+    def __init__(self) -> None:
+        self._wires: dict[int, ScopeWire] = {}
+        # id(span) -> (span, its scope, its index), for spans parsed here
+        self._origins: dict[int, tuple[Span, PackedScope, int]] = {}
+
+    def spans(self, trace: HeldTrace) -> list[Span]:
+        spans: list[Span] = []
+        for container, begin, end, _ in trace.runs:
+            if not isinstance(container, PackedScope):
+                spans += container[begin:end]
+                continue
+            wire = self._wires.get(id(container))
+            if wire is None:
+                wire = self._wires[id(container)] = container.wire()
+            data, starts, ends = wire
+            for k in range(begin, end):
+                span = Span.FromString(data[starts[k] : ends[k]])
+                self._origins[id(span)] = (span, container, k)
+                spans.append(span)
+        return spans
+
+    def write_back(self, spans: Iterable[Span]) -> None:
+        """Keeps these spans as they are now in the bytes they were parsed from (spans of
+        held messages are those messages' own: nothing to do)."""
+        for span in spans:
+            origin = self._origins.get(id(span))
+            if origin is not None:
+                _, packed, index = origin
+                packed.edit(index, span)
 
 
 class ScopeScan(NamedTuple):
@@ -125,8 +201,8 @@ class ScopeScan(NamedTuple):
 
 @dataclass(slots=True)
 class HeldBatch:
-    # The batch as it came, or (when the buffer keeps no spans and the scanner gave
-    # every scope's bytes) only its bytes: per ResourceSpans, its own fields serialised
+    # The batch as it came, or (when the buffer packs and the scanner gave every
+    # scope's bytes) only its bytes: per ResourceSpans, its own fields serialised
     # without scope_spans, and each ScopeSpans packed (with its spans' trace IDs).
     # Packed bytes take a small fraction of the memory of the parsed message.
     payload: ExportTraceServiceRequest | None
@@ -146,6 +222,34 @@ def read_trace_ids(scope_spans: ScopeSpans) -> ScopeScan:
     return ScopeScan([span.trace_id for span in scope_spans.spans], {})
 
 
+def read_wire(scope_spans: ScopeSpans) -> ScopeScan:
+    """The scanner of a buffer that packs: trace IDs and the ScopeSpans' bytes (no bytes
+    when they cannot be walked: the batch is then held as a message)."""
+    data = scope_spans.SerializeToString()
+    spans = scope_spans.spans
+    try:
+        starts, ends, found_ids = scope_spans_layout(data)
+    except ValueError:
+        starts = []
+    if len(starts) != len(spans):
+        return read_trace_ids(scope_spans)
+    ids = [
+        trace_id if trace_id is not None else spans[k].trace_id
+        for k, trace_id in enumerate(found_ids)
+    ]
+    return ScopeScan(ids, {}, ScopeWire(data, array("I", starts), array("I", ends)))
+
+
+def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
+    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
+    span's first field, as serialisers write it), and the offsets fit the array's items.
+    Otherwise the batch is held as a message."""
+    data, starts = wire.data, wire.starts
+    if starts.itemsize != 4 or len(starts) != len(trace_ids):
+        return False
+    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+
+
 class TraceBuffer:
     def __init__(
         self,
@@ -156,10 +260,12 @@ class TraceBuffer:
         keep_spans: bool = True,
         scan: Scanner = read_trace_ids,
         keep_trace_ids: bool = True,
+        pack_spans: bool = False,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
         self.keep_spans = keep_spans
+        self.pack_spans = pack_spans  # hold packed bytes even when judging needs spans
         self.keep_trace_ids = keep_trace_ids  # of every span, for the release
         self._is_decided = is_decided
         self._clock = clock
@@ -171,32 +277,46 @@ class TraceBuffer:
 
     def add(self, payload: ExportTraceServiceRequest) -> None:
         now = self._clock()
+        scans = [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+        services = [
+            service_name(rs.resource.attributes) if self.keep_spans else ""
+            for rs in payload.resource_spans
+        ]
+        wire = _pack(payload, scans) if self.packs else None
         count = 0
         trace_ids: list[list[bytes]] = []
-        wires: list[list[ScopeWire | None]] = []
-        for rs in payload.resource_spans:
-            service = service_name(rs.resource.attributes) if self.keep_spans else ""
-            wires.append([])
-            for ss in rs.scope_spans:
-                ids, flags, wire = self._scan(ss)
-                if self.keep_trace_ids:
+        for rs_index, scopes in enumerate(scans):
+            for ss_index, (ids, flags, _) in enumerate(scopes):
+                if self.keep_trace_ids and wire is None:
                     trace_ids.append(ids)
-                wires[-1].append(wire)
                 count += len(ids)
-                if ids:
-                    self._index(ss, ids, flags, service, now)
-        batch = HeldBatch(payload, now, count, trace_ids)
-        if not self.keep_spans and self.keep_trace_ids:
-            _hold_bytes_only(batch, wires)
+                if not ids:
+                    continue
+                spans: Sequence[Span] | PackedScope | None = None
+                if wire is not None and self.keep_spans:
+                    spans = wire[rs_index][1][ss_index]
+                elif self.keep_spans:
+                    spans = payload.resource_spans[rs_index].scope_spans[ss_index].spans
+                self._index(spans, ids, flags, services[rs_index], now)
+        batch = HeldBatch(None if wire is not None else payload, now, count, trace_ids, wire)
         self._batches.append(batch)
         self.held_spans += count
 
+    @property
+    def packs(self) -> bool:
+        """Whether batches are held as packed bytes (when every scope's can be)."""
+        return self.pack_spans or (not self.keep_spans and self.keep_trace_ids)
+
     def _index(
-        self, ss: ScopeSpans, ids: list[bytes], flags: dict[int, int], service: str, now: float
+        self,
+        spans: Sequence[Span] | PackedScope | None,
+        ids: list[bytes],
+        flags: dict[int, int],
+        service: str,
+        now: float,
     ) -> None:
         """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
         traces = self.traces
-        spans = ss.spans if self.keep_spans else None
         n = len(ids)
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
@@ -267,26 +387,27 @@ class TraceBuffer:
 
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
-_NO_RUNS: list[tuple[Sequence[Span], int, int, str]] = []
+_NO_RUNS: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = []
 
 
-def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> None:
-    """Replaces the batch's message by its packed bytes, if every scope's bytes are at
-    hand and can be packed."""
-    payload = batch.payload
-    assert payload is not None
-    scopes_ids = iter(batch.trace_ids)
-    pairs = [[(w, next(scopes_ids)) for w in scopes] for scopes in wires]
-    if not all(w is not None and _packable(w, ids) for scopes in pairs for w, ids in scopes):
-        return
+def _pack(
+    payload: ExportTraceServiceRequest, scans: list[list[ScopeScan]]
+) -> list[tuple[bytes, list[PackedScope]]] | None:
+    """The batch's packed bytes, if every scope's bytes are at hand and can be packed:
+    per ResourceSpans, its own fields serialised without scope_spans, and each
+    ScopeSpans packed. The message is emptied of its spans (the batch is the buffer's)."""
+    if not all(
+        scan.wire is not None and _packable(scan.wire, scan.trace_ids)
+        for scopes in scans
+        for scan in scopes
+    ):
+        return None
     held: list[tuple[bytes, list[PackedScope]]] = []
-    for rs, scopes in zip(payload.resource_spans, pairs, strict=True):
-        rs.ClearField("scope_spans")  # the batch is this buffer's now
-        packed = [PackedScope(w) for w, _ in scopes if w is not None]
+    for rs, scopes in zip(payload.resource_spans, scans, strict=True):
+        rs.ClearField("scope_spans")
+        packed = [PackedScope(scan.wire) for scan in scopes if scan.wire is not None]
         held.append((rs.SerializeToString(), packed))
-    batch.wire = held
-    batch.payload = None
-    batch.trace_ids = []
+    return held
 
 
 class BufferedTraceProcessor(Processor):
@@ -310,6 +431,7 @@ class BufferedTraceProcessor(Processor):
             keep_spans=self.keeps_spans(),
             scan=self.scan,
             keep_trace_ids=self.filters_by_trace(),
+            pack_spans=self.packs_spans(),
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -320,13 +442,20 @@ class BufferedTraceProcessor(Processor):
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
-        assert batch.payload is not None  # only a buffer that keeps no spans holds bytes
+        if batch.wire is not None:
+            return rebuild_request(batch.wire)
+        assert batch.payload is not None
         return batch.payload
 
     # And may override these: what the buffer keeps of each trace.
     def keeps_spans(self) -> bool:
         """Whether judging needs each trace's spans (else only IDs, counts and flags)."""
         return True
+
+    def packs_spans(self) -> bool:
+        """Whether batches are held packed even though judging needs spans (read them
+        with a :class:`SpanReader`)."""
+        return False
 
     def filters_by_trace(self) -> bool:
         """Whether :meth:`prepare` needs each held span's trace ID (HeldBatch.trace_ids)."""

@@ -7,16 +7,29 @@ judged together, then marks every offending span with ``otelkit.perf_issue.type`
 event on the parent span (the ``findings`` connector turns it into a log record, the
 Sentry exporter into an issue), and counts ``otelkit_perf_issues_total{type,service}``.
 Thresholds default to Sentry's (:mod:`otelkit.budgets.detectors`).
+
+Batches are held packed (zstd frames of their bytes, about an eighth of the encoded
+size, where a parsed batch takes about 3.5 times it). What :func:`could_find` reads
+(client spans' parents and durations) is tallied per trace as spans arrive, so only
+the few traces that could hold a finding are parsed when judged; the spans they mark
+are written back into their batch's bytes, and each batch is parsed once when released.
 """
 
 from __future__ import annotations
 
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 from pydantic import Field
 
-from otelkit.budgets.detectors import DetectorsConfig, could_find, detect
+from otelkit.budgets.detectors import SPAN_KIND_CLIENT, CallTally, DetectorsConfig, detect
 from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
-from otelkit.budgets.tracebuffer import BufferedTraceProcessor, HeldTrace
+from otelkit.budgets.tracebuffer import (
+    BufferedTraceProcessor,
+    HeldTrace,
+    ScopeScan,
+    SpanReader,
+    read_trace_ids,
+    read_wire,
+)
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -37,6 +50,7 @@ class PerfIssuesConfig(ComponentConfig):
 
 class PerfIssuesProcessor(BufferedTraceProcessor):
     def __init__(self, settings: CreateSettings, config: PerfIssuesConfig, next_consumer: Consumer):
+        self._packs = config.wait > 0  # with no wait nothing is held: nothing to pack
         super().__init__(settings, next_consumer, config.wait, config.num_traces)
         self._detectors = config.detectors
         self._issues = settings.telemetry.counter(
@@ -46,18 +60,38 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
             name for name, detector in config.detectors if getattr(detector, "enabled", False)
         ]
         self._services_seen: set[str] = set()
+        # What could_find reads of each held trace's client spans (traces without
+        # client spans have none: no detector can fire on them).
+        self._tallies: dict[bytes, CallTally] = {}
+
+    def packs_spans(self) -> bool:
+        return self._packs
+
+    def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
+        scan = read_wire(scope_spans) if self._packs else read_trace_ids(scope_spans)
+        tallies, ids = self._tallies, scan.trace_ids
+        for k, span in enumerate(scope_spans.spans):
+            if span.kind == SPAN_KIND_CLIENT:
+                tally = tallies.get(ids[k])
+                if tally is None:
+                    tally = tallies[ids[k]] = CallTally(self._detectors)
+                tally.add(span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+        return scan
 
     def judge(self, traces: list[HeldTrace]) -> None:
+        reader = SpanReader()
         for trace in traces:
             self._count_from_zero(trace)
-            spans = trace.spans
-            if not could_find(spans, self._detectors):
+            tally = self._tallies.pop(trace.trace_id, None)
+            if tally is None or not tally.could_find():
                 continue
+            spans = reader.spans(trace)
             for detection in detect(spans, trace.services, self._detectors):
                 finding = detection.finding
                 for span in detection.offenders:
                     _mark(span, finding.type, finding.fingerprint)
                 attach(detection.anchor, finding, detection.anchor.end_time_unix_nano)
+                reader.write_back([*detection.offenders, detection.anchor])
                 self._issues.labels(finding.type, detection.service).inc()
 
     def _count_from_zero(self, trace: HeldTrace) -> None:

@@ -295,53 +295,67 @@ def could_find(spans: Sequence[Span], config: DetectorsConfig) -> bool:
     Most traces fail this; it reads four fields of each span, where :func:`detect`
     reads the bytes of every client span's attributes.
     """
-    tally = CallTally(config)
-    for span in spans:
-        if span.kind == SPAN_KIND_CLIENT:
-            tally.add(span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
-            if tally.slow:
-                return True
-    return tally.could_find()
+    tallies = CallTallies(config)
+    tallies.add([b""] * len(spans), spans)
+    return tallies.could_find(b"")
 
 
-class CallTally:
-    """What :func:`could_find` reads of a trace's client spans, gathered a span at a
-    time (so a buffer can gather it as spans arrive, and parse only the traces that
-    could hold a finding)."""
-
-    __slots__ = ("_config", "_groups", "slow")
+class CallTallies:
+    """What :func:`could_find` reads of traces' client spans, gathered as spans arrive
+    (so a buffer can parse only the traces that could hold a finding): per trace, per
+    parent span, the children, their positive durations summed (ms) and how many are as
+    long as a consecutive_http call; and which traces have a client span as long as a
+    slow query."""
 
     def __init__(self, config: DetectorsConfig) -> None:
         self._config = config
-        # parent -> [children, their positive durations summed (ms), children >= the
-        # consecutive_http detector's min_span_ms]
-        self._groups: dict[bytes, list[float]] = {}
-        self.slow = False  # a client span as long as a slow query
+        slow_db = config.slow_db_query
+        self._slowest_ms = slow_db.min_duration_ms if slow_db.enabled else float("inf")
+        self._slow_call_ms = config.consecutive_http.min_span_ms
+        self._groups: dict[bytes, dict[bytes, list[float]]] = {}
+        self._slow: set[bytes] = set()
 
-    def add(self, parent_span_id: bytes, start_unix_nano: int, end_unix_nano: int) -> None:
-        """Counts one client span."""
-        ms = (end_unix_nano - start_unix_nano) / 1e6  # as Call.ms
-        slow_db = self._config.slow_db_query
-        if slow_db.enabled and ms >= slow_db.min_duration_ms:
-            self.slow = True
-        group = self._groups.get(parent_span_id)
-        if group is None:
-            group = self._groups[parent_span_id] = [0, 0.0, 0]
-        group[0] += 1
-        if ms > 0:
-            group[1] += ms
-        if ms >= self._config.consecutive_http.min_span_ms:
-            group[2] += 1
+    def add(self, trace_ids: Sequence[bytes], spans: Sequence[Span]) -> None:
+        """Counts the client spans among ``spans`` (of these traces, one per span)."""
+        # The hot loop of perf_issues' intake: no calls per span.
+        groups, slow = self._groups, self._slow
+        slowest_ms, slow_call_ms = self._slowest_ms, self._slow_call_ms
+        for k, span in enumerate(spans):
+            if span.kind != SPAN_KIND_CLIENT:
+                continue
+            ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
+            trace_id = trace_ids[k]
+            if ms >= slowest_ms:
+                slow.add(trace_id)
+            parents = groups.get(trace_id)
+            if parents is None:
+                parents = groups[trace_id] = {}
+            parent_id = span.parent_span_id
+            group = parents.get(parent_id)
+            if group is None:
+                parents[parent_id] = [1, ms if ms > 0 else 0.0, 1 if ms >= slow_call_ms else 0]
+                continue
+            group[0] += 1
+            if ms > 0:
+                group[1] += ms
+            if ms >= slow_call_ms:
+                group[2] += 1
 
-    def could_find(self) -> bool:
-        if self.slow:
+    def could_find(self, trace_id: bytes) -> bool:
+        """Whether a detector could find something in the trace's spans counted so far;
+        forgets the trace."""
+        parents = self._groups.pop(trace_id, None)
+        if trace_id in self._slow:
+            self._slow.discard(trace_id)
             return True
+        if parents is None:
+            return False
         n1db, consecutive, n1api = (
             self._config.n_plus_one_db_queries,
             self._config.consecutive_http,
             self._config.n_plus_one_api_calls,
         )
-        for count, total_ms, slow_calls in self._groups.values():
+        for count, total_ms, slow_calls in parents.values():
             # The detectors sum a run in another order: a margin for rounding.
             total_ms += _SUM_MARGIN_MS
             if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
@@ -351,6 +365,10 @@ class CallTally:
             if consecutive.enabled and slow_calls >= consecutive.min_count:
                 return True
         return False
+
+    def __len__(self) -> int:
+        """Traces counted and not yet judged."""
+        return len(self._groups)
 
 
 def _start_of(call: Call) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 from pydantic import Field
 
-from otelkit.budgets.detectors import SPAN_KIND_CLIENT, CallTally, DetectorsConfig, detect
+from otelkit.budgets.detectors import CallTallies, DetectorsConfig, detect
 from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
 from otelkit.budgets.tracebuffer import (
     BufferedTraceProcessor,
@@ -60,30 +60,22 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
             name for name, detector in config.detectors if getattr(detector, "enabled", False)
         ]
         self._services_seen: set[str] = set()
-        # What could_find reads of each held trace's client spans (traces without
-        # client spans have none: no detector can fire on them).
-        self._tallies: dict[bytes, CallTally] = {}
+        # What could_find reads of each held trace's client spans.
+        self._tallies = CallTallies(config.detectors)
 
     def packs_spans(self) -> bool:
         return self._packs
 
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         scan = read_wire(scope_spans) if self._packs else read_trace_ids(scope_spans)
-        tallies, ids = self._tallies, scan.trace_ids
-        for k, span in enumerate(scope_spans.spans):
-            if span.kind == SPAN_KIND_CLIENT:
-                tally = tallies.get(ids[k])
-                if tally is None:
-                    tally = tallies[ids[k]] = CallTally(self._detectors)
-                tally.add(span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+        self._tallies.add(scan.trace_ids, scope_spans.spans)
         return scan
 
     def judge(self, traces: list[HeldTrace]) -> None:
         reader = SpanReader()
         for trace in traces:
             self._count_from_zero(trace)
-            tally = self._tallies.pop(trace.trace_id, None)
-            if tally is None or not tally.could_find():
+            if not self._tallies.could_find(trace.trace_id):
                 continue
             spans = reader.spans(trace)
             for detection in detect(spans, trace.services, self._detectors):

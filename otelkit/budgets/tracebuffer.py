@@ -91,11 +91,11 @@ class PackedScope:
 
     def __init__(self, wire: ScopeWire) -> None:
         self.spans = len(wire.starts)
+        self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
         frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
-        self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
 
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
         wire = self.wire()
@@ -116,9 +116,10 @@ class PackedScope:
             self.edits = {}
         self.edits[index] = span.SerializeToString()
 
-    def data(self) -> bytes:
-        """The ScopeSpans' bytes, with the edited spans' bytes in place of theirs."""
-        data, starts, ends = self.wire()
+    def data(self, wire: ScopeWire | None = None) -> bytes:
+        """The ScopeSpans' bytes, with the edited spans' bytes in place of theirs
+        (``wire``: :meth:`wire`, if at hand)."""
+        data, starts, ends = wire or self.wire()
         if not self.edits:
             return data
         pieces: list[bytes] = []
@@ -141,13 +142,16 @@ _SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
 _RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
 
 
-def rebuild_request(wire: list[tuple[bytes, list[PackedScope]]]) -> ExportTraceServiceRequest:
-    """The request a held batch's bytes stand for (with its spans' edits), parsed once."""
+def rebuild_request(
+    wire: list[tuple[bytes, list[PackedScope]]], reader: SpanReader | None = None
+) -> ExportTraceServiceRequest:
+    """The request a held batch's bytes stand for (with its spans' edits), parsed once;
+    scopes the ``reader`` unpacked are not unpacked again."""
     out = bytearray()
     for header, scopes in wire:
         body = bytearray(header)
         for packed in scopes:
-            data = packed.data()
+            data = packed.data(reader.take_wire(packed) if reader is not None else None)
             body += _SCOPE_SPANS_TAG + varint(len(data)) + data
         out += _RESOURCE_SPANS_TAG + varint(len(body)) + body
     request = ExportTraceServiceRequest()
@@ -161,7 +165,7 @@ class SpanReader:
     copy: :meth:`write_back` puts the changes made to it into its scope's bytes."""
 
     def __init__(self) -> None:
-        self._wires: dict[int, ScopeWire] = {}
+        self._wires: dict[PackedScope, ScopeWire] = {}
         # id(span) -> (span, its scope, its index), for spans parsed here
         self._origins: dict[int, tuple[Span, PackedScope, int]] = {}
 
@@ -171,15 +175,22 @@ class SpanReader:
             if not isinstance(container, PackedScope):
                 spans += container[begin:end]
                 continue
-            wire = self._wires.get(id(container))
-            if wire is None:
-                wire = self._wires[id(container)] = container.wire()
-            data, starts, ends = wire
+            data, starts, ends = self._wire(container)
             for k in range(begin, end):
                 span = Span.FromString(data[starts[k] : ends[k]])
                 self._origins[id(span)] = (span, container, k)
                 spans.append(span)
         return spans
+
+    def _wire(self, packed: PackedScope) -> ScopeWire:
+        wire = self._wires.get(packed)
+        if wire is None:
+            wire = self._wires[packed] = packed.wire()
+        return wire
+
+    def take_wire(self, packed: PackedScope) -> ScopeWire | None:
+        """The scope's bytes if this reader unpacked them (and forgets them)."""
+        return self._wires.pop(packed, None)
 
     def write_back(self, spans: Iterable[Span]) -> None:
         """Keeps these spans as they are now in the bytes they were parsed from (spans of
@@ -435,6 +446,9 @@ class BufferedTraceProcessor(Processor):
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # While traces are judged and batches released: the scopes unpacked to judge
+        # are not unpacked again to release.
+        self.reader: SpanReader | None = None
 
     # Subclasses implement these two.
     def judge(self, traces: list[HeldTrace]) -> None:
@@ -443,7 +457,7 @@ class BufferedTraceProcessor(Processor):
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
         if batch.wire is not None:
-            return rebuild_request(batch.wire)
+            return rebuild_request(batch.wire, self.reader)
         assert batch.payload is not None
         return batch.payload
 
@@ -499,6 +513,15 @@ class BufferedTraceProcessor(Processor):
             await self._send(traces, batches, raise_errors=False)
 
     async def _send(
+        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
+    ) -> None:
+        self.reader = SpanReader()
+        try:
+            await self._judge_and_release(traces, batches, raise_errors)
+        finally:
+            self.reader = None
+
+    async def _judge_and_release(
         self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
     ) -> None:
         if traces:

@@ -72,7 +72,7 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
         return scan
 
     def judge(self, traces: list[HeldTrace]) -> None:
-        reader = SpanReader()
+        reader = self.reader or SpanReader()
         for trace in traces:
             self._count_from_zero(trace)
             if not self._tallies.could_find(trace.trace_id):

@@ -387,15 +387,25 @@ class TraceBuffer:
         return len(self._batches)
 
     def held_bytes(self) -> int:
-        """Memory the held batches take, sized from the newest one (``runtime.memory``)."""
+        """Memory the held batches take, sized from the newest one (``runtime.memory``),
+        and the held traces' entries (packed, these take more than the bytes)."""
         if not self._batches:
             return 0
+        entries = len(self.traces) * HELD_TRACE_BYTES
+        if self.keep_spans:
+            entries += self.held_spans * HELD_RUN_BYTES
         newest = self._batches[-1]
         if newest.payload is not None:
-            return parsed_bytes(self.held_spans, newest.payload)
+            return entries + parsed_bytes(self.held_spans, newest.payload)
         size = sum(len(rs) + sum(len(w) for w in scopes) for rs, scopes in newest.wire or ())
-        return self.held_spans * size // max(newest.spans, 1)
+        return entries + self.held_spans * size // max(newest.spans, 1)
 
+
+# Measured with tracemalloc on interleaved traces (benchmarks/collector_throughput.py's
+# app traffic, about six spans a trace): a held trace's entry (HeldTrace, its ID and its
+# slot in TraceBuffer.traces) and, when spans are kept, a run per span at most.
+HELD_TRACE_BYTES = 160
+HELD_RUN_BYTES = 100
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
 _NO_RUNS: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = []

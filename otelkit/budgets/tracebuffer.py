@@ -83,15 +83,21 @@ _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 
 class PackedScope:
     """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
-    ScopeSpans' bytes. Each span's trace ID is read back from its bytes (see
-    :func:`_packable`). Spans a judge changed are kept apart (:attr:`edits`) until
-    the scope's bytes are asked for again (:meth:`data`)."""
+    ScopeSpans' bytes (or, not ``compressed``, those bytes and offsets as they are:
+    about 7 times the memory, and none of the time to compress and decompress them).
+    Each span's trace ID is read back from its bytes (see :func:`_packable`). Spans a
+    judge changed are kept apart (:attr:`edits`) until the scope's bytes are asked for
+    again (:meth:`data`)."""
 
-    __slots__ = ("edits", "frame", "spans")
+    __slots__ = ("_plain", "edits", "frame", "spans")
 
-    def __init__(self, wire: ScopeWire) -> None:
+    def __init__(self, wire: ScopeWire, compressed: bool = True) -> None:
         self.spans = len(wire.starts)
         self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
+        self._plain = None if compressed else wire
+        if not compressed:
+            self.frame = b""
+            return
         frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
@@ -103,6 +109,8 @@ class PackedScope:
 
     def wire(self) -> ScopeWire:
         """The ScopeSpans' bytes as packed, and its spans' offsets."""
+        if self._plain is not None:
+            return self._plain
         raw = _DECOMPRESS(self.frame)
         n = self.spans
         starts, ends = array("I"), array("I")
@@ -134,7 +142,10 @@ class PackedScope:
         return b"".join(pieces)
 
     def __len__(self) -> int:
-        return len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        if self._plain is not None:
+            held += len(self._plain.data) + 8 * self.spans
+        return held
 
 
 _SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
@@ -272,11 +283,13 @@ class TraceBuffer:
         scan: Scanner = read_trace_ids,
         keep_trace_ids: bool = True,
         pack_spans: bool = False,
+        compress: bool = True,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
         self.keep_spans = keep_spans
         self.pack_spans = pack_spans  # hold packed bytes even when judging needs spans
+        self.compress = compress  # packed bytes as zstd frames (else as they are)
         self.keep_trace_ids = keep_trace_ids  # of every span, for the release
         self._is_decided = is_decided
         self._clock = clock
@@ -293,7 +306,7 @@ class TraceBuffer:
             service_name(rs.resource.attributes) if self.keep_spans else ""
             for rs in payload.resource_spans
         ]
-        wire = _pack(payload, scans) if self.packs else None
+        wire = _pack(payload, scans, self.compress) if self.packs else None
         count = 0
         trace_ids: list[list[bytes]] = []
         for rs_index, scopes in enumerate(scans):
@@ -412,7 +425,7 @@ _NO_RUNS: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = []
 
 
 def _pack(
-    payload: ExportTraceServiceRequest, scans: list[list[ScopeScan]]
+    payload: ExportTraceServiceRequest, scans: list[list[ScopeScan]], compressed: bool
 ) -> list[tuple[bytes, list[PackedScope]]] | None:
     """The batch's packed bytes, if every scope's bytes are at hand and can be packed:
     per ResourceSpans, its own fields serialised without scope_spans, and each
@@ -426,7 +439,7 @@ def _pack(
     held: list[tuple[bytes, list[PackedScope]]] = []
     for rs, scopes in zip(payload.resource_spans, scans, strict=True):
         rs.ClearField("scope_spans")
-        packed = [PackedScope(scan.wire) for scan in scopes if scan.wire is not None]
+        packed = [PackedScope(scan.wire, compressed) for scan in scopes if scan.wire is not None]
         held.append((rs.SerializeToString(), packed))
     return held
 
@@ -453,6 +466,7 @@ class BufferedTraceProcessor(Processor):
             scan=self.scan,
             keep_trace_ids=self.filters_by_trace(),
             pack_spans=self.packs_spans(),
+            compress=self.compresses_held_bytes(),
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -480,6 +494,11 @@ class BufferedTraceProcessor(Processor):
         """Whether batches are held packed even though judging needs spans (read them
         with a :class:`SpanReader`)."""
         return False
+
+    def compresses_held_bytes(self) -> bool:
+        """Whether packed bytes are held compressed: worth it for a long wait; a judge
+        that reads spans of most batches after a short one unpacks them anyway."""
+        return True
 
     def filters_by_trace(self) -> bool:
         """Whether :meth:`prepare` needs each held span's trace ID (HeldBatch.trace_ids)."""

@@ -69,6 +69,9 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
     def packs_spans(self) -> bool:
         return self._packs
 
+    def compresses_held_bytes(self) -> bool:
+        return False
+
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         scan = read_wire(scope_spans) if self._packs else read_trace_ids(scope_spans)
         self._tallies.add(scan.trace_ids, scope_spans.spans)

@@ -1,9 +1,9 @@
 """Holds whole batches until the traces in them are complete enough to judge.
 
 Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches are
-held as they came or as their serialised bytes, never copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
-using every span of it held by then, and a batch is released ``wait`` seconds after it
-arrived (by then every trace in it has been judged). A held trace records where its
+held as they came or as their serialised bytes, never copied span by span: a trace is
+judged ``wait`` seconds after its first span arrived, using every span of it held by
+then, and a batch is released ``wait`` seconds after it arrived (by then every trace in it has been judged). A held trace records where its
 spans are (runs of them by position), not span objects. Spans of a trace already
 judged ("late spans") are not indexed again; the caller decides what to do with them
 from its decision cache.
@@ -12,12 +12,13 @@ from its decision cache.
 (counted in ``decided_early``).
 
 A buffer that keeps no spans, or one told to pack them (``pack_spans``), holds each
-ScopeSpans as one zstd frame of its bytes and its spans' offsets (:class:`PackedScope`):
-OTLP spans repeat their keys and most values, so the frame is about an eighth of the
-bytes (a parsed message takes about 3.5 times them), and what a held trace costs is
-mostly its own entry in :attr:`TraceBuffer.traces`. A judge that needs a packed trace's
-spans parses them (:class:`SpanReader`); the few it changes are kept as edits of their
-scope, spliced into the batch's bytes when it is released (:func:`rebuild_request`).
+ScopeSpans as its bytes and its spans' offsets (:class:`PackedScope`), not as the parsed
+message (about 3.5 times the bytes). Compressed (``compress``, one zstd frame), they
+take about an eighth of the bytes, as OTLP spans repeat their keys and most values, and
+what a held trace costs is mostly its own entry in :attr:`TraceBuffer.traces`. A judge
+that needs a packed trace's spans parses them (:class:`SpanReader`); the few it changes
+are kept as edits of their scope, spliced into the batch's bytes when it is released
+(:func:`rebuild_request`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class HeldTrace:
 
     @property
     def spans(self) -> list[Span]:
+        """The trace's spans (parsed copies, for packed runs: see :class:`SpanReader`)."""
         return SpanReader().spans(self)
 
     @property

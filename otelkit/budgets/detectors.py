@@ -295,80 +295,99 @@ def could_find(spans: Sequence[Span], config: DetectorsConfig) -> bool:
     Most traces fail this; it reads four fields of each span, where :func:`detect`
     reads the bytes of every client span's attributes.
     """
-    tallies = CallTallies(config)
-    tallies.add([b""] * len(spans), spans)
-    return tallies.could_find(b"")
+    slow_db, n1db, consecutive, n1api = (
+        config.slow_db_query,
+        config.n_plus_one_db_queries,
+        config.consecutive_http,
+        config.n_plus_one_api_calls,
+    )
+    slowest_ms = slow_db.min_duration_ms if slow_db.enabled else float("inf")
+    slow_call_ms = consecutive.min_span_ms
+    # parent -> [children, their positive durations summed (ms), children >= slow_call_ms]
+    groups: dict[bytes, list[float]] = {}
+    for span in spans:
+        if span.kind != SPAN_KIND_CLIENT:
+            continue
+        ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
+        if ms >= slowest_ms:
+            return True
+        group = groups.get(span.parent_span_id)
+        if group is None:
+            group = groups[span.parent_span_id] = [0, 0.0, 0]
+        group[0] += 1
+        if ms > 0:
+            group[1] += ms
+        if ms >= slow_call_ms:
+            group[2] += 1
+    for count, total_ms, slow_calls in groups.values():
+        # The detectors sum a run in another order: a margin for rounding.
+        total_ms += _SUM_MARGIN_MS
+        if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
+            return True
+        if n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms:
+            return True
+        if consecutive.enabled and slow_calls >= consecutive.min_count:
+            return True
+    return False
 
 
-class CallTallies:
-    """What :func:`could_find` reads of traces' client spans, gathered as spans arrive
-    (so a buffer can parse only the traces that could hold a finding): per trace, per
-    parent span, the children, their positive durations summed (ms) and how many are as
-    long as a consecutive_http call; and which traces have a client span as long as a
-    slow query."""
+class TraceTallies:
+    """A coarser :func:`could_find`, gathered as spans arrive so a buffer parses only
+    the traces that could hold a finding: per trace, its client spans, their positive
+    durations summed (ms), how many are as long as a consecutive_http call, and the
+    longest. Summed over the whole trace rather than per parent, these are never below
+    what could_find counts, so no trace it passes is skipped."""
 
     def __init__(self, config: DetectorsConfig) -> None:
         self._config = config
-        slow_db = config.slow_db_query
-        self._slowest_ms = slow_db.min_duration_ms if slow_db.enabled else float("inf")
-        self._slow_call_ms = config.consecutive_http.min_span_ms
-        self._groups: dict[bytes, dict[bytes, list[float]]] = {}
-        self._slow: set[bytes] = set()
+        self._tallies: dict[bytes, list[float]] = {}
 
     def add(self, trace_ids: Sequence[bytes], spans: Sequence[Span]) -> None:
         """Counts the client spans among ``spans`` (of these traces, one per span)."""
         # The hot loop of perf_issues' intake: no calls per span.
-        groups, slow = self._groups, self._slow
-        slowest_ms, slow_call_ms = self._slowest_ms, self._slow_call_ms
+        tallies = self._tallies
+        slow_call_ms = self._config.consecutive_http.min_span_ms
         for k, span in enumerate(spans):
             if span.kind != SPAN_KIND_CLIENT:
                 continue
             ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
-            trace_id = trace_ids[k]
-            if ms >= slowest_ms:
-                slow.add(trace_id)
-            parents = groups.get(trace_id)
-            if parents is None:
-                parents = groups[trace_id] = {}
-            parent_id = span.parent_span_id
-            group = parents.get(parent_id)
-            if group is None:
-                parents[parent_id] = [1, ms if ms > 0 else 0.0, 1 if ms >= slow_call_ms else 0]
+            tally = tallies.get(trace_ids[k])
+            if tally is None:
+                slow_calls = 1 if ms >= slow_call_ms else 0
+                tallies[trace_ids[k]] = [1, ms if ms > 0 else 0.0, slow_calls, ms]
                 continue
-            group[0] += 1
+            tally[0] += 1
             if ms > 0:
-                group[1] += ms
+                tally[1] += ms
             if ms >= slow_call_ms:
-                group[2] += 1
+                tally[2] += 1
+            if ms > tally[3]:  # noqa: PLR1730 (max() is a call per span)
+                tally[3] = ms
 
-    def could_find(self, trace_id: bytes) -> bool:
-        """Whether a detector could find something in the trace's spans counted so far;
+    def might_find(self, trace_id: bytes) -> bool:
+        """Whether :func:`could_find` might pass the trace's spans counted so far;
         forgets the trace."""
-        parents = self._groups.pop(trace_id, None)
-        if trace_id in self._slow:
-            self._slow.discard(trace_id)
-            return True
-        if parents is None:
+        tally = self._tallies.pop(trace_id, None)
+        if tally is None:
             return False
-        n1db, consecutive, n1api = (
+        count, total_ms, slow_calls, longest_ms = tally
+        slow_db, n1db, consecutive, n1api = (
+            self._config.slow_db_query,
             self._config.n_plus_one_db_queries,
             self._config.consecutive_http,
             self._config.n_plus_one_api_calls,
         )
-        for count, total_ms, slow_calls in parents.values():
-            # The detectors sum a run in another order: a margin for rounding.
-            total_ms += _SUM_MARGIN_MS
-            if n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms:
-                return True
-            if n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms:
-                return True
-            if consecutive.enabled and slow_calls >= consecutive.min_count:
-                return True
-        return False
+        total_ms += _SUM_MARGIN_MS
+        return (
+            (slow_db.enabled and longest_ms >= slow_db.min_duration_ms)
+            or (n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms)
+            or (n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms)
+            or (consecutive.enabled and slow_calls >= consecutive.min_count)
+        )
 
     def __len__(self) -> int:
         """Traces counted and not yet judged."""
-        return len(self._groups)
+        return len(self._tallies)
 
 
 def _start_of(call: Call) -> int:

@@ -8,11 +8,12 @@ event on the parent span (the ``findings`` connector turns it into a log record,
 Sentry exporter into an issue), and counts ``otelkit_perf_issues_total{type,service}``.
 Thresholds default to Sentry's (:mod:`otelkit.budgets.detectors`).
 
-Batches are held packed (zstd frames of their bytes, about an eighth of the encoded
-size, where a parsed batch takes about 3.5 times it). What :func:`could_find` reads
-(client spans' parents and durations) is tallied per trace as spans arrive, so only
-the few traces that could hold a finding are parsed when judged; the spans they mark
-are written back into their batch's bytes, and each batch is parsed once when released.
+Batches are held as their bytes (a parsed batch takes about 3.5 times them; they are
+not compressed, as most are read again when judged two seconds later). What
+:func:`could_find` reads (client spans' durations) is tallied per trace as spans
+arrive, so only the few traces that could hold a finding are parsed when judged; the
+spans they mark are written back into their batch's bytes, and each batch is parsed
+once when released.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 from pydantic import Field
 
-from otelkit.budgets.detectors import CallTallies, DetectorsConfig, detect
+from otelkit.budgets.detectors import DetectorsConfig, TraceTallies, could_find, detect
 from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
 from otelkit.budgets.tracebuffer import (
     BufferedTraceProcessor,
@@ -60,8 +61,8 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
             name for name, detector in config.detectors if getattr(detector, "enabled", False)
         ]
         self._services_seen: set[str] = set()
-        # What could_find reads of each held trace's client spans.
-        self._tallies = CallTallies(config.detectors)
+        # What could_find reads of each held trace's client spans, summed per trace.
+        self._tallies = TraceTallies(config.detectors)
 
     def held_bytes(self) -> int:
         return super().held_bytes() + len(self._tallies) * TALLY_BYTES
@@ -81,9 +82,11 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
         reader = self.reader or SpanReader()
         for trace in traces:
             self._count_from_zero(trace)
-            if not self._tallies.could_find(trace.trace_id):
+            if not self._tallies.might_find(trace.trace_id):
                 continue
             spans = reader.spans(trace)
+            if not could_find(spans, self._detectors):
+                continue
             for detection in detect(spans, trace.services, self._detectors):
                 finding = detection.finding
                 for span in detection.offenders:
@@ -103,9 +106,9 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
                 self._issues.labels(type_, service)
 
 
-# A held trace's tally of its client spans (its dict and lists), measured with tracemalloc
+# A held trace's tally of its client spans (its list and its slot), measured with tracemalloc
 # on benchmarks/collector_throughput.py's app traffic.
-TALLY_BYTES = 330
+TALLY_BYTES = 170
 _MAX_SERVICES = 10_000  # past this many services, counters appear on first increment
 
 

@@ -160,15 +160,15 @@ def rebuild_request(
 ) -> ExportTraceServiceRequest:
     """The request a held batch's bytes stand for (with its spans' edits), parsed once;
     scopes the ``reader`` unpacked are not unpacked again."""
-    out = bytearray()
+    pieces: list[bytes] = []  # joined once: the spans' bytes are copied once
     for header, scopes in wire:
-        body = bytearray(header)
+        body = [header]
         for packed in scopes:
             data = packed.data(reader.take_wire(packed) if reader is not None else None)
-            body += _SCOPE_SPANS_TAG + varint(len(data)) + data
-        out += _RESOURCE_SPANS_TAG + varint(len(body)) + body
+            body += (_SCOPE_SPANS_TAG, varint(len(data)), data)
+        pieces += (_RESOURCE_SPANS_TAG, varint(sum(len(b) for b in body)), *body)
     request = ExportTraceServiceRequest()
-    request.ParseFromString(bytes(out))
+    request.ParseFromString(b"".join(pieces))
     return request
 
 

@@ -183,17 +183,27 @@ class SpanReader:
         self._origins: dict[int, tuple[Span, PackedScope, int]] = {}
 
     def spans(self, trace: HeldTrace) -> list[Span]:
-        spans: list[Span] = []
+        """The trace's spans in order; those in packed scopes parsed together, as one
+        ScopeSpans of their bytes (a message per span would cost an arena each)."""
+        spans: list[Span | None] = []
+        entries: list[bytes] = []  # each packed span's entry: tag, length, bytes
+        origins: list[tuple[int, PackedScope, int]] = []  # its place in spans, scope, index
         for container, begin, end, _ in trace.runs:
             if not isinstance(container, PackedScope):
                 spans += container[begin:end]
                 continue
             data, starts, ends = self._wire(container)
             for k in range(begin, end):
-                span = Span.FromString(data[starts[k] : ends[k]])
+                head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
+                entries.append(data[head : ends[k]])
+                origins.append((len(spans), container, k))
+                spans.append(None)
+        if entries:
+            parsed = ScopeSpans.FromString(b"".join(entries)).spans
+            for (at, container, k), span in zip(origins, parsed, strict=True):
+                spans[at] = span
                 self._origins[id(span)] = (span, container, k)
-                spans.append(span)
-        return spans
+        return [span for span in spans if span is not None]
 
     def _wire(self, packed: PackedScope) -> ScopeWire:
         wire = self._wires.get(packed)

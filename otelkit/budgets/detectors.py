@@ -331,6 +331,65 @@ def could_find(spans: Sequence[Span], config: DetectorsConfig) -> bool:
     return False
 
 
+class TraceTallies:
+    """A coarser :func:`could_find`, gathered as spans arrive so a buffer parses only
+    the traces that could hold a finding: per trace, its client spans, their positive
+    durations summed (ms), how many are as long as a consecutive_http call, and the
+    longest. Summed over the whole trace rather than per parent, these are never below
+    what could_find counts, so no trace it passes is skipped."""
+
+    def __init__(self, config: DetectorsConfig) -> None:
+        self._config = config
+        self._tallies: dict[bytes, list[float]] = {}
+
+    def add(self, trace_ids: Sequence[bytes], spans: Sequence[Span]) -> None:
+        """Counts the client spans among ``spans`` (of these traces, one per span)."""
+        # The hot loop of perf_issues' intake: no calls per span.
+        tallies = self._tallies
+        slow_call_ms = self._config.consecutive_http.min_span_ms
+        for k, span in enumerate(spans):
+            if span.kind != SPAN_KIND_CLIENT:
+                continue
+            ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
+            tally = tallies.get(trace_ids[k])
+            if tally is None:
+                slow_calls = 1 if ms >= slow_call_ms else 0
+                tallies[trace_ids[k]] = [1, ms if ms > 0 else 0.0, slow_calls, ms]
+                continue
+            tally[0] += 1
+            if ms > 0:
+                tally[1] += ms
+            if ms >= slow_call_ms:
+                tally[2] += 1
+            if ms > tally[3]:  # noqa: PLR1730 (max() is a call per span)
+                tally[3] = ms
+
+    def might_find(self, trace_id: bytes) -> bool:
+        """Whether :func:`could_find` might pass the trace's spans counted so far;
+        forgets the trace."""
+        tally = self._tallies.pop(trace_id, None)
+        if tally is None:
+            return False
+        count, total_ms, slow_calls, longest_ms = tally
+        slow_db, n1db, consecutive, n1api = (
+            self._config.slow_db_query,
+            self._config.n_plus_one_db_queries,
+            self._config.consecutive_http,
+            self._config.n_plus_one_api_calls,
+        )
+        total_ms += _SUM_MARGIN_MS
+        return (
+            (slow_db.enabled and longest_ms >= slow_db.min_duration_ms)
+            or (n1db.enabled and count >= n1db.min_count and total_ms > n1db.min_total_ms)
+            or (n1api.enabled and count >= n1api.min_count and total_ms >= n1api.min_total_ms)
+            or (consecutive.enabled and slow_calls >= consecutive.min_count)
+        )
+
+    def __len__(self) -> int:
+        """Traces counted and not yet judged."""
+        return len(self._tallies)
+
+
 def _start_of(call: Call) -> int:
     return call.start
 

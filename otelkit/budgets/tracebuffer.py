@@ -1,10 +1,9 @@
 """Holds whole batches until the traces in them are complete enough to judge.
 
 Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches are
-held as they came (or, when the judge needs no spans, as their serialised bytes), never
-copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
-using every span of it held by then, and a batch is released ``wait`` seconds after it
-arrived (by then every trace in it has been judged). A held trace records where its
+held as they came or as their serialised bytes, never copied span by span: a trace is
+judged ``wait`` seconds after its first span arrived, using every span of it held by
+then, and a batch is released ``wait`` seconds after it arrived (by then every trace in it has been judged). A held trace records where its
 spans are (runs of them by position), not span objects. Spans of a trace already
 judged ("late spans") are not indexed again; the caller decides what to do with them
 from its decision cache.
@@ -12,10 +11,14 @@ from its decision cache.
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early
 (counted in ``decided_early``).
 
-A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes and
-its spans' offsets (:class:`PackedScope`): OTLP spans repeat their keys and
-most values, so the frame is about an eighth of the bytes, and what a held trace costs
-is mostly its own entry in :attr:`TraceBuffer.traces`.
+A buffer that keeps no spans, or one told to pack them (``pack_spans``), holds each
+ScopeSpans as its bytes and its spans' offsets (:class:`PackedScope`), not as the parsed
+message (about 3.5 times the bytes). Compressed (``compress``, one zstd frame), they
+take about an eighth of the bytes, as OTLP spans repeat their keys and most values, and
+what a held trace costs is mostly its own entry in :attr:`TraceBuffer.traces`. A judge
+that needs a packed trace's spans parses them (:class:`SpanReader`); the few it changes
+are kept as edits of their scope, spliced into the batch's bytes when it is released
+(:func:`rebuild_request`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
@@ -36,6 +39,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
+from otelkit.collector.pdata.wire import scope_spans_layout, varint
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.memory import parsed_bytes
@@ -46,16 +50,17 @@ class HeldTrace:
     trace_id: bytes
     first_seen: float
     # Where the trace's spans are, when the buffer keeps spans: runs of them in the
-    # held batches (spans container, first index, end index, service). Span objects are
-    # made only when judged, so none stay alive (and tracked by the garbage collector)
-    # while held.
-    runs: list[tuple[Sequence[Span], int, int, str]] = field(default_factory=list)
+    # held batches (spans container or packed scope, first index, end index, service).
+    # Span objects are made only when judged, so none stay alive (and tracked by the
+    # garbage collector) while held.
+    runs: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = field(default_factory=list)
     span_count: int = 0
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
     @property
     def spans(self) -> list[Span]:
-        return [span for spans, begin, end, _ in self.runs for span in spans[begin:end]]
+        """The trace's spans (parsed copies, for packed runs: see :class:`SpanReader`)."""
+        return SpanReader().spans(self)
 
     @property
     def services(self) -> list[str]:
@@ -80,39 +85,144 @@ _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 
 class PackedScope:
     """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
-    ScopeSpans' bytes. Each span's trace ID is read back from its bytes (see
-    :func:`_packable`)."""
+    ScopeSpans' bytes (or, not ``compressed``, those bytes and offsets as they are:
+    about 7 times the memory, and none of the time to compress and decompress them).
+    Each span's trace ID is read back from its bytes (see :func:`_packable`). Spans a
+    judge changed are kept apart (:attr:`edits`) until the scope's bytes are asked for
+    again (:meth:`data`)."""
 
-    __slots__ = ("frame", "spans")
+    __slots__ = ("_plain", "edits", "frame", "spans")
 
-    def __init__(self, wire: ScopeWire) -> None:
+    def __init__(self, wire: ScopeWire, compressed: bool = True) -> None:
         self.spans = len(wire.starts)
+        self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
+        self._plain = None if compressed else wire
+        if not compressed:
+            self.frame = b""
+            return
         frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
 
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
+        wire = self.wire()
+        return wire, [wire.data[at + 2 : at + 18] for at in wire.starts]
+
+    def wire(self) -> ScopeWire:
+        """The ScopeSpans' bytes as packed, and its spans' offsets."""
+        if self._plain is not None:
+            return self._plain
         raw = _DECOMPRESS(self.frame)
         n = self.spans
         starts, ends = array("I"), array("I")
         starts.frombytes(raw[: 4 * n])
         ends.frombytes(raw[4 * n : 8 * n])
-        data = raw[8 * n :]
-        return ScopeWire(data, starts, ends), [data[at + 2 : at + 18] for at in starts]
+        return ScopeWire(raw[8 * n :], starts, ends)
+
+    def edit(self, index: int, span: Span) -> None:
+        """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
+        if self.edits is None:
+            self.edits = {}
+        self.edits[index] = span.SerializeToString()
+
+    def data(self, wire: ScopeWire | None = None) -> bytes:
+        """The ScopeSpans' bytes, with the edited spans' bytes in place of theirs
+        (``wire``: :meth:`wire`, if at hand)."""
+        data, starts, ends = wire or self.wire()
+        if not self.edits:
+            return data
+        pieces: list[bytes] = []
+        pos = 0
+        for k in sorted(self.edits):
+            # A span's entry: its tag byte and length, then its bytes.
+            head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
+            new = self.edits[k]
+            pieces += (data[pos:head], _SPAN_TAG, varint(len(new)), new)
+            pos = ends[k]
+        pieces.append(data[pos:])
+        return b"".join(pieces)
 
     def __len__(self) -> int:
-        return len(self.frame)
+        held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        if self._plain is not None:
+            held += len(self._plain.data) + 8 * self.spans
+        return held
 
 
-def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
-    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
-    span's first field, as serialisers write it), and the offsets fit the array's items.
-    Otherwise the batch is held as a message."""
-    data, starts = wire.data, wire.starts
-    if starts.itemsize != 4 or len(starts) != len(trace_ids):
-        return False
-    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+_SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
+_SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
+_RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
+
+
+def rebuild_request(
+    wire: list[tuple[bytes, list[PackedScope]]], reader: SpanReader | None = None
+) -> ExportTraceServiceRequest:
+    """The request a held batch's bytes stand for (with its spans' edits), parsed once;
+    scopes the ``reader`` unpacked are not unpacked again."""
+    pieces: list[bytes] = []  # joined once: the spans' bytes are copied once
+    for header, scopes in wire:
+        body = [header]
+        for packed in scopes:
+            data = packed.data(reader.take_wire(packed) if reader is not None else None)
+            body += (_SCOPE_SPANS_TAG, varint(len(data)), data)
+        pieces += (_RESOURCE_SPANS_TAG, varint(sum(len(b) for b in body)), *body)
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(b"".join(pieces))
+    return request
+
+
+class SpanReader:
+    """Spans of held traces as messages: the held batches' own span objects, or spans
+    parsed from packed scopes (each scope unpacked once per reader). A parsed span is a
+    copy: :meth:`write_back` puts the changes made to it into its scope's bytes."""
+
+    def __init__(self) -> None:
+        self._wires: dict[PackedScope, ScopeWire] = {}
+        # id(span) -> (span, its scope, its index), for spans parsed here
+        self._origins: dict[int, tuple[Span, PackedScope, int]] = {}
+
+    def spans(self, trace: HeldTrace) -> list[Span]:
+        """The trace's spans in order; those in packed scopes parsed together, as one
+        ScopeSpans of their bytes (a message per span would cost an arena each)."""
+        spans: list[Span | None] = []
+        entries: list[bytes] = []  # each packed span's entry: tag, length, bytes
+        origins: list[tuple[int, PackedScope, int]] = []  # its place in spans, scope, index
+        for container, begin, end, _ in trace.runs:
+            if not isinstance(container, PackedScope):
+                spans += container[begin:end]
+                continue
+            data, starts, ends = self._wire(container)
+            for k in range(begin, end):
+                head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
+                entries.append(data[head : ends[k]])
+                origins.append((len(spans), container, k))
+                spans.append(None)
+        if entries:
+            parsed = ScopeSpans.FromString(b"".join(entries)).spans
+            for (at, container, k), span in zip(origins, parsed, strict=True):
+                spans[at] = span
+                self._origins[id(span)] = (span, container, k)
+        return [span for span in spans if span is not None]
+
+    def _wire(self, packed: PackedScope) -> ScopeWire:
+        wire = self._wires.get(packed)
+        if wire is None:
+            wire = self._wires[packed] = packed.wire()
+        return wire
+
+    def take_wire(self, packed: PackedScope) -> ScopeWire | None:
+        """The scope's bytes if this reader unpacked them (and forgets them)."""
+        return self._wires.pop(packed, None)
+
+    def write_back(self, spans: Iterable[Span]) -> None:
+        """Keeps these spans as they are now in the bytes they were parsed from (spans of
+        held messages are those messages' own: nothing to do)."""
+        for span in spans:
+            origin = self._origins.get(id(span))
+            if origin is not None:
+                _, packed, index = origin
+                packed.edit(index, span)
 
 
 class ScopeScan(NamedTuple):
@@ -125,8 +235,8 @@ class ScopeScan(NamedTuple):
 
 @dataclass(slots=True)
 class HeldBatch:
-    # The batch as it came, or (when the buffer keeps no spans and the scanner gave
-    # every scope's bytes) only its bytes: per ResourceSpans, its own fields serialised
+    # The batch as it came, or (when the buffer packs and the scanner gave every
+    # scope's bytes) only its bytes: per ResourceSpans, its own fields serialised
     # without scope_spans, and each ScopeSpans packed (with its spans' trace IDs).
     # Packed bytes take a small fraction of the memory of the parsed message.
     payload: ExportTraceServiceRequest | None
@@ -146,6 +256,34 @@ def read_trace_ids(scope_spans: ScopeSpans) -> ScopeScan:
     return ScopeScan([span.trace_id for span in scope_spans.spans], {})
 
 
+def read_wire(scope_spans: ScopeSpans) -> ScopeScan:
+    """The scanner of a buffer that packs: trace IDs and the ScopeSpans' bytes (no bytes
+    when they cannot be walked: the batch is then held as a message)."""
+    data = scope_spans.SerializeToString()
+    spans = scope_spans.spans
+    try:
+        starts, ends, found_ids = scope_spans_layout(data)
+    except ValueError:
+        starts = []
+    if len(starts) != len(spans):
+        return read_trace_ids(scope_spans)
+    ids = [
+        trace_id if trace_id is not None else spans[k].trace_id
+        for k, trace_id in enumerate(found_ids)
+    ]
+    return ScopeScan(ids, {}, ScopeWire(data, array("I", starts), array("I", ends)))
+
+
+def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
+    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
+    span's first field, as serialisers write it), and the offsets fit the array's items.
+    Otherwise the batch is held as a message."""
+    data, starts = wire.data, wire.starts
+    if starts.itemsize != 4 or len(starts) != len(trace_ids):
+        return False
+    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+
+
 class TraceBuffer:
     def __init__(
         self,
@@ -156,10 +294,14 @@ class TraceBuffer:
         keep_spans: bool = True,
         scan: Scanner = read_trace_ids,
         keep_trace_ids: bool = True,
+        pack_spans: bool = False,
+        compress: bool = True,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
         self.keep_spans = keep_spans
+        self.pack_spans = pack_spans  # hold packed bytes even when judging needs spans
+        self.compress = compress  # packed bytes as zstd frames (else as they are)
         self.keep_trace_ids = keep_trace_ids  # of every span, for the release
         self._is_decided = is_decided
         self._clock = clock
@@ -171,32 +313,46 @@ class TraceBuffer:
 
     def add(self, payload: ExportTraceServiceRequest) -> None:
         now = self._clock()
+        scans = [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+        services = [
+            service_name(rs.resource.attributes) if self.keep_spans else ""
+            for rs in payload.resource_spans
+        ]
+        wire = _pack(payload, scans, self.compress) if self.packs else None
         count = 0
         trace_ids: list[list[bytes]] = []
-        wires: list[list[ScopeWire | None]] = []
-        for rs in payload.resource_spans:
-            service = service_name(rs.resource.attributes) if self.keep_spans else ""
-            wires.append([])
-            for ss in rs.scope_spans:
-                ids, flags, wire = self._scan(ss)
-                if self.keep_trace_ids:
+        for rs_index, scopes in enumerate(scans):
+            for ss_index, (ids, flags, _) in enumerate(scopes):
+                if self.keep_trace_ids and wire is None:
                     trace_ids.append(ids)
-                wires[-1].append(wire)
                 count += len(ids)
-                if ids:
-                    self._index(ss, ids, flags, service, now)
-        batch = HeldBatch(payload, now, count, trace_ids)
-        if not self.keep_spans and self.keep_trace_ids:
-            _hold_bytes_only(batch, wires)
+                if not ids:
+                    continue
+                spans: Sequence[Span] | PackedScope | None = None
+                if wire is not None and self.keep_spans:
+                    spans = wire[rs_index][1][ss_index]
+                elif self.keep_spans:
+                    spans = payload.resource_spans[rs_index].scope_spans[ss_index].spans
+                self._index(spans, ids, flags, services[rs_index], now)
+        batch = HeldBatch(None if wire is not None else payload, now, count, trace_ids, wire)
         self._batches.append(batch)
         self.held_spans += count
 
+    @property
+    def packs(self) -> bool:
+        """Whether batches are held as packed bytes (when every scope's can be)."""
+        return self.pack_spans or (not self.keep_spans and self.keep_trace_ids)
+
     def _index(
-        self, ss: ScopeSpans, ids: list[bytes], flags: dict[int, int], service: str, now: float
+        self,
+        spans: Sequence[Span] | PackedScope | None,
+        ids: list[bytes],
+        flags: dict[int, int],
+        service: str,
+        now: float,
     ) -> None:
         """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
         traces = self.traces
-        spans = ss.spans if self.keep_spans else None
         n = len(ids)
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
@@ -256,37 +412,48 @@ class TraceBuffer:
         return len(self._batches)
 
     def held_bytes(self) -> int:
-        """Memory the held batches take, sized from the newest one (``runtime.memory``)."""
+        """Memory the held batches take, sized from the newest one (``runtime.memory``),
+        and the held traces' entries (packed, these take more than the bytes)."""
         if not self._batches:
             return 0
+        entries = len(self.traces) * HELD_TRACE_BYTES
+        if self.keep_spans:
+            entries += self.held_spans * HELD_RUN_BYTES
         newest = self._batches[-1]
         if newest.payload is not None:
-            return parsed_bytes(self.held_spans, newest.payload)
+            return entries + parsed_bytes(self.held_spans, newest.payload)
         size = sum(len(rs) + sum(len(w) for w in scopes) for rs, scopes in newest.wire or ())
-        return self.held_spans * size // max(newest.spans, 1)
+        return entries + self.held_spans * size // max(newest.spans, 1)
 
+
+# Measured with tracemalloc on interleaved traces (benchmarks/collector_throughput.py's
+# app traffic, about six spans a trace): a held trace's entry (HeldTrace, its ID and its
+# slot in TraceBuffer.traces) and, when spans are kept, a run per span at most.
+HELD_TRACE_BYTES = 160
+HELD_RUN_BYTES = 100
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
-_NO_RUNS: list[tuple[Sequence[Span], int, int, str]] = []
+_NO_RUNS: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = []
 
 
-def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> None:
-    """Replaces the batch's message by its packed bytes, if every scope's bytes are at
-    hand and can be packed."""
-    payload = batch.payload
-    assert payload is not None
-    scopes_ids = iter(batch.trace_ids)
-    pairs = [[(w, next(scopes_ids)) for w in scopes] for scopes in wires]
-    if not all(w is not None and _packable(w, ids) for scopes in pairs for w, ids in scopes):
-        return
+def _pack(
+    payload: ExportTraceServiceRequest, scans: list[list[ScopeScan]], compressed: bool
+) -> list[tuple[bytes, list[PackedScope]]] | None:
+    """The batch's packed bytes, if every scope's bytes are at hand and can be packed:
+    per ResourceSpans, its own fields serialised without scope_spans, and each
+    ScopeSpans packed. The message is emptied of its spans (the batch is the buffer's)."""
+    if not all(
+        scan.wire is not None and _packable(scan.wire, scan.trace_ids)
+        for scopes in scans
+        for scan in scopes
+    ):
+        return None
     held: list[tuple[bytes, list[PackedScope]]] = []
-    for rs, scopes in zip(payload.resource_spans, pairs, strict=True):
-        rs.ClearField("scope_spans")  # the batch is this buffer's now
-        packed = [PackedScope(w) for w, _ in scopes if w is not None]
+    for rs, scopes in zip(payload.resource_spans, scans, strict=True):
+        rs.ClearField("scope_spans")
+        packed = [PackedScope(scan.wire, compressed) for scan in scopes if scan.wire is not None]
         held.append((rs.SerializeToString(), packed))
-    batch.wire = held
-    batch.payload = None
-    batch.trace_ids = []
+    return held
 
 
 class BufferedTraceProcessor(Processor):
@@ -310,9 +477,14 @@ class BufferedTraceProcessor(Processor):
             keep_spans=self.keeps_spans(),
             scan=self.scan,
             keep_trace_ids=self.filters_by_trace(),
+            pack_spans=self.packs_spans(),
+            compress=self.compresses_held_bytes(),
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # While traces are judged and batches released: the scopes unpacked to judge
+        # are not unpacked again to release.
+        self.reader: SpanReader | None = None
 
     # Subclasses implement these two.
     def judge(self, traces: list[HeldTrace]) -> None:
@@ -320,12 +492,24 @@ class BufferedTraceProcessor(Processor):
 
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
-        assert batch.payload is not None  # only a buffer that keeps no spans holds bytes
+        if batch.wire is not None:
+            return rebuild_request(batch.wire, self.reader)
+        assert batch.payload is not None
         return batch.payload
 
     # And may override these: what the buffer keeps of each trace.
     def keeps_spans(self) -> bool:
         """Whether judging needs each trace's spans (else only IDs, counts and flags)."""
+        return True
+
+    def packs_spans(self) -> bool:
+        """Whether batches are held packed even though judging needs spans (read them
+        with a :class:`SpanReader`)."""
+        return False
+
+    def compresses_held_bytes(self) -> bool:
+        """Whether packed bytes are held compressed: worth it for a long wait; a judge
+        that reads spans of most batches after a short one unpacks them anyway."""
         return True
 
     def filters_by_trace(self) -> bool:
@@ -370,6 +554,15 @@ class BufferedTraceProcessor(Processor):
             await self._send(traces, batches, raise_errors=False)
 
     async def _send(
+        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
+    ) -> None:
+        self.reader = SpanReader()
+        try:
+            await self._judge_and_release(traces, batches, raise_errors)
+        finally:
+            self.reader = None
+
+    async def _judge_and_release(
         self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
     ) -> None:
         if traces:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from otelkit.budgets.detectors import DetectorsConfig, could_find, detect
+from otelkit.budgets.detectors import DetectorsConfig, TraceTallies, could_find, detect
 from tests.budgets.spans import S, to_span
 
 QUERIES = [
@@ -64,3 +64,26 @@ def test_a_trace_with_a_finding_is_never_skipped(config_name: str) -> None:
         elif not could_find(spans, config):
             skipped += 1
     assert found > 100 and skipped > 100  # both sides of the shortcut were exercised
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+def test_the_per_trace_tally_passes_every_trace_the_shortcut_passes(config_name: str) -> None:
+    """perf_issues tallies spans as they arrive, summed per trace: it parses a trace only
+    when the tally passes it, so it must pass every trace could_find passes."""
+    config = CONFIGS[config_name]
+    rng = random.Random(config_name + " tally")
+    tallies = TraceTallies(config)
+    passed = skipped = 0
+    for n in range(3000):
+        spans = [to_span(s) for s in random_trace(rng)]
+        trace_id = n.to_bytes(16, "big")
+        half = len(spans) // 2  # arriving in two batches
+        tallies.add([trace_id] * half, spans[:half])
+        tallies.add([trace_id] * (len(spans) - half), spans[half:])
+        if could_find(spans, config):
+            passed += 1
+            assert tallies.might_find(trace_id)
+        elif not tallies.might_find(trace_id):
+            skipped += 1
+    assert passed > 100 and skipped > 100
+    assert len(tallies) == 0  # each judged trace is forgotten

@@ -230,14 +230,13 @@ def set_response_status(span: Any, status_code: Any, semconv: Semconv) -> None:
         span.set_status(Status(StatusCode.ERROR, "Non-integer HTTP status: " + text))
         return
     status = http_status_to_status_code(code, server_span=True)
-    attributes: dict[str, Any] = {}
+    # One attribute at a time: the SDK cleans a mapping as a whole (a copy) before setting it.
     if semconv.old:
-        attributes["http.status_code"] = code
+        span.set_attribute("http.status_code", code)
     if semconv.new:
-        attributes["http.response.status_code"] = code
+        span.set_attribute("http.response.status_code", code)
         if status is StatusCode.ERROR:
-            attributes["error.type"] = text
-    span.set_attributes(attributes)
+            span.set_attribute("error.type", text)
     span.set_status(Status(status))
 
 

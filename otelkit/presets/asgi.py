@@ -92,6 +92,16 @@ class _HeadersGetter(Getter[Headers]):
 
 
 _GETTER = _HeadersGetter()
+# What ``sanitize_method`` returns for these is the name itself, whatever the environment says.
+_KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY")
+)
+
+
+def _sanitized_method(method: str) -> str:
+    """``sanitize_method``, without its environment lookup for the common methods."""
+    upper = method.upper()
+    return upper if upper in _KNOWN_METHODS else sanitize_method(method)
 
 
 class Semconv:
@@ -163,7 +173,7 @@ def request_attributes(
         result["http.url"] = redact_url(http_url)
     method = scope.get("method", "")
     if method:
-        original, normalized = method.strip(), sanitize_method(method).strip()
+        original, normalized = method.strip(), _sanitized_method(method).strip()
         if original != normalized and new and original:
             result["http.request.method_original"] = original
         if normalized:
@@ -220,14 +230,13 @@ def set_response_status(span: Any, status_code: Any, semconv: Semconv) -> None:
         span.set_status(Status(StatusCode.ERROR, "Non-integer HTTP status: " + text))
         return
     status = http_status_to_status_code(code, server_span=True)
-    attributes: dict[str, Any] = {}
+    # One attribute at a time: the SDK cleans a mapping as a whole (a copy) before setting it.
     if semconv.old:
-        attributes["http.status_code"] = code
+        span.set_attribute("http.status_code", code)
     if semconv.new:
-        attributes["http.response.status_code"] = code
+        span.set_attribute("http.response.status_code", code)
         if status is StatusCode.ERROR:
-            attributes["error.type"] = text
-    span.set_attributes(attributes)
+            span.set_attribute("error.type", text)
     span.set_status(Status(status))
 
 
@@ -370,6 +379,80 @@ def _inject_response(propagator: Any, span: Any, message: Message) -> None:
     )
 
 
+# --- the span name ---------------------------------------------------------------------
+
+
+@functools.cache
+def _path_only_routes() -> tuple[type, ...]:
+    """Route types whose ``matches`` is a regular expression on the route path, then a
+    method check: a path the expression rejects is ``Match.NONE`` without the call (which
+    converts path parameters and builds a child scope). Exact types: a subclass may match
+    differently."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    return (Route, APIRoute)
+
+
+def _route_path(scope: Mapping[str, Any]) -> str:
+    """The path routes match against (Starlette's ``get_route_path``)."""
+    path: str = scope["path"]
+    root_path = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+def route_template(scope: Scope) -> str | None:
+    """The route the instrumentation package names an HTTP request's span after (its
+    ``_get_route_details``: the first full match, else the last partial one), found
+    without wrapping every route in a route context and matching it in full: a plain
+    route whose path expression rejects the path is passed over; every other kind
+    (included routers, mounts, hosts, subclasses) is matched the package's way, in order."""
+    from opentelemetry.instrumentation.fastapi import _flatten_routes
+    from starlette.routing import Match
+
+    fastapi_scope = scope.get("fastapi")
+    if fastapi_scope and fastapi_scope.get("effective_route_context") is not None:
+        from opentelemetry.instrumentation.fastapi import _get_route_details
+
+        return _get_route_details(scope)  # a route may match by its included router's context
+    plain = _path_only_routes()
+    route_path = _route_path(scope)
+    route: str | None = None
+    for candidate in scope["app"].routes:
+        if type(candidate) in plain:
+            if candidate.path_regex.match(route_path) is None:
+                continue
+            contexts: Any = (candidate,)
+        else:
+            contexts = _flatten_routes((candidate,))
+        for matchable in contexts:
+            match, _ = matchable.matches(scope)
+            if match == Match.FULL:
+                try:
+                    return matchable.path  # type: ignore[no-any-return]
+                except AttributeError:  # routes added by host routing have no path
+                    return scope.get("path")
+            if match == Match.PARTIAL:
+                route = matchable.path
+    return route
+
+
+def http_span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The span name and ``http.route`` of an HTTP request, as the instrumentation
+    package's ``_get_default_span_details`` makes them."""
+    route = route_template(scope)
+    method = _sanitized_method(scope.get("method", "").strip())
+    if method == "_OTHER":
+        method = "HTTP"
+    if not route:
+        return method, {}
+    return (f"{method} {route}" if method else route), {"http.route": route}
+
+
 # --- wiring into a FastAPI app ---------------------------------------------------------
 
 
@@ -441,7 +524,7 @@ def instrument_app(
         traced = ServerSpanMiddleware(
             errors,
             tracer=tracer,
-            span_details=_get_default_span_details,
+            span_details=http_span_details,
             semconv=Semconv(mode),
             excluded_urls=excluded,
             server_request_hook=server_request_hook,

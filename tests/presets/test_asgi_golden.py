@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import BackgroundTasks, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, BackgroundTasks, FastAPI, HTTPException, Request, Response
 from opentelemetry import baggage
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.instrumentation._semconv import _OpenTelemetrySemanticConventionStability
@@ -32,7 +32,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.routing import Host, Match, Route
 
 from otelkit.presets import asgi
 from otelkit.presets.instrument import SENSITIVE_HEADERS, excluded_urls_pattern
@@ -291,3 +293,78 @@ def test_an_app_the_package_already_traces_gets_no_second_server_span() -> None:
     served = _serve(both)
     assert served.middleware is OpenTelemetryMiddleware
     assert len(served.spans) == len(REQUESTS)
+
+
+class _AnyPathRoute(Route):
+    """A route subclass with its own matching: matched the package's way."""
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        if scope["path"].startswith("/custom"):
+            return Match.FULL, {}
+        return Match.NONE, {}
+
+
+def _routed_app() -> FastAPI:
+    app = FastAPI()
+    orders = APIRouter(prefix="/orders")
+
+    @orders.get("/{order_id}")
+    def order(order_id: int) -> None: ...
+
+    @orders.delete("/{order_id}")
+    def cancel(order_id: int) -> None: ...
+
+    nested = APIRouter(prefix="/lines")
+
+    @nested.get("/{line}")
+    def line(line: str) -> None: ...
+
+    orders.include_router(nested)
+    app.include_router(orders, prefix="/v1")
+
+    @app.get("/items/{item_id:int}")
+    def item(item_id: int) -> None: ...
+
+    @app.post("/items/{name}")
+    def named(name: str) -> None: ...
+
+    @app.api_route("/files/{path:path}", methods=["GET", "put"])
+    def files(path: str) -> None: ...
+
+    @app.websocket("/ws")
+    async def socket(websocket: Any) -> None: ...
+
+    app.router.routes.append(_AnyPathRoute("/custom", lambda request: None))
+    app.mount("/static", Starlette(routes=[Route("/{name}", lambda request: None)]))
+    app.router.routes.append(Host("api.{tenant}.test", Starlette()))
+
+    @app.get("/late")
+    def late() -> None: ...
+
+    return app
+
+
+@pytest.mark.parametrize("root_path", ["", "/prefix"])
+def test_the_span_name_and_route_are_the_packages(root_path: str) -> None:
+    from opentelemetry.instrumentation.fastapi import _get_default_span_details
+
+    app = _routed_app()
+    paths = [
+        "/v1/orders/5", "/v1/orders/x", "/v1/orders/5/lines/a", "/items/3", "/items/abc",
+        "/items", "/files/a/b.txt", "/ws", "/custom/x", "/static/app.js", "/late", "/",
+        "/docs", "/openapi.json", "/nowhere", "/v1/orders/",
+    ]  # fmt: skip
+    methods = ["GET", "get", "POST", "DELETE", "PUT", "PURGE", "", " GET "]
+    for path in paths:
+        for method in methods:
+            for host in (b"shop.test", b"api.acme.test"):
+                scope = {
+                    "type": "http",
+                    "app": app,
+                    "method": method,
+                    "path": root_path + path,
+                    "root_path": root_path,
+                    "headers": [(b"host", host)],
+                }
+                expected = _get_default_span_details(dict(scope))
+                assert asgi.http_span_details(dict(scope)) == expected, (method, path, host)

@@ -34,12 +34,13 @@ differs from upstream, on purpose:
   ``db.operation.name``), and span names lose any query string and ``scheme://host``
   before they are used.
 
-Per span only the name, kind, status code and start and end times are read as fields;
-configured dimensions are found with ``bytes.find`` in the span's serialised form (one
-C-level call) instead of walking every attribute in Python, and decoded only when they
-make a new series; whether a trace state is present is one byte of that form (or the
-field, without dimensions), and a trace state is parsed once per distinct value; trace
-and span IDs are read only when an exemplar slot is free.
+Spans are counted a ``ScopeSpans`` at a time, from its serialised form (one C-level
+call): upb parses those bytes again through two shadow message types, one that gives the
+name, kind, start and end times and status of every span as columns, one that gives each
+span's bytes, so no Python object is made per span or per attribute. Configured
+dimensions are found with ``bytes.find`` in the spans' bytes and decoded only when they
+make a new series; a status is decoded once per distinct value, a trace state parsed once
+per distinct value; trace and span IDs are read only when an exemplar slot is free.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@
    core too, so absolute spans/s is bounded by both.
 
 2. Per-span CPU cost in-process: ``SpanMetricsConnector.aggregate`` on the parsed request,
-   against ``ParseFromString`` of the same bytes (the receiver's unavoidable work).
+   against ``ParseFromString`` of the same bytes (the receiver's unavoidable work); then on
+   the app traffic of ``benchmarks/collector_throughput.py`` (DB, HTTP client and server
+   spans, 512 a request) with the shipped ``collector/otelkit.yaml``'s spanmetrics
+   settings. ``--baseline-tree DIR`` measures DIR's ``spanmetrics.py`` on that traffic
+   too, in interleaved rounds (best of each), and reports the ratio: a same-run
+   comparison on a shared machine. The baseline module is loaded from its file and uses
+   this checkout's other modules.
 
 3. Scrape time at 10k series: 10,000 span-metric series (calls counter plus duration
    histogram, 16 buckets each) in the ``prometheus`` exporter, rendered as text and as
@@ -49,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))  # collector_throughput's app traffic
 
 BATCH = 512
 IN_FLIGHT = 8
@@ -271,6 +278,68 @@ def per_span_cost(body: bytes, spans: int, seconds: float) -> tuple[float, float
     return aggregate_us, plain_us, parse_us
 
 
+def default_config_cost(baseline_tree: str | None, rounds: int) -> dict[str, float]:
+    """CPU microseconds per span of ``aggregate`` on the app traffic with the shipped
+    configuration's settings: this checkout's module and, if given, the baseline's."""
+    import importlib.util
+
+    import yaml
+    from collector_throughput import build_app_traffic, renewed
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from otelkit.collector.connectors import spanmetrics
+    from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+    from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+    modules: dict[str, Any] = {"this checkout": spanmetrics}
+    if baseline_tree:
+        path = Path(baseline_tree) / "otelkit/collector/connectors/spanmetrics.py"
+        spec = importlib.util.spec_from_file_location("baseline_spanmetrics", path)
+        assert spec is not None and spec.loader is not None
+        baseline = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = baseline
+        spec.loader.exec_module(baseline)
+        modules["baseline"] = baseline
+    shipped = Path(__file__).parent.parent / "collector" / "otelkit.yaml"
+    settings = yaml.safe_load(shipped.read_text())["connectors"]["spanmetrics"]
+    bodies = build_app_traffic().bodies
+    requests = [ExportTraceServiceRequest.FromString(renewed(body, round_number))
+                for round_number in range(2) for body in bodies]  # fmt: skip
+    spans = sum(len(ss.spans) for q in requests for rs in q.resource_spans
+                for ss in rs.scope_spans)  # fmt: skip
+    connectors = {
+        name: module.SpanMetricsConnector(
+            CreateSettings(ComponentID("spanmetrics"), Kind.CONNECTOR, SelfTelemetry()),
+            module.SpanMetricsConfig.model_validate(settings),
+            None,
+        )
+        for name, module in modules.items()
+    }
+    best = dict.fromkeys(connectors, float("inf"))
+    for round_number in range(rounds):
+        for name, connector in connectors.items():
+            started = time.process_time()
+            for request in requests:
+                connector.aggregate(request.resource_spans)
+            best[name] = min(best[name], (time.process_time() - started) / spans * 1e6)
+            if round_number % 4 == 3:  # a flush now and then: exemplar slots free again
+                connector.build_request()
+    return best
+
+
+def report_default_config_cost(baseline_tree: str | None, rounds: int) -> None:
+    best = default_config_cost(baseline_tree, rounds)
+    print(f"  app traffic, shipped configuration (best of {rounds} rounds):")
+    for name, us in best.items():
+        print(f"    {name:<36}{us:6.2f} us/span")
+    if "baseline" in best:
+        print(
+            f"    ratio this checkout / baseline      {best['this checkout'] / best['baseline']:6.2f}"
+        )
+
+
 # 3. Scrape time at 10k series -----------------------------------------------------------
 def scrape_times(series: int, repeats: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -429,9 +498,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="about 20 seconds in all")
     parser.add_argument("--seconds", type=float, default=None, help="per pipeline run")
     parser.add_argument("--count-error", action="store_true", help="only section 4")
+    parser.add_argument("--baseline-tree", help="another checkout, for section 2's ratio")
+    parser.add_argument(
+        "--per-span-only", action="store_true", help="only section 2's app-traffic figures"
+    )
     args = parser.parse_args()
     if args.count_error:
         report_count_error()
+        return
+    if args.per_span_only:
+        report_default_config_cost(args.baseline_tree, 8 if args.quick else 24)
         return
     seconds = args.seconds or (3.0 if args.quick else 6.0)
     rounds = 1 if args.quick else 2
@@ -472,6 +548,7 @@ def main() -> None:
           f"(ratio {aggregate_us / parse_us:.1f})")  # fmt: skip
     print(f"  spanmetrics, default dimensions only   {plain_us:6.2f} us/span  "
           f"(ratio {plain_us / parse_us:.1f})")  # fmt: skip
+    report_default_config_cost(args.baseline_tree, 8 if args.quick else 24)
 
     figures = scrape_times(10_000, 2 if args.quick else 3)
     base = figures["baseline"]

@@ -284,6 +284,40 @@ def test_values_that_look_like_attribute_framing_do_not_confuse_the_lookup() -> 
     assert attrs["http.route"] == "/ok"
 
 
+def test_a_value_ending_in_what_looks_like_a_dimension_key_counts_the_span() -> None:
+    conn, _, _ = connector(dimensions=[{"name": "http.route"}])
+    tail = span("op", 1, attrs={"note": "\x0a\x0ahttp.route\x12"})
+    tail.ClearField("status")  # the look-alike is the last thing in the span's bytes
+    request = flush(conn, traces_request(tail, span("op", 1, attrs={"http.route": "/ok"})))
+    routes = sorted(
+        (a.get("http.route", "(none)"), dp.as_int)
+        for a, dp in points(request, "traces.span.metrics.calls")
+    )
+    assert routes == [("(none)", 1), ("/ok", 1)]
+
+
+def test_spans_that_leave_fields_at_their_defaults_are_counted_beside_the_others() -> None:
+    conn, _, _ = connector(dimensions=[{"name": "http.route"}])
+    bare = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)  # no name, kind, times or status
+    no_status = span("GET /a", 5, attrs={"http.route": "/a"})
+    no_status.ClearField("status")
+    request = flush(conn, traces_request(
+        span("GET /a", 3, attrs={"http.route": "/a"}), bare, no_status,
+        span("GET /a", 7, status=Status.STATUS_CODE_ERROR, attrs={"http.route": "/a"}),
+    ))  # fmt: skip
+    calls = {(a["span.name"], a["span.kind"], a["status.code"], a.get("http.route")): dp.as_int
+             for a, dp in points(request, "traces.span.metrics.calls")}  # fmt: skip
+    assert calls == {
+        ("GET /a", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET", "/a"): 2,
+        ("GET /a", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR", "/a"): 1,
+        ("", "SPAN_KIND_UNSPECIFIED", "STATUS_CODE_UNSET", None): 1,
+    }
+    sums = {(a["span.name"], a["status.code"]): dp.sum
+            for a, dp in points(request, "traces.span.metrics.duration")}  # fmt: skip
+    assert sums == {("GET /a", "STATUS_CODE_UNSET"): pytest.approx(8),
+                    ("GET /a", "STATUS_CODE_ERROR"): pytest.approx(7), ("", "STATUS_CODE_UNSET"): 0}  # fmt: skip
+
+
 # Head-sampled spans: each counts as 1/p spans (its adjusted count) ----------------------
 def sampled(name: str, ms: float, trace_state: str, **kw: Any) -> Span:
     out = span(name, ms, **kw)

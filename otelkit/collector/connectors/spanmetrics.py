@@ -34,12 +34,13 @@ differs from upstream, on purpose:
   ``db.operation.name``), and span names lose any query string and ``scheme://host``
   before they are used.
 
-Per span only the name, kind, status code and start and end times are read as fields;
-configured dimensions are found with ``bytes.find`` in the span's serialised form (one
-C-level call) instead of walking every attribute in Python, and decoded only when they
-make a new series; whether a trace state is present is one byte of that form (or the
-field, without dimensions), and a trace state is parsed once per distinct value; trace
-and span IDs are read only when an exemplar slot is free.
+Spans are counted a ``ScopeSpans`` at a time, from its serialised form (one C-level
+call): upb parses those bytes again through two shadow message types, one that gives the
+name, kind, start and end times and status of every span as columns, one that gives each
+span's bytes, so no Python object is made per span or per attribute. Configured
+dimensions are found with ``bytes.find`` in the spans' bytes and decoded only when they
+make a new series; a status is decoded once per distinct value, a trace state parsed once
+per distinct value; trace and span IDs are read only when an exemplar slot is free.
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from itertools import accumulate, repeat
+from operator import attrgetter, mul, sub
+from typing import Any, Literal, cast
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.pdata.signals import Payload, Signal
@@ -94,9 +99,59 @@ Temporality = Literal["AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORA
 _CUMULATIVE: Temporality = "AGGREGATION_TEMPORALITY_CUMULATIVE"
 _DELTA: Temporality = "AGGREGATION_TEMPORALITY_DELTA"
 _BUILD_CHUNK = 1000
-_TRACE_STATE_TAG = 0x1A  # Span.trace_state: field 3, length-delimited
+_ATTRIBUTE_TAG = 0x4A  # Span.attributes: field 9, length-delimited
+_STATUS_CODE = attrgetter("status.code")
+_TRACE_STATE = attrgetter("trace_state")
 _WEIGHTS_CACHED = 1024  # distinct trace states whose adjusted count is remembered
 _CACHED_TRACE_STATE_CHARS = 512  # the W3C limit; longer ones are parsed every time
+_SHADOW_PACKAGE = "otelkit.spanmetrics"
+_STATUS_CODES_CACHED = 1024  # distinct serialised statuses whose code is remembered
+
+
+# Shadow readings of a serialised ScopeSpans ------------------------------------------------
+def _shadow_classes() -> tuple[Any, Any]:
+    """Two message types that read a serialised ``ScopeSpans`` in C, without a Python
+    object per span:
+
+    * ``SpanColumns`` declares ``spans`` as one message rather than a repeated one, so the
+      parser merges every span into it and each field of ``Columns`` holds that field of
+      every span that sets it, in order (a field at its default value is absent from the
+      bytes, so a column is used only when it has an entry for every span);
+    * ``SpanBytes`` declares ``spans`` as ``repeated bytes``: each span's wire bytes.
+    """
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="otelkit/spanmetrics_shadow.proto", package=_SHADOW_PACKAGE, syntax="proto3"
+    )
+    columns = file.message_type.add(name="Columns")
+    for name, number, kind in (
+        ("trace_state", 3, field.TYPE_STRING),
+        ("name", 5, field.TYPE_STRING),
+        ("kind", 6, field.TYPE_INT32),
+        ("start_time_unix_nano", 7, field.TYPE_FIXED64),
+        ("end_time_unix_nano", 8, field.TYPE_FIXED64),
+        ("status", 15, field.TYPE_BYTES),
+    ):
+        columns.field.add(name=name, number=number, type=kind, label=field.LABEL_REPEATED)
+    file.message_type.add(name="SpanColumns").field.add(
+        name="spans",
+        number=2,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_OPTIONAL,
+        type_name=f".{_SHADOW_PACKAGE}.Columns",
+    )
+    file.message_type.add(name="SpanBytes").field.add(
+        name="spans", number=2, type=field.TYPE_BYTES, label=field.LABEL_REPEATED
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_SHADOW_PACKAGE}.{name}"))
+        for name in ("SpanColumns", "SpanBytes")
+    )
+
+
+_SPAN_COLUMNS, _SPAN_BYTES = _shadow_classes()
 
 
 # Configuration -------------------------------------------------------------------------
@@ -260,6 +315,7 @@ class SpanMetricsConnector(Connector):
             "otelcol_connector_spanmetrics_series", "Series the connector holds", ("connector",)
         ).labels(self.name)
         self._weights: dict[str, float] = {}  # trace state -> adjusted count
+        self._known_status_codes: dict[bytes, int] = {}  # serialised Status -> its code
         self._malformed = self.telemetry.counter(
             "otelcol_connector_spanmetrics_malformed_threshold_spans",
             "Spans whose tracestate ot entry has an invalid th (counted once each)",
@@ -285,72 +341,149 @@ class SpanMetricsConnector(Connector):
 
     # Hot path ------------------------------------------------------------------------
     def aggregate(self, resource_spans: Sequence[Any]) -> None:
-        """Count every span of a request. Kept in one function: per-span Python cost is
-        the connector's throughput.
-
-        Dimension values are found in the span's wire bytes (one C-level serialisation
-        and a ``bytes.find`` per dimension) rather than by walking its attributes in
-        Python, which costs several times more.
-        """
-        patterns = self._patterns
-        bounds = self.bounds
-        scale = self._scale
-        safe_names = self._safe_names
-        bisect_left = bisect.bisect_left
-        max_exemplars = self.config.exemplars.max_per_data_point
-        exemplars_on = self.config.exemplars.enabled
-        weights = self._weights
+        """Count every span of a request, one ``ScopeSpans`` at a time."""
         for rs in resource_spans:
             state = self._resource_state(rs.resource)
-            table = state.series
-            base = state.base_values
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    raw_name = span.name
-                    name = safe_names.get(raw_name)
-                    if name is None:
-                        name = self._remember_safe_name(raw_name)
-                    if patterns:
-                        data = span.SerializeToString()
-                        values = base.copy()
-                        for index, pattern in patterns:
-                            at = data.find(pattern)
-                            if at >= 0:
-                                found = raw_value_at(data, pattern, at)
-                                if found is not None:
-                                    values[index] = found
-                        key: tuple[Any, ...] = (name, span.kind, span.status.code, *values)
-                        # Span.trace_state (field 3) follows the 16-byte trace ID and the
-                        # 8-byte span ID: a byte tells whether the span has one.
-                        try:
-                            stated = data[28] == _TRACE_STATE_TAG
-                        except IndexError:
-                            stated = False
-                    else:
-                        key = (name, span.kind, span.status.code)
-                        stated = span.trace_state  # truthy when set
-                    series = table.get(key)
-                    if series is None:
-                        series = self._new_series(state, key)
-                    end_ns = span.end_time_unix_nano
-                    duration = (end_ns - span.start_time_unix_nano) * scale
-                    if (
-                        stated
-                        and (
-                            weight := weights.get(span.trace_state)
-                            or self._weight(span.trace_state)
-                        )
-                        != 1.0
-                    ):  # a head-sampled span stands for 1/p spans
-                        series.calls += weight
-                        series.total += duration * weight
-                        series.buckets[bisect_left(bounds, duration)] += weight
-                    else:
-                        series.calls += 1
-                        series.total += duration
-                        series.buckets[bisect_left(bounds, duration)] += 1
-                    if exemplars_on and len(series.exemplars) < max_exemplars:
-                        series.exemplars.append((span.trace_id, span.span_id, duration, end_ns))
+                if ss.spans:
+                    self._count(state, ss)
+
+    def _count(self, state: _ResourceState, scope_spans: Any) -> None:
+        """Count the spans of one ``ScopeSpans``.
+
+        Its bytes are read in C, column by column (see :func:`_shadow_classes`), and
+        per-span steps are ``map`` and ``zip`` over columns; Python runs per span only
+        to add to a series and per dimension value found.
+        """
+        spans = scope_spans.spans
+        count = len(spans)
+        data = scope_spans.SerializeToString()
+        columns = _SPAN_COLUMNS.FromString(data).spans
+
+        def column(values: Any, field: str) -> Any:
+            return values if len(values) == count else list(map(attrgetter(field), spans))
+
+        names = column(columns.name, "name")
+        kinds = column(columns.kind, "kind")
+        starts_ns = column(columns.start_time_unix_nano, "start_time_unix_nano")
+        ends_ns = column(columns.end_time_unix_nano, "end_time_unix_nano")
+        if len(columns.status) == count:
+            codes = self._status_codes(columns.status)
+        else:
+            codes = list(map(_STATUS_CODE, spans))
+        labels = self._safe_span_names(names)
+        if self._patterns:
+            values = self._dimension_columns(state, data, count)
+            keys = list(zip(labels, kinds, codes, *values, strict=True))
+        else:
+            keys = list(zip(labels, kinds, codes, strict=True))
+        found = list(map(state.series.get, keys))
+        if None in found:
+            series = self._find_series(state, keys, found)
+        else:
+            series = cast(list[_Series], found)
+        durations = list(map(mul, map(sub, ends_ns, starts_ns), repeat(self._scale)))
+        slots = list(map(bisect.bisect_left, repeat(self.bounds), durations))
+        if columns.trace_state:  # some span has one: it may stand for several
+            self._add_weighted(series, durations, slots, list(map(_TRACE_STATE, spans)))
+        else:
+            for s, duration, slot in zip(series, durations, slots, strict=True):
+                s.calls += 1
+                s.total += duration
+                s.buckets[slot] += 1
+        if self.config.exemplars.enabled:
+            self._sample_exemplars(spans, series, durations, ends_ns)
+
+    def _add_weighted(
+        self,
+        series: list[_Series],
+        durations: list[float],
+        slots: list[int],
+        trace_states: Sequence[str],
+    ) -> None:
+        """Add spans of which some carry a trace state: a head-sampled span stands for
+        1/p spans."""
+        weights = self._weights
+        for s, duration, slot, trace_state in zip(
+            series, durations, slots, trace_states, strict=True
+        ):
+            if (
+                trace_state
+                and (weight := weights.get(trace_state) or self._weight(trace_state)) != 1.0
+            ):
+                s.calls += weight
+                s.total += duration * weight
+                s.buckets[slot] += weight
+            else:
+                s.calls += 1
+                s.total += duration
+                s.buckets[slot] += 1
+
+    def _sample_exemplars(
+        self,
+        spans: Sequence[Any],
+        series: list[_Series],
+        durations: list[float],
+        ends_ns: Sequence[int],
+    ) -> None:
+        """The first spans of each series since the last flush, up to the limit."""
+        limit = self.config.exemplars.max_per_data_point
+        for s in set(series):
+            k = -1
+            for _ in range(limit - len(s.exemplars)):
+                try:
+                    k = series.index(s, k + 1)
+                except ValueError:
+                    break
+                span = spans[k]
+                s.exemplars.append((span.trace_id, span.span_id, durations[k], ends_ns[k]))
+
+    def _find_series(
+        self, state: _ResourceState, keys: list[tuple[Any, ...]], found: list[_Series | None]
+    ) -> list[_Series]:
+        """``found`` with its gaps filled: keys not seen before, or past the limit."""
+        table = state.series
+        return [
+            s or table.get(key) or self._new_series(state, key)
+            for s, key in zip(found, keys, strict=True)
+        ]
+
+    def _safe_span_names(self, names: Sequence[str]) -> list[str]:
+        labels = list(map(self._safe_names.get, names))
+        if None in labels:
+            for k, label in enumerate(labels):
+                if label is None:
+                    labels[k] = self._safe_names.get(names[k]) or self._remember_safe_name(names[k])
+        return labels  # type: ignore[return-value]
+
+    def _status_codes(self, statuses: Sequence[bytes]) -> list[int]:
+        """Each span's status code, from its serialised ``Status``."""
+        known = self._known_status_codes
+        codes = list(map(known.get, statuses))
+        if None in codes:
+            for k, code in enumerate(codes):
+                if code is None:
+                    raw = statuses[k]
+                    codes[k] = known.get(raw)
+                    if codes[k] is None:
+                        if len(known) >= _STATUS_CODES_CACHED:
+                            known.clear()
+                        codes[k] = known[raw] = Status.FromString(raw).code
+        return codes  # type: ignore[return-value]
+
+    def _dimension_columns(self, state: _ResourceState, data: bytes, count: int) -> list[list[Any]]:
+        """Per dimension, each span's raw ``AnyValue`` bytes, or the resource's value.
+
+        Values are found with ``bytes.find`` in the spans' wire bytes, laid end to end,
+        rather than by walking attributes in Python.
+        """
+        pieces = list(_SPAN_BYTES.FromString(data).spans)  # each span's bytes made once
+        joined = b"".join(pieces)
+        bounds = list(accumulate(map(len, pieces), initial=0))
+        return [
+            _column(joined, bounds, pattern, state.base_values[index], count)
+            for index, pattern in self._patterns
+        ]
 
     def _weight(self, trace_state: str) -> float:
         """The adjusted count of a span with this trace state (1 when its ``th`` is
@@ -571,6 +704,48 @@ class SpanMetricsConnector(Connector):
         hp.explicit_bounds.extend(self.bounds)
         _add_exemplars(dp, s.exemplars)
         _add_exemplars(hp, s.exemplars)
+
+
+def _column(joined: bytes, bounds: list[int], pattern: bytes, base: Any, count: int) -> list[Any]:
+    """Each span's raw value of the attribute ``pattern`` starts, or ``base``: spans lie
+    end to end in ``joined``, span k from ``bounds[k]`` to ``bounds[k + 1]``. A span's
+    value is the one :func:`~otelkit.collector.pdata.wire.raw_value_at` finds in its own
+    bytes from the first occurrence of ``pattern``."""
+    column = [base] * count
+    size = len(pattern)
+    find, span_at = joined.find, bisect.bisect_right
+    at = find(pattern)
+    while at >= 0:
+        k = span_at(bounds, at) - 1
+        start, stop = bounds[k], bounds[k + 1]
+        end = at + size
+        if end >= stop:  # across two spans, or nothing after it: not in span k
+            at = find(pattern, at + 1)
+            continue
+        length = joined[end]
+        if (
+            joined[at - 1] == size + 1 + length
+            and joined[at - 2] == _ATTRIBUTE_TAG
+            and length < 0x80
+            and at - start >= 2
+            and end + 1 + length <= stop
+        ):
+            column[k] = joined[end + 1 : end + 1 + length]
+        else:
+            value = _framed_value(joined[start:stop], pattern, at - start)
+            if value is not None:
+                column[k] = value
+        at = find(pattern, stop)
+    return column
+
+
+def _framed_value(span: bytes, pattern: bytes, at: int) -> bytes | None:
+    """:func:`~otelkit.collector.pdata.wire.raw_value_at`, None where a length runs past
+    the span's end."""
+    try:
+        return raw_value_at(span, pattern, at)
+    except IndexError:
+        return None
 
 
 def _whole_counts(s: _Series, carry: bool) -> list[int]:

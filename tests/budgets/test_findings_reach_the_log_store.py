@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import subprocess
 import sys
@@ -149,7 +150,19 @@ def test_findings_of_acknowledged_traces_pass_a_memory_limiter_that_refuses_new_
     """The shipped configuration under memory pressure: the N+1 trace was acknowledged
     before the memory limiter started refusing, so its finding (released by perf_issues
     on its timer into the logs pipeline, behind the same limiter) must still be stored,
-    while new requests are refused for their senders to retry."""
+    while new requests are refused for their senders to retry. The collector runs in a
+    spawned process: gRPC's threads must not outlive it in this one, which forks."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        accepted, refused, passed = pool.apply(run_under_memory_pressure, (str(tmp_path),))
+    assert accepted and refused
+    records = stored_findings(tmp_path / "otelkit-data" / "logs.db")
+    assert finding_types(records) == ["n_plus_one_db_queries"]
+    assert passed >= 1
+
+
+def run_under_memory_pressure(directory: str) -> tuple[bool, bool, float]:
+    """(first trace accepted, second refused, log records the limiter passed while
+    refusing), from the shipped configuration run in this process."""
     ports = allocate_ports("grpc", "http", "prometheus", "health", "metrics")
     environ = {
         "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
@@ -157,11 +170,10 @@ def test_findings_of_acknowledged_traces_pass_a_memory_limiter_that_refuses_new_
         "OTELKIT_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prometheus']}",
         "OTELKIT_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
         "OTELKIT_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
-        "OTELKIT_DATA_DIR": str(tmp_path / "otelkit-data"),
+        "OTELKIT_DATA_DIR": str(Path(directory) / "otelkit-data"),
         "OTELKIT_BUDGETS_FILE": str(SHIPPED_CONFIG.parent / "budgets.yaml"),
     }
-    config = parse_config(SHIPPED_CONFIG.read_text(), Registry.discover(), environ)
-    service = Service(config)
+    service = Service(parse_config(SHIPPED_CONFIG.read_text(), Registry.discover(), environ))
 
     async def scenario() -> tuple[bool, bool]:
         await service.start()
@@ -174,11 +186,8 @@ def test_findings_of_acknowledged_traces_pass_a_memory_limiter_that_refuses_new_
         return accepted, refused
 
     accepted, refused = asyncio.run(scenario())
-    assert accepted and refused
-    records = stored_findings(tmp_path / "otelkit-data" / "logs.db")
-    assert finding_types(records) == ["n_plus_one_db_queries"]
     passed = "otelkit_processor_memory_limiter_passed_acknowledged_total"
-    assert service.telemetry.total(passed, signal="logs") >= 1
+    return accepted, refused, service.telemetry.total(passed, signal="logs")
 
 
 def send_n_plus_one(grpc_port: int) -> bool:

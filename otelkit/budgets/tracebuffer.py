@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from array import array
-from collections import deque
+from bisect import bisect_left
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import accumulate, islice
+from operator import sub
 from typing import NamedTuple
 
 import zstandard
@@ -36,20 +39,28 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
+from otelkit.collector.pdata.wire import span_field_starts
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.memory import parsed_bytes
 
+# Where some of a trace's spans are: spans container, first index, end index, service.
+Run = tuple[Sequence[Span], int, int, str]
+
 
 @dataclass(slots=True)
 class HeldTrace:
+    """A trace as it is judged. While held, a trace is only its span count in
+    :attr:`TraceBuffer.traces` (and its flags and runs, where it has any): an object per
+    held trace would cost more than the spans' packed bytes."""
+
     trace_id: bytes
     first_seen: float
     # Where the trace's spans are, when the buffer keeps spans: runs of them in the
     # held batches (spans container, first index, end index, service). Span objects are
     # made only when judged, so none stay alive (and tracked by the garbage collector)
     # while held.
-    runs: list[tuple[Sequence[Span], int, int, str]] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     span_count: int = 0
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
@@ -78,41 +89,86 @@ _COMPRESS = zstandard.ZstdCompressor(level=1).compress
 _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 
 
+class ScopeEntries(NamedTuple):
+    """A serialised ``ScopeSpans`` as fields: where each span's field (tag and length
+    included) begins and, last, where the last one ends; and each span's trace."""
+
+    data: bytes
+    bounds: array[int]
+    trace_ids: list[bytes]  # each distinct trace's ID, in first-span order
+    traces: array[int]  # each span's trace: an index in trace_ids
+
+
 class PackedScope:
-    """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
-    ScopeSpans' bytes. Each span's trace ID is read back from its bytes (see
-    :func:`_packable`)."""
+    """A held ScopeSpans: one zstd frame of its traces' IDs, each span's trace (as an
+    index) and field size, and the ScopeSpans' bytes.
+
+    Small numbers rather than offsets and per-span IDs: they compress to about three
+    bytes per span, where absolute offsets took seven, and a span's trace is found
+    without reading its bytes."""
 
     __slots__ = ("frame", "spans")
 
-    def __init__(self, wire: ScopeWire) -> None:
-        self.spans = len(wire.starts)
-        frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
+    def __init__(self, wire: ScopeWire, trace_ids: list[bytes]) -> None:
+        self.spans = len(trace_ids)
+        index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
+        heads = span_field_starts(wire.starts, wire.ends)
+        sizes = list(map(sub, wire.ends, heads))
+        code = "H" if max(len(index), max(sizes, default=0)) < 1 << 16 else "I"
+        parts = (
+            _HEADER.pack(code.encode(), len(index), heads[0] if heads else len(wire.data)),
+            b"".join(index),
+            array(code, map(index.__getitem__, trace_ids)).tobytes(),
+            array(code, sizes).tobytes(),
+            wire.data,
+        )
+        frame = _COMPRESS(b"".join(parts))
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
 
-    def unpack(self) -> tuple[ScopeWire, list[bytes]]:
+    def entries(self) -> ScopeEntries:
         raw = _DECOMPRESS(self.frame)
-        n = self.spans
-        starts, ends = array("I"), array("I")
-        starts.frombytes(raw[: 4 * n])
-        ends.frombytes(raw[4 * n : 8 * n])
-        data = raw[8 * n :]
-        return ScopeWire(data, starts, ends), [data[at + 2 : at + 18] for at in starts]
+        code, count, first = _HEADER.unpack_from(raw)
+        at = _HEADER.size + 16 * count
+        trace_ids = [raw[k : k + 16] for k in range(_HEADER.size, at, 16)]
+        traces, sizes = array(code.decode()), array(code.decode())
+        width = self.spans * traces.itemsize
+        traces.frombytes(raw[at : at + width])
+        sizes.frombytes(raw[at + width : at + 2 * width])
+        bounds = array("I", accumulate(sizes, initial=first))
+        return ScopeEntries(raw[at + 2 * width :], bounds, trace_ids, traces)
+
+    def unpack(self) -> tuple[ScopeWire, list[bytes]]:
+        """The ScopeSpans' bytes, where each span's own bytes are, and its trace ID."""
+        data, bounds, trace_ids, traces = self.entries()
+        heads, ends = bounds[:-1], bounds[1:]
+        starts = array(
+            "I",
+            [
+                at + 2 + bisect_left(_FIELD_HEADS, end - at)
+                for at, end in zip(heads, ends, strict=True)
+            ],
+        )
+        return ScopeWire(data, starts, ends), list(map(trace_ids.__getitem__, traces))
 
     def __len__(self) -> int:
         return len(self.frame)
 
 
+# The frame's header: its arrays' item type, how many traces, where the first span's
+# field begins.
+_HEADER = struct.Struct("<cII")
+# A span's field size up to which its tag and length take 2, 3, 4, 5 bytes.
+_FIELD_HEADS = (129, 16386, 2097155, 268435460)
+
+
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
-    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
-    span's first field, as serialisers write it), and the offsets fit the array's items.
-    Otherwise the batch is held as a message."""
-    data, starts = wire.data, wire.starts
-    if starts.itemsize != 4 or len(starts) != len(trace_ids):
+    """Whether each span's trace ID is 16 bytes (each trace's is held once, as 16 bytes)
+    and the offsets fit the array's items. Otherwise the batch is held as a message."""
+    if wire.starts.itemsize != 4 or len(wire.starts) != len(trace_ids):
         return False
-    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+    return len(b"".join(trace_ids)) == 16 * len(trace_ids)
 
 
 class ScopeScan(NamedTuple):
@@ -165,7 +221,13 @@ class TraceBuffer:
         self._clock = clock
         self._scan = scan
         self._batches: deque[HeldBatch] = deque()
-        self.traces: dict[bytes, HeldTrace] = {}
+        # Each held trace's span count, in first-seen order; and, for the few that have
+        # them, its flags and (when the buffer keeps spans) its runs.
+        self.traces: dict[bytes, int] = {}
+        self._flags: dict[bytes, int] = {}
+        self._runs: dict[bytes, list[Run]] = {}
+        # (first seen, how many traces were first seen then), in the order of ``traces``.
+        self._first_seen: deque[tuple[float, int]] = deque()
         self.held_spans = 0
         self.decided_early = 0  # traces judged before their wait, to stay within max_traces
 
@@ -174,6 +236,7 @@ class TraceBuffer:
         count = 0
         trace_ids: list[list[bytes]] = []
         wires: list[list[ScopeWire | None]] = []
+        traces_before = len(self.traces)
         for rs in payload.resource_spans:
             service = service_name(rs.resource.attributes) if self.keep_spans else ""
             wires.append([])
@@ -184,43 +247,45 @@ class TraceBuffer:
                 wires[-1].append(wire)
                 count += len(ids)
                 if ids:
-                    self._index(ss, ids, flags, service, now)
+                    self._index(ss, ids, flags, service)
+        if len(self.traces) > traces_before:
+            self._first_seen.append((now, len(self.traces) - traces_before))
         batch = HeldBatch(payload, now, count, trace_ids)
         if not self.keep_spans and self.keep_trace_ids:
             _hold_bytes_only(batch, wires)
         self._batches.append(batch)
         self.held_spans += count
 
-    def _index(
-        self, ss: ScopeSpans, ids: list[bytes], flags: dict[int, int], service: str, now: float
-    ) -> None:
-        """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
+    def _index(self, ss: ScopeSpans, ids: list[bytes], flags: dict[int, int], service: str) -> None:
+        """Adds one ScopeSpans' spans to their traces: counted per trace, not span by span."""
         traces = self.traces
-        spans = ss.spans if self.keep_spans else None
+        for trace_id, n in Counter(ids).items():
+            held = traces.get(trace_id)
+            if held is None:
+                if self._is_decided(trace_id):
+                    continue
+                held = 0
+                if self.keep_spans:
+                    self._runs[trace_id] = []
+            traces[trace_id] = held + n
+        if self.keep_spans:
+            self._add_runs(ss.spans, ids, service)
+        for k, bits in flags.items():
+            trace_id = ids[k]
+            if trace_id in traces:
+                self._flags[trace_id] = self._flags.get(trace_id, 0) | bits
+
+    def _add_runs(self, spans: Sequence[Span], ids: list[bytes], service: str) -> None:
+        """Records where each held trace's spans are, a run of same-trace spans at once."""
         n = len(ids)
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
         begin = 0
         for end in cuts:
-            trace_id = ids[begin]
-            held = traces.get(trace_id)
-            if held is None:
-                if self._is_decided(trace_id):
-                    begin = end
-                    continue
-                held = traces[trace_id] = (
-                    HeldTrace(trace_id, now)
-                    if spans is not None
-                    else HeldTrace(trace_id, now, _NO_RUNS)
-                )
-            held.span_count += end - begin
-            if spans is not None:
-                held.runs.append((spans, begin, end, service))
+            runs = self._runs.get(ids[begin])
+            if runs is not None:
+                runs.append((spans, begin, end, service))
             begin = end
-        for k, bits in flags.items():
-            held = traces.get(ids[k])
-            if held is not None:
-                held.flags |= bits
 
     def due(self, flush: bool = False) -> tuple[list[HeldTrace], list[HeldBatch]]:
         """Traces to judge now, then the batches to release (in arrival order)."""
@@ -229,14 +294,15 @@ class TraceBuffer:
         if len(self.traces) > self.max_traces and self._batches:
             cutoff = max(cutoff, self._oldest_cutoff())
         ready: list[HeldTrace] = []
-        for held in self.traces.values():  # insertion order is first-seen order
-            if held.first_seen > cutoff:
-                break
-            ready.append(held)
-        if not flush and ready and ready[-1].first_seen > now - self.wait:
-            self.decided_early += sum(1 for held in ready if held.first_seen > now - self.wait)
-        for held in ready:
-            del self.traces[held.trace_id]
+        traces, flags, runs = self.traces, self._flags, self._runs
+        while self._first_seen and self._first_seen[0][0] <= cutoff:
+            first_seen, n = self._first_seen.popleft()
+            if not flush and first_seen > now - self.wait:
+                self.decided_early += n
+            for trace_id in list(islice(traces, n)):  # the oldest n: first-seen order
+                count, bits = traces.pop(trace_id), flags.pop(trace_id, 0)
+                runs_of = runs.pop(trace_id, _NO_RUNS)
+                ready.append(HeldTrace(trace_id, first_seen, runs_of, count, bits))
         released: list[HeldBatch] = []
         while self._batches and self._batches[0].arrival <= cutoff:
             batch = self._batches.popleft()
@@ -247,10 +313,11 @@ class TraceBuffer:
     def _oldest_cutoff(self) -> float:
         """Arrival time up to which batches must go to bring traces under the bound."""
         excess = len(self.traces) - self.max_traces
-        if excess <= 0:
-            return float("-inf")
-        oldest = next(islice(self.traces.values(), excess - 1, None))
-        return oldest.first_seen
+        for first_seen, n in self._first_seen:
+            excess -= n
+            if excess <= 0:
+                return first_seen
+        return float("-inf")
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -267,7 +334,7 @@ class TraceBuffer:
 
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
-_NO_RUNS: list[tuple[Sequence[Span], int, int, str]] = []
+_NO_RUNS: list[Run] = []
 
 
 def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> None:
@@ -282,7 +349,7 @@ def _hold_bytes_only(batch: HeldBatch, wires: list[list[ScopeWire | None]]) -> N
     held: list[tuple[bytes, list[PackedScope]]] = []
     for rs, scopes in zip(payload.resource_spans, pairs, strict=True):
         rs.ClearField("scope_spans")  # the batch is this buffer's now
-        packed = [PackedScope(w) for w, _ in scopes if w is not None]
+        packed = [PackedScope(w, ids) for w, ids in scopes if w is not None]
         held.append((rs.SerializeToString(), packed))
     batch.wire = held
     batch.payload = None

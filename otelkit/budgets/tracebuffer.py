@@ -4,18 +4,19 @@ Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches
 held as they came (or, when the judge needs no spans, as their serialised bytes), never
 copied span by span: a trace is judged ``wait`` seconds after its first span arrived,
 using every span of it held by then, and a batch is released ``wait`` seconds after it
-arrived (by then every trace in it has been judged). A held trace records where its
-spans are (runs of them by position), not span objects. Spans of a trace already
-judged ("late spans") are not indexed again; the caller decides what to do with them
-from its decision cache.
+arrived (by then every trace in it has been judged). A held trace is its span count
+(and, where it has them, its flags and where its spans are: runs of them by position,
+not span objects); traces due are handed over as :class:`HeldTrace`. Spans of a trace
+already judged ("late spans") are not indexed again; the caller decides what to do
+with them from its decision cache.
 
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early
 (counted in ``decided_early``).
 
 A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes and
-its spans' offsets (:class:`PackedScope`): OTLP spans repeat their keys and
-most values, so the frame is about an eighth of the bytes, and what a held trace costs
-is mostly its own entry in :attr:`TraceBuffer.traces`.
+each span's trace and size (:class:`PackedScope`): OTLP spans repeat their keys and
+most values, so the frame is about a ninth of the bytes, and besides its share of it a
+held trace costs its entry in :attr:`TraceBuffer.traces` (its ID and a small int).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class ScopeWire(NamedTuple):
     """A serialised ``ScopeSpans`` and where each of its spans' bytes start and end."""
 
     data: bytes
-    starts: array[int]
-    ends: array[int]
+    starts: Sequence[int]
+    ends: Sequence[int]
 
 
 # Level 1: about 8x smaller OTLP at well under a microsecond per span; one compressor
@@ -165,8 +166,8 @@ _FIELD_HEADS = (129, 16386, 2097155, 268435460)
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
     """Whether each span's trace ID is 16 bytes (each trace's is held once, as 16 bytes)
-    and the offsets fit the array's items. Otherwise the batch is held as a message."""
-    if wire.starts.itemsize != 4 or len(wire.starts) != len(trace_ids):
+    and the offsets fit four bytes. Otherwise the batch is held as a message."""
+    if len(wire.data) >= 1 << 32 or len(wire.starts) != len(trace_ids):
         return False
     return len(b"".join(trace_ids)) == 16 * len(trace_ids)
 

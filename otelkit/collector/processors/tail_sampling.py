@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import re
 import time
-from array import array
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from itertools import chain, compress
 from typing import Annotated, Any, Literal
@@ -165,21 +164,20 @@ class TailSamplingConfig(ComponentConfig):
 
 
 class _Cache:
-    """A bounded LRU of decided trace IDs."""
+    """A bounded set of decided trace IDs; past its size the oldest go."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self.ids: set[bytes] = set()  # read directly: ``in`` on it is a C call
+        self._order: deque[bytes] = deque()
 
     def add(self, trace_id: bytes) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or trace_id in self.ids:
             return
-        self._ids[trace_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, trace_id: bytes) -> bool:
-        return trace_id in self._ids
+        self.ids.add(trace_id)
+        self._order.append(trace_id)
+        if len(self._order) > self.size:
+            self.ids.remove(self._order.popleft())
 
 
 class TailSamplingProcessor(BufferedTraceProcessor):
@@ -210,7 +208,8 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         self._sampled = _Cache(config.decision_cache.sampled_cache_size)
         self._not_sampled = _Cache(config.decision_cache.non_sampled_cache_size)
         # Decisions of the last decision_wait: batches still held may need them.
-        self._decided: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
+        self._decided: dict[bytes, tuple[bool, float]] = {}
+        self._decided_in_order: deque[tuple[float, list[bytes]]] = deque()  # (when, traces)
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._decisions = settings.telemetry.counter(
@@ -251,7 +250,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             _flag_occurrences(data, pattern, bit, starts, ends, flags, None)
         if self._config.keep.errors:
             _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
-        return ScopeScan(ids, flags, ScopeWire(data, array("I", starts), array("I", ends)))
+        return ScopeScan(ids, flags, ScopeWire(data, starts, ends))
 
     def _scan_spans(self, scope_spans: ScopeSpans) -> ScopeScan:
         ids: list[bytes] = []
@@ -270,18 +269,18 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         return ScopeScan(ids, flags)
 
     def is_decided(self, trace_id: bytes) -> bool:
-        return trace_id in self._sampled or trace_id in self._not_sampled
+        return trace_id in self._sampled.ids or trace_id in self._not_sampled.ids
 
     def judge(self, traces: list[HeldTrace]) -> None:
         now = time.monotonic()
-        horizon = now - self.buffer.wait - 1.0
-        while self._decided and next(iter(self._decided.values()))[1] < horizon:
-            self._decided.popitem(last=False)
+        self._forget_decisions(now - self.buffer.wait - 1.0)
+        self._decided_in_order.append((now, [trace.trace_id for trace in traces]))
         counts: dict[tuple[bool, str], int] = {}
+        decisions = {True: (True, now), False: (False, now)}  # shared by this call's traces
         for trace in traces:
             reason = self._reason_to_keep(trace)
             keep = reason is not None
-            self._decided[trace.trace_id] = (keep, now)
+            self._decided[trace.trace_id] = decisions[keep]
             (self._sampled if keep else self._not_sampled).add(trace.trace_id)
             key = (keep, reason or "")
             counts[key] = counts.get(key, 0) + 1
@@ -291,6 +290,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         if early:
             self._decided_early.inc(early)
             self._decided_early_counted += early
+
+    def _forget_decisions(self, horizon: float) -> None:
+        """Drops the decisions made before ``horizon`` (a trace decided again since keeps
+        its newer decision)."""
+        while self._decided_in_order and self._decided_in_order[0][0] < horizon:
+            for trace_id in self._decided_in_order.popleft()[1]:
+                decision = self._decided.get(trace_id)
+                if decision is not None and decision[1] < horizon:
+                    del self._decided[trace_id]
 
     def _count_decisions(self, key: tuple[bool, str], n: int) -> None:
         child = self._decision_children.get(key)
@@ -393,7 +401,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         decision = self._decided.get(trace_id)
         if decision is not None:
             return decision[0]
-        return trace_id in self._sampled
+        return trace_id in self._sampled.ids
 
     def _reason_to_keep(self, trace: HeldTrace) -> str | None:
         keep = self._config.keep

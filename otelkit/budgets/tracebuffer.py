@@ -115,14 +115,14 @@ class PackedScope:
         index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
         heads = span_field_starts(wire.starts, wire.ends)
         sizes = list(map(sub, wire.ends, heads))
-        code = "H" if max(len(index), max(sizes, default=0)) < 1 << 16 else "I"
-        parts = (
-            _HEADER.pack(code.encode(), len(index), heads[0] if heads else len(wire.data)),
-            b"".join(index),
-            array(code, map(index.__getitem__, trace_ids)).tobytes(),
-            array(code, sizes).tobytes(),
-            wire.data,
+        traces = array(_item_type(len(index)), map(index.__getitem__, trace_ids))
+        sizes_array = array(_item_type(max(sizes, default=0), "H"), sizes)
+        first = heads[0] if heads else len(wire.data)
+        header = _HEADER.pack(
+            traces.typecode.encode(), sizes_array.typecode.encode(), len(index), first
         )
+        # The ScopeSpans' bytes first: the traces' IDs then compress as repeats of them.
+        parts = (header, wire.data, b"".join(index), traces.tobytes(), sizes_array.tobytes())
         frame = _COMPRESS(b"".join(parts))
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
@@ -130,15 +130,16 @@ class PackedScope:
 
     def entries(self) -> ScopeEntries:
         raw = _DECOMPRESS(self.frame)
-        code, count, first = _HEADER.unpack_from(raw)
-        at = _HEADER.size + 16 * count
-        trace_ids = [raw[k : k + 16] for k in range(_HEADER.size, at, 16)]
-        traces, sizes = array(code.decode()), array(code.decode())
-        width = self.spans * traces.itemsize
-        traces.frombytes(raw[at : at + width])
-        sizes.frombytes(raw[at + width : at + 2 * width])
+        traces_type, sizes_type, count, first = _HEADER.unpack_from(raw)
+        traces, sizes = array(traces_type.decode()), array(sizes_type.decode())
+        sizes_at = len(raw) - self.spans * sizes.itemsize
+        traces_at = sizes_at - self.spans * traces.itemsize
+        ids_at = traces_at - 16 * count
+        trace_ids = [raw[k : k + 16] for k in range(ids_at, traces_at, 16)]
+        traces.frombytes(raw[traces_at:sizes_at])
+        sizes.frombytes(raw[sizes_at:])
         bounds = array("I", accumulate(sizes, initial=first))
-        return ScopeEntries(raw[at + 2 * width :], bounds, trace_ids, traces)
+        return ScopeEntries(raw[_HEADER.size : ids_at], bounds, trace_ids, traces)
 
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
         """The ScopeSpans' bytes, where each span's own bytes are, and its trace ID."""
@@ -157,11 +158,19 @@ class PackedScope:
         return len(self.frame)
 
 
-# The frame's header: its arrays' item type, how many traces, where the first span's
-# field begins.
-_HEADER = struct.Struct("<cII")
+# The frame's header: its two arrays' item types, how many traces, where the first
+# span's field begins.
+_HEADER = struct.Struct("<ccII")
 # A span's field size up to which its tag and length take 2, 3, 4, 5 bytes.
 _FIELD_HEADS = (129, 16386, 2097155, 268435460)
+
+
+def _item_type(largest: int, smallest: str = "B") -> str:
+    """The smallest array item type, from ``smallest`` up, that holds ``largest``."""
+    for code in "BHI"[("BHI".index(smallest)) :]:
+        if largest < 1 << (8 * array(code).itemsize):
+            return code
+    raise ValueError(f"{largest} does not fit four bytes")
 
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:

@@ -302,3 +302,20 @@ def test_a_packed_scope_gives_back_each_span_and_its_trace_id() -> None:
     unpacked, trace_ids = PackedScope(wire, [t for t in ids if t is not None]).unpack()
     assert unpacked == wire
     assert trace_ids == ids
+
+
+def test_error_statuses_are_found_whatever_else_the_statuses_hold() -> None:
+    """An error with a message, and (in a second batch) beside a status code outside the
+    enum whose byte looks like a span's field tag: each error keeps its trace only."""
+    first = request([S("ok", trace=1), S("failed", trace=2), S("ok", trace=3)])
+    second = request([S("odd", trace=4), S("failed", trace=5), S("ok", trace=6)])
+    for batch, odd in ((first, None), (second, 0)):
+        spans = all_spans(batch)
+        spans[1].status.code = spans[1].status.STATUS_CODE_ERROR
+        spans[1].status.message = "boom \x18\x02"
+        if odd is not None:
+            spans[odd].status.code = 18  # type: ignore[assignment]
+    processor, sink, _ = sampler()
+    asyncio.run(processor.consume(first))
+    asyncio.run(processor.consume(second))
+    assert kept_traces(sink) == {2, 5}

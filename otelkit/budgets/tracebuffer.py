@@ -15,7 +15,7 @@ with them from its decision cache.
 
 A buffer that keeps no spans holds each ScopeSpans as one zstd frame of its bytes and
 each span's trace and size (:class:`PackedScope`): OTLP spans repeat their keys and
-most values, so the frame is about a ninth of the bytes, and besides its share of it a
+most values, so the frame is about a tenth of the bytes, and besides its share of it a
 held trace costs its entry in :attr:`TraceBuffer.traces` (its ID and a small int).
 """
 

@@ -106,20 +106,21 @@ class ScopeEntries(NamedTuple):
 
 
 class PackedScope:
-    """A held ScopeSpans: one frame of its traces' IDs, each span's trace (as an index)
-    and field size, and the ScopeSpans' bytes; zstd-compressed, or (not ``compressed``)
-    as it is: about 7 times the memory, and none of the time to compress and decompress.
+    """A held ScopeSpans: one zstd frame of its traces' IDs, each span's trace (as an
+    index) and field size, and the ScopeSpans' bytes; or (not ``compressed``) those
+    bytes as they came beside the rest, uncompressed: about 7 times the memory, and
+    none of the time to compress, decompress or copy them.
 
     Small numbers rather than offsets and per-span IDs: they compress to about three
     bytes per span, where absolute offsets took seven, and a span's trace is found
     without reading its bytes. Spans a judge changed are kept apart (:attr:`edits`)
     until the scope's bytes are asked for again (:meth:`data`)."""
 
-    __slots__ = ("compressed", "edits", "frame", "spans")
+    __slots__ = ("_plain", "edits", "frame", "spans")
 
     def __init__(self, wire: ScopeWire, trace_ids: list[bytes], compressed: bool = True) -> None:
         self.spans = len(trace_ids)
-        self.compressed = compressed
+        self._plain = None if compressed else wire.data
         self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
         index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
         heads = span_field_starts(wire.starts, wire.ends)
@@ -133,7 +134,7 @@ class PackedScope:
         # The ScopeSpans' bytes first: the traces' IDs then compress as repeats of them.
         parts = (header, wire.data, b"".join(index), traces.tobytes(), sizes_array.tobytes())
         if not compressed:
-            self.frame = b"".join(parts)
+            self.frame = b"".join(parts[:1] + parts[2:])
             return
         frame = _COMPRESS(b"".join(parts))
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
@@ -142,7 +143,8 @@ class PackedScope:
 
     def entries(self) -> ScopeEntries:
         """The ScopeSpans' bytes as packed (without edits), its spans' fields and traces."""
-        raw = _DECOMPRESS(self.frame) if self.compressed else self.frame
+        plain = self._plain
+        raw = _DECOMPRESS(self.frame) if plain is None else self.frame
         traces_type, sizes_type, count, first = _HEADER.unpack_from(raw)
         traces, sizes = array(traces_type.decode()), array(sizes_type.decode())
         sizes_at = len(raw) - self.spans * sizes.itemsize
@@ -152,7 +154,8 @@ class PackedScope:
         traces.frombytes(raw[traces_at:sizes_at])
         sizes.frombytes(raw[sizes_at:])
         bounds = array("I", accumulate(sizes, initial=first))
-        return ScopeEntries(raw[_HEADER.size : ids_at], bounds, trace_ids, traces)
+        data = raw[_HEADER.size : ids_at] if plain is None else plain
+        return ScopeEntries(data, bounds, trace_ids, traces)
 
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
         """The ScopeSpans' bytes, where each span's own bytes are, and its trace ID."""
@@ -189,7 +192,8 @@ class PackedScope:
         return b"".join(pieces)
 
     def __len__(self) -> int:
-        return len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        return held + len(self._plain or b"")
 
 
 # The frame's header: its two arrays' item types, how many traces, where the first

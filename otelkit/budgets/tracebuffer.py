@@ -3,21 +3,23 @@
 Used by the whole-trace processors (``perf_issues``, ``tail_sampling``). Batches are
 held as they came or as their serialised bytes, never copied span by span: a trace is
 judged ``wait`` seconds after its first span arrived, using every span of it held by
-then, and a batch is released ``wait`` seconds after it arrived (by then every trace in it has been judged). A held trace records where its
-spans are (runs of them by position), not span objects. Spans of a trace already
-judged ("late spans") are not indexed again; the caller decides what to do with them
-from its decision cache.
+then, and a batch is released ``wait`` seconds after it arrived (by then every trace in
+it has been judged). A held trace is its span count (and, where it has them, its flags
+and where its spans are: runs of them by position, not span objects); traces due are
+handed over as :class:`HeldTrace`. Spans of a trace already judged ("late spans") are
+not indexed again; the caller decides what to do with them from its decision cache.
 
 ``max_traces`` bounds memory: past it the oldest batches are judged and released early
 (counted in ``decided_early``).
 
 A buffer that keeps no spans, or one told to pack them (``pack_spans``), holds each
-ScopeSpans as its bytes and its spans' offsets (:class:`PackedScope`), not as the parsed
-message (about 3.5 times the bytes). Compressed (``compress``, one zstd frame), they
-take about an eighth of the bytes, as OTLP spans repeat their keys and most values, and
-what a held trace costs is mostly its own entry in :attr:`TraceBuffer.traces`. A judge
-that needs a packed trace's spans parses them (:class:`SpanReader`); the few it changes
-are kept as edits of their scope, spliced into the batch's bytes when it is released
+ScopeSpans as its bytes and each span's trace and size (:class:`PackedScope`), not as
+the parsed message (about 3.5 times the bytes). Compressed (``compress``, one zstd
+frame), they take about a tenth of the bytes, as OTLP spans repeat their keys and most
+values, and besides its share of them a held trace costs its entry in
+:attr:`TraceBuffer.traces` (its ID and a small int). A judge that needs a packed
+trace's spans parses them (:class:`SpanReader`); the few it changes are kept as edits
+of their scope, spliced into the batch's bytes when it is released
 (:func:`rebuild_request`).
 """
 
@@ -25,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from array import array
-from collections import deque
+from bisect import bisect_left
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import accumulate, islice
+from operator import sub
 from typing import NamedTuple
 
 import zstandard
@@ -39,21 +44,28 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
-from otelkit.collector.pdata.wire import scope_spans_layout, varint
+from otelkit.collector.pdata.wire import scope_spans_layout, span_field_starts, varint
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.memory import parsed_bytes
 
+# Where some of a trace's spans are: spans container (or packed scope), first index,
+# end index, service.
+Run = tuple["Sequence[Span] | PackedScope", int, int, str]
+
 
 @dataclass(slots=True)
 class HeldTrace:
+    """A trace as it is judged. While held, a trace is only its span count in
+    :attr:`TraceBuffer.traces` (and its flags and runs, where it has any): an object per
+    held trace cost about 80 bytes more, a third of its packed spans."""
+
     trace_id: bytes
     first_seen: float
     # Where the trace's spans are, when the buffer keeps spans: runs of them in the
-    # held batches (spans container or packed scope, first index, end index, service).
-    # Span objects are made only when judged, so none stay alive (and tracked by the
-    # garbage collector) while held.
-    runs: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = field(default_factory=list)
+    # held batches. Span objects are made only when judged, so none stay alive (and
+    # tracked by the garbage collector) while held.
+    runs: list[Run] = field(default_factory=list)
     span_count: int = 0
     flags: int = 0  # what the buffer's scanner found in the trace's spans (bits)
 
@@ -72,8 +84,8 @@ class ScopeWire(NamedTuple):
     """A serialised ``ScopeSpans`` and where each of its spans' bytes start and end."""
 
     data: bytes
-    starts: array[int]
-    ends: array[int]
+    starts: Sequence[int]
+    ends: Sequence[int]
 
 
 # Level 1: about 8x smaller OTLP at well under a microsecond per span; one compressor
@@ -83,42 +95,80 @@ _COMPRESS = zstandard.ZstdCompressor(level=1).compress
 _DECOMPRESS = zstandard.ZstdDecompressor().decompress
 
 
+class ScopeEntries(NamedTuple):
+    """A serialised ``ScopeSpans`` as fields: where each span's field (tag and length
+    included) begins and, last, where the last one ends; and each span's trace."""
+
+    data: bytes
+    bounds: array[int]
+    trace_ids: list[bytes]  # each distinct trace's ID, in first-span order
+    traces: array[int]  # each span's trace: an index in trace_ids
+
+
 class PackedScope:
-    """A held ScopeSpans: one zstd frame of its spans' start and end offsets and the
-    ScopeSpans' bytes (or, not ``compressed``, those bytes and offsets as they are:
-    about 7 times the memory, and none of the time to compress and decompress them).
-    Each span's trace ID is read back from its bytes (see :func:`_packable`). Spans a
-    judge changed are kept apart (:attr:`edits`) until the scope's bytes are asked for
-    again (:meth:`data`)."""
+    """A held ScopeSpans: one zstd frame of its traces' IDs, each span's trace (as an
+    index) and field size, and the ScopeSpans' bytes; or (not ``compressed``) those
+    bytes as they came beside the rest, uncompressed: about 7 times the memory, and
+    none of the time to compress, decompress or copy them.
+
+    Small numbers rather than offsets and per-span IDs: they compress to about three
+    bytes per span, where absolute offsets took seven, and a span's trace is found
+    without reading its bytes. Spans a judge changed are kept apart (:attr:`edits`)
+    until the scope's bytes are asked for again (:meth:`data`)."""
 
     __slots__ = ("_plain", "edits", "frame", "spans")
 
-    def __init__(self, wire: ScopeWire, compressed: bool = True) -> None:
-        self.spans = len(wire.starts)
+    def __init__(self, wire: ScopeWire, trace_ids: list[bytes], compressed: bool = True) -> None:
+        self.spans = len(trace_ids)
+        self._plain = None if compressed else wire.data
         self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
-        self._plain = None if compressed else wire
+        index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
+        heads = span_field_starts(wire.starts, wire.ends)
+        sizes = list(map(sub, wire.ends, heads))
+        traces = array(_item_type(len(index)), map(index.__getitem__, trace_ids))
+        sizes_array = array(_item_type(max(sizes, default=0), "H"), sizes)
+        first = heads[0] if heads else len(wire.data)
+        header = _HEADER.pack(
+            traces.typecode.encode(), sizes_array.typecode.encode(), len(index), first
+        )
+        # The ScopeSpans' bytes first: the traces' IDs then compress as repeats of them.
+        parts = (header, wire.data, b"".join(index), traces.tobytes(), sizes_array.tobytes())
         if not compressed:
-            self.frame = b""
+            self.frame = b"".join(parts[:1] + parts[2:])
             return
-        frame = _COMPRESS(wire.starts.tobytes() + wire.ends.tobytes() + wire.data)
+        frame = _COMPRESS(b"".join(parts))
         # zstandard allocates the bound of the frame's size and shrinks it in place, so
         # the allocator keeps the whole block: an exact copy lets it go.
         self.frame = memoryview(frame).tobytes()
 
-    def unpack(self) -> tuple[ScopeWire, list[bytes]]:
-        wire = self.wire()
-        return wire, [wire.data[at + 2 : at + 18] for at in wire.starts]
+    def entries(self) -> ScopeEntries:
+        """The ScopeSpans' bytes as packed (without edits), its spans' fields and traces."""
+        plain = self._plain
+        raw = _DECOMPRESS(self.frame) if plain is None else self.frame
+        traces_type, sizes_type, count, first = _HEADER.unpack_from(raw)
+        traces, sizes = array(traces_type.decode()), array(sizes_type.decode())
+        sizes_at = len(raw) - self.spans * sizes.itemsize
+        traces_at = sizes_at - self.spans * traces.itemsize
+        ids_at = traces_at - 16 * count
+        trace_ids = [raw[k : k + 16] for k in range(ids_at, traces_at, 16)]
+        traces.frombytes(raw[traces_at:sizes_at])
+        sizes.frombytes(raw[sizes_at:])
+        bounds = array("I", accumulate(sizes, initial=first))
+        data = raw[_HEADER.size : ids_at] if plain is None else plain
+        return ScopeEntries(data, bounds, trace_ids, traces)
 
-    def wire(self) -> ScopeWire:
-        """The ScopeSpans' bytes as packed, and its spans' offsets."""
-        if self._plain is not None:
-            return self._plain
-        raw = _DECOMPRESS(self.frame)
-        n = self.spans
-        starts, ends = array("I"), array("I")
-        starts.frombytes(raw[: 4 * n])
-        ends.frombytes(raw[4 * n : 8 * n])
-        return ScopeWire(raw[8 * n :], starts, ends)
+    def unpack(self) -> tuple[ScopeWire, list[bytes]]:
+        """The ScopeSpans' bytes, where each span's own bytes are, and its trace ID."""
+        data, bounds, trace_ids, traces = self.entries()
+        heads, ends = bounds[:-1], bounds[1:]
+        starts = array(
+            "I",
+            [
+                at + 2 + bisect_left(_FIELD_HEADS, end - at)
+                for at, end in zip(heads, ends, strict=True)
+            ],
+        )
+        return ScopeWire(data, starts, ends), list(map(trace_ids.__getitem__, traces))
 
     def edit(self, index: int, span: Span) -> None:
         """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
@@ -126,33 +176,42 @@ class PackedScope:
             self.edits = {}
         self.edits[index] = span.SerializeToString()
 
-    def data(self, wire: ScopeWire | None = None) -> bytes:
-        """The ScopeSpans' bytes, with the edited spans' bytes in place of theirs
-        (``wire``: :meth:`wire`, if at hand)."""
-        data, starts, ends = wire or self.wire()
+    def data(self, entries: ScopeEntries | None = None) -> bytes:
+        """The ScopeSpans' bytes, with the edited spans' fields in place of theirs
+        (``entries``: :meth:`entries`, if at hand)."""
+        data, bounds, _, _ = entries or self.entries()
         if not self.edits:
             return data
         pieces: list[bytes] = []
         pos = 0
         for k in sorted(self.edits):
-            # A span's entry: its tag byte and length, then its bytes.
-            head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
             new = self.edits[k]
-            pieces += (data[pos:head], _SPAN_TAG, varint(len(new)), new)
-            pos = ends[k]
+            pieces += (data[pos : bounds[k]], _SPAN_TAG, varint(len(new)), new)
+            pos = bounds[k + 1]
         pieces.append(data[pos:])
         return b"".join(pieces)
 
     def __len__(self) -> int:
         held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
-        if self._plain is not None:
-            held += len(self._plain.data) + 8 * self.spans
-        return held
+        return held + len(self._plain or b"")
 
 
+# The frame's header: its two arrays' item types, how many traces, where the first
+# span's field begins.
+_HEADER = struct.Struct("<ccII")
+# A span's field size up to which its tag and length take 2, 3, 4, 5 bytes.
+_FIELD_HEADS = (129, 16386, 2097155, 268435460)
 _SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
 _SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
 _RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
+
+
+def _item_type(largest: int, smallest: str = "B") -> str:
+    """The smallest array item type, from ``smallest`` up, that holds ``largest``."""
+    for code in "BHI"[("BHI".index(smallest)) :]:
+        if largest < 1 << (8 * array(code).itemsize):
+            return code
+    raise ValueError(f"{largest} does not fit four bytes")
 
 
 def rebuild_request(
@@ -164,7 +223,7 @@ def rebuild_request(
     for header, scopes in wire:
         body = [header]
         for packed in scopes:
-            data = packed.data(reader.take_wire(packed) if reader is not None else None)
+            data = packed.data(reader.take_entries(packed) if reader is not None else None)
             body += (_SCOPE_SPANS_TAG, varint(len(data)), data)
         pieces += (_RESOURCE_SPANS_TAG, varint(sum(len(b) for b in body)), *body)
     request = ExportTraceServiceRequest()
@@ -178,42 +237,41 @@ class SpanReader:
     copy: :meth:`write_back` puts the changes made to it into its scope's bytes."""
 
     def __init__(self) -> None:
-        self._wires: dict[PackedScope, ScopeWire] = {}
+        self._entries: dict[PackedScope, ScopeEntries] = {}
         # id(span) -> (span, its scope, its index), for spans parsed here
         self._origins: dict[int, tuple[Span, PackedScope, int]] = {}
 
     def spans(self, trace: HeldTrace) -> list[Span]:
         """The trace's spans in order; those in packed scopes parsed together, as one
-        ScopeSpans of their bytes (a message per span would cost an arena each)."""
+        ScopeSpans of their fields (a message per span would cost an arena each)."""
         spans: list[Span | None] = []
-        entries: list[bytes] = []  # each packed span's entry: tag, length, bytes
+        fields: list[bytes] = []  # each packed run's span fields: tag, length, bytes
         origins: list[tuple[int, PackedScope, int]] = []  # its place in spans, scope, index
         for container, begin, end, _ in trace.runs:
             if not isinstance(container, PackedScope):
                 spans += container[begin:end]
                 continue
-            data, starts, ends = self._wire(container)
+            data, bounds, _, _ = self._entries_of(container)
+            fields.append(data[bounds[begin] : bounds[end]])
             for k in range(begin, end):
-                head = starts[k] - 1 - len(varint(ends[k] - starts[k]))
-                entries.append(data[head : ends[k]])
                 origins.append((len(spans), container, k))
                 spans.append(None)
-        if entries:
-            parsed = ScopeSpans.FromString(b"".join(entries)).spans
+        if fields:
+            parsed = ScopeSpans.FromString(b"".join(fields)).spans
             for (at, container, k), span in zip(origins, parsed, strict=True):
                 spans[at] = span
                 self._origins[id(span)] = (span, container, k)
         return [span for span in spans if span is not None]
 
-    def _wire(self, packed: PackedScope) -> ScopeWire:
-        wire = self._wires.get(packed)
-        if wire is None:
-            wire = self._wires[packed] = packed.wire()
-        return wire
+    def _entries_of(self, packed: PackedScope) -> ScopeEntries:
+        entries = self._entries.get(packed)
+        if entries is None:
+            entries = self._entries[packed] = packed.entries()
+        return entries
 
-    def take_wire(self, packed: PackedScope) -> ScopeWire | None:
-        """The scope's bytes if this reader unpacked them (and forgets them)."""
-        return self._wires.pop(packed, None)
+    def take_entries(self, packed: PackedScope) -> ScopeEntries | None:
+        """The scope's entries if this reader unpacked them (and forgets them)."""
+        return self._entries.pop(packed, None)
 
     def write_back(self, spans: Iterable[Span]) -> None:
         """Keeps these spans as they are now in the bytes they were parsed from (spans of
@@ -271,17 +329,15 @@ def read_wire(scope_spans: ScopeSpans) -> ScopeScan:
         trace_id if trace_id is not None else spans[k].trace_id
         for k, trace_id in enumerate(found_ids)
     ]
-    return ScopeScan(ids, {}, ScopeWire(data, array("I", starts), array("I", ends)))
+    return ScopeScan(ids, {}, ScopeWire(data, starts, ends))
 
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
-    """Whether each span's trace ID is where :meth:`PackedScope.unpack` reads it (the
-    span's first field, as serialisers write it), and the offsets fit the array's items.
-    Otherwise the batch is held as a message."""
-    data, starts = wire.data, wire.starts
-    if starts.itemsize != 4 or len(starts) != len(trace_ids):
+    """Whether each span's trace ID is 16 bytes (each trace's is held once, as 16 bytes)
+    and the offsets fit four bytes. Otherwise the batch is held as a message."""
+    if len(wire.data) >= 1 << 32 or len(wire.starts) != len(trace_ids):
         return False
-    return all(data[at + 2 : at + 18] == t for at, t in zip(starts, trace_ids, strict=True))
+    return len(b"".join(trace_ids)) == 16 * len(trace_ids)
 
 
 class TraceBuffer:
@@ -307,7 +363,13 @@ class TraceBuffer:
         self._clock = clock
         self._scan = scan
         self._batches: deque[HeldBatch] = deque()
-        self.traces: dict[bytes, HeldTrace] = {}
+        # Each held trace's span count, in first-seen order; and, for the few that have
+        # them, its flags and (when the buffer keeps spans) its runs.
+        self.traces: dict[bytes, int] = {}
+        self._flags: dict[bytes, int] = {}
+        self._runs: dict[bytes, list[Run]] = {}
+        # (first seen, how many traces were first seen then), in the order of ``traces``.
+        self._first_seen: deque[tuple[float, int]] = deque()
         self.held_spans = 0
         self.decided_early = 0  # traces judged before their wait, to stay within max_traces
 
@@ -321,6 +383,7 @@ class TraceBuffer:
         wire = _pack(payload, scans, self.compress) if self.packs else None
         count = 0
         trace_ids: list[list[bytes]] = []
+        traces_before = len(self.traces)
         for rs_index, scopes in enumerate(scans):
             for ss_index, (ids, flags, _) in enumerate(scopes):
                 if self.keep_trace_ids and wire is None:
@@ -333,7 +396,9 @@ class TraceBuffer:
                     spans = wire[rs_index][1][ss_index]
                 elif self.keep_spans:
                     spans = payload.resource_spans[rs_index].scope_spans[ss_index].spans
-                self._index(spans, ids, flags, services[rs_index], now)
+                self._index(spans, ids, flags, services[rs_index])
+        if len(self.traces) > traces_before:
+            self._first_seen.append((now, len(self.traces) - traces_before))
         batch = HeldBatch(None if wire is not None else payload, now, count, trace_ids, wire)
         self._batches.append(batch)
         self.held_spans += count
@@ -349,34 +414,39 @@ class TraceBuffer:
         ids: list[bytes],
         flags: dict[int, int],
         service: str,
-        now: float,
     ) -> None:
-        """Adds one ScopeSpans' spans to their traces, a run of same-trace spans at once."""
+        """Adds one ScopeSpans' spans to their traces: counted per trace, not span by span
+        (``spans``: where they are held, when the buffer keeps spans)."""
         traces = self.traces
+        for trace_id, n in Counter(ids).items():
+            held = traces.get(trace_id)
+            if held is None:
+                if self._is_decided(trace_id):
+                    continue
+                held = 0
+                if spans is not None:
+                    self._runs[trace_id] = []
+            traces[trace_id] = held + n
+        if spans is not None:
+            self._add_runs(spans, ids, service)
+        for k, bits in flags.items():
+            trace_id = ids[k]
+            if trace_id in traces:
+                self._flags[trace_id] = self._flags.get(trace_id, 0) | bits
+
+    def _add_runs(
+        self, spans: Sequence[Span] | PackedScope, ids: list[bytes], service: str
+    ) -> None:
+        """Records where each held trace's spans are, a run of same-trace spans at once."""
         n = len(ids)
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
         begin = 0
         for end in cuts:
-            trace_id = ids[begin]
-            held = traces.get(trace_id)
-            if held is None:
-                if self._is_decided(trace_id):
-                    begin = end
-                    continue
-                held = traces[trace_id] = (
-                    HeldTrace(trace_id, now)
-                    if spans is not None
-                    else HeldTrace(trace_id, now, _NO_RUNS)
-                )
-            held.span_count += end - begin
-            if spans is not None:
-                held.runs.append((spans, begin, end, service))
+            runs = self._runs.get(ids[begin])
+            if runs is not None:
+                runs.append((spans, begin, end, service))
             begin = end
-        for k, bits in flags.items():
-            held = traces.get(ids[k])
-            if held is not None:
-                held.flags |= bits
 
     def due(self, flush: bool = False) -> tuple[list[HeldTrace], list[HeldBatch]]:
         """Traces to judge now, then the batches to release (in arrival order)."""
@@ -385,14 +455,15 @@ class TraceBuffer:
         if len(self.traces) > self.max_traces and self._batches:
             cutoff = max(cutoff, self._oldest_cutoff())
         ready: list[HeldTrace] = []
-        for held in self.traces.values():  # insertion order is first-seen order
-            if held.first_seen > cutoff:
-                break
-            ready.append(held)
-        if not flush and ready and ready[-1].first_seen > now - self.wait:
-            self.decided_early += sum(1 for held in ready if held.first_seen > now - self.wait)
-        for held in ready:
-            del self.traces[held.trace_id]
+        traces, flags, runs = self.traces, self._flags, self._runs
+        while self._first_seen and self._first_seen[0][0] <= cutoff:
+            first_seen, n = self._first_seen.popleft()
+            if not flush and first_seen > now - self.wait:
+                self.decided_early += n
+            for trace_id in list(islice(traces, n)):  # the oldest n: first-seen order
+                count, bits = traces.pop(trace_id), flags.pop(trace_id, 0)
+                runs_of = runs.pop(trace_id, _NO_RUNS)
+                ready.append(HeldTrace(trace_id, first_seen, runs_of, count, bits))
         released: list[HeldBatch] = []
         while self._batches and self._batches[0].arrival <= cutoff:
             batch = self._batches.popleft()
@@ -403,10 +474,11 @@ class TraceBuffer:
     def _oldest_cutoff(self) -> float:
         """Arrival time up to which batches must go to bring traces under the bound."""
         excess = len(self.traces) - self.max_traces
-        if excess <= 0:
-            return float("-inf")
-        oldest = next(islice(self.traces.values(), excess - 1, None))
-        return oldest.first_seen
+        for first_seen, n in self._first_seen:
+            excess -= n
+            if excess <= 0:
+                return first_seen
+        return float("-inf")
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -427,13 +499,14 @@ class TraceBuffer:
 
 
 # Measured with tracemalloc on interleaved traces (benchmarks/collector_throughput.py's
-# app traffic, about six spans a trace): a held trace's entry (HeldTrace, its ID and its
-# slot in TraceBuffer.traces) and, when spans are kept, a run per span at most.
+# app traffic, about six spans a trace): a held trace's entry (its ID and count in
+# TraceBuffer.traces, about 110 bytes, and its list of runs where spans are kept: the
+# larger is counted) and, when spans are kept, a run per span at most.
 HELD_TRACE_BYTES = 160
 HELD_RUN_BYTES = 100
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
-_NO_RUNS: list[tuple[Sequence[Span] | PackedScope, int, int, str]] = []
+_NO_RUNS: list[Run] = []
 
 
 def _pack(
@@ -451,7 +524,11 @@ def _pack(
     held: list[tuple[bytes, list[PackedScope]]] = []
     for rs, scopes in zip(payload.resource_spans, scans, strict=True):
         rs.ClearField("scope_spans")
-        packed = [PackedScope(scan.wire, compressed) for scan in scopes if scan.wire is not None]
+        packed = [
+            PackedScope(scan.wire, scan.trace_ids, compressed)
+            for scan in scopes
+            if scan.wire is not None
+        ]
         held.append((rs.SerializeToString(), packed))
     return held
 

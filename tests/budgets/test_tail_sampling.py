@@ -256,3 +256,66 @@ def test_batches_held_as_bytes_come_out_as_batches_held_as_messages() -> None:
         "shop-api",
         "kept-service",
     ]
+
+
+def test_spans_of_every_size_come_out_byte_for_byte() -> None:
+    """Short spans, spans of a few hundred bytes and spans past 16 KiB (their lengths
+    take one, two and three bytes), interleaved by trace: what is kept of them is
+    released exactly as when held as messages."""
+
+    template = request(
+        S("s", trace=1 + i % 4, error=i % 4 == 1, attrs=({"v": "x" * size} if size else {}))
+        for i, size in enumerate([0, 200, 0, 20_000, 300, 0, 17_000, 100, 0, 5])
+    )
+    never = {"name": "never", "type": "latency", "latency": {"threshold_ms": 1e9}}
+    outputs = []
+    for policies in ([], [never]):
+        processor, sink, _ = sampler("1h", policies=policies)
+        batch = ExportTraceServiceRequest()
+        batch.CopyFrom(template)
+        asyncio.run(processor.consume(batch))
+        asyncio.run(processor.shutdown())
+        [released] = sink.got
+        outputs.append(released.SerializeToString())  # type: ignore[attr-defined]
+    assert outputs[0] == outputs[1]
+    kept = ExportTraceServiceRequest.FromString(outputs[0])
+    assert {s.trace_id[-1] for s in all_spans(kept)} == {2}
+    assert len(all_spans(kept)) == 3
+
+
+def test_a_packed_scope_gives_back_each_span_and_its_trace_id() -> None:
+    from array import array
+
+    from otelkit.budgets.tracebuffer import PackedScope, ScopeWire
+    from otelkit.collector.pdata.wire import scope_spans_layout
+
+    [scope] = (
+        request([S("a", trace=1), S("b", trace=2, attrs={"v": "y" * 20_000}), S("c", trace=1)])
+        .resource_spans[0]
+        .scope_spans
+    )
+    scope.scope.name = "lib"
+    scope.schema_url = "s"
+    data = scope.SerializeToString()
+    starts, ends, ids = scope_spans_layout(data)
+    wire = ScopeWire(data, array("I", starts), array("I", ends))
+    unpacked, trace_ids = PackedScope(wire, [t for t in ids if t is not None]).unpack()
+    assert unpacked == wire
+    assert trace_ids == ids
+
+
+def test_error_statuses_are_found_whatever_else_the_statuses_hold() -> None:
+    """An error with a message, and (in a second batch) beside a status code outside the
+    enum whose byte looks like a span's field tag: each error keeps its trace only."""
+    first = request([S("ok", trace=1), S("failed", trace=2), S("ok", trace=3)])
+    second = request([S("odd", trace=4), S("failed", trace=5), S("ok", trace=6)])
+    for batch, odd in ((first, None), (second, 0)):
+        spans = all_spans(batch)
+        spans[1].status.code = spans[1].status.STATUS_CODE_ERROR
+        spans[1].status.message = "boom \x18\x02"
+        if odd is not None:
+            spans[odd].status.code = 18  # type: ignore[assignment]
+    processor, sink, _ = sampler()
+    asyncio.run(processor.consume(first))
+    asyncio.run(processor.consume(second))
+    assert kept_traces(sink) == {2, 5}

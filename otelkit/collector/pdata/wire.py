@@ -10,7 +10,7 @@ field 9), so the same key inside an event or a link is not mistaken for it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -127,13 +127,37 @@ def scope_spans_layout(data: bytes) -> tuple[list[int], list[int], list[bytes | 
     """Where each span of a serialised ``ScopeSpans`` starts and ends, and its trace ID
     where the span's bytes begin with one (serialisers write field 1 first; None
     elsewhere: read it from the message). Raises ValueError on bytes it cannot walk."""
+    starts, ends, ids, irregular = _walk(data)
+    found: list[bytes | None] = list(ids)
+    for k in irregular:
+        found[k] = None
+    return starts, ends, found
+
+
+def led_scope_spans_layout(data: bytes) -> tuple[list[int], list[int], list[bytes]] | None:
+    """As :func:`scope_spans_layout` where every span's bytes begin with its trace ID;
+    None where some span's do not."""
+    starts, ends, ids, irregular = _walk(data)
+    return None if irregular else (starts, ends, ids)
+
+
+def span_field_starts(starts: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """Where each span's field (tag and length included) begins: serialisation writes
+    the spans one after the other, so each begins where the one before ends."""
+    if not starts:
+        return []
+    first = starts[0] - 1 - len(varint(ends[0] - starts[0]))  # tag 0x12, then the length
+    return [first, *ends[:-1]]
+
+
+def _walk(data: bytes) -> tuple[list[int], list[int], list[bytes], list[int]]:
     try:
         return _walk_scope_spans(data)
     except IndexError:
         raise ValueError("truncated ScopeSpans") from None
 
 
-def _walk_scope_spans(data: bytes) -> tuple[list[int], list[int], list[bytes | None]]:
+def _walk_scope_spans(data: bytes) -> tuple[list[int], list[int], list[bytes], list[int]]:
     # The hot loop of tail sampling: literals and bound methods, no calls per span.
     starts: list[int] = []
     ends: list[int] = []
@@ -162,10 +186,7 @@ def _walk_scope_spans(data: bytes) -> tuple[list[int], list[int], list[bytes | N
         add_end(pos)
     if pos != size:
         raise ValueError("truncated span")
-    ids: list[bytes | None] = [data[at + 2 : at + 18] for at in starts]
-    for k in irregular:
-        ids[k] = None
-    return starts, ends, ids
+    return starts, ends, [data[at + 2 : at + 18] for at in starts], irregular
 
 
 def _skip_field(data: bytes, pos: int) -> int:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 import time
-from array import array
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
+from itertools import chain, compress
 from typing import Annotated, Any, Literal
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
@@ -39,13 +40,14 @@ from otelkit.budgets.tracebuffer import (
     HeldBatch,
     HeldTrace,
     PackedScope,
+    ScopeEntries,
     ScopeScan,
     ScopeWire,
     read_trace_ids,
 )
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.pdata.values import any_value_text
-from otelkit.collector.pdata.wire import key_pattern, scope_spans_layout, varint
+from otelkit.collector.pdata.wire import key_pattern, led_scope_spans_layout, varint
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Consumer,
@@ -73,6 +75,7 @@ _BREACH_FINDING = KeyValue(
 _ERROR_CODE = b"\x18\x02"
 _RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
 _SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
+_SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
 # HeldTrace.flags bits: what some span of the trace has.
 _ERROR, _EXCEEDED, _PERF = 1, 2, 4
 
@@ -163,21 +166,20 @@ class TailSamplingConfig(ComponentConfig):
 
 
 class _Cache:
-    """A bounded LRU of decided trace IDs."""
+    """A bounded set of decided trace IDs; past its size the oldest go."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self.ids: set[bytes] = set()  # read directly: ``in`` on it is a C call
+        self._order: deque[bytes] = deque()
 
     def add(self, trace_id: bytes) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or trace_id in self.ids:
             return
-        self._ids[trace_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
-    def __contains__(self, trace_id: bytes) -> bool:
-        return trace_id in self._ids
+        self.ids.add(trace_id)
+        self._order.append(trace_id)
+        if len(self._order) > self.size:
+            self.ids.remove(self._order.popleft())
 
 
 class TailSamplingProcessor(BufferedTraceProcessor):
@@ -208,7 +210,8 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         self._sampled = _Cache(config.decision_cache.sampled_cache_size)
         self._not_sampled = _Cache(config.decision_cache.non_sampled_cache_size)
         # Decisions of the last decision_wait: batches still held may need them.
-        self._decided: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
+        self._decided: dict[bytes, tuple[bool, float]] = {}
+        self._decided_in_order: deque[tuple[float, list[bytes]]] = deque()  # (when, traces)
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         self._decisions = settings.telemetry.counter(
@@ -235,23 +238,25 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         if not self._marks and not self._config.keep.errors:
             return read_trace_ids(scope_spans)
         data = scope_spans.SerializeToString()
-        spans = scope_spans.spans
         try:
-            starts, ends, found_ids = scope_spans_layout(data)
+            layout = led_scope_spans_layout(data)
         except ValueError:
-            starts, ends, found_ids = [], [], []
-        if len(starts) != len(spans):  # bytes it cannot walk: read span by span
+            layout = None
+        spans = scope_spans.spans
+        # Bytes it cannot walk, or a span not led by its trace ID: read span by span.
+        if layout is None or len(layout[0]) != len(spans):
             return self._scan_spans(scope_spans)
-        ids = [
-            trace_id if trace_id is not None else spans[k].trace_id
-            for k, trace_id in enumerate(found_ids)
-        ]
+        starts, ends, ids = layout
         flags: dict[int, int] = {}
         for pattern, bit in self._marks:
             _flag_occurrences(data, pattern, bit, starts, ends, flags, None)
         if self._config.keep.errors:
-            _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
-        return ScopeScan(ids, flags, ScopeWire(data, array("I", starts), array("I", ends)))
+            errors = _error_spans(data, len(spans))
+            if errors is None:
+                _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
+            for k in errors or ():
+                flags[k] = flags.get(k, 0) | _ERROR
+        return ScopeScan(ids, flags, ScopeWire(data, starts, ends))
 
     def _scan_spans(self, scope_spans: ScopeSpans) -> ScopeScan:
         ids: list[bytes] = []
@@ -270,18 +275,18 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         return ScopeScan(ids, flags)
 
     def is_decided(self, trace_id: bytes) -> bool:
-        return trace_id in self._sampled or trace_id in self._not_sampled
+        return trace_id in self._sampled.ids or trace_id in self._not_sampled.ids
 
     def judge(self, traces: list[HeldTrace]) -> None:
         now = time.monotonic()
-        horizon = now - self.buffer.wait - 1.0
-        while self._decided and next(iter(self._decided.values()))[1] < horizon:
-            self._decided.popitem(last=False)
+        self._forget_decisions(now - self.buffer.wait - 1.0)
+        self._decided_in_order.append((now, [trace.trace_id for trace in traces]))
         counts: dict[tuple[bool, str], int] = {}
+        decisions = {True: (True, now), False: (False, now)}  # shared by this call's traces
         for trace in traces:
             reason = self._reason_to_keep(trace)
             keep = reason is not None
-            self._decided[trace.trace_id] = (keep, now)
+            self._decided[trace.trace_id] = decisions[keep]
             (self._sampled if keep else self._not_sampled).add(trace.trace_id)
             key = (keep, reason or "")
             counts[key] = counts.get(key, 0) + 1
@@ -291,6 +296,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         if early:
             self._decided_early.inc(early)
             self._decided_early_counted += early
+
+    def _forget_decisions(self, horizon: float) -> None:
+        """Drops the decisions made before ``horizon`` (a trace decided again since keeps
+        its newer decision)."""
+        while self._decided_in_order and self._decided_in_order[0][0] < horizon:
+            for trace_id in self._decided_in_order.popleft()[1]:
+                decision = self._decided.get(trace_id)
+                if decision is not None and decision[1] < horizon:
+                    del self._decided[trace_id]
 
     def _count_decisions(self, key: tuple[bool, str], n: int) -> None:
         child = self._decision_children.get(key)
@@ -333,7 +347,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         for header, scopes in wire:
             body = bytearray(header)
             for packed in scopes:
-                kept, n = self._filter_bytes(*packed.unpack())
+                kept, n = self._filter_bytes(packed.entries())
                 dropped += n
                 if kept is not None:
                     body += _SCOPE_SPANS_TAG + varint(len(kept)) + kept
@@ -346,34 +360,23 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         rebuilt.ParseFromString(bytes(out))
         return rebuilt
 
-    def _filter_bytes(self, scope: ScopeWire, ids: list[bytes]) -> tuple[bytes | None, int]:
+    def _filter_bytes(self, scope: ScopeEntries) -> tuple[bytes | None, int]:
         """A ScopeSpans' bytes without the spans of traces not kept (None when no span is
-        left), and how many spans were cut."""
-        if not ids:
+        left), and how many spans were cut: the scope's own fields and the kept spans'
+        fields, joined by iterators rather than span by span in Python."""
+        data, bounds, trace_ids, traces = scope
+        if not traces:
             return None, 0
-        keeps = {trace_id: self._keeps(trace_id) for trace_id in dict.fromkeys(ids)}
-        if all(keeps.values()):
-            return scope.data, 0
-        if not any(keeps.values()):
-            return None, len(ids)
-        data, starts, ends = scope
-        pieces: list[bytes] = []
-        pos = dropped = 0
-        k, n = 0, len(ids)
-        while k < n:
-            if keeps[ids[k]]:
-                k += 1
-                continue
-            begin = k
-            while k < n and not keeps[ids[k]]:
-                k += 1
-            # A span's entry: its tag byte and length, then its bytes.
-            head = starts[begin] - 1 - len(varint(ends[begin] - starts[begin]))
-            pieces.append(data[pos:head])
-            pos = ends[k - 1]
-            dropped += k - begin
-        pieces.append(data[pos:])
-        return b"".join(pieces), dropped
+        keeps = [self._keeps(trace_id) for trace_id in trace_ids]
+        if all(keeps):
+            return data, 0
+        if not any(keeps):
+            return None, len(traces)
+        keep = list(map(keeps.__getitem__, traces))
+        heads, ends = compress(bounds, keep), compress(bounds[1:], keep)
+        kept = map(data.__getitem__, map(slice, heads, ends))
+        body = b"".join(chain((data[: bounds[0]],), kept, (data[bounds[-1] :],)))
+        return body, len(keep) - sum(keep)
 
     def _filter(self, spans: Any, ids: list[bytes]) -> int:
         """Deletes the spans of traces not kept, a run at a time; returns how many."""
@@ -404,7 +407,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
         decision = self._decided.get(trace_id)
         if decision is not None:
             return decision[0]
-        return trace_id in self._sampled
+        return trace_id in self._sampled.ids
 
     def _reason_to_keep(self, trace: HeldTrace) -> str | None:
         keep = self._config.keep
@@ -449,6 +452,53 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             self._tokens -= n
             return True
         return False
+
+
+def _status_codes_type() -> Any:
+    """A ScopeSpans that knows nothing of its spans but their status codes."""
+    field = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="otelkit/span_statuses.proto", package="otelkit.statuses", syntax="proto3"
+    )
+    for name, number, type_, type_name in (
+        ("Status", 3, field.TYPE_INT32, ""),  # Status.code
+        ("Span", 15, field.TYPE_MESSAGE, ".otelkit.statuses.Status"),  # Span.status
+        ("ScopeSpans", 2, field.TYPE_MESSAGE, ".otelkit.statuses.Span"),  # .spans
+    ):
+        label = field.LABEL_REPEATED if name == "ScopeSpans" else field.LABEL_OPTIONAL
+        message = file.message_type.add(name=name)
+        added = message.field.add(name="f", number=number, type=type_, label=label)
+        if type_name:
+            added.type_name = type_name
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("otelkit.statuses.ScopeSpans")
+    )
+
+
+_SpanStatuses = _status_codes_type()
+
+
+def _error_spans(data: bytes, count: int) -> list[int] | None:
+    """The indexes of a serialised ScopeSpans' spans whose status is ERROR. The bytes are
+    parsed (in C) as :func:`_status_codes_type`, everything else dropped, and what is left,
+    a few bytes per span (``12 LL [7a LL [18 code]]``), searched: searching the whole
+    bytes for the status field's two bytes costs more. None where a status code is
+    outside the enum's values (a code byte could then be taken for a span's tag)."""
+    statuses = _SpanStatuses.FromString(data)
+    statuses.DiscardUnknownFields()
+    left = statuses.SerializeToString()
+    at = left.find(_ERROR_CODE)
+    if at < 0:
+        return []
+    if left.count(_SPAN_TAG) != count:
+        return None
+    found: list[int] = []
+    while at >= 0:  # the span whose field holds it: as many tags before it, less one
+        found.append(left.count(_SPAN_TAG, 0, at) - 1)
+        at = left.find(_ERROR_CODE, at + 2)
+    return found
 
 
 def _flag_occurrences(

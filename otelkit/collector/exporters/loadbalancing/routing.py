@@ -19,7 +19,7 @@ from typing import Any
 
 from otelkit.collector.pdata.signals import Payload, Signal, signal_of
 from otelkit.collector.pdata.split import LAYOUT, shell
-from otelkit.collector.pdata.wire import scope_spans_layout, varint
+from otelkit.collector.pdata.wire import scope_spans_layout, span_field_starts
 
 Route = Callable[[bytes], int]
 """Backend index of a key (``HashRing.index_for``)."""
@@ -135,7 +135,7 @@ def _split_spans(payload: Any, route: Route) -> dict[int, Payload]:
                 for k, trace_id in enumerate(ids)
             ]
             seen.update(owners)
-            plan.append((resource, data, _field_starts(starts, ends), ends, owners))
+            plan.append((resource, data, span_field_starts(starts, ends), ends, owners))
     if len(seen) <= 1:
         return {seen.pop(): payload} if seen else {}
     parts: dict[int, Payload] = {}
@@ -156,15 +156,6 @@ def _split_spans(payload: Any, route: Route) -> dict[int, Payload]:
             chunks.append(tail)
             copy.scope_spans.add().MergeFromString(b"".join(chunks))
     return parts
-
-
-def _field_starts(starts: list[int], ends: list[int]) -> list[int]:
-    """Where each span's field (tag and length included) begins: spans are written one
-    after the other, so each begins where the one before ends."""
-    if not starts:
-        return []
-    first = starts[0] - 1 - len(varint(ends[0] - starts[0]))  # tag 0x12, then the length
-    return [first, *ends[:-1]]
 
 
 def _split_streams(payload: Payload, route: Route) -> dict[int, Payload]:

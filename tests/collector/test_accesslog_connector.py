@@ -154,6 +154,14 @@ def test_only_http_server_spans_have_records() -> None:
     assert not AccessRecords(AccessLogConfig()).logs(request(*spans)).resource_logs
 
 
+def test_attributes_of_a_spans_events_are_not_the_spans() -> None:
+    attrs = {k: v for k, v in STABLE.items() if k != "http.request.method"}
+    server = span(attrs)
+    event = server.events.add(name="exception")
+    event.attributes.append(key_value("http.request.method", "GET"))
+    assert records(server) == []
+
+
 @pytest.mark.parametrize(
     ("status", "severity"),
     [(200, "INFO"), (204, "INFO"), (302, "INFO"), (404, "WARN"), (422, "WARN"),

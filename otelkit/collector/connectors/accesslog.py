@@ -34,25 +34,25 @@ Other spans cost one look at their kind; the batch is only read, so a fan-out sh
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import (
     SEVERITY_NUMBER_ERROR,
     SEVERITY_NUMBER_INFO,
     SEVERITY_NUMBER_WARN,
-    LogRecord,
-    SeverityNumber,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
 from otelkit.collector.pdata import semconv
+from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag
 from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text, varint
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Connector,
@@ -66,15 +66,40 @@ EXPORTED_BY_APP = "otelkit.access.exported"
 HEALTH_PATHS = ("/health", "/health/live", "/health/ready")  # the presets' health probes
 _SERVER = Span.SPAN_KIND_SERVER
 _STATUS_ERROR = Status.STATUS_CODE_ERROR
-_USER_PREFIXES = ("enduser.", "user.")
-_COPIED = ("http.route", "request_id", "http.response.body.size")
-# Every key a record is made from, to the name it is read as (stable conventions).
-_READ = {
-    **{key: names[0] for names in (semconv.HTTP_METHOD, semconv.HTTP_STATUS_CODE,
-                                   semconv.URL_PATH, semconv.URL_FULL)
-       for key in names},
-    **{key: key for key in (*_COPIED, EXPORTED_BY_APP)},
-}  # fmt: skip
+_PERSONAL_PREFIXES = ("enduser.", "user.")
+_CLIENT_ADDRESS = "client.address"
+# Stable name first: the first found is read.
+_METHOD = tuple(map(key_pattern, semconv.HTTP_METHOD))
+_STATUS = tuple(map(key_pattern, semconv.HTTP_STATUS_CODE))
+_PATH = tuple(map(key_pattern, semconv.URL_PATH))
+_URL = tuple(map(key_pattern, semconv.URL_FULL))
+_EXPORTED = key_pattern(EXPORTED_BY_APP)
+# Copied as they are, when the span has them (their names are the record's).
+_COPIED = tuple(map(key_pattern, ("http.route", "request_id", "http.response.body.size")))
+_DURATION = key_pattern("duration_ms")
+_FIXED64 = struct.Struct("<Q").pack
+_FIXED32 = struct.Struct("<I").pack
+_DOUBLE = struct.Struct("<d").pack
+
+
+_LENGTH_DELIMITED = 2
+_TAGS = [field_tag(number, _LENGTH_DELIMITED) for number in range(11)]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (tag, length, bytes)."""
+    return delimited(_TAGS[number], payload)
+
+
+# A record's severity_number and severity_text fields, by severity text.
+_SEVERITIES = {
+    name: b"\x10" + varint(number) + _field(3, name.encode())
+    for number, name in (
+        (SEVERITY_NUMBER_ERROR, "ERROR"),
+        (SEVERITY_NUMBER_WARN, "WARN"),
+        (SEVERITY_NUMBER_INFO, "INFO"),
+    )
+}
 
 
 class AccessLogConfig(ComponentConfig):
@@ -89,97 +114,123 @@ class AccessLogConfig(ComponentConfig):
     )
 
 
-def severity(status: int) -> tuple[SeverityNumber.ValueType, str]:
+def severity(status: int) -> str:
     """As the presets: 5xx ERROR, 4xx WARN, anything else INFO."""
     if status >= 500:
-        return SEVERITY_NUMBER_ERROR, "ERROR"
+        return "ERROR"
     if status >= 400:
-        return SEVERITY_NUMBER_WARN, "WARN"
-    return SEVERITY_NUMBER_INFO, "INFO"
-
-
-class _Request(NamedTuple):
-    """What a server span says about its request."""
-
-    method: str
-    path: str
-    status: int
-    found: dict[str, AnyValue]
-    personal: list[KeyValue]
+        return "WARN"
+    return "INFO"
 
 
 class AccessRecords:
-    """Turns the server spans of a traces request into access records."""
+    """Turns the server spans of a traces request into access records.
+
+    A server span is read from its wire bytes (one serialisation in C, a ``bytes.find``
+    per key) and its record written as wire bytes, the whole logs request parsed once at
+    the end: reading and building the messages field by field in Python costs several
+    times more."""
 
     def __init__(self, config: AccessLogConfig) -> None:
         self._excluded = frozenset(config.exclude_paths)
         self._client_address = config.client_address
 
     def logs(self, request: ExportTraceServiceRequest) -> ExportLogsServiceRequest:
-        """One record per server span, under the span's resource (each record is written
-        in place: a record built apart would be copied in)."""
-        logs = ExportLogsServiceRequest()
-        observed = time.time_ns()
+        """One record per server span, under the span's resource."""
+        observed = b"\x59" + _FIXED64(time.time_ns())
+        resource_logs = []
         for rs in request.resource_spans:
-            records = None
-            for span in _server_spans(ss.spans for ss in rs.scope_spans):
-                served = self.request(span)
-                if served is None:
-                    continue
-                if records is None:
-                    rl = logs.resource_logs.add(schema_url=rs.schema_url)
-                    rl.resource.CopyFrom(rs.resource)
-                    sl = rl.scope_logs.add()
-                    sl.scope.name = SCOPE_NAME
-                    records = sl.log_records
-                _write(records.add(observed_time_unix_nano=observed), span, served)
+            spans = _server_spans(ss.spans for ss in rs.scope_spans)
+            records = [
+                _field(2, record + observed)
+                for record in map(self.record, spans)
+                if record is not None
+            ]
+            if records:
+                scope_logs = _field(1, _field(1, SCOPE_NAME.encode())) + b"".join(records)
+                resource_logs.append(
+                    _field(
+                        1,
+                        _field(1, rs.resource.SerializeToString())
+                        + _field(2, scope_logs)
+                        + (_field(3, rs.schema_url.encode()) if rs.schema_url else b""),
+                    )
+                )
+        logs: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(
+            b"".join(resource_logs)
+        )
         return logs
 
-    def request(self, span: Span) -> _Request | None:
-        """The request a server span stands for, or None when it gets no record."""
-        found: dict[str, AnyValue] = {}
-        personal: list[KeyValue] = []
-        for kv in span.attributes:
-            key = kv.key
-            name = _READ.get(key)
-            if name is not None:
-                if name == key or name not in found:  # the stable name wins
-                    found[name] = kv.value
-            elif key.startswith(_USER_PREFIXES) or (
-                key == "client.address" and self._client_address
-            ):
-                personal.append(kv)
-        method = found.get("http.request.method")
-        if method is None or EXPORTED_BY_APP in found:
+    def record(self, span: Span) -> bytes | None:
+        """The ``LogRecord`` bytes of a server span's access record, or None when it has
+        none (no HTTP method, a health probe, exported by the app, no response)."""
+        data = span.SerializeToString()
+        method = _first(data, _METHOD)
+        if method is None or _first(data, (_EXPORTED,)) is not None:
             return None
-        path = _path(found)
+        path = _path(data)
         if path in self._excluded:
             return None
-        status = _status(found.get("http.response.status_code"), span)
+        status_value = _first(data, _STATUS)
+        status = _status(status_value, span)
         if status is None:
             return None
-        return _Request(method.string_value, path, status, found, personal)
+        method_text = value_text(method)
+        duration_ms = round(max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6, 3)
+        body = f"{method_text} {path} {status} {duration_ms:.1f}ms"
+        attributes = [
+            _attribute(_METHOD[0], method),
+            _attribute(_PATH[0], _field(1, path.encode())),
+            _attribute(_STATUS[0], b"\x18" + varint(status)),
+            _attribute(_DURATION, b"\x21" + _DOUBLE(duration_ms)),
+        ]
+        for pattern in _COPIED:
+            value = _first(data, (pattern,))
+            if value is not None:
+                attributes.append(_attribute(pattern, value))
+        attributes.extend(self._personal(span, data))
+        return b"".join(
+            (
+                b"\x09",
+                _FIXED64(span.end_time_unix_nano),
+                _SEVERITIES[severity(status)],
+                _field(5, _field(1, body.encode())),
+                *attributes,
+                b"\x45",
+                _FIXED32(span.flags & 0xFF),
+                _field(9, span.trace_id),
+                _field(10, span.span_id),
+            )
+        )
+
+    def _personal(self, span: Span, data: bytes) -> list[bytes]:
+        """``enduser.*``, ``user.*`` (and ``client.address`` when configured): rare, so
+        looked for in the bytes first and read from the message only when there."""
+        if b"user." not in data and not (self._client_address and b"client.address" in data):
+            return []
+        return [
+            _field(6, kv.SerializeToString())
+            for kv in span.attributes
+            if kv.key.startswith(_PERSONAL_PREFIXES)
+            or (self._client_address and kv.key == _CLIENT_ADDRESS)
+        ]
 
 
-def _write(record: LogRecord, span: Span, request: _Request) -> None:
-    method, path, status, found, personal = request
-    duration_ms = round(max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6, 3)
-    record.time_unix_nano = span.end_time_unix_nano
-    record.severity_number, record.severity_text = severity(status)
-    record.trace_id = span.trace_id
-    record.span_id = span.span_id
-    record.flags = span.flags & 0xFF
-    record.body.string_value = f"{method} {path} {status} {duration_ms:.1f}ms"
-    add = record.attributes.add
-    add(key="http.request.method").value.string_value = method
-    add(key="url.path").value.string_value = path
-    add(key="http.response.status_code").value.int_value = status
-    add(key="duration_ms").value.double_value = duration_ms
-    for key in _COPIED:
-        value = found.get(key)
-        if value is not None:
-            add(key=key).value.CopyFrom(value)
-    record.attributes.extend(personal)
+def _attribute(pattern: bytes, value: bytes) -> bytes:
+    """A ``LogRecord.attributes`` entry: ``pattern`` (a key, see ``key_pattern``) and its
+    ``AnyValue`` bytes."""
+    return _field(6, pattern + varint(len(value)) + value)
+
+
+def _first(data: bytes, patterns: Iterable[bytes]) -> bytes | None:
+    """The ``AnyValue`` bytes of the first of these top-level attributes the span has."""
+    for pattern in patterns:
+        at = data.find(pattern)
+        if at >= 0:
+            raw = raw_value_at(data, pattern, at)
+            if raw is not None:
+                return raw
+    return None
 
 
 def _server_spans(span_lists: Iterable[Iterable[Span]]) -> Iterable[Span]:
@@ -189,13 +240,13 @@ def _server_spans(span_lists: Iterable[Iterable[Span]]) -> Iterable[Span]:
                 yield span
 
 
-def _path(found: dict[str, AnyValue]) -> str:
+def _path(data: bytes) -> str:
     """``url.path``; else ``http.target`` or ``url.full`` without the query string."""
-    value = found.get("url.path")
-    if value is not None:
-        return value.string_value.split("?", 1)[0]
-    value = found.get("url.full")
-    return "" if value is None else _url_path(value.string_value)
+    raw = _first(data, _PATH)
+    if raw is not None:
+        return value_text(raw).split("?", 1)[0]
+    raw = _first(data, _URL)
+    return "" if raw is None else _url_path(value_text(raw))
 
 
 def _url_path(url: str) -> str:
@@ -210,16 +261,12 @@ def _url_path(url: str) -> str:
     return "" if start < 0 else rest[start:]
 
 
-def _status(value: AnyValue | None, span: Span) -> int | None:
+def _status(raw: bytes | None, span: Span) -> int | None:
     """The response status; 500 for an error span the server answered without one."""
-    if value is not None:
-        kind = value.WhichOneof("value")
-        if kind == "int_value":
-            return int(value.int_value)
-        if kind == "string_value" and value.string_value.isdigit():
-            return int(value.string_value)
-        if kind == "double_value":
-            return int(value.double_value)
+    if raw is not None:
+        text = value_text(raw)
+        with contextlib.suppress(ValueError):
+            return int(float(text)) if "." in text else int(text)
     return 500 if span.status.code == _STATUS_ERROR else None
 
 

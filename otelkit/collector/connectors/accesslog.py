@@ -35,6 +35,7 @@ Other spans cost one look at their kind; the batch is only read, so a fan-out sh
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import time
 from collections.abc import Iterable
@@ -50,7 +51,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
 from otelkit.collector.pdata import semconv
-from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag
+from otelkit.collector.pdata._otlpjson_checked import SMALL_VARINTS, delimited, field_tag
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text, varint
 from otelkit.collector.runtime.component import (
@@ -166,42 +167,38 @@ class AccessRecords:
         none (no HTTP method, a health probe, exported by the app, no response)."""
         data = span.SerializeToString()
         method = _first(data, _METHOD)
-        if method is None or _first(data, (_EXPORTED,)) is not None:
+        if method is None or (_EXPORTED in data and _first(data, (_EXPORTED,)) is not None):
             return None
         path = _path(data)
         if path in self._excluded:
             return None
-        status_value = _first(data, _STATUS)
-        status = _status(status_value, span)
+        status = _status(_first(data, _STATUS), span)
         if status is None:
             return None
-        method_text = value_text(method)
         duration_ms = round(max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6, 3)
-        body = f"{method_text} {path} {status} {duration_ms:.1f}ms"
-        attributes = [
+        body = f"{value_text(method)} {path} {status} {duration_ms:.1f}ms"
+        parts = [
+            b"\x09",
+            _FIXED64(span.end_time_unix_nano),
+            *_status_fields(status),
+            _field(5, _field(1, body.encode())),
             _attribute(_METHOD[0], method),
             _attribute(_PATH[0], _field(1, path.encode())),
-            _attribute(_STATUS[0], b"\x18" + varint(status)),
             _attribute(_DURATION, b"\x21" + _DOUBLE(duration_ms)),
         ]
         for pattern in _COPIED:
-            value = _first(data, (pattern,))
+            at = data.find(pattern)
+            value = None if at < 0 else raw_value_at(data, pattern, at)
             if value is not None:
-                attributes.append(_attribute(pattern, value))
-        attributes.extend(self._personal(span, data))
-        return b"".join(
-            (
-                b"\x09",
-                _FIXED64(span.end_time_unix_nano),
-                _SEVERITIES[severity(status)],
-                _field(5, _field(1, body.encode())),
-                *attributes,
-                b"\x45",
-                _FIXED32(span.flags & 0xFF),
-                _field(9, span.trace_id),
-                _field(10, span.span_id),
-            )
+                parts.append(_attribute(pattern, value))
+        parts.extend(self._personal(span, data))
+        parts += (
+            b"\x45",
+            _FIXED32(span.flags & 0xFF),
+            _field(9, span.trace_id),
+            _field(10, span.span_id),
         )
+        return b"".join(parts)
 
     def _personal(self, span: Span, data: bytes) -> list[bytes]:
         """``enduser.*``, ``user.*`` (and ``client.address`` when configured): rare, so
@@ -219,7 +216,14 @@ class AccessRecords:
 def _attribute(pattern: bytes, value: bytes) -> bytes:
     """A ``LogRecord.attributes`` entry: ``pattern`` (a key, see ``key_pattern``) and its
     ``AnyValue`` bytes."""
-    return _field(6, pattern + varint(len(value)) + value)
+    size = len(value)
+    return _field(6, pattern + (SMALL_VARINTS[size] if size < 128 else varint(size)) + value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _status_fields(status: int) -> tuple[bytes, bytes]:
+    """The severity fields and the status attribute of a record, by status."""
+    return _SEVERITIES[severity(status)], _attribute(_STATUS[0], b"\x18" + varint(status))
 
 
 def _first(data: bytes, patterns: Iterable[bytes]) -> bytes | None:

@@ -1,4 +1,4 @@
-"""App-side overhead: one FastAPI app on uvicorn (1 worker), five ways, in one run.
+"""App-side overhead: one FastAPI app on uvicorn (1 worker), six ways, in one run.
 
     python benchmarks/app_overhead.py [--quick] [--requests N] [--connections C] [--rounds R]
     python benchmarks/app_overhead.py --profile [--mode otelkit] [--endpoint realistic]
@@ -20,7 +20,10 @@ Modes (each a server process, started as a user starts it):
 ``sentry``     ``sentry_sdk.init(traces_sample_rate=1.0)`` sending to a local stand-in,
                ``basicConfig`` to stdout;
 ``otelkit``    ``opentelemetry-instrument`` with otelkit's distro and defaults (JSON logs
-               on stdout, every log record and access record exported over OTLP);
+               and access records on stdout, every log record exported over OTLP; the
+               collector makes the log store's access record from the server span);
+``otelkit-both``  the same with ``OTELKIT_ACCESS_LOG=both`` (the app exports its access
+               records over OTLP too);
 ``otelkit-no-access``  the same with ``OTELKIT_ACCESS_LOG=off``.
 
 Every instrumented mode keeps every trace (server and database spans). Exports go to one
@@ -59,9 +62,9 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("bare", "stock", "sentry", "otelkit", "otelkit-no-access")
+MODES = ("bare", "stock", "sentry", "otelkit", "otelkit-both", "otelkit-no-access")
 ENDPOINTS = {"simple": "/users/{n}", "realistic": "/orders/{n}"}
-AUTO_MODES = {"stock", "otelkit", "otelkit-no-access"}
+AUTO_MODES = {"stock", "otelkit", "otelkit-both", "otelkit-no-access"}
 ROWS = 100
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -146,8 +149,9 @@ def server_env(mode: str, sink_port: int) -> dict[str, str]:
         env.update(OTEL_PYTHON_DISTRO="distro", OTEL_PYTHON_CONFIGURATOR="configurator")
     elif mode.startswith("otelkit"):
         env.update(OTEL_PYTHON_DISTRO="otelkit", OTELKIT_ENVIRONMENT="production")
-        if mode == "otelkit-no-access":
-            env["OTELKIT_ACCESS_LOG"] = "off"
+        access_log = {"otelkit-both": "both", "otelkit-no-access": "off"}.get(mode)
+        if access_log is not None:
+            env["OTELKIT_ACCESS_LOG"] = access_log
     return env
 
 

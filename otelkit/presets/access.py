@@ -6,7 +6,12 @@ the query string, which can hold tokens), ``http.response.status_code``, ``durat
 ``http.response.body.size``, ``client.address`` (only when PII may be captured), and
 the request ID and trace context every record of the request carries. Severity follows
 the status: 5xx ERROR, 4xx WARNING, else INFO. ``OTELKIT_ACCESS_LOG`` chooses where the
-records go (``stdout``, ``otlp``, ``both``, ``off``); health probes have none.
+records go (``stdout``, the default, ``otlp``, ``both``, ``off``); health probes have none.
+
+The otelkit collector's ``accesslog`` connector makes the same record from the request's
+server span, so by default the log store has it without the application exporting a copy.
+The server span carries ``http.response.body.size`` for it, and, when the application
+exports its own records, ``otelkit.access.exported`` so that the connector makes none.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from otelkit.presets.logs import ACCESS_LOGGER_NAME, QuietPaths
 from otelkit.presets.settings import DEFAULT_HEALTH_PATHS, Settings
 
 ACCESS_LOGGER = logging.getLogger(ACCESS_LOGGER_NAME)
+# On a server span: its access record is exported by the application, so the collector's
+# ``accesslog`` connector makes none (it reads the same name).
+EXPORTED_ATTRIBUTE = "otelkit.access.exported"
+BODY_SIZE_ATTRIBUTE = "http.response.body.size"
 
 
 class _State:
-    """Set by ``configure()``: whether records are written and may carry the client."""
+    """Set by ``configure()``: whether records are written, exported over OTLP, and may
+    carry the client."""
 
     enabled = False
+    exported = False
     capture_client = False
     quiet_paths: set[str] = set(DEFAULT_HEALTH_PATHS)
 
@@ -34,11 +45,16 @@ _state = _State()
 
 def configure(settings: Settings) -> None:
     _state.enabled = settings.access_log != "off"
+    _state.exported = settings.access_log in ("otlp", "both")
     _state.capture_client = settings.capture_pii
 
 
 def enabled() -> bool:
     return _state.enabled
+
+
+def exported() -> bool:
+    return _state.exported
 
 
 def quiet(paths: Iterable[str]) -> None:
@@ -80,7 +96,7 @@ def log_access(
         "duration_ms": duration_ms,
     }
     if body_size >= 0:
-        attributes["http.response.body.size"] = body_size
+        attributes[BODY_SIZE_ATTRIBUTE] = body_size
     route = getattr(scope.get("route"), "path", None)
     if route:
         attributes["http.route"] = route
@@ -105,4 +121,14 @@ def log_access(
 _LINE = log_access.__code__.co_firstlineno
 
 
-__all__ = ["ACCESS_LOGGER", "configure", "enabled", "is_quiet", "log_access", "quiet"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "BODY_SIZE_ATTRIBUTE",
+    "EXPORTED_ATTRIBUTE",
+    "configure",
+    "enabled",
+    "exported",
+    "is_quiet",
+    "log_access",
+    "quiet",
+]

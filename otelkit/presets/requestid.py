@@ -4,6 +4,8 @@ An incoming ``X-Request-ID`` (or ``request_id`` baggage from an upstream otelkit
 is kept when it looks like an ID (1-128 characters of ``A-Za-z0-9._:-``), otherwise a
 new one is generated. The ID goes on the server span, into the request context (so log
 records carry it), into the ``baggage`` of outgoing httpx requests, and back on the response.
+The server span also gets the response's body size, for the access record the collector
+makes of it (see :mod:`otelkit.presets.access`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from otelkit.presets.logs import (
 )
 
 UNHANDLED_LOGGER = logging.getLogger("otelkit.requests")
+BODY_SIZE = access.BODY_SIZE_ATTRIBUTE
+EXPORTED = access.EXPORTED_ATTRIBUTE
 REQUEST_ID_ATTRIBUTE = "request_id"
 BAGGAGE_KEY = "request_id"
 DEFAULT_HEADER = "X-Request-ID"
@@ -137,8 +141,12 @@ class RequestIdMiddleware:
         started_ns = time.perf_counter_ns()
         request_id = _incoming_id(scope, self.header) or new_request_id()
         span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+        recording = span.is_recording()
+        if recording:
+            if access.exported():
+                span.set_attributes({REQUEST_ID_ATTRIBUTE: request_id, EXPORTED: True})
+            else:
+                span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
         encoded = request_id.encode("latin-1")
         header = self.header
         response = _Response()
@@ -154,6 +162,8 @@ class RequestIdMiddleware:
                 if not message.get("more_body", False):
                     # Before the last body is handed on: the server span ends after it.
                     response.finished_ns = time.perf_counter_ns()
+                    if recording:  # for the access record the collector makes of the span
+                        span.set_attribute(BODY_SIZE, response.body_size)
             await send(message)
 
         request_token = enter_request(request_id)

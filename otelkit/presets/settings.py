@@ -14,7 +14,7 @@ Protocol = Literal["grpc", "http/protobuf"]
 LogFormat = Literal["json", "text", "none"]
 AccessLog = Literal["stdout", "otlp", "both", "off"]
 ACCESS_LOG_CHOICES = ("stdout", "otlp", "both", "off")
-DEFAULT_ACCESS_LOG: AccessLog = "both"
+DEFAULT_ACCESS_LOG: AccessLog = "stdout"
 
 DEVELOPMENT_NAMES = frozenset({"development", "dev", "local", "test"})
 DEFAULT_ENVIRONMENT = "production"

@@ -123,7 +123,12 @@ def server(
 
 @contextmanager
 def instrumented_app(
-    collector_grpc_port: int, service: str, tmp_path: Path, **env: str
+    collector_grpc_port: int,
+    service: str,
+    tmp_path: Path,
+    *,
+    separate_stdout: bool = False,
+    **env: str,
 ) -> Iterator[Server]:
     """The test app under ``opentelemetry-instrument`` with no settings but its service name
     and the collector's OTLP/gRPC address, as a user runs it."""
@@ -133,7 +138,8 @@ def instrumented_app(
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_grpc_port}",
         **env,
     }
-    with server(lambda port: auto(uvicorn_command(port)), app_env, tmp_path, service) as app:
+    build = lambda port: auto(uvicorn_command(port))  # noqa: E731
+    with server(build, app_env, tmp_path, service, separate_stdout=separate_stdout) as app:
         yield app
 
 

@@ -1,10 +1,12 @@
-"""One access record per request, written by otelkit, on stdout and over OTLP.
+"""One access record per request: a JSON line on stdout written by the app, and one record
+in the log store, made by the collector's ``accesslog`` connector from the request's server
+span (or, with ``OTELKIT_ACCESS_LOG=both``, exported by the app itself).
 
 Each server mode a user runs (uvicorn, under ``opentelemetry-instrument``, with
 ``--workers``, gunicorn with uvicorn workers) answers a handful of requests; its stdout
 must be pure JSON with exactly one access line per request (and none of the server's own
-access lines), and the OTLP sink must hold exactly one access log record per request,
-correlated with its server span and no longer than it.
+access lines), and what reaches the log store must be exactly one access record per
+request, correlated with its server span, with the stdout line's fields.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
+from otelkit.collector.connectors.accesslog import AccessLogConfig, AccessRecords
 from otelkit.presets.logs import ACCESS_LOGGER_NAME, JsonFormatter, OtlpHandler, StdoutHandler
 from tests.presets import procs
-from tests.presets.sink import Log, OtlpSink, Span
+from tests.presets.sink import Log, OtlpSink, Received, Span
 from tests.support.collector import shipped_collector
 
 SERVER = 2
-ACCESS_FIELDS = ("http.request.method", "url.path", "http.response.status_code", "duration_ms")
 # request ID -> (path, status, level on stdout, OTLP severity text, route)
 REQUESTS: dict[str, tuple[str, int, str, str, str | None]] = {
     "acc-echo": ("/echo?token=hunter2", 200, "INFO", "INFO", "/echo"),
@@ -38,14 +41,14 @@ REQUESTS: dict[str, tuple[str, int, str, str, str | None]] = {
     "acc-missing": ("/no/such/page", 404, "WARNING", "WARN", None),
     "acc-crash": ("/crash", 500, "ERROR", "ERROR", "/crash"),
 }
-# case -> (server, APP_MODE, server options, capture PII)
-MODES = {
-    "uvicorn-pii": ("uvicorn", "manual", [], True),
-    "uvicorn-instrument": ("uvicorn", "auto", [], False),
-    "uvicorn-workers-instrument": ("uvicorn", "auto", ["--workers", "2"], False),
+# case -> (server, APP_MODE, server options, capture PII, OTELKIT_ACCESS_LOG or default)
+MODES: dict[str, tuple[str, str, list[str], bool, str | None]] = {
+    "uvicorn-pii": ("uvicorn", "manual", [], True, None),
+    "uvicorn-instrument": ("uvicorn", "auto", [], False, None),
+    "uvicorn-workers-instrument": ("uvicorn", "auto", ["--workers", "2"], False, None),
     # gunicorn's own access log to stdout, as many deployments run it: otelkit's replaces it
-    "gunicorn": ("gunicorn", "manual", ["-w", "2", "--access-logfile", "-"], False),
-    "gunicorn-instrument": ("gunicorn", "auto", ["-w", "2", "--access-logfile", "-"], False),
+    "gunicorn-both": ("gunicorn", "manual", ["-w", "2", "--access-logfile", "-"], False, "both"),
+    "gunicorn-instrument": ("gunicorn", "auto", ["-w", "2", "--access-logfile", "-"], False, None),
 }
 
 
@@ -55,7 +58,9 @@ class Served:
     log: str
     spans: list[Span]
     logs: list[Log]
+    traces: list[ExportTraceServiceRequest]
     capture_pii: bool
+    exported_by_app: bool
 
 
 @pytest.fixture(scope="module", params=list(MODES))
@@ -63,7 +68,7 @@ def served(
     request: pytest.FixtureRequest, sink: OtlpSink, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     case = request.param
-    server, mode, options, pii = MODES[case]
+    server, mode, options, pii, access_log = MODES[case]
     tmp_path = tmp_path_factory.mktemp(case)
     sink.clear()
 
@@ -81,6 +86,7 @@ def served(
         APP_MODE=mode,
         OTELKIT_ENVIRONMENT="staging",
         OTELKIT_CAPTURE_PII="true" if pii else "false",
+        **({"OTELKIT_ACCESS_LOG": access_log} if access_log else {}),
     )
     with procs.server(build, env, tmp_path, case, separate_stdout=True) as running:
         for request_id, (path, status, *_) in REQUESTS.items():
@@ -88,7 +94,11 @@ def served(
             assert response.status_code == status, (path, response.text)
         assert httpx.get(f"{running.url}/health/live").status_code == 200
         assert running.stop() in procs.CLEAN_EXIT, running.log()
-        yield Served(running.stdout_lines(), running.log(), sink.spans(), sink.logs(), pii)
+        traces = list(sink.trace_requests)
+        exported = access_log == "both"
+        yield Served(
+            running.stdout_lines(), running.log(), sink.spans(), sink.logs(), traces, pii, exported
+        )
 
 
 def test_every_stdout_line_is_json(served: Served) -> None:
@@ -130,13 +140,22 @@ def test_one_access_line_per_request_with_every_field(served: Served) -> None:
     assert not any('HTTP/1.1"' in line for line in served.stdout + served.log.splitlines())
 
 
-def test_one_access_record_per_request_over_otlp_within_its_server_span(
+def _log_store_records(served: Served) -> list[Log]:
+    """The access records the log store gets: those the app exported over OTLP and those
+    the shipped collector's ``accesslog`` connector makes of the app's spans."""
+    connector = AccessRecords(AccessLogConfig(client_address=served.capture_pii))
+    made = Received.of([connector.logs(request) for request in served.traces]).logs()
+    exported = [log for log in served.logs if "duration_ms" in log.attributes]
+    assert bool(exported) is served.exported_by_app
+    return exported + made
+
+
+def test_the_log_store_gets_one_access_record_per_request_with_the_lines_fields(
     served: Served,
 ) -> None:
     records: dict[str, list[Log]] = {}
-    for log in served.logs:
-        if "duration_ms" in log.attributes:
-            records.setdefault(log.attributes["request_id"], []).append(log)
+    for log in _log_store_records(served):
+        records.setdefault(log.attributes["request_id"], []).append(log)
     assert sorted(records) == sorted(REQUESTS), [log.body for log in served.logs]
     spans = {
         span.attributes["request_id"]: span
@@ -144,18 +163,23 @@ def test_one_access_record_per_request_over_otlp_within_its_server_span(
         if span.kind == SERVER and "request_id" in span.attributes
     }
     stdout = _stdout_access(served)
-    for request_id, (_, status, _, severity, route) in REQUESTS.items():
+    for request_id, (path, status, _, severity, route) in REQUESTS.items():
         (record,) = records[request_id]
+        (line,) = stdout[request_id]
         span = spans[request_id]
         assert record.severity_text == severity
         assert (record.trace_id, record.span_id) == (span.trace_id, span.span_id)
-        fields = (*ACCESS_FIELDS, "http.response.body.size", "http.route", "client.address")
+        fields = ("http.request.method", "url.path", "http.response.status_code",
+                  "http.response.body.size", "http.route", "client.address")  # fmt: skip
         assert {key: record.attributes.get(key) for key in fields} == {
-            key: stdout[request_id][0].get(key) for key in fields
+            key: line.get(key) for key in fields
         }
         assert record.attributes["http.response.status_code"] == status
         assert record.attributes.get("http.route") == route
-        assert record.attributes["duration_ms"] * 1e6 <= span.end_ns - span.start_ns
+        assert record.body.startswith(f"GET {path.split('?')[0]} {status} ")
+        # the app's measure runs within the span; the collector's is the span's
+        duration_ms = record.attributes["duration_ms"]
+        assert line["duration_ms"] <= duration_ms <= (span.end_ns - span.start_ns) / 1e6 + 5e-4
         assert record.resource["deployment.environment.name"] == "staging"
         assert ("client.address" in record.attributes) is served.capture_pii
     assert not [log for log in served.logs if "/health" in str(log.attributes.get("url.path"))]
@@ -226,18 +250,30 @@ FAST, SLOW = 0, 300
 
 
 def test_the_log_store_finds_exactly_the_slow_requests_to_a_route(tmp_path: Path) -> None:
+    """The default system: the shipped collector, and an app with no settings, whose access
+    records reach the log store through the collector's ``accesslog`` connector."""
     service = "access-slow"
     requests = {
-        **{f"fast-{i}": f"/orders/{i}?delay_ms={FAST}" for i in range(4)},
-        **{f"slow-{i}": f"/orders/{i}?delay_ms={SLOW}" for i in range(2)},
-        "slow-elsewhere": "/slow",  # 200 ms, another route
+        **{f"fast-{i}": (f"/orders/{i}?delay_ms={FAST}", 200) for i in range(4)},
+        **{f"slow-{i}": (f"/orders/{i}?delay_ms={SLOW}", 200) for i in range(2)},
+        "slow-elsewhere": ("/slow", 200),  # 200 ms, another route
+        "invalid": ("/orders/abc", 422),
+        "crash": ("/crash", 500),
     }
     with shipped_collector(tmp_path) as collector:
-        with procs.instrumented_app(collector.ports["grpc"], service, tmp_path) as app:
-            for request_id, path in requests.items():
+        grpc = collector.ports["grpc"]
+        with procs.instrumented_app(grpc, service, tmp_path, separate_stdout=True) as app:
+            for request_id, (path, status) in requests.items():
                 response = httpx.get(app.url + path, headers={"X-Request-ID": request_id})
-                assert response.status_code == 200, response.text
+                assert response.status_code == status, response.text
+            assert httpx.get(f"{app.url}/health/live").status_code == 200
             assert app.stop() in procs.CLEAN_EXIT, app.log()
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for text in app.stdout_lines():
+            line = json.loads(text)
+            if line["logger"] == ACCESS_LOGGER_NAME:
+                lines.setdefault(line["request_id"], []).append(line)
+        assert sorted(lines) == sorted(requests), app.stdout_lines()
         url = f"sqlite:///{tmp_path / 'otelkit-data' / 'logs.db'}"
         deadline = time.monotonic() + 30
         stored: list[dict[str, Any]] = []
@@ -247,6 +283,15 @@ def test_the_log_store_finds_exactly_the_slow_requests_to_a_route(tmp_path: Path
                 break
             time.sleep(0.5)
         assert sorted(r["attributes"]["request_id"] for r in stored) == sorted(requests)
+        for record in stored:
+            (line,) = lines[record["attributes"]["request_id"]]
+            assert record["scope_name"] == ACCESS_LOGGER_NAME
+            assert record["severity_text"] == {"WARNING": "WARN"}.get(line["level"], line["level"])
+            assert (record["trace_id"], record["span_id"]) == (line["trace_id"], line["span_id"])
+            assert record["body"].startswith(line["message"].rsplit(" ", 1)[0] + " ")
+            assert record["attributes"]["duration_ms"] >= line["duration_ms"]
+            fields = {key: value for key, value in line.items() if "." in key}
+            assert {key: record["attributes"].get(key) for key in fields} == fields
         slow = procs.logs_query(
             url, "--service", service, "--since", "1h",
             "--attr", "http.route=/orders/{order_id}", "--attr", f"duration_ms>={SLOW - 50}",

@@ -268,7 +268,7 @@ def test_a_log_call_is_read_once_for_stdout_and_export(monkeypatch: pytest.Monke
 
 
 def test_access_log_setting_takes_four_values() -> None:
-    assert Settings.resolve({}).access_log == "both"
+    assert Settings.resolve({}).access_log == "stdout"
     assert Settings.resolve({"OTELKIT_ACCESS_LOG": "OTLP"}).access_log == "otlp"
     with pytest.raises(ValueError, match="OTELKIT_ACCESS_LOG='loud' is not supported"):
         Settings.resolve({"OTELKIT_ACCESS_LOG": "loud"})

@@ -1,0 +1,302 @@
+"""``accesslog`` connector (traces -> logs): one access record per HTTP server span.
+
+The server span of a request already holds what an access log line says (method, route,
+path, status, duration, request ID, trace and span IDs), so the collector writes the
+request's access record from it instead of the application sending a second copy over
+OTLP. The record is the one otelkit's presets write on the ``otelkit.access`` logger
+(see :mod:`otelkit.presets.access`), field for field, so a log-store query for "every slow
+request to /checkout" finds the same records whichever side made them:
+
+* scope ``otelkit.access``, the span's resource, its trace and span IDs and trace flags,
+  timestamped at the span's end;
+* body ``GET /orders/5 200 31.2ms``; severity by status: 5xx ERROR, 4xx WARN, else INFO;
+* ``http.request.method``, ``url.path`` (never the query string), ``http.response.status_code``,
+  ``duration_ms`` (the span's duration), and, when the span has them, ``http.route``,
+  ``http.response.body.size``, ``request_id``, ``enduser.*`` and ``user.*``, and
+  ``client.address`` only with ``client_address: true``.
+
+A server span is one of ``kind == SERVER`` with an HTTP method, in the stable or the older
+conventions (``http.method``, ``http.status_code``, ``http.target``). A span without a
+status code has a record only when its status is an error (an unhandled exception the
+server answered with 500). Health probes (``exclude_paths``) have none, and neither has a
+span marked ``otelkit.access.exported``: its application exports its own access records
+(``OTELKIT_ACCESS_LOG=otlp`` or ``both``), so the log store gets one per request either way.
+
+Put it beside ``findings`` on the traces pipeline that runs ``redaction`` (so what reaches
+the log store is scrubbed) and before any sampling (so every request has its record)::
+
+    traces/findings: {processors: [redaction, budget, perf_issues],
+                      exporters: [findings, accesslog, forward]}
+    logs:            {receivers: [otlp, findings, accesslog], exporters: [logstore]}
+
+Other spans cost one look at their kind; the batch is only read, so a fan-out shares it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import struct
+import time
+from collections.abc import Iterable
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import (
+    SEVERITY_NUMBER_ERROR,
+    SEVERITY_NUMBER_INFO,
+    SEVERITY_NUMBER_WARN,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from pydantic import Field
+
+from otelkit.collector.pdata import semconv
+from otelkit.collector.pdata._otlpjson_checked import SMALL_VARINTS, delimited, field_tag
+from otelkit.collector.pdata.signals import Payload, Signal
+from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text, varint
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    Connector,
+    Consumer,
+    CreateSettings,
+    connector_factory,
+)
+
+SCOPE_NAME = "otelkit.access"  # the presets' access logger: one scope whoever wrote it
+EXPORTED_BY_APP = "otelkit.access.exported"
+HEALTH_PATHS = ("/health", "/health/live", "/health/ready")  # the presets' health probes
+_SERVER = Span.SPAN_KIND_SERVER
+_STATUS_ERROR = Status.STATUS_CODE_ERROR
+_PERSONAL_PREFIXES = ("enduser.", "user.")
+_CLIENT_ADDRESS = "client.address"
+# Stable name first: the first found is read.
+_METHOD = tuple(map(key_pattern, semconv.HTTP_METHOD))
+_STATUS = tuple(map(key_pattern, semconv.HTTP_STATUS_CODE))
+_PATH = tuple(map(key_pattern, semconv.URL_PATH))
+_URL = tuple(map(key_pattern, semconv.URL_FULL))
+_EXPORTED = key_pattern(EXPORTED_BY_APP)
+# Copied as they are, when the span has them (their names are the record's).
+_COPIED = tuple(map(key_pattern, ("http.route", "request_id", "http.response.body.size")))
+_DURATION = key_pattern("duration_ms")
+_FIXED64 = struct.Struct("<Q").pack
+_FIXED32 = struct.Struct("<I").pack
+_DOUBLE = struct.Struct("<d").pack
+
+
+_LENGTH_DELIMITED = 2
+_TAGS = [field_tag(number, _LENGTH_DELIMITED) for number in range(11)]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (tag, length, bytes)."""
+    return delimited(_TAGS[number], payload)
+
+
+# A record's severity_number and severity_text fields, by severity text.
+_SEVERITIES = {
+    name: b"\x10" + varint(number) + _field(3, name.encode())
+    for number, name in (
+        (SEVERITY_NUMBER_ERROR, "ERROR"),
+        (SEVERITY_NUMBER_WARN, "WARN"),
+        (SEVERITY_NUMBER_INFO, "INFO"),
+    )
+}
+
+
+class AccessLogConfig(ComponentConfig):
+    exclude_paths: list[str] = Field(
+        default_factory=lambda: list(HEALTH_PATHS),
+        description="Request paths that get no access record (health probes).",
+    )
+    client_address: bool = Field(
+        False,
+        description="Copy the span's client.address (personal data) into each record, as "
+        "the presets do with OTELKIT_CAPTURE_PII=true.",
+    )
+
+
+def severity(status: int) -> str:
+    """As the presets: 5xx ERROR, 4xx WARN, anything else INFO."""
+    if status >= 500:
+        return "ERROR"
+    if status >= 400:
+        return "WARN"
+    return "INFO"
+
+
+class AccessRecords:
+    """Turns the server spans of a traces request into access records.
+
+    A server span is read from its wire bytes (one serialisation in C, a ``bytes.find``
+    per key) and its record written as wire bytes, the whole logs request parsed once at
+    the end: reading and building the messages field by field in Python costs several
+    times more."""
+
+    def __init__(self, config: AccessLogConfig) -> None:
+        self._excluded = frozenset(config.exclude_paths)
+        self._client_address = config.client_address
+
+    def logs(self, request: ExportTraceServiceRequest) -> ExportLogsServiceRequest:
+        """One record per server span, under the span's resource."""
+        observed = b"\x59" + _FIXED64(time.time_ns())
+        resource_logs = []
+        for rs in request.resource_spans:
+            spans = _server_spans(ss.spans for ss in rs.scope_spans)
+            records = [
+                _field(2, record + observed)
+                for record in map(self.record, spans)
+                if record is not None
+            ]
+            if records:
+                scope_logs = _field(1, _field(1, SCOPE_NAME.encode())) + b"".join(records)
+                resource_logs.append(
+                    _field(
+                        1,
+                        _field(1, rs.resource.SerializeToString())
+                        + _field(2, scope_logs)
+                        + (_field(3, rs.schema_url.encode()) if rs.schema_url else b""),
+                    )
+                )
+        logs: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(
+            b"".join(resource_logs)
+        )
+        return logs
+
+    def record(self, span: Span) -> bytes | None:
+        """The ``LogRecord`` bytes of a server span's access record, or None when it has
+        none (no HTTP method, a health probe, exported by the app, no response)."""
+        data = span.SerializeToString()
+        method = _first(data, _METHOD)
+        if method is None or (_EXPORTED in data and _first(data, (_EXPORTED,)) is not None):
+            return None
+        path = _path(data)
+        if path in self._excluded:
+            return None
+        status = _status(_first(data, _STATUS), span)
+        if status is None:
+            return None
+        duration_ms = round(max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6, 3)
+        body = f"{value_text(method)} {path} {status} {duration_ms:.1f}ms"
+        parts = [
+            b"\x09",
+            _FIXED64(span.end_time_unix_nano),
+            *_status_fields(status),
+            _field(5, _field(1, body.encode())),
+            _attribute(_METHOD[0], method),
+            _attribute(_PATH[0], _field(1, path.encode())),
+            _attribute(_DURATION, b"\x21" + _DOUBLE(duration_ms)),
+        ]
+        for pattern in _COPIED:
+            at = data.find(pattern)
+            value = None if at < 0 else raw_value_at(data, pattern, at)
+            if value is not None:
+                parts.append(_attribute(pattern, value))
+        parts.extend(self._personal(span, data))
+        parts += (
+            b"\x45",
+            _FIXED32(span.flags & 0xFF),
+            _field(9, span.trace_id),
+            _field(10, span.span_id),
+        )
+        return b"".join(parts)
+
+    def _personal(self, span: Span, data: bytes) -> list[bytes]:
+        """``enduser.*``, ``user.*`` (and ``client.address`` when configured): rare, so
+        looked for in the bytes first and read from the message only when there."""
+        if b"user." not in data and not (self._client_address and b"client.address" in data):
+            return []
+        return [
+            _field(6, kv.SerializeToString())
+            for kv in span.attributes
+            if kv.key.startswith(_PERSONAL_PREFIXES)
+            or (self._client_address and kv.key == _CLIENT_ADDRESS)
+        ]
+
+
+def _attribute(pattern: bytes, value: bytes) -> bytes:
+    """A ``LogRecord.attributes`` entry: ``pattern`` (a key, see ``key_pattern``) and its
+    ``AnyValue`` bytes."""
+    size = len(value)
+    return _field(6, pattern + (SMALL_VARINTS[size] if size < 128 else varint(size)) + value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _status_fields(status: int) -> tuple[bytes, bytes]:
+    """The severity fields and the status attribute of a record, by status."""
+    return _SEVERITIES[severity(status)], _attribute(_STATUS[0], b"\x18" + varint(status))
+
+
+def _first(data: bytes, patterns: Iterable[bytes]) -> bytes | None:
+    """The ``AnyValue`` bytes of the first of these top-level attributes the span has."""
+    for pattern in patterns:
+        at = data.find(pattern)
+        if at >= 0:
+            raw = raw_value_at(data, pattern, at)
+            if raw is not None:
+                return raw
+    return None
+
+
+def _server_spans(span_lists: Iterable[Iterable[Span]]) -> Iterable[Span]:
+    for spans in span_lists:
+        for span in spans:
+            if span.kind == _SERVER:
+                yield span
+
+
+def _path(data: bytes) -> str:
+    """``url.path``; else ``http.target`` or ``url.full`` without the query string."""
+    raw = _first(data, _PATH)
+    if raw is not None:
+        return value_text(raw).split("?", 1)[0]
+    raw = _first(data, _URL)
+    return "" if raw is None else _url_path(value_text(raw))
+
+
+def _url_path(url: str) -> str:
+    """The path of an absolute URL (``urlsplit(url).path``, for a fraction of its cost)."""
+    authority = url.find("://")
+    rest = url[authority + 3 :] if authority >= 0 else url
+    for mark in "?#":
+        rest = rest.split(mark, 1)[0]
+    if authority < 0:
+        return rest
+    start = rest.find("/")
+    return "" if start < 0 else rest[start:]
+
+
+def _status(raw: bytes | None, span: Span) -> int | None:
+    """The response status; 500 for an error span the server answered without one."""
+    if raw is not None:
+        text = value_text(raw)
+        with contextlib.suppress(ValueError):
+            return int(float(text)) if "." in text else int(text)
+    return 500 if span.status.code == _STATUS_ERROR else None
+
+
+class AccessLogConnector(Connector):
+    mutates_data = False  # reads the spans, sends new log records
+
+    def __init__(self, next_consumer: Consumer, config: AccessLogConfig) -> None:
+        self._next = next_consumer
+        self._records = AccessRecords(config)
+
+    async def consume(self, payload: Payload) -> None:
+        logs = self._records.logs(payload)
+        if logs.resource_logs:
+            await self._next.consume(logs)
+
+
+def _create(
+    settings: CreateSettings,
+    config: AccessLogConfig,
+    source: Signal,
+    target: Signal,
+    next_consumer: Consumer,
+) -> AccessLogConnector:
+    return AccessLogConnector(next_consumer, config)
+
+
+factory = connector_factory(
+    "accesslog", AccessLogConfig, _create, frozenset({(Signal.TRACES, Signal.LOGS)})
+)

@@ -218,9 +218,13 @@ def load_main(
     inflight: int,
     out: Connection,
     security: Security = Security(),
+    rate: float = 0.0,
 ) -> None:
-    """Entry point of the load process: warm up, tell the parent, measure, report."""
-    result = asyncio.run(_load(transport, port, body, warmup, seconds, inflight, out, security))
+    """Entry point of the load process: warm up, tell the parent, measure, report.
+    ``rate``: spans per second to send at (0: as fast as the target answers)."""
+    result = asyncio.run(
+        _load(transport, port, body, warmup, seconds, inflight, out, security, rate)
+    )
     out.send(("done", result))
 
 
@@ -233,6 +237,7 @@ async def _load(
     inflight: int,
     out: Connection,
     security: Security,
+    rate: float = 0.0,
 ) -> LoadResult:
     if isinstance(body, AppTraffic):
         send = await _app_grpc_sender(port, body, security)
@@ -243,8 +248,15 @@ async def _load(
     first_failure: list[str] = []
     deadline = time.monotonic() + warmup
 
+    # Paced: each worker sends one request per ``interval``, the workers staggered.
+    interval = inflight * BATCH / rate if rate > 0 else 0.0
+
     async def worker(index: int) -> None:
+        due = time.monotonic() + interval * index / inflight
         while time.monotonic() < deadline:
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                due += interval
             try:
                 await send(index)
                 counts["ok"] += 1
@@ -699,7 +711,8 @@ def measure(
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     load_args = (transport, port, body, args.warmup, args.seconds, args.inflight, child)
-    load = context.Process(target=load_main, args=(*load_args, target.security))
+    rate = getattr(args, "rate", 0.0) if isinstance(body, AppTraffic) else 0.0
+    load = context.Process(target=load_main, args=(*load_args, target.security, rate))
     load.start()
     try:
         if not parent.poll(args.warmup + 60):
@@ -1207,6 +1220,14 @@ def main() -> None:
         help="measure tail sampling's memory per trace held, with this many traces",
     )  # fmt: skip
     parser.add_argument("--core", type=int, help="CPU the default configuration runs on")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="SPANS_PER_S",
+        help="send the default configuration's app traffic at this rate instead of as fast "
+        "as it answers (below capacity: no refusal is expected)",
+    )
     parser.add_argument("--serve-bare", nargs=2, type=int, metavar=("GRPC_PORT", "HTTP_PORT"))
     parser.add_argument(
         "--workers",

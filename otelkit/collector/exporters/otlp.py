@@ -5,8 +5,8 @@ Errors follow the OTLP specification: ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``,
 ``RESOURCE_EXHAUSTED`` is retried only when the server sends ``RetryInfo`` (its delay
 is honoured; a sender waiting on an exporter without a queue hears it as
 ``RESOURCE_EXHAUSTED`` / 429 in turn); ``INVALID_ARGUMENT`` may be one bad item, so the
-batch is sent in halves to find it (a bounded number of extra requests) and only it is
-dropped; everything else is permanent. gRPC's own retries
+batch is sent in halves to find it (at most 64 extra requests until the destination
+takes a piece) and only it is dropped; everything else is permanent. gRPC's own retries
 are turned off so that the shared exporter helper owns backoff and counting. A
 ``partial_success`` in the response is logged and its rejected items are counted as
 failed (reason ``rejected``).

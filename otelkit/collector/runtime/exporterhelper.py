@@ -21,7 +21,9 @@ Semantics, matching the upstream ``exporterhelper``:
   ``permanent``); :class:`InvalidDataError`, or an error that depends on the data
   (``ValueError``, ``OverflowError``, ...), makes the helper send the batch in halves
   until the items that fail are found: those are dropped (reason ``invalid``) and every
-  other item is delivered. Anything else is retried with exponential backoff until
+  other item is delivered. Until the destination takes a piece this costs at most 64
+  sends (it may refuse everything; what is left is then dropped whole); once it has,
+  fewer than two sends an item. Anything else is retried with exponential backoff until
   ``max_elapsed_time`` (then dropped, reason ``retry_exhausted``).
 * Shutdown drains within ``drain_timeout``. With storage it stops as soon as the
   destination is failing, since everything waiting is already on disk.
@@ -78,7 +80,8 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 # How often shutdown looks whether the queue has drained (or the destination fails).
 _DRAIN_POLL = 0.05
-# Sends one batch may cost while its invalid items are looked for.
+# Sends one batch may cost while its invalid items are looked for and the destination has
+# taken none of it (it may refuse everything).
 _ISOLATION_SENDS = 64
 # Memory an item queued with ``enqueue`` is assumed to take when it does not say.
 _DEFAULT_ITEM_BYTES = 2048
@@ -191,6 +194,17 @@ class _Unit:
     signal: Signal
     items: int
     entries: list[_Entry]
+
+
+@dataclass(slots=True)
+class _Isolation:
+    """The search for the invalid items of one batch."""
+
+    sends_left: int = _ISOLATION_SENDS
+    accepted: bool = False  # the destination took a piece: it does not refuse everything
+
+    def may_split(self) -> bool:
+        return self.accepted or self.sends_left >= 2
 
 
 @dataclass(slots=True)
@@ -540,11 +554,11 @@ class QueuedExporter(Exporter):
             self._store.remove(entry.path)
 
     async def _send_with_retry(
-        self, data: _Data, *, raise_on_failure: bool, isolation: list[int] | None = None
+        self, data: _Data, *, raise_on_failure: bool, isolation: _Isolation | None = None
     ) -> bool:
         """True when the data is finished with (sent or dropped), False when abandoned.
 
-        ``isolation`` is the send budget left while looking for invalid items."""
+        ``isolation`` is the search for invalid items this send is part of."""
         signal, items = _signal_and_items(data)
         backoff = Backoff(self.helper_config.retry_on_failure)
         while True:
@@ -553,8 +567,8 @@ class QueuedExporter(Exporter):
             except asyncio.CancelledError:
                 raise
             except DATA_ERRORS as exc:
-                budget = isolation if isolation is not None else [_ISOLATION_SENDS]
-                return await self._isolate_invalid(data, exc, budget, raise_on_failure)
+                search = isolation if isolation is not None else _Isolation()
+                return await self._isolate_invalid(data, exc, search, raise_on_failure)
             except PermanentError as exc:
                 self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
@@ -579,6 +593,8 @@ class QueuedExporter(Exporter):
                     return False
             else:
                 self._failing = False
+                if isolation is not None:
+                    isolation.accepted = True
                 if items - (dropped or 0) > 0:
                     self.telemetry.exporter_sent(self.name, signal, items - (dropped or 0))
                 return True
@@ -592,26 +608,28 @@ class QueuedExporter(Exporter):
     async def deliver_valid_items(self, payload: Payload, error: InvalidDataError) -> None:
         """For an exporter that sends in ``consume`` (no queue of its own): deliver every
         item of ``payload`` that can be, drop and count the others."""
-        await self._isolate_invalid(payload, error, [_ISOLATION_SENDS], raise_on_failure=True)
+        await self._isolate_invalid(payload, error, _Isolation(), raise_on_failure=True)
 
     async def _isolate_invalid(
-        self, data: _Data, error: BaseException, budget: list[int], raise_on_failure: bool
+        self, data: _Data, error: BaseException, search: _Isolation, raise_on_failure: bool
     ) -> bool:
         """Send ``data`` in halves until the items that fail alone are found; drop those.
 
-        ``budget`` bounds the sends one batch may cost (one bad item among 8,192 takes
-        about 26); a destination that refuses everything exhausts it, and what is left is
-        dropped whole."""
+        One bad item among 8,192 takes about 26 sends. Until the destination takes a
+        piece, ``search`` allows 64: one that refuses everything costs no more, and what
+        is left is dropped whole. Once it has taken a piece, halving goes on until every
+        bad item is found (fewer than two sends an item): many bad items in a batch (a
+        hostile sender's) must not cost the valid items a batch processor joined to them."""
         signal, items = _signal_and_items(data)
-        if isinstance(data, QueuedItem) or items <= 1 or budget[0] < 2:
+        if isinstance(data, QueuedItem) or items <= 1 or not search.may_split():
             self.count_invalid(signal, items, f"{type(error).__name__}: {error}")
             return True
-        budget[0] -= 2
+        search.sends_left -= 2
         head = split_off(data, items // 2)
         done = True
         for part in (head, data):
             done &= await self._send_with_retry(
-                part, raise_on_failure=raise_on_failure, isolation=budget
+                part, raise_on_failure=raise_on_failure, isolation=search
             )
         return done
 

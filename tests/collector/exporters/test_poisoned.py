@@ -31,7 +31,7 @@ from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.logstore.query import build_query
 from otelkit.logstore.store import open_store
-from tests.collector.builders import item_names, poisoned_metrics, poisoned_traces
+from tests.collector.builders import item_names, poisoned_metrics, poisoned_traces, traces
 from tests.collector.exporters.fake_servers import FakeHttpServer
 from tests.prometheus.test_remotewrite import FakeEndpoint
 
@@ -130,6 +130,34 @@ def test_file_writes_every_item_it_can_encode_and_counts_the_rest(fmt: str, tmp_
     else:  # protobuf carries it as it came
         assert sorted(written) == sorted(names)
         assert invalid(telemetry, Signal.TRACES) == 0
+
+
+def test_file_writes_an_applications_spans_batched_with_many_it_cannot_encode(
+    tmp_path: Path,
+) -> None:
+    """A batch processor joins a sender's 40 spans to the end of a hostile batch in which
+    one span in three has a 15-byte trace ID: every one of the 40 reaches the file."""
+    request = traces([[60], [40]])
+    for i, span in enumerate(request.resource_spans[0].scope_spans[0].spans):
+        if i % 3 == 0:
+            span.trace_id = b"\x01" * 15
+    path = tmp_path / "out.json"
+
+    async def main() -> SelfTelemetry:
+        s = settings("file")
+        async with started(FileExporter(s, FileExporterConfig(path=str(path)))) as exporter:
+            await exporter.consume(request)
+            await until(
+                lambda: (
+                    sent(s.telemetry, Signal.TRACES) + invalid(s.telemetry, Signal.TRACES) == 100
+                )
+            )
+        return s.telemetry
+
+    telemetry = asyncio.run(main())
+    written = {n for r in read_requests(path) for n in item_names(r)}
+    assert {f"s1.0.{i}" for i in range(40)} <= written
+    assert invalid(telemetry, Signal.TRACES) == 20
 
 
 def test_otlphttp_json_sends_every_item_it_can_encode_and_counts_the_rest() -> None:

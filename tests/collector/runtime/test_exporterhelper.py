@@ -430,6 +430,56 @@ def test_an_invalid_item_is_dropped_alone_and_the_rest_delivered(queue: bool) ->
     assert telemetry.total("otelcol_exporter_send_failed_spans_total") == 2
 
 
+def accounted(telemetry: SelfTelemetry) -> float:
+    """Spans sent or dropped."""
+    return telemetry.total("otelcol_exporter_sent_spans_total") + telemetry.total(
+        "otelcol_exporter_send_failed_spans_total"
+    )
+
+
+@pytest.mark.parametrize("queue", [True, False])
+def test_many_invalid_items_in_a_batch_do_not_cost_the_valid_ones(queue: bool) -> None:
+    """A batch whose first 60 items hold 20 invalid ones (hostile data) followed by 40 valid
+    ones (an application's): finding the 20 takes more than 64 sends, yet every valid
+    item is delivered."""
+    telemetry = SelfTelemetry()
+    names = [f"poison{i}" if i % 3 == 0 else f"odd{i}" for i in range(60)]
+    names += [f"ok{i}" for i in range(40)]
+    config = {"sending_queue": {"enabled": queue}, "retry_on_failure": FAST_RETRY}
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(telemetry, config, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(poisoned(names))
+        await until(lambda: accounted(telemetry) == len(names))
+        await exporter.shutdown()
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    delivered = sorted(name for b in exporter.batches for name in b)
+    assert delivered == sorted(n for n in names if not n.startswith("poison"))
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 20
+
+
+def test_a_destination_that_refuses_every_item_as_invalid_gets_at_most_65_sends() -> None:
+    """Halving cannot help when nothing is accepted: 1,000 items cost the first send and
+    64 more, not one send per item, and are all dropped and counted."""
+    telemetry = SelfTelemetry()
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(telemetry, {"retry_on_failure": FAST_RETRY}, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(batch("poison", spans=1000))
+        await until(lambda: accounted(telemetry) == 1000)
+        await exporter.shutdown()
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    assert len(exporter.attempts) == 65
+    assert exporter.delivered == []
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 1000
+
+
 def test_a_downstream_overload_reaches_a_sender_waiting_on_an_unqueued_exporter() -> None:
     config = {
         "sending_queue": {"enabled": False},

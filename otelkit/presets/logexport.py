@@ -23,7 +23,7 @@ from opentelemetry.sdk._logs import Logger as SdkLogger
 from opentelemetry.sdk._logs import LogRecordLimits
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-from otelkit.presets.encoder import EncodedLogRecord, LogEncoder, plain_attributes
+from otelkit.presets.encoder import LogEncoder, encoded_item, plain_attributes
 
 
 class LeanLogRecordProcessor(BatchLogRecordProcessor):
@@ -49,7 +49,7 @@ class LeanLogRecordProcessor(BatchLogRecordProcessor):
 
     def emit_encoded(self, logger: SdkLogger, encoded: bytes) -> None:
         """Queue a record encoded by :meth:`LogEncoder.log_record` for ``logger``'s scope."""
-        item: Any = EncodedLogRecord(logger.resource, logger.instrumentation_scope, encoded)
+        item: Any = encoded_item(logger.resource, logger.instrumentation_scope, encoded)
         self._batch_processor.emit(item)
 
 

@@ -56,6 +56,7 @@ from otelkit.presets.logexport import LeanLogRecordProcessor
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
 from otelkit.presets.settings import RATIO_SAMPLERS, Settings
+from otelkit.presets.spanexport import LeanSpanProcessor
 
 _logger = logging.getLogger("otelkit.presets")
 
@@ -144,8 +145,11 @@ def _tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
     )
     exporter = span_exporter(settings)
     if exporter is not None:
+        # otelkit's lean OTLP exporters also send spans encoded as they end.
+        lean = settings.lean_encoder and settings.traces_exporter == "otlp"
+        batch = LeanSpanProcessor if lean else BatchSpanProcessor
         provider.add_span_processor(
-            BatchSpanProcessor(
+            batch(
                 exporter,
                 schedule_delay_millis=_env_float(
                     "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS

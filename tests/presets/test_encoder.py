@@ -425,3 +425,42 @@ def test_records_the_handler_encodes_itself_are_the_ones_the_sdk_exports(
     assert lean == stock
     assert len(lean.resource_logs[0].scope_logs[0].log_records) == 5
     assert len(encoded) == 4  # all but the record with a list value
+
+
+class _EncodeSpanBatches(SpanExporter):
+    """A span exporter that keeps each batch as the lean encoder's request bytes."""
+
+    def __init__(self) -> None:
+        self.encoder = SpanEncoder()
+        self.requests: list[bytes] = []
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        self.requests.append(self.encoder.encode(spans))
+        return SpanExportResult.SUCCESS
+
+
+def test_spans_queued_encoded_are_sent_as_the_stock_encoder_writes_them() -> None:
+    """The lean processor queues each sampled span's bytes; the request the exporter sends
+    is the stock encoder's of the same spans, while another processor on the provider
+    still gets the spans themselves, and unsampled spans are not sent."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    batches, kept = _EncodeSpanBatches(), _Keep()
+    resource = Resource.create({"service.name": "shop"})
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(1.0)))
+    provider.add_span_processor(LeanSpanProcessor(batches))
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("lib", "1.0")
+    with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER) as server:
+        server.set_attribute("http.response.status_code", 200)
+        with provider.get_tracer("db").start_as_current_span("SELECT", attributes={"n": 1}):
+            pass
+    unsampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    tracer.start_span("dropped", context=set_span_in_context(NonRecordingSpan(unsampled))).end()
+    provider.force_flush()
+    assert all(type(span) is ReadableSpan for span in kept.spans) and len(kept.spans) == 2
+    [body] = batches.requests
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
+    provider.shutdown()

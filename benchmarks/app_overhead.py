@@ -37,7 +37,8 @@ stdout of every server goes to /dev/null.
 
 ``--modes`` and ``--endpoint`` restrict a run; ``--base-tree PATH`` adds, for each otelkit
 mode, the same server importing otelkit from another checkout (``otelkit@base``), measured
-in the same rounds, to compare a change with its baseline.
+in the same rounds, to compare a change with its baseline; ``--gc`` adds the share of each
+server's CPU spent in the garbage collector (timed by a ``gc.callbacks`` hook).
 
 ``--profile`` samples bare's server and one mode's under load with py-spy (``--gil``: the
 thread holding the GIL, so Python CPU time) and prints where each microsecond of a request
@@ -73,6 +74,7 @@ ENDPOINTS = {"simple": "/users/{n}", "realistic": "/orders/{n}"}
 AUTO_MODES = {"stock", "otelkit", "otelkit-both", "otelkit-no-access"}
 ROWS = 100
 BASE = "@base"
+GC_FILE = "APP_OVERHEAD_GC_FILE"
 LOADED_FROM = "otelkit loaded from"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -135,8 +137,42 @@ def build_app(mode: str, database: str) -> object:
     return app
 
 
+def _count_gc_time(path: str) -> None:
+    """Keep the seconds this process spends in garbage collection in ``path`` (8 bytes,
+    mapped: no system call per collection)."""
+    import gc
+    import mmap
+    import struct
+
+    with open(path, "wb") as file:
+        file.write(bytes(8))
+    with open(path, "r+b") as file:
+        shared = mmap.mmap(file.fileno(), 8)
+    total, started = [0.0], [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            total[0] += time.thread_time() - started[0]
+            shared[:8] = struct.pack("d", total[0])
+
+    gc.callbacks.append(on_collection)
+
+
+def _gc_seconds(path: Path) -> float:
+    import struct
+
+    seconds: float = struct.unpack("d", path.read_bytes()[:8])[0]
+    return seconds
+
+
 def serve(mode: str, port: int, sentry_port: int, database: str) -> None:
     import uvicorn
+
+    gc_file = os.environ.get(GC_FILE)
+    if gc_file:
+        _count_gc_time(gc_file)
 
     if mode.startswith("otelkit"):
         import otelkit
@@ -340,8 +376,15 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _measure(
-    port: int, pid: int, path: str, requests: int, connections: int, cpus: set[int]
+    port: int,
+    pid: int,
+    path: str,
+    requests: int,
+    connections: int,
+    cpus: set[int],
+    gc_file: Path | None = None,
 ) -> dict[str, float]:
+    gc_before = _gc_seconds(gc_file) if gc_file else 0.0
     before = _cpu_seconds(pid)
     loader = subprocess.Popen(
         [sys.executable, __file__, "--loadgen", str(port), path, str(requests), str(connections)],
@@ -352,7 +395,10 @@ def _measure(
     if loader.returncode != 0:
         raise RuntimeError(f"load generator failed with {loader.returncode}")
     result: dict[str, float] = json.loads(output)
-    result["cpu_us_per_request"] = (_cpu_seconds(pid) - before) / result["requests"] * 1e6
+    cpu = _cpu_seconds(pid) - before
+    result["cpu_us_per_request"] = cpu / result["requests"] * 1e6
+    if gc_file:
+        result["gc_share"] = (_gc_seconds(gc_file) - gc_before) / cpu if cpu else 0.0
     result["rps"] = result["requests"] / result["seconds"]
     return result
 
@@ -370,7 +416,11 @@ def _check_stock_available() -> None:
 
 @contextmanager
 def _servers(
-    modes: tuple[str, ...], server_cpus: set[int], load_cpus: set[int], base_tree: str | None = None
+    modes: tuple[str, ...],
+    server_cpus: set[int],
+    load_cpus: set[int],
+    base_tree: str | None = None,
+    count_gc: bool = False,
 ) -> Iterator[tuple[dict[str, tuple[int, int]], str]]:
     """Start the sink and one server per mode; yields (mode -> (port, pid), a work folder)."""
     sink_port, sentry_port = _free_port(), _free_port()
@@ -383,6 +433,8 @@ def _servers(
             database = str(Path(workdir) / f"{mode}.db")
             args = ["--serve", mode.removesuffix(BASE), str(port), str(sentry_port), database]
             env = server_env(mode, sink_port, base_tree)
+            if count_gc:
+                env[GC_FILE] = str(Path(workdir) / f"{mode}.gc")
             log = Path(workdir) / f"{mode}.log"
             auto = mode.removesuffix(BASE) in AUTO_MODES
             started.append(_spawn(args, server_cpus, env, auto=auto, log=log))
@@ -406,6 +458,7 @@ def run(
     modes: tuple[str, ...] = MODES,
     endpoints: tuple[str, ...] = tuple(ENDPOINTS),
     base_tree: str | None = None,
+    count_gc: bool = False,
 ) -> None:
     if "stock" in modes:
         _check_stock_available()
@@ -415,7 +468,7 @@ def run(
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         endpoint: {mode: [] for mode in modes} for endpoint in endpoints
     }
-    with _servers(modes, server_cpus, load_cpus, base_tree) as (servers, _):
+    with _servers(modes, server_cpus, load_cpus, base_tree, count_gc) as (servers, workdir):
         for port, pid in servers.values():
             for endpoint in endpoints:
                 _measure(port, pid, ENDPOINTS[endpoint], warmup, connections, load_cpus)
@@ -424,8 +477,9 @@ def run(
                 path = ENDPOINTS[endpoint]
                 for mode in modes:
                     port, pid = servers[mode]
+                    gc_file = Path(workdir) / f"{mode}.gc" if count_gc else None
                     results[endpoint][mode].append(
-                        _measure(port, pid, path, requests, connections, load_cpus)
+                        _measure(port, pid, path, requests, connections, load_cpus, gc_file)
                     )
     print(
         f"app_overhead: FastAPI on uvicorn (1 worker), {requests} requests x {rounds} "
@@ -440,7 +494,8 @@ def run(
         "1e6 / CPU us per request: what one dedicated core would serve, steadier than req/s "
         "when other work shares the machine; 'of bare' is the CPU-bound throughput as a "
         "share of bare's, 'CPU vs stock' the CPU per request as a share of stock's, 'added vs "
-        "stock' the CPU added over bare as a share of what stock adds."
+        "stock' the CPU added over bare as a share of what stock adds"
+        + ("; 'GC %' the share of it spent in garbage collection." if count_gc else ".")
     )
 
 
@@ -452,18 +507,20 @@ def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
     print(f"\n{endpoint}: GET {ENDPOINTS[endpoint].format(n='{id}')}")
     bare_cpu = _median(results["bare"], "cpu_us_per_request") if "bare" in results else nan
     stock_cpu = _median(results["stock"], "cpu_us_per_request") if "stock" in results else nan
+    counted_gc = all("gc_share" in row for rows in results.values() for row in rows)
     print(
         f"{'mode':<22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
         f"{'added':>6} {'CPU-bound req/s':>15} {'of bare':>8} {'CPU vs stock':>12} "
-        f"{'added vs stock':>14}"
+        f"{'added vs stock':>14}" + (f" {'GC %':>5}" if counted_gc else "")
     )
     for mode, rows in results.items():
         cpu = _median(rows, "cpu_us_per_request")
+        gc_share = f" {_median(rows, 'gc_share') * 100:>5.1f}" if counted_gc else ""
         print(
             f"{mode:<22} {_median(rows, 'rps'):>7.0f} {_median(rows, 'p50_ms'):>7.2f} "
             f"{_median(rows, 'p99_ms'):>7.2f} {cpu:>10.0f} {cpu - bare_cpu:>6.0f} "
             f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.2f} {cpu / stock_cpu:>12.2f} "
-            f"{(cpu - bare_cpu) / (stock_cpu - bare_cpu):>14.2f}"
+            f"{(cpu - bare_cpu) / (stock_cpu - bare_cpu):>14.2f}{gc_share}"
         )
 
 
@@ -574,6 +631,7 @@ def main() -> None:
     )
     parser.add_argument("--modes", help="comma-separated modes to run (bare and stock for ratios)")
     parser.add_argument("--base-tree", help="also run each otelkit mode with otelkit from here")
+    parser.add_argument("--gc", action="store_true", help="also the CPU share of GC")
     parser.add_argument("--seconds", type=float, default=20, help="for --profile")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--sink", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -598,7 +656,7 @@ def main() -> None:
             parser.error(f"unknown modes {sorted(unknown)}")
         endpoints = (args.endpoint,) if args.endpoint else tuple(ENDPOINTS)
         warmup = 200 if args.quick else 1000
-        run(requests, args.connections, rounds, warmup, modes, endpoints, args.base_tree)
+        run(requests, args.connections, rounds, warmup, modes, endpoints, args.base_tree, args.gc)
 
 
 if __name__ == "__main__":

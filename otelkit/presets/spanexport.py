@@ -14,12 +14,15 @@ span itself.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otelkit.presets.encoder import SpanEncoder
+
+_logger = logging.getLogger(__name__)
 
 
 class LeanSpanProcessor(BatchSpanProcessor):
@@ -35,4 +38,10 @@ class LeanSpanProcessor(BatchSpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if not (span.context and span.context.trace_flags.sampled):
             return
-        self._batch_processor.emit(self._encoder.encoded(span))  # type: ignore[arg-type]
+        item: Any
+        try:
+            item = self._encoder.encoded(span)
+        except Exception:  # never into the application's call: the export encodes it
+            _logger.debug("span %s queued unencoded", span.name, exc_info=True)
+            item = span
+        self._batch_processor.emit(item)

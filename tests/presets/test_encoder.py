@@ -464,3 +464,25 @@ def test_spans_queued_encoded_are_sent_as_the_stock_encoder_writes_them() -> Non
     [body] = batches.requests
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
     provider.shutdown()
+
+
+def test_a_span_that_fails_to_encode_as_it_ends_is_still_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Encoding at the end of a span never raises into the application's code: the span
+    is queued as it is and encoded by the export."""
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    def fails(self: SpanEncoder, span: ReadableSpan) -> Any:
+        raise RuntimeError("cannot encode")
+
+    monkeypatch.setattr(SpanEncoder, "encoded", fails)
+    batches, kept = _EncodeSpanBatches(), _Keep()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider.add_span_processor(LeanSpanProcessor(batches))
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    provider.get_tracer("lib").start_span("GET /", attributes={"a": 1}).end()
+    provider.force_flush()
+    [body] = batches.requests
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
+    provider.shutdown()

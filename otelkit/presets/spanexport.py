@@ -4,8 +4,8 @@ The SDK's batch processor keeps each ended span in its queue until the export th
 sends it, up to a second later: every span's objects (the span, its attributes, events,
 links, context and status) outlive the request, are promoted to the garbage collector's
 older generations and die there, and it is those collections, over the whole heap of the
-application, that cost the most (in the benchmark's app the collector's share of the CPU
-went from 3.5% bare to 8.8% instrumented). :class:`LeanSpanProcessor` is the SDK's batch
+application, that cost the most (``benchmarks/app_overhead.py --gc`` shows the collector's
+share of the app's CPU). :class:`LeanSpanProcessor` is the SDK's batch
 processor (its queue, export thread, flush on shutdown and fork handling) that encodes a
 span when it ends, with the same encoder the export would use, and queues only the
 bytes, so the span's objects are freed with the request. Other processors still get the

@@ -266,6 +266,13 @@ _group_index: dict[tuple[int, int], int] = {}
 _groups_lock = threading.Lock()
 
 
+def takes_encoded_items(exporter: Any) -> bool:
+    """Whether ``exporter`` sends encoded items as they are: otelkit's lean OTLP exporters
+    do; the stock one a lean exporter falls back to (a release it does not know) does not,
+    and is then given spans and records as the SDK makes them."""
+    return getattr(exporter, "takes_encoded_items", False) is True
+
+
 def encoded_item(resource: Any, instrumentation_scope: Any, encoded: bytes) -> EncodedItem:
     """An encoded span or log record, to be sent under ``resource`` and its scope."""
     key = (id(resource), id(instrumentation_scope))  # the pair is kept: its ids stay unique
@@ -507,6 +514,8 @@ def _lean_grpc(stock: type, encoder: type[_Encoder], method: str, **options: Any
     sending bytes from ``encoder`` instead of protobuf objects."""
 
     class LeanGrpcExporter(stock):  # type: ignore[misc]
+        takes_encoded_items = True
+
         def __init__(self, **kwargs: Any) -> None:
             self._encoder = encoder()
             super().__init__(**kwargs)
@@ -555,6 +564,8 @@ def _lean_http(stock: type, encoder: type[_Encoder], result: Any, what: str, **o
     from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
     class LeanHttpExporter(stock):  # type: ignore[misc]
+        takes_encoded_items = True
+
         def __init__(self, **kwargs: Any) -> None:
             self._encoder = encoder()
             super().__init__(**kwargs)

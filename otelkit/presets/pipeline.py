@@ -52,6 +52,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otelkit.presets import access
 from otelkit.presets import context as request_context
+from otelkit.presets.encoder import takes_encoded_items
 from otelkit.presets.logexport import LeanLogRecordProcessor
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
@@ -291,6 +292,10 @@ class PerProcessSpanExporter(SpanExporter):
     def __init__(self, factory: Callable[[], SpanExporter]) -> None:
         self._holder = _PerProcess(factory)
 
+    @property
+    def takes_encoded_items(self) -> bool:
+        return takes_encoded_items(self._holder.inner())
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._holder._closed:
             return SpanExportResult.FAILURE
@@ -307,6 +312,10 @@ class PerProcessSpanExporter(SpanExporter):
 class PerProcessLogExporter(LogRecordExporter):
     def __init__(self, factory: Callable[[], LogRecordExporter]) -> None:
         self._holder = _PerProcess(factory)
+
+    @property
+    def takes_encoded_items(self) -> bool:
+        return takes_encoded_items(self._holder.inner())
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         if self._holder._closed:

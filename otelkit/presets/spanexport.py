@@ -20,23 +20,31 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otelkit.presets.encoder import SpanEncoder
+from otelkit.presets.encoder import SpanEncoder, takes_encoded_items
 
 _logger = logging.getLogger(__name__)
 
 
 class LeanSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch processor, queueing each sampled span encoded (its exporter must be
-    one of otelkit's lean span exporters, whose encoder sends encoded items as they are)."""
+    """The SDK's batch processor, queueing each sampled span encoded when its exporter is
+    one of otelkit's lean span exporters (whose encoder sends encoded items as they are),
+    and the span itself otherwise."""
 
     def __init__(self, exporter: Any, **options: Any) -> None:
         super().__init__(exporter, **options)
         # Its caches are shared by the request threads: each step is one dict operation,
         # and a race at worst encodes a field twice.
         self._encoder = SpanEncoder()
+        self._exporter = exporter
+        self._encodes: bool | None = None  # asked of the exporter at the first span
 
     def on_end(self, span: ReadableSpan) -> None:
         if not (span.context and span.context.trace_flags.sampled):
+            return
+        if self._encodes is None:
+            self._encodes = takes_encoded_items(self._exporter)
+        if not self._encodes:
+            self._batch_processor.emit(span)
             return
         item: Any
         try:

@@ -332,6 +332,8 @@ def test_the_lean_log_exporters_deliver_over_grpc_and_http(sink: OtlpSink) -> No
 class _EncodeBatches:
     """A log exporter that keeps each batch as the lean encoder's request bytes."""
 
+    takes_encoded_items = True
+
     def __init__(self) -> None:
         from otelkit.presets.encoder import LogEncoder
 
@@ -430,6 +432,8 @@ def test_records_the_handler_encodes_itself_are_the_ones_the_sdk_exports(
 class _EncodeSpanBatches(SpanExporter):
     """A span exporter that keeps each batch as the lean encoder's request bytes."""
 
+    takes_encoded_items = True
+
     def __init__(self) -> None:
         self.encoder = SpanEncoder()
         self.requests: list[bytes] = []
@@ -486,3 +490,42 @@ def test_a_span_that_fails_to_encode_as_it_ends_is_still_sent(
     [body] = batches.requests
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
     provider.shutdown()
+
+
+def test_a_stock_exporter_the_lean_one_falls_back_to_gets_spans_and_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an OTLP/HTTP exporter release whose state the lean export does not know, the
+    stock exporter is used: the lean processors then queue spans and records as the SDK
+    makes them (the stock exporter cannot send encoded items), and every span arrives."""
+    from otelkit.presets import encoder
+    from otelkit.presets.logexport import LeanLogRecordProcessor
+    from otelkit.presets.pipeline import PerProcessLogExporter, PerProcessSpanExporter
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    monkeypatch.setattr(encoder, "_HTTP_EXPORTER_FIELDS", ("_a_field_no_release_has",))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Collect.bodies.clear()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        spans = PerProcessSpanExporter(
+            lambda: encoder.lean_http_span_exporter(endpoint=f"{base}/v1/traces", timeout=5)
+        )
+        kept = _Keep()
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+        provider.add_span_processor(LeanSpanProcessor(spans))
+        provider.add_span_processor(SimpleSpanProcessor(kept))
+        provider.get_tracer("lib").start_span("GET /", attributes={"a": 1}).end()
+        assert provider.force_flush()
+        logs = PerProcessLogExporter(
+            lambda: encoder.lean_http_log_exporter(endpoint=f"{base}/v1/logs", timeout=5)
+        )
+        assert not LeanLogRecordProcessor(logs).accepts({"a": 1})
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    [(path, _, body)] = _Collect.bodies
+    assert path == "/v1/traces"
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)

@@ -1,6 +1,7 @@
 """App-side overhead: one FastAPI app on uvicorn (1 worker), six ways, in one run.
 
     python benchmarks/app_overhead.py [--quick] [--requests N] [--connections C] [--rounds R]
+    python benchmarks/app_overhead.py --modes bare,otelkit --endpoint simple --base-tree ../main
     python benchmarks/app_overhead.py --profile [--mode otelkit] [--endpoint realistic]
 
 Endpoints (one app serves both):
@@ -34,6 +35,11 @@ between the servers; each figure is the median over rounds. CPU per request is t
 process's user+system time (all its threads, exporters included) over the requests; the
 stdout of every server goes to /dev/null.
 
+``--modes`` and ``--endpoint`` restrict a run; ``--base-tree PATH`` adds, for each otelkit
+mode, the same server importing otelkit from another checkout (``otelkit@base``), measured
+in the same rounds, to compare a change with its baseline; ``--gc`` adds the share of each
+server's CPU spent in the garbage collector (timed by a ``gc.callbacks`` hook).
+
 ``--profile`` samples bare's server and one mode's under load with py-spy (``--gil``: the
 thread holding the GIL, so Python CPU time) and prints where each microsecond of a request
 goes, side by side.
@@ -56,6 +62,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from math import nan
 from pathlib import Path
 
 from sqlalchemy import String
@@ -66,6 +73,9 @@ MODES = ("bare", "stock", "sentry", "otelkit", "otelkit-both", "otelkit-no-acces
 ENDPOINTS = {"simple": "/users/{n}", "realistic": "/orders/{n}"}
 AUTO_MODES = {"stock", "otelkit", "otelkit-both", "otelkit-no-access"}
 ROWS = 100
+BASE = "@base"
+GC_FILE = "APP_OVERHEAD_GC_FILE"
+LOADED_FROM = "otelkit loaded from"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,8 +137,47 @@ def build_app(mode: str, database: str) -> object:
     return app
 
 
+def _count_gc_time(path: str) -> None:
+    """Keep the seconds this process spends in garbage collection in ``path`` (8 bytes,
+    mapped: no system call per collection)."""
+    import gc
+    import mmap
+    import struct
+
+    with open(path, "wb") as file:
+        file.write(bytes(8))
+    with open(path, "r+b") as file:
+        shared = mmap.mmap(file.fileno(), 8)
+    total, started = [0.0], [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            total[0] += time.thread_time() - started[0]
+            shared[:8] = struct.pack("d", total[0])
+
+    gc.callbacks.append(on_collection)
+
+
+def _gc_seconds(path: Path) -> float:
+    import struct
+
+    seconds: float = struct.unpack("d", path.read_bytes()[:8])[0]
+    return seconds
+
+
 def serve(mode: str, port: int, sentry_port: int, database: str) -> None:
     import uvicorn
+
+    gc_file = os.environ.get(GC_FILE)
+    if gc_file:
+        _count_gc_time(gc_file)
+
+    if mode.startswith("otelkit"):
+        import otelkit
+
+        print(f"{LOADED_FROM} {otelkit.__file__}", file=sys.stderr, flush=True)
 
     if mode == "sentry":
         import sentry_sdk
@@ -138,8 +187,10 @@ def serve(mode: str, port: int, sentry_port: int, database: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port)  # type: ignore[arg-type]
 
 
-def server_env(mode: str, sink_port: int) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def server_env(mode: str, sink_port: int, base_tree: str | None = None) -> dict[str, str]:
+    tree = base_tree if mode.endswith(BASE) and base_tree else str(ROOT)
+    mode = mode.removesuffix(BASE)
+    env = {**os.environ, "PYTHONPATH": tree}
     for name in list(env):
         if name.startswith(("OTEL_", "OTELKIT_", "SENTRY_")):
             del env[name]
@@ -295,7 +346,7 @@ def _spawn(
         process = subprocess.Popen(
             command,
             env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
+            cwd=(env or {}).get("PYTHONPATH", ROOT),  # opentelemetry-instrument puts it first
             stdout=subprocess.DEVNULL,
             stderr=errors if log is not None else None,
         )
@@ -325,8 +376,15 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _measure(
-    port: int, pid: int, path: str, requests: int, connections: int, cpus: set[int]
+    port: int,
+    pid: int,
+    path: str,
+    requests: int,
+    connections: int,
+    cpus: set[int],
+    gc_file: Path | None = None,
 ) -> dict[str, float]:
+    gc_before = _gc_seconds(gc_file) if gc_file else 0.0
     before = _cpu_seconds(pid)
     loader = subprocess.Popen(
         [sys.executable, __file__, "--loadgen", str(port), path, str(requests), str(connections)],
@@ -337,7 +395,10 @@ def _measure(
     if loader.returncode != 0:
         raise RuntimeError(f"load generator failed with {loader.returncode}")
     result: dict[str, float] = json.loads(output)
-    result["cpu_us_per_request"] = (_cpu_seconds(pid) - before) / result["requests"] * 1e6
+    cpu = _cpu_seconds(pid) - before
+    result["cpu_us_per_request"] = cpu / result["requests"] * 1e6
+    if gc_file:
+        result["gc_share"] = (_gc_seconds(gc_file) - gc_before) / cpu if cpu else 0.0
     result["rps"] = result["requests"] / result["seconds"]
     return result
 
@@ -355,7 +416,11 @@ def _check_stock_available() -> None:
 
 @contextmanager
 def _servers(
-    modes: tuple[str, ...], server_cpus: set[int], load_cpus: set[int]
+    modes: tuple[str, ...],
+    server_cpus: set[int],
+    load_cpus: set[int],
+    base_tree: str | None = None,
+    count_gc: bool = False,
 ) -> Iterator[tuple[dict[str, tuple[int, int]], str]]:
     """Start the sink and one server per mode; yields (mode -> (port, pid), a work folder)."""
     sink_port, sentry_port = _free_port(), _free_port()
@@ -366,35 +431,55 @@ def _servers(
         for mode in modes:
             port = _free_port()
             database = str(Path(workdir) / f"{mode}.db")
-            args = ["--serve", mode, str(port), str(sentry_port), database]
-            env = server_env(mode, sink_port)
+            args = ["--serve", mode.removesuffix(BASE), str(port), str(sentry_port), database]
+            env = server_env(mode, sink_port, base_tree)
+            if count_gc:
+                env[GC_FILE] = str(Path(workdir) / f"{mode}.gc")
             log = Path(workdir) / f"{mode}.log"
-            started.append(_spawn(args, server_cpus, env, auto=mode in AUTO_MODES, log=log))
+            auto = mode.removesuffix(BASE) in AUTO_MODES
+            started.append(_spawn(args, server_cpus, env, auto=auto, log=log))
             try:
                 _wait(port, started[-1])
             except RuntimeError:
                 print(log.read_text(errors="replace"), file=sys.stderr)
                 raise
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith(LOADED_FROM):
+                    print(f"{mode}: {line}", file=sys.stderr)
             servers[mode] = (port, started[-1].pid)
         yield servers, workdir
 
 
-def run(requests: int, connections: int, rounds: int, warmup: int) -> None:
-    _check_stock_available()
+def run(
+    requests: int,
+    connections: int,
+    rounds: int,
+    warmup: int,
+    modes: tuple[str, ...] = MODES,
+    endpoints: tuple[str, ...] = tuple(ENDPOINTS),
+    base_tree: str | None = None,
+    count_gc: bool = False,
+) -> None:
+    if "stock" in modes:
+        _check_stock_available()
+    if base_tree:
+        modes += tuple(mode + BASE for mode in modes if mode.startswith("otelkit"))
     server_cpus, load_cpus = _cpus()
     results: dict[str, dict[str, list[dict[str, float]]]] = {
-        endpoint: {mode: [] for mode in MODES} for endpoint in ENDPOINTS
+        endpoint: {mode: [] for mode in modes} for endpoint in endpoints
     }
-    with _servers(MODES, server_cpus, load_cpus) as (servers, _):
+    with _servers(modes, server_cpus, load_cpus, base_tree, count_gc) as (servers, workdir):
         for port, pid in servers.values():
-            for path in ENDPOINTS.values():
-                _measure(port, pid, path, warmup, connections, load_cpus)
+            for endpoint in endpoints:
+                _measure(port, pid, ENDPOINTS[endpoint], warmup, connections, load_cpus)
         for _ in range(rounds):
-            for endpoint, path in ENDPOINTS.items():
-                for mode in MODES:
+            for endpoint in endpoints:
+                path = ENDPOINTS[endpoint]
+                for mode in modes:
                     port, pid = servers[mode]
+                    gc_file = Path(workdir) / f"{mode}.gc" if count_gc else None
                     results[endpoint][mode].append(
-                        _measure(port, pid, path, requests, connections, load_cpus)
+                        _measure(port, pid, path, requests, connections, load_cpus, gc_file)
                     )
     print(
         f"app_overhead: FastAPI on uvicorn (1 worker), {requests} requests x {rounds} "
@@ -409,7 +494,8 @@ def run(requests: int, connections: int, rounds: int, warmup: int) -> None:
         "1e6 / CPU us per request: what one dedicated core would serve, steadier than req/s "
         "when other work shares the machine; 'of bare' is the CPU-bound throughput as a "
         "share of bare's, 'CPU vs stock' the CPU per request as a share of stock's, 'added vs "
-        "stock' the CPU added over bare as a share of what stock adds."
+        "stock' the CPU added over bare as a share of what stock adds"
+        + ("; 'GC %' the share of it spent in garbage collection." if count_gc else ".")
     )
 
 
@@ -419,21 +505,22 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 
 def _report(endpoint: str, results: dict[str, list[dict[str, float]]]) -> None:
     print(f"\n{endpoint}: GET {ENDPOINTS[endpoint].format(n='{id}')}")
-    bare_cpu = _median(results["bare"], "cpu_us_per_request")
-    stock_cpu = _median(results["stock"], "cpu_us_per_request")
+    bare_cpu = _median(results["bare"], "cpu_us_per_request") if "bare" in results else nan
+    stock_cpu = _median(results["stock"], "cpu_us_per_request") if "stock" in results else nan
+    counted_gc = all("gc_share" in row for rows in results.values() for row in rows)
     print(
-        f"{'mode':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+        f"{'mode':<22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
         f"{'added':>6} {'CPU-bound req/s':>15} {'of bare':>8} {'CPU vs stock':>12} "
-        f"{'added vs stock':>14}"
+        f"{'added vs stock':>14}" + (f" {'GC %':>5}" if counted_gc else "")
     )
-    for mode in MODES:
-        rows = results[mode]
+    for mode, rows in results.items():
         cpu = _median(rows, "cpu_us_per_request")
+        gc_share = f" {_median(rows, 'gc_share') * 100:>5.1f}" if counted_gc else ""
         print(
-            f"{mode:<18} {_median(rows, 'rps'):>7.0f} {_median(rows, 'p50_ms'):>7.2f} "
+            f"{mode:<22} {_median(rows, 'rps'):>7.0f} {_median(rows, 'p50_ms'):>7.2f} "
             f"{_median(rows, 'p99_ms'):>7.2f} {cpu:>10.0f} {cpu - bare_cpu:>6.0f} "
             f"{1e6 / cpu:>15.0f} {bare_cpu / cpu:>8.2f} {cpu / stock_cpu:>12.2f} "
-            f"{(cpu - bare_cpu) / (stock_cpu - bare_cpu):>14.2f}"
+            f"{(cpu - bare_cpu) / (stock_cpu - bare_cpu):>14.2f}{gc_share}"
         )
 
 
@@ -539,7 +626,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--profile", action="store_true", help="profile one mode instead")
     parser.add_argument("--mode", choices=MODES, default="otelkit", help="profiled with bare")
-    parser.add_argument("--endpoint", choices=list(ENDPOINTS), default="realistic")
+    parser.add_argument(
+        "--endpoint", choices=list(ENDPOINTS), help="only this one (--profile: realistic)"
+    )
+    parser.add_argument("--modes", help="comma-separated modes to run (bare and stock for ratios)")
+    parser.add_argument("--base-tree", help="also run each otelkit mode with otelkit from here")
+    parser.add_argument("--gc", action="store_true", help="also the CPU share of GC")
     parser.add_argument("--seconds", type=float, default=20, help="for --profile")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--sink", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -554,11 +646,17 @@ def main() -> None:
         port, path, requests, connections = args.loadgen
         loadgen(int(port), path, int(requests), int(connections))
     elif args.profile:
-        profile(args.mode, args.endpoint, args.seconds, args.connections)
+        profile(args.mode, args.endpoint or "realistic", args.seconds, args.connections)
     else:
         requests = args.requests or (1000 if args.quick else 2000)
         rounds = args.rounds or (1 if args.quick else 5)
-        run(requests, args.connections, rounds, warmup=200 if args.quick else 1000)
+        modes = tuple(args.modes.split(",")) if args.modes else MODES
+        unknown = set(modes) - set(MODES)
+        if unknown:
+            parser.error(f"unknown modes {sorted(unknown)}")
+        endpoints = (args.endpoint,) if args.endpoint else tuple(ENDPOINTS)
+        warmup = 200 if args.quick else 1000
+        run(requests, args.connections, rounds, warmup, modes, endpoints, args.base_tree, args.gc)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from otelkit.presets.logs import ACCESS_LOGGER_NAME, QuietPaths
+from otelkit.presets.logs import ACCESS_LOGGER_NAME, QuietPaths, write_access_line
 from otelkit.presets.settings import DEFAULT_HEALTH_PATHS, Settings
 
 ACCESS_LOGGER = logging.getLogger(ACCESS_LOGGER_NAME)
@@ -103,14 +103,17 @@ def log_access(
     client = scope.get("client")
     if _state.capture_client and client:
         attributes["client.address"] = client[0]
+    args = (method, path, status, duration_ms)
+    if write_access_line(ACCESS_LOGGER, level, _MESSAGE % args, attributes):
+        return
     # What ``Logger.log`` does, less the stack walk to find the caller, which is known.
     record = ACCESS_LOGGER.makeRecord(
         ACCESS_LOGGER_NAME,
         level,
         __file__,
         _LINE,
-        "%s %s %s %.1fms",
-        (method, path, status, duration_ms),
+        _MESSAGE,
+        args,
         None,
         "log_access",
         attributes,
@@ -118,6 +121,7 @@ def log_access(
     ACCESS_LOGGER.handle(record)
 
 
+_MESSAGE = "%s %s %s %.1fms"
 _LINE = log_access.__code__.co_firstlineno
 
 

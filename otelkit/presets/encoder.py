@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, Span
@@ -149,9 +150,9 @@ class _Encoder:
         """``Export*ServiceRequest`` bytes from (resource, scope, encoded item), grouped by
         resource then scope (the item is field 2 of its scope's message)."""
         groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
-        for resource, scope, encoded_item in items:
+        for resource, scope, item in items:
             by_scope = groups.setdefault(id(resource), (resource, {}))[1]
-            by_scope.setdefault(id(scope), (scope, []))[1].append(_field(2, encoded_item))
+            by_scope.setdefault(id(scope), (scope, []))[1].append(_field(2, item))
         out = []
         for resource, by_scope in groups.values():
             resource_body, resource_schema = self._resource(resource)
@@ -164,7 +165,7 @@ class _Encoder:
 
 
 class SpanEncoder(_Encoder):
-    """Encodes batches of SDK spans."""
+    """Encodes batches of SDK spans and :data:`EncodedItem` items."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -172,9 +173,11 @@ class SpanEncoder(_Encoder):
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """``ExportTraceServiceRequest`` bytes, grouped by resource then scope."""
-        return self._request(
-            (span.resource, span.instrumentation_scope, self._span(span)) for span in spans
-        )
+        return self._request(_with_group(span, self._span) for span in spans)
+
+    def encoded(self, span: ReadableSpan) -> EncodedItem:
+        """The span as an item :meth:`encode` sends as it is."""
+        return encoded_item(span.resource, span.instrumentation_scope, self._span(span))
 
     def _span(self, span: ReadableSpan) -> bytes:
         # The SDK's public properties copy (attributes into a MappingProxyType, events and
@@ -252,16 +255,43 @@ class SpanEncoder(_Encoder):
         return body + b"\x35" + _FIXED32(_flags(context))
 
 
-class EncodedLogRecord:
-    """A log record already encoded (an OTLP ``LogRecord`` message) with the resource and
-    scope it is grouped under; batched and sent beside SDK records."""
+# An item encoded ahead of export is a plain ``(group, bytes)`` tuple: the garbage
+# collector stops tracking a tuple of atoms at its first pass, so items waiting in an
+# export queue never reach the older generations (an object with a reference to its
+# resource would, and every collection of those walks the whole heap). ``group`` indexes
+# the (resource, scope) pair the item is sent under; there are a few per process.
+EncodedItem = tuple[int, bytes]
+_groups: list[tuple[Any, Any]] = []
+_group_index: dict[tuple[int, int], int] = {}
+_groups_lock = threading.Lock()
 
-    __slots__ = ("encoded", "instrumentation_scope", "resource")
 
-    def __init__(self, resource: Any, instrumentation_scope: Any, encoded: bytes) -> None:
-        self.resource = resource
-        self.instrumentation_scope = instrumentation_scope
-        self.encoded = encoded
+def takes_encoded_items(exporter: Any) -> bool:
+    """Whether ``exporter`` sends encoded items as they are: otelkit's lean OTLP exporters
+    do; the stock one a lean exporter falls back to (a release it does not know) does not,
+    and is then given spans and records as the SDK makes them."""
+    return getattr(exporter, "takes_encoded_items", False) is True
+
+
+def encoded_item(resource: Any, instrumentation_scope: Any, encoded: bytes) -> EncodedItem:
+    """An encoded span or log record, to be sent under ``resource`` and its scope."""
+    key = (id(resource), id(instrumentation_scope))  # the pair is kept: its ids stay unique
+    group = _group_index.get(key)
+    if group is None:
+        with _groups_lock:
+            group = _group_index.get(key)
+            if group is None:
+                _groups.append((resource, instrumentation_scope))
+                group = _group_index[key] = len(_groups) - 1
+    return (group, encoded)
+
+
+def _with_group(item: Any, encode: Callable[[Any], bytes]) -> tuple[Any, Any, bytes]:
+    """(resource, scope, encoded item) of an SDK item or an :data:`EncodedItem`."""
+    if type(item) is tuple:
+        resource, scope = _groups[item[0]]
+        return resource, scope, item[1]
+    return item.resource, item.instrumentation_scope, encode(item)
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -283,18 +313,11 @@ def plain_attributes(attributes: Mapping[str, Any]) -> bool:
 
 class LogEncoder(_Encoder):
     """Encodes batches of SDK log records (``ReadableLogRecord``) and
-    :class:`EncodedLogRecord` items."""
+    :data:`EncodedItem` items."""
 
     def encode(self, records: Sequence[Any]) -> bytes:
         """``ExportLogsServiceRequest`` bytes, grouped by resource then scope."""
-        return self._request(
-            (
-                record.resource,
-                record.instrumentation_scope,
-                record.encoded if type(record) is EncodedLogRecord else self._record(record),
-            )
-            for record in records
-        )
+        return self._request(_with_group(record, self._record) for record in records)
 
     def log_record(
         self,
@@ -491,6 +514,8 @@ def _lean_grpc(stock: type, encoder: type[_Encoder], method: str, **options: Any
     sending bytes from ``encoder`` instead of protobuf objects."""
 
     class LeanGrpcExporter(stock):  # type: ignore[misc]
+        takes_encoded_items = True
+
         def __init__(self, **kwargs: Any) -> None:
             self._encoder = encoder()
             super().__init__(**kwargs)
@@ -539,6 +564,8 @@ def _lean_http(stock: type, encoder: type[_Encoder], result: Any, what: str, **o
     from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 
     class LeanHttpExporter(stock):  # type: ignore[misc]
+        takes_encoded_items = True
+
         def __init__(self, **kwargs: Any) -> None:
             self._encoder = encoder()
             super().__init__(**kwargs)

@@ -23,16 +23,23 @@ from opentelemetry.sdk._logs import Logger as SdkLogger
 from opentelemetry.sdk._logs import LogRecordLimits
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-from otelkit.presets.encoder import EncodedLogRecord, LogEncoder, plain_attributes
+from otelkit.presets.encoder import (
+    LogEncoder,
+    encoded_item,
+    plain_attributes,
+    takes_encoded_items,
+)
 
 
 class LeanLogRecordProcessor(BatchLogRecordProcessor):
-    """The SDK's batch processor, taking encoded records too (its exporter must be one of
-    otelkit's lean log exporters, whose encoder sends them as they are)."""
+    """The SDK's batch processor, taking encoded records too when its exporter is one of
+    otelkit's lean log exporters (whose encoder sends them as they are)."""
 
     def __init__(self, exporter: Any, **options: Any) -> None:
         super().__init__(exporter, **options)
         self.encoder = LogEncoder()
+        self._exporter = exporter
+        self._encodes: bool | None = None  # asked of the exporter at the first record
         limits = LogRecordLimits()
         self._max_attributes: int | None = (
             limits.max_log_record_attributes
@@ -41,7 +48,12 @@ class LeanLogRecordProcessor(BatchLogRecordProcessor):
         )
 
     def accepts(self, attributes: Mapping[str, Any]) -> bool:
-        """Whether the SDK would keep these attributes as they are."""
+        """Whether the record may be queued encoded: the exporter sends encoded records
+        and the SDK would keep these attributes as they are."""
+        if self._encodes is None:
+            self._encodes = takes_encoded_items(self._exporter)
+        if not self._encodes:
+            return False
         limit = self._max_attributes
         if limit is not None and len(attributes) > limit:
             return False
@@ -49,7 +61,7 @@ class LeanLogRecordProcessor(BatchLogRecordProcessor):
 
     def emit_encoded(self, logger: SdkLogger, encoded: bytes) -> None:
         """Queue a record encoded by :meth:`LogEncoder.log_record` for ``logger``'s scope."""
-        item: Any = EncodedLogRecord(logger.resource, logger.instrumentation_scope, encoded)
+        item: Any = encoded_item(logger.resource, logger.instrumentation_scope, encoded)
         self._batch_processor.emit(item)
 
 

@@ -35,6 +35,7 @@ from otelkit.presets.settings import AccessLog, Settings
 
 ACCESS_LOGGER_NAME = "otelkit.access"
 _FACTORY_MARK = "_otelkit_factory"
+_PREVIOUS_FACTORY = "_otelkit_previous"
 _factory_installed = [False]
 # What every LogRecord has; everything else on a record is an attribute (``extra=...``,
 # the request context, the logging instrumentation's correlation fields).
@@ -71,7 +72,43 @@ def install_record_factory() -> None:
         return record
 
     setattr(factory, _FACTORY_MARK, True)
+    setattr(factory, _PREVIOUS_FACTORY, previous)
     logging.setLogRecordFactory(factory)
+
+
+_UPSTREAM_FACTORY = "LoggingInstrumentor._instrument.<locals>.record_factory"
+
+
+def _adds_only_known_fields(factory: Any) -> bool:
+    """Whether records from ``factory`` carry, besides the standard fields, only otelkit's
+    request context and the logging instrumentation's correlation fields (no log hook)."""
+    for _ in range(8):  # a factory chain is a few links long
+        if factory is logging.LogRecord:
+            return True
+        if getattr(factory, _FACTORY_MARK, False):
+            factory = getattr(factory, _PREVIOUS_FACTORY)
+        elif getattr(factory, "__qualname__", None) == _UPSTREAM_FACTORY:
+            from opentelemetry.instrumentation.logging import LoggingInstrumentor
+
+            if LoggingInstrumentor._log_hook is not None:
+                return False
+            factory = LoggingInstrumentor._old_factory
+        else:
+            return False
+    return False
+
+
+_known_factory: list[tuple[Any, bool]] = [(None, False)]
+
+
+def records_are_plain() -> bool:
+    """:func:`_adds_only_known_fields` for the current factory, worked out once per factory."""
+    factory = logging.getLogRecordFactory()
+    known = _known_factory[0]
+    if known[0] is not factory:
+        known = (factory, _adds_only_known_fields(factory))
+        _known_factory[0] = known
+    return known[1]
 
 
 @dataclass(slots=True)
@@ -152,17 +189,43 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = entry_of(record)
-        attributes = entry.attributes
         trace_id, span_id = _trace_ids(record, entry)
+        line = self.line(
+            record.created, record.levelname, record.name, entry.message, trace_id, span_id
+        )
+        self.add_attributes(line, entry.attributes)
+        if entry.exception_text is not None:
+            line["exception"] = entry.exception_text
+            if record.exc_info and record.exc_info[0] is not None:
+                line["exception_type"] = record.exc_info[0].__name__
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return _dumps(line)
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        trace_id: str | None,
+        span_id: str | None,
+    ) -> dict[str, Any]:
+        """The fields every line starts with, in their order (attributes come next)."""
         line: dict[str, Any] = {
-            "time": _iso_time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": entry.message,
+            "time": _iso_time(created),
+            "level": level,
+            "logger": logger,
+            "message": message,
         }
+        if trace_id is not None:
+            line["trace_id"] = trace_id
+        if span_id is not None:
+            line["span_id"] = span_id
+        return line
+
+    def add_attributes(self, line: dict[str, Any], attributes: dict[str, Any]) -> None:
         optional = (
-            ("trace_id", trace_id),
-            ("span_id", span_id),
             ("request_id", attributes.get("request_id")),
             ("user_id", attributes.get("enduser.id")),
             ("service", self.service),
@@ -174,13 +237,6 @@ class JsonFormatter(logging.Formatter):
         for key, value in attributes.items():
             if key not in _NOT_IN_LINE and key not in line:
                 line[key] = value
-        if entry.exception_text is not None:
-            line["exception"] = entry.exception_text
-            if record.exc_info and record.exc_info[0] is not None:
-                line["exception_type"] = record.exc_info[0].__name__
-        if record.stack_info:
-            line["stack"] = self.formatStack(record.stack_info)
-        return _dumps(line)
 
 
 # The access record's message already says these; a text line does not repeat them.
@@ -289,15 +345,13 @@ def drop_repeated_server_tracebacks() -> None:
             server.addFilter(not_logged_already)
 
 
+def no_access_records(record: logging.LogRecord) -> bool:
+    return record.name != ACCESS_LOGGER_NAME
+
+
 def _access_filter(records_wanted: bool) -> Callable[[logging.LogRecord], bool] | None:
     """A handler filter that keeps access records out, or None when they are wanted."""
-    if records_wanted:
-        return None
-
-    def no_access_records(record: logging.LogRecord) -> bool:
-        return record.name != ACCESS_LOGGER_NAME
-
-    return no_access_records
+    return None if records_wanted else no_access_records
 
 
 class StdoutHandler(logging.StreamHandler[TextIO]):
@@ -310,6 +364,81 @@ class StdoutHandler(logging.StreamHandler[TextIO]):
         skip_access = _access_filter(access_log in ("stdout", "both"))
         if skip_access is not None:
             self.addFilter(skip_access)
+
+    def write(self, line: str, level: int) -> None:
+        """What ``emit`` does with a formatted line: one write and a flush, under the lock."""
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            try:
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(
+                    logging.LogRecord(ACCESS_LOGGER_NAME, level, "", 0, line, None, None)
+                )
+
+
+def _sole_json_handler(logger: logging.Logger, level: int) -> StdoutHandler | None:
+    """The handler that would write an access record of ``logger`` at ``level``, when it
+    is otelkit's JSON stdout handler and every other handler on the way drops the record
+    (or is above its level), the logger has no filter and is a plain ``Logger``, and
+    records carry no fields but the known ones; None otherwise."""
+    if logger.filters or type(logger) is not logging.Logger or not records_are_plain():
+        return None
+    found = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if level < handler.level or no_access_records in handler.filters:
+                continue
+            if (
+                found is None
+                and type(handler) is StdoutHandler
+                and type(handler.formatter) is JsonFormatter
+                and all(check is note_logged_exceptions for check in handler.filters)
+            ):
+                found = handler
+                continue
+            return None
+        current = current.parent if current.propagate else None
+    return found
+
+
+def write_access_line(
+    logger: logging.Logger, level: int, message: str, extra: dict[str, Any]
+) -> bool:
+    """Write an access record's JSON line without making a ``LogRecord``, when otelkit's
+    stdout handler is the only one that would see the record: the line is the one
+    :class:`JsonFormatter` would write of it, byte for byte (the record's extra fields
+    come after the request context, as ``makeRecord`` sets them). False when it is not
+    written (a record is needed)."""
+    handler = _sole_json_handler(logger, level)
+    if handler is None:
+        return False
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:  # the line's IDs would come from the record's fields
+        return False
+    request = current_request()
+    attributes: dict[str, Any] = {}
+    if request is not None:
+        if not request.user.keys().isdisjoint(extra):  # makeRecord refuses to overwrite
+            return False
+        attributes["request_id"] = request.request_id
+        attributes.update(request.user)
+    attributes.update(extra)
+    formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+    line = formatter.line(
+        time.time(),
+        logging.getLevelName(level),
+        logger.name,
+        message,
+        format(span_context.trace_id, "032x"),
+        format(span_context.span_id, "016x"),
+    )
+    formatter.add_attributes(line, attributes)
+    handler.write(_dumps(line), level)
+    return True
 
 
 class OtlpHandler(logging.Handler):

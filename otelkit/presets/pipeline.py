@@ -52,10 +52,12 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otelkit.presets import access
 from otelkit.presets import context as request_context
+from otelkit.presets.encoder import takes_encoded_items
 from otelkit.presets.logexport import LeanLogRecordProcessor
 from otelkit.presets.logs import install_record_factory, setup_stdout
 from otelkit.presets.resource import build_resource, process_attributes
 from otelkit.presets.settings import RATIO_SAMPLERS, Settings
+from otelkit.presets.spanexport import LeanSpanProcessor
 
 _logger = logging.getLogger("otelkit.presets")
 
@@ -144,8 +146,11 @@ def _tracer_provider(settings: Settings, resource: Resource) -> TracerProvider:
     )
     exporter = span_exporter(settings)
     if exporter is not None:
+        # otelkit's lean OTLP exporters also send spans encoded as they end.
+        lean = settings.lean_encoder and settings.traces_exporter == "otlp"
+        batch = LeanSpanProcessor if lean else BatchSpanProcessor
         provider.add_span_processor(
-            BatchSpanProcessor(
+            batch(
                 exporter,
                 schedule_delay_millis=_env_float(
                     "OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS
@@ -287,6 +292,10 @@ class PerProcessSpanExporter(SpanExporter):
     def __init__(self, factory: Callable[[], SpanExporter]) -> None:
         self._holder = _PerProcess(factory)
 
+    @property
+    def takes_encoded_items(self) -> bool:
+        return takes_encoded_items(self._holder.inner())
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._holder._closed:
             return SpanExportResult.FAILURE
@@ -303,6 +312,10 @@ class PerProcessSpanExporter(SpanExporter):
 class PerProcessLogExporter(LogRecordExporter):
     def __init__(self, factory: Callable[[], LogRecordExporter]) -> None:
         self._holder = _PerProcess(factory)
+
+    @property
+    def takes_encoded_items(self) -> bool:
+        return takes_encoded_items(self._holder.inner())
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         if self._holder._closed:

@@ -332,6 +332,8 @@ def test_the_lean_log_exporters_deliver_over_grpc_and_http(sink: OtlpSink) -> No
 class _EncodeBatches:
     """A log exporter that keeps each batch as the lean encoder's request bytes."""
 
+    takes_encoded_items = True
+
     def __init__(self) -> None:
         from otelkit.presets.encoder import LogEncoder
 
@@ -425,3 +427,105 @@ def test_records_the_handler_encodes_itself_are_the_ones_the_sdk_exports(
     assert lean == stock
     assert len(lean.resource_logs[0].scope_logs[0].log_records) == 5
     assert len(encoded) == 4  # all but the record with a list value
+
+
+class _EncodeSpanBatches(SpanExporter):
+    """A span exporter that keeps each batch as the lean encoder's request bytes."""
+
+    takes_encoded_items = True
+
+    def __init__(self) -> None:
+        self.encoder = SpanEncoder()
+        self.requests: list[bytes] = []
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        self.requests.append(self.encoder.encode(spans))
+        return SpanExportResult.SUCCESS
+
+
+def test_spans_queued_encoded_are_sent_as_the_stock_encoder_writes_them() -> None:
+    """The lean processor queues each sampled span's bytes; the request the exporter sends
+    is the stock encoder's of the same spans, while another processor on the provider
+    still gets the spans themselves, and unsampled spans are not sent."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    batches, kept = _EncodeSpanBatches(), _Keep()
+    resource = Resource.create({"service.name": "shop"})
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(1.0)))
+    provider.add_span_processor(LeanSpanProcessor(batches))
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("lib", "1.0")
+    with tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER) as server:
+        server.set_attribute("http.response.status_code", 200)
+        with provider.get_tracer("db").start_as_current_span("SELECT", attributes={"n": 1}):
+            pass
+    unsampled = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    tracer.start_span("dropped", context=set_span_in_context(NonRecordingSpan(unsampled))).end()
+    provider.force_flush()
+    assert all(type(span) is ReadableSpan for span in kept.spans) and len(kept.spans) == 2
+    [body] = batches.requests
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
+    provider.shutdown()
+
+
+def test_a_span_that_fails_to_encode_as_it_ends_is_still_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Encoding at the end of a span never raises into the application's code: the span
+    is queued as it is and encoded by the export."""
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    def fails(self: SpanEncoder, span: ReadableSpan) -> Any:
+        raise RuntimeError("cannot encode")
+
+    monkeypatch.setattr(SpanEncoder, "encoded", fails)
+    batches, kept = _EncodeSpanBatches(), _Keep()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider.add_span_processor(LeanSpanProcessor(batches))
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    provider.get_tracer("lib").start_span("GET /", attributes={"a": 1}).end()
+    provider.force_flush()
+    [body] = batches.requests
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)
+    provider.shutdown()
+
+
+def test_a_stock_exporter_the_lean_one_falls_back_to_gets_spans_and_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an OTLP/HTTP exporter release whose state the lean export does not know, the
+    stock exporter is used: the lean processors then queue spans and records as the SDK
+    makes them (the stock exporter cannot send encoded items), and every span arrives."""
+    from otelkit.presets import encoder
+    from otelkit.presets.logexport import LeanLogRecordProcessor
+    from otelkit.presets.pipeline import PerProcessLogExporter, PerProcessSpanExporter
+    from otelkit.presets.spanexport import LeanSpanProcessor
+
+    monkeypatch.setattr(encoder, "_HTTP_EXPORTER_FIELDS", ("_a_field_no_release_has",))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Collect.bodies.clear()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        spans = PerProcessSpanExporter(
+            lambda: encoder.lean_http_span_exporter(endpoint=f"{base}/v1/traces", timeout=5)
+        )
+        kept = _Keep()
+        provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+        provider.add_span_processor(LeanSpanProcessor(spans))
+        provider.add_span_processor(SimpleSpanProcessor(kept))
+        provider.get_tracer("lib").start_span("GET /", attributes={"a": 1}).end()
+        assert provider.force_flush()
+        logs = PerProcessLogExporter(
+            lambda: encoder.lean_http_log_exporter(endpoint=f"{base}/v1/logs", timeout=5)
+        )
+        assert not LeanLogRecordProcessor(logs).accepts({"a": 1})
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    [(path, _, body)] = _Collect.bodies
+    assert path == "/v1/traces"
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(kept.spans)

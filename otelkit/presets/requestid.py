@@ -66,12 +66,18 @@ def _incoming_id(scope: Scope, header: bytes) -> str | None:
     return None
 
 
-def _flush_before_shutdown_complete(send: Send) -> Send:
-    """Export buffered telemetry before the server's shutdown completes (the process may
-    end by a re-raised signal right after, skipping ``atexit``)."""
+def _lifespan_steps(send: Send) -> Send:
+    """Freeze the startup heap as startup completes (see :mod:`otelkit.presets.heap`);
+    export buffered telemetry before the server's shutdown completes (the process may end
+    by a re-raised signal right after, skipping ``atexit``)."""
 
-    async def send_after_flush(message: Message) -> None:
-        if message["type"] == "lifespan.shutdown.complete":
+    async def send_after_steps(message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            from otelkit.presets.heap import freeze_startup_heap
+
+            freeze_startup_heap()
+        elif kind == "lifespan.shutdown.complete":
             import asyncio
 
             from otelkit.presets import pipeline
@@ -79,7 +85,7 @@ def _flush_before_shutdown_complete(send: Send) -> Send:
             await asyncio.to_thread(pipeline.flush)
         await send(message)
 
-    return send_after_flush
+    return send_after_steps
 
 
 def log_unhandled(scope: Scope, exception: Exception) -> None:
@@ -123,7 +129,7 @@ class _Response:
 class RequestIdMiddleware:
     """Accept, validate or generate the request ID and echo it on the response; log an
     unhandled exception once, in the request's context; write the request's access
-    record; on lifespan shutdown, flush telemetry."""
+    record; at lifespan startup, freeze the startup heap; at shutdown, flush telemetry."""
 
     def __init__(self, app: ASGIApp, header: str = DEFAULT_HEADER) -> None:
         self.app = app
@@ -135,7 +141,7 @@ class RequestIdMiddleware:
             await self.app(
                 scope,
                 receive,
-                _flush_before_shutdown_complete(send) if scope["type"] == "lifespan" else send,
+                _lifespan_steps(send) if scope["type"] == "lifespan" else send,
             )
             return
         started_ns = time.perf_counter_ns()

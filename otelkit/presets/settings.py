@@ -80,6 +80,7 @@ class Settings:
     exemplars: bool
     http_server_metrics: bool
     lean_encoder: bool
+    gc_freeze: bool
     disabled: bool
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
 
@@ -159,6 +160,7 @@ class Settings:
             exemplars=_bool(env.get("OTELKIT_METRIC_EXEMPLARS"), False),
             http_server_metrics=_bool(env.get("OTELKIT_HTTP_SERVER_METRICS"), False),
             lean_encoder=_bool(env.get("OTELKIT_LEAN_SPAN_ENCODER"), True),
+            gc_freeze=_bool(env.get("OTELKIT_GC_FREEZE"), True),
             disabled=_bool(env.get("OTEL_SDK_DISABLED"), False),
             resource_attributes=dict(resource_attributes or {}),
         )

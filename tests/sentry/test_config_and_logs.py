@@ -9,13 +9,22 @@ import traceback
 import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime import graph
+from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime.registry import Registry
 from otelkit.collector.runtime.service import Service
 
 from .standin import sentry_standin
-from .support import exporter, kv, logs_request, random_id, raw_span, relay_check, run, trace_request
+from .support import (
+    exporter,
+    kv,
+    logs_request,
+    random_id,
+    raw_span,
+    relay_check,
+    run,
+    trace_request,
+)
 
 
 def test_a_malformed_dsn_is_a_config_error_naming_the_field() -> None:

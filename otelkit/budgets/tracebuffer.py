@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, islice
+from itertools import accumulate, chain, islice, repeat
 from operator import sub
 from typing import NamedTuple
 
@@ -300,8 +300,27 @@ class SpanReader:
     def spans(self, trace: HeldTrace) -> list[Span]:
         """The trace's spans in order; those in packed scopes parsed together, as one
         ScopeSpans of their fields (a message per span would cost an arena each)."""
+        packed_runs = [(c, b, e) for c, b, e, _ in trace.runs if isinstance(c, PackedScope)]
+        if len(packed_runs) < len(trace.runs):
+            return self._mixed_spans(trace)
+        fields: list[bytes] = []  # each run's span fields: tag, length, bytes
+        for packed, begin, end in packed_runs:
+            data, bounds, _, _ = self._entries_of(packed)
+            fields.append(data[bounds[begin] : bounds[end]])
+        parsed = list(ScopeSpans.FromString(b"".join(fields)).spans)
+        # Where each came from, recorded without Python code per span.
+        scopes = chain.from_iterable(
+            repeat(packed, end - begin) for packed, begin, end in packed_runs
+        )
+        indexes = chain.from_iterable(range(begin, end) for _, begin, end in packed_runs)
+        origins = zip(parsed, scopes, indexes, strict=True)
+        self._origins.update(zip(map(id, parsed), origins, strict=True))
+        return parsed
+
+    def _mixed_spans(self, trace: HeldTrace) -> list[Span]:
+        """:meth:`spans` of a trace some of whose runs are held messages."""
         spans: list[Span | None] = []
-        fields: list[bytes] = []  # each packed run's span fields: tag, length, bytes
+        fields: list[bytes] = []
         origins: list[tuple[int, PackedScope, int]] = []  # its place in spans, scope, index
         for container, begin, end, _ in trace.runs:
             if not isinstance(container, PackedScope):

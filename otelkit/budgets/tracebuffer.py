@@ -21,6 +21,11 @@ values, and besides its share of them a held trace costs its entry in
 trace's spans parses them (:class:`SpanReader`); the few it changes are kept as edits
 of their scope, spliced into the batch's bytes when it is released
 (:func:`rebuild_request`).
+
+A batch released towards the next whole-trace processor through fan-outs and
+``forward`` connectors only (nothing between can change it, as in the default
+configuration's ``perf_issues`` -> ``tail_sampling``) is handed on with what is known of
+its bytes (:class:`ReleasedScope`): the next one does not serialise and walk them again.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice, repeat
-from operator import sub
+from operator import add, sub
 from typing import NamedTuple
 
 import zstandard
@@ -91,6 +91,8 @@ class ScopeWire(NamedTuple):
     data: bytes
     starts: Sequence[int]
     ends: Sequence[int]
+    # Whether every span's bytes begin with its 16-byte trace ID, where the walk told.
+    led: bool | None = None
 
 
 # Level 1: about 8x smaller OTLP at well under a microsecond per span; one compressor
@@ -121,11 +123,15 @@ class PackedScope:
     without reading its bytes. Spans a judge changed are kept apart (:attr:`edits`)
     until the scope's bytes are asked for again (:meth:`data`)."""
 
-    __slots__ = ("_plain", "edits", "frame", "spans")
+    __slots__ = ("_plain", "_starts", "edits", "frame", "led", "spans")
 
     def __init__(self, wire: ScopeWire, trace_ids: list[bytes], compressed: bool = True) -> None:
         self.spans = len(trace_ids)
         self._plain = None if compressed else wire.data
+        # Uncompressed (held briefly, released whole): where each span's bytes start, as
+        # the walk found, so the release need not work it out span by span.
+        self._starts = None if compressed else array("I", wire.starts)
+        self.led = wire.led
         self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
         index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
         heads = span_field_starts(wire.starts, wire.ends)
@@ -171,31 +177,31 @@ class PackedScope:
         """The ScopeSpans as it is released (edits in place), for the next whole-trace
         processor: its bytes, where its spans are, and their traces."""
         data, bounds, trace_ids, traces = entries or self.entries()
-        if self.edits:
-            data, bounds = (
-                self.data(ScopeEntries(data, bounds, trace_ids, traces)),
-                self._bounds(bounds),
-            )
-        wire = _scope_wire(data, bounds)
-        # As the walk of tail sampling's scan: every span 18 bytes or more, led by
-        # Span.trace_id's tag (field 1, bytes) and a length of 16.
-        led = all(
-            end - at >= 18 and data[at] == 0x0A and data[at + 1] == 0x10
-            for at, end in zip(wire.starts, wire.ends, strict=True)
-        )
+        if self._starts is None:
+            wire = _scope_wire(data, bounds)
+        elif self.edits:
+            data = self.data(ScopeEntries(data, bounds, trace_ids, traces))
+            wire = ScopeWire(data, *self._moved(bounds, self._starts))
+        else:
+            wire = ScopeWire(data, self._starts, bounds[1:])
+        # Edited spans are serialised by protobuf: their 16-byte trace ID comes first.
+        led = self.led if self.led is not None else _led(wire)
         return ReleasedScope(wire, list(map(trace_ids.__getitem__, traces)), led)
 
-    def _bounds(self, bounds: array[int]) -> array[int]:
-        """Where each span's field begins (and the last ends) once the edits are in."""
-        moved = array("I", bounds)
-        shift = 0
+    def _moved(self, bounds: array[int], starts: array[int]) -> tuple[array[int], array[int]]:
+        """Where each span's bytes start and end once the edits are in: each stretch
+        after an edited span moves by how much the edits so far grew (shifted in C)."""
+        ends, new_starts = array("I", bounds[1:]), array("I", starts)
         edits = sorted((self.edits or {}).items())
+        shift = 0
         for n, (k, new) in enumerate(edits):
-            shift += _SPAN_FIELD_OVERHEAD + len(varint(len(new))) + len(new)
-            shift -= bounds[k + 1] - bounds[k]
-            end = edits[n + 1][0] + 1 if n + 1 < len(edits) else len(bounds)
-            moved[k + 1 : end] = array("I", [at + shift for at in bounds[k + 1 : end]])
-        return moved
+            header = len(_SPAN_TAG) + len(varint(len(new)))
+            new_starts[k] = (bounds[k] + shift) + header
+            shift += header + len(new) - (bounds[k + 1] - bounds[k])
+            upto = edits[n + 1][0] if n + 1 < len(edits) else len(starts)
+            ends[k:upto] = array("I", map(add, bounds[k + 1 : upto + 1], repeat(shift)))
+            new_starts[k + 1 : upto] = array("I", map(add, starts[k + 1 : upto], repeat(shift)))
+        return new_starts, ends
 
     def edit(self, index: int, span: Span) -> None:
         """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
@@ -220,7 +226,8 @@ class PackedScope:
 
     def __len__(self) -> int:
         held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
-        return held + len(self._plain or b"")
+        starts = len(self._starts) * self._starts.itemsize if self._starts is not None else 0
+        return held + len(self._plain or b"") + starts
 
 
 # The frame's header: its two arrays' item types, how many traces, where the first
@@ -229,7 +236,6 @@ _HEADER = struct.Struct("<ccII")
 # A span's field size up to which its tag and length take 2, 3, 4, 5 bytes.
 _FIELD_HEADS = (129, 16386, 2097155, 268435460)
 _SPAN_TAG = b"\x12"  # ScopeSpans.spans: field 2, bytes
-_SPAN_FIELD_OVERHEAD = len(_SPAN_TAG)  # and the length's varint
 _SCOPE_SPANS_TAG = b"\x12"  # ResourceSpans.scope_spans: field 2, bytes
 _RESOURCE_SPANS_TAG = b"\x0a"  # ExportTraceServiceRequest.resource_spans: field 1, bytes
 
@@ -250,6 +256,16 @@ def _scope_wire(data: bytes, bounds: Sequence[int]) -> ScopeWire:
         at + 2 + bisect_left(_FIELD_HEADS, end - at) for at, end in zip(heads, ends, strict=True)
     ]
     return ScopeWire(data, array("I", starts), ends)
+
+
+def _led(wire: ScopeWire) -> bool:
+    """As the walk of tail sampling's scan: whether every span is 18 bytes or more, led
+    by Span.trace_id's tag (field 1, bytes) and a length of 16."""
+    data = wire.data
+    return all(
+        end - at >= 18 and data[at] == 0x0A and data[at + 1] == 0x10
+        for at, end in zip(wire.starts, wire.ends, strict=True)
+    )
 
 
 class ReleasedScope(NamedTuple):
@@ -411,7 +427,8 @@ def read_wire(scope_spans: ScopeSpans) -> ScopeScan:
         trace_id if trace_id is not None else spans[k].trace_id
         for k, trace_id in enumerate(found_ids)
     ]
-    return ScopeScan(ids, {}, ScopeWire(data, starts, ends))
+    led = None not in found_ids
+    return ScopeScan(ids, {}, ScopeWire(data, starts, ends, led))
 
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:

@@ -263,7 +263,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
 
     def _scan_wire(self, scope_spans: ScopeSpans, wire: ScopeWire, ids: list[bytes]) -> ScopeScan:
         """Flags from the scope's bytes: the marks searched for, the error statuses."""
-        data, starts, ends = wire
+        data, starts, ends = wire.data, wire.starts, wire.ends
         spans = scope_spans.spans
         flags: dict[int, int] = {}
         for pattern, bit in self._marks:

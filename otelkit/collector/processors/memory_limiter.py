@@ -6,14 +6,13 @@ Every ``check_interval`` the limiter looks at two figures:
   account for it (:meth:`Host.held_bytes`): sending queues (requests on disk take none),
   batches waiting in batchers, traces gathered by whole-trace processors and the Sentry
   exporter. Each is an estimate from item counts and a sampled encoded size.
-* **resident memory** (RSS, ``/proc/self/statm``), read again when it is above the soft
-  limit (``limit - spike``) after glibc's ``malloc_trim`` has handed freed memory back to
-  the system (what Go's runtime does in the background), preceded by a full garbage
-  collection at most every ``min_gc_interval_when_soft_limited`` (10s) above the soft limit
-  and every ``min_gc_interval_when_hard_limited`` (0s: every check) above the hard limit,
-  upstream's keys and defaults. A full collection costs time in proportion to the objects
-  alive (about 60 times a trim's, profiled), so one on every check would take CPU from the
-  pipelines while memory hovers above the soft limit.
+* **resident memory** (RSS, ``/proc/self/statm``), read again after a garbage collection
+  and ``malloc_trim`` when it is above the soft limit (``limit - spike``): at most every
+  ``min_gc_interval_when_soft_limited`` (10s) above the soft limit and every
+  ``min_gc_interval_when_hard_limited`` (0s: every check) above the hard limit, upstream's
+  keys and defaults. A full collection costs time in proportion to the objects alive, so
+  one on every check would take CPU from the pipelines while memory hovers above the soft
+  limit.
 
 It refuses data when the held data is at least ``5%`` of the limit *and* either the
 collector's footprint at rest (its lowest RSS net of held data, measured while little is
@@ -168,14 +167,9 @@ def available_memory() -> int:
 
 
 def release_memory() -> None:
-    """A full garbage collection, then :func:`trim_memory`."""
+    """A full garbage collection, then glibc's ``malloc_trim`` (where there is one), so
+    that freed memory the allocator kept goes back to the system before RSS is re-read."""
     gc.collect()
-    trim_memory()
-
-
-def trim_memory() -> None:
-    """glibc's ``malloc_trim`` (where there is one): freed memory the allocator kept goes
-    back to the system before RSS is re-read."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
@@ -221,7 +215,6 @@ class MemoryCheck:
         read_rss: Callable[[], int],
         total_memory: Callable[[], int],
         release: Callable[[], None],
-        trim: Callable[[], None],
     ) -> None:
         self.name = name
         self.label = f"processor/{name}"
@@ -229,7 +222,6 @@ class MemoryCheck:
         self._read_rss = read_rss
         self._total_memory = total_memory
         self._release = release
-        self._trim = trim
         self.limits: Limits | None = None
         self.refusing = False
         self.reason = ""
@@ -285,12 +277,9 @@ class MemoryCheck:
         held = self._host.held_bytes()
         rss = self._read_rss()
         now = time.monotonic()
-        if rss > limits.soft:
-            if now - self._released_at >= self._collect_interval(rss):
-                self._release()
-                self._released_at = now
-            else:
-                self._trim()
+        if rss > limits.soft and now - self._released_at >= self._collect_interval(rss):
+            self._release()
+            self._released_at = now
             rss = self._read_rss()
         if self._footprint is None or held < limits.held_floor:  # at rest: what is not data
             footprint = max(0, rss - held)
@@ -370,7 +359,6 @@ class MemoryLimiter(Processor):
         read_rss: Callable[[], int] = process_rss,
         total_memory: Callable[[], int] = available_memory,
         release: Callable[[], None] = release_memory,
-        trim: Callable[[], None] = trim_memory,
     ) -> None:
         self._config = config
         self._signal = signal
@@ -380,7 +368,7 @@ class MemoryLimiter(Processor):
         checks = _CHECKS.setdefault(settings.telemetry, {})
         if self._name not in checks:
             checks[self._name] = MemoryCheck(
-                self._name, config, settings.telemetry, read_rss, total_memory, release, trim
+                self._name, config, settings.telemetry, read_rss, total_memory, release
             )
         self._check = checks[self._name]
         self._passed_acknowledged = settings.telemetry.counter(

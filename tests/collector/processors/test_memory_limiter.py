@@ -211,36 +211,6 @@ def test_forced_collections_are_spaced_by_the_configured_intervals() -> None:
     asyncio.run(main())
 
 
-def test_between_collections_freed_memory_is_returned_before_memory_is_read_again() -> None:
-    async def main() -> None:
-        memory = FakeMemory(rss_mib=40)  # soft limit 80, hard 100
-        trims: list[int] = []
-
-        def trim() -> None:  # the allocator hands back what it kept: 20 MiB
-            trims.append(memory.rss)
-            memory.rss -= 20 * MIB
-
-        settings = CreateSettings(ComponentID("memory_limiter"), Kind.PROCESSOR, SelfTelemetry())
-        config = MemoryLimiterConfig.model_validate(
-            {"check_interval": "1h", "limit_mib": 100, "min_gc_interval_when_soft_limited": "1h"}
-        )
-        limiter = MemoryLimiter(
-            settings, config, Signal.TRACES, Sink(), read_rss=memory.read,
-            total_memory=lambda: 1000 * MIB, release=memory.release, trim=trim,
-        )  # fmt: skip
-        await limiter.start(HoldingHost(held_mib=30))
-        memory.rss = 90 * MIB
-        limiter.check()  # collects: nothing freed
-        assert limiter.refusing and memory.released == 1 and not trims
-        memory.rss = 90 * MIB
-        limiter.check()  # within the hour: no collection, but a trim, then 70 MiB
-        assert memory.released == 1 and len(trims) == 1
-        assert not limiter.refusing
-        await limiter.shutdown()
-
-    asyncio.run(main())
-
-
 def test_above_the_soft_limit_collections_default_to_upstreams_ten_seconds() -> None:
     config = MemoryLimiterConfig(limit_mib=100)
     assert config.min_gc_interval_when_soft_limited == 10.0

@@ -8,11 +8,13 @@ Every ``check_interval`` the limiter looks at two figures:
   exporter. Each is an estimate from item counts and a sampled encoded size.
 * **resident memory** (RSS, ``/proc/self/statm``), read again after a garbage collection
   and ``malloc_trim`` when it is above the soft limit (``limit - spike``): at most every
-  ``min_gc_interval_when_soft_limited`` (10s) above the soft limit and every
+  ``min_gc_interval_when_soft_limited`` above the soft limit and every
   ``min_gc_interval_when_hard_limited`` (0s: every check) above the hard limit, upstream's
-  keys and defaults. A full collection costs time in proportion to the objects alive, so
-  one on every check would take CPU from the pipelines while memory hovers above the soft
-  limit.
+  keys. The soft one defaults to 5s where upstream's is 10s: at full speed the default
+  configuration's RSS hovers at the soft limit, and collecting every 10 s left it above
+  for longer: the limiter refused more (1,414 and 1,739 requests in two runs, against 466
+  and 7 every 5 s), for a saving (the collections took 2.5-4.7% of the CPU) the runs
+  could not tell from their noise.
 
 It refuses data when the held data is at least ``5%`` of the limit *and* either the
 collector's footprint at rest (its lowest RSS net of held data, measured while little is
@@ -89,7 +91,7 @@ class MemoryLimiterConfig(ComponentConfig):
     limit_percentage: int = Field(0, ge=0, le=100, description="Hard limit, % of memory.")
     spike_limit_percentage: int = Field(0, ge=0, le=100, description="Headroom, % of memory.")
     min_gc_interval_when_soft_limited: Duration = Field(
-        10.0, ge=0, description="Least time between forced collections above the soft limit."
+        5.0, ge=0, description="Least time between forced collections above the soft limit."
     )
     min_gc_interval_when_hard_limited: Duration = Field(
         0.0, ge=0, description="Least time between forced collections above the hard limit."

@@ -211,9 +211,9 @@ def test_forced_collections_are_spaced_by_the_configured_intervals() -> None:
     asyncio.run(main())
 
 
-def test_above_the_soft_limit_collections_default_to_upstreams_ten_seconds() -> None:
+def test_above_the_soft_limit_collections_default_to_every_five_seconds() -> None:
     config = MemoryLimiterConfig(limit_mib=100)
-    assert config.min_gc_interval_when_soft_limited == 10.0
+    assert config.min_gc_interval_when_soft_limited == 5.0
     assert config.min_gc_interval_when_hard_limited == 0.0
 
 

@@ -21,6 +21,11 @@ values, and besides its share of them a held trace costs its entry in
 trace's spans parses them (:class:`SpanReader`); the few it changes are kept as edits
 of their scope, spliced into the batch's bytes when it is released
 (:func:`rebuild_request`).
+
+A batch released towards the next whole-trace processor through fan-outs and
+``forward`` connectors only (nothing between can change it, as in the default
+configuration's ``perf_issues`` -> ``tail_sampling``) is handed on with what is known of
+its bytes (:class:`ReleasedScope`): the next one does not serialise and walk them again.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, islice
-from operator import sub
+from itertools import accumulate, chain, islice, repeat
+from operator import add, sub
 from typing import NamedTuple
 
 import zstandard
@@ -86,6 +91,8 @@ class ScopeWire(NamedTuple):
     data: bytes
     starts: Sequence[int]
     ends: Sequence[int]
+    # Whether every span's bytes begin with its 16-byte trace ID, where the walk told.
+    led: bool | None = None
 
 
 # Level 1: about 8x smaller OTLP at well under a microsecond per span; one compressor
@@ -116,11 +123,15 @@ class PackedScope:
     without reading its bytes. Spans a judge changed are kept apart (:attr:`edits`)
     until the scope's bytes are asked for again (:meth:`data`)."""
 
-    __slots__ = ("_plain", "edits", "frame", "spans")
+    __slots__ = ("_plain", "_starts", "edits", "frame", "led", "spans")
 
     def __init__(self, wire: ScopeWire, trace_ids: list[bytes], compressed: bool = True) -> None:
         self.spans = len(trace_ids)
         self._plain = None if compressed else wire.data
+        # Uncompressed (held briefly, released whole): where each span's bytes start, as
+        # the walk found, so the release need not work it out span by span.
+        self._starts = None if compressed else array("I", wire.starts)
+        self.led = wire.led
         self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
         index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
         heads = span_field_starts(wire.starts, wire.ends)
@@ -160,15 +171,37 @@ class PackedScope:
     def unpack(self) -> tuple[ScopeWire, list[bytes]]:
         """The ScopeSpans' bytes, where each span's own bytes are, and its trace ID."""
         data, bounds, trace_ids, traces = self.entries()
-        heads, ends = bounds[:-1], bounds[1:]
-        starts = array(
-            "I",
-            [
-                at + 2 + bisect_left(_FIELD_HEADS, end - at)
-                for at, end in zip(heads, ends, strict=True)
-            ],
-        )
-        return ScopeWire(data, starts, ends), list(map(trace_ids.__getitem__, traces))
+        return _scope_wire(data, bounds), list(map(trace_ids.__getitem__, traces))
+
+    def released(self, entries: ScopeEntries | None = None) -> ReleasedScope:
+        """The ScopeSpans as it is released (edits in place), for the next whole-trace
+        processor: its bytes, where its spans are, and their traces."""
+        data, bounds, trace_ids, traces = entries or self.entries()
+        if self._starts is None:
+            wire = _scope_wire(data, bounds)
+        elif self.edits:
+            data = self.data(ScopeEntries(data, bounds, trace_ids, traces))
+            wire = ScopeWire(data, *self._moved(bounds, self._starts))
+        else:
+            wire = ScopeWire(data, self._starts, bounds[1:])
+        # Edited spans are serialised by protobuf: their 16-byte trace ID comes first.
+        led = self.led if self.led is not None else _led(wire)
+        return ReleasedScope(wire, list(map(trace_ids.__getitem__, traces)), led)
+
+    def _moved(self, bounds: array[int], starts: array[int]) -> tuple[array[int], array[int]]:
+        """Where each span's bytes start and end once the edits are in: each stretch
+        after an edited span moves by how much the edits so far grew (shifted in C)."""
+        ends, new_starts = array("I", bounds[1:]), array("I", starts)
+        edits = sorted((self.edits or {}).items())
+        shift = 0
+        for n, (k, new) in enumerate(edits):
+            header = len(_SPAN_TAG) + len(varint(len(new)))
+            new_starts[k] = (bounds[k] + shift) + header
+            shift += header + len(new) - (bounds[k + 1] - bounds[k])
+            upto = edits[n + 1][0] if n + 1 < len(edits) else len(starts)
+            ends[k:upto] = array("I", map(add, bounds[k + 1 : upto + 1], repeat(shift)))
+            new_starts[k + 1 : upto] = array("I", map(add, starts[k + 1 : upto], repeat(shift)))
+        return new_starts, ends
 
     def edit(self, index: int, span: Span) -> None:
         """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
@@ -193,7 +226,8 @@ class PackedScope:
 
     def __len__(self) -> int:
         held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
-        return held + len(self._plain or b"")
+        starts = len(self._starts) * self._starts.itemsize if self._starts is not None else 0
+        return held + len(self._plain or b"") + starts
 
 
 # The frame's header: its two arrays' item types, how many traces, where the first
@@ -214,16 +248,59 @@ def _item_type(largest: int, smallest: str = "B") -> str:
     raise ValueError(f"{largest} does not fit four bytes")
 
 
+def _scope_wire(data: bytes, bounds: Sequence[int]) -> ScopeWire:
+    """Where each span's own bytes start and end, from where its fields begin (and the
+    last ends): past each field's tag and length."""
+    heads, ends = bounds[:-1], bounds[1:]
+    starts = [
+        at + 2 + bisect_left(_FIELD_HEADS, end - at) for at, end in zip(heads, ends, strict=True)
+    ]
+    return ScopeWire(data, array("I", starts), ends)
+
+
+def _led(wire: ScopeWire) -> bool:
+    """As the walk of tail sampling's scan: whether every span is 18 bytes or more, led
+    by Span.trace_id's tag (field 1, bytes) and a length of 16."""
+    data = wire.data
+    return all(
+        end - at >= 18 and data[at] == 0x0A and data[at + 1] == 0x10
+        for at, end in zip(wire.starts, wire.ends, strict=True)
+    )
+
+
+class ReleasedScope(NamedTuple):
+    """A ScopeSpans of a batch a whole-trace processor releases, as it knows it: the next
+    one (``tail_sampling`` after ``perf_issues``) need not serialise and walk it again."""
+
+    wire: ScopeWire
+    trace_ids: list[bytes]  # each span's
+    led: bool  # whether every span's bytes begin with its 16-byte trace ID
+
+
+# Per ResourceSpans of a released batch, its ScopeSpans in order.
+ReleasedScopes = list[list[ReleasedScope]]
+
+
 def rebuild_request(
-    wire: list[tuple[bytes, list[PackedScope]]], reader: SpanReader | None = None
+    wire: list[tuple[bytes, list[PackedScope]]],
+    reader: SpanReader | None = None,
+    released: ReleasedScopes | None = None,
 ) -> ExportTraceServiceRequest:
     """The request a held batch's bytes stand for (with its spans' edits), parsed once;
-    scopes the ``reader`` unpacked are not unpacked again."""
+    scopes the ``reader`` unpacked are not unpacked again. With ``released``, each
+    ScopeSpans' :class:`ReleasedScope` is appended to it."""
     pieces: list[bytes] = []  # joined once: the spans' bytes are copied once
     for header, scopes in wire:
         body = [header]
+        if released is not None:
+            released.append([])
         for packed in scopes:
-            data = packed.data(reader.take_entries(packed) if reader is not None else None)
+            entries = reader.take_entries(packed) if reader is not None else None
+            if released is not None:
+                released[-1].append(packed.released(entries))
+                data = released[-1][-1].wire.data
+            else:
+                data = packed.data(entries)
             body += (_SCOPE_SPANS_TAG, varint(len(data)), data)
         pieces += (_RESOURCE_SPANS_TAG, varint(sum(len(b) for b in body)), *body)
     request = ExportTraceServiceRequest()
@@ -244,8 +321,27 @@ class SpanReader:
     def spans(self, trace: HeldTrace) -> list[Span]:
         """The trace's spans in order; those in packed scopes parsed together, as one
         ScopeSpans of their fields (a message per span would cost an arena each)."""
+        packed_runs = [(c, b, e) for c, b, e, _ in trace.runs if isinstance(c, PackedScope)]
+        if len(packed_runs) < len(trace.runs):
+            return self._mixed_spans(trace)
+        fields: list[bytes] = []  # each run's span fields: tag, length, bytes
+        for packed, begin, end in packed_runs:
+            data, bounds, _, _ = self._entries_of(packed)
+            fields.append(data[bounds[begin] : bounds[end]])
+        parsed = list(ScopeSpans.FromString(b"".join(fields)).spans)
+        # Where each came from, recorded without Python code per span.
+        scopes = chain.from_iterable(
+            repeat(packed, end - begin) for packed, begin, end in packed_runs
+        )
+        indexes = chain.from_iterable(range(begin, end) for _, begin, end in packed_runs)
+        origins = zip(parsed, scopes, indexes, strict=True)
+        self._origins.update(zip(map(id, parsed), origins, strict=True))
+        return parsed
+
+    def _mixed_spans(self, trace: HeldTrace) -> list[Span]:
+        """:meth:`spans` of a trace some of whose runs are held messages."""
         spans: list[Span | None] = []
-        fields: list[bytes] = []  # each packed run's span fields: tag, length, bytes
+        fields: list[bytes] = []
         origins: list[tuple[int, PackedScope, int]] = []  # its place in spans, scope, index
         for container, begin, end, _ in trace.runs:
             if not isinstance(container, PackedScope):
@@ -307,6 +403,8 @@ class HeldBatch:
 
 
 Scanner = Callable[[ScopeSpans], ScopeScan]
+# A scanner of a ScopeSpans whose bytes the whole-trace processor before knows already.
+ReleasedScanner = Callable[[ScopeSpans, ReleasedScope], ScopeScan]
 
 
 def read_trace_ids(scope_spans: ScopeSpans) -> ScopeScan:
@@ -329,7 +427,8 @@ def read_wire(scope_spans: ScopeSpans) -> ScopeScan:
         trace_id if trace_id is not None else spans[k].trace_id
         for k, trace_id in enumerate(found_ids)
     ]
-    return ScopeScan(ids, {}, ScopeWire(data, starts, ends))
+    led = None not in found_ids
+    return ScopeScan(ids, {}, ScopeWire(data, starts, ends, led))
 
 
 def _packable(wire: ScopeWire, trace_ids: list[bytes]) -> bool:
@@ -352,6 +451,7 @@ class TraceBuffer:
         keep_trace_ids: bool = True,
         pack_spans: bool = False,
         compress: bool = True,
+        scan_released: ReleasedScanner | None = None,
     ) -> None:
         self.wait = wait
         self.max_traces = max_traces
@@ -362,6 +462,10 @@ class TraceBuffer:
         self._is_decided = is_decided
         self._clock = clock
         self._scan = scan
+        self._scan_released = scan_released
+        # The batch a whole-trace processor before this one is handing on, and its
+        # scopes as it knows them (see :meth:`expect`).
+        self._expected: tuple[ExportTraceServiceRequest, ReleasedScopes] | None = None
         self._batches: deque[HeldBatch] = deque()
         # Each held trace's span count, in first-seen order; and, for the few that have
         # them, its flags and (when the buffer keeps spans) its runs.
@@ -373,9 +477,32 @@ class TraceBuffer:
         self.held_spans = 0
         self.decided_early = 0  # traces judged before their wait, to stay within max_traces
 
+    @property
+    def reads_released(self) -> bool:
+        """Whether :meth:`expect` saves this buffer work."""
+        return self._scan_released is not None
+
+    def expect(
+        self, payload: ExportTraceServiceRequest | None, released: ReleasedScopes | None = None
+    ) -> None:
+        """The next :meth:`add` of this very batch (unchanged on its way: only fan-outs
+        and ``forward`` connectors between) scans these scopes instead of its own
+        serialisation of them; None forgets them."""
+        self._expected = None if payload is None or released is None else (payload, released)
+
+    def _scans(self, payload: ExportTraceServiceRequest) -> list[list[ScopeScan]]:
+        expected, self._expected = self._expected, None
+        if expected is None or expected[0] is not payload or self._scan_released is None:
+            return [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+        scan = self._scan_released
+        return [
+            [scan(ss, known) for ss, known in zip(rs.scope_spans, scopes, strict=True)]
+            for rs, scopes in zip(payload.resource_spans, expected[1], strict=True)
+        ]
+
     def add(self, payload: ExportTraceServiceRequest) -> None:
         now = self._clock()
-        scans = [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+        scans = self._scans(payload)
         services = [
             service_name(rs.resource.attributes) if self.keep_spans else ""
             for rs in payload.resource_spans
@@ -556,12 +683,18 @@ class BufferedTraceProcessor(Processor):
             keep_trace_ids=self.filters_by_trace(),
             pack_spans=self.packs_spans(),
             compress=self.compresses_held_bytes(),
+            scan_released=self.scan_released if self.reads_released_scopes() else None,
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # While traces are judged and batches released: the scopes unpacked to judge
         # are not unpacked again to release.
         self.reader: SpanReader | None = None
+        # The whole-trace processor this one's batches reach unchanged, if it reads
+        # released scopes (found on the first release: the graph is built by then).
+        self._next_buffer: TraceBuffer | None = None
+        self._next_looked_up = False
+        self._released: ReleasedScopes | None = None  # of the batch being prepared
 
     # Subclasses implement these two.
     def judge(self, traces: list[HeldTrace]) -> None:
@@ -570,7 +703,9 @@ class BufferedTraceProcessor(Processor):
     def prepare(self, batch: HeldBatch) -> ExportTraceServiceRequest | None:
         """The batch to send on (possibly filtered in place), or None to send nothing."""
         if batch.wire is not None:
-            return rebuild_request(batch.wire, self.reader)
+            if self._next_buffer is not None:
+                self._released = []
+            return rebuild_request(batch.wire, self.reader, self._released)
         assert batch.payload is not None
         return batch.payload
 
@@ -596,6 +731,15 @@ class BufferedTraceProcessor(Processor):
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         """Trace IDs of one ScopeSpans' spans and flags for some of them."""
         return read_trace_ids(scope_spans)
+
+    def reads_released_scopes(self) -> bool:
+        """Whether :meth:`scan_released` is worth the whole-trace processor before this
+        one's keeping its batches' scopes as it knows them."""
+        return False
+
+    def scan_released(self, scope_spans: ScopeSpans, released: ReleasedScope) -> ScopeScan:
+        """:meth:`scan`, from what the processor before knows of these bytes."""
+        return self.scan(scope_spans)
 
     def is_decided(self, trace_id: bytes) -> bool:
         return False
@@ -644,13 +788,17 @@ class BufferedTraceProcessor(Processor):
     ) -> None:
         if traces:
             self.judge(traces)
+        if not self._next_looked_up:
+            self._next_buffer = _buffer_reached_unchanged(self._next)
+            self._next_looked_up = True
         for batch in batches:
+            self._released = None
             out = self.prepare(batch)
             if out is None or not out.resource_spans:
                 continue
             n = count_items(out)  # before: what follows may take the batch apart
             try:
-                await self._next.consume(out)
+                await self._hand_on(out)
             except ComponentError as exc:
                 if raise_errors:
                     raise
@@ -659,8 +807,40 @@ class BufferedTraceProcessor(Processor):
                     "%s: %d spans dropped downstream: %s", self._settings.label, n, exc
                 )
 
+    async def _hand_on(self, out: ExportTraceServiceRequest) -> None:
+        """Sends the batch on, telling the whole-trace processor it reaches unchanged
+        what is known of its scopes."""
+        following = self._next_buffer
+        if following is None or self._released is None:
+            await self._next.consume(out)
+            return
+        following.expect(out, self._released)
+        try:
+            await self._next.consume(out)
+        finally:
+            following.expect(None)
+            self._released = None
+
     async def _tick(self) -> None:
         period = min(max(self.buffer.wait / 4, 0.01), 1.0)
         while True:
             await asyncio.sleep(period)
             await self.release()
+
+
+def _buffer_reached_unchanged(consumer: object) -> TraceBuffer | None:
+    """The buffer of the whole-trace processor that reading ``consumer`` leads to through
+    fan-outs (as their last consumer, which gets the batch itself) and ``forward``
+    connectors only, if it reads released scopes: nothing between can change the batch
+    (a fan-out shares it only with consumers that do not change it)."""
+    for _ in range(_MAX_HOPS):
+        if isinstance(consumer, BufferedTraceProcessor):
+            buffer = consumer.buffer
+            return buffer if buffer.reads_released else None
+        consumer = getattr(consumer, "hands_on_unchanged", None)
+        if consumer is None:
+            return None
+    return None
+
+
+_MAX_HOPS = 8  # fan-outs and connectors followed at most

@@ -7,9 +7,16 @@ import asyncio
 import random
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 
+from otelkit.budgets.findings import PERF_ISSUE_TYPE
+from otelkit.budgets.tracebuffer import ScopeScan
+from otelkit.collector.connectors.forward import ForwardConnector
+from otelkit.collector.pdata.signals import Payload
 from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.processors.tail_sampling import TailSamplingConfig, TailSamplingProcessor
+from otelkit.collector.runtime.component import ComponentID, Consumer, CreateSettings, Kind
+from otelkit.collector.runtime.graph import Fanout
 from otelkit.collector.runtime.memory import PARSED_BYTES_PER_WIRE_BYTE
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from tests.budgets.spans import S, Sink, all_spans, attrs_of, event_attrs, request
@@ -153,3 +160,68 @@ def test_held_memory_is_a_fraction_of_the_parsed_batches() -> None:
     messages, _, _ = holding(HoldsMessages, traffic())
     assert messages.held_bytes() > parsed
     assert 0 < processor.held_bytes() < 0.5 * messages.held_bytes()
+
+
+class CountsScans(TailSamplingProcessor):
+    """Tail sampling that counts the scopes it serialises and walks itself."""
+
+    scanned = 0
+
+    def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
+        self.scanned += 1
+        return super().scan(scope_spans)
+
+
+class Relay:
+    """A consumer between the two that could change the batch (it says nothing)."""
+
+    def __init__(self, next_consumer: Consumer) -> None:
+        self._next = next_consumer
+
+    async def consume(self, payload: Payload) -> None:
+        await self._next.consume(payload)
+
+
+def kept_by_tail_sampling(relayed: bool) -> tuple[list[bytes], CountsScans]:
+    """The spans tail sampling keeps of perf_issues' output: handed on through a fan-out
+    and a ``forward`` connector (as the default configuration does), or through a relay."""
+    telemetry = SelfTelemetry()
+    sink = Sink()
+    tail_config = TailSamplingConfig.model_validate(
+        {
+            "decision_wait": "1h",
+            "policies": [
+                {"name": "some", "type": "probabilistic",
+                 "probabilistic": {"sampling_percentage": 10}},
+            ],
+        }
+    )  # fmt: skip
+    tail = CountsScans(
+        CreateSettings(ComponentID("tail_sampling"), Kind.PROCESSOR, telemetry), tail_config, sink
+    )
+    forward = ForwardConnector(tail)
+    reads = Fanout([Sink(), Relay(forward) if relayed else forward])
+    settings = CreateSettings(ComponentID("perf_issues"), Kind.PROCESSOR, telemetry)
+    perf = PerfIssuesProcessor(settings, PerfIssuesConfig(wait="1h"), reads)
+
+    async def run() -> None:
+        for batch in traffic():
+            await perf.consume(batch)
+        await perf.shutdown()
+        await tail.shutdown()
+
+    asyncio.run(run())
+    spans = [span for r in sink.got for span in all_spans(r)]
+    return sorted(span.SerializeToString(deterministic=True) for span in spans), tail
+
+
+def test_tail_sampling_after_it_keeps_the_same_spans_without_serialising_them_again() -> None:
+    kept, tail = kept_by_tail_sampling(relayed=False)
+    expected, relayed_tail = kept_by_tail_sampling(relayed=True)
+    assert kept == expected
+    marked = [s for s in kept if PERF_ISSUE_TYPE.encode() in s]
+    assert len(marked) > 100  # perf_issues' marks reached tail sampling, which kept them
+    assert relayed_tail.scanned > 0
+    # Only the scopes of the batch perf_issues held as a message (it has a span without a
+    # trace ID) were serialised and walked again.
+    assert tail.scanned == sum(len(rs.scope_spans) for rs in traffic()[3].resource_spans)

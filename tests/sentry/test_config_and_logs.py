@@ -9,12 +9,22 @@ import traceback
 import pytest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from otelkit.collector.runtime import graph
 from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime.registry import Registry
 from otelkit.collector.runtime.service import Service
 
 from .standin import sentry_standin
-from .support import kv, logs_request, random_id, raw_span, relay_check, run, trace_request
+from .support import (
+    exporter,
+    kv,
+    logs_request,
+    random_id,
+    raw_span,
+    relay_check,
+    run,
+    trace_request,
+)
 
 
 def test_a_malformed_dsn_is_a_config_error_naming_the_field() -> None:
@@ -68,6 +78,24 @@ def test_without_a_dsn_the_exporter_is_off_with_one_warning_and_the_collector_ru
         assert asyncio.run(scenario())
     warnings = [r.getMessage() for r in caplog.records if "no DSN" in r.getMessage()]
     assert len(warnings) == 1 and "exporters.sentry.dsn" in warnings[0]
+
+
+def test_without_a_dsn_a_fan_out_makes_no_copy_of_each_batch_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copies: list[object] = []
+    monkeypatch.setattr(graph, "_copy", lambda payload: copies.append(payload) or payload)
+
+    class Recorder:
+        async def consume(self, payload: object) -> None:
+            pass
+
+    batch = trace_request([raw_span(random_id(16), random_id(8))])
+    asyncio.run(graph.Fanout([exporter({"dsn": ""}), Recorder()]).consume(batch))
+    assert copies == []
+    with_dsn = exporter({"dsn": "https://key@sentry.example.com/1"})
+    asyncio.run(graph.Fanout([with_dsn, Recorder()]).consume(batch))
+    assert copies == [batch]
 
 
 def _record(severity: int, body: str, **attrs: object) -> LogRecord:

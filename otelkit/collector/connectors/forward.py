@@ -31,6 +31,11 @@ class ForwardConnector(Connector):
     def __init__(self, next_consumer: Consumer) -> None:
         self._next = next_consumer
 
+    @property
+    def hands_on_unchanged(self) -> Consumer:
+        """What gets each batch as it came (see :mod:`otelkit.budgets.tracebuffer`)."""
+        return self._next
+
     async def consume(self, payload: Payload) -> None:
         await self._next.consume(payload)
 

@@ -7,7 +7,14 @@ Every ``check_interval`` the limiter looks at two figures:
   batches waiting in batchers, traces gathered by whole-trace processors and the Sentry
   exporter. Each is an estimate from item counts and a sampled encoded size.
 * **resident memory** (RSS, ``/proc/self/statm``), read again after a garbage collection
-  and ``malloc_trim`` when it is above the soft limit (``limit - spike``).
+  and ``malloc_trim`` when it is above the soft limit (``limit - spike``): at most every
+  ``min_gc_interval_when_soft_limited`` above the soft limit and every
+  ``min_gc_interval_when_hard_limited`` (0s: every check) above the hard limit, upstream's
+  keys. The soft one defaults to 5s where upstream's is 10s: at full speed the default
+  configuration's RSS hovers at the soft limit, and collecting every 10 s left it above
+  for longer: the limiter refused more (1,414 and 1,739 requests in two runs, against 466
+  and 7 every 5 s), for a saving (the collections took 2.5-4.7% of the CPU) the runs
+  could not tell from their noise.
 
 It refuses data when the held data is at least ``5%`` of the limit *and* either the
 collector's footprint at rest (its lowest RSS net of held data, measured while little is
@@ -73,8 +80,6 @@ MIB = 1024 * 1024
 _DEFAULT_SPIKE_FRACTION = 0.2
 # Held data below this share of the limit never makes the limiter refuse.
 HELD_FLOOR_FRACTION = 0.05
-# A forced collection (and malloc_trim) runs at most this often below the hard limit.
-_COLLECT_INTERVAL = 5.0
 # A cgroup v1 "no limit" is a huge page-aligned number rather than "max".
 _CGROUP_V1_UNLIMITED = 1 << 60
 
@@ -85,9 +90,20 @@ class MemoryLimiterConfig(ComponentConfig):
     spike_limit_mib: int = Field(0, ge=0, description="Headroom below the hard limit.")
     limit_percentage: int = Field(0, ge=0, le=100, description="Hard limit, % of memory.")
     spike_limit_percentage: int = Field(0, ge=0, le=100, description="Headroom, % of memory.")
+    min_gc_interval_when_soft_limited: Duration = Field(
+        5.0, ge=0, description="Least time between forced collections above the soft limit."
+    )
+    min_gc_interval_when_hard_limited: Duration = Field(
+        0.0, ge=0, description="Least time between forced collections above the hard limit."
+    )
 
     @model_validator(mode="after")
     def _limits_make_sense(self) -> Self:
+        if self.min_gc_interval_when_soft_limited < self.min_gc_interval_when_hard_limited:
+            raise ValueError(
+                "'min_gc_interval_when_soft_limited' should be larger than "
+                "'min_gc_interval_when_hard_limited'"
+            )
         if not self.limit_mib and not self.limit_percentage:
             raise ValueError(
                 "set limit_mib (such as 512) or limit_percentage (such as 80); neither is set"
@@ -263,9 +279,7 @@ class MemoryCheck:
         held = self._host.held_bytes()
         rss = self._read_rss()
         now = time.monotonic()
-        if rss > limits.soft and (
-            rss > limits.hard or now - self._released_at >= _COLLECT_INTERVAL
-        ):
+        if rss > limits.soft and now - self._released_at >= self._collect_interval(rss):
             self._release()
             self._released_at = now
             rss = self._read_rss()
@@ -275,6 +289,13 @@ class MemoryCheck:
         self._rss_gauge.set(rss)
         self._held_gauge.set(held)
         self._decide(rss, held)
+
+    def _collect_interval(self, rss: int) -> float:
+        """The least time between forced collections at this resident memory."""
+        assert self.limits is not None
+        if rss > self.limits.hard:
+            return self._config.min_gc_interval_when_hard_limited
+        return self._config.min_gc_interval_when_soft_limited
 
     def _decide(self, rss: int, held: int) -> None:
         limits = self.limits

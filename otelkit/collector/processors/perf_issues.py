@@ -80,8 +80,8 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
 
     def judge(self, traces: list[HeldTrace]) -> None:
         reader = self.reader or SpanReader()
+        self._count_from_zero(traces)
         for trace in traces:
-            self._count_from_zero(trace)
             if not self._tallies.might_find(trace.trace_id):
                 continue
             spans = reader.spans(trace)
@@ -95,10 +95,12 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
                 reader.write_back([*detection.offenders, detection.anchor])
                 self._issues.labels(finding.type, detection.service).inc()
 
-    def _count_from_zero(self, trace: HeldTrace) -> None:
+    def _count_from_zero(self, traces: list[HeldTrace]) -> None:
         """The first time a service is seen, its counters start at zero for every
-        detector, so dashboards show 0 and ``rate()`` sees its first issues."""
-        for _, _, _, service in trace.runs:
+        detector, so dashboards show 0 and ``rate()`` sees its first issues (before any
+        of its issues is counted: the same order as trace by trace)."""
+        services = dict.fromkeys(run[3] for trace in traces for run in trace.runs)
+        for service in services:
             if service in self._services_seen or len(self._services_seen) >= _MAX_SERVICES:
                 continue
             self._services_seen.add(service)

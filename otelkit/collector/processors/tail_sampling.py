@@ -19,7 +19,7 @@ import re
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import chain, compress
 from typing import Annotated, Any, Literal
 
@@ -40,6 +40,7 @@ from otelkit.budgets.tracebuffer import (
     HeldBatch,
     HeldTrace,
     PackedScope,
+    ReleasedScope,
     ScopeEntries,
     ScopeScan,
     ScopeWire,
@@ -242,11 +243,28 @@ class TailSamplingProcessor(BufferedTraceProcessor):
             layout = led_scope_spans_layout(data)
         except ValueError:
             layout = None
-        spans = scope_spans.spans
         # Bytes it cannot walk, or a span not led by its trace ID: read span by span.
-        if layout is None or len(layout[0]) != len(spans):
+        if layout is None or len(layout[0]) != len(scope_spans.spans):
             return self._scan_spans(scope_spans)
         starts, ends, ids = layout
+        return self._scan_wire(scope_spans, ScopeWire(data, starts, ends), ids)
+
+    def reads_released_scopes(self) -> bool:
+        return True
+
+    def scan_released(self, scope_spans: ScopeSpans, released: ReleasedScope) -> ScopeScan:
+        """:meth:`scan` without serialising and walking the scope again: ``perf_issues``
+        released these very bytes and knows where their spans are."""
+        if not self._marks and not self._config.keep.errors:
+            return ScopeScan(released.trace_ids, {})
+        if not released.led or len(released.trace_ids) != len(scope_spans.spans):
+            return self._scan_spans(scope_spans)
+        return self._scan_wire(scope_spans, released.wire, released.trace_ids)
+
+    def _scan_wire(self, scope_spans: ScopeSpans, wire: ScopeWire, ids: list[bytes]) -> ScopeScan:
+        """Flags from the scope's bytes: the marks searched for, the error statuses."""
+        data, starts, ends = wire.data, wire.starts, wire.ends
+        spans = scope_spans.spans
         flags: dict[int, int] = {}
         for pattern, bit in self._marks:
             _flag_occurrences(data, pattern, bit, starts, ends, flags, None)
@@ -256,7 +274,7 @@ class TailSamplingProcessor(BufferedTraceProcessor):
                 _flag_occurrences(data, _ERROR_CODE, _ERROR, starts, ends, flags, spans)
             for k in errors or ():
                 flags[k] = flags.get(k, 0) | _ERROR
-        return ScopeScan(ids, flags, ScopeWire(data, starts, ends))
+        return ScopeScan(ids, flags, wire)
 
     def _scan_spans(self, scope_spans: ScopeSpans) -> ScopeScan:
         ids: list[bytes] = []
@@ -505,8 +523,8 @@ def _flag_occurrences(
     data: bytes,
     pattern: bytes,
     bit: int,
-    starts: list[int],
-    ends: list[int],
+    starts: Sequence[int],
+    ends: Sequence[int],
     flags: dict[int, int],
     confirm_error_on: Any,
 ) -> None:

@@ -45,6 +45,12 @@ class Fanout:
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self._consumers = list(consumers)
 
+    @property
+    def hands_on_unchanged(self) -> Consumer:
+        """The consumer that gets the batch itself (the others share it only if they do
+        not change it): see :mod:`otelkit.budgets.tracebuffer`."""
+        return self._consumers[-1]
+
     async def consume(self, payload: Payload) -> None:
         first_error: ComponentError | None = None
         last = len(self._consumers) - 1

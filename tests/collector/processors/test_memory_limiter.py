@@ -191,6 +191,32 @@ def test_above_the_soft_limit_memory_is_released_before_it_is_read_again() -> No
     asyncio.run(main())
 
 
+def test_forced_collections_are_spaced_by_the_configured_intervals() -> None:
+    async def main() -> None:
+        memory = FakeMemory(rss_mib=90)  # above soft (80), below hard (100)
+        limiter, _, _ = make(
+            memory,
+            limit_mib=100,
+            min_gc_interval_when_soft_limited="1h",
+            min_gc_interval_when_hard_limited="1h",
+        )
+        await limiter.start(HoldingHost())
+        for _ in range(3):
+            limiter.check()
+        memory.rss = 101 * MIB
+        limiter.check()
+        assert memory.released == 1  # the first check only: both intervals are an hour
+        await limiter.shutdown()
+
+    asyncio.run(main())
+
+
+def test_above_the_soft_limit_collections_default_to_every_five_seconds() -> None:
+    config = MemoryLimiterConfig(limit_mib=100)
+    assert config.min_gc_interval_when_soft_limited == 5.0
+    assert config.min_gc_interval_when_hard_limited == 0.0
+
+
 def test_pipelines_sharing_one_limiter_id_share_one_check() -> None:
     async def main() -> None:
         telemetry = SelfTelemetry()
@@ -232,6 +258,10 @@ def test_percentages_are_of_available_memory() -> None:
         ({"limit_mib": 100, "spike_limit_mib": 100}, "must be below limit_mib"),
         ({"limit_percentage": 50, "spike_limit_percentage": 60}, "must be below limit_perc"),
         ({"limit_percentage": 150}, "less than or equal to 100"),
+        (
+            {"limit_mib": 100, "min_gc_interval_when_hard_limited": "20s"},
+            "'min_gc_interval_when_soft_limited' should be larger",
+        ),
     ],
 )
 def test_config_errors(config: dict[str, object], message: str) -> None:

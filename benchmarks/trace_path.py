@@ -1,0 +1,174 @@
+"""The default configuration's trace path in process: CPU per span, and proof of same output.
+
+    python benchmarks/trace_path.py [--rounds 16] [--runs 6] [--baseline-tree DIR]
+
+Feeds the app traffic of ``benchmarks/collector_throughput.py`` (16 requests of 512
+interleaved spans, new trace IDs each round) through what ``collector/otelkit.yaml``
+does to traces after ``budget``: ``perf_issues`` (wait 2 s) -> a fan-out to a reader
+that changes nothing (as the ``findings`` and ``accesslog`` connectors) and a
+``forward`` connector -> ``tail_sampling`` (decision wait 10 s, its shipped policies)
+-> ``batch`` -> a sink. The buffers' clocks advance 20 ms per request (about 25,000
+spans/s), and both release every five requests. Requests are parsed before the clock
+starts: the figure is process CPU per span of the trace path alone.
+
+Each run is a fresh process (``--child``) with the collector's garbage-collector
+settings (startup frozen, young threshold 20,000). With ``--baseline-tree DIR`` runs
+alternate between this checkout and DIR's (same traffic, same machine, same moments),
+and each checkout's best and mean are printed with the ratio of the bests. A last run
+of each prints a digest of what reached the sink (every span kept), of the findings the
+reader saw and of the self-metrics: equal digests mean the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD_MARK = "CPU us/span"
+
+
+def child(tree: str, rounds: int, digest: bool) -> None:
+    """One run of the trace path from ``tree``'s modules; prints one line."""
+    sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
+    import collector_throughput as ct
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from otelkit.collector.connectors.forward import ForwardConnector
+    from otelkit.collector.pdata.signals import Signal
+    from otelkit.collector.processors.batch import BatchConfig, BatchProcessor
+    from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
+    from otelkit.collector.processors.tail_sampling import (
+        TailSamplingConfig,
+        TailSamplingProcessor,
+    )
+    from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+    from otelkit.collector.runtime.graph import Fanout
+    from otelkit.collector.runtime.telemetry import SelfTelemetry
+
+    class Sink:
+        mutates_data = False
+
+        def __init__(self) -> None:
+            self.spans = 0
+            self.digest = hashlib.sha256()
+
+        async def consume(self, payload: Any) -> None:
+            for rs in payload.resource_spans:
+                for ss in rs.scope_spans:
+                    self.spans += len(ss.spans)
+                    for span in ss.spans if digest else ():
+                        self.digest.update(span.SerializeToString(deterministic=True))
+
+    class Reader(Sink):
+        async def consume(self, payload: Any) -> None:
+            for rs in payload.resource_spans if digest else ():
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        for event in span.events:
+                            self.digest.update(event.SerializeToString(deterministic=True))
+
+    telemetry = SelfTelemetry()
+
+    def settings(name: str) -> CreateSettings:
+        return CreateSettings(ComponentID(name), Kind.PROCESSOR, telemetry)
+
+    sink = Sink()
+    batch = BatchProcessor(settings("batch"), BatchConfig(), Signal.TRACES, sink)
+    shipped = {
+        "decision_wait": "10s",
+        "num_traces": 50_000,
+        "policies": [
+            {"name": "one-in-ten", "type": "probabilistic",
+             "probabilistic": {"sampling_percentage": 10}},
+        ],
+    }  # fmt: skip
+    tail_config = TailSamplingConfig.model_validate(shipped)
+    tail = TailSamplingProcessor(settings("tail_sampling"), tail_config, batch)
+    reader = Reader()
+    fanout = Fanout([reader, ForwardConnector(tail)])
+    perf = PerfIssuesProcessor(settings("perf_issues"), PerfIssuesConfig(), fanout)
+    now = [1000.0]
+    perf.buffer._clock = tail.buffer._clock = lambda: now[0]  # type: ignore[method-assign]
+
+    traffic = ct.build_app_traffic()
+    bodies = [ct.renewed(body, r + 1) for r in range(rounds) for body in traffic.bodies]
+    requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
+    spans = sum(len(ss.spans) for r in requests for rs in r.resource_spans for ss in rs.scope_spans)
+
+    async def run() -> None:
+        for i, request in enumerate(requests):
+            await perf.consume(request)
+            now[0] += 0.02
+            if i % 5 == 4:
+                await perf.release()
+                await tail.release()
+        await perf.release(flush=True)
+        await tail.release(flush=True)
+        await batch.shutdown()
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    started = time.process_time()
+    asyncio.run(run())
+    cpu = time.process_time() - started
+    line = f"{CHILD_MARK} {1e6 * cpu / spans:.3f} spans {spans} kept {sink.spans}"
+    if digest:
+        metrics = hashlib.sha256(telemetry.exposition()).hexdigest()[:16]
+        line += (
+            f" kept-digest {sink.digest.hexdigest()[:16]}"
+            f" findings-digest {reader.digest.hexdigest()[:16]} metrics-digest {metrics}"
+        )
+    print(line)
+
+
+def run_child(tree: str, rounds: int, digest: bool) -> list[str]:
+    command = [sys.executable, os.path.abspath(__file__), "--child", tree, "--rounds", str(rounds)]
+    if digest:
+        command.append("--digest")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    return next(line for line in out.splitlines() if line.startswith(CHILD_MARK)).split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=16, help="rounds of the traffic per run")
+    parser.add_argument("--runs", type=int, default=6, help="runs per checkout")
+    parser.add_argument("--baseline-tree", help="another checkout, measured alternately")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.rounds, args.digest)
+        return
+    trees = [("this checkout", ROOT)]
+    if args.baseline_tree:
+        trees.append((args.baseline_tree, os.path.abspath(args.baseline_tree)))
+    figures: dict[str, list[float]] = {name: [] for name, _ in trees}
+    for _ in range(args.runs):
+        for name, tree in trees:
+            figures[name].append(float(run_child(tree, args.rounds, False)[2]))
+    best = {name: min(values) for name, values in figures.items()}
+    print(f"trace path in process, {args.rounds} rounds of 8,192 spans, {args.runs} runs each")
+    print(f"{'checkout':<28} {'best us/span':>12} {'mean':>8} {'vs this':>8}  output digests")
+    for name, tree in trees:
+        words = run_child(tree, args.rounds, True)
+        digests = " ".join(words[5:])
+        mean = sum(figures[name]) / len(figures[name])
+        ratio = best[name] / best["this checkout"]
+        print(f"{name:<28} {best[name]:>12.2f} {mean:>8.2f} {ratio:>8.2f}  {digests}")
+
+
+if __name__ == "__main__":
+    main()

@@ -261,14 +261,15 @@ class LogStoreExporter(QueuedExporter):
         the caller does not either. The writer then takes the records of many released
         batches into one transaction and one fsync, instead of one each. At most
         ``max_batch_records`` such records wait to be written; beyond that the caller
-        waits, so a slow database slows the release down instead of filling memory."""
+        waits (up to ``timeout``), so a slow database slows the release down instead of
+        filling memory."""
         items = count_items(payload)
         written = asyncio.wrap_future(self.store.submit(payload))
         written.add_done_callback(functools.partial(self._acknowledged_written, payload, items))
         self._writing.add(written)
         self._unwritten += items
         if self._unwritten > self.config.max_batch_records:
-            await asyncio.wait([written])
+            await asyncio.wait([written], timeout=self.helper_config.timeout or None)
         else:
             await asyncio.sleep(0)  # the receivers run between two released batches
 

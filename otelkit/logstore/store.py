@@ -128,6 +128,7 @@ class BatchWriter:
         self._backend = backend
         self._max = max_batch_records
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._writing = False
         self._thread = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
         self._thread.start()
 
@@ -142,6 +143,11 @@ class BatchWriter:
         self._queue.put(job)
         return job.done
 
+    @property
+    def busy(self) -> bool:
+        """Writing, or with requests waiting (a hint: it may change at once)."""
+        return self._writing or not self._queue.empty()
+
     def close(self) -> None:
         """Finish what is queued, then stop."""
         self._queue.put(_STOP)
@@ -153,12 +159,14 @@ class BatchWriter:
             if item is _STOP:
                 return
             assert isinstance(item, _Job)
+            self._writing = True
             jobs = [item]
             stop = self._gather(jobs)
             # A caller that gave up (timed out) before its write started is not written.
             jobs = [job for job in jobs if job.done.set_running_or_notify_cancel()]
             if jobs:
                 self._write(jobs)
+            self._writing = False
             if stop:
                 return
 
@@ -245,6 +253,11 @@ class LogStore:
         if self._writer is None:
             raise RuntimeError("the log store's writer is not started")
         return self._writer.submit(request)
+
+    @property
+    def writer_busy(self) -> bool:
+        """Whether the writer thread is writing or has requests waiting."""
+        return self._writer is not None and self._writer.busy
 
     def submit_rows(self, rows: list[Row]) -> Future[int]:
         """Queue rows already built with :func:`rows_from_request`."""

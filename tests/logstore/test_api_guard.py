@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from otelkit.collector.exporters.logstore import LogStoreConfig
 from otelkit.collector.runtime.component import Component, ComponentID
 from otelkit.collector.runtime.graph import Graph
+from otelkit.collector.runtime.origin import sender_waiting
 from otelkit.collector.runtime.service import ServiceHost
 from tests.collector.security.support import TOKEN, exporter, extension
 from tests.logstore.requests import Rec, request
@@ -37,7 +38,8 @@ async def api(
     )
     await store.start(host)
     try:
-        await store.consume(request([Rec("card 4111 declined")]))
+        with sender_waiting():
+            await store.consume(request([Rec("card 4111 declined")]))
         yield store
     finally:
         await store.shutdown()

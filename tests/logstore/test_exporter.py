@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from otelkit.collector.exporters.logstore import LogStoreConfig, LogStoreExporte
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.origin import sender_waiting
 from otelkit.collector.runtime.service import ServiceHost
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.logstore.query import build_query
@@ -69,10 +71,11 @@ async def test_queue_mode_stores_everything_by_shutdown(sqlite_url: str) -> None
 async def test_commit_mode_answers_after_the_commit(store_url: str) -> None:
     async with running(url=store_url, durability="commit") as exporter:
         # Concurrent requests are grouped into shared transactions.
-        await asyncio.gather(
-            *(exporter.consume(request([Rec(f"req {n} line {i}") for i in range(20)]))
-              for n in range(10))
-        )  # fmt: skip
+        with sender_waiting():  # as a receiver delivers them
+            await asyncio.gather(
+                *(exporter.consume(request([Rec(f"req {n} line {i}") for i in range(20)]))
+                  for n in range(10))
+            )  # fmt: skip
         # Readable from another connection the moment consume returned.
         assert len(stored_bodies(store_url)) == 200
 
@@ -83,7 +86,7 @@ async def test_commit_mode_tells_the_sender_to_retry_when_the_database_is_down()
         port = sock.getsockname()[1]
     url = f"postgresql://postgres@127.0.0.1:{port}/test?schema=logstore_down"
     async with running(url=url, durability="commit") as exporter:
-        with pytest.raises(RetryableError):
+        with sender_waiting(), pytest.raises(RetryableError):
             await exporter.consume(request([Rec("cannot be stored yet")]))
 
 
@@ -146,10 +149,11 @@ async def test_search_api_pages_with_a_cursor(sqlite_url: str) -> None:
     now = time.time_ns()
     config = {"url": sqlite_url, "durability": "commit", "api": API}
     async with running(**config) as exporter:
-        await exporter.consume(
-            request([Rec(f"line {i}", ts=now + i, trace_id=trace) for i in range(25)])
-        )
-        await exporter.consume(request([Rec("elsewhere", severity=17)], service="auth"))
+        with sender_waiting():  # answered once stored, as a receiver's sender is
+            await exporter.consume(
+                request([Rec(f"line {i}", ts=now + i, trace_id=trace) for i in range(25)])
+            )
+            await exporter.consume(request([Rec("elsewhere", severity=17)], service="auth"))
         seen: list[str] = []
         params: dict[str, Any] = {"trace_id": trace.hex(), "limit": 10}
         while True:
@@ -243,7 +247,8 @@ async def test_an_unusable_sqlite_path_stops_the_start(tmp_path: Path) -> None:
 async def test_search_api_treats_hostile_input_as_text(sqlite_url: str) -> None:
     config = {"url": sqlite_url, "durability": "commit", "api": API}
     async with running(**config) as exporter:
-        await exporter.consume(request([Rec("user 'bob' OR 1=1 logged in"), Rec("other")]))
+        with sender_waiting():
+            await exporter.consume(request([Rec("user 'bob' OR 1=1 logged in"), Rec("other")]))
         for text in ["' OR 1=1 --", '"; DROP TABLE logs; --', "bob* NEAR OR", "x" * 20_000]:
             response = await get(exporter.api_port, grep=text, attr=f"{text}={text}")
             assert response.status_code == 200, response.text
@@ -266,7 +271,8 @@ async def test_commit_mode_fsyncs_the_write_ahead_log_before_the_sender_is_answe
         writer = exporter.store.backend._writer  # type: ignore[attr-defined]
         writer.set_trace_callback(lambda sql: events.append(sql) if sql == "COMMIT" else None)
         for n in range(2):
-            await exporter.consume(request([Rec(f"r{n}.{i}") for i in range(10)]))
+            with sender_waiting():
+                await exporter.consume(request([Rec(f"r{n}.{i}") for i in range(10)]))
             events.append("acknowledged")
     finally:
         await exporter.shutdown()
@@ -296,10 +302,74 @@ async def test_postgres_commit_mode_answers_after_a_commit_the_server_flushed(
     # A server (or database) whose default is not to wait for the WAL flush.
     url = f"{pg_url}&options=-c%20synchronous_commit%3Doff"
     async with running(url=url, durability="commit") as exporter:
-        await exporter.consume(request([Rec("committed")]))
+        with sender_waiting():
+            await exporter.consume(request([Rec("committed")]))
         # Another connection sees the record as soon as the sender has its answer ...
         assert stored_bodies(pg_url) == ["committed"]
         writer = exporter.store.backend._writer  # type: ignore[attr-defined]
         # ... and the commit waited for the server's WAL flush whatever the default.
         assert writer.execute("SHOW synchronous_commit").fetchone()[0] == "on"
         writer.rollback()
+
+
+class HeldDisk(RecordingDisk):
+    """Records as RecordingDisk; the first fsync waits until the test lets it go, so
+    that writes queue up behind it."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(events)
+        self.release = threading.Event()
+
+    def fsync(self, fd: int, path: Path) -> None:
+        self.release.wait(timeout=30)
+        super().fsync(fd, path)
+
+
+@contextlib.asynccontextmanager
+async def held_exporter(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Any, HeldDisk]]:
+    db = tmp_path / "logs.db"
+    disk = HeldDisk([])
+    exporter = make_exporter(url=f"sqlite:///{db}", durability="commit", **config)
+    exporter.store = LogStore(SqliteBackend(f"sqlite:///{db}", disk=disk))
+    await exporter.start(ServiceHost())
+    try:
+        yield exporter, disk
+    finally:
+        disk.release.set()
+        await exporter.shutdown()
+
+
+async def test_records_released_on_a_timer_share_commits(tmp_path: Path) -> None:
+    # No sender waits for records a connector made from traces a whole-trace processor
+    # released on its timer: they are written together, with one fsync, not one each.
+    async with held_exporter(tmp_path) as (exporter, disk):
+        for n in range(30):
+            await exporter.consume(request([Rec(f"r{n}.{i}") for i in range(10)]))
+        disk.release.set()
+    assert disk.events.count("fsync logs.db-wal") == 2  # the first request, then the rest
+    assert len(stored_bodies(f"sqlite:///{tmp_path / 'logs.db'}")) == 300
+    assert exporter.telemetry.total("otelcol_exporter_sent_log_records_total") == 300
+
+
+async def test_released_records_wait_when_too_many_are_unwritten(tmp_path: Path) -> None:
+    async with held_exporter(tmp_path, max_batch_records=100) as (exporter, disk):
+        await exporter.consume(request([Rec(f"a{i}") for i in range(60)]))
+        second = asyncio.create_task(exporter.consume(request([Rec(f"b{i}") for i in range(60)])))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not second.done()  # 120 records unwritten: the caller waits for the disk
+        disk.release.set()
+        await second
+    assert len(stored_bodies(f"sqlite:///{tmp_path / 'logs.db'}")) == 120
+
+
+async def test_a_waiting_sender_is_answered_only_after_its_commit(tmp_path: Path) -> None:
+    async with held_exporter(tmp_path) as (exporter, disk):
+        with sender_waiting():
+            answered = asyncio.create_task(exporter.consume(request([Rec("r")])))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not answered.done()  # its commit's fsync is held
+        disk.release.set()
+        await answered
+        assert disk.events[0] == "fsync logs.db-wal"

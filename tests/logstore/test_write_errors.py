@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from otelkit.collector.runtime.errors import RetryableError
+from otelkit.collector.runtime.origin import sender_waiting
 from tests.logstore.requests import Rec, request
 from tests.logstore.test_exporter import running
 from tests.support.services import free_port
@@ -21,7 +22,7 @@ async def test_writes_to_a_down_database_are_counted() -> None:
             labels = {"exporter": "logstore", "reason": reason}
             assert telemetry.registry.get_sample_value(WRITE_ERRORS, labels) == 0
         for _ in range(2):
-            with pytest.raises(RetryableError):
+            with sender_waiting(), pytest.raises(RetryableError):
                 await exporter.consume(request([Rec("cannot be stored yet")]))
         assert telemetry.value(WRITE_ERRORS, {"exporter": "logstore", "reason": "unavailable"}) == 2
         assert telemetry.value(WRITE_ERRORS, {"exporter": "logstore", "reason": "rejected"}) == 0

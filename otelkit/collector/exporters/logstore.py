@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from typing import Literal
+from concurrent.futures import Future
+from typing import Any, Literal
 
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from pydantic import Field, field_validator, model_validator
 
 from otelkit.collector.extensions.bearertokenauth import BearerTokenAuth, BearerTokenAuthConfig
@@ -37,6 +40,7 @@ from otelkit.collector.runtime.errors import InvalidDataError, PermanentError, R
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Destination, Listener
+from otelkit.collector.runtime.origin import sender_waits
 from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.tls import TLSServerSettings
 from otelkit.collector.runtime.types import ByteSize, Duration, Endpoint, Secret
@@ -138,6 +142,9 @@ class LogStoreExporter(QueuedExporter):
         self.config = config
         self.store: LogStore = open_store(config.url, synchronous=config.synchronous)
         self._commit = config.durability == "commit"
+        self._unwritten = 0  # acknowledged records handed to the writer, not written yet
+        self._writing: set[asyncio.Future[int]] = set()
+        self._isolating: set[asyncio.Task[None]] = set()
         self._api: HttpServer | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._pruned = settings.telemetry.counter(
@@ -222,11 +229,17 @@ class LogStoreExporter(QueuedExporter):
                 await self._pruner
         if self._api is not None:
             await self._api.stop()
+        while self._writing or self._isolating:  # acknowledged records are written first
+            pending: list[asyncio.Future[Any]] = [*self._writing, *self._isolating]
+            await asyncio.wait(pending)
         await asyncio.to_thread(self.store.close)
 
     async def consume(self, payload: Payload) -> None:
         if not self._commit:
             await super().consume(payload)
+            return
+        if not sender_waits() and isinstance(payload, ExportLogsServiceRequest):
+            await self._write_acknowledged(payload)
             return
         # durability: commit — answer the sender only once the transaction committed.
         signal, items = signal_of(payload), count_items(payload)
@@ -242,20 +255,73 @@ class LogStoreExporter(QueuedExporter):
             raise RetryableError(f"exporter {self.name}: {exc}", retry_after=1.0) from exc
         self.telemetry.exporter_sent(self.name, signal, items)
 
+    async def _write_acknowledged(self, payload: ExportLogsServiceRequest) -> None:
+        """Records whose senders were answered long ago (made by a connector from traces
+        a whole-trace processor released on its timer): nobody waits for their commit, so
+        the caller does not either. The writer then takes the records of many released
+        batches into one transaction and one fsync, instead of one each. At most
+        ``max_batch_records`` such records wait to be written; beyond that the caller
+        waits (up to ``timeout``), so a slow database slows the release down instead of
+        filling memory."""
+        items = count_items(payload)
+        written = asyncio.wrap_future(self.store.submit(payload))
+        written.add_done_callback(functools.partial(self._acknowledged_written, payload, items))
+        self._writing.add(written)
+        self._unwritten += items
+        if self._unwritten > self.config.max_batch_records:
+            await asyncio.wait([written], timeout=self.helper_config.timeout or None)
+        else:
+            await asyncio.sleep(0)  # the receivers run between two released batches
+
+    def _acknowledged_written(
+        self, payload: ExportLogsServiceRequest, items: int, written: asyncio.Future[int]
+    ) -> None:
+        self._unwritten -= items
+        self._writing.discard(written)
+        if written.cancelled():
+            return
+        error = written.exception()
+        if error is None:
+            self.telemetry.exporter_sent(self.name, Signal.LOGS, items)
+        elif isinstance(error, StoreUnavailableError):
+            self._unavailable.inc()
+            self.telemetry.exporter_send_failed(self.name, Signal.LOGS, items, "unavailable")
+            log.warning("exporter %s: %d log records dropped: %s", self.name, items, error)
+        else:  # the database refused a value: store the other records
+            self._rejected.inc()
+            task = asyncio.create_task(self._isolate(payload, InvalidDataError(str(error))))
+            self._isolating.add(task)
+            task.add_done_callback(self._isolating.discard)
+
+    async def _isolate(self, payload: ExportLogsServiceRequest, error: InvalidDataError) -> None:
+        try:
+            await self.deliver_valid_items(payload, error)
+        except Exception as exc:
+            log.warning("exporter %s: log records dropped: %s", self.name, exc)
+
     async def send(self, payload: Payload) -> None:
         if signal_of(payload) is not Signal.LOGS:
             raise PermanentError(f"exporter {self.name} stores logs only")
-        # Rows are built here, on a worker thread, so that building the next batch's rows
-        # overlaps with the writer thread's time inside SQLite/PostgreSQL.
-        rows = await asyncio.to_thread(rows_from_request, payload)
+        assert isinstance(payload, ExportLogsServiceRequest)
         try:
-            await asyncio.wrap_future(self.store.submit_rows(rows))
+            await asyncio.wrap_future(await self._submit(payload))
         except StoreUnavailableError as exc:
             self._unavailable.inc()
             raise RetryableError(str(exc)) from exc
         except StoreError as exc:  # the database refused a value: find the record(s)
             self._rejected.inc()
             raise InvalidDataError(str(exc)) from exc
+
+    async def _submit(self, payload: ExportLogsServiceRequest) -> Future[int]:
+        """While the writer is busy, a request's rows are built on a worker thread, so that
+        building them overlaps the writer's time inside SQLite/PostgreSQL. An idle writer
+        builds them itself: nothing to overlap, and a thread hop fewer (the records of a
+        request from the accesslog or findings connector cost about as much again as one
+        hop)."""
+        if self.store.writer_busy:
+            rows = await asyncio.to_thread(rows_from_request, payload)
+            return self.store.submit_rows(rows)
+        return self.store.submit(payload)
 
     async def prune_now(self) -> int:
         """Apply retention once; the background loop calls this every ``prune_interval``."""

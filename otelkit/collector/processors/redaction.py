@@ -11,7 +11,10 @@ lists. Two differences from upstream, both so that ``redaction: {}`` is useful a
 every attribute of ``redaction: {}``), and span names and log bodies are scrubbed too.
 
 The work (every attribute of every item) runs on the processor's own thread, in batch
-order; more than :data:`MAX_PENDING_BATCHES` waiting batches are refused (retryable).
+order; more than :data:`MAX_PENDING_BATCHES` waiting batches are refused (retryable). A
+small batch (the log records a connector makes from one traces batch: at most
+:data:`SMALL_BATCH_ITEMS` items and :data:`SMALL_BATCH_BYTES` bytes) is redacted on the
+event loop when the thread has nothing to do: the hop to the thread would cost more.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ from otelkit.collector.runtime.scrub import MASK, Masker, Scrubber, check_patter
 from otelkit.collector.runtime.worker import WorkerThread
 
 MAX_PENDING_BATCHES = 64
+# Batches of at most this many items and bytes are redacted on the event loop when the
+# thread is idle (a few hundred microseconds at most: less than the hop to the thread and
+# back); the bytes bound keeps large values, hostile or not, off the event loop.
+SMALL_BATCH_ITEMS = 128
+SMALL_BATCH_BYTES = 64 * 1024
 _HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha3": hashlib.sha3_256}
 
 
@@ -133,7 +141,8 @@ class RedactionProcessor(Processor):
 
     async def consume(self, payload: Payload) -> None:
         try:
-            done = await self._worker.submit(self._redactor.redact, payload)
+            small = _small(payload)
+            done = await self._worker.submit(self._redactor.redact, payload, small=small)
         except RetryableError:
             self._telemetry.processor_refused(self._name, signal_of(payload), count_items(payload))
             raise
@@ -145,6 +154,10 @@ class RedactionProcessor(Processor):
 
     async def shutdown(self) -> None:
         self._worker.close()
+
+
+def _small(payload: Payload) -> bool:
+    return count_items(payload) <= SMALL_BATCH_ITEMS and payload.ByteSize() <= SMALL_BATCH_BYTES
 
 
 def _create(

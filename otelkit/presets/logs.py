@@ -74,6 +74,46 @@ def install_record_factory() -> None:
     setattr(factory, _FACTORY_MARK, True)
     setattr(factory, _PREVIOUS_FACTORY, previous)
     logging.setLogRecordFactory(factory)
+    _let_extra_name_request_fields()
+
+
+def _let_extra_name_request_fields() -> None:
+    """``Logger.makeRecord`` raises ``KeyError`` for an ``extra`` key the record already
+    has, so with the request's fields on every record an application's own
+    ``log.info(..., extra={"request_id": ...})`` would raise inside a request. Such keys
+    are set after the record is made instead: the application's value wins, as if
+    otelkit had not set the field; any other clash still raises, as ``logging`` does."""
+    original = logging.Logger.makeRecord
+    if getattr(original, _FACTORY_MARK, False):
+        return
+
+    def make_record(
+        self: logging.Logger,
+        name: str,
+        level: int,
+        fn: str,
+        lno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        extra: Any = None,
+        sinfo: str | None = None,
+    ) -> logging.LogRecord:
+        request = current_request() if extra else None
+        if request is None:
+            return original(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+        ours = [key for key in extra if key == "request_id" or key in request.user]
+        if not ours:
+            return original(self, name, level, fn, lno, msg, args, exc_info, func, extra, sinfo)
+        rest = {key: value for key, value in extra.items() if key not in ours}
+        record = original(self, name, level, fn, lno, msg, args, exc_info, func, rest, sinfo)
+        for key in ours:
+            record.__dict__[key] = extra[key]
+        return record
+
+    setattr(make_record, _FACTORY_MARK, True)
+    logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
 
 
 _UPSTREAM_FACTORY = "LoggingInstrumentor._instrument.<locals>.record_factory"

@@ -151,3 +151,45 @@ def test_a_record_factorys_fields_and_a_logger_filter_are_honoured(stdout: io.St
     _request(200, 27, True, False, True)
     _request(500, 27, True, False, True)
     assert [line.count('"level":"ERROR"') for line in _lines(stdout)] == [0, 1]
+
+
+def test_an_apps_extra_may_name_the_request_fields_otelkit_adds(stdout: io.StringIO) -> None:
+    """An application that already logs its own ``request_id`` (or a field ``set_user``
+    adds) keeps working inside a request: its value is the record's, where ``logging``
+    would raise ``KeyError`` for a field the record factory set."""
+    _otelkit_handlers_only(stdout)
+    token = enter_request("req-1")
+    try:
+        set_user(7, plan="pro")
+        with use_span(SPAN):
+            logging.getLogger("shop").info(
+                "paid", extra={"request_id": "mine", "enduser.plan": "team", "amount": 3}
+            )
+            with pytest.raises(KeyError):  # what no factory added still may not be overwritten
+                logging.getLogger("shop").info("paid", extra={"message": "x"})
+    finally:
+        exit_request(token)
+    [line] = _lines(stdout)
+    assert '"request_id":"mine"' in line and '"enduser.plan":"team"' in line
+    assert '"user_id":"7"' in line and '"amount":3' in line
+
+
+def test_the_access_record_is_written_when_the_user_set_the_client_address(
+    stdout: io.StringIO,
+) -> None:
+    """``set_user(ip=...)`` with PII allowed puts ``client.address`` on the request's
+    records; the access record, which has its own, is still written (the request does not
+    fail in the middleware)."""
+    _otelkit_handlers_only(stdout)
+    access._state.capture_client = True
+    scope: dict[str, Any] = {"method": "GET", "path": "/orders/5", "client": ("10.0.0.7", 5)}
+    token = enter_request("req-1")
+    try:
+        set_user(7, ip="203.0.113.9", allow_pii=True)
+        with use_span(SPAN):
+            access.log_access(scope, 200, 27, 12_345_678)
+    finally:
+        exit_request(token)
+    [line] = _lines(stdout)
+    assert '"message":"GET /orders/5 200 12.3ms"' in line
+    assert '"client.address":"10.0.0.7"' in line and '"user_id":"7"' in line

@@ -45,6 +45,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,10 +199,12 @@ class _Unit:
 
 @dataclass(slots=True)
 class _Isolation:
-    """The search for the invalid items of one batch."""
+    """The search for the invalid items of one batch: the pieces refused for their data
+    wait in ``refused`` to be halved, breadth first."""
 
     sends_left: int = _ISOLATION_SENDS
     accepted: bool = False  # the destination took a piece: it does not refuse everything
+    refused: deque[tuple[_Data, BaseException]] = field(default_factory=deque)
 
     def may_split(self) -> bool:
         return self.accepted or self.sends_left >= 2
@@ -567,8 +570,10 @@ class QueuedExporter(Exporter):
             except asyncio.CancelledError:
                 raise
             except DATA_ERRORS as exc:
-                search = isolation if isolation is not None else _Isolation()
-                return await self._isolate_invalid(data, exc, search, raise_on_failure)
+                if isolation is not None:  # halved in its turn by the search
+                    isolation.refused.append((data, exc))
+                    return True
+                return await self._isolate_invalid(data, exc, _Isolation(), raise_on_failure)
             except PermanentError as exc:
                 self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
@@ -619,18 +624,24 @@ class QueuedExporter(Exporter):
         piece, ``search`` allows 64: one that refuses everything costs no more, and what
         is left is dropped whole. Once it has taken a piece, halving goes on until every
         bad item is found (fewer than two sends an item): many bad items in a batch (a
-        hostile sender's) must not cost the valid items a batch processor joined to them."""
-        signal, items = _signal_and_items(data)
-        if isinstance(data, QueuedItem) or items <= 1 or not search.may_split():
-            self.count_invalid(signal, items, f"{type(error).__name__}: {error}")
-            return True
-        search.sends_left -= 2
-        head = split_off(data, items // 2)
+        hostile sender's) must not cost the valid items a batch processor joined to them.
+        The pieces are halved breadth first, so that bad items packed together (a run of
+        them at the start of a batch) do not use up the 64 sends before a valid piece is
+        ever sent."""
+        search.refused.append((data, error))
         done = True
-        for part in (head, data):
-            done &= await self._send_with_retry(
-                part, raise_on_failure=raise_on_failure, isolation=search
-            )
+        while search.refused:
+            part, exc = search.refused.popleft()
+            signal, items = _signal_and_items(part)
+            if isinstance(part, QueuedItem) or items <= 1 or not search.may_split():
+                self.count_invalid(signal, items, f"{type(exc).__name__}: {exc}")
+                continue
+            search.sends_left -= 2
+            head = split_off(part, items // 2)
+            for piece in (head, part):
+                done &= await self._send_with_retry(
+                    piece, raise_on_failure=raise_on_failure, isolation=search
+                )
         return done
 
     async def _sleep_unless_abandoned(self, seconds: float) -> bool:

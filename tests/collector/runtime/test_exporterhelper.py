@@ -461,6 +461,26 @@ def test_many_invalid_items_in_a_batch_do_not_cost_the_valid_ones(queue: bool) -
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 20
 
 
+def test_a_run_of_invalid_items_at_the_start_of_a_batch_does_not_cost_the_valid_ones() -> None:
+    """100 invalid items in a row, then 60 valid ones: looking at the first half's halves
+    alone would use up the 64 sends before a valid piece was sent; halving breadth first
+    reaches the valid half at once, so every valid item is delivered."""
+    telemetry = SelfTelemetry()
+    names = [f"poison{i}" for i in range(100)] + [f"ok{i}" for i in range(60)]
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(telemetry, {"retry_on_failure": FAST_RETRY}, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(poisoned(names))
+        await until(lambda: accounted(telemetry) == len(names))
+        await exporter.shutdown()
+        return exporter
+
+    exporter = asyncio.run(scenario())
+    assert sorted(name for b in exporter.batches for name in b) == sorted(names[100:])
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 100
+
+
 def test_a_destination_that_refuses_every_item_as_invalid_gets_at_most_65_sends() -> None:
     """Halving cannot help when nothing is accepted: 1,000 items cost the first send and
     64 more, not one send per item, and are all dropped and counted."""

@@ -437,6 +437,22 @@ def accounted(telemetry: SelfTelemetry) -> float:
     )
 
 
+def _deliver(
+    telemetry: SelfTelemetry, config: dict[str, Any], payload: Any, items: int
+) -> ScriptedExporter:
+    """Run a scripted exporter over ``payload`` until all its ``items`` are accounted for."""
+
+    async def scenario() -> ScriptedExporter:
+        exporter = ScriptedExporter(telemetry, config, [])
+        await exporter.start(ServiceHost())
+        await exporter.consume(payload)
+        await until(lambda: accounted(telemetry) == items)
+        await exporter.shutdown()
+        return exporter
+
+    return asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("queue", [True, False])
 def test_many_invalid_items_in_a_batch_do_not_cost_the_valid_ones(queue: bool) -> None:
     """A batch whose first 60 items hold 20 invalid ones (hostile data) followed by 40 valid
@@ -446,16 +462,7 @@ def test_many_invalid_items_in_a_batch_do_not_cost_the_valid_ones(queue: bool) -
     names = [f"poison{i}" if i % 3 == 0 else f"odd{i}" for i in range(60)]
     names += [f"ok{i}" for i in range(40)]
     config = {"sending_queue": {"enabled": queue}, "retry_on_failure": FAST_RETRY}
-
-    async def scenario() -> ScriptedExporter:
-        exporter = ScriptedExporter(telemetry, config, [])
-        await exporter.start(ServiceHost())
-        await exporter.consume(poisoned(names))
-        await until(lambda: accounted(telemetry) == len(names))
-        await exporter.shutdown()
-        return exporter
-
-    exporter = asyncio.run(scenario())
+    exporter = _deliver(telemetry, config, poisoned(names), len(names))
     delivered = sorted(name for b in exporter.batches for name in b)
     assert delivered == sorted(n for n in names if not n.startswith("poison"))
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 20
@@ -467,16 +474,7 @@ def test_a_run_of_invalid_items_at_the_start_of_a_batch_does_not_cost_the_valid_
     reaches the valid half at once, so every valid item is delivered."""
     telemetry = SelfTelemetry()
     names = [f"poison{i}" for i in range(100)] + [f"ok{i}" for i in range(60)]
-
-    async def scenario() -> ScriptedExporter:
-        exporter = ScriptedExporter(telemetry, {"retry_on_failure": FAST_RETRY}, [])
-        await exporter.start(ServiceHost())
-        await exporter.consume(poisoned(names))
-        await until(lambda: accounted(telemetry) == len(names))
-        await exporter.shutdown()
-        return exporter
-
-    exporter = asyncio.run(scenario())
+    exporter = _deliver(telemetry, {"retry_on_failure": FAST_RETRY}, poisoned(names), len(names))
     assert sorted(name for b in exporter.batches for name in b) == sorted(names[100:])
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 100
 
@@ -485,16 +483,9 @@ def test_a_destination_that_refuses_every_item_as_invalid_gets_at_most_65_sends(
     """Halving cannot help when nothing is accepted: 1,000 items cost the first send and
     64 more, not one send per item, and are all dropped and counted."""
     telemetry = SelfTelemetry()
-
-    async def scenario() -> ScriptedExporter:
-        exporter = ScriptedExporter(telemetry, {"retry_on_failure": FAST_RETRY}, [])
-        await exporter.start(ServiceHost())
-        await exporter.consume(batch("poison", spans=1000))
-        await until(lambda: accounted(telemetry) == 1000)
-        await exporter.shutdown()
-        return exporter
-
-    exporter = asyncio.run(scenario())
+    exporter = _deliver(
+        telemetry, {"retry_on_failure": FAST_RETRY}, batch("poison", spans=1000), 1000
+    )
     assert len(exporter.attempts) == 65
     assert exporter.delivered == []
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 1000

@@ -462,11 +462,9 @@ def write_access_line(
     request = current_request()
     attributes: dict[str, Any] = {}
     if request is not None:
-        if not request.user.keys().isdisjoint(extra):  # makeRecord refuses to overwrite
-            return False
         attributes["request_id"] = request.request_id
         attributes.update(request.user)
-    attributes.update(extra)
+    attributes.update(extra)  # as makeRecord sets them: ``extra`` wins a shared key
     formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
     line = formatter.line(
         time.time(),

@@ -50,9 +50,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
 from otelkit.collector.pdata import semconv
-from otelkit.collector.pdata._otlpjson_checked import SMALL_VARINTS, delimited, field_tag
+from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag, varint
 from otelkit.collector.pdata.signals import Payload, Signal
-from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text, varint
+from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Connector,
@@ -189,7 +189,7 @@ class AccessRecords:
         parts += _string_field(5, body)
         parts += _attribute_parts(_METHOD[0], method)
         path_bytes = path.encode()
-        parts += _attribute_parts(_PATH[0], b"\x0a" + _length(len(path_bytes)) + path_bytes)
+        parts += _attribute_parts(_PATH[0], b"\x0a" + varint(len(path_bytes)) + path_bytes)
         parts += _attribute_parts(_DURATION, b"\x21" + _DOUBLE(duration_ms))
         for pattern in _COPIED:
             at = data.find(pattern)
@@ -203,9 +203,9 @@ class AccessRecords:
         parts += (
             b"\x45",
             _FIXED32(span.flags & 0xFF),
-            _tag_length(9, trace_id),
+            _tagvarint(9, trace_id),
             trace_id,
-            _tag_length(10, span_id),
+            _tagvarint(10, span_id),
             span_id,
         )
         return b"".join(parts)
@@ -221,28 +221,24 @@ class AccessRecords:
         ]
 
 
-def _length(size: int) -> bytes:
-    return SMALL_VARINTS[size] if size < 128 else varint(size)
-
-
-def _tag_length(number: int, payload: bytes) -> bytes:
+def _tagvarint(number: int, payload: bytes) -> bytes:
     """The tag and length that open a length-delimited field."""
-    return _TAGS[number] + _length(len(payload))
+    return _TAGS[number] + varint(len(payload))
 
 
 def _string_field(number: int, text: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """An ``AnyValue`` string field: tag, length, string_value tag and length, text."""
     size = len(text)
-    inner = _length(size)
-    return _TAGS[number], _length(1 + len(inner) + size), b"\x0a" + inner, text
+    inner = varint(size)
+    return _TAGS[number], varint(1 + len(inner) + size), b"\x0a" + inner, text
 
 
 def _attribute_parts(pattern: bytes, value: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """A ``LogRecord.attributes`` entry: ``pattern`` (a key, see ``key_pattern``) and its
     ``AnyValue`` bytes, as parts to join."""
     size = len(value)
-    inner = _length(size)
-    return b"\x32", _length(len(pattern) + len(inner) + size), pattern, inner, value
+    inner = varint(size)
+    return b"\x32", varint(len(pattern) + len(inner) + size), pattern, inner, value
 
 
 def _attribute(pattern: bytes, value: bytes) -> bytes:

@@ -346,7 +346,10 @@ async def test_records_released_on_a_timer_share_commits(tmp_path: Path) -> None
         for n in range(30):
             await exporter.consume(request([Rec(f"r{n}.{i}") for i in range(10)]))
         disk.release.set()
-    assert disk.events.count("fsync logs.db-wal") == 2  # the first request, then the rest
+    # One commit for the first request and one for the rest, or one for all when the
+    # writer thread is slower to take the first than the loop is to hand over the 30
+    # (both seen): never one each.
+    assert 1 <= disk.events.count("fsync logs.db-wal") <= 2
     assert len(stored_bodies(f"sqlite:///{tmp_path / 'logs.db'}")) == 300
     assert exporter.telemetry.total("otelcol_exporter_sent_log_records_total") == 300
 

@@ -123,16 +123,26 @@ class PackedScope:
     without reading its bytes. Spans a judge changed are kept apart (:attr:`edits`)
     until the scope's bytes are asked for again (:meth:`data`)."""
 
-    __slots__ = ("_plain", "_starts", "edits", "frame", "led", "spans")
+    __slots__ = ("_plain", "_starts", "edits", "frame", "led", "resource", "spans")
 
-    def __init__(self, wire: ScopeWire, trace_ids: list[bytes], compressed: bool = True) -> None:
+    def __init__(
+        self,
+        wire: ScopeWire,
+        trace_ids: list[bytes],
+        compressed: bool = True,
+        resource: bytes = b"",
+    ) -> None:
         self.spans = len(trace_ids)
+        # Its ResourceSpans' own fields, serialised (shared by the batch's scopes): what a
+        # span taken out of the scope (:meth:`remove`) needs to be sent on its own.
+        self.resource = resource
         self._plain = None if compressed else wire.data
         # Uncompressed (held briefly, released whole): where each span's bytes start, as
         # the walk found, so the release need not work it out span by span.
         self._starts = None if compressed else array("I", wire.starts)
         self.led = wire.led
-        self.edits: dict[int, bytes] | None = None  # span index -> its bytes now
+        # span index -> its bytes now (None: taken out, see :meth:`remove`)
+        self.edits: dict[int, bytes | None] | None = None
         index = {trace_id: k for k, trace_id in enumerate(dict.fromkeys(trace_ids))}
         heads = span_field_starts(wire.starts, wire.ends)
         sizes = list(map(sub, wire.ends, heads))
@@ -177,7 +187,12 @@ class PackedScope:
         """The ScopeSpans as it is released (edits in place), for the next whole-trace
         processor: its bytes, where its spans are, and their traces."""
         data, bounds, trace_ids, traces = entries or self.entries()
-        if self._starts is None:
+        if self.edits and None in self.edits.values():
+            data, bounds, traces = self._without_removed(
+                ScopeEntries(data, bounds, trace_ids, traces)
+            )
+            wire = _scope_wire(data, bounds)
+        elif self._starts is None:
             wire = _scope_wire(data, bounds)
         elif self.edits:
             data = self.data(ScopeEntries(data, bounds, trace_ids, traces))
@@ -195,6 +210,7 @@ class PackedScope:
         edits = sorted((self.edits or {}).items())
         shift = 0
         for n, (k, new) in enumerate(edits):
+            assert new is not None  # a scope with spans taken out goes _without_removed
             header = len(_SPAN_TAG) + len(varint(len(new)))
             new_starts[k] = (bounds[k] + shift) + header
             shift += header + len(new) - (bounds[k + 1] - bounds[k])
@@ -202,6 +218,36 @@ class PackedScope:
             ends[k:upto] = array("I", map(add, bounds[k + 1 : upto + 1], repeat(shift)))
             new_starts[k + 1 : upto] = array("I", map(add, starts[k + 1 : upto], repeat(shift)))
         return new_starts, ends
+
+    def _without_removed(self, entries: ScopeEntries) -> tuple[bytes, array[int], array[int]]:
+        """The scope's bytes with its edits (spans taken out gone), where its remaining
+        spans' fields begin (and the last ends), and each one's trace. Rare (a trace
+        taken out to wait for its root): worked out span by span."""
+        data = self.data(entries)
+        edits = self.edits or {}
+        bounds, traces = array("I", [entries.bounds[0]]), array(entries.traces.typecode)
+        for k in range(self.spans):
+            if k in edits:
+                new = edits[k]
+                if new is None:
+                    continue
+                size = len(_SPAN_TAG) + len(varint(len(new))) + len(new)
+            else:
+                size = entries.bounds[k + 1] - entries.bounds[k]
+            bounds.append(bounds[-1] + size)
+            traces.append(entries.traces[k])
+        return data, bounds, traces
+
+    def kept(self) -> int:
+        """How many of its spans it still holds (not taken out)."""
+        edits = self.edits
+        return self.spans - (sum(e is None for e in edits.values()) if edits else 0)
+
+    def remove(self, index: int) -> None:
+        """Takes span ``index`` out of :meth:`data` (and of what :meth:`released` tells)."""
+        if self.edits is None:
+            self.edits = {}
+        self.edits[index] = None
 
     def edit(self, index: int, span: Span) -> None:
         """Replaces span ``index`` by ``span`` (as it is now) in :meth:`data`."""
@@ -219,13 +265,15 @@ class PackedScope:
         pos = 0
         for k in sorted(self.edits):
             new = self.edits[k]
-            pieces += (data[pos : bounds[k]], _SPAN_TAG, varint(len(new)), new)
+            pieces.append(data[pos : bounds[k]])
+            if new is not None:
+                pieces += (_SPAN_TAG, varint(len(new)), new)
             pos = bounds[k + 1]
         pieces.append(data[pos:])
         return b"".join(pieces)
 
     def __len__(self) -> int:
-        held = len(self.frame) + sum(len(e) for e in (self.edits or {}).values())
+        held = len(self.frame) + sum(len(e or b"") for e in (self.edits or {}).values())
         starts = len(self._starts) * self._starts.itemsize if self._starts is not None else 0
         return held + len(self._plain or b"") + starts
 
@@ -290,7 +338,10 @@ def rebuild_request(
     scopes the ``reader`` unpacked are not unpacked again. With ``released``, each
     ScopeSpans' :class:`ReleasedScope` is appended to it."""
     pieces: list[bytes] = []  # joined once: the spans' bytes are copied once
-    for header, scopes in wire:
+    for header, all_scopes in wire:
+        scopes = [packed for packed in all_scopes if packed.kept()]
+        if not scopes:
+            continue  # every span of it taken out to wait for its trace's root
         body = [header]
         if released is not None:
             released.append([])
@@ -452,8 +503,12 @@ class TraceBuffer:
         pack_spans: bool = False,
         compress: bool = True,
         scan_released: ReleasedScanner | None = None,
+        max_wait: float = 0.0,
     ) -> None:
         self.wait = wait
+        # Longest a trace may wait for its root span (0: judged at ``wait``, whatever
+        # has arrived; see :meth:`hold_unfinished`).
+        self.max_wait = max_wait
         self.max_traces = max_traces
         self.keep_spans = keep_spans
         self.pack_spans = pack_spans  # hold packed bytes even when judging needs spans
@@ -476,6 +531,9 @@ class TraceBuffer:
         self._first_seen: deque[tuple[float, int]] = deque()
         self.held_spans = 0
         self.decided_early = 0  # traces judged before their wait, to stay within max_traces
+        # Traces past their wait whose root span has not arrived (see hold_unfinished).
+        self._waiting: dict[bytes, WaitingTrace] = {}
+        self.waited_out = 0  # traces judged at max_wait without their root span
 
     @property
     def reads_released(self) -> bool:
@@ -493,7 +551,12 @@ class TraceBuffer:
     def _scans(self, payload: ExportTraceServiceRequest) -> list[list[ScopeScan]]:
         expected, self._expected = self._expected, None
         if expected is None or expected[0] is not payload or self._scan_released is None:
-            return [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+            scans = [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
+            if self.max_wait > 0:
+                for rs, scopes in zip(payload.resource_spans, scans, strict=True):
+                    for ss, scope_scan in zip(rs.scope_spans, scopes, strict=True):
+                        _flag_roots(ss.spans, scope_scan.flags)
+            return scans
         scan = self._scan_released
         return [
             [scan(ss, known) for ss, known in zip(rs.scope_spans, scopes, strict=True)]
@@ -544,10 +607,13 @@ class TraceBuffer:
     ) -> None:
         """Adds one ScopeSpans' spans to their traces: counted per trace, not span by span
         (``spans``: where they are held, when the buffer keeps spans)."""
-        traces = self.traces
+        traces, waiting = self.traces, self._waiting
         for trace_id, n in Counter(ids).items():
             held = traces.get(trace_id)
             if held is None:
+                if waiting and trace_id in waiting:
+                    waiting[trace_id].span_count += n
+                    continue
                 if self._is_decided(trace_id):
                     continue
                 held = 0
@@ -560,6 +626,8 @@ class TraceBuffer:
             trace_id = ids[k]
             if trace_id in traces:
                 self._flags[trace_id] = self._flags.get(trace_id, 0) | bits
+            elif waiting and trace_id in waiting:
+                waiting[trace_id].flags |= bits
 
     def _add_runs(
         self, spans: Sequence[Span] | PackedScope, ids: list[bytes], service: str
@@ -569,8 +637,11 @@ class TraceBuffer:
         cuts = [k for k in range(1, n) if ids[k] != ids[k - 1]]
         cuts.append(n)
         begin = 0
+        waiting = self._waiting
         for end in cuts:
             runs = self._runs.get(ids[begin])
+            if runs is None and waiting and ids[begin] in waiting:
+                runs = waiting[ids[begin]].runs
             if runs is not None:
                 runs.append((spans, begin, end, service))
             begin = end
@@ -592,11 +663,94 @@ class TraceBuffer:
                 runs_of = runs.pop(trace_id, _NO_RUNS)
                 ready.append(HeldTrace(trace_id, first_seen, runs_of, count, bits))
         released: list[HeldBatch] = []
+        if self._waiting:
+            released += self._waiting_due(now, flush, ready)
+            self._take_out_waiting()
         while self._batches and self._batches[0].arrival <= cutoff:
             batch = self._batches.popleft()
             self.held_spans -= batch.spans
             released.append(batch)
         return ready, released
+
+    def hold_unfinished(self, traces: list[HeldTrace], flush: bool = False) -> list[HeldTrace]:
+        """Of ``traces`` (due now), those to judge now. A trace whose root span (one
+        without a parent) has not arrived, and one of whose spans still waits for a
+        parent in its own process, is a request still running (or exported in parts):
+        judged now, a detector would see part of it (three of four sequential calls,
+        say). It waits for its root instead, up to ``max_wait`` after its first span
+        arrived, its spans taken out of the batches released meanwhile. Traces whose
+        root never reaches this collector (their request came from a service that sends
+        elsewhere) are judged at ``wait`` as before: their top span's parent is remote."""
+        if self.max_wait <= 0 or self.wait <= 0 or flush:
+            return traces
+        now = self._clock()
+        judge_now: list[HeldTrace] = []
+        for trace in traces:
+            if (
+                trace.flags & ROOT_SPAN
+                or trace.first_seen <= now - self.max_wait
+                or trace.first_seen > now - self.wait  # due early: bounded memory
+                or len(self._waiting) >= self.max_traces
+                or not trace.runs
+                or not all(isinstance(run[0], PackedScope) for run in trace.runs)
+                or not _unfinished(SpanReader().spans(trace))
+            ):
+                judge_now.append(trace)
+                continue
+            self._waiting[trace.trace_id] = WaitingTrace(
+                trace.first_seen, trace.span_count, trace.flags, list(trace.runs)
+            )
+        self._take_out_waiting()
+        return judge_now
+
+    def _waiting_due(self, now: float, flush: bool, ready: list[HeldTrace]) -> list[HeldBatch]:
+        """Waiting traces whose root has arrived, or whose time is up, join ``ready``;
+        the spans taken out of them come back as a batch of their own, to release."""
+        batches: list[HeldBatch] = []
+        for trace_id, waiting in list(self._waiting.items()):
+            rooted = waiting.flags & ROOT_SPAN
+            timed_out = waiting.first_seen <= now - self.max_wait
+            # Spans of it in a batch held as a message cannot be taken out: judged now.
+            unpacked = not all(isinstance(run[0], PackedScope) for run in waiting.runs)
+            if not (flush or rooted or timed_out or unpacked):
+                continue
+            del self._waiting[trace_id]
+            if timed_out and not rooted:
+                self.waited_out += 1
+            runs = list(waiting.runs)
+            if waiting.taken:
+                batch, taken_runs = _taken_batch(trace_id, waiting.taken, now, self.keep_trace_ids)
+                batches.append(batch)
+                runs[:0] = taken_runs
+            ready.append(
+                HeldTrace(trace_id, waiting.first_seen, runs, waiting.span_count, waiting.flags)
+            )
+        return batches
+
+    def _take_out_waiting(self) -> None:
+        """Takes the waiting traces' spans out of the held batches (as they are: their
+        fields' bytes, with their resource and scope), so the batches can be released."""
+        entries: dict[PackedScope, ScopeEntries] = {}
+        for waiting in self._waiting.values():
+            for packed, begin, end, service in waiting.runs:
+                if not isinstance(packed, PackedScope):
+                    continue  # judged at the next due (see _waiting_due)
+                known = entries.get(packed)
+                if known is None:
+                    known = entries[packed] = packed.entries()
+                data, bounds = known.data, known.bounds
+                waiting.taken.append(
+                    TakenRun(
+                        packed.resource,
+                        data[: bounds[0]],
+                        data[bounds[-1] :],
+                        data[bounds[begin] : bounds[end]],
+                        service,
+                    )
+                )
+                for k in range(begin, end):
+                    packed.remove(k)
+            waiting.runs[:] = [run for run in waiting.runs if not isinstance(run[0], PackedScope)]
 
     def _oldest_cutoff(self) -> float:
         """Arrival time up to which batches must go to bring traces under the bound."""
@@ -613,9 +767,13 @@ class TraceBuffer:
     def held_bytes(self) -> int:
         """Memory the held batches take, sized from the newest one (``runtime.memory``),
         and the held traces' entries (packed, these take more than the bytes)."""
+        waiting = sum(
+            HELD_TRACE_BYTES + sum(len(taken.spans) for taken in trace.taken)
+            for trace in self._waiting.values()
+        )
         if not self._batches:
-            return 0
-        entries = len(self.traces) * HELD_TRACE_BYTES
+            return waiting
+        entries = waiting + len(self.traces) * HELD_TRACE_BYTES
         if self.keep_spans:
             entries += self.held_spans * HELD_RUN_BYTES
         newest = self._batches[-1]
@@ -631,6 +789,86 @@ class TraceBuffer:
 # larger is counted) and, when spans are kept, a run per span at most.
 HELD_TRACE_BYTES = 160
 HELD_RUN_BYTES = 100
+
+# HeldTrace.flags bit the buffer sets itself when it waits for roots: a span of the
+# trace without a parent (its root) has arrived. Scanners' own bits are the low ones.
+ROOT_SPAN = 1 << 30
+# Span.flags bits (OTLP): whether the span's parent is known to be in another process.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+_ENTRY_KINDS = (2, 5)  # SPAN_KIND_SERVER, SPAN_KIND_CONSUMER
+
+
+def _flag_roots(spans: Sequence[Span], flags: dict[int, int]) -> None:
+    for k, span in enumerate(spans):
+        if not span.parent_span_id:
+            flags[k] = flags.get(k, 0) | ROOT_SPAN
+
+
+def _unfinished(spans: Sequence[Span]) -> bool:
+    """Whether a span waits for a parent in its own process that has not arrived (the
+    parent ends later, so its request is still running or exported in parts). Where a
+    sender does not say whether a parent is remote, a server or consumer span's is."""
+    ids = {span.span_id for span in spans}
+    for span in spans:
+        parent = span.parent_span_id
+        if not parent or parent in ids:
+            continue
+        if span.flags & _HAS_IS_REMOTE:
+            remote = bool(span.flags & _IS_REMOTE)
+        else:
+            remote = span.kind in _ENTRY_KINDS
+        if not remote:
+            return True
+    return False
+
+
+class TakenRun(NamedTuple):
+    """Spans of a waiting trace taken out of a held scope: their fields' bytes, and what
+    sends them on their own (their resource, their scope's fields before and after)."""
+
+    resource: bytes
+    scope_head: bytes
+    scope_tail: bytes
+    spans: bytes
+    service: str
+
+
+@dataclass(slots=True)
+class WaitingTrace:
+    """A trace past its wait that waits for its root span (see
+    :meth:`TraceBuffer.hold_unfinished`): its spans still in held batches (``runs``) and
+    those taken out of batches released meanwhile (``taken``)."""
+
+    first_seen: float
+    span_count: int
+    flags: int
+    runs: list[Run]
+    taken: list[TakenRun] = field(default_factory=list)
+
+
+def _taken_batch(
+    trace_id: bytes, taken: list[TakenRun], now: float, keep_trace_ids: bool
+) -> tuple[HeldBatch, list[Run]]:
+    """A request of a waiting trace's taken-out spans (a ResourceSpans per run), held as
+    a message, and the runs of its spans for the judge (changes made to them are the
+    request's own)."""
+    pieces: list[bytes] = []
+    for run in taken:
+        scope = run.scope_head + run.spans + run.scope_tail
+        resource = (run.resource, _SCOPE_SPANS_TAG, varint(len(scope)), scope)
+        pieces += (_RESOURCE_SPANS_TAG, varint(sum(map(len, resource))), *resource)
+    request = ExportTraceServiceRequest.FromString(b"".join(pieces))
+    runs: list[Run] = []
+    trace_ids: list[list[bytes]] = []
+    for rs, run in zip(request.resource_spans, taken, strict=True):
+        spans = rs.scope_spans[0].spans
+        runs.append((spans, 0, len(spans), run.service))
+        if keep_trace_ids:
+            trace_ids.append([trace_id] * len(spans))
+    count = sum(end for _, _, end, _ in runs)
+    return HeldBatch(request, now, count, trace_ids), runs
+
 
 # The runs of every trace of a buffer that keeps no spans: shared, never appended to.
 _NO_RUNS: list[Run] = []
@@ -651,12 +889,13 @@ def _pack(
     held: list[tuple[bytes, list[PackedScope]]] = []
     for rs, scopes in zip(payload.resource_spans, scans, strict=True):
         rs.ClearField("scope_spans")
+        header = rs.SerializeToString()
         packed = [
-            PackedScope(scan.wire, scan.trace_ids, compressed)
+            PackedScope(scan.wire, scan.trace_ids, compressed, header)
             for scan in scopes
             if scan.wire is not None
         ]
-        held.append((rs.SerializeToString(), packed))
+        held.append((header, packed))
     return held
 
 
@@ -670,7 +909,12 @@ class BufferedTraceProcessor(Processor):
     """
 
     def __init__(
-        self, settings: CreateSettings, next_consumer: Consumer, wait: float, max_traces: int
+        self,
+        settings: CreateSettings,
+        next_consumer: Consumer,
+        wait: float,
+        max_traces: int,
+        max_wait: float = 0.0,
     ) -> None:
         self._settings = settings
         self._next = next_consumer
@@ -684,6 +928,7 @@ class BufferedTraceProcessor(Processor):
             pack_spans=self.packs_spans(),
             compress=self.compresses_held_bytes(),
             scan_released=self.scan_released if self.reads_released_scopes() else None,
+            max_wait=max_wait if wait > 0 else 0.0,
         )
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -772,20 +1017,25 @@ class BufferedTraceProcessor(Processor):
     async def release(self, flush: bool = False) -> None:
         async with self._lock:
             traces, batches = self.buffer.due(flush)
-            await self._send(traces, batches, raise_errors=False)
+            await self._send(traces, batches, raise_errors=False, flush=flush)
 
     async def _send(
-        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
+        self,
+        traces: list[HeldTrace],
+        batches: list[HeldBatch],
+        raise_errors: bool,
+        flush: bool = True,
     ) -> None:
         self.reader = SpanReader()
         try:
-            await self._judge_and_release(traces, batches, raise_errors)
+            await self._judge_and_release(traces, batches, raise_errors, flush)
         finally:
             self.reader = None
 
     async def _judge_and_release(
-        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool
+        self, traces: list[HeldTrace], batches: list[HeldBatch], raise_errors: bool, flush: bool
     ) -> None:
+        traces = self.buffer.hold_unfinished(traces, flush)
         if traces:
             self.judge(traces)
         if not self._next_looked_up:

@@ -45,6 +45,15 @@ class PerfIssuesConfig(ComponentConfig):
     wait: Duration = Field(
         2.0, ge=0, description="how long to gather a trace's spans; 0: per batch"
     )
+    max_wait: Duration = Field(
+        10.0,
+        ge=0,
+        description=(
+            "how long after its first span a trace still running at `wait` (its root "
+            "span not arrived, a span's parent in its own process not arrived) waits for "
+            "its root; 0: judged at `wait`"
+        ),
+    )
     num_traces: int = Field(50_000, ge=1, description="traces held at most")
     detectors: DetectorsConfig = DetectorsConfig()
 
@@ -52,7 +61,7 @@ class PerfIssuesConfig(ComponentConfig):
 class PerfIssuesProcessor(BufferedTraceProcessor):
     def __init__(self, settings: CreateSettings, config: PerfIssuesConfig, next_consumer: Consumer):
         self._packs = config.wait > 0  # with no wait nothing is held: nothing to pack
-        super().__init__(settings, next_consumer, config.wait, config.num_traces)
+        super().__init__(settings, next_consumer, config.wait, config.num_traces, config.max_wait)
         self._detectors = config.detectors
         self._issues = settings.telemetry.counter(
             "otelkit_perf_issues", "Performance issues found in traces", ("type", "service")

@@ -342,13 +342,17 @@ class TraceTallies:
         self._config = config
         self._tallies: dict[bytes, list[float]] = {}
 
-    def add(self, trace_ids: Sequence[bytes], spans: Sequence[Span]) -> None:
-        """Counts the client spans among ``spans`` (of these traces, one per span)."""
+    def add(self, trace_ids: Sequence[bytes], spans: Sequence[Span]) -> list[int]:
+        """Counts the client spans among ``spans`` (of these traces, one per span); the
+        indexes of the other spans that have no parent (roots: a client span rarely is)."""
         # The hot loop of perf_issues' intake: no calls per span.
         tallies = self._tallies
         slow_call_ms = self._config.consecutive_http.min_span_ms
+        roots: list[int] = []
         for k, span in enumerate(spans):
             if span.kind != SPAN_KIND_CLIENT:
+                if not span.parent_span_id:
+                    roots.append(k)
                 continue
             ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6  # as Call.ms
             tally = tallies.get(trace_ids[k])
@@ -363,6 +367,7 @@ class TraceTallies:
                 tally[2] += 1
             if ms > tally[3]:  # noqa: PLR1730 (max() is a call per span)
                 tally[3] = ms
+        return roots
 
     def might_find(self, trace_id: bytes) -> bool:
         """Whether :func:`could_find` might pass the trace's spans counted so far;

@@ -551,12 +551,7 @@ class TraceBuffer:
     def _scans(self, payload: ExportTraceServiceRequest) -> list[list[ScopeScan]]:
         expected, self._expected = self._expected, None
         if expected is None or expected[0] is not payload or self._scan_released is None:
-            scans = [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
-            if self.max_wait > 0:
-                for rs, scopes in zip(payload.resource_spans, scans, strict=True):
-                    for ss, scope_scan in zip(rs.scope_spans, scopes, strict=True):
-                        _flag_roots(ss.spans, scope_scan.flags)
-            return scans
+            return [[self._scan(ss) for ss in rs.scope_spans] for rs in payload.resource_spans]
         scan = self._scan_released
         return [
             [scan(ss, known) for ss, known in zip(rs.scope_spans, scopes, strict=True)]
@@ -613,6 +608,7 @@ class TraceBuffer:
             if held is None:
                 if waiting and trace_id in waiting:
                     waiting[trace_id].span_count += n
+                    waiting[trace_id].grew = True
                     continue
                 if self._is_decided(trace_id):
                     continue
@@ -673,14 +669,15 @@ class TraceBuffer:
         return ready, released
 
     def hold_unfinished(self, traces: list[HeldTrace], flush: bool = False) -> list[HeldTrace]:
-        """Of ``traces`` (due now), those to judge now. A trace whose root span (one
-        without a parent) has not arrived, and one of whose spans still waits for a
-        parent in its own process, is a request still running (or exported in parts):
-        judged now, a detector would see part of it (three of four sequential calls,
-        say). It waits for its root instead, up to ``max_wait`` after its first span
-        arrived, its spans taken out of the batches released meanwhile. Traces whose
-        root never reaches this collector (their request came from a service that sends
-        elsewhere) are judged at ``wait`` as before: their top span's parent is remote."""
+        """Of ``traces`` (due now), those to judge now. A trace one of whose spans still
+        waits for a parent in its own process is a request still running (or exported
+        in parts): judged now, a detector would see part of it (three of four
+        sequential calls, say). It waits instead, until no span of it waits for such a
+        parent (its root has come), up to ``max_wait`` after its first span arrived, its
+        spans taken out of the batches released meanwhile. A trace whose top span's
+        parent is in another process (a caller that sends its spans elsewhere) does not
+        wait. Traces with a span the scanner flagged ``ROOT_SPAN`` (no parent) are
+        judged without being read; the others are parsed to tell."""
         if self.max_wait <= 0 or self.wait <= 0 or flush:
             return traces
         now = self._clock()
@@ -708,6 +705,11 @@ class TraceBuffer:
         the spans taken out of them come back as a batch of their own, to release."""
         batches: list[HeldBatch] = []
         for trace_id, waiting in list(self._waiting.items()):
+            if waiting.grew and not waiting.flags & ROOT_SPAN:
+                # Its root may have come unflagged, or its missing parents arrived.
+                waiting.grew = False
+                if not _unfinished(waiting.spans()):
+                    waiting.flags |= ROOT_SPAN
             rooted = waiting.flags & ROOT_SPAN
             timed_out = waiting.first_seen <= now - self.max_wait
             # Spans of it in a batch held as a message cannot be taken out: judged now.
@@ -799,12 +801,6 @@ _IS_REMOTE = 0x200
 _ENTRY_KINDS = (2, 5)  # SPAN_KIND_SERVER, SPAN_KIND_CONSUMER
 
 
-def _flag_roots(spans: Sequence[Span], flags: dict[int, int]) -> None:
-    for k, span in enumerate(spans):
-        if not span.parent_span_id:
-            flags[k] = flags.get(k, 0) | ROOT_SPAN
-
-
 def _unfinished(spans: Sequence[Span]) -> bool:
     """Whether a span waits for a parent in its own process that has not arrived (the
     parent ends later, so its request is still running or exported in parts). Where a
@@ -845,6 +841,13 @@ class WaitingTrace:
     flags: int
     runs: list[Run]
     taken: list[TakenRun] = field(default_factory=list)
+    grew: bool = False  # spans of it arrived since it was last looked at
+
+    def spans(self) -> list[Span]:
+        """Its spans, parsed: those taken out, then those still in held batches."""
+        taken = [ScopeSpans.FromString(run.spans).spans for run in self.taken]
+        held = SpanReader().spans(HeldTrace(b"", self.first_seen, self.runs)) if self.runs else []
+        return [*chain.from_iterable(taken), *held]
 
 
 def _taken_batch(

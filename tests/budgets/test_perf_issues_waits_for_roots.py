@@ -224,3 +224,26 @@ def test_tail_sampling_after_it_gets_every_span_once_with_its_marks() -> None:
     assert kept == kept_by_tail_sampling(relayed=True)
     assert len(kept) == 17
     assert sum(PERF_ISSUE_TYPE.encode() in span for span in kept) == 4
+
+
+def test_a_trace_rooted_in_a_client_span_is_judged_once_its_root_arrives() -> None:
+    """A script's calls under one client span: no server span; its root is read, not
+    flagged, when it arrives."""
+    proc, sink = processor()
+    parts = sequential_calls(trace=1)
+    for part in parts:
+        part[:] = [s for s in part if s.kind == "client"]  # no routes called, no server span
+    parts[-1].append(S("sync", "client", 0, 3100, trace=1, span_id=100))
+
+    async def run() -> None:
+        for part in parts:
+            await proc.consume(batch(part))
+            await after_wait(proc)
+            if part is not parts[-1]:
+                assert not sink.got
+        await after_wait(proc)
+
+    asyncio.run(run())
+    assert findings(sink) == {"consecutive_http": 1}
+    assert len(delivered(sink)) == 5
+    assert proc.buffer.waited_out == 0

@@ -24,6 +24,7 @@ from pydantic import Field
 from otelkit.budgets.detectors import DetectorsConfig, TraceTallies, could_find, detect
 from otelkit.budgets.findings import PERF_ISSUE_FINGERPRINT, PERF_ISSUE_TYPE, attach, set_attribute
 from otelkit.budgets.tracebuffer import (
+    ROOT_SPAN,
     BufferedTraceProcessor,
     HeldTrace,
     ScopeScan,
@@ -84,7 +85,8 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
 
     def scan(self, scope_spans: ScopeSpans) -> ScopeScan:
         scan = read_wire(scope_spans) if self._packs else read_trace_ids(scope_spans)
-        self._tallies.add(scan.trace_ids, scope_spans.spans)
+        roots = self._tallies.add(scan.trace_ids, scope_spans.spans)
+        scan.flags.update(dict.fromkeys(roots, ROOT_SPAN))  # the scan has no flags of its own
         return scan
 
     def judge(self, traces: list[HeldTrace]) -> None:

@@ -22,7 +22,8 @@ Semantics, matching the upstream ``exporterhelper``:
   (``ValueError``, ``OverflowError``, ...), makes the helper send the batch in halves
   until the items that fail are found: those are dropped (reason ``invalid``) and every
   other item is delivered. Until the destination takes a piece this costs at most 64
-  sends (it may refuse everything; what is left is then dropped whole); once it has,
+  sends and one per 32 items (it may refuse everything; what is left is then dropped
+  whole); once it has,
   fewer than two sends an item. Anything else is retried with exponential backoff until
   ``max_elapsed_time`` (then dropped, reason ``retry_exhausted``).
 * Shutdown drains within ``drain_timeout``. With storage it stops as soon as the
@@ -82,8 +83,11 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 # How often shutdown looks whether the queue has drained (or the destination fails).
 _DRAIN_POLL = 0.05
 # Sends one batch may cost while its invalid items are looked for and the destination has
-# taken none of it (it may refuse everything).
+# taken none of it (it may refuse everything): 64, and one more per 32 items, so that a
+# large batch is halved into pieces small enough (about 64 items) for one free of bad items
+# to be found where they are spread through it.
 _ISOLATION_SENDS = 64
+_ISOLATION_ITEMS_PER_SEND = 32
 # Memory an item queued with ``enqueue`` is assumed to take when it does not say.
 _DEFAULT_ITEM_BYTES = 2048
 # Invalid items are always counted; their log line is repeated at most this often.
@@ -202,12 +206,16 @@ class _Isolation:
     """The search for the invalid items of one batch: the pieces refused for their data
     wait in ``refused`` to be halved, breadth first."""
 
-    sends_left: int = _ISOLATION_SENDS
+    sends_left: int
     accepted: bool = False  # the destination took a piece: it does not refuse everything
     refused: deque[tuple[_Data, BaseException]] = field(default_factory=deque)
 
     def may_split(self) -> bool:
         return self.accepted or self.sends_left >= 2
+
+    @classmethod
+    def of(cls, items: int) -> _Isolation:
+        return cls(_ISOLATION_SENDS + items // _ISOLATION_ITEMS_PER_SEND)
 
 
 @dataclass(slots=True)
@@ -573,7 +581,8 @@ class QueuedExporter(Exporter):
                 if isolation is not None:  # halved in its turn by the search
                     isolation.refused.append((data, exc))
                     return True
-                return await self._isolate_invalid(data, exc, _Isolation(), raise_on_failure)
+                search = _Isolation.of(items)
+                return await self._isolate_invalid(data, exc, search, raise_on_failure)
             except PermanentError as exc:
                 self._drop(signal, items, getattr(exc, "reason", "permanent"), exc)
                 if raise_on_failure:
@@ -613,7 +622,8 @@ class QueuedExporter(Exporter):
     async def deliver_valid_items(self, payload: Payload, error: InvalidDataError) -> None:
         """For an exporter that sends in ``consume`` (no queue of its own): deliver every
         item of ``payload`` that can be, drop and count the others."""
-        await self._isolate_invalid(payload, error, _Isolation(), raise_on_failure=True)
+        search = _Isolation.of(_signal_and_items(payload)[1])
+        await self._isolate_invalid(payload, error, search, raise_on_failure=True)
 
     async def _isolate_invalid(
         self, data: _Data, error: BaseException, search: _Isolation, raise_on_failure: bool
@@ -621,8 +631,9 @@ class QueuedExporter(Exporter):
         """Send ``data`` in halves until the items that fail alone are found; drop those.
 
         One bad item among 8,192 takes about 26 sends. Until the destination takes a
-        piece, ``search`` allows 64: one that refuses everything costs no more, and what
-        is left is dropped whole. Once it has taken a piece, halving goes on until every
+        piece, ``search`` allows 64 and one per 32 items (down to pieces of about 64
+        items): one that refuses everything costs no more, and what is left is dropped
+        whole. Once it has taken a piece, halving goes on until every
         bad item is found (fewer than two sends an item): many bad items in a batch (a
         hostile sender's) must not cost the valid items a batch processor joined to them.
         The pieces are halved breadth first, so that bad items packed together (a run of

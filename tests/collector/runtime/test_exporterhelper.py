@@ -479,14 +479,29 @@ def test_a_run_of_invalid_items_at_the_start_of_a_batch_does_not_cost_the_valid_
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 100
 
 
-def test_a_destination_that_refuses_every_item_as_invalid_gets_at_most_65_sends() -> None:
+def test_invalid_items_spread_through_a_large_batch_do_not_cost_the_valid_ones() -> None:
+    """42 invalid items among 4,096, one every hundred and one more among the first 128:
+    every piece of 128 holds one, and so do the first two of 64, so 64 sends never
+    reached a valid piece and everything was dropped; the search may now halve the
+    batch into pieces of 64, some of them clean."""
+    telemetry = SelfTelemetry()
+    names = [f"poison{i}" if i % 100 == 50 or i == 100 else f"ok{i}" for i in range(4096)]
+    exporter = _deliver(telemetry, {"retry_on_failure": FAST_RETRY}, poisoned(names), len(names))
+    assert sorted(name for b in exporter.batches for name in b) == sorted(
+        n for n in names if n.startswith("ok")
+    )
+    assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 42
+
+
+def test_a_destination_that_refuses_every_item_as_invalid_gets_bounded_sends() -> None:
     """Halving cannot help when nothing is accepted: 1,000 items cost the first send and
-    64 more, not one send per item, and are all dropped and counted."""
+    64 more and one per 32 items (94 in all, in pairs), not one send per item, and are all
+    dropped and counted."""
     telemetry = SelfTelemetry()
     exporter = _deliver(
         telemetry, {"retry_on_failure": FAST_RETRY}, batch("poison", spans=1000), 1000
     )
-    assert len(exporter.attempts) == 65
+    assert len(exporter.attempts) == 1 + 94
     assert exporter.delivered == []
     assert telemetry.total("otelcol_exporter_send_failed_spans_total", reason="invalid") == 1000
 

@@ -1,6 +1,7 @@
 """The default configuration's trace path in process: CPU per span, and proof of same output.
 
     python benchmarks/trace_path.py [--rounds 16] [--runs 6] [--baseline-tree DIR]
+        [--entry remote]
 
 Feeds the app traffic of ``benchmarks/collector_throughput.py`` (16 requests of 512
 interleaved spans, new trace IDs each round) through what ``collector/otelkit.yaml``
@@ -9,7 +10,10 @@ that changes nothing (as the ``findings`` and ``accesslog`` connectors) and a
 ``forward`` connector -> ``tail_sampling`` (decision wait 10 s, its shipped policies)
 -> ``batch`` -> a sink. The buffers' clocks advance 20 ms per request (about 25,000
 spans/s), and both release every five requests. Requests are parsed before the clock
-starts: the figure is process CPU per span of the trace path alone.
+starts: the figure is process CPU per span of the trace path alone. ``--entry remote``
+gives every server span a parent in another process (a service behind a traced caller
+that sends its spans elsewhere): no trace's root arrives, so ``perf_issues`` reads each
+trace due to tell whether it is still running.
 
 Each run is a fresh process (``--child``) with the collector's garbage-collector
 settings (startup frozen, young threshold 20,000). With ``--baseline-tree DIR`` runs
@@ -37,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_MARK = "CPU us/span"
 
 
-def child(tree: str, rounds: int, digest: bool) -> None:
+def child(tree: str, rounds: int, digest: bool, remote_entry: bool = False) -> None:
     """One run of the trace path from ``tree``'s modules; prints one line."""
     sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
     import collector_throughput as ct
@@ -108,6 +112,8 @@ def child(tree: str, rounds: int, digest: bool) -> None:
     traffic = ct.build_app_traffic()
     bodies = [ct.renewed(body, r + 1) for r in range(rounds) for body in traffic.bodies]
     requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
+    if remote_entry:
+        _called_from_elsewhere(requests)
     spans = sum(len(ss.spans) for r in requests for rs in r.resource_spans for ss in rs.scope_spans)
 
     async def run() -> None:
@@ -137,12 +143,26 @@ def child(tree: str, rounds: int, digest: bool) -> None:
     print(line)
 
 
+def _called_from_elsewhere(requests: list[Any]) -> None:
+    """Each request's server span gets a parent in a caller's process (``--entry remote``):
+    the traffic of a service behind a traced caller that sends its spans elsewhere, so no
+    trace's root ever arrives."""
+    for request in requests:
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    if span.kind == 2 and not span.parent_span_id:  # SPAN_KIND_SERVER
+                        span.parent_span_id = span.span_id[::-1]
+                        span.flags = 0x300  # the parent is remote, and that is known
+
+
 def _digest(item: bytes) -> bytes:
     return hashlib.sha256(item).digest()
 
 
-def run_child(tree: str, rounds: int, digest: bool) -> list[str]:
+def run_child(tree: str, rounds: int, digest: bool, entry: str = "local") -> list[str]:
     command = [sys.executable, os.path.abspath(__file__), "--child", tree, "--rounds", str(rounds)]
+    command += ["--entry", entry]
     if digest:
         command.append("--digest")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -155,11 +175,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=16, help="rounds of the traffic per run")
     parser.add_argument("--runs", type=int, default=6, help="runs per checkout")
     parser.add_argument("--baseline-tree", help="another checkout, measured alternately")
+    parser.add_argument(
+        "--entry",
+        choices=["local", "remote"],
+        default="local",
+        help="remote: every server span's parent is in another process (no root arrives)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.rounds, args.digest)
+        child(args.child, args.rounds, args.digest, args.entry == "remote")
         return
     trees = [("this checkout", ROOT)]
     if args.baseline_tree:
@@ -167,12 +193,12 @@ def main() -> None:
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
     for _ in range(args.runs):
         for name, tree in trees:
-            figures[name].append(float(run_child(tree, args.rounds, False)[2]))
+            figures[name].append(float(run_child(tree, args.rounds, False, args.entry)[2]))
     best = {name: min(values) for name, values in figures.items()}
     print(f"trace path in process, {args.rounds} rounds of 8,192 spans, {args.runs} runs each")
     print(f"{'checkout':<28} {'best us/span':>12} {'mean':>8} {'vs this':>8}  output digests")
     for name, tree in trees:
-        words = run_child(tree, args.rounds, True)
+        words = run_child(tree, args.rounds, True, args.entry)
         digests = " ".join(words[5:])
         mean = sum(figures[name]) / len(figures[name])
         ratio = best[name] / best["this checkout"]

@@ -41,15 +41,21 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice, repeat
 from operator import add, sub
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import zstandard
+from google.protobuf import descriptor_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
-from otelkit.collector.pdata.wire import scope_spans_layout, span_field_starts, varint
+from otelkit.collector.pdata.wire import (
+    scope_spans_layout,
+    shadow_classes,
+    span_field_starts,
+    varint,
+)
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.memory import parsed_bytes
@@ -682,6 +688,7 @@ class TraceBuffer:
             return traces
         now = self._clock()
         judge_now: list[HeldTrace] = []
+        families: dict[PackedScope, Sequence[Family]] = {}  # each scope read once
         for trace in traces:
             if (
                 trace.flags & ROOT_SPAN
@@ -690,7 +697,7 @@ class TraceBuffer:
                 or len(self._waiting) >= self.max_traces
                 or not trace.runs
                 or not all(isinstance(run[0], PackedScope) for run in trace.runs)
-                or not _unfinished(SpanReader().spans(trace))
+                or not _unfinished(_families(trace.runs, families))
             ):
                 judge_now.append(trace)
                 continue
@@ -708,7 +715,7 @@ class TraceBuffer:
             if waiting.grew and not waiting.flags & ROOT_SPAN:
                 # Its root may have come unflagged, or its missing parents arrived.
                 waiting.grew = False
-                if not _unfinished(waiting.spans()):
+                if not _unfinished(waiting.families()):
                     waiting.flags |= ROOT_SPAN
             rooted = waiting.flags & ROOT_SPAN
             timed_out = waiting.first_seen <= now - self.max_wait
@@ -801,7 +808,47 @@ _IS_REMOTE = 0x200
 _ENTRY_KINDS = (2, 5)  # SPAN_KIND_SERVER, SPAN_KIND_CONSUMER
 
 
-def _unfinished(spans: Sequence[Span]) -> bool:
+class Family(Protocol):
+    """What :func:`_unfinished` reads of a span (a ``Span`` has it too)."""
+
+    span_id: bytes
+    parent_span_id: bytes
+    kind: int
+    flags: int
+
+
+_F = descriptor_pb2.FieldDescriptorProto
+# A ScopeSpans read for its spans' IDs, parents, kinds and flags only (in C, the rest
+# skipped): a span's attributes are most of its bytes.
+_FAMILIES = shadow_classes(
+    "otelkit.families",
+    {
+        "Family": [
+            ("span_id", 2, _F.TYPE_BYTES, _F.LABEL_OPTIONAL, ""),
+            ("parent_span_id", 4, _F.TYPE_BYTES, _F.LABEL_OPTIONAL, ""),
+            ("kind", 6, _F.TYPE_INT32, _F.LABEL_OPTIONAL, ""),
+            ("flags", 16, _F.TYPE_FIXED32, _F.LABEL_OPTIONAL, ""),
+        ],
+        "Families": [("spans", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, "Family")],
+    },
+)["Families"]
+
+
+def _families(runs: Sequence[Run], read: dict[PackedScope, Sequence[Family]]) -> list[Family]:
+    """The spans of packed runs as :class:`Family` (``read``: scopes read so far)."""
+    found: list[Family] = []
+    for packed, begin, end, _ in runs:
+        if not isinstance(packed, PackedScope):
+            found += packed[begin:end]
+            continue
+        scope = read.get(packed)
+        if scope is None:
+            scope = read[packed] = _FAMILIES.FromString(packed.entries().data).spans
+        found += scope[begin:end]
+    return found
+
+
+def _unfinished(spans: Sequence[Family]) -> bool:
     """Whether a span waits for a parent in its own process that has not arrived (the
     parent ends later, so its request is still running or exported in parts). Where a
     sender does not say whether a parent is remote, a server or consumer span's is."""
@@ -843,11 +890,10 @@ class WaitingTrace:
     taken: list[TakenRun] = field(default_factory=list)
     grew: bool = False  # spans of it arrived since it was last looked at
 
-    def spans(self) -> list[Span]:
-        """Its spans, parsed: those taken out, then those still in held batches."""
-        taken = [ScopeSpans.FromString(run.spans).spans for run in self.taken]
-        held = SpanReader().spans(HeldTrace(b"", self.first_seen, self.runs)) if self.runs else []
-        return [*chain.from_iterable(taken), *held]
+    def families(self) -> list[Family]:
+        """Its spans' places in the trace: those taken out, then those still held."""
+        taken = [_FAMILIES.FromString(run.spans).spans for run in self.taken]
+        return [*chain.from_iterable(taken), *_families(self.runs, {})]
 
 
 def _taken_batch(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -207,3 +209,29 @@ def _skip_field(data: bytes, pos: int) -> int:
     if pos > len(data):
         raise ValueError("truncated field")
     return pos
+
+
+# A field of a shadow message: name, number, type and label (``FieldDescriptorProto``'s
+# constants), and the name of its message type among the shadows ("" for a scalar).
+ShadowField = tuple[str, int, int, int, str]
+
+
+def shadow_classes(package: str, messages: dict[str, Sequence[ShadowField]]) -> dict[str, Any]:
+    """Message types that read chosen fields of OTLP bytes in C: the parser skips every
+    field a shadow does not declare, so reading a span's IDs does not build its
+    attributes. ``messages`` maps each type's name to its fields."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package.replace('.', '/')}.proto", package=package, syntax="proto3"
+    )
+    for name, fields in messages.items():
+        message = file.message_type.add(name=name)
+        for field_name, number, type_, label, type_name in fields:
+            added = message.field.add(name=field_name, number=number, type=type_, label=label)
+            if type_name:
+                added.type_name = f".{package}.{type_name}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in messages
+    }

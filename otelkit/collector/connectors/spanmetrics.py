@@ -55,7 +55,7 @@ from itertools import accumulate, repeat
 from operator import attrgetter, mul, sub
 from typing import Any, Literal, cast
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -68,7 +68,7 @@ from pydantic import Field, field_validator, model_validator
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.pdata.tracestate import MalformedThresholdError, adjusted_count
 from otelkit.collector.pdata.values import any_value_text
-from otelkit.collector.pdata.wire import key_pattern, raw_value_at
+from otelkit.collector.pdata.wire import key_pattern, raw_value_at, shadow_classes
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Connector,
@@ -119,36 +119,27 @@ def _shadow_classes() -> tuple[Any, Any]:
       bytes, so a column is used only when it has an entry for every span);
     * ``SpanBytes`` declares ``spans`` as ``repeated bytes``: each span's wire bytes.
     """
-    field = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(
-        name="otelkit/spanmetrics_shadow.proto", package=_SHADOW_PACKAGE, syntax="proto3"
+    f = descriptor_pb2.FieldDescriptorProto
+    columns = [
+        (name, number, kind, f.LABEL_REPEATED, "")
+        for name, number, kind in (
+            ("trace_state", 3, f.TYPE_STRING),
+            ("name", 5, f.TYPE_STRING),
+            ("kind", 6, f.TYPE_INT32),
+            ("start_time_unix_nano", 7, f.TYPE_FIXED64),
+            ("end_time_unix_nano", 8, f.TYPE_FIXED64),
+            ("status", 15, f.TYPE_BYTES),
+        )
+    ]
+    classes = shadow_classes(
+        _SHADOW_PACKAGE,
+        {
+            "Columns": columns,
+            "SpanColumns": [("spans", 2, f.TYPE_MESSAGE, f.LABEL_OPTIONAL, "Columns")],
+            "SpanBytes": [("spans", 2, f.TYPE_BYTES, f.LABEL_REPEATED, "")],
+        },
     )
-    columns = file.message_type.add(name="Columns")
-    for name, number, kind in (
-        ("trace_state", 3, field.TYPE_STRING),
-        ("name", 5, field.TYPE_STRING),
-        ("kind", 6, field.TYPE_INT32),
-        ("start_time_unix_nano", 7, field.TYPE_FIXED64),
-        ("end_time_unix_nano", 8, field.TYPE_FIXED64),
-        ("status", 15, field.TYPE_BYTES),
-    ):
-        columns.field.add(name=name, number=number, type=kind, label=field.LABEL_REPEATED)
-    file.message_type.add(name="SpanColumns").field.add(
-        name="spans",
-        number=2,
-        type=field.TYPE_MESSAGE,
-        label=field.LABEL_OPTIONAL,
-        type_name=f".{_SHADOW_PACKAGE}.Columns",
-    )
-    file.message_type.add(name="SpanBytes").field.add(
-        name="spans", number=2, type=field.TYPE_BYTES, label=field.LABEL_REPEATED
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return tuple(
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_SHADOW_PACKAGE}.{name}"))
-        for name in ("SpanColumns", "SpanBytes")
-    )
+    return classes["SpanColumns"], classes["SpanBytes"]
 
 
 _SPAN_COLUMNS, _SPAN_BYTES = _shadow_classes()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from itertools import chain, compress
 from typing import Annotated, Any, Literal
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
@@ -48,7 +48,12 @@ from otelkit.budgets.tracebuffer import (
 )
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.pdata.values import any_value_text
-from otelkit.collector.pdata.wire import key_pattern, led_scope_spans_layout, varint
+from otelkit.collector.pdata.wire import (
+    key_pattern,
+    led_scope_spans_layout,
+    shadow_classes,
+    varint,
+)
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Consumer,
@@ -474,25 +479,15 @@ class TailSamplingProcessor(BufferedTraceProcessor):
 
 def _status_codes_type() -> Any:
     """A ScopeSpans that knows nothing of its spans but their status codes."""
-    field = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(
-        name="otelkit/span_statuses.proto", package="otelkit.statuses", syntax="proto3"
-    )
-    for name, number, type_, type_name in (
-        ("Status", 3, field.TYPE_INT32, ""),  # Status.code
-        ("Span", 15, field.TYPE_MESSAGE, ".otelkit.statuses.Status"),  # Span.status
-        ("ScopeSpans", 2, field.TYPE_MESSAGE, ".otelkit.statuses.Span"),  # .spans
-    ):
-        label = field.LABEL_REPEATED if name == "ScopeSpans" else field.LABEL_OPTIONAL
-        message = file.message_type.add(name=name)
-        added = message.field.add(name="f", number=number, type=type_, label=label)
-        if type_name:
-            added.type_name = type_name
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("otelkit.statuses.ScopeSpans")
-    )
+    f = descriptor_pb2.FieldDescriptorProto
+    return shadow_classes(
+        "otelkit.statuses",
+        {
+            "Status": [("f", 3, f.TYPE_INT32, f.LABEL_OPTIONAL, "")],  # Status.code
+            "Span": [("f", 15, f.TYPE_MESSAGE, f.LABEL_OPTIONAL, "Status")],  # Span.status
+            "ScopeSpans": [("f", 2, f.TYPE_MESSAGE, f.LABEL_REPEATED, "Span")],  # .spans
+        },
+    )["ScopeSpans"]
 
 
 _SpanStatuses = _status_codes_type()

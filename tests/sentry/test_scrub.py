@@ -97,6 +97,12 @@ def test_extra_patterns_filter_matching_text() -> None:
     ("text", "expected"),
     [
         ("order 1234567890123 shipped", "order 1234567890123 shipped"),  # not a card: Luhn fails
+        # An access line: a Luhn-valid run of 17 digits across path, status and duration.
+        ("GET /orders/999622830388 200 31.2ms", "GET /orders/999622830388 200 31.2ms"),
+        (
+            "call 555 0199 8765 4321 9",
+            "call 555 0199 8765 4321 9",
+        ),  # Luhn-valid, not a card's groups
         ("trace 4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c", "trace 4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c"),
         ("https://example.com/docs", "https://example.com/docs"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", f"Authorization: {FILTERED}"),
@@ -104,3 +110,13 @@ def test_extra_patterns_filter_matching_text() -> None:
 )
 def test_value_patterns_leave_ordinary_text_alone(text: str, expected: str) -> None:
     assert Scrubber().value(text) == expected
+
+
+@pytest.mark.parametrize(
+    "card",
+    ["4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111", "3782 822463 10005",
+     "378282246310005", "6011 0009 9013 9424"],
+)  # fmt: skip
+def test_card_numbers_as_they_are_written_are_masked(card: str) -> None:
+    assert Scrubber().value(f"paid with {card} today") == f"paid with {FILTERED} today"
+    assert Scrubber().value(f"GET /pay/{card.replace(' ', '')} 200 3.1ms").count(FILTERED) == 1

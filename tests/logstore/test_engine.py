@@ -271,6 +271,26 @@ def test_sqlite_store_is_wal_and_has_fts5(sqlite_url: str) -> None:
     assert {"logs", "logs_fts", "logs_trace_fts", "schema_version", "logs_service_ts"} <= names
 
 
+def test_sqlite_columns_hold_nulls_blobs_and_integers(sqlite_url: str) -> None:
+    """What the file shows to other SQLite tools: absent fields NULL, IDs as blobs,
+    body_json as 0 or 1."""
+    store = open_store(sqlite_url)
+    store.start_writer()
+    trace = random_trace_id()
+    write(store, Rec({"k": "v"}, trace_id=trace, span_id=b"\x02" * 8), Rec("plain"))
+    store.close()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute(
+            "SELECT trace_id, typeof(span_id), body_json, typeof(body_json),"
+            " typeof(service_namespace), typeof(event_name), typeof(severity_text)"
+            " FROM logs ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        (trace, "blob", 1, "integer", "null", "null", "null"),
+        (None, "null", 0, "integer", "null", "null", "null"),
+    ]
+
+
 def test_a_newer_schema_is_refused(sqlite_url: str) -> None:
     store = open_store(sqlite_url)
     store.start_writer()

@@ -272,6 +272,21 @@ def test_sqlite_store_is_wal_and_has_fts5(sqlite_url: str) -> None:
     assert {"logs", "logs_fts", "logs_trace_fts", "schema_version", "logs_service_ts"} <= names
 
 
+@pytest.mark.parametrize("count", [1, 7, 511, 512, 1300])
+def test_a_write_of_any_size_stores_and_indexes_every_record_in_order(
+    sqlite_url: str, count: int
+) -> None:
+    store = open_store(sqlite_url)
+    store.start_writer()
+    trace = random_trace_id()
+    write(store, *(Rec(f"line {n}", ts=SECOND + n, trace_id=trace) for n in range(count)))
+    expected = [f"line {n}" for n in range(count)]
+    assert bodies(store, order="oldest", limit=count) == expected
+    assert bodies(store, trace_id=trace.hex(), order="oldest", limit=count) == expected
+    assert bodies(store, grep=f"line {count - 1}") == [f"line {count - 1}"]
+    store.close()
+
+
 def test_sqlite_columns_hold_nulls_blobs_and_integers(sqlite_url: str) -> None:
     """What the file shows to other SQLite tools: absent fields NULL, IDs as blobs,
     body_json as 0 or 1."""

@@ -17,6 +17,14 @@
   whole index per commit once the store is large. FTS5 appends segments and merges them
   in the background (a log-structured index), so its cost stays flat as the store grows.
 * ``auto_vacuum=INCREMENTAL`` lets pruning hand free pages back to the file system.
+* New stores use 16 KiB pages rather than SQLite's 4 KiB: each transaction then walks,
+  rewrites and logs fewer, fuller pages of the table and its time indexes, for about a
+  tenth less CPU per record written. A store made with another page size keeps it.
+* sqlite3 binds ``None``, ``bytes`` and ``bool`` (a record's empty columns, its trace and
+  span IDs, ``body_json``) only after looking for an adapter for their type, a search
+  whose last step raises and formats an ``AttributeError`` before the value is bound as
+  it is. Registering the identity as their adapter ends the search at its first step:
+  the same values are bound, at a third to half the CPU each (about 1 us per record).
 """
 
 from __future__ import annotations
@@ -77,11 +85,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 LATEST = MIGRATIONS[-1][0]
 PRUNE_CHUNK = 5_000
-WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB with 4 KiB pages
+PAGE_SIZE = 16_384  # of new stores
+WAL_CHECKPOINT_BYTES = 40 * 2**20
 
 # Rows go in as multi-row INSERTs: sqlite3's executemany releases and re-takes the GIL
 # around every row, and under a busy event loop each re-take can wait a switch interval.
-ROWS_PER_STATEMENT = 500
+# A transaction's rows are split into statements of power-of-two sizes up to this many
+# rows (1,300 rows: 512 + 512 + 256 + 16 + 4), so that only ten statements are ever
+# prepared: sqlite3 caches statements by their text, and compiling one of a new size
+# would cost about 4 us a row, twice what running it costs.
+ROWS_PER_STATEMENT = 512
 _ROW_MARKS = "(" + ", ".join("?" for _ in COLUMNS) + ")"
 # Full-text entries for the rows a transaction added (one statement, not a row trigger).
 _INDEX_NEW = (
@@ -98,6 +111,15 @@ _UNINDEX = (
 )
 _FTS_TABLES = ("logs_fts", "logs_trace_fts")
 _DELETE = "DELETE FROM logs WHERE id IN ({ids})"
+
+
+def _as_is(value: bytes | bool | None) -> bytes | bool | None:
+    return value
+
+
+sqlite3.register_adapter(type(None), _as_is)
+sqlite3.register_adapter(bytes, _as_is)
+sqlite3.register_adapter(bool, _as_is)
 
 
 def path_from_url(url: str) -> Path:
@@ -166,7 +188,8 @@ class SqliteBackend(Backend):
             raise
         # Checkpoint in larger steps: index pages that change in every transaction are
         # then copied back to the database once per checkpoint, with one pair of fsyncs.
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
         self._writer = conn
 
     def _connect_reader(self) -> sqlite3.Connection:
@@ -186,6 +209,8 @@ class SqliteBackend(Backend):
     # Schema ----------------------------------------------------------------------------
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            # Both take effect only before the first table exists (and before WAL mode).
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch to WAL mode")
@@ -239,9 +264,11 @@ class SqliteBackend(Backend):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 last = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
-                for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                    chunk = rows[start : start + ROWS_PER_STATEMENT]
-                    conn.execute(_insert(len(chunk)), list(chain.from_iterable(chunk)))
+                start = 0
+                for size in _statement_sizes(len(rows)):
+                    chunk = rows[start : start + size]
+                    conn.execute(_insert(size), list(chain.from_iterable(chunk)))
+                    start += size
                 for statement in _INDEX_NEW:
                     conn.execute(statement, (last,))
                 conn.execute("COMMIT")
@@ -351,7 +378,15 @@ class SqliteBackend(Backend):
         return len(ids)
 
 
-@lru_cache(maxsize=8)
+def _statement_sizes(rows: int) -> list[int]:
+    """Full statements, then the rest by its binary digits, largest first."""
+    full, rest = divmod(rows, ROWS_PER_STATEMENT)
+    return [ROWS_PER_STATEMENT] * full + [
+        1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1
+    ]
+
+
+@lru_cache(maxsize=16)
 def _insert(rows: int) -> str:
     columns = ", ".join(COLUMNS)
     return f"INSERT INTO logs ({columns}) VALUES " + ", ".join([_ROW_MARKS] * rows)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from otelkit.logstore import sqlite as sqlite_backend
 from otelkit.logstore.query import QueryError, build_query
 from otelkit.logstore.sqlite import SqliteBackend
 from otelkit.logstore.store import LogStore, StoreError, open_store
@@ -269,6 +270,76 @@ def test_sqlite_store_is_wal_and_has_fts5(sqlite_url: str) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"logs", "logs_fts", "logs_trace_fts", "schema_version", "logs_service_ts"} <= names
+
+
+@pytest.mark.parametrize("count", [1, 7, 511, 512, 1300])
+def test_a_write_of_any_size_stores_and_indexes_every_record_in_order(
+    sqlite_url: str, count: int
+) -> None:
+    store = open_store(sqlite_url)
+    store.start_writer()
+    trace = random_trace_id()
+    write(store, *(Rec(f"line {n}", ts=SECOND + n, trace_id=trace) for n in range(count)))
+    expected = [f"line {n}" for n in range(count)]
+    assert bodies(store, order="oldest", limit=count) == expected
+    assert bodies(store, trace_id=trace.hex(), order="oldest", limit=count) == expected
+    assert bodies(store, grep=f"line {count - 1}") == [f"line {count - 1}"]
+    store.close()
+
+
+def test_sqlite_columns_hold_nulls_blobs_and_integers(sqlite_url: str) -> None:
+    """What the file shows to other SQLite tools: absent fields NULL, IDs as blobs,
+    body_json as 0 or 1."""
+    store = open_store(sqlite_url)
+    store.start_writer()
+    trace = random_trace_id()
+    write(store, Rec({"k": "v"}, trace_id=trace, span_id=b"\x02" * 8), Rec("plain"))
+    store.close()
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
+        rows = conn.execute(
+            "SELECT trace_id, typeof(span_id), body_json, typeof(body_json),"
+            " typeof(service_namespace), typeof(event_name), typeof(severity_text)"
+            " FROM logs ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        (trace, "blob", 1, "integer", "null", "null", "null"),
+        (None, "null", 0, "integer", "null", "null", "null"),
+    ]
+
+
+def test_new_sqlite_stores_have_16_kib_pages_and_older_stores_keep_theirs(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    new = open_store(sqlite_url)
+    new.start_writer()
+    new.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16_384
+    Path(path).unlink()
+    # A store made before new stores had larger pages.
+    monkeypatch.setattr(sqlite_backend, "PAGE_SIZE", 4096)
+    older = open_store(sqlite_url)
+    older.start_writer()
+    write(older, Rec("written by an older otelkit", trace_id=random_trace_id()))
+    older.close()
+    monkeypatch.undo()
+    reopened = open_store(sqlite_url)
+    reopened.start_writer()
+    trace = random_trace_id()
+    write(reopened, Rec("written after the upgrade", trace_id=trace))
+    assert bodies(reopened, order="oldest") == [
+        "written by an older otelkit",
+        "written after the upgrade",
+    ]
+    assert bodies(reopened, trace_id=trace.hex()) == ["written after the upgrade"]
+    assert bodies(reopened, grep="upgrade") == ["written after the upgrade"]
+    backend = reopened.backend
+    assert isinstance(backend, SqliteBackend)
+    assert backend.integrity_check() == []
+    reopened.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
 def test_a_newer_schema_is_refused(sqlite_url: str) -> None:

@@ -223,3 +223,19 @@ def test_the_connector_reads_the_batch_and_sends_records_only_when_there_are_som
     asyncio.run(connector.consume(batch))
     assert batch.SerializeToString() == before
     assert [log.body for log in Received.of(got).logs()] == ["GET /orders/5 200 31.2ms"]
+
+
+def test_each_record_has_its_own_method_and_route_however_many_there_are() -> None:
+    """Methods and routes repeat, so their attributes are made once per value; a sender
+    of thousands of distinct (or long) ones still gets each record right."""
+    methods = [f"M{n % 1500}" for n in range(3000)]
+    routes = [f"/r/{n}" * (n % 3 * 40 + 1) for n in range(3000)]
+    made = records(
+        *(
+            span({**STABLE, "http.request.method": m, "http.route": r})
+            for m, r in zip(methods, routes, strict=True)
+        )
+    )
+    assert [r.attributes["http.request.method"] for r in made] == methods
+    assert [r.attributes["http.route"] for r in made] == routes
+    assert [str(r.body).split()[0] for r in made] == methods

@@ -81,11 +81,14 @@ def key_values(pairs: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for kv in pairs:
         value = kv.value
+        # The common kinds inline: this runs for every attribute of every record. A
+        # non-empty string_value is that kind without asking which one is set.
+        text = value.string_value
+        if text:
+            result[kv.key] = text
+            continue
         kind = value.WhichOneof("value")
-        # The common scalar kinds inline: this runs for every attribute of every record.
-        if kind == "string_value":
-            result[kv.key] = value.string_value
-        elif kind == "int_value":
+        if kind == "int_value":
             result[kv.key] = value.int_value
         else:
             result[kv.key] = any_value(value)
@@ -116,11 +119,6 @@ def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return _dumps(value)
-
-
-def _id_or_none(raw: bytes) -> bytes | None:
-    """Absent and all-zero IDs (what some SDKs send without a context) are both None."""
-    return raw if raw and raw.strip(b"\x00") else None
 
 
 def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = None) -> list[Row]:
@@ -154,6 +152,8 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                 severity = record.severity_number
                 if not 0 <= severity <= MAX_SEVERITY:
                     severity = 0
+                # Absent and all-zero IDs (as some SDKs send without a context) are None.
+                trace_id, span_id = record.trace_id, record.span_id
                 append(
                     (
                         when,
@@ -166,8 +166,8 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                         *resource,
                         scope_name,
                         scope_version,
-                        _id_or_none(record.trace_id),
-                        _id_or_none(record.span_id),
+                        trace_id if trace_id and trace_id.strip(b"\x00") else None,
+                        span_id if span_id and span_id.strip(b"\x00") else None,
                         record.flags,
                         record.event_name or None,
                     )

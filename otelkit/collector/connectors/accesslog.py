@@ -144,13 +144,13 @@ class AccessRecords:
         record = self.record
         resource_logs = []
         for rs in request.resource_spans:
-            records = []
+            records: list[bytes] = []  # each record's tag, length and fields, joined once
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     if span.kind == _SERVER:
                         made = record(span)
                         if made is not None:
-                            records.append(_field(2, made + observed))
+                            records += (_TAGS[2], varint(len(made) + 9), made, observed)
             if records:
                 scope_logs = _SCOPE + b"".join(records)
                 resource_logs.append(

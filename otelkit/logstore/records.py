@@ -137,13 +137,14 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
             scope_name, scope_version = scope.name or None, scope.version or None
             for record in scope_logs.log_records:
                 body = record.body
-                kind = body.WhichOneof("value")
-                if kind == "string_value":
-                    text, is_json = body.string_value, False
-                elif kind is None:
-                    text, is_json = None, False
-                else:
-                    text, is_json = _dumps(any_value(body)), True
+                text: str | None = body.string_value  # most bodies: a non-empty string
+                is_json = False
+                if not text:
+                    kind = body.WhichOneof("value")
+                    if kind is None:
+                        text = None
+                    elif kind != "string_value":
+                        text, is_json = _encode(any_value(body)).decode(), True
                 observed = record.observed_time_unix_nano
                 observed = min(observed, MAX_NS)
                 when = record.time_unix_nano or observed or now
@@ -162,7 +163,7 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                         record.severity_text or None,
                         text,
                         is_json,
-                        _dumps(key_values(attributes)) if attributes else None,
+                        _encode(key_values(attributes)).decode() if attributes else None,
                         *resource,
                         scope_name,
                         scope_version,

@@ -63,3 +63,19 @@ def test_absent_and_all_zero_ids_are_none() -> None:
     some = row(LogRecord(trace_id=bytes(15) + b"\x01", span_id=b"\x01" + bytes(7)))
     assert (some["trace_id"], some["span_id"]) == (bytes(15) + b"\x01", b"\x01" + bytes(7))
     assert row(LogRecord())["attributes"] is None
+
+
+def test_a_body_is_its_text_or_its_json_and_an_empty_one_is_not_an_absent_one() -> None:
+    def body(value: AnyValue | None) -> tuple[object, object]:
+        record = LogRecord() if value is None else LogRecord(body=value)
+        made = row(record)
+        return made["body"], made["body_json"]
+
+    mapped = AnyValue()
+    mapped.kvlist_value.values.add(key="n", value=AnyValue(int_value=1))
+    assert body(AnyValue(string_value="GET / 200")) == ("GET / 200", False)
+    assert body(AnyValue(string_value="")) == ("", False)
+    assert body(None) == (None, False)
+    assert body(AnyValue()) == (None, False)
+    assert body(AnyValue(int_value=0)) == ("0", True)
+    assert body(mapped) == ('{"n":1}', True)

@@ -146,11 +146,10 @@ class AccessRecords:
         for rs in request.resource_spans:
             records: list[bytes] = []  # each record's tag, length and fields, joined once
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    if span.kind == _SERVER:
-                        made = record(span)
-                        if made is not None:
-                            records += (_TAGS[2], varint(len(made) + 9), made, observed)
+                for span in [span for span in ss.spans if span.kind == _SERVER]:
+                    made = record(span)
+                    if made is not None:
+                        records += (_TAGS[2], varint(len(made) + 9), made, observed)
             if records:
                 scope_logs = _SCOPE + b"".join(records)
                 resource_logs.append(
@@ -318,7 +317,9 @@ def _url_path(url: str) -> str:
     authority = url.find("://")
     rest = url[authority + 3 :] if authority >= 0 else url
     for mark in "?#":
-        rest = rest.split(mark, 1)[0]
+        end = rest.find(mark)
+        if end >= 0:
+            rest = rest[:end]
     if authority < 0:
         return rest
     start = rest.find("/")

@@ -81,11 +81,14 @@ def key_values(pairs: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for kv in pairs:
         value = kv.value
+        # The common kinds inline: this runs for every attribute of every record. A
+        # non-empty string_value is that kind without asking which one is set.
+        text = value.string_value
+        if text:
+            result[kv.key] = text
+            continue
         kind = value.WhichOneof("value")
-        # The common scalar kinds inline: this runs for every attribute of every record.
-        if kind == "string_value":
-            result[kv.key] = value.string_value
-        elif kind == "int_value":
+        if kind == "int_value":
             result[kv.key] = value.int_value
         else:
             result[kv.key] = any_value(value)
@@ -118,11 +121,6 @@ def _text(value: Any) -> str | None:
     return _dumps(value)
 
 
-def _id_or_none(raw: bytes) -> bytes | None:
-    """Absent and all-zero IDs (what some SDKs send without a context) are both None."""
-    return raw if raw and raw.strip(b"\x00") else None
-
-
 def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = None) -> list[Row]:
     """One row per log record, in :data:`COLUMNS` order.
 
@@ -139,13 +137,14 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
             scope_name, scope_version = scope.name or None, scope.version or None
             for record in scope_logs.log_records:
                 body = record.body
-                kind = body.WhichOneof("value")
-                if kind == "string_value":
-                    text, is_json = body.string_value, False
-                elif kind is None:
-                    text, is_json = None, False
-                else:
-                    text, is_json = _dumps(any_value(body)), True
+                text: str | None = body.string_value  # most bodies: a non-empty string
+                is_json = False
+                if not text:
+                    kind = body.WhichOneof("value")
+                    if kind is None:
+                        text = None
+                    elif kind != "string_value":
+                        text, is_json = _encode(any_value(body)).decode(), True
                 observed = record.observed_time_unix_nano
                 observed = min(observed, MAX_NS)
                 when = record.time_unix_nano or observed or now
@@ -154,6 +153,8 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                 severity = record.severity_number
                 if not 0 <= severity <= MAX_SEVERITY:
                     severity = 0
+                # Absent and all-zero IDs (as some SDKs send without a context) are None.
+                trace_id, span_id = record.trace_id, record.span_id
                 append(
                     (
                         when,
@@ -162,12 +163,12 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                         record.severity_text or None,
                         text,
                         is_json,
-                        _dumps(key_values(attributes)) if attributes else None,
+                        _encode(key_values(attributes)).decode() if attributes else None,
                         *resource,
                         scope_name,
                         scope_version,
-                        _id_or_none(record.trace_id),
-                        _id_or_none(record.span_id),
+                        trace_id if trace_id and trace_id.strip(b"\x00") else None,
+                        span_id if span_id and span_id.strip(b"\x00") else None,
                         record.flags,
                         record.event_name or None,
                     )

@@ -223,3 +223,38 @@ def test_the_connector_reads_the_batch_and_sends_records_only_when_there_are_som
     asyncio.run(connector.consume(batch))
     assert batch.SerializeToString() == before
     assert [log.body for log in Received.of(got).logs()] == ["GET /orders/5 200 31.2ms"]
+
+
+def test_each_record_has_its_own_method_and_route_however_many_there_are() -> None:
+    """Methods and routes repeat, so their attributes are made once per value; a sender
+    of thousands of distinct (or long) ones still gets each record right."""
+    methods = [f"M{n % 1500}" for n in range(3000)]
+    routes = [f"/r/{n}" * (n % 3 * 40 + 1) for n in range(3000)]
+    made = records(
+        *(
+            span({**STABLE, "http.request.method": m, "http.route": r})
+            for m, r in zip(methods, routes, strict=True)
+        )
+    )
+    assert [r.attributes["http.request.method"] for r in made] == methods
+    assert [r.attributes["http.route"] for r in made] == routes
+    assert [str(r.body).split()[0] for r in made] == methods
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("https://shop.example.com/orders/5?token=hunter2#top", "/orders/5"),
+        ("https://shop.example.com/a#frag?x", "/a"),
+        ("https://shop.example.com/p?next=http://x/y", "/p"),
+        ("https://shop.example.com", ""),
+        ("https://shop.example.com?x=1", ""),
+        ("http://shop.example.com:8080/a/b?c=1#d", "/a/b"),
+    ],
+)
+def test_the_path_of_a_full_url_stops_at_its_query_or_fragment(url: str, path: str) -> None:
+    attrs = {**STABLE, "url.full": url}
+    del attrs["url.path"]
+    (record,) = records(span(attrs))
+    assert record.attributes["url.path"] == path
+    assert str(record.body) == f"GET {path} 200 31.2ms"

@@ -144,13 +144,12 @@ class AccessRecords:
         record = self.record
         resource_logs = []
         for rs in request.resource_spans:
-            records = []
+            records: list[bytes] = []  # each record's tag, length and fields, joined once
             for ss in rs.scope_spans:
-                for span in ss.spans:
-                    if span.kind == _SERVER:
-                        made = record(span)
-                        if made is not None:
-                            records.append(_field(2, made + observed))
+                for span in [span for span in ss.spans if span.kind == _SERVER]:
+                    made = record(span)
+                    if made is not None:
+                        records += (_TAGS[2], varint(len(made) + 9), made, observed)
             if records:
                 scope_logs = _SCOPE + b"".join(records)
                 resource_logs.append(
@@ -182,30 +181,38 @@ class AccessRecords:
         status = _status(_first(data, _STATUS), span)
         if status is None:
             return None
+        method_text, method_attribute = _method(method)
         end = span.end_time_unix_nano
         duration_ms = round(max(end - span.start_time_unix_nano, 0) / 1e6, 3)
-        body = f"{value_text(method)} {path} {status} {duration_ms:.1f}ms".encode()
-        parts = [b"\x09", _FIXED64(end), *_status_fields(status)]
-        parts += _string_field(5, body)
-        parts += _attribute_parts(_METHOD[0], method)
+        body = f"{method_text} {path} {status} {duration_ms:.1f}ms".encode()
         path_bytes = path.encode()
-        parts += _attribute_parts(_PATH[0], b"\x0a" + varint(len(path_bytes)) + path_bytes)
-        parts += _attribute_parts(_DURATION, b"\x21" + _DOUBLE(duration_ms))
+        severity_fields, status_attribute = _status_fields(status)
+        parts = [
+            b"\x09",
+            _FIXED64(end),
+            severity_fields,
+            status_attribute,
+            *_string_field(5, body),
+            method_attribute,
+            *_attribute_parts(_PATH[0], b"\x0a" + varint(len(path_bytes)) + path_bytes),
+            _DURATION_PREFIX,
+            _DOUBLE(duration_ms),
+        ]
         for pattern in _COPIED:
             at = data.find(pattern)
             if at >= 0:
                 value = raw_value_at(data, pattern, at)
                 if value is not None:
-                    parts += _attribute_parts(pattern, value)
+                    parts.append(_copied(pattern, value))
         if b"user." in data or (self._client_address and b"client.address" in data):
             parts += self._personal(span)
         trace_id, span_id = span.trace_id, span.span_id
         parts += (
             b"\x45",
             _FIXED32(span.flags & 0xFF),
-            _tagvarint(9, trace_id),
+            _TRACE_ID_16 if len(trace_id) == 16 else _tagvarint(9, trace_id),
             trace_id,
-            _tagvarint(10, span_id),
+            _SPAN_ID_8 if len(span_id) == 8 else _tagvarint(10, span_id),
             span_id,
         )
         return b"".join(parts)
@@ -251,6 +258,40 @@ def _status_fields(status: int) -> tuple[bytes, bytes]:
     return _SEVERITIES[severity(status)], _attribute(_STATUS[0], b"\x18" + varint(status))
 
 
+_DURATION_PREFIX = b"".join(_attribute_parts(_DURATION, bytes(9))[:4]) + b"\x21"
+_TRACE_ID_16 = _tagvarint(9, bytes(16))  # the tags and lengths of the usual IDs
+_SPAN_ID_8 = _tagvarint(10, bytes(8))
+# Attributes made once per value for the few values a method or a route takes; bounded in
+# count and size, so a sender of endless distinct values only fills them.
+_KEPT_VALUES = 1024
+_KEPT_SIZE = 128
+_METHODS: dict[bytes, tuple[str, bytes]] = {}
+_ROUTES: dict[bytes, bytes] = {}
+_ROUTE = _COPIED[0]
+
+
+def _method(raw: bytes) -> tuple[str, bytes]:
+    """The method's text and its attribute."""
+    made = _METHODS.get(raw)
+    if made is None:
+        made = value_text(raw), _attribute(_METHOD[0], raw)
+        if len(_METHODS) < _KEPT_VALUES and len(raw) <= _KEPT_SIZE:
+            _METHODS[raw] = made
+    return made
+
+
+def _copied(pattern: bytes, raw: bytes) -> bytes:
+    """A copied attribute (routes repeat; request IDs and sizes do not)."""
+    if pattern is not _ROUTE:
+        return _attribute(pattern, raw)
+    made = _ROUTES.get(raw)
+    if made is None:
+        made = _attribute(pattern, raw)
+        if len(_ROUTES) < _KEPT_VALUES and len(raw) <= _KEPT_SIZE:
+            _ROUTES[raw] = made
+    return made
+
+
 def _first(data: bytes, patterns: Iterable[bytes]) -> bytes | None:
     """The ``AnyValue`` bytes of the first of these top-level attributes the span has."""
     for pattern in patterns:
@@ -276,7 +317,9 @@ def _url_path(url: str) -> str:
     authority = url.find("://")
     rest = url[authority + 3 :] if authority >= 0 else url
     for mark in "?#":
-        rest = rest.split(mark, 1)[0]
+        end = rest.find(mark)
+        if end >= 0:
+            rest = rest[:end]
     if authority < 0:
         return rest
     start = rest.find("/")

@@ -73,6 +73,15 @@ class _Segment:
 
 
 @dataclass(frozen=True)
+class Serialized:
+    """A request's resources, scopes and items serialised for the prefilter."""
+
+    chunks: list[bytes]
+    segments: list[_Segment]
+    size: int  # bytes in all chunks
+
+
+@dataclass(frozen=True)
 class RedactionRules:
     """The upstream processor's key and value lists (the scrubber holds the rest)."""
 
@@ -126,10 +135,9 @@ class Redactor:
         )
 
     def redact(self, payload: Payload) -> Redacted:
-        done = Redacted()
         if self.prefilter is not None:
-            self._redact_prefiltered(payload, done)
-            return done
+            return self.redact_serialized(self.serialize(payload))
+        done = Redacted()
         resources, scopes, items_of = _SHAPES[type(payload)]
         redact_item = getattr(self, _ITEM_REDACTORS[type(payload)])
         for resource_items in getattr(payload, resources):
@@ -140,9 +148,10 @@ class Redactor:
                     redact_item(item, done)
         return done
 
-    def _redact_prefiltered(self, payload: Payload, done: Redacted) -> None:
-        """Serialize every resource, scope and item with attributes, search them all at
-        once, and walk only those the prefilter names."""
+    def serialize(self, payload: Payload) -> Serialized:
+        """The first half of a prefiltered redaction: every resource, scope and item with
+        attributes serialised (in C), to be searched by :meth:`redact_serialized`. Its
+        size bounds the rest of the work, so a caller can decide where to run it."""
         resources, scopes, items_of = _SHAPES[type(payload)]
         redact_item = getattr(self, _ITEM_REDACTORS[type(payload)])
         chunks: list[bytes] = []
@@ -163,11 +172,19 @@ class Redactor:
                 if scope.attributes:
                     add((scope,), _SERIALIZE_SCOPE, self._attributes_of)
                 add(getattr(scope_items, items_of), serialize_item, redact_item)
+        return Serialized(chunks, segments, sum(map(len, chunks)))
+
+    def redact_serialized(self, serialized: Serialized) -> Redacted:
+        """Search the chunks of :meth:`serialize` at once, and walk only those the
+        prefilter names (the request must not have changed in between)."""
         assert self.prefilter is not None
+        done = Redacted()
+        segments = serialized.segments
         starts = [segment.start for segment in segments]
-        for index in self.prefilter.items(chunks):
+        for index in self.prefilter.items(serialized.chunks):
             segment = segments[bisect_right(starts, index) - 1]
             segment.redact(segment.items[index - segment.start], done)
+        return done
 
     def _attributes_of(self, holder: Resource | InstrumentationScope, done: Redacted) -> None:
         self._attributes(holder.attributes, done)

@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from otelkit.collector.pdata.redact import RedactionRules, Redactor
+from otelkit.collector.pdata.redact import Redacted, RedactionRules, Redactor
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 from otelkit.collector.runtime.component import (
     ComponentConfig,
@@ -141,8 +141,7 @@ class RedactionProcessor(Processor):
 
     async def consume(self, payload: Payload) -> None:
         try:
-            small = _small(payload)
-            done = await self._worker.submit(self._redactor.redact, payload, small=small)
+            done = await self._redact(payload)
         except RetryableError:
             self._telemetry.processor_refused(self._name, signal_of(payload), count_items(payload))
             raise
@@ -152,12 +151,22 @@ class RedactionProcessor(Processor):
             self._removed.inc(done.removed)
         await self._next.consume(payload)
 
+    async def _redact(self, payload: Payload) -> Redacted:
+        """On the worker thread, or here if the batch is small (see the module). With the
+        prefilter on, a small batch's items are serialised here to learn its size (the
+        prefilter needs them serialised anyway): measuring it apart cost as much again."""
+        redactor, submit = self._redactor, self._worker.submit
+        if count_items(payload) > SMALL_BATCH_ITEMS:
+            return await submit(redactor.redact, payload)
+        if redactor.prefilter is None:
+            small = payload.ByteSize() <= SMALL_BATCH_BYTES
+            return await submit(redactor.redact, payload, small=small)
+        serialized = redactor.serialize(payload)
+        small = serialized.size <= SMALL_BATCH_BYTES
+        return await submit(redactor.redact_serialized, serialized, small=small)
+
     async def shutdown(self) -> None:
         self._worker.close()
-
-
-def _small(payload: Payload) -> bool:
-    return count_items(payload) <= SMALL_BATCH_ITEMS and payload.ByteSize() <= SMALL_BATCH_BYTES
 
 
 def _create(

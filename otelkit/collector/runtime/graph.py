@@ -35,34 +35,50 @@ T = TypeVar("T", bound=Component)
 
 
 class Fanout:
-    """Hands one batch to several consumers, each getting its own copy when needed: the
-    last consumer and those that do not change it (``mutates_data = False``) share it.
+    """Hands one batch to several consumers, each getting its own copy when needed.
 
-    Every consumer is tried; the first error is raised after all have been offered the
-    batch, so one refusing exporter does not starve the others.
+    Consumers that do not change the batch (``mutates_data = False``) share it. One other
+    consumer takes the batch itself: the only one that may change it, offered the batch
+    after the readers (which keep nothing of it once they return, so they saw it as it
+    came), else the last. Only the rest get copies: a logs pipeline feeding the log store
+    and a reader (Sentry without a DSN) copies nothing.
+
+    Every consumer is tried; the first error in the consumers' order is raised after all
+    have been offered the batch, so one refusing exporter does not starve the others.
     """
 
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self._consumers = list(consumers)
 
+    def _taker(self) -> int:
+        """The index of the consumer that gets the batch itself (see the class)."""
+        changing = [
+            index
+            for index, consumer in enumerate(self._consumers)
+            if getattr(consumer, "mutates_data", True)
+        ]
+        return changing[0] if len(changing) == 1 else len(self._consumers) - 1
+
     @property
     def hands_on_unchanged(self) -> Consumer:
-        """The consumer that gets the batch itself (the others share it only if they do
-        not change it): see :mod:`otelkit.budgets.tracebuffer`."""
-        return self._consumers[-1]
+        """The consumer that gets the batch itself, unchanged by those before it (the
+        others share it only if they do not change it): see
+        :mod:`otelkit.budgets.tracebuffer`."""
+        return self._consumers[self._taker()]
 
     async def consume(self, payload: Payload) -> None:
-        first_error: ComponentError | None = None
-        last = len(self._consumers) - 1
-        for index, consumer in enumerate(self._consumers):
-            shared = index == last or not getattr(consumer, "mutates_data", True)
-            batch = payload if shared else _copy(payload)
+        consumers = self._consumers
+        taker = self._taker()
+        errors: dict[int, ComponentError] = {}
+        for index in (*range(taker), *range(taker + 1, len(consumers)), taker):
+            consumer = consumers[index]
+            shared = index == taker or not getattr(consumer, "mutates_data", True)
             try:
-                await consumer.consume(batch)
+                await consumer.consume(payload if shared else _copy(payload))
             except ComponentError as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
+                errors[index] = exc
+        if errors:
+            raise errors[min(errors)]
 
 
 def _copy(payload: Payload) -> Payload:

@@ -75,6 +75,37 @@ def test_no_planted_secret_survives_in_any_signal(make: Any) -> None:
         assert all(text in after for text in SAFE)
 
 
+@pytest.mark.parametrize(
+    "make", [planted_traces, planted_logs, planted_metrics], ids=["traces", "logs", "metrics"]
+)
+@pytest.mark.parametrize("size", ["small", "large values", "many items"])
+def test_secrets_are_masked_on_the_event_loop_and_on_the_thread_alike(
+    make: Any, size: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small batches are redacted on the event loop, others on the processor's thread;
+    each with or without the prefilter (``allowed_keys`` turns it off)."""
+    from otelkit.collector.processors import redaction
+    from otelkit.collector.runtime.worker import WorkerThread
+
+    inline: list[bool] = []
+    submit = WorkerThread.submit
+
+    async def noted(self: WorkerThread, work: Any, *args: Any, small: bool = False) -> Any:
+        inline.append(small and not self._queued)
+        return await submit(self, work, *args, small=small)
+
+    monkeypatch.setattr(WorkerThread, "submit", noted)
+    if size == "many items":
+        monkeypatch.setattr(redaction, "SMALL_BATCH_ITEMS", 0)
+    if size == "large values":
+        monkeypatch.setattr(redaction, "SMALL_BATCH_BYTES", 100)
+    keys = sorted(k.key for k in attributes(PLANTED))
+    for config in ({}, {"allowed_keys": [*keys, "service.name", "event", "password"]}):
+        after = text_of(redacted(make(), **config))
+        assert not leaked(after) and MASK in after
+    assert inline == [size == "small"] * 2
+
+
 def test_authorization_values_of_every_scheme_are_masked_whole_by_key() -> None:
     """A raw token has no shape: only the key rule catches it (header or attribute)."""
     out = redacted(planted_traces())

@@ -157,3 +157,48 @@ def test_a_fan_out_copies_the_batch_only_for_consumers_that_may_change_it() -> N
     asyncio.run(Fanout([first, reader, last]).consume(batch))  # type: ignore[list-item]
     assert first.got[0] is not batch and first.got[0] == batch
     assert reader.got[0] is batch and last.got[0] is batch
+
+
+def test_a_lone_consumer_that_may_change_the_batch_takes_it_after_the_readers() -> None:
+    """The log store beside Sentry without a DSN: no copy, and the readers see the batch
+    as it came although the store comes first in the pipeline."""
+    from otelkit.collector.runtime.errors import PermanentError, RetryableError
+    from otelkit.collector.runtime.graph import Fanout
+
+    seen: list[tuple[str, str]] = []
+
+    class Change:
+        mutates_data = True
+
+        def __init__(self) -> None:
+            self.got: list[object] = []
+
+        async def consume(self, payload: ExportTraceServiceRequest) -> None:
+            self.got.append(payload)
+            span = payload.resource_spans[0].scope_spans[0].spans[0]
+            seen.append(("change", span.name))
+            span.name = "changed"
+            raise RetryableError("store down")
+
+    class Read:
+        mutates_data = False
+
+        def __init__(self, error: Exception | None = None) -> None:
+            self.got: list[object] = []
+            self.error = error
+
+        async def consume(self, payload: ExportTraceServiceRequest) -> None:
+            self.got.append(payload)
+            seen.append(("read", payload.resource_spans[0].scope_spans[0].spans[0].name))
+            if self.error is not None:
+                raise self.error
+
+    batch = ExportTraceServiceRequest()
+    batch.resource_spans.add().scope_spans.add().spans.add(name="s")
+    changer, reader, refusing = Change(), Read(), Read(PermanentError("bad"))
+    fanout = Fanout([changer, reader, refusing])  # type: ignore[list-item]
+    assert fanout.hands_on_unchanged is changer
+    with pytest.raises(RetryableError):  # the first consumer's error, as before
+        asyncio.run(fanout.consume(batch))  # type: ignore[arg-type]
+    assert seen == [("read", "s"), ("read", "s"), ("change", "s")]
+    assert changer.got[0] is batch and reader.got[0] is batch and refusing.got[0] is batch

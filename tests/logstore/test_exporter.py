@@ -354,21 +354,6 @@ async def test_records_released_on_a_timer_share_commits(tmp_path: Path) -> None
     assert exporter.telemetry.total("otelcol_exporter_sent_log_records_total") == 300
 
 
-async def test_released_records_waiting_for_the_writer_count_as_held(tmp_path: Path) -> None:
-    # The memory limiter sees them (held_bytes), and stops seeing them once written.
-    async with held_exporter(tmp_path) as (exporter, disk):
-        assert exporter.held_bytes() == 0
-        for n in range(3):
-            await exporter.consume(request([Rec(f"r{n}.{i}" * 20) for i in range(50)]))
-        assert exporter.held_bytes() > 150 * 40
-        disk.release.set()
-        for _ in range(200):
-            if exporter.held_bytes() == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert exporter.held_bytes() == 0
-
-
 async def test_released_records_wait_when_too_many_are_unwritten(tmp_path: Path) -> None:
     async with held_exporter(tmp_path, max_batch_records=100) as (exporter, disk):
         await exporter.consume(request([Rec(f"a{i}") for i in range(60)]))

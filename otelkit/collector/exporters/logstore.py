@@ -40,7 +40,6 @@ from otelkit.collector.runtime.errors import InvalidDataError, PermanentError, R
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Destination, Listener
-from otelkit.collector.runtime.memory import parsed_bytes
 from otelkit.collector.runtime.origin import sender_waits
 from otelkit.collector.runtime.scrub import redact_url
 from otelkit.collector.runtime.tls import TLSServerSettings
@@ -144,7 +143,6 @@ class LogStoreExporter(QueuedExporter):
         self.store: LogStore = open_store(config.url, synchronous=config.synchronous)
         self._commit = config.durability == "commit"
         self._unwritten = 0  # acknowledged records handed to the writer, not written yet
-        self._unwritten_sample: ExportLogsServiceRequest | None = None  # to size them by
         self._writing: set[asyncio.Future[int]] = set()
         self._isolating: set[asyncio.Task[None]] = set()
         self._api: HttpServer | None = None
@@ -257,11 +255,6 @@ class LogStoreExporter(QueuedExporter):
             raise RetryableError(f"exporter {self.name}: {exc}", retry_after=1.0) from exc
         self.telemetry.exporter_sent(self.name, signal, items)
 
-    def held_bytes(self) -> int:
-        """The helper's, and the acknowledged records waiting for the writer: the memory
-        limiter counts them too."""
-        return super().held_bytes() + parsed_bytes(self._unwritten, self._unwritten_sample)
-
     async def _write_acknowledged(self, payload: ExportLogsServiceRequest) -> None:
         """Records whose senders were answered long ago (made by a connector from traces
         a whole-trace processor released on its timer): nobody waits for their commit, so
@@ -271,7 +264,6 @@ class LogStoreExporter(QueuedExporter):
         waits (up to ``timeout``), so a slow database slows the release down instead of
         filling memory."""
         items = count_items(payload)
-        self._unwritten_sample = payload
         written = asyncio.wrap_future(self.store.submit(payload))
         written.add_done_callback(functools.partial(self._acknowledged_written, payload, items))
         self._writing.add(written)

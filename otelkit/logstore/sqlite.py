@@ -17,9 +17,6 @@
   whole index per commit once the store is large. FTS5 appends segments and merges them
   in the background (a log-structured index), so its cost stays flat as the store grows.
 * ``auto_vacuum=INCREMENTAL`` lets pruning hand free pages back to the file system.
-* New stores use 16 KiB pages rather than SQLite's 4 KiB: each transaction then walks,
-  rewrites and logs fewer, fuller pages of the table and its time indexes, for about a
-  tenth less CPU per record written. A store made with another page size keeps it.
 * sqlite3 binds ``None``, ``bytes`` and ``bool`` (a record's empty columns, its trace and
   span IDs, ``body_json``) only after looking for an adapter for their type, a search
   whose last step raises and formats an ``AttributeError`` before the value is bound as
@@ -85,8 +82,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 LATEST = MIGRATIONS[-1][0]
 PRUNE_CHUNK = 5_000
-PAGE_SIZE = 16_384  # of new stores
-WAL_CHECKPOINT_BYTES = 40 * 2**20
+WAL_CHECKPOINT_PAGES = 10_000  # 40 MiB with 4 KiB pages
 
 # Rows go in as multi-row INSERTs: sqlite3's executemany releases and re-takes the GIL
 # around every row, and under a busy event loop each re-take can wait a switch interval.
@@ -188,8 +184,7 @@ class SqliteBackend(Backend):
             raise
         # Checkpoint in larger steps: index pages that change in every transaction are
         # then copied back to the database once per checkpoint, with one pair of fsyncs.
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         self._writer = conn
 
     def _connect_reader(self) -> sqlite3.Connection:
@@ -209,8 +204,6 @@ class SqliteBackend(Backend):
     # Schema ----------------------------------------------------------------------------
     def _migrate(self, conn: sqlite3.Connection) -> None:
         if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-            # Both take effect only before the first table exists (and before WAL mode).
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"{self.path}: cannot switch to WAL mode")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from otelkit.logstore import sqlite as sqlite_backend
 from otelkit.logstore.query import QueryError, build_query
 from otelkit.logstore.sqlite import SqliteBackend
 from otelkit.logstore.store import LogStore, StoreError, open_store
@@ -305,41 +304,6 @@ def test_sqlite_columns_hold_nulls_blobs_and_integers(sqlite_url: str) -> None:
         (trace, "blob", 1, "integer", "null", "null", "null"),
         (None, "null", 0, "integer", "null", "null", "null"),
     ]
-
-
-def test_new_sqlite_stores_have_16_kib_pages_and_older_stores_keep_theirs(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = sqlite_url.removeprefix("sqlite:///")
-    new = open_store(sqlite_url)
-    new.start_writer()
-    new.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == 16_384
-    Path(path).unlink()
-    # A store made before new stores had larger pages.
-    monkeypatch.setattr(sqlite_backend, "PAGE_SIZE", 4096)
-    older = open_store(sqlite_url)
-    older.start_writer()
-    write(older, Rec("written by an older otelkit", trace_id=random_trace_id()))
-    older.close()
-    monkeypatch.undo()
-    reopened = open_store(sqlite_url)
-    reopened.start_writer()
-    trace = random_trace_id()
-    write(reopened, Rec("written after the upgrade", trace_id=trace))
-    assert bodies(reopened, order="oldest") == [
-        "written by an older otelkit",
-        "written after the upgrade",
-    ]
-    assert bodies(reopened, trace_id=trace.hex()) == ["written after the upgrade"]
-    assert bodies(reopened, grep="upgrade") == ["written after the upgrade"]
-    backend = reopened.backend
-    assert isinstance(backend, SqliteBackend)
-    assert backend.integrity_check() == []
-    reopened.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
 def test_a_newer_schema_is_refused(sqlite_url: str) -> None:

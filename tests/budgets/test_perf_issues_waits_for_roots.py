@@ -28,10 +28,14 @@ WAIT = 0.1
 
 
 def processor(
-    max_wait: float = 30.0, next_consumer: Consumer | None = None
+    max_wait: float = 30.0,
+    next_consumer: Consumer | None = None,
+    telemetry: SelfTelemetry | None = None,
 ) -> tuple[PerfIssuesProcessor, Sink]:
     sink = Sink()
-    settings = CreateSettings(ComponentID("perf_issues"), Kind.PROCESSOR, SelfTelemetry())
+    settings = CreateSettings(
+        ComponentID("perf_issues"), Kind.PROCESSOR, telemetry or SelfTelemetry()
+    )
     config = PerfIssuesConfig(wait=f"{WAIT}s", max_wait=f"{max_wait}s")
     return PerfIssuesProcessor(settings, config, next_consumer or sink), sink
 
@@ -139,7 +143,8 @@ def test_a_request_that_came_from_another_service_is_judged_at_wait() -> None:
 
 
 def test_a_trace_whose_root_never_arrives_is_judged_at_max_wait() -> None:
-    proc, sink = processor(max_wait=0.6)
+    telemetry = SelfTelemetry()
+    proc, sink = processor(max_wait=0.6, telemetry=telemetry)
 
     async def run() -> None:
         parts = sequential_calls(trace=1)
@@ -154,7 +159,8 @@ def test_a_trace_whose_root_never_arrives_is_judged_at_max_wait() -> None:
 
     asyncio.run(run())
     assert len(delivered(sink)) == 6
-    assert proc.buffer.waited_out == 1
+    waited_out = "otelkit_perf_issues_traces_waited_out_total"
+    assert telemetry.total(waited_out, processor="perf_issues") == 1
     assert proc.held_bytes() == 0
 
 

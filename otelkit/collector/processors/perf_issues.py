@@ -71,6 +71,14 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
             name for name, detector in config.detectors if getattr(detector, "enabled", False)
         ]
         self._services_seen: set[str] = set()
+        # Traces judged at max_wait without their root: a max_wait too short for the
+        # apps' export delays, or roots that never reach this collector.
+        self._waited_out = settings.telemetry.counter(
+            "otelkit_perf_issues_traces_waited_out",
+            "Traces judged at max_wait, still waiting for a parent in their own process",
+            ("processor",),
+        ).labels(str(settings.id))
+        self._waited_out_counted = 0
         # What could_find reads of each held trace's client spans, summed per trace.
         self._tallies = TraceTallies(config.detectors)
 
@@ -92,6 +100,10 @@ class PerfIssuesProcessor(BufferedTraceProcessor):
     def judge(self, traces: list[HeldTrace]) -> None:
         reader = self.reader or SpanReader()
         self._count_from_zero(traces)
+        waited_out = self.buffer.waited_out - self._waited_out_counted
+        if waited_out:
+            self._waited_out.inc(waited_out)
+            self._waited_out_counted += waited_out
         for trace in traces:
             if not self._tallies.might_find(trace.trace_id):
                 continue

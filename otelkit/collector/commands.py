@@ -56,6 +56,7 @@ def register(subparsers: Any) -> None:
     # Internal: how the supervisor of --workers N starts each worker process.
     run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     run.add_argument("--runtime-dir", help=argparse.SUPPRESS)
+    run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
     validate = actions.add_parser("validate", help="check a configuration without running it")
     validate.add_argument("--config", help=CONFIG_HELP)
@@ -188,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     _steady_heap()
     if in_worker:
         role = WorkerRole(args.worker_index, workers)
-        return _serve(lambda: run_worker(config, role, Path(args.runtime_dir)), log)
+        runtime_dir = Path(args.runtime_dir)
+        return _serve(lambda: run_worker(config, role, runtime_dir, args.supervisor_pid), log)
     warn_exposed(config, log)
     if workers > 1:
         supervisor = Supervisor(config, args.config, workers)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -9,8 +13,10 @@ from otelkit.collector.exporters.prometheus.merge import merge_snapshots
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
 from otelkit.collector.exporters.prometheus.translation import Family, HistogramPoint, NumberPoint
 from otelkit.collector.pdata.signals import count_items
+from otelkit.collector.runtime.component import WorkerRole
 from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime.registry import Registry
+from otelkit.collector.runtime.workers.process import run_worker
 from otelkit.collector.runtime.workers.routing import (
     decode_payload,
     encode_payload,
@@ -149,3 +155,17 @@ def test_bytes_that_cannot_be_cut_are_refused_for_the_parser_to_judge() -> None:
     data = traces([[3]]).SerializeToString()
     with pytest.raises(ValueError):
         split_encoded_traces(data[:-5], 2)
+
+
+def test_a_worker_whose_supervisor_died_while_it_started_does_not_start(tmp_path: Path) -> None:
+    """The kernel signals a worker when its parent dies only from the moment the worker
+    asks: a supervisor killed before that would leave the worker running for good."""
+    text = "receivers: {otlp: {protocols: {grpc: {endpoint: '127.0.0.1:0'}}}}\n" + (
+        "exporters: {nop: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [nop]}}}\n"
+    )
+    config = parse_config(text, Registry.discover(), {})
+    runtime_dir = tmp_path / "otelkit-workers"
+    runtime_dir.mkdir()
+    gone = os.getppid() + 1_000_000  # not this process's parent: the supervisor is gone
+    asyncio.run(asyncio.wait_for(run_worker(config, WorkerRole(0, 2), runtime_dir, gone), 10))
+    assert not runtime_dir.exists()  # returned at once, tidying up as the last worker out

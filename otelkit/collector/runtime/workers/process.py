@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import pickle
 import signal
@@ -45,6 +46,8 @@ from otelkit.collector.runtime.workers.routing import (
 SINGLE_WRITER_WORKER = 0
 _NOT_READY_RETRY_AFTER = 1.0
 _START_WAIT_SECONDS = 30.0
+
+log = logging.getLogger("otelkit.collector")
 
 
 @runtime_checkable
@@ -156,10 +159,23 @@ class WorkerEndpoint:
         ).encode()
 
 
-async def run_worker(config: CollectorConfig, role: WorkerRole, runtime_dir: Path) -> None:
-    """Serve the channel and run the service until SIGTERM/SIGINT (or the supervisor dies)."""
+async def run_worker(
+    config: CollectorConfig, role: WorkerRole, runtime_dir: Path, supervisor: int | None = None
+) -> None:
+    """Serve the channel and run the service until SIGTERM/SIGINT (or the supervisor dies).
+
+    ``supervisor``: the supervisor's PID. The kernel signals a worker when its parent dies
+    only from the moment the worker asks, so a supervisor killed while the worker was
+    still starting would leave it running; comparing the parent with the supervisor after
+    asking tells."""
     _exit_with_parent()
-    supervisor = os.getppid()
+    if supervisor is None:
+        supervisor = os.getppid()
+    if os.getppid() != supervisor:
+        log.warning("worker %d: the supervisor is gone; not starting", role.index)
+        with contextlib.suppress(OSError):
+            runtime_dir.rmdir()
+        return
     placement = WorkerPlacement(role, runtime_dir)
     service = Service(config, placement=placement)
     server = ChannelServer(socket_path(runtime_dir, role.index), WorkerEndpoint(service).handle)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import pickle
 import shutil
 import signal
@@ -110,6 +111,7 @@ class Supervisor:
             "--workers", str(len(self.workers)),
             "--worker-index", str(worker.index),
             "--runtime-dir", str(self.runtime_dir),
+            "--supervisor-pid", str(os.getpid()),
         ]  # fmt: skip
         worker.process = subprocess.Popen(command)
         worker.started_at = time.monotonic()

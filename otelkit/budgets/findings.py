@@ -37,10 +37,15 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_WARN
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
-from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag, varint
-from otelkit.collector.pdata.wire import read_varint
+from otelkit.collector.pdata._otlpjson_checked import varint
+from otelkit.collector.pdata.wire import (
+    DELIMITED_TAGS,
+    delimited_field,
+    logs_under_resources,
+    read_varint,
+)
 
 EVENT_NAME = "otelkit.finding"
 SCOPE_NAME = "otelkit.findings"
@@ -53,26 +58,22 @@ FINDING_KIND = "otelkit.finding.kind"
 KIND_BUDGET_BREACH = "budget_breach"
 KIND_PERF_ISSUE = "perf_issue"
 
-_TAGS = [field_tag(number, 2) for number in range(13)]  # length-delimited fields 0..12
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (tag, length, bytes)."""
-    return delimited(_TAGS[number], payload)
-
-
-_SCOPE = _field(1, _field(1, SCOPE_NAME.encode()))  # ScopeLogs.scope
-_WARN = b"\x10" + varint(SEVERITY_NUMBER_WARN) + _field(3, b"WARN")  # severity number, text
+_SCOPE = delimited_field(1, delimited_field(1, SCOPE_NAME.encode()))  # ScopeLogs.scope
+_WARN = (
+    b"\x10" + varint(SEVERITY_NUMBER_WARN) + delimited_field(3, b"WARN")
+)  # severity number, text
 _EVENT_ATTRIBUTES = 0x1A  # Span.Event.attributes: field 3, length-delimited
-_ATTRIBUTES_TAG = _TAGS[6]  # LogRecord.attributes
-_TITLE_KEY = _field(1, b"otelkit.finding.title")  # KeyValue.key
-_SPAN_NAME_KEY = _field(1, b"span.name")
-_EVENT_NAME_ATTRIBUTE = _field(
+_ATTRIBUTES_TAG = DELIMITED_TAGS[6]  # LogRecord.attributes
+_TITLE_KEY = delimited_field(1, b"otelkit.finding.title")  # KeyValue.key
+_SPAN_NAME_KEY = delimited_field(1, b"span.name")
+_EVENT_NAME_ATTRIBUTE = delimited_field(
     6, KeyValue(key="event.name", value=AnyValue(string_value=EVENT_NAME)).SerializeToString()
 )
-_EVENT_NAME_FIELD = _field(12, EVENT_NAME.encode())  # LogRecord.event_name
+_EVENT_NAME_FIELD = delimited_field(12, EVENT_NAME.encode())  # LogRecord.event_name
 
 
 @dataclass
@@ -146,27 +147,20 @@ def findings_to_logs(request: ExportTraceServiceRequest) -> ExportLogsServiceReq
     Each record is written as wire bytes, the event's attributes copied as they are
     serialised, and the whole logs request parsed once: building the records field by
     field (and copying them into the request) cost several times more."""
-    resource_logs = []
-    for rs in request.resource_spans:
-        records = [
-            _field(2, record)
-            for ss in rs.scope_spans
-            for span in ss.spans
-            if span.events
-            for record in _records(span)
-        ]
-        if records:
-            scope_logs = _SCOPE + b"".join(records)
-            resource_logs.append(
-                _field(
-                    1,
-                    _field(1, rs.resource.SerializeToString())
-                    + _field(2, scope_logs)
-                    + (_field(3, rs.schema_url.encode()) if rs.schema_url else b""),
-                )
-            )
-    logs: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(b"".join(resource_logs))
-    return logs
+    return logs_under_resources(
+        _SCOPE, ((rs, _finding_records(rs)) for rs in request.resource_spans)
+    )
+
+
+def _finding_records(rs: ResourceSpans) -> list[bytes]:
+    """The log record fields (tag and length included) of one ResourceSpans' findings."""
+    return [
+        delimited_field(2, record)
+        for ss in rs.scope_spans
+        for span in ss.spans
+        if span.events
+        for record in _records(span)
+    ]
 
 
 def _records(span: Span) -> list[bytes]:
@@ -181,7 +175,7 @@ def _records(span: Span) -> list[bytes]:
         attributes, title = _event_attributes(event.SerializeToString())
         when = event.time_unix_nano
         times = b"\x09" + _FIXED64(when) + b"\x59" + _FIXED64(when) if when else b""
-        body = b"" if title is None else _field(5, _field(1, title))
+        body = b"" if title is None else delimited_field(5, delimited_field(1, title))
         made.append(times + _WARN + body + attributes + tail)
     return made
 
@@ -190,16 +184,16 @@ def _span_tail(span: Span) -> bytes:
     """The fields a finding's record takes from its span, after the event's attributes:
     the ``event.name`` and ``span.name`` attributes, flags, trace and span IDs and the
     record's ``event_name``."""
-    name = _field(2, _field(1, span.name.encode()))
+    name = delimited_field(2, delimited_field(1, span.name.encode()))
     flags = span.flags & 0xFF
     trace_id, span_id = span.trace_id, span.span_id
     return b"".join(
         (
             _EVENT_NAME_ATTRIBUTE,
-            _field(6, _SPAN_NAME_KEY + name),
+            delimited_field(6, _SPAN_NAME_KEY + name),
             b"\x45" + _FIXED32(flags) if flags else b"",
-            _field(9, trace_id) if trace_id else b"",
-            _field(10, span_id) if span_id else b"",
+            delimited_field(9, trace_id) if trace_id else b"",
+            delimited_field(10, span_id) if span_id else b"",
             _EVENT_NAME_FIELD,
         )
     )

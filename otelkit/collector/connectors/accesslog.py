@@ -50,9 +50,16 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import Field
 
 from otelkit.collector.pdata import semconv
-from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag, varint
+from otelkit.collector.pdata._otlpjson_checked import varint
 from otelkit.collector.pdata.signals import Payload, Signal
-from otelkit.collector.pdata.wire import key_pattern, raw_value_at, value_text
+from otelkit.collector.pdata.wire import (
+    DELIMITED_TAGS,
+    delimited_field,
+    key_pattern,
+    logs_under_resources,
+    raw_value_at,
+    value_text,
+)
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Connector,
@@ -82,21 +89,16 @@ _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
 
 
-_LENGTH_DELIMITED = 2
-_TAGS = [field_tag(number, _LENGTH_DELIMITED) for number in range(11)]
 _INT_VALUE = 0x18  # AnyValue.int_value: field 3, varint
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (tag, length, bytes)."""
-    return delimited(_TAGS[number], payload)
-
-
-_SCOPE = _field(1, _field(1, SCOPE_NAME.encode()))  # ScopeLogs.scope: otelkit.access
+_SCOPE = delimited_field(
+    1, delimited_field(1, SCOPE_NAME.encode())
+)  # ScopeLogs.scope: otelkit.access
 
 # A record's severity_number and severity_text fields, by severity text.
 _SEVERITIES = {
-    name: b"\x10" + varint(number) + _field(3, name.encode())
+    name: b"\x10" + varint(number) + delimited_field(3, name.encode())
     for number, name in (
         (SEVERITY_NUMBER_ERROR, "ERROR"),
         (SEVERITY_NUMBER_WARN, "WARN"),
@@ -142,28 +144,21 @@ class AccessRecords:
         """One record per server span, under the span's resource."""
         observed = b"\x59" + _FIXED64(time.time_ns())
         record = self.record
-        resource_logs = []
+        resource_records = []
         for rs in request.resource_spans:
             records: list[bytes] = []  # each record's tag, length and fields, joined once
             for ss in rs.scope_spans:
                 for span in [span for span in ss.spans if span.kind == _SERVER]:
                     made = record(span)
                     if made is not None:
-                        records += (_TAGS[2], varint(len(made) + 9), made, observed)
-            if records:
-                scope_logs = _SCOPE + b"".join(records)
-                resource_logs.append(
-                    _field(
-                        1,
-                        _field(1, rs.resource.SerializeToString())
-                        + _field(2, scope_logs)
-                        + (_field(3, rs.schema_url.encode()) if rs.schema_url else b""),
-                    )
-                )
-        logs: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(
-            b"".join(resource_logs)
-        )
-        return logs
+                        records += (
+                            DELIMITED_TAGS[2],
+                            varint(len(made) + 9),
+                            made,
+                            observed,
+                        )
+            resource_records.append((rs, records))
+        return logs_under_resources(_SCOPE, resource_records)
 
     def record(self, span: Span) -> bytes | None:
         """The ``LogRecord`` bytes of a server span's access record, or None when it has
@@ -221,7 +216,7 @@ class AccessRecords:
         """``enduser.*``, ``user.*`` (and ``client.address`` when configured): rare, so
         looked for in the bytes first and read from the message only when there."""
         return [
-            _field(6, kv.SerializeToString())
+            delimited_field(6, kv.SerializeToString())
             for kv in span.attributes
             if kv.key.startswith(_PERSONAL_PREFIXES)
             or (self._client_address and kv.key == _CLIENT_ADDRESS)
@@ -230,14 +225,14 @@ class AccessRecords:
 
 def _tagvarint(number: int, payload: bytes) -> bytes:
     """The tag and length that open a length-delimited field."""
-    return _TAGS[number] + varint(len(payload))
+    return DELIMITED_TAGS[number] + varint(len(payload))
 
 
 def _string_field(number: int, text: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """An ``AnyValue`` string field: tag, length, string_value tag and length, text."""
     size = len(text)
     inner = varint(size)
-    return _TAGS[number], varint(1 + len(inner) + size), b"\x0a" + inner, text
+    return DELIMITED_TAGS[number], varint(1 + len(inner) + size), b"\x0a" + inner, text
 
 
 def _attribute_parts(pattern: bytes, value: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:

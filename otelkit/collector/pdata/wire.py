@@ -14,9 +14,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
+from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag
 from otelkit.collector.pdata.values import any_value_text, format_float
 
 _ATTRIBUTE_TAG = 0x4A  # Span.attributes: field 9, length-delimited
@@ -235,3 +237,33 @@ def shadow_classes(package: str, messages: dict[str, Sequence[ShadowField]]) -> 
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
         for name in messages
     }
+
+
+# The tags of length-delimited fields 0..15 (one byte each).
+DELIMITED_TAGS = [field_tag(number, 2) for number in range(16)]
+
+
+def delimited_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (tag, length, bytes) of number 0..15."""
+    return delimited(DELIMITED_TAGS[number], payload)
+
+
+def logs_under_resources(
+    scope: bytes, records: Iterable[tuple[ResourceSpans, list[bytes]]]
+) -> ExportLogsServiceRequest:
+    """Log records made from spans, under the spans' resources: per ResourceSpans with
+    records, one ResourceLogs of its resource and schema URL and one ScopeLogs of
+    ``scope`` (its serialised scope field) and the records (their fields' bytes, in
+    pieces), written as bytes and parsed once."""
+    resource_logs: list[bytes] = []
+    for rs, pieces in records:
+        if not pieces:
+            continue
+        fields = delimited_field(1, rs.resource.SerializeToString()) + delimited_field(
+            2, scope + b"".join(pieces)
+        )
+        if rs.schema_url:
+            fields += delimited_field(3, rs.schema_url.encode())
+        resource_logs.append(delimited_field(1, fields))
+    logs: ExportLogsServiceRequest = ExportLogsServiceRequest.FromString(b"".join(resource_logs))
+    return logs

@@ -696,7 +696,7 @@ class TraceBuffer:
                 or trace.first_seen > now - self.wait  # due early: bounded memory
                 or len(self._waiting) >= self.max_traces
                 or not trace.runs
-                or not all(isinstance(run[0], PackedScope) for run in trace.runs)
+                or not _all_packed(trace.runs)
                 or not _unfinished(_families(trace.runs, families))
             ):
                 judge_now.append(trace)
@@ -720,7 +720,7 @@ class TraceBuffer:
             rooted = waiting.flags & ROOT_SPAN
             timed_out = waiting.first_seen <= now - self.max_wait
             # Spans of it in a batch held as a message cannot be taken out: judged now.
-            unpacked = not all(isinstance(run[0], PackedScope) for run in waiting.runs)
+            unpacked = not _all_packed(waiting.runs)
             if not (flush or rooted or timed_out or unpacked):
                 continue
             del self._waiting[trace_id]
@@ -832,6 +832,11 @@ _FAMILIES = shadow_classes(
         "Families": [("spans", 2, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, "Family")],
     },
 )["Families"]
+
+
+def _all_packed(runs: Sequence[Run]) -> bool:
+    """Whether every run is in a packed scope: only those can be taken out to wait."""
+    return all(isinstance(run[0], PackedScope) for run in runs)
 
 
 def _families(runs: Sequence[Run], read: dict[PackedScope, Sequence[Family]]) -> list[Family]:

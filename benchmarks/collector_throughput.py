@@ -1029,13 +1029,21 @@ def default_env(workdir: Path) -> tuple[dict[str, str], int, int]:
     return env, grpc_port, http_port
 
 
-def start_default(name: str, workdir: Path, env: dict[str, str], tree: str, core: int) -> Target:
-    """collector/otelkit.yaml from checkout ``tree``, pinned to CPU ``core``."""
+def start_default(
+    name: str,
+    workdir: Path,
+    env: dict[str, str],
+    tree: str,
+    core: int,
+    config: str = "collector/otelkit.yaml",
+) -> Target:
+    """collector/otelkit.yaml (or ``config``) from checkout ``tree``, pinned to CPU
+    ``core``."""
     directory = workdir / name.replace("/", "_")
     moved, grpc_port, http_port = default_env(directory)
     log = directory / "collector.log"
     command = [sys.executable, "-m", "otelkit.cli", "collector", "run"]
-    command += ["--config", "collector/otelkit.yaml"]
+    command += ["--config", config]
     full_env = {**os.environ, **env, **moved, "PYTHONPATH": tree}
     full_env.pop("SENTRY_DSN", None)
     with open(log, "wb") as out:

@@ -1,7 +1,7 @@
 """The default configuration's trace path in process: CPU per span, and proof of same output.
 
     python benchmarks/trace_path.py [--rounds 16] [--runs 6] [--baseline-tree DIR]
-        [--entry remote]
+        [--entry remote] [--budget]
 
 Feeds the app traffic of ``benchmarks/collector_throughput.py`` (16 requests of 512
 interleaved spans, new trace IDs each round) through what ``collector/otelkit.yaml``
@@ -13,7 +13,10 @@ spans/s), and both release every five requests. Requests are parsed before the c
 starts: the figure is process CPU per span of the trace path alone. ``--entry remote``
 gives every server span a parent in another process (a service behind a traced caller
 that sends its spans elsewhere): no trace's root arrives, so ``perf_issues`` reads each
-trace due to tell whether it is still running.
+trace due to tell whether it is still running. ``--budget`` first passes each request
+through the checkout's own ``budget`` processor (its ``collector/budgets.yaml``), before the
+clock starts: the trace path then carries the marks and findings it carries in the
+collector, and the figure still excludes the budget processor's own work.
 
 Each run is a fresh process (``--child``) with the collector's garbage-collector
 settings (startup frozen, young threshold 20,000). With ``--baseline-tree DIR`` runs
@@ -41,7 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_MARK = "CPU us/span"
 
 
-def child(tree: str, rounds: int, digest: bool, remote_entry: bool = False) -> None:
+def child(
+    tree: str, rounds: int, digest: bool, remote_entry: bool = False, budget: bool = False
+) -> None:
     """One run of the trace path from ``tree``'s modules; prints one line."""
     sys.path[:0] = [tree, os.path.join(tree, "benchmarks")]
     import collector_throughput as ct
@@ -114,6 +119,8 @@ def child(tree: str, rounds: int, digest: bool, remote_entry: bool = False) -> N
     requests = [ExportTraceServiceRequest.FromString(body) for body in bodies]
     if remote_entry:
         _called_from_elsewhere(requests)
+    if budget:
+        _marked(tree, requests, settings("budget"))
     spans = sum(len(ss.spans) for r in requests for rs in r.resource_spans for ss in rs.scope_spans)
 
     async def run() -> None:
@@ -156,13 +163,28 @@ def _called_from_elsewhere(requests: list[Any]) -> None:
                         span.flags = 0x300  # the parent is remote, and that is known
 
 
+def _marked(tree: str, requests: list[Any], settings: Any) -> None:
+    """Each request marked by ``tree``'s budget processor, on the benchmark's clock
+    (``--budget``)."""
+    from otelkit.collector.processors.budget import BudgetConfig, BudgetProcessor
+
+    config = BudgetConfig(budgets_file=os.path.join(tree, "collector", "budgets.yaml"))
+    processor = BudgetProcessor(settings, config, None)  # type: ignore[arg-type]
+    for i, request in enumerate(requests):
+        processor.observe(request, 1000.0 + 0.02 * i)
+
+
 def _digest(item: bytes) -> bytes:
     return hashlib.sha256(item).digest()
 
 
-def run_child(tree: str, rounds: int, digest: bool, entry: str = "local") -> list[str]:
+def run_child(
+    tree: str, rounds: int, digest: bool, entry: str = "local", budget: bool = False
+) -> list[str]:
     command = [sys.executable, os.path.abspath(__file__), "--child", tree, "--rounds", str(rounds)]
     command += ["--entry", entry]
+    if budget:
+        command.append("--budget")
     if digest:
         command.append("--digest")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -181,11 +203,16 @@ def main() -> None:
         default="local",
         help="remote: every server span's parent is in another process (no root arrives)",
     )
+    parser.add_argument(
+        "--budget",
+        action="store_true",
+        help="requests first marked by the checkout's budget processor (not timed)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--digest", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.rounds, args.digest, args.entry == "remote")
+        child(args.child, args.rounds, args.digest, args.entry == "remote", args.budget)
         return
     trees = [("this checkout", ROOT)]
     if args.baseline_tree:
@@ -193,12 +220,13 @@ def main() -> None:
     figures: dict[str, list[float]] = {name: [] for name, _ in trees}
     for _ in range(args.runs):
         for name, tree in trees:
-            figures[name].append(float(run_child(tree, args.rounds, False, args.entry)[2]))
+            words = run_child(tree, args.rounds, False, args.entry, args.budget)
+            figures[name].append(float(words[2]))
     best = {name: min(values) for name, values in figures.items()}
     print(f"trace path in process, {args.rounds} rounds of 8,192 spans, {args.runs} runs each")
     print(f"{'checkout':<28} {'best us/span':>12} {'mean':>8} {'vs this':>8}  output digests")
     for name, tree in trees:
-        words = run_child(tree, args.rounds, True, args.entry)
+        words = run_child(tree, args.rounds, True, args.entry, args.budget)
         digests = " ".join(words[5:])
         mean = sum(figures[name]) / len(figures[name])
         ratio = best[name] / best["this checkout"]

@@ -103,6 +103,30 @@ def test_a_span_exactly_at_its_ceiling_is_within_budget(
     assert violations == (1 if over else 0)
 
 
+def test_each_span_of_a_batch_is_judged_against_the_ceiling_on_its_own(tmp_path: Path) -> None:
+    """Spans under, at and over the ceiling in one request: only those over it are
+    marked exceeded and get a finding, each naming its own duration."""
+    processor, sink, telemetry = make(tmp_path)
+    offsets_ns = [-1, 0, 1, 500_000_000, 0, 2]
+    spans = [
+        S("POST /checkout", attrs={"http.route": "/checkout"}, ns=10**9 + o) for o in offsets_ns
+    ]
+    asyncio.run(processor.consume(request(spans)))
+    marked = all_spans(sink.got[0])  # type: ignore[arg-type]
+    exceeded = [attrs_of(span)["otelkit.budget.exceeded"] for span in marked]
+    assert exceeded == [offset > 0 for offset in offsets_ns]
+    titles = [str(f["otelkit.finding.title"]) for span in marked for f in event_attrs(span)]
+    assert titles == [
+        "Budget checkout: POST /checkout took 1000 ms (max 1000 ms)",
+        "Budget checkout: POST /checkout took 1500 ms (max 1000 ms)",
+        "Budget checkout: POST /checkout took 1000 ms (max 1000 ms)",
+    ]
+    violations = telemetry.value(
+        "otelkit_budget_violations_total", {"budget": "checkout", "type": "ceiling"}
+    )
+    assert violations == 3
+
+
 def test_window_percentile_breach_is_reported_once_per_window(tmp_path: Path) -> None:
     processor, _sink, telemetry = make(tmp_path)
     now = 1_000_000.0

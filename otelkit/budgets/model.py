@@ -62,6 +62,17 @@ def over_limit(duration_ns: int, limit_ns: int) -> bool:
     return duration_ns > limit_ns
 
 
+def ms_above(value_ms: float, limit_ms: float) -> str:
+    """``value_ms`` (above ``limit_ms``) in whole milliseconds, or with the fewest
+    decimals (up to six: a nanosecond) that still show it above the limit: a span of
+    1000.4 ms over a 1000 ms budget reads "1000.4 ms", not "1000 ms (max 1000 ms)"."""
+    for decimals in range(7):
+        text = f"{value_ms:.{decimals}f}"
+        if float(text) > limit_ms:
+            return text
+    return text
+
+
 def _milliseconds(value: Any) -> float:
     return parse_duration(value) * 1000.0
 

@@ -49,6 +49,7 @@ from otelkit.budgets.model import (
     BudgetsFile,
     Objective,
     load_budgets,
+    ms_above,
     ms_to_ns,
     over_limit,
 )
@@ -286,7 +287,10 @@ class BudgetProcessor(Processor):
         finding = Finding(
             kind=KIND_BUDGET_BREACH,
             type="ceiling",
-            title=f"Budget {name}: {span.name} took {duration_ms:.0f} ms (max {ceiling:g} ms)",
+            title=(
+                f"Budget {name}: {span.name} took {ms_above(duration_ms, ceiling)} ms "
+                f"(max {ceiling:g} ms)"
+            ),
             culprit=span.name,
             fingerprint=fingerprint("budget", name, "ceiling", span.name),
             span_ids=[span.span_id],
@@ -351,7 +355,8 @@ class BudgetProcessor(Processor):
             kind=KIND_BUDGET_BREACH,
             type="percentile",
             title=(
-                f"Budget {name}: {objective.label} is {observed:.0f} ms over the last "
+                f"Budget {name}: {objective.label} is {ms_above(observed, objective.below_ms)} "
+                "ms over the last "
                 f"{seconds:g}s window (objective < {objective.below_ms:g} ms)"
             ),
             culprit=span.name,

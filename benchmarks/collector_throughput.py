@@ -57,6 +57,7 @@ import multiprocessing
 import os
 import random
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -994,22 +995,64 @@ async def _app_grpc_sender(
     port: int, traffic: AppTraffic, security: Security
 ) -> Callable[[int], Any]:
     """Sends the traffic's requests in turn; each round has trace IDs never sent before
-    (the round numbers start at a random point, so rounds of other runs differ too)."""
+    (the round numbers start at a random point, so rounds of other runs differ too) and
+    times after the last round's, as an app's spans come (see :func:`advanced`)."""
     import grpc
 
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
     export = channel.unary_unary(TRACE_EXPORT)
     metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
-    sent = [random.getrandbits(40) << 16]
+    first = random.getrandbits(40) << 16
+    sent = [first]
+    times = [span_times(body) for body in traffic.bodies]
 
     async def send(_: int) -> None:
         n = sent[0]
         sent[0] += 1
         round_number, index = divmod(n, len(traffic.bodies))
-        await export(renewed(traffic.bodies[index], round_number), timeout=30, metadata=metadata)
+        body = renewed(traffic.bodies[index], round_number)
+        body = advanced(body, times[index], round_number - first // len(traffic.bodies))
+        await export(body, timeout=30, metadata=metadata)
 
     return send
+
+
+# A round of the app traffic spans under 9 s of span time (a span ends every 1 ms); each
+# round is moved this much later than the one before, so rounds never overlap.
+ROUND_SHIFT_NS = 10_000_000_000
+_TIME = struct.Struct("<Q")
+
+
+def span_times(body: bytes) -> list[tuple[int, int]]:
+    """Where each span's start and end time lie in ``body`` (their fixed64 bytes), and
+    their values."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    found: list[tuple[int, int]] = []
+    at = 0
+    request = ExportTraceServiceRequest.FromString(body)
+    for span in (s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans):
+        for tag, value in (
+            (b"\x39", span.start_time_unix_nano),
+            (b"\x41", span.end_time_unix_nano),
+        ):
+            at = body.index(tag + _TIME.pack(value), at) + 1
+            found.append((at, value))
+    return found
+
+
+def advanced(body: bytes, times: list[tuple[int, int]], rounds: int) -> bytes:
+    """``body`` with every span ``rounds`` x ``ROUND_SHIFT_NS`` later: a log store then
+    takes each round's records after the last round's, as from a live app, instead of
+    inserting the same times all over its time indexes again."""
+    moved = bytearray(body)
+    shift = rounds * ROUND_SHIFT_NS
+    for at, value in times:
+        _TIME.pack_into(moved, at, value + shift)
+    return bytes(moved)
 
 
 def default_env(workdir: Path) -> tuple[dict[str, str], int, int]:

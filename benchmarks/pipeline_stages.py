@@ -1,6 +1,6 @@
 """What each stage of collector/otelkit.yaml costs: CPU per span with it and without it.
 
-    python benchmarks/pipeline_stages.py [--rounds 2] [--seconds 12] [--warmup 8]
+    python benchmarks/pipeline_stages.py [--quick] [--rounds 2] [--seconds 12] [--warmup 8]
         [--stages budget,accesslog] [--core 1] [--glibc-defaults]
 
 The shipped configuration, and copies of it with one stage taken out, run one after
@@ -109,6 +109,7 @@ def measure_config(name: str, config: str, workdir: Path, args: argparse.Namespa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s per case")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--warmup", type=float, default=8.0)
@@ -118,6 +119,8 @@ def main() -> None:
         "--glibc-defaults", action="store_true", help="run without the malloc settings"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.warmup = 1, 3.0, 2.0
     args.inflight, args.rate = 8, 0.0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if unknown := [s for s in stages if s not in STAGES]:

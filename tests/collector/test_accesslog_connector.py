@@ -182,6 +182,20 @@ def test_an_error_span_without_a_status_is_the_servers_500() -> None:
     assert records(span(attrs)) == []  # no response, no error: no record, as in the app
 
 
+@pytest.mark.parametrize(
+    "status", ["99999999999999999999999", -5, 0, 1000, 70000, "1.5e400", "inf", "two hundred"]
+)
+def test_a_status_that_is_no_http_status_counts_as_none(status: object) -> None:
+    """A number too large for an OTLP integer once broke the whole batch's records (the
+    logs request did not parse); now such a span is one without a status, and the other
+    spans of the batch keep theirs."""
+    bad = {**STABLE, "http.response.status_code": status}
+    batch = [span(bad, span_id=b"\x01" * 8), span(STABLE)]
+    assert [log.body for log in records(*batch)] == ["GET /orders/5 200 31.2ms"]
+    (failed,) = records(span(bad, status=Status.STATUS_CODE_ERROR))
+    assert failed.attributes["http.response.status_code"] == 500
+
+
 def test_health_probes_and_excluded_paths_have_none() -> None:
     probes = [span({**STABLE, "url.path": path}) for path in ("/health/live", "/health/ready")]
     assert records(*probes) == []

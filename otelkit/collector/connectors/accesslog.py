@@ -322,16 +322,23 @@ def _url_path(url: str) -> str:
 
 
 def _status(raw: bytes | None, span: Span) -> int | None:
-    """The response status; 500 for an error span the server answered without one."""
-    if raw is not None:
-        if 2 <= len(raw) <= 3 and raw[0] == _INT_VALUE:  # a small int_value: 1 or 2 varint bytes
-            return raw[1] if len(raw) == 2 else (raw[1] & 0x7F) | (raw[2] << 7)
-        text = value_text(raw)
-        try:
-            return int(float(text)) if "." in text else int(text)
-        except ValueError:
-            pass
+    """The response status; 500 for an error span the server answered without one. A
+    value that is no HTTP status (a whole number from 1 to 999) counts as none: a record
+    carries its status as an OTLP integer, which a larger number would not fit."""
+    status = None if raw is None else _status_value(raw)
+    if status is not None and 0 < status < 1000:
+        return status
     return 500 if span.status.code == _STATUS_ERROR else None
+
+
+def _status_value(raw: bytes) -> int | None:
+    if 2 <= len(raw) <= 3 and raw[0] == _INT_VALUE:  # a small int_value: 1 or 2 varint bytes
+        return raw[1] if len(raw) == 2 else (raw[1] & 0x7F) | (raw[2] << 7)
+    text = value_text(raw)
+    try:
+        return int(float(text)) if "." in text else int(text)
+    except (ValueError, OverflowError):  # not a number, or an infinite one
+        return None
 
 
 class AccessLogConnector(Connector):

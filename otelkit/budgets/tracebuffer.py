@@ -1103,12 +1103,15 @@ class BufferedTraceProcessor(Processor):
             n = count_items(out)  # before: what follows may take the batch apart
             try:
                 await self._hand_on(out)
-            except ComponentError as exc:
+            except Exception as exc:  # a component's fault included: the next batch goes on
                 if raise_errors:
                     raise
                 self._settings.telemetry.processor_dropped(str(self._settings.id), Signal.TRACES, n)
                 self._settings.logger.warning(
-                    "%s: %d spans dropped downstream: %s", self._settings.label, n, exc
+                    "%s: %d spans dropped downstream: %s",
+                    self._settings.label,
+                    n,
+                    exc if isinstance(exc, ComponentError) else f"{type(exc).__name__}: {exc}",
                 )
 
     async def _hand_on(self, out: ExportTraceServiceRequest) -> None:
@@ -1126,10 +1129,15 @@ class BufferedTraceProcessor(Processor):
             self._released = None
 
     async def _tick(self) -> None:
+        """Releases what is due, for good: a timer that stopped on an error would hold
+        every later span until the memory limiter refused all traces."""
         period = min(max(self.buffer.wait / 4, 0.01), 1.0)
         while True:
             await asyncio.sleep(period)
-            await self.release()
+            try:
+                await self.release()
+            except Exception:
+                self._settings.logger.exception("%s: releasing held spans", self._settings.label)
 
 
 def _buffer_reached_unchanged(consumer: object) -> TraceBuffer | None:

@@ -28,7 +28,6 @@ from otelkit.collector.runtime.component import (
     WorkerRole,
 )
 from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec, PipelineSpec
-from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 
 T = TypeVar("T", bound=Component)
@@ -69,13 +68,13 @@ class Fanout:
     async def consume(self, payload: Payload) -> None:
         consumers = self._consumers
         taker = self._taker()
-        errors: dict[int, ComponentError] = {}
+        errors: dict[int, Exception] = {}
         for index in (*range(taker), *range(taker + 1, len(consumers)), taker):
             consumer = consumers[index]
             shared = index == taker or not getattr(consumer, "mutates_data", True)
             try:
                 await consumer.consume(payload if shared else _copy(payload))
-            except ComponentError as exc:
+            except Exception as exc:  # the others still get the batch
                 errors[index] = exc
         if errors:
             raise errors[min(errors)]

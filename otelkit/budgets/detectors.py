@@ -72,8 +72,12 @@ def normalize_query(query: str) -> str:
 
 def url_shape(method: str, url: str) -> str:
     """``METHOD host/path`` with numeric, UUID and long hex path segments as ``*``; only
-    the first ``MAX_URL_CHARS`` characters of the URL are read."""
-    parts = urlsplit(url[:MAX_URL_CHARS])
+    the first ``MAX_URL_CHARS`` characters of the URL are read. A URL ``urlsplit`` cannot
+    read (an unclosed IPv6 bracket) is its own shape, as written."""
+    try:
+        parts = urlsplit(url[:MAX_URL_CHARS])
+    except ValueError:
+        return f"{method.upper()} {url[:MAX_URL_CHARS]}"
     segments = (parts.path or "/").split("/")
     path = "/".join([segments[0], *("*" if _ID_SEGMENT.fullmatch(s) else s for s in segments[1:])])
     return f"{method.upper()} {parts.netloc}{path}"

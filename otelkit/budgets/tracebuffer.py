@@ -1091,7 +1091,12 @@ class BufferedTraceProcessor(Processor):
     ) -> None:
         traces = self.buffer.hold_unfinished(traces, flush)
         if traces:
-            self.judge(traces)
+            try:
+                self.judge(traces)
+            except Exception:  # a fault in judging costs its findings, not the spans
+                self._settings.logger.exception(
+                    "%s: judging %d traces", self._settings.label, len(traces)
+                )
         if not self._next_looked_up:
             self._next_buffer = _buffer_reached_unchanged(self._next)
             self._next_looked_up = True

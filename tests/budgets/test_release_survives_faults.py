@@ -1,6 +1,6 @@
-"""A whole-trace processor's release goes on when something after it fails: a component's
-fault on one released batch once stopped the release timer for good, so every later span
-was held until the memory limiter refused all traces."""
+"""A whole-trace processor's release goes on when judging or something after it fails: a
+fault once stopped the release timer for good, so every later span was held until the
+memory limiter refused all traces."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otelkit.budgets.detectors import url_shape
 from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.graph import Fanout
@@ -54,3 +55,27 @@ def test_a_fault_after_the_release_costs_that_batch_only() -> None:
     assert [all_spans(r)[0].trace_id[-1] for r in sink.got] == [1, 2, 3]  # type: ignore[arg-type]
     assert faulty.calls == 3
     assert telemetry.total("otelcol_processor_dropped_spans_total") == 1
+
+
+def test_a_fault_in_judging_costs_the_findings_not_the_spans() -> None:
+    """A client span whose URL ``urlsplit`` cannot read once made ``perf_issues`` raise
+    while judging; the batches due with it were never released."""
+    sink = Sink()
+    settings = CreateSettings(ComponentID("perf_issues"), Kind.PROCESSOR, SelfTelemetry())
+    config = PerfIssuesConfig(wait=f"{WAIT}s", max_wait="0s")
+    processor = PerfIssuesProcessor(settings, config, sink)
+
+    def fault(traces: object) -> None:
+        raise RuntimeError("a fault in a detector")
+
+    processor.judge = fault  # type: ignore[method-assign]
+    batch = request([S("GET /a", "server", 0, 5, trace=1)], "shop")
+    asyncio.run(processor.consume(batch))
+    asyncio.run(processor.shutdown())
+    assert [all_spans(r)[0].trace_id[-1] for r in sink.got] == [1]  # type: ignore[arg-type]
+
+
+def test_calls_to_a_url_urlsplit_cannot_read_are_judged() -> None:
+    """A URL with an unclosed IPv6 bracket is its own shape, as written."""
+    assert url_shape("get", "http://[::1/items/5") == "GET http://[::1/items/5"
+    assert url_shape("get", "http://shop/items/5") == "GET shop/items/*"

@@ -49,12 +49,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from otelkit.budgets.findings import service_name
+from otelkit.collector.pdata._otlpjson_checked import varint
 from otelkit.collector.pdata.signals import Payload, Signal, count_items
 from otelkit.collector.pdata.wire import (
     scope_spans_layout,
     shadow_classes,
     span_field_starts,
-    varint,
 )
 from otelkit.collector.runtime.component import Consumer, CreateSettings, Host, Processor
 from otelkit.collector.runtime.errors import ComponentError

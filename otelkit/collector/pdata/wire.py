@@ -18,19 +18,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
-from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag
+from otelkit.collector.pdata._otlpjson_checked import delimited, field_tag, varint
 from otelkit.collector.pdata.values import any_value_text, format_float
 
 _ATTRIBUTE_TAG = 0x4A  # Span.attributes: field 9, length-delimited
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | 0x80 if value else low)
-        if not value:
-            return bytes(out)
 
 
 def read_varint(data: bytes, at: int) -> tuple[int, int]:

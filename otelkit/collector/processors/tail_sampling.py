@@ -46,13 +46,13 @@ from otelkit.budgets.tracebuffer import (
     ScopeWire,
     read_trace_ids,
 )
+from otelkit.collector.pdata._otlpjson_checked import varint
 from otelkit.collector.pdata.signals import Signal
 from otelkit.collector.pdata.values import any_value_text
 from otelkit.collector.pdata.wire import (
     key_pattern,
     led_scope_spans_layout,
     shadow_classes,
-    varint,
 )
 from otelkit.collector.runtime.component import (
     ComponentConfig,

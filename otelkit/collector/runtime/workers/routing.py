@@ -21,9 +21,10 @@ import zlib
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from otelkit.collector.pdata._otlpjson_checked import varint
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 from otelkit.collector.pdata.split import LAYOUT, append
-from otelkit.collector.pdata.wire import read_varint, varint
+from otelkit.collector.pdata.wire import read_varint
 from otelkit.collector.runtime.component import Consumer, Exporter
 from otelkit.collector.runtime.errors import ComponentError
 from otelkit.collector.runtime.workers.channel import Op, Peer

@@ -1,5 +1,6 @@
-"""Spans no app should send, through the shipped collector/otelkit.yaml: each beside a
-normal request, whose access record must still reach the log store, and nothing may stop
+"""Spans no app should send, through the shipped collector/otelkit.yaml with Sentry: each
+beside a normal request, whose access record must still reach the log store; each is an
+error, so tail sampling keeps it and the Sentry exporter reads it too; nothing may stop
 the collector's later work. Two of them once did: a status code too large for an OTLP
 integer (or an infinite one) failed the access records of its whole released batch, and
 a client URL with an unclosed IPv6 bracket made ``perf_issues`` raise while judging;
@@ -13,10 +14,11 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.collector.e2e.clients import wait_until
 from tests.collector.e2e.test_redaction import ROOT, log_store_text, post
+from tests.sentry.standin import sentry_standin
 from tests.support.collector import allocate_ports, collector
 
 START = 1_764_900_000_000_000_000
@@ -40,7 +42,7 @@ def any_value(value: Any) -> AnyValue:
     return AnyValue(string_value=value)
 
 
-def server(trace: int, path: str = "/h", **attrs: Any) -> Span:
+def server(trace: int, path: str = "/h", /, **attrs: Any) -> Span:
     fields = {"http.request.method": "GET", "url.path": path, "http.route": path,
               "http.response.status_code": 200, **attrs}  # fmt: skip
     return made(trace, SERVER, fields, span_id=trace.to_bytes(8, "big"))
@@ -121,13 +123,24 @@ def test_no_hostile_span_costs_another_requests_record(tmp_path: Path) -> None:
     }
     shipped = (ROOT / "collector/otelkit.yaml").read_text()
     database = tmp_path / "data" / "logs.db"
-    with collector(shipped, tmp_path, ports=ports, env=env, wait_ports=("http",)) as running:
+    with (
+        sentry_standin() as standin,
+        collector(
+            shipped,
+            tmp_path,
+            ports=ports,
+            env={**env, "SENTRY_DSN": standin.dsn},
+            wait_ports=("http",),
+        ) as running,  # fmt: skip
+    ):
         for number, build in enumerate(HOSTILE.values()):
             request = ExportTraceServiceRequest()
             rs = request.resource_spans.add()
             rs.resource.attributes.add(key="service.name", value=any_value("shop"))
-            spans = rs.scope_spans.add().spans
-            spans.extend([*build(1000 + number), server(5000 + number, f"/ok{number}")])
+            hostile = build(1000 + number)
+            for span in hostile:
+                span.status.code = Status.STATUS_CODE_ERROR
+            rs.scope_spans.add().spans.extend([*hostile, server(5000 + number, f"/ok{number}")])
             post(ports["http"], request)
 
         def missing() -> list[str]:
@@ -136,4 +149,6 @@ def test_no_hostile_span_costs_another_requests_record(tmp_path: Path) -> None:
 
         wait_until(lambda: not missing(), timeout=30,
                    what="every neighbour's access record")  # fmt: skip
+        wait_until(lambda: len(standin.items("transaction")) >= len(HOSTILE) // 2, timeout=30,
+                   what="the hostile traces in Sentry")  # fmt: skip
         assert "Traceback" not in running.log()

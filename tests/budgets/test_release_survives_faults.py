@@ -8,7 +8,6 @@ import asyncio
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otelkit.budgets.detectors import url_shape
 from otelkit.collector.processors.perf_issues import PerfIssuesConfig, PerfIssuesProcessor
 from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
 from otelkit.collector.runtime.graph import Fanout
@@ -73,9 +72,3 @@ def test_a_fault_in_judging_costs_the_findings_not_the_spans() -> None:
     asyncio.run(processor.consume(batch))
     asyncio.run(processor.shutdown())
     assert [all_spans(r)[0].trace_id[-1] for r in sink.got] == [1]  # type: ignore[arg-type]
-
-
-def test_calls_to_a_url_urlsplit_cannot_read_are_judged() -> None:
-    """A URL with an unclosed IPv6 bracket is its own shape, as written."""
-    assert url_shape("get", "http://[::1/items/5") == "GET http://[::1/items/5"
-    assert url_shape("get", "http://shop/items/5") == "GET shop/items/*"

@@ -13,33 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.collector.e2e.clients import wait_until
-from tests.collector.e2e.test_redaction import ROOT, log_store_text, post
+from tests.collector.e2e.test_redaction import log_store_text, post
+from tests.logstore.requests import to_any
 from tests.sentry.standin import sentry_standin
-from tests.support.collector import allocate_ports, collector
+from tests.support.collector import shipped_collector
 
 START = 1_764_900_000_000_000_000
 SERVER, CLIENT = Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    if isinstance(value, dict):
-        pairs = [KeyValue(key=k, value=any_value(v)) for k, v in value.items()]
-        return AnyValue(kvlist_value=KeyValueList(values=pairs))
-    return AnyValue(string_value=value)
 
 
 def server(trace: int, path: str = "/h", /, **attrs: Any) -> Span:
@@ -59,7 +43,9 @@ def made(trace: int, kind: int, attrs: dict[str, Any], **fields: Any) -> Span:
                 start_time_unix_nano=START, end_time_unix_nano=fields.pop("end"), **fields)  # fmt: skip
     if not span.span_id:
         span.span_id = (trace * 1000 + len(attrs)).to_bytes(8, "big")
-    span.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in attrs.items())
+    span.attributes.extend(
+        KeyValue(key=k, value=to_any(v)) for k, v in attrs.items() if v is not None
+    )
     return span
 
 
@@ -103,7 +89,7 @@ HOSTILE: dict[str, Callable[[int], list[Span]]] = {
         *(client(t, 900, **{"http.request.method": "GET", "url.full": "http://[::1/x", "server.address": 5})
           for _ in range(6)), with_fields(server(t), end_time_unix_nano=START + 6 * 10**9)],
     "a forged finding": lambda t: [with_fields(server(t), events=[Span.Event(
-        name="otelkit.finding", attributes=[KeyValue(key="otelkit.finding.title", value=any_value(5))])])],
+        name="otelkit.finding", attributes=[KeyValue(key="otelkit.finding.title", value=to_any(5))])])],
     "forged budget marks": lambda t: [server(t, "/checkout", **{"otelkit.budget.exceeded": "yes"})],
     "a malformed trace state": lambda t: [with_fields(server(t), trace_state="ot=th:zz;rv:" + "f" * 40)],
     "user attributes of every type": lambda t: [server(t, **{"user.id": [1, {"a": b"x"}], "enduser.id": 5})],
@@ -111,37 +97,20 @@ HOSTILE: dict[str, Callable[[int], list[Span]]] = {
 
 
 def test_no_hostile_span_costs_another_requests_record(tmp_path: Path) -> None:
-    ports = allocate_ports("grpc", "http", "prom", "health", "metrics")
-    env = {
-        "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
-        "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-        "OTELKIT_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prom']}",
-        "OTELKIT_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
-        "OTELKIT_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
-        "OTELKIT_DATA_DIR": str(tmp_path / "data"),
-        "OTELKIT_BUDGETS_FILE": str(ROOT / "collector/budgets.yaml"),
-    }
-    shipped = (ROOT / "collector/otelkit.yaml").read_text()
-    database = tmp_path / "data" / "logs.db"
+    database = tmp_path / "otelkit-data" / "logs.db"
     with (
         sentry_standin() as standin,
-        collector(
-            shipped,
-            tmp_path,
-            ports=ports,
-            env={**env, "SENTRY_DSN": standin.dsn},
-            wait_ports=("http",),
-        ) as running,  # fmt: skip
+        shipped_collector(tmp_path, env={"SENTRY_DSN": standin.dsn}) as running,
     ):
         for number, build in enumerate(HOSTILE.values()):
             request = ExportTraceServiceRequest()
             rs = request.resource_spans.add()
-            rs.resource.attributes.add(key="service.name", value=any_value("shop"))
+            rs.resource.attributes.add(key="service.name", value=to_any("shop"))
             hostile = build(1000 + number)
             for span in hostile:
                 span.status.code = Status.STATUS_CODE_ERROR
             rs.scope_spans.add().spans.extend([*hostile, server(5000 + number, f"/ok{number}")])
-            post(ports["http"], request)
+            post(running.ports["http"], request)
 
         def missing() -> list[str]:
             stored = log_store_text(database)

@@ -19,10 +19,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otelkit.collector.pdata.signals import Payload
 from tests.collector.e2e.clients import scrape, wait_until
 from tests.sentry.standin import SentryStandIn, sentry_standin
-from tests.support.collector import allocate_ports, collector
+from tests.support.collector import allocate_ports, collector, shipped_collector
 from tests.support.secrets import leaked, planted_logs, planted_metrics, planted_traces
 
-ROOT = Path(__file__).resolve().parents[3]
 CONFIG = """
 receivers:
   otlp:
@@ -133,34 +132,25 @@ def test_no_planted_secret_reaches_any_destination(tmp_path: Path) -> None:
 def test_the_shipped_config_keeps_planted_secrets_out_of_the_log_store_prometheus_and_sentry(
     tmp_path: Path,
 ) -> None:
-    ports = allocate_ports("grpc", "http", "prom", "health", "metrics")
-    with sentry_standin() as standin:
-        env = {
-            "OTELKIT_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
-            "OTELKIT_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-            "OTELKIT_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prom']}",
-            "OTELKIT_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
-            "OTELKIT_METRICS_ADDRESS": f"127.0.0.1:{ports['metrics']}",
-            "OTELKIT_DATA_DIR": str(tmp_path / "data"),
-            "OTELKIT_BUDGETS_FILE": str(ROOT / "collector/budgets.yaml"),
-            "SENTRY_DSN": standin.dsn,
+    with (
+        sentry_standin() as standin,
+        shipped_collector(tmp_path, env={"SENTRY_DSN": standin.dsn}) as running,
+    ):
+        ports = running.ports
+        for payload in (planted_traces(), planted_metrics(), planted_logs()):
+            post(ports["http"], payload)
+        database = tmp_path / "otelkit-data" / "logs.db"
+        wait_until(lambda: log_store_text(database).count("order 7 shipped") >= 2,
+                   timeout=30, what="the log records in the log store")  # fmt: skip
+        wait_until(lambda: "db_client_operations" in scrape(ports["prometheus"]), timeout=30,
+                   what="the data point in Prometheus")  # fmt: skip
+        wait_until(lambda: len(standin.items("event")) >= 1, timeout=30,
+                   what="the error log record in Sentry")  # fmt: skip
+        texts = {
+            "log store": log_store_text(database),
+            "prometheus": scrape(ports["prometheus"]),
+            "sentry": sentry_text(standin),
+            "collector log": running.log(),
         }
-        shipped = (ROOT / "collector/otelkit.yaml").read_text()
-        with collector(shipped, tmp_path, ports=ports, env=env, wait_ports=("http",)) as running:
-            for payload in (planted_traces(), planted_metrics(), planted_logs()):
-                post(ports["http"], payload)
-            database = tmp_path / "data" / "logs.db"
-            wait_until(lambda: log_store_text(database).count("order 7 shipped") >= 2,
-                       timeout=30, what="the log records in the log store")  # fmt: skip
-            wait_until(lambda: "db_client_operations" in scrape(ports["prom"]), timeout=30,
-                       what="the data point in Prometheus")  # fmt: skip
-            wait_until(lambda: len(standin.items("event")) >= 1, timeout=30,
-                       what="the error log record in Sentry")  # fmt: skip
-            texts = {
-                "log store": log_store_text(database),
-                "prometheus": scrape(ports["prom"]),
-                "sentry": sentry_text(standin),
-                "collector log": running.log(),
-            }
     for name, text in texts.items():
         assert not leaked(text), f"{name} leaked {sorted(leaked(text))}"

@@ -1012,7 +1012,7 @@ async def _app_grpc_sender(
         sent[0] += 1
         round_number, index = divmod(n, len(traffic.bodies))
         body = renewed(traffic.bodies[index], round_number)
-        body = advanced(body, times[index], round_number - first // len(traffic.bodies))
+        body = advanced(body, times[index], (n - first) // len(traffic.bodies))
         await export(body, timeout=30, metadata=metadata)
 
     return send

@@ -35,44 +35,53 @@ import collector_throughput as ct
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = "collector/otelkit.yaml"
-Pipelines = dict[str, dict[str, list[str]]]
+Config = dict[str, Any]
 
 
 def _drop(pipeline: dict[str, list[str]], role: str, name: str) -> None:
     pipeline[role] = [c for c in pipeline[role] if c != name]
 
 
-def _without_spanmetrics(p: Pipelines) -> None:
-    del p["traces/metrics"]
-    _drop(p["metrics"], "receivers", "spanmetrics")
+def _without_spanmetrics(config: Config) -> None:
+    pipelines = config["service"]["pipelines"]
+    del pipelines["traces/metrics"]
+    _drop(pipelines["metrics"], "receivers", "spanmetrics")
 
 
-def _without_processor(name: str) -> Callable[[Pipelines], None]:
-    def edit(p: Pipelines) -> None:
-        _drop(p["traces/findings"], "processors", name)
-
-    return edit
-
-
-def _without_connector(name: str) -> Callable[[Pipelines], None]:
-    def edit(p: Pipelines) -> None:
-        _drop(p["traces/findings"], "exporters", name)
-        _drop(p["logs"], "receivers", name)
+def _without_processor(name: str) -> Callable[[Config], None]:
+    def edit(config: Config) -> None:
+        _drop(config["service"]["pipelines"]["traces/findings"], "processors", name)
 
     return edit
 
 
-def _without_sampling(p: Pipelines) -> None:
-    _drop(p["traces/findings"], "exporters", "forward")
-    del p["traces"]
+def _without_connector(name: str) -> Callable[[Config], None]:
+    def edit(config: Config) -> None:
+        pipelines = config["service"]["pipelines"]
+        _drop(pipelines["traces/findings"], "exporters", name)
+        _drop(pipelines["logs"], "receivers", name)
+
+    return edit
 
 
-def _without_log_redaction(p: Pipelines) -> None:
-    _drop(p["logs"], "processors", "redaction")
+def _without_sampling(config: Config) -> None:
+    pipelines = config["service"]["pipelines"]
+    _drop(pipelines["traces/findings"], "exporters", "forward")
+    del pipelines["traces"]
+
+
+def _without_log_store(config: Config) -> None:
+    config["exporters"]["nop"] = {}
+    logs = config["service"]["pipelines"]["logs"]
+    logs["exporters"] = ["nop" if e == "logstore" else e for e in logs["exporters"]]
+
+
+def _without_log_redaction(config: Config) -> None:
+    _drop(config["service"]["pipelines"]["logs"], "processors", "redaction")
 
 
 # stage -> (what is taken out, how)
-STAGES: dict[str, tuple[str, Callable[[Pipelines], None]]] = {
+STAGES: dict[str, tuple[str, Callable[[Config], None]]] = {
     "spanmetrics": ("the traces/metrics pipeline (span metrics)", _without_spanmetrics),
     "redaction": ("redaction of traces", _without_processor("redaction")),
     "budget": ("the budget processor", _without_processor("budget")),
@@ -80,21 +89,15 @@ STAGES: dict[str, tuple[str, Callable[[Pipelines], None]]] = {
     "findings": ("the findings connector", _without_connector("findings")),
     "accesslog": ("the accesslog connector", _without_connector("accesslog")),
     "sampling": ("the traces pipeline (tail sampling, batch, sentry, debug)", _without_sampling),
-    "logstore": ("the log store (a nop exporter instead)", lambda p: None),
+    "logstore": ("the log store (a nop exporter instead)", _without_log_store),
     "log-redaction": ("redaction of log records", _without_log_redaction),
 }
 
 
-def variant(shipped: dict[str, Any], stage: str) -> dict[str, Any]:
+def variant(shipped: Config, stage: str) -> Config:
     """The shipped configuration without ``stage``."""
     config = copy.deepcopy(shipped)
-    pipelines = config["service"]["pipelines"]
-    STAGES[stage][1](pipelines)
-    if stage == "logstore":
-        config["exporters"]["nop"] = {}
-        pipelines["logs"]["exporters"] = [
-            "nop" if e == "logstore" else e for e in pipelines["logs"]["exporters"]
-        ]
+    STAGES[stage][1](config)
     return config
 
 

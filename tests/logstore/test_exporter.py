@@ -32,6 +32,7 @@ from tests.support.durable import RecordingDisk
 
 API = {"endpoint": "127.0.0.1:0", "token": "api-token"}
 API_AUTH = {"authorization": "Bearer api-token"}
+SENT = "otelcol_exporter_sent_log_records_total"
 
 
 def make_exporter(**config: Any) -> LogStoreExporter:
@@ -100,6 +101,11 @@ class FlakyProxy:
             self.port = sock.getsockname()[1]
         self._server: asyncio.Server | None = None
 
+    def url_for(self, pg_url: str) -> str:
+        """``pg_url`` (its database and schema) reached through this proxy."""
+        base, _, schema = pg_url.partition("?")
+        return base.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}") + "?" + schema
+
     async def open(self) -> None:
         self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
 
@@ -123,8 +129,7 @@ class FlakyProxy:
 
 async def test_a_down_database_makes_batches_wait_and_retry(pg_url: str) -> None:
     proxy = FlakyProxy()
-    base, _, schema = pg_url.partition("?")
-    url = base.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}") + "?" + schema
+    url = proxy.url_for(pg_url)
     retry = {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "60s"}
     async with running(url=url, retry_on_failure=retry) as exporter:
         # Down from the start: accepted into the queue, nothing stored.
@@ -376,3 +381,38 @@ async def test_a_waiting_sender_is_answered_only_after_its_commit(tmp_path: Path
         disk.release.set()
         await answered
         assert disk.events[0] == "fsync logs.db-wal"
+
+
+async def test_released_records_wait_while_the_database_is_down(pg_url: str) -> None:
+    # Records no sender will send again (made from traces already acknowledged) are not
+    # dropped when a write fails: they wait, and are written once the database is back.
+    proxy = FlakyProxy()
+    url = proxy.url_for(pg_url)
+    retry = {"initial_interval": "100ms", "max_interval": "200ms", "max_elapsed_time": "60s"}
+    async with running(url=url, durability="commit", retry_on_failure=retry) as exporter:
+        for n in range(5):
+            await exporter.consume(request([Rec(f"released {n}.{i}") for i in range(10)]))
+        await asyncio.sleep(0.5)
+        assert exporter.telemetry.total("otelkit_logstore_write_errors_total") >= 5
+        assert exporter.telemetry.total("otelcol_exporter_send_failed_log_records_total") == 0
+        await proxy.open()
+        deadline = time.monotonic() + 30
+        while exporter.telemetry.total(SENT) < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(stored_bodies(pg_url)) == 50
+        assert exporter.telemetry.total(SENT) == 50
+    await proxy.close()
+
+
+async def test_released_records_still_unwritten_at_shutdown_are_counted(pg_url: str) -> None:
+    proxy = FlakyProxy()  # never opened: the database stays down
+    url = proxy.url_for(pg_url)
+    exporter = make_exporter(url=url, durability="commit")  # retries: 5 s apart, for 5 min
+    await exporter.start(ServiceHost())
+    await exporter.consume(request([Rec(f"never stored {i}") for i in range(7)]))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await exporter.shutdown()  # one last write, not the remaining five minutes
+    assert time.monotonic() - started < 10
+    dropped = exporter.telemetry.total("otelcol_exporter_send_failed_log_records_total")
+    assert dropped == 7

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ from otelkit.collector.runtime.component import (
     exporter_factory,
 )
 from otelkit.collector.runtime.errors import InvalidDataError, PermanentError, RetryableError
-from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
+from otelkit.collector.runtime.exporterhelper import Backoff, ExporterHelperConfig, QueuedExporter
 from otelkit.collector.runtime.http import ASGIApp, HttpServer
 from otelkit.collector.runtime.listeners import Destination, Listener
 from otelkit.collector.runtime.origin import sender_waits
@@ -144,7 +145,11 @@ class LogStoreExporter(QueuedExporter):
         self._commit = config.durability == "commit"
         self._unwritten = 0  # acknowledged records handed to the writer, not written yet
         self._writing: set[asyncio.Future[int]] = set()
-        self._isolating: set[asyncio.Task[None]] = set()
+        # Tasks finding the records a database refused, or writing records again later.
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._room = asyncio.Event()  # set while at most max_batch_records are unwritten
+        self._outage = False  # acknowledged records are waiting for the store to come back
         self._api: HttpServer | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._pruned = settings.telemetry.counter(
@@ -229,8 +234,9 @@ class LogStoreExporter(QueuedExporter):
                 await self._pruner
         if self._api is not None:
             await self._api.stop()
-        while self._writing or self._isolating:  # acknowledged records are written first
-            pending: list[asyncio.Future[Any]] = [*self._writing, *self._isolating]
+        self._stopping.set()  # records waiting for the store get one last write
+        while self._writing or self._background:  # acknowledged records are written first
+            pending: list[asyncio.Future[Any]] = [*self._writing, *self._background]
             await asyncio.wait(pending)
         await asyncio.to_thread(self.store.close)
 
@@ -262,36 +268,94 @@ class LogStoreExporter(QueuedExporter):
         batches into one transaction and one fsync, instead of one each. At most
         ``max_batch_records`` such records wait to be written; beyond that the caller
         waits (up to ``timeout``), so a slow database slows the release down instead of
-        filling memory."""
+        filling memory. While the database cannot be reached they wait and are written
+        again with ``retry_on_failure``'s backoff, still counted as unwritten."""
         items = count_items(payload)
-        written = asyncio.wrap_future(self.store.submit(payload))
-        written.add_done_callback(functools.partial(self._acknowledged_written, payload, items))
-        self._writing.add(written)
         self._unwritten += items
+        self._submit_acknowledged(payload, items)
         if self._unwritten > self.config.max_batch_records:
-            await asyncio.wait([written], timeout=self.helper_config.timeout or None)
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.helper_config.timeout or None)
         else:
             await asyncio.sleep(0)  # the receivers run between two released batches
 
+    def _submit_acknowledged(
+        self, payload: ExportLogsServiceRequest, items: int, backoff: Backoff | None = None
+    ) -> asyncio.Future[int]:
+        written = asyncio.wrap_future(self.store.submit(payload))
+        done = functools.partial(self._acknowledged_written, payload, items, backoff)
+        written.add_done_callback(done)
+        self._writing.add(written)
+        return written
+
     def _acknowledged_written(
-        self, payload: ExportLogsServiceRequest, items: int, written: asyncio.Future[int]
+        self,
+        payload: ExportLogsServiceRequest,
+        items: int,
+        backoff: Backoff | None,
+        written: asyncio.Future[int],
     ) -> None:
-        self._unwritten -= items
         self._writing.discard(written)
+        error = None if written.cancelled() else written.exception()
+        if isinstance(error, StoreUnavailableError):
+            self._unavailable.inc()
+            if self._retry_acknowledged(payload, items, backoff, error):
+                return  # still unwritten
+        self._unwritten -= items
+        if self._unwritten <= self.config.max_batch_records:
+            self._room.set()
         if written.cancelled():
             return
-        error = written.exception()
         if error is None:
             self.telemetry.exporter_sent(self.name, Signal.LOGS, items)
+            if self._outage:
+                self._outage = False
+                log.warning("exporter %s: log store reachable again", self.name)
         elif isinstance(error, StoreUnavailableError):
-            self._unavailable.inc()
             self.telemetry.exporter_send_failed(self.name, Signal.LOGS, items, "unavailable")
             log.warning("exporter %s: %d log records dropped: %s", self.name, items, error)
         else:  # the database refused a value: store the other records
             self._rejected.inc()
-            task = asyncio.create_task(self._isolate(payload, InvalidDataError(str(error))))
-            self._isolating.add(task)
-            task.add_done_callback(self._isolating.discard)
+            self._track(self._isolate(payload, InvalidDataError(str(error))))
+
+    def _retry_acknowledged(
+        self,
+        payload: ExportLogsServiceRequest,
+        items: int,
+        backoff: Backoff | None,
+        error: StoreUnavailableError,
+    ) -> bool:
+        """Schedule another write of records nobody will send again; False when the
+        retries are used up (or off, or the exporter is stopping)."""
+        retry = self.helper_config.retry_on_failure
+        if not retry.enabled or self._stopping.is_set():
+            return False
+        backoff = backoff or Backoff(retry)
+        wait = backoff.next_wait(None)
+        if wait is None:
+            return False
+        if not self._outage:
+            self._outage = True
+            log.warning(
+                "exporter %s: log store unavailable (%s); acknowledged records wait and are "
+                "written again",
+                self.name, error,
+            )  # fmt: skip
+        self._track(self._write_again(payload, items, backoff, wait))
+        return True
+
+    async def _write_again(
+        self, payload: ExportLogsServiceRequest, items: int, backoff: Backoff, wait: float
+    ) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), wait)
+        await asyncio.wait([self._submit_acknowledged(payload, items, backoff)])
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _isolate(self, payload: ExportLogsServiceRequest, error: InvalidDataError) -> None:
         try:

@@ -9,7 +9,6 @@ one failed write, although their traces had been acknowledged.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -18,10 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.collector.e2e.access import access_record_paths, server_spans
 from tests.collector.e2e.clients import metric_total, scrape, wait_until
-from tests.collector.e2e.test_hostile_spans import server, with_fields
 from tests.collector.e2e.test_redaction import post
 from tests.logstore.requests import to_any
 from tests.support.collector import shipped_collector
@@ -59,32 +57,12 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def traces(first: int, count: int) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
-    rs = request.resource_spans.add()
-    rs.resource.attributes.add(key="service.name", value=to_any("shop"))
-    now = time.time_ns()  # older records would be pruned by the shipped retention
-    rs.scope_spans.add().spans.extend(
-        with_fields(
-            server(n, f"/full{n}"), start_time_unix_nano=now, end_time_unix_nano=now + 10**7
-        )
-        for n in range(first, first + count)
-    )
-    return request
-
-
 def logs(text: str) -> ExportLogsServiceRequest:
     request = ExportLogsServiceRequest()
     rl = request.resource_logs.add()
     rl.resource.attributes.add(key="service.name", value=to_any("shop"))
     rl.scope_logs.add().log_records.add(body=to_any(text), time_unix_nano=time.time_ns())
     return request
-
-
-def stored_paths(database: Path) -> set[str]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT body FROM logs WHERE body LIKE 'GET /full%'")
-        return {body.split()[1] for (body,) in rows}
 
 
 def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
@@ -98,7 +76,9 @@ def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
 
         refused = 0
         for n in range(20):
-            post(http, traces(1000 + 10 * n, 10))  # traces are taken: nothing is on disk yet
+            post(
+                http, server_spans(1000 + 10 * n, 10, "/full")
+            )  # traces are taken: nothing is on disk yet
             try:
                 post(http, logs(f"while full {n}"))
             except urllib.error.HTTPError as error:
@@ -115,7 +95,7 @@ def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
         filler.unlink()
         database = disk / "logs.db"
         expected = {f"/full{n}" for n in range(1000, 1200)}
-        wait_until(lambda: stored_paths(database) >= expected, timeout=90,
+        wait_until(lambda: access_record_paths(database, "/full") >= expected, timeout=90,
                    what="every access record written once space was freed")  # fmt: skip
         post(http, logs("after space was freed"))
         log = running.log()

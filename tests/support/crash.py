@@ -193,6 +193,10 @@ class Streamer:
             if self.exporter.export(batch).name == "SUCCESS":
                 self.acknowledged.update(self.signal.expected(batch).keys())
 
+    def finished(self) -> bool:
+        """Whether every batch was exported (or failed) and the stream ended."""
+        return not self._thread.is_alive()
+
     @contextmanager
     def running(self) -> Iterator[Streamer]:
         self._thread.start()

@@ -47,13 +47,17 @@ class Op(IntEnum):
     CONSUME = 1
     """A share of a received request, for the named receiver's pipelines in the owner."""
     EXPORT = 2
-    """Data for the named single-writer exporter, which runs in one worker only."""
+    """Data for the named single-writer exporter, which runs in one worker only; a sender
+    waits for the answer (the exporter answers as it would that sender)."""
     STATE = 3
     """Readiness and component statuses, as JSON, for the supervisor's health view."""
     SELF_METRICS = 4
     """The worker's own metrics in the Prometheus text format."""
     SCRAPE = 5
     """The named prometheus exporter's series, for the supervisor's one scrape view."""
+    EXPORT_ACKNOWLEDGED = 6
+    """As EXPORT, for data whose senders were answered long ago (released by a whole-trace
+    processor): nobody waits for the exporter's answer."""
 
 
 class Outcome(IntEnum):

@@ -97,8 +97,8 @@ class WorkerEndpoint:
         if op == Op.CONSUME:
             await self._consume(name, body)
             return b""
-        if op == Op.EXPORT:
-            await self._export(name, body)
+        if op in (Op.EXPORT, Op.EXPORT_ACKNOWLEDGED):
+            await self._export(name, body, sender_waits=op == Op.EXPORT)
             return b""
         if op == Op.STATE:
             return self._state()
@@ -123,12 +123,17 @@ class WorkerEndpoint:
         with sender_waiting():  # the receiving worker's sender waits for this share
             await consumer.consume(payload)
 
-    async def _export(self, name: str, body: bytes) -> None:
+    async def _export(self, name: str, body: bytes, *, sender_waits: bool) -> None:
         await self._accepting()
         exporter = self._exporters.get(name)
         if exporter is None or isinstance(exporter, ForwardingExporter):
             raise PermanentError(f"exporter {name!r} does not run in this worker")
-        await exporter.consume(decode_payload(body))
+        payload = decode_payload(body)
+        if not sender_waits:
+            await exporter.consume(payload)
+            return
+        with sender_waiting():  # e.g. the log store answers once the records are committed
+            await exporter.consume(payload)
 
     async def _accepting(self) -> None:
         """Shares are taken only while every component runs. A share arriving while this

@@ -17,6 +17,8 @@ items may arrive twice, as when one of several pipelines refuses in a single pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import zlib
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +28,8 @@ from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal
 from otelkit.collector.pdata.split import LAYOUT, append
 from otelkit.collector.pdata.wire import read_varint
 from otelkit.collector.runtime.component import Consumer, Exporter
-from otelkit.collector.runtime.errors import ComponentError
+from otelkit.collector.runtime.errors import ComponentError, RetryableError
+from otelkit.collector.runtime.origin import sender_waits
 from otelkit.collector.runtime.workers.channel import Op, Peer
 
 
@@ -340,16 +343,26 @@ async def _all(calls: list[Awaitable[Any]]) -> None:
             raise result
 
 
+# How long data no sender waits for is offered again to a single writer that is gone.
+ACKNOWLEDGED_RETRY_SECONDS = 60.0
+
+
 class ForwardingExporter(Exporter):
     """Stands for a single-writer exporter that runs in another worker: ``consume``
-    returns once that worker's exporter took the data (for the log store with
-    ``durability: commit``, once it is committed)."""
+    returns once that worker's exporter took the data as it would from this worker's
+    sender (for the log store with ``durability: commit``, once it is committed).
+
+    Data no sender waits for (released by a whole-trace processor long after its senders
+    were answered) would be lost by a refusal: while that worker is gone (killed, being
+    started again) it is offered again with backoff, which holds the release here, for
+    up to ``ACKNOWLEDGED_RETRY_SECONDS`` or until shutdown."""
 
     mutates_data = False
 
     def __init__(self, name: str, peer: Peer) -> None:
         self._name = name
         self._peer = peer
+        self._stopping = asyncio.Event()
 
     @property
     def acknowledges_durably(self) -> bool:
@@ -357,7 +370,25 @@ class ForwardingExporter(Exporter):
 
     async def consume(self, payload: Payload) -> None:
         body = encode_payload(payload)
-        await self._peer.call(Op.EXPORT, self._name, body)
+        if sender_waits():
+            await self._peer.call(Op.EXPORT, self._name, body)
+            return
+        deadline = time.monotonic() + ACKNOWLEDGED_RETRY_SECONDS
+        wait = 0.1
+        while True:
+            try:
+                await self._peer.call(Op.EXPORT_ACKNOWLEDGED, self._name, body)
+                return
+            except RetryableError as exc:
+                wait = exc.retry_after or wait
+                if self._stopping.is_set() or time.monotonic() + wait > deadline:
+                    raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+            wait = min(wait * 2, 2.0)
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
 
 
 def encode_payload(payload: Payload) -> bytes:

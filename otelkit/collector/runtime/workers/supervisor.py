@@ -8,7 +8,8 @@ from the workers' answers over the channel. A worker that dies after it was read
 started again after a backoff (0.5 s doubling to 30 s; back to 0.5 s once it has run
 for a minute); one that dies before it was ever ready stops the whole collector with an
 error, since a wrong port or a broken plugin would only fail again. SIGTERM or SIGINT
-is passed to every worker, and the supervisor waits for them to drain.
+is passed to every worker, the single writer last, and the supervisor waits for them to
+drain.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, res
 from otelkit.collector.runtime.listeners import announce
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.workers.channel import Op, Peer, socket_path
+from otelkit.collector.runtime.workers.process import SINGLE_WRITER_WORKER
 from otelkit.collector.runtime.workers.views import WorkersHost, WorkerState, merge_expositions
 
 log = logging.getLogger("otelkit.collector")
@@ -171,18 +173,13 @@ class Supervisor:
             worker.ready_once = True
 
     async def _stop_workers(self) -> None:
-        running = [w.process for w in self.workers if w.process is not None]
-        for process in running:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+        """The single writer stops last: what the others flush as they stop (the records
+        made from the traces their whole-trace processors still hold) goes to it."""
         deadline = time.monotonic() + DRAIN_SECONDS
-        while any(p.poll() is None for p in running) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        for process in running:
-            if process.poll() is None:
-                log.error("worker pid %d did not stop in %.0fs: killing it", process.pid, DRAIN_SECONDS)  # fmt: skip
-                process.kill()
-                process.wait(5)
+        others = [w for w in self.workers if w.index != SINGLE_WRITER_WORKER]
+        writer = [w for w in self.workers if w.index == SINGLE_WRITER_WORKER]
+        for group in (others, writer):
+            await _stop([w.process for w in group if w.process is not None], deadline)
         for worker in self.workers:
             await worker.peer.close()
 
@@ -259,3 +256,17 @@ class Supervisor:
             "ready: %d worker processes, %d pipelines each (%s)",
             len(self.workers), len(self.config.pipelines), ", ".join(self.config.pipelines),
         )  # fmt: skip
+
+
+async def _stop(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
+    """SIGTERM, wait until ``deadline`` for them to drain, then SIGKILL."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            log.error("worker pid %d did not stop in %.0fs: killing it", process.pid, DRAIN_SECONDS)  # fmt: skip
+            process.kill()
+            process.wait(5)

@@ -182,12 +182,26 @@ def _print(records: Iterable[LogRecordView], as_json: bool, out: TextIO) -> None
 
 
 def _line(record: LogRecordView, width: int) -> str:
-    """``time  LEVEL  service  trace  body`` on one line; newlines in the body shown as ⏎."""
+    """``time  LEVEL  service  trace  body`` on one line; newlines in the body shown as ⏎,
+    and every other character a terminal would act on shown escaped (see :func:`visible`)."""
     body = (
         record.body if isinstance(record.body, str) else json.dumps(record.body, ensure_ascii=False)
     )
-    body = (body or "").replace("\r\n", "⏎").replace("\n", "⏎")
+    body = visible((body or "").replace("\r\n", "\n"))
     stamp = format_ns(record.ts)[:23] + "Z"
     trace = record.trace_id or "-"
-    service = record.service_name or "-"
-    return f"{stamp}  {record.severity:<7} {service:<20} {trace}  {body}"
+    service = visible(record.service_name or "-")
+    return f"{stamp}  {visible(record.severity):<7} {service:<20} {trace}  {body}"
+
+
+# What a terminal acts on instead of showing: C0 and C1 controls (ESC starts the sequences
+# that move the cursor, erase lines and hide text; CR returns to the line's start), DEL
+# and the Unicode line and paragraph separators. A tab is shown as space.
+_VISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_VISIBLE.update({ord("\t"): "\t", ord("\n"): "⏎", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def visible(text: str) -> str:
+    """``text`` as it may reach a terminal: one record's text must not split its line, nor
+    move the cursor to overwrite, erase or hide the lines of other records."""
+    return text.translate(_VISIBLE)

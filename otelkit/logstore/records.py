@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -40,9 +41,15 @@ COLUMNS = (
 )
 
 Row = tuple[Any, ...]
-# OTLP times are unsigned 64-bit; both databases store signed 64-bit integers. A time past
-# 2262 is a sender's bug, kept (at the latest storable time) rather than failing the batch.
+# OTLP times are unsigned 64-bit; both databases store signed 64-bit integers.
 MAX_NS = 2**63 - 1
+# A record's time more than this after the store received it is a sender's bug (a clock
+# set years ahead, -1 sent as an unsigned time): stored as sent, it would head every
+# newest-first search and every tail for good, above the records of the present, and
+# outlive retention. It is stored at the next time the log data model offers instead: the
+# observed time if that is not as far ahead, else the time received. Ahead by less (clocks
+# a little off) it is kept as sent.
+MAX_AHEAD_NS = 3600 * 10**9
 # The log data model's severity numbers are 1..24 (0: unspecified). Another number is a
 # sender's bug too: the record is kept as unspecified, its severity_text as sent.
 MAX_SEVERITY = 24
@@ -121,13 +128,21 @@ def _text(value: Any) -> str | None:
     return _dumps(value)
 
 
-def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = None) -> list[Row]:
+def rows_from_request(
+    request: ExportLogsServiceRequest,
+    now_ns: int | None = None,
+    repairs: Counter[str] | None = None,
+) -> list[Row]:
     """One row per log record, in :data:`COLUMNS` order.
 
     ``ts`` is the record's time, else its observed time, else ``now_ns`` (the time the
-    store received it), as the log data model recommends.
+    store received it), as the log data model recommends; a time more than
+    :data:`MAX_AHEAD_NS` after ``now_ns`` counts as absent. ``repairs`` counts the records
+    whose time or severity number was repaired, by the value's name.
     """
     now = now_ns or time.time_ns()
+    latest = now + MAX_AHEAD_NS
+    times = severities = 0
     rows: list[Row] = []
     append = rows.append
     for resource_logs in request.resource_logs:
@@ -146,13 +161,16 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                     elif kind != "string_value":
                         text, is_json = _encode(any_value(body)).decode(), True
                 observed = record.observed_time_unix_nano
-                observed = min(observed, MAX_NS)
                 when = record.time_unix_nano or observed or now
-                when = min(when, MAX_NS)
+                if when > latest:
+                    when = observed if 0 < observed <= latest else now
+                    times += 1
+                observed = min(observed, MAX_NS)
                 attributes = record.attributes
                 severity = record.severity_number
                 if not 0 <= severity <= MAX_SEVERITY:
                     severity = 0
+                    severities += 1
                 # Absent and all-zero IDs (as some SDKs send without a context) are None.
                 trace_id, span_id = record.trace_id, record.span_id
                 append(
@@ -173,4 +191,6 @@ def rows_from_request(request: ExportLogsServiceRequest, now_ns: int | None = No
                         record.event_name or None,
                     )
                 )
+    if repairs is not None and (times or severities):
+        repairs.update(time=times, severity=severities)
     return rows

@@ -14,9 +14,10 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -25,6 +26,9 @@ from otelkit.logstore.query import LogQuery, Page
 from otelkit.logstore.records import Row, rows_from_request
 
 log = logging.getLogger("otelkit.logstore")
+# Told, once they are stored, how many records had a value repaired, and which value
+# ("time", "severity"); called only when there were some.
+Repaired = Callable[[str, int], None]
 
 
 class _Closable(Protocol):
@@ -116,6 +120,9 @@ class _Job:
     request: ExportLogsServiceRequest | None
     rows: list[Row] | None
     done: Future[int]
+    # Records whose value was repaired, by value: counted when the rows are built, told
+    # (to ``repaired``) only once they are stored, so that a retried write counts once.
+    repairs: Counter[str] = field(default_factory=Counter)
 
 
 _STOP = object()
@@ -124,9 +131,12 @@ _STOP = object()
 class BatchWriter:
     """A thread that writes queued requests, as many per transaction as are waiting."""
 
-    def __init__(self, backend: Backend, max_batch_records: int = 20_000) -> None:
+    def __init__(
+        self, backend: Backend, max_batch_records: int = 20_000, repaired: Repaired | None = None
+    ) -> None:
         self._backend = backend
         self._max = max_batch_records
+        self._repaired = repaired
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._writing = False
         self._thread = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
@@ -138,8 +148,8 @@ class BatchWriter:
         self._queue.put(job)
         return job.done
 
-    def submit_rows(self, rows: list[Row]) -> Future[int]:
-        job = _Job(None, rows, Future())
+    def submit_rows(self, rows: list[Row], repairs: Counter[str] | None = None) -> Future[int]:
+        job = _Job(None, rows, Future(), repairs if repairs is not None else Counter())
         self._queue.put(job)
         return job.done
 
@@ -203,7 +213,14 @@ class BatchWriter:
                 self._write([job])
         else:
             for job, rows in zip(jobs, rows_per_job, strict=True):
+                self._report(job.repairs)
                 job.done.set_result(len(rows))
+
+    def _report(self, repairs: Counter[str]) -> None:
+        if self._repaired is not None:
+            for value, count in repairs.items():
+                if count:
+                    self._repaired(value, count)
 
 
 def _size(job: _Job) -> int:
@@ -217,7 +234,8 @@ def _rows(job: _Job, now: int) -> list[Row]:
     if job.rows is not None:
         return job.rows
     assert job.request is not None
-    return rows_from_request(job.request, now)
+    job.repairs.clear()  # built again when a grouped write is retried request by request
+    return rows_from_request(job.request, now, job.repairs)
 
 
 def _as_store_error(exc: Exception) -> StoreError:
@@ -234,6 +252,8 @@ class LogStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._writer: BatchWriter | None = None
+        # Told of records stored with a repaired value (set before the writer starts).
+        self.repaired: Repaired | None = None
 
     @property
     def url(self) -> str:
@@ -247,7 +267,7 @@ class LogStore:
     def start_writer_thread(self, max_batch_records: int = 20_000) -> None:
         """Start the writer thread; it connects on its first write if not yet connected."""
         if self._writer is None:
-            self._writer = BatchWriter(self.backend, max_batch_records)
+            self._writer = BatchWriter(self.backend, max_batch_records, self.repaired)
 
     def submit(self, request: ExportLogsServiceRequest) -> Future[int]:
         if self._writer is None:
@@ -259,11 +279,11 @@ class LogStore:
         """Whether the writer thread is writing or has requests waiting."""
         return self._writer is not None and self._writer.busy
 
-    def submit_rows(self, rows: list[Row]) -> Future[int]:
-        """Queue rows already built with :func:`rows_from_request`."""
+    def submit_rows(self, rows: list[Row], repairs: Counter[str] | None = None) -> Future[int]:
+        """Queue rows already built with :func:`rows_from_request` (and what it repaired)."""
         if self._writer is None:
             raise RuntimeError("the log store's writer is not started")
-        return self._writer.submit_rows(rows)
+        return self._writer.submit_rows(rows, repairs)
 
     def write_rows(self, rows: list[Row]) -> None:
         """Insert prepared rows in one transaction, on the calling thread (bulk loads)."""

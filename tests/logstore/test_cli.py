@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +59,34 @@ def test_query_filters_and_json_output(filled: str, capsys: pytest.CaptureFixtur
     assert [r["body"] for r in records] == ["cart loaded", "card declined\nretrying"]
     code, out, _ = run(capsys, "query", "--url", filled, "--severity", "warn", "--grep", "refund")
     assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_one_records_text_cannot_split_its_line_or_act_on_the_terminal(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ESC sequences once reached the terminal as sent: erase the line above (another
+    record's), hide the rest; a CR or a newline in the severity text split a line."""
+    store = open_store(store_url)
+    store.start_writer()
+    now = time.time_ns()
+    hostile = [
+        Rec("\x1b[1A\x1b[2Kerased the line above", ts=now - 3 * SECOND),
+        Rec("\x1b[8mhides what follows\x9b0m", severity_text="ERROR\nforged", ts=now - 2 * SECOND),
+        Rec("carriage\rreturn\x00nul\x7f\u2028sep\ttab", ts=now - SECOND),
+    ]
+    store.submit(request([Rec("the line above", ts=now - 4 * SECOND)])).result(timeout=30)
+    store.submit(request(hostile, service="shop\x1b]0;title\x07")).result(timeout=30)
+    store.close()
+    code, out, _ = run(capsys, "query", "--url", store_url, "--order", "oldest")
+    assert code == 0
+    lines = out.removesuffix("\n").split("\n")
+    assert len(lines) == 4 and lines[0].endswith("  the line above")
+    assert lines[1].endswith("\\x1b[1A\\x1b[2Kerased the line above")
+    assert "ERROR⏎forged" in lines[2] and "\\x1b[8mhides what follows\\x9b0m" in lines[2]
+    assert "shop\\x1b]0;title\\x07" in lines[3]
+    nul = "\\x00" if store_url.startswith("sqlite") else "\ufffd"  # PostgreSQL: no NUL
+    assert lines[3].endswith(f"carriage\\x0dreturn{nul}nul\\x7f\\u2028sep\ttab")
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", out)
 
 
 @pytest.mark.parametrize(

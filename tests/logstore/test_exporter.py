@@ -229,6 +229,20 @@ async def test_retention_runs_in_the_background(sqlite_url: str) -> None:
     assert pruned == 1
 
 
+async def test_values_no_sender_should_send_are_repaired_and_counted(sqlite_url: str) -> None:
+    records = [Rec("ahead", ts=2**64 - 1), Rec("odd", severity=99), Rec("fine")]
+    async with running(url=sqlite_url, durability="commit") as exporter:
+        with sender_waiting():
+            await exporter.consume(request(records))
+        # Rows built on a worker thread while the writer is busy are counted the same way.
+        with sender_waiting():
+            await asyncio.gather(*(exporter.consume(request(records[:2])) for _ in range(20)))
+    assert sorted(stored_bodies(sqlite_url)) == ["ahead"] * 21 + ["fine"] + ["odd"] * 21
+    repaired = "otelkit_logstore_repaired_log_records_total"
+    assert exporter.telemetry.total(repaired, exporter="logstore", value="time") == 21
+    assert exporter.telemetry.total(repaired, exporter="logstore", value="severity") == 21
+
+
 def test_config_errors_are_clear() -> None:
     with pytest.raises(ValidationError, match="not a log store URL"):
         LogStoreConfig(url="mysql://db/logs")

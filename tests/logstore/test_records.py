@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from otelkit.logstore.records import COLUMNS, rows_from_request
+from otelkit.logstore.records import COLUMNS, MAX_AHEAD_NS, MAX_NS, rows_from_request
 
 
 def row(record: LogRecord) -> dict[str, object]:
@@ -79,3 +80,46 @@ def test_a_body_is_its_text_or_its_json_and_an_empty_one_is_not_an_absent_one() 
     assert body(AnyValue()) == (None, False)
     assert body(AnyValue(int_value=0)) == ("0", True)
     assert body(mapped) == ('{"n":1}', True)
+
+
+NOW = 1_800_000_000 * 10**9
+
+
+def stored_times(*records: LogRecord) -> tuple[list[tuple[object, object]], Counter[str]]:
+    """(ts, observed_ts) of each record's row, received at NOW, and what was repaired."""
+    request = ExportLogsServiceRequest()
+    request.resource_logs.add().scope_logs.add().log_records.extend(records)
+    repairs: Counter[str] = Counter()
+    rows = rows_from_request(request, NOW, repairs)
+    made = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    return [(m["ts"], m["observed_ts"]) for m in made], repairs
+
+
+def test_a_time_far_ahead_of_arrival_falls_back_to_the_observed_time_then_arrival() -> None:
+    end = 2**64 - 1
+    times, repaired = stored_times(
+        LogRecord(time_unix_nano=NOW + MAX_AHEAD_NS, observed_time_unix_nano=NOW),
+        LogRecord(time_unix_nano=end, observed_time_unix_nano=NOW - 5),
+        LogRecord(time_unix_nano=NOW + 2 * MAX_AHEAD_NS, observed_time_unix_nano=end),
+        LogRecord(observed_time_unix_nano=end),
+        LogRecord(time_unix_nano=1),
+    )
+    assert times == [
+        (NOW + MAX_AHEAD_NS, NOW),  # a clock a little ahead: kept as sent
+        (NOW - 5, NOW - 5),
+        (NOW, MAX_NS),
+        (NOW, MAX_NS),
+        (1, None),  # far in the past is the record's own business
+    ]
+    assert repaired == Counter(time=3)
+
+
+def test_severity_numbers_outside_the_data_model_are_unspecified_and_counted() -> None:
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    records.extend(LogRecord(severity_number=n) for n in (99, -5, 24, 0))  # type: ignore[arg-type]
+    repairs: Counter[str] = Counter()
+    rows = rows_from_request(request, NOW, repairs)
+    assert [row[COLUMNS.index("severity_number")] for row in rows] == [0, 0, 24, 0]
+    assert repairs == Counter(severity=2)
+    assert rows_from_request(request, NOW) == rows  # nothing to count them in

@@ -3,10 +3,17 @@ be written (the counters exist at zero from the start)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
+
 import pytest
 
 from otelkit.collector.runtime.errors import RetryableError
 from otelkit.collector.runtime.origin import sender_waiting
+from otelkit.logstore.records import Row
+from otelkit.logstore.sqlite import SqliteBackend
+from otelkit.logstore.store import LogStore
 from tests.logstore.requests import Rec, request
 from tests.logstore.test_exporter import running
 from tests.support.services import free_port
@@ -32,3 +39,34 @@ async def test_successful_writes_count_no_error(sqlite_url: str) -> None:
     async with running(url=sqlite_url, durability="commit") as exporter:
         await exporter.consume(request([Rec("stored")]))
     assert exporter.telemetry.total(WRITE_ERRORS) == 0
+
+
+def test_repaired_records_are_counted_once_stored_not_per_attempt(sqlite_url: str) -> None:
+    """A grouped write that fails is tried again request by request: its records, built
+    twice, are counted once, when stored."""
+    attempts: list[int] = []
+    release = threading.Event()
+
+    class FailsOnceGrouped(SqliteBackend):
+        def write(self, rows: list[Row]) -> None:
+            attempts.append(len(rows))
+            if len(attempts) == 1:
+                release.wait(10)  # holds the writer while two requests queue up
+            elif len(attempts) == 2:
+                raise ValueError("refused")  # the two, grouped
+            super().write(rows)
+
+    told: Counter[str] = Counter()
+    store = LogStore(FailsOnceGrouped(sqlite_url))
+    store.repaired = lambda value, count: told.update({value: count})
+    store.start_writer()
+    first = store.submit(request([Rec("holds the writer")]))
+    deadline = time.monotonic() + 10
+    while not attempts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ahead = [store.submit(request([Rec("ahead", ts=2**64 - 1)])) for _ in range(2)]
+    release.set()
+    assert [done.result(timeout=30) for done in (first, *ahead)] == [1, 1, 1]
+    store.close()
+    assert attempts == [1, 2, 1, 1]
+    assert told == Counter(time=2)

@@ -168,6 +168,26 @@ def test_logs_off_sends_only_error_events() -> None:
     relay_check(event)
 
 
+def test_severity_numbers_outside_the_data_model_are_unspecified() -> None:
+    """99 once made a fatal event, and with log items off a log item as well (the "off"
+    floor was severity 99); a negative number a log item at level trace."""
+    records = [_record(99, "ninety-nine"), _record(-5, "negative")]
+    records.append(_record(1000, "said error"))
+    records[-1].severity_text = "ERROR"  # an unusable number: the text says the level
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn}, [logs_request(records)])
+        (event,) = standin.items("event")
+        kinds = [kind for r in standin.accepted() for kind, _ in r.items()]
+    assert kinds == ["event"]
+    assert (event["logentry"]["formatted"], event["level"]) == ("said error", "error")
+    with sentry_standin() as standin:
+        run({"dsn": standin.dsn, "logs": True, "logs_level": "trace"}, [logs_request(records)])
+        (logs,) = standin.items("log")
+    # As records without a severity: below even the lowest level.
+    assert [(i["body"], i["level"], i["severity_number"]) for i in logs["items"]] == [
+        ("said error", "error", 17)]  # fmt: skip
+
+
 def test_budget_and_perf_findings_become_grouped_sentry_issues() -> None:
     from otelkit.budgets.findings import Finding, attach, findings_to_logs
 

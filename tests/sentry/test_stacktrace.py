@@ -256,6 +256,25 @@ def test_unparseable_text_falls_back_to_type_and_message() -> None:
     assert "stacktrace" not in value
 
 
+def test_types_and_modules_are_cut_where_relay_cuts_them() -> None:
+    """A type of a megabyte (an app that put something else there) once made the event
+    too large for Sentry, and it was dropped whole."""
+    python_trace = 'Traceback (most recent call last):\n  File "a.py", line 1, in f\n'
+    cases = [
+        parse("", "T" * 1_000_000, "m"),
+        parse("", "pkg." * 200 + "E" * 300, "m"),
+        parse(python_trace + "M" * 300 + "." + "E" * 300 + ": v", "", ""),
+    ]
+    for parsed in cases:
+        value = parsed.values[-1]
+        assert len(value["type"]) == 256 and value["type"].endswith("…")
+        assert len(value.get("module", "")) <= 256
+        relay_check(
+            {"platform": parsed.platform or "other", "exception": {"values": parsed.values}}
+        )
+    assert [len(case.values[-1]["module"]) for case in cases[1:]] == [256, 256]
+
+
 def test_garbage_never_raises() -> None:
     rng = random.Random(7)
     pieces = [

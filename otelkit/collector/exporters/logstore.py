@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, Literal
@@ -162,6 +163,13 @@ class LogStoreExporter(QueuedExporter):
         )
         self._unavailable = write_errors.labels(self.name, "unavailable")
         self._rejected = write_errors.labels(self.name, "rejected")
+        repaired = settings.telemetry.counter(
+            "otelkit_logstore_repaired_log_records",
+            "Log records stored with a value no sender should send replaced "
+            "(time: far in the future; severity: outside 0-24)",
+            ("exporter", "value"),
+        )
+        self.store.repaired = lambda value, count: repaired.labels(self.name, value).inc(count)
 
     def destinations(self) -> list[Destination]:
         return [Destination("log records", self.store.backend.location)]
@@ -383,8 +391,9 @@ class LogStoreExporter(QueuedExporter):
         request from the accesslog or findings connector cost about as much again as one
         hop)."""
         if self.store.writer_busy:
-            rows = await asyncio.to_thread(rows_from_request, payload)
-            return self.store.submit_rows(rows)
+            repairs: Counter[str] = Counter()
+            rows = await asyncio.to_thread(rows_from_request, payload, None, repairs)
+            return self.store.submit_rows(rows, repairs)
         return self.store.submit(payload)
 
     async def prune_now(self) -> int:

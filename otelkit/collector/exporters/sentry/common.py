@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -110,6 +111,25 @@ def first(attrs: Mapping[str, Any], *keys: str) -> Any:
         if value is not None and value != "":
             return value
     return None
+
+
+#: The log data model's severity numbers are 1-24 (0: unspecified).
+MAX_SEVERITY = 24
+_SEVERITY_TEXT = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "warning": 13, "error": 17,
+                  "critical": 21, "fatal": 21}  # fmt: skip
+
+
+def severity_of(record: LogRecord) -> int:
+    """The record's severity number, 1-24, or 0 when it has none.
+
+    A number outside the data model's range is a sender's bug, read as unspecified (as the
+    log store stores it): it must not make an error event, nor a log item when log items
+    are off, nor reach Sentry as a severity it does not know. An unspecified number falls
+    back to the severity text (``ERROR``, ``warning``...)."""
+    number = record.severity_number
+    if 0 < number <= MAX_SEVERITY:
+        return number
+    return _SEVERITY_TEXT.get(record.severity_text.lower(), 0)
 
 
 def new_event_id() -> str:

@@ -31,6 +31,7 @@ from otelkit.collector.exporters.sentry.common import (
     first,
     new_event_id,
     seconds,
+    severity_of,
 )
 from otelkit.collector.pdata.semconv import (
     CLIENT_ADDRESS,
@@ -132,7 +133,7 @@ def log_error_event(
 ) -> Event:
     """An error event for one log record (a message, and an exception when it has one)."""
     attrs = attributes(record.attributes)
-    level = level_of(record.severity_number or 17)
+    level = level_of(severity_of(record) or 17)
     when = record.time_unix_nano or record.observed_time_unix_nano
     logger = str(attrs.get("logger.name") or scope_name or "")
     event = _base(resource, None, level, logger, when, ctx)

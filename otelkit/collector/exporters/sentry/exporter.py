@@ -42,7 +42,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from sentry_sdk.consts import EndpointType
 from sentry_sdk.utils import Dsn
 
-from otelkit.collector.exporters.sentry.common import SERVER, ResourceInfo, attributes, span_shape
+from otelkit.collector.exporters.sentry.common import (
+    SERVER,
+    ResourceInfo,
+    attributes,
+    severity_of,
+    span_shape,
+)
 from otelkit.collector.exporters.sentry.config import SEVERITY_FLOOR, SentryConfig
 from otelkit.collector.exporters.sentry.events import (
     Event,
@@ -124,7 +130,7 @@ class SentryExporter(QueuedExporter):
         self._full_logged_until = 0.0
         self._converter = WorkerThread(self.name, MAX_PENDING_BATCHES)
         self._event_floor = SEVERITY_FLOOR[config.min_event_level]
-        self._log_floor = SEVERITY_FLOOR[config.logs_level] if config.logs else 99
+        self._log_floor = SEVERITY_FLOOR[config.logs_level]
         self._counters()
 
     @property
@@ -294,8 +300,8 @@ class SentryExporter(QueuedExporter):
             for sl in rl.scope_logs:
                 scope = sl.scope.name
                 for record in sl.log_records:
-                    severity = record.severity_number or _severity_from_text(record.severity_text)
-                    in_logs = severity >= self._log_floor  # counted with the log items
+                    severity = severity_of(record)
+                    in_logs = self.config.logs and severity >= self._log_floor  # counted with them
                     if in_logs and logs_limited:
                         dropped_logs += 1
                     elif in_logs:
@@ -498,11 +504,3 @@ def _shrink_event(event: Event) -> Event:
             value["stacktrace"]["frames"] = frames[:25] + frames[-25:]
     event.setdefault("extra", {})["otelkit.trimmed"] = "event over Sentry's 1 MB item limit"
     return event
-
-
-_SEVERITY_TEXT = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "warning": 13, "error": 17,
-                  "critical": 21, "fatal": 21}  # fmt: skip
-
-
-def _severity_from_text(text: str) -> int:
-    return _SEVERITY_TEXT.get(text.lower(), 0)

@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from otelkit.collector.exporters.sentry.common import ResourceInfo, attributes
+from otelkit.collector.exporters.sentry.common import ResourceInfo, attributes, severity_of
 from otelkit.collector.exporters.sentry.events import body_text, clean_text, dumps_text
 from otelkit.collector.runtime.scrub import Scrubber
 
@@ -47,15 +47,16 @@ def log_item(
     if record.severity_text:
         typed["otel.severity_text"] = {"value": record.severity_text, "type": "string"}
     when = record.time_unix_nano or record.observed_time_unix_nano
+    severity = severity_of(record)
     item: LogItem = {
         "timestamp": when / 1e9 if when else now,
         "trace_id": record.trace_id.hex() if any(record.trace_id) else uuid.uuid4().hex,
-        "level": sentry_level(record.severity_number),
+        "level": sentry_level(severity),
         "body": clean_text(body_text(record, scrubber), scrubber),
         "attributes": typed,
     }
-    if record.severity_number:
-        item["severity_number"] = record.severity_number
+    if severity:
+        item["severity_number"] = severity
     if any(record.span_id):
         item["span_id"] = record.span_id.hex()
     return item

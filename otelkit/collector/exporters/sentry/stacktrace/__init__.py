@@ -32,6 +32,10 @@ from otelkit.collector.exporters.sentry.stacktrace.model import (
 
 MAX_FRAMES = 200  # per exception: the first and last half are kept, like Relay does
 MAX_EXCEPTIONS = 50  # values per event: the main exception and the nearest to it
+# Characters of an exception's type and of its module that Relay keeps. A longer type
+# (an app that put a message or a whole trace there) is cut here, not left to make the
+# event too large for Sentry and be dropped whole.
+MAX_SYMBOL = 256
 
 __all__ = ["MAX_FRAMES", "MAX_VALUE", "Parsed", "parse"]
 
@@ -111,14 +115,15 @@ def _kind(line: str) -> str | None:
 
 
 def _fallback(type_: str, message: str, handled: bool) -> Value:
+    type_ = type_ or "Error"
     value: Value = {
-        "type": type_ or "Error",
+        "type": _symbol(type_),
         "value": _trim(message),
         "mechanism": {"type": "otel", "handled": handled},
     }
-    if "." in value["type"] and " " not in value["type"]:
-        module, _, name = value["type"].rpartition(".")
-        value["module"], value["type"] = module, name
+    if "." in type_ and " " not in type_:
+        module, _, name = type_.rpartition(".")
+        value["module"], value["type"] = _symbol(module), _symbol(name)
     return value
 
 
@@ -162,10 +167,10 @@ def _value(
     nested: bool,
 ) -> Value:
     type_ = block.type or "Error"
-    value: Value = {"type": type_, "value": _trim(block.value)}
+    value: Value = {"type": _symbol(type_), "value": _trim(block.value)}
     if platform in ("python", "java") and "." in type_:
         module, _, name = type_.rpartition(".")
-        value["module"], value["type"] = module, name
+        value["module"], value["type"] = _symbol(module), _symbol(name)
     mechanism: Value = {"type": "otel" if parent is None else "chained", "handled": handled}
     if nested:
         mechanism["exception_id"] = ident
@@ -190,3 +195,7 @@ def _limit(frames: list[Frame]) -> list[Frame]:
 
 def _trim(text: str) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
+
+
+def _symbol(text: str) -> str:
+    return text if len(text) <= MAX_SYMBOL else text[: MAX_SYMBOL - 1] + "…"

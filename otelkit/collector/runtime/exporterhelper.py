@@ -56,7 +56,13 @@ from pydantic import Field, model_validator
 
 from otelkit.collector.pdata.signals import Payload, Signal, count_items, signal_of
 from otelkit.collector.pdata.split import append, split_in_pieces, split_off
-from otelkit.collector.runtime.component import ComponentConfig, CreateSettings, Exporter, Host
+from otelkit.collector.runtime.component import (
+    ComponentConfig,
+    CreateSettings,
+    Exporter,
+    Host,
+    WorkerRole,
+)
 from otelkit.collector.runtime.durable import DISK, Disk
 from otelkit.collector.runtime.errors import (
     InvalidDataError,
@@ -287,7 +293,11 @@ class QueuedExporter(Exporter):
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._ready: asyncio.Queue[_Unit] = asyncio.Queue(maxsize=queue.num_consumers)
         self._capacity = queue.queue_size
-        self._store = _DiskStore(Path(queue.storage), self.name, disk) if queue.storage else None
+        self._store = (
+            _DiskStore(Path(queue.storage), self.name, disk, settings.worker)
+            if queue.storage
+            else None
+        )
         self._open: set[_Entry] = set()  # accepted and not finished
         self._pending: dict[Signal, _Pending] = {}
         self._saving = 0  # requests being written to disk, already given room
@@ -728,13 +738,38 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class _DiskStore:
-    """One file per queued request, ``<seq>.<signal>.<items>.pb``, written durably."""
+    """One file per queued request, ``<seq>.<signal>.<items>.pb``, written durably.
 
-    def __init__(self, root: Path, exporter: str, disk: Disk) -> None:
-        self.directory = root / re.sub(r"[^A-Za-z0-9_.-]", "_", exporter)
+    Under ``--workers N`` each worker has a directory of its own inside the exporter's
+    (``worker-<index>``): files of one sequence in a shared directory would overwrite each
+    other's requests. A worker started again takes up its own directory; requests left in
+    a directory that no process of this run owns (a single process's, or a worker's of a
+    run with more workers; in a single process, every worker's) are moved into this one
+    when it opens, so that a change of ``--workers`` loses nothing either."""
+
+    def __init__(
+        self, root: Path, exporter: str, disk: Disk, worker: WorkerRole | None = None
+    ) -> None:
+        base = root / re.sub(r"[^A-Za-z0-9_.-]", "_", exporter)
+        self.directory = base / f"worker-{worker.index}" if worker else base
         self.directory.mkdir(parents=True, exist_ok=True)
         self._disk = disk
         self._seq = max((_seq_of(p) for p in self.directory.glob("*.pb")), default=0)
+        for orphan in _orphaned(base, worker):
+            self._adopt(orphan)
+
+    def _adopt(self, directory: Path) -> None:
+        """Move the requests another run left in ``directory`` behind this one's, in order."""
+        moved = False
+        for path in sorted(directory.glob("*.pb")):
+            self._seq += 1
+            name = f"{self._seq:020d}." + path.name.split(".", 1)[1]
+            self._disk.rename(path, self.directory / name)
+            moved = True
+        if moved:
+            log.info("persistent queue: took up the requests left in %s", directory)
+            self._disk.fsync_directory(self.directory)
+            self._disk.fsync_directory(directory)
 
     def next_path(self, signal: Signal, items: int) -> Path:
         self._seq += 1
@@ -774,3 +809,21 @@ class _DiskStore:
 
 def _seq_of(path: Path) -> int:
     return int(path.name.split(".")[0])
+
+
+def _orphaned(base: Path, worker: WorkerRole | None) -> list[Path]:
+    """The directories under ``base`` whose requests no process of this run takes but this
+    one: all workers' in a single process; in worker 0, the single process's and those of
+    workers beyond this run's count."""
+    workers = sorted(base.glob("worker-*"), key=lambda d: _worker_index(d) or 0)
+    if worker is None:
+        return [d for d in workers if _worker_index(d) is not None]
+    if worker.index != 0:
+        return []
+    beyond = [d for d in workers if (_worker_index(d) or 0) >= worker.count]
+    return [base, *beyond]
+
+
+def _worker_index(directory: Path) -> int | None:
+    suffix = directory.name.removeprefix("worker-")
+    return int(suffix) if suffix.isdigit() and directory.is_dir() else None

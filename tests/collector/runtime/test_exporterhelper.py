@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pydantic import ValidationError
 
 from otelkit.collector.pdata.signals import Payload
-from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind
+from otelkit.collector.runtime.component import ComponentID, CreateSettings, Kind, WorkerRole
 from otelkit.collector.runtime.durable import DISK, Disk
 from otelkit.collector.runtime.errors import OverloadedError, PermanentError, RetryableError
 from otelkit.collector.runtime.exporterhelper import ExporterHelperConfig, QueuedExporter
@@ -30,8 +30,9 @@ class ScriptedExporter(QueuedExporter):
         config: dict[str, Any],
         script: list[Exception],
         disk: Disk = DISK,
+        worker: WorkerRole | None = None,
     ) -> None:
-        settings = CreateSettings(ComponentID("scripted"), Kind.EXPORTER, telemetry)
+        settings = CreateSettings(ComponentID("scripted"), Kind.EXPORTER, telemetry, worker=worker)
         super().__init__(settings, ExporterHelperConfig.model_validate(config), disk=disk)
         self.script = list(script)
         self.delivered: list[str] = []
@@ -250,6 +251,77 @@ def test_persistent_queue_survives_a_restart(tmp_path: Path) -> None:
     exporter = asyncio.run(second_run())
     assert exporter.delivered == ["a", "b", "c"]
     assert list(tmp_path.rglob("*.pb")) == []
+
+
+def test_workers_sharing_a_persistent_queue_keep_every_request(tmp_path: Path) -> None:
+    # Under --workers N every worker runs the exporter with the same storage: files of one
+    # sequence in one directory overwrote each other's requests (34 of 60 left on disk).
+    config = {
+        "sending_queue": {"storage": str(tmp_path), "num_consumers": 1, "drain_timeout": "100ms"},
+        "retry_on_failure": FAST_RETRY,
+    }
+
+    async def two_workers_while_the_destination_is_down() -> None:
+        workers = [
+            ScriptedExporter(SelfTelemetry(), config, [OSError("down")] * 1000,
+                             worker=WorkerRole(index, 2))
+            for index in range(2)
+        ]  # fmt: skip
+        for exporter in workers:
+            await exporter.start(ServiceHost())
+        for n in range(10):
+            for index, exporter in enumerate(workers):
+                await exporter.consume(batch(f"w{index}-{n}"))
+        for exporter in workers:
+            await exporter.shutdown()
+
+    asyncio.run(two_workers_while_the_destination_is_down())
+    assert len(list(tmp_path.rglob("*.pb"))) == 20
+    delivered = asyncio.run(deliver_what_is_left(config, None, 20))
+    for index in range(2):  # each worker's requests in the order they were taken
+        assert [d for d in delivered if d.startswith(f"w{index}")] == [
+            f"w{index}-{n}" for n in range(10)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("left_by", "taken_by"),
+    [
+        (None, WorkerRole(0, 2)),  # a single process, then --workers 2
+        (WorkerRole(2, 3), WorkerRole(0, 2)),  # --workers 3, then 2
+        (WorkerRole(1, 2), None),  # --workers 2, then a single process
+        (WorkerRole(1, 2), WorkerRole(1, 2)),  # a killed worker, started again
+    ],
+)
+def test_requests_left_by_another_run_are_taken_up(
+    tmp_path: Path, left_by: WorkerRole | None, taken_by: WorkerRole | None
+) -> None:
+    config = {
+        "sending_queue": {"storage": str(tmp_path), "num_consumers": 1, "drain_timeout": "100ms"},
+        "retry_on_failure": FAST_RETRY,
+    }
+
+    async def left() -> None:
+        exporter = ScriptedExporter(SelfTelemetry(), config, [OSError("down")] * 1000,
+                                    worker=left_by)  # fmt: skip
+        await exporter.start(ServiceHost())
+        for name in "abc":
+            await exporter.consume(batch(name))
+        await exporter.shutdown()
+
+    asyncio.run(left())
+    assert asyncio.run(deliver_what_is_left(config, taken_by, 3)) == ["a", "b", "c"]
+    assert list(tmp_path.rglob("*.pb")) == []
+
+
+async def deliver_what_is_left(
+    config: dict[str, Any], worker: WorkerRole | None, count: int
+) -> list[str]:
+    exporter = ScriptedExporter(SelfTelemetry(), config, [], worker=worker)
+    await exporter.start(ServiceHost())
+    await until(lambda: len(exporter.delivered) == count)
+    await exporter.shutdown()
+    return exporter.delivered
 
 
 # Durability: the order of disk operations before the sender is answered -----------------

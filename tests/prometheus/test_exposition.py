@@ -20,8 +20,20 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from otelkit.collector.exporters.prometheus.exposition import wants_openmetrics
-from tests.prometheus.payloads import gauge_metric, histogram_metric, metrics_request
+from otelkit.collector.exporters.prometheus.exposition import (
+    render_openmetrics,
+    render_text,
+    wants_openmetrics,
+)
+from otelkit.collector.exporters.prometheus.store import CumulativeStore
+from otelkit.collector.exporters.prometheus.translation import TranslationOptions, translate
+from tests.prometheus.payloads import (
+    gauge_metric,
+    histogram_metric,
+    kvs,
+    metrics_request,
+    sum_metric,
+)
 from tests.prometheus.scrape import running_exporter
 from tests.support.services import require_binary
 
@@ -231,3 +243,53 @@ def test_a_large_batch_is_ingested_without_holding_the_event_loop() -> None:
     during, families = asyncio.run(run())
     assert families == 2000
     assert during >= 5, "the ticker should run between ingestion chunks"
+
+
+def rendered(*metrics: Metric) -> tuple[str, str]:
+    """The text and OpenMetrics expositions of ``metrics``."""
+    store = CumulativeStore(0)
+    store.ingest(translate(metrics_request(*metrics), TranslationOptions()))
+    snapshot = store.snapshot()
+    return (b"".join(render_text(snapshot)).decode(),
+            b"".join(render_openmetrics(snapshot)).decode())  # fmt: skip
+
+
+def test_sums_openmetrics_cannot_carry_are_left_out_of_it_alone() -> None:
+    """OpenTelemetry allows negative measurements; OpenMetrics takes a histogram's sum as
+    a counter (never NaN or negative, none beside a negative bound, and no count without
+    a sum) and a summary's sum and quantile values likewise: a parser refuses the whole
+    scrape otherwise. The text format keeps them."""
+    summary = Metric(name="rpc.delta", unit="s")
+    dp = summary.summary.data_points.add(count=2, sum=-3.0, time_unix_nano=1)
+    dp.quantile_values.add(quantile=0.5, value=-2.0)
+    dp.quantile_values.add(quantile=0.9, value=float("nan"))
+    text, om = rendered(
+        histogram_metric("offset", [-5.0, 0.0, 5.0], [1, 1, 1, 0], 1.0),
+        histogram_metric("skew", [1.0], [2, 0], -4.0),
+        histogram_metric("broken", [1.0], [2, 0], float("nan")),
+        histogram_metric("fine", [1.0], [2, 0], 1.5),
+        summary,
+    )
+    om_samples = {s.name: s for f in parse_openmetrics(om) for s in f.samples}
+    text_samples = {s.name: s for f in parse_text(text) for s in f.samples}
+    for name in ("offset_seconds", "skew_seconds", "broken_seconds"):
+        assert f"{name}_sum" not in om_samples and f"{name}_count" not in om_samples
+        assert f"{name}_sum" in text_samples and f"{name}_count" in text_samples
+    assert om_samples["fine_seconds_sum"].value == 1.5
+    assert om_samples["fine_seconds_count"].value == 2
+    assert "rpc_delta_seconds_sum" not in om_samples
+    assert om_samples["rpc_delta_seconds_count"].value == 2
+    assert [s.labels["quantile"] for f in parse_openmetrics(om) for s in f.samples
+            if s.name == "rpc_delta_seconds"] == ["0.9"]  # fmt: skip
+    assert text_samples["rpc_delta_seconds_sum"].value == -3.0
+
+
+def test_exemplar_labels_that_need_escaping_are_left_out_of_openmetrics() -> None:
+    """prometheus_client reads an escaped quote in an exemplar as the value's end."""
+    metric = sum_metric("orders", 1.0)
+    exemplar = metric.sum.data_points[0].exemplars.add(as_double=1.0, trace_id=TRACE_ID)
+    exemplar.filtered_attributes.extend(kvs({"quote": 'a"b', "newline": "a\nb", "plain": "ok"}))
+    _, om = rendered(metric)
+    (sample,) = [s for f in parse_openmetrics(om) for s in f.samples]
+    assert sample.exemplar is not None
+    assert sample.exemplar.labels == {"trace_id": TRACE_ID.hex(), "plain": "ok"}

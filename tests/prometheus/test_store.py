@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+
+from otelkit.collector.exporters.prometheus.merge import merge_snapshots
 from otelkit.collector.exporters.prometheus.store import CumulativeStore
 from otelkit.collector.exporters.prometheus.translation import (
     HistogramPoint,
     NumberPoint,
+    Rejected,
     TranslationOptions,
     translate,
 )
@@ -145,3 +150,70 @@ def test_a_newer_point_without_exemplars_keeps_the_previous_ones() -> None:
     assert point.count == 2
     assert point.exemplars[0] is not None
     assert dict(point.exemplars[0].labels)["trace_id"] == "01" * 16
+
+
+def ingest_counted(store: CumulativeStore, *metrics: Metric) -> dict[str, int]:
+    rejected = Rejected()
+    store.ingest(translate(metrics_request(*metrics), TranslationOptions()), rejected)
+    return rejected.by_reason
+
+
+CLASHES = [
+    # (first, second): the second writes a name the first owns in some format
+    (sum_metric("requests", 1), gauge_metric("requests", 2)),  # requests_total is `requests` in OM
+    (sum_metric("requests", 1), gauge_metric("requests_total", 2)),
+    (gauge_metric("a.b", 1), sum_metric("a_b", 2)),
+    (histogram_metric("latency", [1], [1, 0], 0.5), gauge_metric("latency.seconds.count", 2)),
+    (gauge_metric("latency.seconds.bucket", 2), histogram_metric("latency", [1], [1, 0], 0.5)),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), CLASHES)
+def test_the_first_family_keeps_a_name_and_a_clashing_one_is_refused_and_counted(
+    first: Metric, second: Metric
+) -> None:
+    """Two families writing one name make the scrape unparseable; replacing the first
+    would hide every series of the app that sent it."""
+    store = CumulativeStore(0)
+    assert ingest_counted(store, first) == {}
+    before = store.snapshot()
+    assert sum(ingest_counted(store, second).values()) == 1
+    assert store.snapshot() == before
+
+
+def test_a_name_is_free_again_once_its_family_has_expired() -> None:
+    clock = FakeClock()
+    store = CumulativeStore(300, clock)
+    ingest_counted(store, sum_metric("requests", 1))
+    clock.now += 301
+    store.expire()
+    assert ingest_counted(store, gauge_metric("requests", 2)) == {}
+    assert store.point("requests", LABELS) is not None
+
+
+def test_a_name_is_free_again_once_its_last_series_is_gone() -> None:
+    store = CumulativeStore(0)
+    ingest_counted(store, sum_metric("requests", 1))
+    ingest_counted(store, sum_metric("requests", 0, end=T0 + 2 * SECOND, flags=1))
+    assert ingest_counted(store, gauge_metric("requests", 2)) == {}
+
+
+def test_target_info_is_always_the_resources_gauge() -> None:
+    store = CumulativeStore(0)
+    assert sum(ingest_counted(store, sum_metric("target.info", 1)).values()) == 1
+    request = metrics_request(
+        gauge_metric("g", 1), resource={"service.name": "s", "host.name": "h"}
+    )
+    store.ingest(translate(request, TranslationOptions()))
+    assert [f.family.name for f in store.snapshot()] == ["g", "target_info"]
+
+
+def test_the_workers_view_shows_the_first_of_two_clashing_families() -> None:
+    """Each worker's store owns its names alone; the merged scrape must still parse."""
+    workers = []
+    for metric in (sum_metric("requests", 1), gauge_metric("requests", 2)):
+        store = CumulativeStore(0)
+        ingest_counted(store, metric)
+        workers.append(store.snapshot())
+    merged = merge_snapshots(workers)
+    assert [(f.family.name, f.family.kind) for f in merged] == [("requests_total", "counter")]

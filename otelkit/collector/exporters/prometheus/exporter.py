@@ -157,13 +157,13 @@ class PrometheusExporter(Exporter):
         rejected = Rejected()
         records = translate(payload, self._options, rejected)
         while chunk := list(itertools.islice(records, _INGEST_CHUNK)):
-            self.store.ingest(chunk)
+            self.store.ingest(chunk, rejected)
             if len(chunk) == _INGEST_CHUNK:
                 await asyncio.sleep(0)  # let receivers and scrapes run between chunks
         if rejected.total:
             self._invalid.count(Signal.METRICS, rejected.total, rejected.summary())
         sent = count_items(payload) - rejected.total
-        if sent:
+        if sent > 0:
             self.telemetry.exporter_sent(self.name, Signal.METRICS, sent)
 
     async def exposition(self, openmetrics: bool) -> Body:

@@ -2,10 +2,17 @@
 
 Text 0.0.4 is the default; OpenMetrics is served when the scraper asks for it and is
 the only format that carries exemplars (trace and span IDs on counters and buckets).
+
+OpenMetrics takes a histogram's and a summary's sum, and a summary's quantile values,
+as counters: never NaN or negative, and no sum (so no count) beside a negative bucket
+bound. Where a point has them anyway (OpenTelemetry allows negative measurements), its
+OpenMetrics exposition leaves those samples out, as that specification says, instead
+of writing one a parser refuses with the whole scrape; the text format keeps them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot, label_text
@@ -39,7 +46,7 @@ def render_text(snapshot: list[FamilySnapshot], send_timestamps: bool = False) -
             out.append(f"# HELP {name} {_escape_help_text(fam.family.help)}\n")
         out.append(f"# TYPE {name} {fam.family.kind}\n")
         for labels, point in fam.series:
-            _render_series(out, name, name, labels, point, stamp, None)
+            _render_series(out, name, name, labels, point, stamp, None, False)
             if len(out) >= _CHUNK_LINES:
                 _flush(out, body)
     _flush(out, body)
@@ -62,7 +69,7 @@ def render_openmetrics(snapshot: list[FamilySnapshot], send_timestamps: bool = F
             out.append(f"# HELP {base} {_escape_help_om(family.help)}\n")
         value_name = base + "_total" if family.kind == "counter" else base
         for labels, point in fam.series:
-            _render_series(out, base, value_name, labels, point, stamp, _om_exemplar)
+            _render_series(out, base, value_name, labels, point, stamp, _om_exemplar, True)
             if len(out) >= _CHUNK_LINES:
                 _flush(out, body)
     out.append("# EOF\n")
@@ -84,6 +91,7 @@ def _render_series(
     point: Point,
     stamp: Callable[[int], str],
     exemplar: Callable[[Exemplar | None], str] | None,
+    openmetrics: bool,
 ) -> None:
     braces = f"{{{labels}}}" if labels else ""
     ts = stamp(point.time_ns)
@@ -101,14 +109,19 @@ def _render_series(
             out.append(f'{prefix}le="{le}"}} {running}{ts}{ex}\n')
         if len(point.counts) <= len(point.bounds):  # no +Inf bucket given
             out.append(f'{prefix}le="+Inf"}} {point.count}{ts}\n')
-        out.append(f"{base}_sum{braces} {format_float(point.sum)}{ts}\n")
-        out.append(f"{base}_count{braces} {point.count}{ts}\n")
+        negative_bound = bool(point.bounds) and point.bounds[0] < 0
+        if not openmetrics or (point.sum >= 0 and not negative_bound):
+            out.append(f"{base}_sum{braces} {format_float(point.sum)}{ts}\n")
+            out.append(f"{base}_count{braces} {point.count}{ts}\n")
     elif isinstance(point, SummaryPoint):
         prefix = f"{base}{{{labels}," if labels else f"{base}{{"
         for quantile, value in point.quantiles:
+            if openmetrics and value < 0:
+                continue
             q = go_float(quantile)
             out.append(f'{prefix}quantile="{q}"}} {format_float(value)}{ts}\n')
-        out.append(f"{base}_sum{braces} {format_float(point.sum)}{ts}\n")
+        if not openmetrics or point.sum >= 0:
+            out.append(f"{base}_sum{braces} {format_float(point.sum)}{ts}\n")
         out.append(f"{base}_count{braces} {point.count}{ts}\n")
 
 
@@ -125,10 +138,17 @@ def _le(bound: float) -> str:
 
 
 def _om_exemplar(ex: Exemplar | None) -> str:
+    """An exemplar's text; labels whose values would need escaping are left out: the
+    exemplar parser of prometheus_client takes an escaped quote for the end of the
+    value and refuses the whole scrape, and the trace and span IDs never need one."""
     if ex is None:
         return ""
     seconds = _seconds(ex.time_ns) if ex.time_ns else ""
-    return f" # {{{label_text(ex.labels)}}} {format_float(ex.value)}{seconds}"
+    labels = tuple((k, v) for k, v in ex.labels if not _NEEDS_ESCAPING.search(v))
+    return f" # {{{label_text(labels)}}} {format_float(ex.value)}{seconds}"
+
+
+_NEEDS_ESCAPING = re.compile(r'["\\\n]')
 
 
 def _no_stamp(time_ns: int) -> str:

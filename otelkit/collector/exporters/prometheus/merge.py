@@ -20,7 +20,7 @@ from otelkit.collector.exporters.prometheus.exposition import (
     render_openmetrics,
     render_text,
 )
-from otelkit.collector.exporters.prometheus.store import FamilySnapshot
+from otelkit.collector.exporters.prometheus.store import FamilySnapshot, NameClaims
 from otelkit.collector.exporters.prometheus.translation import (
     Exemplar,
     Family,
@@ -33,12 +33,21 @@ from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send
 
 
 def merge_snapshots(workers: Iterable[list[FamilySnapshot]]) -> list[FamilySnapshot]:
-    """The workers' families as one, in first-seen order; same-labelled series combined."""
+    """The workers' families as one, in first-seen order; same-labelled series combined.
+    Each worker's store owns its names alone, so two workers may each hold a family the
+    other's clashes with (a gauge ``x`` here, a counter ``x_total`` there): the first
+    seen is shown, as within one store, and the scrape stays parseable."""
     families: dict[str, Family] = {}
     series: dict[str, dict[str, Point]] = {}
+    claims = NameClaims()
     for snapshot in workers:
         for fam in snapshot:
             name = fam.family.name
+            known_family = families.get(name)
+            if known_family is None and not claims.claim(fam.family):
+                continue
+            if known_family is not None and known_family.kind != fam.family.kind:
+                continue
             families.setdefault(name, fam.family)
             known = series.setdefault(name, {})
             for labels, point in fam.series:

@@ -8,7 +8,14 @@ Rules (the upstream exporter's accumulator):
 * a delta point is added to the stored one when its start equals the stored point's
   end (contiguous); otherwise it starts a new cumulative series (a reset);
 * a point flagged "no recorded value" removes its series;
-* a series not updated for ``expiration`` seconds is dropped (0 keeps it forever).
+* a series not updated for ``expiration`` seconds is dropped (0 keeps it forever);
+* a family owns its name and the names of its samples in both formats (a counter
+  ``x_total`` is ``x`` in OpenMetrics; a histogram ``h`` writes ``h_bucket``, ``h_sum``
+  and ``h_count``) until it is gone: a later metric of another type that would write
+  any of them is refused, counted, as the upstream exporter's registry refuses the
+  second of two colliding metrics. Two families writing one name make the scrape
+  unparseable, and replacing the first would drop every series of another app.
+  ``target_info`` is always the resources' gauge.
 
 Points are immutable and replaced, never mutated, so a scrape renders from a snapshot
 (lists of references taken on the event loop) in a worker thread while ingestion goes on.
@@ -21,12 +28,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from otelkit.collector.exporters.prometheus.translation import (
+    TARGET_INFO,
     Exemplar,
     Family,
     HistogramPoint,
     Labels,
     NumberPoint,
     Point,
+    Rejected,
     Translated,
 )
 
@@ -55,6 +64,44 @@ class FamilySnapshot:
     """(rendered label text, point) per series."""
 
 
+def sample_names(family: Family) -> tuple[str, ...]:
+    """Every family and sample name ``family`` writes in text 0.0.4 or OpenMetrics."""
+    name = family.name
+    if family.kind == "counter":
+        base = name.removesuffix("_total")
+        return (name, base, base + "_total", base + "_created")
+    if family.kind == "histogram":
+        return (name, name + "_bucket", name + "_sum", name + "_count", name + "_created")
+    if family.kind == "summary":
+        return (name, name + "_sum", name + "_count", name + "_created")
+    return (name,)
+
+
+class NameClaims:
+    """Which family owns each name a scrape would write; the first to come keeps it."""
+
+    _RESERVED = {TARGET_INFO: TARGET_INFO}
+
+    def __init__(self) -> None:
+        self._owners: dict[str, str] = {}
+
+    def claim(self, family: Family) -> bool:
+        """True when ``family`` may be shown: none of its names belongs to another."""
+        names = sample_names(family)
+        for name in names:
+            owner = self._owners.get(name) or self._RESERVED.get(name, family.name)
+            if owner != family.name or (name == TARGET_INFO and family.kind != "gauge"):
+                return False
+        for name in names:
+            self._owners[name] = family.name
+        return True
+
+    def release(self, family: Family) -> None:
+        for name in sample_names(family):
+            if self._owners.get(name) == family.name:
+                del self._owners[name]
+
+
 class CumulativeStore:
     """Series by family name then labels. Used from the event loop only."""
 
@@ -62,36 +109,52 @@ class CumulativeStore:
         self.expiration = expiration
         self._clock = clock
         self._families: dict[str, _FamilyState] = {}
+        self._claims = NameClaims()
         self.generation = 0
         """Changes whenever what a scrape would show changes (render cache key)."""
 
     def __len__(self) -> int:
         return sum(len(state.series) for state in self._families.values())
 
-    def ingest(self, records: Iterable[Translated]) -> None:
+    def ingest(self, records: Iterable[Translated], rejected: Rejected | None = None) -> None:
+        """Fold ``records`` in; those whose name another type owns are noted in ``rejected``."""
         now = self._clock()
         for record in records:
-            self._ingest_one(record, now)
+            if not self._ingest_one(record, now) and rejected is not None:
+                rejected.add(f"a metric of another type owns the name of {record.family.kind} "
+                             f"{record.family.name[:80]}")  # fmt: skip
         self.generation += 1
 
-    def _ingest_one(self, record: Translated, now: float) -> None:
+    def _ingest_one(self, record: Translated, now: float) -> bool:
         family = record.family
         state = self._families.get(family.name)
-        if state is None or state.family.kind != family.kind:
+        if state is None:
+            if not self._claims.claim(family):
+                return False
             state = self._families[family.name] = _FamilyState(family)
+        elif state.family.kind != family.kind:
+            return False
         elif state.family != family:
             state.family = family  # help or unit changed
         existing = state.series.get(record.labels)
         if record.stale:
             state.series.pop(record.labels, None)
-            return
+            if not state.series:
+                self._drop_family(family.name)
+            return True
         if existing is None:
             state.series[record.labels] = _Series(label_text(record.labels), record.point, now)
-            return
+            return True
         merged = _merge(existing.point, record.point, record.delta)
         if merged is not None:
             existing.point = merged
             existing.seen = now
+        return True
+
+    def _drop_family(self, name: str) -> None:
+        """Forget a family with no series left, freeing its names for any type."""
+        state = self._families.pop(name)
+        self._claims.release(state.family)
 
     def expire(self) -> int:
         """Drop series quiet for longer than the expiration; returns how many went."""
@@ -105,7 +168,7 @@ class CumulativeStore:
                 del state.series[labels]
             dropped += len(quiet)
             if not state.series:
-                del self._families[name]
+                self._drop_family(name)
         if dropped:
             self.generation += 1
         return dropped

@@ -7,8 +7,9 @@ the upstream collector's translator:
   the unit becomes a suffix (``s`` -> ``_seconds``, ``By`` -> ``_bytes``, ``m/s`` ->
   ``_meters_per_second``; units in braces are dropped); monotonic sums end in
   ``_total``; gauges with unit ``1`` end in ``_ratio``; a leading digit gets ``_``.
-* labels: invalid characters become ``_``; a leading digit or a single leading ``_``
-  gets a ``key_`` prefix; attributes that collide after sanitising are joined with ``;``.
+* labels: invalid characters become ``_``; a leading digit gets a ``key_`` prefix and a
+  leading ``_`` a ``key`` prefix, unless the key itself starts with ``__`` (Prometheus
+  reserves those names); attributes that collide after sanitising are joined with ``;``.
 * resources: ``job`` = ``service.namespace/service.name``, ``instance`` =
   ``service.instance.id`` on every series, and one ``target_info`` gauge per resource
   carrying the other resource attributes.
@@ -18,9 +19,13 @@ scrape exporter folds them into its cumulative store, remote write encodes them 
 
 A point Prometheus cannot take (an exponential histogram whose scale is outside -10..20
 or whose buckets overflow a double, histogram bounds that are not finite and
-increasing, a quantile outside 0..1, a metric whose name has no letter or digit) is
-left out alone and noted in :class:`Rejected`, so the exporters can count it; every
-other point of the request goes through, and no scrape is ever made unparseable.
+increasing, a histogram count that is not the sum of its buckets, a counter that is NaN
+or negative, a quantile outside 0..1, an attribute key that is no label name: empty or
+reserved (``__name__``), or ``le`` on a histogram and ``quantile`` on a summary, which
+the exposition writes itself; a metric whose name has no letter or digit) is left out
+alone and noted in :class:`Rejected`, so the exporters can count it, as the upstream
+exporter's registry drops such a metric and serves the rest; every other point of the
+request goes through, and no scrape is ever made unparseable.
 """
 
 from __future__ import annotations
@@ -212,15 +217,23 @@ def _clean(text: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def label_name(key: str) -> str:
-    """A valid Prometheus label name for an attribute key."""
+    """A valid Prometheus label name for an attribute key; an empty key, and one that
+    starts with ``__`` (reserved: ``__name__`` is the metric name), stay as they are, and
+    :func:`usable_label` says no to them. A ``__`` that sanitising made (``日本``) is no
+    reserved name: it gets the ``key`` prefix of any leading ``_``."""
     if not key:
         return key
     text = _INVALID_LABEL_CHARS.sub("_", key)
     if text[0].isdigit():
         return "key_" + text
-    if text.startswith("_") and not text.startswith("__"):
+    if text.startswith("_") and not key.startswith("__"):
         return "key" + text
     return text
+
+
+def usable_label(name: str) -> bool:
+    """False for a label name no exposition may carry: empty, or reserved (``__``)."""
+    return bool(name) and not name.startswith("__")
 
 
 # Attribute values ----------------------------------------------------------------------
@@ -230,13 +243,16 @@ def go_float(value: float) -> str:
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
-def attribute_labels(attributes: Iterable[Any]) -> dict[str, str]:
+def attribute_labels(attributes: Iterable[Any], skip_unusable: bool = False) -> dict[str, str]:
     """Sanitised labels from OTLP attributes; colliding keys' values are joined with ``;``
-    in key order, as upstream does. Empty values are left out (Prometheus drops them)."""
+    in key order, as upstream does. Empty values are left out (Prometheus drops them).
+    A key that makes no usable label raises ValueError (the point is left out), or is
+    left out itself with ``skip_unusable`` (exemplars and ``target_info``, which are
+    extras of other series)."""
     labels: dict[str, str] = {}
     collided = False
     for kv in attributes:
-        name = label_name(kv.key)
+        name = _usable_name(kv.key, skip_unusable)
         if name in labels:
             collided = True
             break
@@ -244,16 +260,30 @@ def attribute_labels(attributes: Iterable[Any]) -> dict[str, str]:
         text = value.string_value  # the common case, without a call
         if not text and value.WhichOneof("value") != "string_value":
             text = any_value_text(value)
-        if text:
+        if text and name:
             labels[name] = text
     if not collided:
         return labels
     labels = {}
     for kv in sorted(attributes, key=lambda kv: str(kv.key)):
-        name, text = label_name(kv.key), any_value_text(kv.value)
-        if text:
+        name, text = _usable_name(kv.key, skip_unusable), any_value_text(kv.value)
+        if text and name:
             labels[name] = f"{labels[name]};{text}" if name in labels else text
     return labels
+
+
+def _usable_name(key: str, skip_unusable: bool) -> str:
+    """The label name of ``key``; ``""`` for one to skip, ValueError for one to refuse."""
+    name = _usable_label_name(key)
+    if name or skip_unusable:
+        return name
+    raise ValueError(f"attribute key {key[:80]!r} is no Prometheus label name")
+
+
+@functools.lru_cache(maxsize=8192)
+def _usable_label_name(key: str) -> str:
+    name = label_name(key)
+    return name if usable_label(name) else ""
 
 
 # Resources -------------------------------------------------------------------------------
@@ -272,13 +302,13 @@ def resource_labels(resource: Any, options: TranslationOptions) -> ResourceLabel
     attrs = {kv.key: any_value_text(kv.value) for kv in resource.attributes}
     base: dict[str, str] = {}
     if options.resource_to_telemetry_conversion:
-        base.update(attribute_labels(resource.attributes))
+        base.update(attribute_labels(resource.attributes, skip_unusable=True))
     job_instance = _job_instance(attrs)
     base.update(job_instance)
     info: Labels | None = None
     others = [kv for kv in resource.attributes if kv.key not in _IDENTIFYING]
     if options.target_info and others:
-        info_labels = {**attribute_labels(others), **job_instance}
+        info_labels = {**attribute_labels(others, skip_unusable=True), **job_instance}
         for key, value in (options.extra_labels or {}).items():
             info_labels.setdefault(key, value)
         info = tuple(sorted(info_labels.items()))
@@ -344,13 +374,21 @@ def _translate_metric(
         data.aggregation_temporality == _DELTA
     )
     convert: Callable[[Any], Point] = _CONVERTERS[kind]
+    if family.kind == "counter":
+        convert = _counter
+    own_label = _OWN_LABELS.get(family.kind)
     for dp in data.data_points:
         try:
             point = convert(dp)
+            labels = attribute_labels(dp.attributes)
         except (ValueError, ArithmeticError) as exc:
             rejected.add(str(exc))
             continue
-        labels = attribute_labels(dp.attributes)
+        if own_label is not None and own_label in labels:
+            rejected.add(
+                f"{family.kind} with an attribute {own_label!r}: its exposition's own label"
+            )
+            continue
         labels.update(base)  # job, instance, scope and resource labels win over attributes
         for key, value in (options.extra_labels or {}).items():
             labels.setdefault(key, value)
@@ -367,18 +405,31 @@ _KINDS: dict[str, MetricKind] = {
 }
 
 
+_OWN_LABELS = {"histogram": "le", "summary": "quantile"}
+
+
 def _number(dp: Any) -> NumberPoint:
     value = float(dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int)
     exemplar = _exemplar(dp.exemplars[-1]) if dp.exemplars else None
     return NumberPoint(value, dp.start_time_unix_nano, dp.time_unix_nano, exemplar)
 
 
+def _counter(dp: Any) -> NumberPoint:
+    """A monotonic sum's point: a Prometheus counter is never NaN or negative (OpenMetrics
+    refuses the whole exposition that has one)."""
+    point = _number(dp)
+    if not point.value >= 0:  # also true for NaN
+        raise ValueError("counter value that is NaN or negative")
+    return point
+
+
 def _histogram(dp: Any) -> HistogramPoint:
     bounds = tuple(dp.explicit_bounds)
-    counts = tuple(dp.bucket_counts) or (0,) * (len(bounds) + 1)
-    if len(counts) != len(bounds) + 1:  # malformed: keep the total, lose the shape
+    counts = tuple(dp.bucket_counts)
+    if len(counts) != len(bounds) + 1:  # no buckets, or malformed: keep the total, lose the shape
         counts, bounds = (int(dp.count),), ()
     _check_bounds(bounds, "histogram")
+    _check_count(counts, dp.count, "histogram")
     exemplars = _bucket_exemplars(bounds, dp.exemplars)
     return HistogramPoint(bounds, counts, dp.sum, int(dp.count), dp.start_time_unix_nano,
                           dp.time_unix_nano, exemplars)  # fmt: skip
@@ -388,22 +439,22 @@ def _exponential(dp: Any) -> HistogramPoint:
     """Explicit buckets from an exponential histogram: each bucket's upper boundary is
     ``base ** (index + 1)`` with ``base = 2 ** 2 ** -scale``; the zero bucket ends at
     the zero threshold."""
-    if not MIN_SCALE <= dp.scale <= MAX_SCALE:
-        raise ValueError(f"exponential histogram scale {dp.scale} is outside "
+    scale = dp.scale
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise ValueError(f"exponential histogram scale {scale} is outside "
                          f"{MIN_SCALE}..{MAX_SCALE}")  # fmt: skip
-    base = 2.0 ** (2.0**-dp.scale)
     bounds: list[float] = []
     counts: list[int] = []
     negative = dp.negative
     try:
         for i in reversed(range(len(negative.bucket_counts))):  # most negative first
-            bounds.append(-(base ** (negative.offset + i)))
+            bounds.append(-_base_power(negative.offset + i, scale))
             counts.append(int(negative.bucket_counts[i]))
         bounds.append(dp.zero_threshold)
         counts.append(int(dp.zero_count))
         positive = dp.positive
         for i, n in enumerate(positive.bucket_counts):
-            bounds.append(base ** (positive.offset + i + 1))
+            bounds.append(_base_power(positive.offset + i + 1, scale))
             counts.append(int(n))
     except OverflowError:
         raise ValueError(
@@ -412,6 +463,7 @@ def _exponential(dp: Any) -> HistogramPoint:
         ) from None
     counts.append(0)  # +Inf
     _check_bounds(bounds, "exponential histogram")
+    _check_count(counts, dp.count, "exponential histogram")
     exemplars = _bucket_exemplars(tuple(bounds), dp.exemplars)
     return HistogramPoint(tuple(bounds), tuple(counts), dp.sum, int(dp.count),
                           dp.start_time_unix_nano, dp.time_unix_nano, exemplars)  # fmt: skip
@@ -426,6 +478,23 @@ def _summary(dp: Any) -> SummaryPoint:
 
 
 MIN_SCALE, MAX_SCALE = -10, 20  # the OpenTelemetry metrics data model's range
+
+
+def _base_power(index: int, scale: int) -> float:
+    """``base ** index`` for ``base = 2 ** 2 ** -scale``; OverflowError when it does not
+    fit a double. At scale 0 and below the base is a power of two, so the bound is one
+    too, made exactly without forming the base (``2 ** 1024`` at scale -10 overflows,
+    while its bucket at index -1 ends at 1)."""
+    if scale <= 0:
+        return math.ldexp(1.0, index << -scale)
+    return float((2.0 ** (2.0**-scale)) ** index)
+
+
+def _check_count(counts: Iterable[int], count: int, kind: str) -> None:
+    """The count must be the sum of the buckets: the ``+Inf`` bucket and ``_count`` of a
+    scrape are both that total, and OpenMetrics refuses an exposition where they differ."""
+    if sum(counts) != count:
+        raise ValueError(f"{kind} count is not the sum of its bucket counts")
 
 
 def _check_bounds(bounds: Iterable[float], kind: str) -> None:
@@ -452,7 +521,7 @@ def _exemplar(ex: Any) -> Exemplar:
         labels["trace_id"] = ex.trace_id.hex()
     if ex.span_id:
         labels["span_id"] = ex.span_id.hex()
-    for key, value in attribute_labels(ex.filtered_attributes).items():
+    for key, value in attribute_labels(ex.filtered_attributes, skip_unusable=True).items():
         labels.setdefault(key, value)
     number = float(ex.as_double if ex.WhichOneof("value") == "as_double" else ex.as_int)
     return Exemplar(_fit_exemplar_labels(labels), number, ex.time_unix_nano)

@@ -12,18 +12,27 @@ bounded memory, 1% relative error by default); it counts breaches in
 - ``percentile``: a window's running percentile over its objective (once the window
   holds ``min_samples`` spans; at most once per window and objective), on the slowest
   span of the batch that tipped it, so the log links to a real slow trace.
+
+Under ``--workers N`` each worker processes the traces it owns, but a budget's windows
+are one for the whole collector, kept by worker 0: the other workers send it each
+batch's summary (its sketch buckets) and report the breaches it answers on their own
+slowest span. Per-worker windows would each see a share of the traffic, so a percentile
+one process finds would be found by no worker (each short of ``min_samples``) or by
+every worker (once each, stored and sent to Sentry N times).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import compress, repeat
 from operator import attrgetter, eq, is_, sub, truediv
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -53,15 +62,20 @@ from otelkit.budgets.model import (
     ms_to_ns,
     over_limit,
 )
-from otelkit.budgets.sketch import WindowedSketch
+from otelkit.budgets.sketch import Batch, WindowedSketch
 from otelkit.collector.pdata.signals import Payload, Signal
 from otelkit.collector.runtime.component import (
     ComponentConfig,
     Consumer,
     CreateSettings,
+    PeerLink,
     Processor,
     processor_factory,
 )
+from otelkit.collector.runtime.errors import ComponentError
+
+WINDOWS_WORKER = 0
+"""The worker that keeps every budget's windows under ``--workers N``."""
 
 
 class BudgetConfig(ComponentConfig):
@@ -103,8 +117,7 @@ class _BudgetState:
     budget: CompiledBudget
     limit_ms: float | None
     windows: list[_WindowState]
-    # Of the batch being observed: durations (ms) and their spans, in arrival order.
-    durations: list[float] = field(default_factory=list)
+    # The spans of the batch being matched, in arrival order (taken by _measure).
     spans: list[Span] = field(default_factory=list)
     # The attributes every matched span gets, serialised once: merging these bytes into
     # a span appends them in one C call (a third of the cost of extending KeyValues).
@@ -126,12 +139,23 @@ class _BudgetState:
         if self.budget.budget.max_ns is not None:
             self.ceiling_ns = self.budget.budget.max_ns
 
-    def slowest(self) -> Span | None:
-        """The first of the batch's slowest spans."""
-        durations = self.durations
-        if not durations:
-            return None
-        return self.spans[durations.index(max(durations))]
+
+@dataclass
+class _Measured:
+    """One budget's share of a batch, summarised for its windows."""
+
+    state: _BudgetState
+    batch: Batch
+    slowest: Span  # the first of the share's slowest spans
+
+
+class _Breach(NamedTuple):
+    """An objective a window's percentile now breaks (indexes into the state's windows)."""
+
+    window: int
+    objective: int
+    observed_ms: float
+    window_count: int
 
 
 class BudgetProcessor(Processor):
@@ -155,6 +179,16 @@ class BudgetProcessor(Processor):
             "Running percentile of the budget's current window",
             ("budget", "quantile"),
         )
+        self._unjudged = settings.telemetry.counter(
+            "otelkit_budget_unjudged_spans",
+            "Spans left out of their budget's percentile windows: the worker keeping the "
+            "windows could not be asked (--workers N, while worker 0 starts again)",
+            ("budget",),
+        )
+        worker = settings.worker
+        self._keeper: PeerLink | None = None
+        if worker is not None and worker.index != WINDOWS_WORKER:
+            self._keeper = settings.peers
 
     def _new_state(self, budget: CompiledBudget, budgets: BudgetsFile) -> _BudgetState:
         by_window: dict[float, list[Objective]] = {}
@@ -175,22 +209,64 @@ class BudgetProcessor(Processor):
         return _BudgetState(budget, budget.budget.limit_ms, windows)
 
     async def consume(self, payload: Payload) -> None:
-        self.observe(payload, time.time())
+        if self._keeper is None:
+            self.observe(payload, time.time())
+        else:
+            await self._observe_with_keeper(self._keeper, payload)
         await self._next.consume(payload)
 
     def observe(self, payload: Payload, now: float) -> None:
         """Mark matched spans and update windows (``now``: wall-clock seconds)."""
-        touched = self._match_spans(payload)
-        for state in touched:
-            self._roll(state, now)
-            self._mark_and_measure(state)
+        for measured in self._measure(payload):
+            breaches = self._judge(measured.state, measured.batch, now)
+            self._report(measured, breaches)
+
+    async def _observe_with_keeper(self, keeper: PeerLink, payload: Payload) -> None:
+        """As :meth:`observe`, with the windows kept by worker 0: one question per batch.
+        While it cannot answer (starting again), the batch is left out of the windows
+        and counted, rather than judged against this worker's share alone."""
+        measured = self._measure(payload)
+        if not measured:
+            return
+        question = [[m.state.budget.index, _encode_batch(m.batch)] for m in measured]
+        try:
+            answer = json.loads(await keeper.ask(WINDOWS_WORKER, json.dumps(question).encode()))
+        except ComponentError:
+            for m in measured:
+                self._unjudged.labels(m.state.budget.name).inc(m.batch.size)
+            return
+        for m, breaches in zip(measured, answer, strict=True):
+            self._report(m, [_Breach(*breach) for breach in breaches])
+
+    async def answer_peer(self, body: bytes) -> bytes:
+        """Worker 0: another worker's batch summaries added to the windows, and the
+        breaches each one tips, for that worker to report."""
+        now = time.time()
+        answer = [
+            self._judge(self._states[index], _decode_batch(batch), now)
+            for index, batch in json.loads(body)
+        ]
+        return json.dumps(answer).encode()
+
+    def _measure(self, payload: Payload) -> list[_Measured]:
+        """Marks every matched span and reports ceiling breaches; each budget's share
+        of the batch summarised for its windows (budgets with objectives only)."""
+        measured: list[_Measured] = []
+        for state in self._match_spans(payload):
+            spans, state.spans = state.spans, []
+            durations = self._mark_and_measure(state, spans)
             if state.windows:
-                batch = state.windows[0].sketch.sketch.batch_of(state.durations)
-                for window in state.windows:  # every window's sketch has the same buckets
-                    window.sketch.sketch.add_batch(batch)
-            self._check_percentiles(state)
-            state.durations = []
-            state.spans.clear()
+                batch = state.windows[0].sketch.sketch.batch_of(durations)
+                slowest = spans[durations.index(max(durations))]
+                measured.append(_Measured(state, batch, slowest))
+        return measured
+
+    def _judge(self, state: _BudgetState, batch: Batch, now: float) -> list[_Breach]:
+        """The batch added to the budget's windows; the objectives it now breaks."""
+        self._roll(state, now)
+        for window in state.windows:  # every window's sketch has the same buckets
+            window.sketch.sketch.add_batch(batch)
+        return self._check_percentiles(state)
 
     def _match_spans(self, payload: Payload) -> list[_BudgetState]:
         """Collects each matched span under its budget; the budgets touched, in order."""
@@ -259,13 +335,12 @@ class BudgetProcessor(Processor):
                 answers[kind] = iter(candidates.owners(of_kind, resource_attrs, resource_key))
         return list(map(next, map(answers.__getitem__, kinds)))
 
-    def _mark_and_measure(self, state: _BudgetState) -> None:
-        """Durations of the budget's matched spans; marks on each; ceiling breaches.
+    def _mark_and_measure(self, state: _BudgetState, spans: list[Span]) -> list[float]:
+        """Durations (ms) of the budget's matched spans; marks on each; ceiling breaches.
 
         Per-span steps are ``map`` calls over the batch, not a Python loop."""
-        spans = state.spans
         lengths = list(map(sub, map(_END, spans), map(_START, spans)))
-        state.durations = list(map(truediv, lengths, repeat(1e6)))
+        durations = list(map(truediv, lengths, repeat(1e6)))
         limit, within, exceeded = state.limit_ns, state.marks_within, state.marks_exceeded
         top = max(lengths)
         if over_limit(top, limit):
@@ -278,6 +353,7 @@ class BudgetProcessor(Processor):
             for span, length in zip(spans, lengths, strict=True):
                 if over_limit(length, ceiling):
                     self._report_ceiling(state, span, length / 1e6)
+        return durations
 
     def _report_ceiling(self, state: _BudgetState, span: Span, duration_ms: float) -> None:
         ceiling = state.budget.budget.max
@@ -307,20 +383,21 @@ class BudgetProcessor(Processor):
             if window.sketch.roll(now) is not None or not window.sketch.sketch.count:
                 window.flagged.clear()
 
-    def _check_percentiles(self, state: _BudgetState) -> None:
-        """Reports each objective that the window's running percentile now breaks.
+    def _check_percentiles(self, state: _BudgetState) -> list[_Breach]:
+        """Each objective that the window's running percentile now breaks (flagged, so
+        it is reported once per window).
 
         The sketch answers "is the percentile over the objective" from counts it keeps
         as values come in; the percentile itself is computed only for a breach and when
         the gauge is read."""
         if not state.gauges_published:
             self._publish_gauges(state)
-        name = state.budget.name
-        for window in state.windows:
+        breaches: list[_Breach] = []
+        for w, window in enumerate(state.windows):
             sketch = window.sketch.sketch
             if sketch.count < self._config.min_samples:
                 continue
-            for objective in window.objectives:
+            for o, objective in enumerate(window.objectives):
                 if objective.quantile in window.flagged or not sketch.is_over(
                     objective.quantile, objective.below_ms
                 ):
@@ -328,8 +405,16 @@ class BudgetProcessor(Processor):
                 observed = sketch.quantile(objective.quantile)
                 assert observed is not None and observed > objective.below_ms
                 window.flagged.add(objective.quantile)
-                self._violations.labels(name, "percentile").inc()
-                self._report_percentile(state, window, objective, observed)
+                breaches.append(_Breach(w, o, observed, sketch.count))
+        return breaches
+
+    def _report(self, measured: _Measured, breaches: list[_Breach]) -> None:
+        state = measured.state
+        for breach in breaches:
+            window = state.windows[breach.window]
+            objective = window.objectives[breach.objective]
+            self._violations.labels(state.budget.name, "percentile").inc()
+            self._report_percentile(measured, window, objective, breach)
 
     def _publish_gauges(self, state: _BudgetState) -> None:
         """One gauge per objective label reading the live window's percentile when
@@ -344,12 +429,10 @@ class BudgetProcessor(Processor):
         state.gauges_published = True
 
     def _report_percentile(
-        self, state: _BudgetState, window: _WindowState, objective: Objective, observed: float
+        self, measured: _Measured, window: _WindowState, objective: Objective, breach: _Breach
     ) -> None:
-        span = state.slowest()
-        if span is None:
-            return
-        name = state.budget.name
+        span, observed = measured.slowest, breach.observed_ms
+        name = measured.state.budget.name
         seconds = window.sketch.window
         finding = Finding(
             kind=KIND_BUDGET_BREACH,
@@ -368,7 +451,7 @@ class BudgetProcessor(Processor):
                 "otelkit.budget.observed_ms": round(observed, 3),
                 "otelkit.budget.percentile": objective.percentile,
                 "otelkit.budget.window_s": seconds,
-                "otelkit.budget.window_count": window.sketch.sketch.count,
+                "otelkit.budget.window_count": breach.window_count,
             },
         )
         attach(span, finding, span.end_time_unix_nano)
@@ -379,6 +462,20 @@ _FEW_BUDGETS = 4  # budgets in one scope up to which spans are gathered by one p
 _START = attrgetter("start_time_unix_nano")
 _END = attrgetter("end_time_unix_nano")
 _MERGE: Callable[[Span, bytes], object] = Span.MergeFromString  # unbound, for map()
+
+
+def _encode_batch(batch: Batch) -> list[object]:
+    """A batch summary as JSON values, for the worker keeping the windows."""
+    return [list(batch.made_for), batch.size, batch.zeros, batch.total, batch.top,
+            list(batch.buckets.items())]  # fmt: skip
+
+
+def _decode_batch(value: Any) -> Batch:
+    made_for, size, zeros, total, top, buckets = value
+    return Batch(
+        (float(made_for[0]), float(made_for[1])), int(size), int(zeros), float(total),
+        float(top), Counter({int(i): int(n) for i, n in buckets}),
+    )  # fmt: skip
 
 
 def _live_quantile(window: _WindowState, quantile: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
@@ -124,6 +124,24 @@ class WorkerRole:
     count: int
 
 
+class PeerLink(Protocol):
+    """How a component in one worker of ``--workers N`` asks the same component (the
+    same label, so the same pipeline) in another worker: for state that must be one for
+    the whole collector, such as a budget's percentile window."""
+
+    def ask(self, worker: int, body: bytes) -> Awaitable[bytes]:
+        """The other worker's :meth:`AnswersPeers.answer_peer` of ``body``; raises
+        ``RetryableError`` when that worker cannot answer now (gone, starting, stopping)."""
+        ...
+
+
+@runtime_checkable
+class AnswersPeers(Protocol):
+    """A component that answers its counterparts in the other workers (see PeerLink)."""
+
+    async def answer_peer(self, body: bytes) -> bytes: ...
+
+
 @dataclass
 class CreateSettings:
     """Passed to every factory: who the component is and where it reports."""
@@ -138,6 +156,8 @@ class CreateSettings:
     (``batch``) waits for them instead, so their promise reaches the sender."""
     worker: WorkerRole | None = None
     """Set in a worker process of ``--workers N``; None in a single-process collector."""
+    peers: PeerLink | None = None
+    """Set with ``worker``: asks this component's counterparts in the other workers."""
 
     @property
     def label(self) -> str:

@@ -23,6 +23,7 @@ from otelkit.collector.runtime.component import (
     Exporter,
     Extension,
     Kind,
+    PeerLink,
     Processor,
     Receiver,
     WorkerRole,
@@ -110,6 +111,10 @@ class Placement(Protocol):
         """A stand-in when this exporter runs in another worker; None to run it here."""
         ...
 
+    def link(self, label: str) -> PeerLink:
+        """How the component shown as ``label`` asks its counterparts in other workers."""
+        ...
+
 
 @dataclass
 class Graph:
@@ -144,11 +149,18 @@ class _Builder:
         self.entries: dict[str, Consumer] = {}
         self.connector_sides: dict[tuple[ComponentID, Signal], list[Consumer]] = {}
 
-    def settings(self, spec: ComponentSpec, durable: tuple[str, ...] = ()) -> CreateSettings:
-        role = self.placement.role if self.placement is not None else None
+    def settings(
+        self, spec: ComponentSpec, durable: tuple[str, ...] = (), label: str | None = None
+    ) -> CreateSettings:
+        """``label``: as in :attr:`Graph.ordered` (a processor's names its pipeline)."""
+        placement = self.placement
+        if placement is None:
+            return CreateSettings(spec.id, spec.kind, self.telemetry, durable_downstream=durable)
+        peers = placement.link(label or f"{spec.kind.value}/{spec.id}")
         return CreateSettings(
-            spec.id, spec.kind, self.telemetry, durable_downstream=durable, worker=role
-        )
+            spec.id, spec.kind, self.telemetry, durable_downstream=durable,
+            worker=placement.role, peers=peers,
+        )  # fmt: skip
 
     def spec(self, kind: Kind, cid: ComponentID) -> ComponentSpec:
         return self.config.components[(kind, cid)]
@@ -229,10 +241,11 @@ class _Builder:
         )
         for cid in reversed(pipeline.processors):
             spec = self.spec(Kind.PROCESSOR, cid)
-            settings = self.settings(spec, durable)
+            label = f"processor/{cid} ({pipeline.name})"
+            settings = self.settings(spec, durable, label)
             created = spec.factory.create(settings, spec.config, pipeline.signal, head)
             processor = _expect(created, Processor, cid)
-            self.graph.add(f"processor/{cid} ({pipeline.name})", processor)
+            self.graph.add(label, processor)
             self.telemetry.processor_created(str(cid), pipeline.signal)
             head = processor
         return head
@@ -251,11 +264,12 @@ class _Builder:
             by_signal.setdefault(q.signal, []).append(self.entries[q.name])
         built: list[Consumer] = []
         for target_signal, consumers in by_signal.items():
+            label = f"connector/{cid} ({source_signal}->{target_signal})"
+            settings = self.settings(spec, label=label)
             created = spec.factory.create(
-                self.settings(spec), spec.config, source_signal, target_signal, fan_out(consumers)
+                settings, spec.config, source_signal, target_signal, fan_out(consumers)
             )
             connector = _expect(created, Connector, cid)
-            label = f"connector/{cid} ({source_signal}->{target_signal})"
             self.graph.add(label, connector)
             built.append(connector)
         return built

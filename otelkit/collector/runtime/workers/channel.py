@@ -58,6 +58,9 @@ class Op(IntEnum):
     EXPORT_ACKNOWLEDGED = 6
     """As EXPORT, for data whose senders were answered long ago (released by a whole-trace
     processor): nobody waits for the exporter's answer."""
+    COMPONENT = 7
+    """A question for the component of the named label (as in the graph), from the same
+    component in another worker; the body and the answer are that component's own."""
 
 
 class Outcome(IntEnum):

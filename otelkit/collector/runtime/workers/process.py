@@ -2,8 +2,9 @@
 
 A worker runs the same pipelines as a single-process collector, with three differences:
 its receivers route data by trace (``routing``), single-writer exporters run in worker 0
-only, and it answers the internal channel (shares from other workers, and the
-supervisor's questions for the health, self-metrics and scrape views).
+only, and it answers the internal channel (shares from other workers, their components'
+questions to the same component here, and the supervisor's questions for the health,
+self-metrics and scrape views).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from google.protobuf.message import DecodeError
 
 from otelkit.collector.pdata.signals import Signal, signal_of
 from otelkit.collector.runtime.component import (
+    AnswersPeers,
     ComponentID,
     Consumer,
     Exporter,
+    PeerLink,
     WorkerRole,
 )
 from otelkit.collector.runtime.config import CollectorConfig, ComponentSpec
@@ -46,6 +49,7 @@ from otelkit.collector.runtime.workers.routing import (
 SINGLE_WRITER_WORKER = 0
 _NOT_READY_RETRY_AFTER = 1.0
 _START_WAIT_SECONDS = 30.0
+_COMPONENT_TIMEOUT_SECONDS = 10.0
 
 log = logging.getLogger("otelkit.collector")
 
@@ -81,9 +85,28 @@ class WorkerPlacement:
             return ForwardingExporter(str(spec.id), self.peers[SINGLE_WRITER_WORKER])
         return None
 
+    def link(self, label: str) -> PeerLink:
+        return _Link(label, self.peers, self.role.index)
+
     async def close(self) -> None:
         for peer in self.peers.values():
             await peer.close()
+
+
+class _Link:
+    """One component's questions to its counterparts, over the workers' channel."""
+
+    def __init__(self, label: str, peers: dict[int, Peer], index: int) -> None:
+        self._label = label
+        self._peers = peers
+        self._index = index
+
+    async def ask(self, worker: int, body: bytes) -> bytes:
+        if worker == self._index:
+            raise PermanentError(f"{self._label}: worker {worker} is this worker")
+        return await self._peers[worker].call(
+            Op.COMPONENT, self._label, body, timeout=_COMPONENT_TIMEOUT_SECONDS
+        )
 
 
 class WorkerEndpoint:
@@ -100,6 +123,8 @@ class WorkerEndpoint:
         if op in (Op.EXPORT, Op.EXPORT_ACKNOWLEDGED):
             await self._export(name, body, sender_waits=op == Op.EXPORT)
             return b""
+        if op == Op.COMPONENT:
+            return await self._component(name, body)
         if op == Op.STATE:
             return self._state()
         if op == Op.SELF_METRICS:
@@ -122,6 +147,13 @@ class WorkerEndpoint:
             raise PermanentError(f"receiver {receiver!r} has no {signal_of(payload)} pipeline")
         with sender_waiting():  # the receiving worker's sender waits for this share
             await consumer.consume(payload)
+
+    async def _component(self, label: str, body: bytes) -> bytes:
+        await self._accepting()
+        for known, component in self._service.graph.ordered:
+            if known == label and isinstance(component, AnswersPeers):
+                return await component.answer_peer(body)
+        raise PermanentError(f"no {label} answering other workers in this worker")
 
     async def _export(self, name: str, body: bytes, *, sender_waits: bool) -> None:
         await self._accepting()

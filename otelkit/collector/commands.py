@@ -82,8 +82,9 @@ def register(subparsers: Any) -> None:
     components.set_defaults(handler=_components)
 
 
-def _load(path: str | None) -> CollectorConfig | None:
-    """The configuration at ``path``, or the default one shipped in the package."""
+def _load(path: str | None, *, warn: bool = True) -> CollectorConfig | None:
+    """The configuration at ``path``, or the default one shipped in the package; its
+    warnings printed unless ``warn`` is False."""
     try:
         if path is None:
             config = load_config(defaults.config_path(), environ=defaults.environment())
@@ -95,7 +96,7 @@ def _load(path: str | None) -> CollectorConfig | None:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
-    for warning in config.warnings:
+    for warning in config.warnings if warn else ():
         print(f"  {warning}", file=sys.stderr)
     return config
 
@@ -179,11 +180,13 @@ def _worker_count(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    in_worker = args.worker_index is not None and args.runtime_dir is not None
+    # A worker's supervisor loaded the same file and printed its warnings already (once,
+    # rather than once more per worker and again at each restart).
+    config = _load(args.config, warn=not in_worker)
     if config is None:
         return EXIT_CONFIG_ERROR
     workers = args.workers or config.workers
-    in_worker = args.worker_index is not None and args.runtime_dir is not None
     _configure_logging(config, f"worker {args.worker_index} " if in_worker else "")
     log = logging.getLogger("otelkit.collector")
     _steady_heap()

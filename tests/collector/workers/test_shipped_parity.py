@@ -27,7 +27,7 @@ from tests.budgets.test_findings_reach_the_log_store import (
 from tests.collector.e2e.clients import wait_until
 from tests.collector.workers.test_workers_e2e import exporters, get
 from tests.sentry.standin import sentry_standin
-from tests.support.collector import RunningCollector, shipped_collector
+from tests.support.collector import SHIPPED_CONFIG, RunningCollector, shipped_collector
 
 MS = 1_000_000
 
@@ -100,3 +100,14 @@ def test_each_finding_is_stored_and_sent_to_sentry_once(tmp_path: Path) -> None:
     assert finding_types(stored_findings(store)) == expected, running.log()[-3000:]
     sent: list[Any] = [event["tags"]["otelkit.finding.type"] for event in issues(sentry)]
     assert sorted(sent) == expected
+
+
+def test_configuration_warnings_are_printed_once(tmp_path: Path) -> None:
+    """The supervisor checks the configuration and says what is wrong with it; the
+    workers load the same file and stay quiet about it."""
+    text = SHIPPED_CONFIG.read_text().replace("  debug: {}\n", "  debug: {}\n  nop: {}\n", 1)
+    with shipped_collector(tmp_path, config_text=text, args=["--workers", "2"]) as running:
+        wait_until(lambda: ready(running), 60, "readiness of both workers")
+        assert running.stop() == 0, running.log()[-3000:]
+    warnings = [line for line in running.log().splitlines() if "exporters.nop" in line]
+    assert len(warnings) == 1 and "not used in any pipeline" in warnings[0], running.log()

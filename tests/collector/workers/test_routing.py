@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otelkit.collector.exporters.prometheus.merge import merge_snapshots
+from otelkit.collector.exporters.prometheus.merge import ExitedSeries, merge_snapshots
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
 from otelkit.collector.exporters.prometheus.translation import Family, HistogramPoint, NumberPoint
 from otelkit.collector.pdata.signals import count_items
@@ -24,7 +24,7 @@ from otelkit.collector.runtime.workers.routing import (
     split_encoded_traces,
     trace_owner,
 )
-from otelkit.collector.runtime.workers.views import merge_expositions
+from otelkit.collector.runtime.workers.views import ExitedSamples, merge_expositions
 from tests.collector.builders import logs, metrics, traces
 
 
@@ -103,6 +103,43 @@ def test_self_metrics_of_the_workers_are_summed_and_gauges_show_the_highest() ->
     text = merge_expositions([one + rss.format(300.0), two + rss.format(200.0)]).decode()
     assert 'x_total{a="1"} 7.0' in text and 'x_total{a="2"} 1.0' in text
     assert "rss_bytes 300.0" in text
+
+
+def test_what_an_exited_worker_counted_stays_in_the_scrape_until_it_would_expire() -> None:
+    calls, info = Family("calls_total", "counter"), Family("target_info", "gauge")
+    clock = [100.0]
+    exited = ExitedSeries(expiration=300.0, clock=lambda: clock[0])
+    exited.add([
+        FamilySnapshot(calls, [('route="/a"', NumberPoint(5, 1, 9)),
+                               ('route="/b"', NumberPoint(2, 1, 9))]),
+        FamilySnapshot(info, [('job="shop"', NumberPoint(1.0, 0, 9))]),
+    ])  # fmt: skip
+    running = [[FamilySnapshot(calls, [('route="/a"', NumberPoint(1, 20, 30))])]]
+
+    def shown() -> dict[str, float]:
+        merged = merge_snapshots([*running, exited.alongside(running)])
+        return {
+            f"{f.family.name}{{{labels}}}": point.value
+            for f in merged
+            for labels, point in f.series
+            if isinstance(point, NumberPoint)
+        }
+
+    assert shown() == {'calls_total{route="/a"}': 6, 'calls_total{route="/b"}': 2}
+    clock[0] += 301  # /b was quiet as long as its worker would have kept it
+    assert shown() == {'calls_total{route="/a"}': 6}
+
+
+def test_what_an_exited_worker_counted_stays_in_the_self_metrics() -> None:
+    exited = ExitedSamples()
+    exited.add(
+        "# HELP x_total X\n# TYPE x_total counter\nx_total 5.0\n"
+        "# HELP w_total W\n# TYPE w_total counter\nw_total 3.0\n"
+        "# HELP rss_bytes R\n# TYPE rss_bytes gauge\nrss_bytes 300.0\n"
+    )
+    running = "# HELP x_total X\n# TYPE x_total counter\nx_total 1.0\n"
+    text = merge_expositions([running], exited=exited).decode()
+    assert "x_total 6.0" in text and "w_total 3.0" in text and "rss_bytes" not in text
 
 
 @pytest.mark.parametrize("value", [0, -1, "two", 1.5, True])

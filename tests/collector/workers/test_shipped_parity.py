@@ -6,7 +6,9 @@ IDs whose owners alternate, so each worker processes half of the traces."""
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,14 @@ from tests.budgets.test_findings_reach_the_log_store import (
     server_span,
     stored_findings,
 )
-from tests.collector.e2e.clients import wait_until
-from tests.collector.workers.test_workers_e2e import exporters, get
+from tests.collector.e2e.clients import metric_total, wait_until
+from tests.collector.workers.test_worker_crash import worker_pid
+from tests.collector.workers.test_workers_e2e import (
+    exporters,
+    get,
+    n_plus_one_traces,
+    send_span_by_span,
+)
 from tests.sentry.standin import sentry_standin
 from tests.support.collector import SHIPPED_CONFIG, RunningCollector, shipped_collector
 
@@ -111,3 +119,43 @@ def test_configuration_warnings_are_printed_once(tmp_path: Path) -> None:
         assert running.stop() == 0, running.log()[-3000:]
     warnings = [line for line in running.log().splitlines() if "exporters.nop" in line]
     assert len(warnings) == 1 and "not used in any pipeline" in warnings[0], running.log()
+
+
+def test_counters_do_not_go_down_when_a_worker_is_started_again(tmp_path: Path) -> None:
+    """Prometheus takes any decrease of a counter for a reset to zero: had the scrape
+    lost the killed worker's counts, ``rate()`` and ``increase()`` would count the other
+    worker's whole total again (a spike on every dashboard after each restart)."""
+    # Span metrics every second (instead of 15 s), for a short test.
+    text = SHIPPED_CONFIG.read_text().replace(
+        "  spanmetrics:\n", "  spanmetrics:\n    metrics_flush_interval: 1s\n", 1
+    )
+    with shipped_collector(tmp_path, config_text=text, args=["--workers", "2"]) as running:
+        wait_until(lambda: ready(running), 60, "readiness of both workers")
+        send_span_by_span(running, n_plus_one_traces(10))
+
+        def totals() -> tuple[float, float]:
+            scrape = get(running.ports["prometheus"], "/metrics").text
+            telemetry = get(running.ports["telemetry"], "/metrics").text
+            return (
+                metric_total(scrape, "traces_span_metrics_calls_total"),
+                metric_total(telemetry, "otelcol_receiver_accepted_spans_total"),
+            )
+
+        wait_until(lambda: totals() == (70, 70), 30, "70 spans in both views")
+        victim = worker_pid(running, 1)
+        os.kill(victim, signal.SIGKILL)
+        seen = [totals()]
+        while not alive_again(running, victim):
+            seen.append(totals())
+        wait_until(lambda: ready(running), 60, "readiness again")
+        seen.append(totals())
+        assert set(seen) == {(70, 70)}, seen
+
+        send_span_by_span(running, n_plus_one_traces(4))  # both workers count again
+        wait_until(lambda: totals() == (98, 98), 30, "98 spans in both views")
+        assert running.stop() == 0, running.log()[-3000:]
+
+
+def alive_again(running: RunningCollector, killed: int) -> bool:
+    """Whether worker 1 runs again (another process than ``killed``) and is ready."""
+    return worker_pid(running, 1) != killed and ready(running)

@@ -7,11 +7,18 @@ from one process. Metrics received over OTLP are routed by resource, so a gauge 
 one worker; where several workers do hold the same gauge (an info series such as
 ``target_info``), the latest point is shown. Summaries cannot be added: the one with
 the highest count is shown.
+
+A worker that exits takes its counts with it, and Prometheus takes any decrease of a
+counter for a reset to zero: the other workers' whole totals would be counted again by
+``rate()`` and ``increase()``. So what an exited worker last showed of its counters and
+histograms is kept (:class:`ExitedSeries`) and added to the running workers' same series,
+whose sum then never goes down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from otelkit.collector.exporters.prometheus.exporter import PrometheusConfig, serve_scrape
@@ -91,6 +98,53 @@ def _exemplars(old: HistogramPoint, new: HistogramPoint) -> tuple[Exemplar | Non
     if not new.exemplars:
         return old.exemplars
     return tuple(b or a for a, b in zip(old.exemplars, new.exemplars, strict=True))
+
+
+class ExitedSeries:
+    """The counters and histograms that exited workers showed last, per series, shown
+    added to the running workers' same series. One no running worker has is shown alone
+    until ``expiration`` (the exporter's ``metric_expiration``) has passed since the
+    worker exited, as the worker would have dropped it by then if it stayed quiet."""
+
+    def __init__(self, expiration: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._expiration = expiration
+        self._clock = clock
+        self._families: dict[str, Family] = {}
+        self._series: dict[str, dict[str, tuple[Point, float]]] = {}
+
+    def add(self, snapshot: list[FamilySnapshot]) -> None:
+        """An exited worker's last answer (its gauges and summaries are left out)."""
+        now = self._clock()
+        for fam in snapshot:
+            family = fam.family
+            if family.kind not in ("counter", "histogram"):
+                continue
+            known = self._families.setdefault(family.name, family)
+            if known.kind != family.kind:
+                continue
+            series = self._series.setdefault(family.name, {})
+            for labels, point in fam.series:
+                old = series.get(labels)
+                series[labels] = (point if old is None else combine(known, old[0], point), now)
+
+    def alongside(self, running: list[list[FamilySnapshot]]) -> list[FamilySnapshot]:
+        """The kept series to merge with ``running`` (the running workers' answers);
+        those expired and no running worker has are forgotten."""
+        live = {(fam.family.name, labels) for snapshot in running for fam in snapshot
+                for labels, _ in fam.series}  # fmt: skip
+        cutoff = self._clock() - self._expiration if self._expiration else None
+        kept: list[FamilySnapshot] = []
+        for name, series in list(self._series.items()):
+            if cutoff is not None:
+                for labels in [k for k, (_, at) in series.items() if at < cutoff]:
+                    if (name, labels) not in live:
+                        del series[labels]
+            if not series:
+                del self._series[name], self._families[name]
+                continue
+            points = [(labels, point) for labels, (point, _) in series.items()]
+            kept.append(FamilySnapshot(self._families[name], points))
+        return kept
 
 
 class MergedScrapeView:

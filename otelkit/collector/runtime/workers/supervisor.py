@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from otelkit.collector.exporters.prometheus.exporter import PrometheusConfig
-from otelkit.collector.exporters.prometheus.merge import MergedScrapeView
+from otelkit.collector.exporters.prometheus.merge import ExitedSeries, MergedScrapeView
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
 from otelkit.collector.extensions.health_check import HealthCheckConfig
 from otelkit.collector.runtime.component import Component, CreateSettings, Kind
@@ -42,7 +42,12 @@ from otelkit.collector.runtime.listeners import announce
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.workers.channel import Op, Peer, socket_path
 from otelkit.collector.runtime.workers.process import SINGLE_WRITER_WORKER
-from otelkit.collector.runtime.workers.views import WorkersHost, WorkerState, merge_expositions
+from otelkit.collector.runtime.workers.views import (
+    ExitedSamples,
+    WorkersHost,
+    WorkerState,
+    merge_expositions,
+)
 
 log = logging.getLogger("otelkit.collector")
 
@@ -65,6 +70,10 @@ class WorkerProcess:
     backoff: float = FIRST_BACKOFF_SECONDS
     restart_at: float | None = None
     state: WorkerState = field(default_factory=WorkerState)
+    # What this process last answered for the views: its self-metrics, and each
+    # prometheus exporter's series by exporter name.
+    last_metrics: str | None = None
+    last_series: dict[str, list[FamilySnapshot]] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -81,6 +90,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._views: list[Component | HttpServer] = []
         self._failed = False
+        # What exited workers counted, kept so that the views' counters never go down.
+        self._exited_samples = ExitedSamples()
+        self._exited_series: dict[str, ExitedSeries] = {}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -140,6 +152,7 @@ class Supervisor:
     def _exited(self, worker: WorkerProcess, code: int, now: float) -> None:
         worker.process = None
         worker.state.report = None
+        self._keep_counts(worker)
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
         if not worker.ready_once:
             log.error("worker %d exited with %s before it was ready: stopping", worker.index, how)
@@ -159,6 +172,15 @@ class Supervisor:
             "Worker processes started again after they exited (otelkit collector run --workers)",
         ).inc()
         worker.backoff = min(worker.backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _keep_counts(self, worker: WorkerProcess) -> None:
+        """What the exited worker last showed of its counters stays in the views."""
+        if worker.last_metrics is not None:
+            self._exited_samples.add(worker.last_metrics)
+        for name, series in worker.last_series.items():
+            self._exited_series[name].add(series)
+        worker.last_metrics = None
+        worker.last_series = {}
 
     async def _refresh(self, worker: WorkerProcess) -> None:
         try:
@@ -199,6 +221,7 @@ class Supervisor:
             await server.start()
             self._views.append(server)
         for name, prometheus in self._prometheus_exporters():
+            self._exited_series[name] = ExitedSeries(prometheus.metric_expiration)
             view = MergedScrapeView(prometheus, self._scraper(name))
             await view.server.start()
             self._views.append(view.server)
@@ -213,20 +236,27 @@ class Supervisor:
 
     def _scraper(self, name: str) -> Callable[[], Awaitable[list[list[FamilySnapshot]]]]:
         async def fetch() -> list[list[FamilySnapshot]]:
-            replies = await self._ask_all(Op.SCRAPE, name)
-            return [pickle.loads(reply) for reply in replies]
+            running: list[list[FamilySnapshot]] = []
+            for worker, reply in await self._ask_all(Op.SCRAPE, name):
+                if reply is not None:
+                    worker.last_series[name] = pickle.loads(reply)
+                if name in worker.last_series:
+                    running.append(worker.last_series[name])
+            return [*running, self._exited_series[name].alongside(running)]
 
         return fetch
 
-    async def _ask_all(self, op: Op, name: str = "") -> list[bytes]:
-        """Every running worker's answer; a worker that cannot answer now is left out."""
-        calls = [
-            w.peer.call(op, name, timeout=VIEW_TIMEOUT_SECONDS)
-            for w in self.workers
-            if w.process is not None
-        ]
+    async def _ask_all(self, op: Op, name: str = "") -> list[tuple[WorkerProcess, bytes | None]]:
+        """Every running worker's answer; None from one that cannot answer now (its last
+        answer stands in for it, so that a busy worker's counts do not vanish) or that
+        exited meanwhile (its answer went to the exited workers' counts already)."""
+        running = [(w, w.process) for w in self.workers if w.process is not None]
+        calls = [w.peer.call(op, name, timeout=VIEW_TIMEOUT_SECONDS) for w, _ in running]
         replies = await asyncio.gather(*calls, return_exceptions=True)
-        return [r for r in replies if isinstance(r, bytes)]
+        return [
+            (w, r if isinstance(r, bytes) and w.process is process else None)
+            for (w, process), r in zip(running, replies, strict=True)
+        ]
 
     async def _self_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,8 +268,13 @@ class Supervisor:
             "otelkit_collector_workers",
             "Worker processes running (otelkit collector run --workers)",
         ).set(sum(1 for w in self.workers if w.process is not None))
-        texts = [reply.decode() for reply in await self._ask_all(Op.SELF_METRICS)]
-        body = merge_expositions(texts, self.telemetry.exposition())
+        texts: list[str] = []
+        for worker, reply in await self._ask_all(Op.SELF_METRICS):
+            if reply is not None:
+                worker.last_metrics = reply.decode()
+            if worker.last_metrics is not None:
+                texts.append(worker.last_metrics)
+        body = merge_expositions(texts, self.telemetry.exposition(), self._exited_samples)
         await respond(send, 200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     async def _stop_views(self) -> None:

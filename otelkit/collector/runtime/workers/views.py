@@ -13,7 +13,10 @@ applies to each worker (the memory limiter's resident memory against ``limit_mib
 queue's fill against its capacity, a budget's running percentile). The series are the
 ones a single-process collector exposes, so the dashboards and alert rules read the
 same. The supervisor adds ``otelkit_collector_workers`` and
-``otelkit_collector_worker_restarts``.
+``otelkit_collector_worker_restarts``. What an exited worker last showed of its counters
+and histograms stays added to the running workers' (:class:`ExitedSamples`), so a restart
+never makes a counter go down, which Prometheus would read as a reset to zero and count
+the other workers' whole totals again in ``rate()`` and ``increase()``.
 """
 
 from __future__ import annotations
@@ -98,20 +101,53 @@ class WorkersHost:
         return found
 
 
-def merge_expositions(texts: Iterable[str], extra: bytes = b"") -> bytes:
-    """Prometheus text expositions as one: samples with the same name and labels summed,
-    or for gauges the highest."""
-    families: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in (*texts, extra.decode()):
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+"""A sample's name and sorted labels."""
+
+
+class ExitedSamples:
+    """The counter and histogram samples that exited workers showed last, added to the
+    running workers' same samples (or shown alone where none has it): as one process's
+    counters, they never go down nor go away."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+        self._values: dict[str, dict[SampleKey, float]] = {}
+
+    def add(self, text: str) -> None:
+        """An exited worker's last exposition (its gauges are left out)."""
         for family in text_string_to_metric_families(text):
-            families.setdefault(family.name, family)
-            known = values.setdefault(family.name, {})
-            combine = max if family.type == "gauge" else _add
+            if family.type not in ("counter", "histogram"):
+                continue
+            self._families.setdefault(family.name, family)
+            known = self._values.setdefault(family.name, {})
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                old = known.get(key)
-                known[key] = sample.value if old is None else combine(old, sample.value)
+                known[key] = known.get(key, 0.0) + sample.value
+
+    def add_to(
+        self, families: dict[str, Metric], values: dict[str, dict[SampleKey, float]]
+    ) -> None:
+        for name, samples in self._values.items():
+            if families.setdefault(name, self._families[name]).type != self._families[name].type:
+                continue
+            running = values.setdefault(name, {})
+            for key, value in samples.items():
+                running[key] = running.get(key, 0.0) + value
+
+
+def merge_expositions(
+    texts: Iterable[str], extra: bytes = b"", exited: ExitedSamples | None = None
+) -> bytes:
+    """Prometheus text expositions as one: samples with the same name and labels summed,
+    or for gauges the highest; ``exited``'s samples added to the running workers'."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[SampleKey, float]] = {}
+    for text in texts:
+        _gather(text, families, values)
+    if exited is not None:
+        exited.add_to(families, values)
+    _gather(extra.decode(), families, values)
     merged = []
     for name, family in families.items():
         metric = Metric(name, family.documentation, family.type, family.unit)
@@ -123,6 +159,19 @@ def merge_expositions(texts: Iterable[str], extra: bytes = b"") -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(merged))
     return generate_latest(registry)
+
+
+def _gather(
+    text: str, families: dict[str, Metric], values: dict[str, dict[SampleKey, float]]
+) -> None:
+    for family in text_string_to_metric_families(text):
+        families.setdefault(family.name, family)
+        known = values.setdefault(family.name, {})
+        combine = max if family.type == "gauge" else _add
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            old = known.get(key)
+            known[key] = sample.value if old is None else combine(old, sample.value)
 
 
 def _add(a: float, b: float) -> float:

@@ -121,10 +121,12 @@ def test_configuration_warnings_are_printed_once(tmp_path: Path) -> None:
     assert len(warnings) == 1 and "not used in any pipeline" in warnings[0], running.log()
 
 
-def test_counters_do_not_go_down_when_a_worker_is_started_again(tmp_path: Path) -> None:
+def test_while_a_worker_is_started_again_counters_hold_and_health_warns(tmp_path: Path) -> None:
     """Prometheus takes any decrease of a counter for a reset to zero: had the scrape
     lost the killed worker's counts, ``rate()`` and ``increase()`` would count the other
-    worker's whole total again (a spike on every dashboard after each restart)."""
+    worker's whole total again (a spike on every dashboard after each restart). And
+    ``/health`` says something is wrong while part of the collector is down, as readiness
+    does (one process that is down answers nothing at all)."""
     # Span metrics every second (instead of 15 s), for a short test.
     text = SHIPPED_CONFIG.read_text().replace(
         "  spanmetrics:\n", "  spanmetrics:\n    metrics_flush_interval: 1s\n", 1
@@ -144,12 +146,20 @@ def test_counters_do_not_go_down_when_a_worker_is_started_again(tmp_path: Path) 
         wait_until(lambda: totals() == (70, 70), 30, "70 spans in both views")
         victim = worker_pid(running, 1)
         os.kill(victim, signal.SIGKILL)
-        seen = [totals()]
+        seen, health_while_down = [totals()], []
         while not alive_again(running, victim):
             seen.append(totals())
+            readiness = get(running.ports["health"], "/health/ready").json()
+            if "worker 1: not ready" in readiness.get("output", ""):
+                health_while_down.append(get(running.ports["health"], "/health").json())
         wait_until(lambda: ready(running), 60, "readiness again")
         seen.append(totals())
         assert set(seen) == {(70, 70)}, seen
+        assert health_while_down, "readiness never named the worker that was down"
+        assert {h["status"] for h in health_while_down} == {"warn"}, health_while_down[0]
+        outputs = [c[0].get("output", "") for c in health_while_down[0]["checks"].values()]
+        assert any(o.startswith("worker 1: not ready") for o in outputs), outputs
+        assert get(running.ports["health"], "/health").json()["status"] == "pass"
 
         send_span_by_span(running, n_plus_one_traces(4))  # both workers count again
         wait_until(lambda: totals() == (98, 98), 30, "98 spans in both views")

@@ -64,15 +64,21 @@ class WorkersHost:
         return None
 
     def component_statuses(self) -> Mapping[str, tuple[Status, str]]:
+        """Each component's worst status over the workers. A worker that is not running
+        (or not answering) counts as starting for every component: ``/health`` warns,
+        and names it, while part of the collector is down."""
         worst: dict[str, tuple[Status, str]] = {}
+        absent: list[int] = []
         for index, state in enumerate(self.workers):
-            statuses = (state.report or {}).get("statuses", {})
-            for label, (value, message) in statuses.items():
-                status = Status(value)
-                known = worst.get(label)
-                if known is None or _RANK[status] > _RANK[known[0]]:
-                    text = f"worker {index}: {message}" if message else ""
-                    worst[label] = (status, text)
+            if state.report is None:
+                absent.append(index)
+                continue
+            for label, (value, message) in state.report.get("statuses", {}).items():
+                _keep_worst(worst, label, Status(value), index, message)
+        for index in absent:
+            why = f"not ready ({self.workers[index].why_not})"
+            for label in list(worst):
+                _keep_worst(worst, label, Status.STARTING, index, why)
         return worst
 
     def is_ready(self) -> bool:
@@ -99,6 +105,14 @@ class WorkersHost:
             for component, reason in report.get("refusals", {}).items():
                 found[f"worker {index}: {component}"] = reason
         return found
+
+
+def _keep_worst(
+    worst: dict[str, tuple[Status, str]], label: str, status: Status, index: int, message: str
+) -> None:
+    known = worst.get(label)
+    if known is None or _RANK[status] > _RANK[known[0]]:
+        worst[label] = (status, f"worker {index}: {message}" if message else "")
 
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from otelkit.collector.runtime.component import Component, ComponentID, Status
@@ -141,11 +141,13 @@ class Service:
         """Told to stop (it may still be draining)."""
         return self._stop.is_set()
 
-    async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down."""
+    async def run(self, on_signal: Callable[[], None] | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT (or :meth:`request_stop`), shut down.
+        ``on_signal``: what SIGTERM and SIGINT do instead of stopping (a worker of
+        ``--workers N`` leaves that to its supervisor)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, on_signal or self.request_stop)
         try:
             await self.start()
             await self._stop.wait()

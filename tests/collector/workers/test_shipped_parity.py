@@ -26,13 +26,16 @@ from tests.budgets.test_findings_reach_the_log_store import (
     server_span,
     stored_findings,
 )
+from tests.collector.e2e.access import access_record_paths, server_spans
 from tests.collector.e2e.clients import metric_total, wait_until
+from tests.collector.e2e.test_redaction import post
 from tests.collector.workers.test_worker_crash import worker_pid
 from tests.collector.workers.test_workers_e2e import (
     exporters,
     get,
     n_plus_one_traces,
     send_span_by_span,
+    worker_pids,
 )
 from tests.sentry.standin import sentry_standin
 from tests.support.collector import SHIPPED_CONFIG, RunningCollector, shipped_collector
@@ -169,3 +172,23 @@ def test_while_a_worker_is_started_again_counters_hold_and_health_warns(tmp_path
 def alive_again(running: RunningCollector, killed: int) -> bool:
     """Whether worker 1 runs again (another process than ``killed``) and is ready."""
     return worker_pid(running, 1) != killed and ready(running)
+
+
+def test_ctrl_c_in_a_terminal_stops_the_workers_in_order_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C signals the terminal's whole process group, supervisor and workers at once
+    (as a service manager's stop may signal every process of the service). The workers
+    leave the stopping to the supervisor, which stops the log store's worker last, so
+    the access records the other worker makes from the traces it holds are stored."""
+    database = tmp_path / "otelkit-data" / "logs.db"
+    with shipped_collector(tmp_path, args=["--workers", "2"]) as running:
+        wait_until(lambda: ready(running), 60, "readiness of both workers")
+        for n in range(40):  # a connection each: the kernel spreads them over both workers
+            post(running.ports["http"], server_spans(1000 + 10 * n, 10, "/int"))
+        for pid in [running.process.pid, *worker_pids(running)]:
+            os.kill(pid, signal.SIGINT)
+        assert running.stop(timeout=90) == 0, running.log()[-3000:]
+    missing = {f"/int{n}" for n in range(1000, 1400)} - access_record_paths(database, "/int")
+    assert not missing, f"{len(missing)} of 400 access records lost at Ctrl-C"
+    assert "did not stop" not in running.log()

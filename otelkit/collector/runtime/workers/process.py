@@ -20,6 +20,7 @@ import pickle
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +48,12 @@ from otelkit.collector.runtime.workers.routing import (
 )
 
 SINGLE_WRITER_WORKER = 0
+STOP_SIGNAL = signal.SIGUSR1
+"""How the supervisor tells a worker to drain and stop. SIGTERM and SIGINT do not stop a
+worker whose supervisor runs: a terminal's Ctrl-C, and a service manager that signals
+every process of the service, reach all workers at once, and the supervisor, which got
+the same signal, stops them in order (the single writer last, so it takes what the
+others flush as they stop)."""
 _NOT_READY_RETRY_AFTER = 1.0
 _START_WAIT_SECONDS = 30.0
 _COMPONENT_TIMEOUT_SECONDS = 10.0
@@ -216,15 +223,30 @@ async def run_worker(
     placement = WorkerPlacement(role, runtime_dir)
     service = Service(config, placement=placement)
     server = ChannelServer(socket_path(runtime_dir, role.index), WorkerEndpoint(service).handle)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(STOP_SIGNAL, service.request_stop)
     await server.start()
     try:
-        await service.run()
+        await service.run(on_signal=partial(_signalled, service, role, supervisor))
     finally:
+        loop.remove_signal_handler(STOP_SIGNAL)
         await server.stop()
         await placement.close()
         if os.getppid() != supervisor:  # it was killed: the last worker out removes the directory
             with contextlib.suppress(OSError):
                 runtime_dir.rmdir()
+
+
+def _signalled(service: Service, role: WorkerRole, supervisor: int) -> None:
+    """SIGTERM or SIGINT: stop if the supervisor is gone (the kernel's signal at its
+    death); otherwise it got the signal too, or will, and stops the workers in order."""
+    if os.getppid() != supervisor:
+        service.request_stop()
+        return
+    log.info(
+        "worker %d: SIGTERM/SIGINT left to the supervisor (pid %d), which stops the "
+        "workers in order", role.index, supervisor,
+    )  # fmt: skip
 
 
 _PR_SET_PDEATHSIG = 1

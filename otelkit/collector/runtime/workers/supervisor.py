@@ -7,9 +7,9 @@ health check, the self-metrics endpoint, each ``prometheus`` exporter's scrape e
 from the workers' answers over the channel. A worker that dies after it was ready is
 started again after a backoff (0.5 s doubling to 30 s; back to 0.5 s once it has run
 for a minute); one that dies before it was ever ready stops the whole collector with an
-error, since a wrong port or a broken plugin would only fail again. SIGTERM or SIGINT
-is passed to every worker, the single writer last, and the supervisor waits for them to
-drain.
+error, since a wrong port or a broken plugin would only fail again. On SIGTERM or SIGINT
+the supervisor tells every worker to stop (``STOP_SIGNAL``), the single writer last, and
+waits for them to drain; the workers themselves leave those signals to it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from otelkit.collector.runtime.http import HttpServer, Receive, Scope, Send, res
 from otelkit.collector.runtime.listeners import announce
 from otelkit.collector.runtime.telemetry import SelfTelemetry
 from otelkit.collector.runtime.workers.channel import Op, Peer, socket_path
-from otelkit.collector.runtime.workers.process import SINGLE_WRITER_WORKER
+from otelkit.collector.runtime.workers.process import SINGLE_WRITER_WORKER, STOP_SIGNAL
 from otelkit.collector.runtime.workers.views import (
     ExitedSamples,
     WorkersHost,
@@ -294,10 +294,10 @@ class Supervisor:
 
 
 async def _stop(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
-    """SIGTERM, wait until ``deadline`` for them to drain, then SIGKILL."""
+    """The workers' stop signal, wait until ``deadline`` for them to drain, then SIGKILL."""
     for process in processes:
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(STOP_SIGNAL)
     while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     for process in processes:

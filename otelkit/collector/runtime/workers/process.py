@@ -156,7 +156,11 @@ class WorkerEndpoint:
             await consumer.consume(payload)
 
     async def _component(self, label: str, body: bytes) -> bytes:
-        await self._accepting()
+        """Answered only while every component runs, and refused at once otherwise: the
+        asking worker is in the middle of a request, which should not wait for this
+        worker's start."""
+        if not self._service.host.ready or self._service.stopping:
+            raise RetryableError("starting or stopping", _NOT_READY_RETRY_AFTER)
         for known, component in self._service.graph.ordered:
             if known == label and isinstance(component, AnswersPeers):
                 return await component.answer_peer(body)

@@ -1,7 +1,7 @@
-"""``collector/otelkit.yaml`` with ``--workers 2`` shows a user what one process shows.
-
-Senders on several connections (the kernel spreads them over both workers), and trace
-IDs whose owners alternate, so each worker processes half of the traces."""
+"""``collector/otelkit.yaml`` with ``--workers 2`` shows a user what one process shows:
+each finding once, counters and ``/health`` while a worker is started again, the
+configuration's warnings once, nothing lost at Ctrl-C. Senders use several connections,
+which the kernel spreads over both workers."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ Self-metrics: each worker's registry is read over the internal channel and the s
 with the same name and labels are combined: counters and histograms are added up; a
 gauge shows its highest value over the workers, because every limit it is read against
 applies to each worker (the memory limiter's resident memory against ``limit_mib``, a
-queue's fill against its capacity, a budget's running percentile). The series are the
+queue's fill against its capacity; a budget's running percentile is worker 0's, which
+keeps the windows of the whole collector). The series are the
 ones a single-process collector exposes, so the dashboards and alert rules read the
 same. The supervisor adds ``otelkit_collector_workers`` and
 ``otelkit_collector_worker_restarts``. What an exited worker last showed of its counters

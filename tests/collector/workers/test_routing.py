@@ -13,7 +13,7 @@ from otelkit.collector.exporters.prometheus.merge import ExitedSeries, merge_sna
 from otelkit.collector.exporters.prometheus.store import FamilySnapshot
 from otelkit.collector.exporters.prometheus.translation import Family, HistogramPoint, NumberPoint
 from otelkit.collector.pdata.signals import count_items
-from otelkit.collector.runtime.component import WorkerRole
+from otelkit.collector.runtime.component import Status, WorkerRole
 from otelkit.collector.runtime.config import ConfigError, parse_config
 from otelkit.collector.runtime.registry import Registry
 from otelkit.collector.runtime.workers.process import run_worker
@@ -24,7 +24,12 @@ from otelkit.collector.runtime.workers.routing import (
     split_encoded_traces,
     trace_owner,
 )
-from otelkit.collector.runtime.workers.views import ExitedSamples, merge_expositions
+from otelkit.collector.runtime.workers.views import (
+    ExitedSamples,
+    WorkersHost,
+    WorkerState,
+    merge_expositions,
+)
 from tests.collector.builders import logs, metrics, traces
 
 
@@ -206,3 +211,16 @@ def test_a_worker_whose_supervisor_died_while_it_started_does_not_start(tmp_path
     gone = os.getppid() + 1_000_000  # not this process's parent: the supervisor is gone
     asyncio.run(asyncio.wait_for(run_worker(config, WorkerRole(0, 2), runtime_dir, gone), 10))
     assert not runtime_dir.exists()  # returned at once, tidying up as the last worker out
+
+
+@pytest.mark.parametrize(
+    "report", [None, {"ready": False, "statuses": {"receiver/otlp": ["ok", ""]}}]
+)
+def test_health_warns_of_a_worker_readiness_names(report: dict[str, object] | None) -> None:
+    # A worker started again answers before its components are all up: /health said
+    # pass from its partial statuses while /health/ready named it as not ready.
+    running = WorkerState({"ready": True, "statuses": {"receiver/otlp": ["ok", ""]}})
+    host = WorkersHost([running, WorkerState(report, why_not="starting")], serving=True)
+    assert "worker 1" in host.refusals()
+    status, message = host.component_statuses()["receiver/otlp"]
+    assert status is Status.STARTING and message.startswith("worker 1: not ready")

@@ -152,9 +152,12 @@ def test_while_a_worker_is_started_again_counters_hold_and_health_warns(tmp_path
         seen, health_while_down = [totals()], []
         while not alive_again(running, victim):
             seen.append(totals())
+            # /health first: a worker named by readiness after it was down before it too
+            # (it only comes back during this loop).
+            health = get(running.ports["health"], "/health").json()
             readiness = get(running.ports["health"], "/health/ready").json()
             if "worker 1: not ready" in readiness.get("output", ""):
-                health_while_down.append(get(running.ports["health"], "/health").json())
+                health_while_down.append(health)
         wait_until(lambda: ready(running), 60, "readiness again")
         seen.append(totals())
         assert set(seen) == {(70, 70)}, seen

@@ -65,13 +65,14 @@ class WorkersHost:
         return None
 
     def component_statuses(self) -> Mapping[str, tuple[Status, str]]:
-        """Each component's worst status over the workers. A worker that is not running
-        (or not answering) counts as starting for every component: ``/health`` warns,
-        and names it, while part of the collector is down."""
+        """Each component's worst status over the workers. A worker that is not running,
+        not answering or not ready (started again, its components still starting) counts
+        as starting for every component: ``/health`` warns, and names it, while part of
+        the collector is down, whenever readiness names it."""
         worst: dict[str, tuple[Status, str]] = {}
         absent: list[int] = []
         for index, state in enumerate(self.workers):
-            if state.report is None:
+            if state.report is None or not state.report.get("ready"):  # as readiness says
                 absent.append(index)
                 continue
             for label, (value, message) in state.report.get("statuses", {}).items():

@@ -146,7 +146,13 @@ class _Measured:
 
     state: _BudgetState
     batch: Batch
-    slowest: Span  # the first of the share's slowest spans
+    spans: list[Span]
+    durations: list[float]  # ms, one per span
+
+    def slowest(self) -> Span:
+        """The first of the share's slowest spans: looked for only when a breach is
+        reported, not for every batch."""
+        return self.spans[self.durations.index(max(self.durations))]
 
 
 class _Breach(NamedTuple):
@@ -257,8 +263,7 @@ class BudgetProcessor(Processor):
             durations = self._mark_and_measure(state, spans)
             if state.windows:
                 batch = state.windows[0].sketch.sketch.batch_of(durations)
-                slowest = spans[durations.index(max(durations))]
-                measured.append(_Measured(state, batch, slowest))
+                measured.append(_Measured(state, batch, spans, durations))
         return measured
 
     def _judge(self, state: _BudgetState, batch: Batch, now: float) -> list[_Breach]:
@@ -431,7 +436,7 @@ class BudgetProcessor(Processor):
     def _report_percentile(
         self, measured: _Measured, window: _WindowState, objective: Objective, breach: _Breach
     ) -> None:
-        span, observed = measured.slowest, breach.observed_ms
+        span, observed = measured.slowest(), breach.observed_ms
         name = measured.state.budget.name
         seconds = window.sketch.window
         finding = Finding(

@@ -10,18 +10,15 @@ one failed write, although their traces had been acknowledged.
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.error
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
 from tests.collector.e2e.access import access_record_paths, server_spans
 from tests.collector.e2e.clients import metric_total, scrape, wait_until
 from tests.collector.e2e.test_redaction import post
-from tests.logstore.requests import to_any
+from tests.logstore.requests import Rec, request
 from tests.support.collector import shipped_collector
 from tests.support.services import missing
 
@@ -57,21 +54,13 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def logs(text: str) -> ExportLogsServiceRequest:
-    request = ExportLogsServiceRequest()
-    rl = request.resource_logs.add()
-    rl.resource.attributes.add(key="service.name", value=to_any("shop"))
-    rl.scope_logs.add().log_records.add(body=to_any(text), time_unix_nano=time.time_ns())
-    return request
-
-
 def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
     with (
         small_disk(tmp_path / "disk", megabytes=24) as disk,
         shipped_collector(tmp_path, env={"OTELKIT_DATA_DIR": str(disk)}) as running,
     ):
         http = running.ports["http"]
-        post(http, logs("before the disk filled"))
+        post(http, request([Rec("before the disk filled")]))
         filler = fill(disk)
 
         refused = 0
@@ -80,7 +69,7 @@ def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
                 http, server_spans(1000 + 10 * n, 10, "/full")
             )  # traces are taken: nothing is on disk yet
             try:
-                post(http, logs(f"while full {n}"))
+                post(http, request([Rec(f"while full {n}")]))
             except urllib.error.HTTPError as error:
                 assert error.code == 503, error.read()
                 refused += 1
@@ -97,7 +86,7 @@ def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
         expected = {f"/full{n}" for n in range(1000, 1200)}
         wait_until(lambda: access_record_paths(database, "/full") >= expected, timeout=90,
                    what="every access record written once space was freed")  # fmt: skip
-        post(http, logs("after space was freed"))
+        post(http, request([Rec("after space was freed")]))
         log = running.log()
     assert "log store unavailable" in log and "reachable again" in log
     assert "Traceback" not in log

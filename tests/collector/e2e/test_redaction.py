@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -62,11 +63,11 @@ PATHS = {
 }
 
 
-def post(port: int, payload: Payload) -> None:
+def post(port: int, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{PATHS[type(payload)]}",
         data=payload.SerializeToString(),
-        headers={"Content-Type": "application/x-protobuf"},
+        headers={"Content-Type": "application/x-protobuf", **(headers or {})},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -6,19 +6,17 @@ number of workers, delivers all of them."""
 
 from __future__ import annotations
 
-import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otelkit.logstore.postgres import PostgresBackend
-from tests.logstore.requests import to_any
+from tests.collector.e2e.test_redaction import post
+from tests.logstore.requests import Rec, request
 from tests.support.collector import collector
 from tests.support.crash import (
     PRODUCTION,
@@ -28,7 +26,7 @@ from tests.support.crash import (
     move_listeners,
     production_env,
 )
-from tests.support.services import require_postgres
+from tests.support.services import free_port, require_postgres
 
 
 @pytest.fixture
@@ -38,29 +36,13 @@ def pg_url() -> Iterator[str]:
     PostgresBackend(url).drop_schema()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def post_log(port: int, body: str) -> bool:
     """One request on a connection of its own (the kernel spreads them over the workers)."""
-    request = ExportLogsServiceRequest()
-    record = request.resource_logs.add().scope_logs.add().log_records.add()
-    record.body.CopyFrom(to_any(body))
-    record.time_unix_nano = time.time_ns()
-    sent = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/logs",
-        data=request.SerializeToString(),
-        headers={"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(sent, timeout=10) as response:
-            return bool(response.status == 200)
+        post(port, request([Rec(body)]), {"Authorization": f"Bearer {TOKEN}"})
     except OSError:
         return False
+    return True
 
 
 def test_records_queued_by_two_workers_while_the_database_is_down_all_arrive(
@@ -70,7 +52,7 @@ def test_records_queued_by_two_workers_while_the_database_is_down_all_arrive(
     config = yaml.safe_load(PRODUCTION.read_text())
     move_listeners(config, ports)
     text = yaml.safe_dump(config, sort_keys=False)
-    down = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{closed_port()}")
+    down = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{free_port()}")  # nothing listens
     data = tmp_path / "data"
     with collector(text, tmp_path, ports=ports, env=production_env(data, down, ""),
                    args=["--workers", "2"], name="workers", wait_ports=("http",)) as first:  # fmt: skip

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import zlib
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +28,7 @@ from otelkit.collector.pdata.split import LAYOUT, append
 from otelkit.collector.pdata.wire import read_varint
 from otelkit.collector.runtime.component import Consumer, Exporter
 from otelkit.collector.runtime.errors import ComponentError, RetryableError
+from otelkit.collector.runtime.exporterhelper import Backoff, RetrySettings
 from otelkit.collector.runtime.origin import sender_waits
 from otelkit.collector.runtime.workers.channel import Op, Peer
 
@@ -343,8 +343,12 @@ async def _all(calls: list[Awaitable[Any]]) -> None:
             raise result
 
 
-# How long data no sender waits for is offered again to a single writer that is gone.
-ACKNOWLEDGED_RETRY_SECONDS = 60.0
+# How data no sender waits for is offered again to a single writer that is gone: soon
+# (a worker starts again in about a second), for up to a minute.
+_ACKNOWLEDGED_RETRY = RetrySettings(
+    initial_interval="100ms", max_interval="2s", multiplier=2.0, randomization_factor=0.0,
+    max_elapsed_time="60s",
+)  # fmt: skip
 
 
 class ForwardingExporter(Exporter):
@@ -355,7 +359,7 @@ class ForwardingExporter(Exporter):
     Data no sender waits for (released by a whole-trace processor long after its senders
     were answered) would be lost by a refusal: while that worker is gone (killed, being
     started again) it is offered again with backoff, which holds the release here, for
-    up to ``ACKNOWLEDGED_RETRY_SECONDS`` or until shutdown."""
+    up to a minute or until shutdown."""
 
     mutates_data = False
 
@@ -373,19 +377,17 @@ class ForwardingExporter(Exporter):
         if sender_waits():
             await self._peer.call(Op.EXPORT, self._name, body)
             return
-        deadline = time.monotonic() + ACKNOWLEDGED_RETRY_SECONDS
-        wait = 0.1
+        backoff = Backoff(_ACKNOWLEDGED_RETRY)
         while True:
             try:
                 await self._peer.call(Op.EXPORT_ACKNOWLEDGED, self._name, body)
                 return
             except RetryableError as exc:
-                wait = exc.retry_after or wait
-                if self._stopping.is_set() or time.monotonic() + wait > deadline:
+                wait = backoff.next_wait(exc.retry_after)
+                if self._stopping.is_set() or wait is None:
                     raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
-            wait = min(wait * 2, 2.0)
 
     async def shutdown(self) -> None:
         self._stopping.set()

@@ -132,14 +132,7 @@ class ExitedSamples:
 
     def add(self, text: str) -> None:
         """An exited worker's last exposition (its gauges are left out)."""
-        for family in text_string_to_metric_families(text):
-            if family.type not in ("counter", "histogram"):
-                continue
-            self._families.setdefault(family.name, family)
-            known = self._values.setdefault(family.name, {})
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                known[key] = known.get(key, 0.0) + sample.value
+        _gather(text, self._families, self._values, only=("counter", "histogram"))
 
     def add_to(
         self, families: dict[str, Metric], values: dict[str, dict[SampleKey, float]]
@@ -178,9 +171,16 @@ def merge_expositions(
 
 
 def _gather(
-    text: str, families: dict[str, Metric], values: dict[str, dict[SampleKey, float]]
+    text: str,
+    families: dict[str, Metric],
+    values: dict[str, dict[SampleKey, float]],
+    only: tuple[str, ...] | None = None,
 ) -> None:
+    """``text``'s samples added to ``values`` (gauges: the highest kept); ``only``: the
+    metric types taken, the others skipped."""
     for family in text_string_to_metric_families(text):
+        if only is not None and family.type not in only:
+            continue
         families.setdefault(family.name, family)
         known = values.setdefault(family.name, {})
         combine = max if family.type == "gauge" else _add
